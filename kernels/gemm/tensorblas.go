@@ -1,0 +1,28 @@
+package gemm
+
+import (
+	"gonum.org/v1/gonum/blas"
+	"gonum.org/v1/gonum/blas/gonum"
+)
+
+// BLAS is gonum's BLAS (the interface gorgonia.org/tensor takes through
+// tensor.Use) with Sgemm routed to this package's kernels and everything
+// else served by gonum's native Go implementation.
+type BLAS struct {
+	gonum.Implementation
+}
+
+// TensorBLAS returns the adapter to hand to gorgonia.org/tensor:
+//
+//	tensor.Use(gemm.TensorBLAS())
+func TensorBLAS() BLAS { return BLAS{} }
+
+// Sgemm implements blas.Float32Level3 with this package's Sgemm (whatever
+// Implementation reports). Conjugate transposes are plain transposes for
+// real matrices.
+func (BLAS) Sgemm(tA, tB blas.Transpose, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
+	Sgemm(tA != blas.NoTrans, tB != blas.NoTrans, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+}
+
+var _ blas.Float32 = BLAS{}
+var _ blas.Float64 = BLAS{}
