@@ -1,41 +1,30 @@
 package kernels
 
-// Matrix products of the executor. Until kernels/gemm lands these are plain
-// loops; they are the only place matrix products happen.
+import "github.com/esper/kasmina-host/kernels/gemm"
+
+// Every matrix product of the executor goes through kernels/gemm, so the
+// build's GEMM choice (portable Go, assembly, or OpenBLAS with -tags
+// openblas; KASMINA_GEMM at run time) serves linear and convolution alike.
+
+// gemmAct maps the executor's activations onto the fused GEMM epilogue.
+var gemmAct = [...]gemm.Activation{
+	actNone:     gemm.ActNone,
+	actReLU:     gemm.ActReLU,
+	actTanh:     gemm.ActTanh,
+	actSigmoid:  gemm.ActSigmoid,
+	actGELU:     gemm.ActGELU,
+	actGELUTanh: gemm.ActGELUTanh,
+}
 
 // linearForward computes c[m, n] = act(a[m, k] · w[n, k]ᵀ + bias).
 func linearForward(m, n, k int, a, w, bias []float32, act activation, c []float32) {
-	for i := 0; i < m; i++ {
-		x := a[i*k : (i+1)*k]
-		y := c[i*n : (i+1)*n]
-		for j := 0; j < n; j++ {
-			wr := w[j*k : (j+1)*k]
-			var s float32
-			for t, v := range x {
-				s += v * wr[t]
-			}
-			if bias != nil {
-				s += bias[j]
-			}
-			y[j] = s
-		}
-	}
-	if act != actNone {
-		applyActivation(act, c[:m*n], c)
-	}
+	gemm.Linear(m, n, k, a, k, w, k, c, n, gemm.Epilogue{Bias: bias, Act: gemmAct[act]})
 }
 
 // matmulNN computes c[m, n] = a[m, k] · b[k, n].
 func matmulNN(m, n, k int, a, b, c []float32) {
-	for i := 0; i < m; i++ {
-		y := c[i*n : (i+1)*n]
-		clear(y)
-		for t := 0; t < k; t++ {
-			av := a[i*k+t]
-			br := b[t*n : (t+1)*n]
-			for j, v := range br {
-				y[j] += av * v
-			}
-		}
-	}
+	gemm.Sgemm(false, false, m, n, k, 1, a, k, b, n, 0, c, n)
 }
+
+// GEMMImplementation names the GEMM implementation in use (for reports).
+func GEMMImplementation() string { return gemm.Implementation() }
