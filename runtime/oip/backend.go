@@ -1,0 +1,155 @@
+// Package oip is the Kasmina host's HTTP API: the Open Inference Protocol
+// (KServe v2, as Triton serves it) with Triton's binary tensor data
+// extension and the model repository extension, plus the host's own JSON
+// endpoints under /v1 (devices, kernels, placement, seeds, health signals).
+//
+// The package owns routing, request decoding and validation, response
+// encoding, the mapping from error classes to status codes, bearer-token
+// authorisation, DNS-rebinding protection and the HTTP request metrics. What
+// is served comes from two small boundaries the runtime implements: Backend
+// (models and inference) and HostViews (the /v1 JSON views). The routes are
+// documented in API.md beside this file.
+package oip
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Backend is what the HTTP layer needs from the host. Errors returned by its
+// methods carry their class through the sentinel errors of this package,
+// wrapped with %w; any other error is answered with 500.
+type Backend interface {
+	// Ready reports whether the server can serve every loaded model
+	// somewhere (CPU included); reason explains a false answer.
+	Ready() (ready bool, reason string)
+	// Models lists every known model, loaded or not, for the repository index.
+	Models() []ModelInfo
+	// Model returns one model's description, or false when the name is unknown.
+	Model(name string) (ModelInfo, bool)
+	// Infer runs the model on one FP32 tensor named "input" and returns the
+	// tensor named "output" together with where and how it was executed.
+	Infer(ctx context.Context, name string, in Tensor) (out Tensor, info ExecInfo, err error)
+	// LoadModel loads (or reloads) a model from the host's repository.
+	LoadModel(ctx context.Context, name string) error
+	// UnloadModel unloads a model; the repository index still lists it.
+	UnloadModel(ctx context.Context, name string) error
+}
+
+// StatsBackend is an optional extension of Backend: when the Backend also
+// implements it, GET /v2/models/{name}/stats answers with the returned view
+// encoded as JSON; otherwise that route answers 501.
+type StatsBackend interface {
+	// ModelStats returns a JSON-encodable statistics view for one model, or
+	// false when the name is unknown.
+	ModelStats(name string) (any, bool)
+}
+
+// Tensor is a dense FP32 tensor in row-major order. The product of Shape
+// equals len(Data).
+type Tensor struct {
+	Shape []int
+	Data  []float32
+}
+
+// Model states, as Triton's repository index names them.
+const (
+	StateReady       = "READY"
+	StateUnavailable = "UNAVAILABLE"
+	StateLoading     = "LOADING"
+	StateUnloading   = "UNLOADING"
+)
+
+// ModelInfo describes one model (a loaded or loadable kernel).
+type ModelInfo struct {
+	// Name is the model's name in URLs (the kernel id).
+	Name string
+	// Version is the model's version; empty means "1".
+	Version string
+	// State is one of StateReady, StateUnavailable, StateLoading, StateUnloading.
+	State string
+	// Reason explains a state other than READY (for example the load error).
+	Reason string
+	// InputShape and OutputShape are the per-sample shapes, without the
+	// batch dimension. A nil InputShape disables the HTTP layer's own shape
+	// check and leaves it to the backend.
+	InputShape, OutputShape []int
+	// Placement names the device the model is placed on (for example
+	// "cuda:0" or "cpu").
+	Placement string
+	// Executor names the executor that serves it (for example "cpu-f32").
+	Executor string
+	// Degraded is true while the model is served somewhere other than its
+	// placement (a fallback); DegradedReason says why.
+	Degraded       bool
+	DegradedReason string
+	// MaxBatch bounds the batch dimension; 0 means no limit beyond the
+	// element cap of Options.
+	MaxBatch int
+}
+
+// ExecInfo tells where one inference ran. The HTTP layer returns it in the
+// response parameters so that a fallback is never silent.
+type ExecInfo struct {
+	// PlacedOn is the device the model is placed on.
+	PlacedOn string
+	// ExecutedOn is the device that actually ran this request.
+	ExecutedOn string
+	// Executor names the executor that ran it.
+	Executor string
+	// Fallback is true when ExecutedOn differs from the placement by policy
+	// or by failure; Reason says why.
+	Fallback bool
+	Reason   string
+	// QueueTime and ComputeTime are the time spent waiting and computing;
+	// zero when unknown.
+	QueueTime, ComputeTime time.Duration
+}
+
+// Error classes. The runtime wraps them with %w; the HTTP layer maps each to
+// its status code and always answers {"error": "..."}.
+var (
+	// ErrModelNotFound: unknown model or kernel (404).
+	ErrModelNotFound = errors.New("model not found")
+	// ErrBadInput: the request's tensor or document is wrong (400).
+	ErrBadInput = errors.New("bad input")
+	// ErrUnavailable: no executor or device can serve the request now (503).
+	ErrUnavailable = errors.New("unavailable")
+	// ErrQueueFull: admission control refused the request (503).
+	ErrQueueFull = errors.New("queue full")
+	// ErrNotReady: the model or server is not ready yet (503).
+	ErrNotReady = errors.New("not ready")
+	// ErrUnsupported: a datatype or feature the host does not support (501).
+	ErrUnsupported = errors.New("unsupported")
+	// ErrConflict: the request conflicts with the current state, such as
+	// loading a kernel id that is already loaded with other content (409).
+	ErrConflict = errors.New("conflict")
+)
+
+// HostViews supplies the host's own JSON endpoints under /v1. Each field is
+// optional: a nil field makes its route answer 501. Every function returns a
+// value that is encoded as JSON, or an error classified by this package's
+// sentinel errors.
+type HostViews struct {
+	// Devices backs GET /v1/devices.
+	Devices func(ctx context.Context) (any, error)
+	// Kernels backs GET /v1/kernels.
+	Kernels func(ctx context.Context) (any, error)
+	// LoadKernel backs POST /v1/kernels; doc is the request body, a
+	// CompiledKernel JSON document, already checked to be valid JSON.
+	LoadKernel func(ctx context.Context, doc []byte) (any, error)
+	// Kernel backs GET /v1/kernels/{id}.
+	Kernel func(ctx context.Context, id string) (any, error)
+	// UnloadKernel backs DELETE /v1/kernels/{id}.
+	UnloadKernel func(ctx context.Context, id string) error
+	// PlanPlacement backs POST /v1/placement/plan (a dry run); req is the
+	// request body, already checked to be valid JSON ("{}" when empty).
+	PlanPlacement func(ctx context.Context, req []byte) (any, error)
+	// Seeds backs GET /v1/seeds.
+	Seeds func(ctx context.Context) (any, error)
+	// HealthSignals backs GET /v1/health/signals (the latest signals).
+	HealthSignals func(ctx context.Context) (any, error)
+	// Layers backs GET /v1/layers.
+	Layers func(ctx context.Context) (any, error)
+}

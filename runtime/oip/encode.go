@@ -1,0 +1,131 @@
+package oip
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"math"
+	"strconv"
+)
+
+// inferResponse carries what encodeInferResponse writes.
+type inferResponse struct {
+	ModelName, ModelVersion, ID string
+	Exec                        ExecInfo
+	Output                      Tensor
+	Binary                      bool
+}
+
+// encodeInferResponse appends the response to dst. In binary mode it
+// returns the length of the JSON header, which precedes the raw
+// little-endian FP32 output bytes; in JSON mode headerLen is -1.
+//
+// JSON mode writes non-finite values as the tokens NaN, Infinity and
+// -Infinity, which Python's json and rapidjson read; clients that need
+// strict JSON ask for binary output.
+func encodeInferResponse(dst []byte, r *inferResponse) (out []byte, headerLen int, err error) {
+	n := 1
+	for _, d := range r.Output.Shape {
+		n *= d
+	}
+	if len(r.Output.Shape) == 0 || n != len(r.Output.Data) {
+		return dst, 0, fmt.Errorf("backend returned output with shape %v and %d values", r.Output.Shape, len(r.Output.Data))
+	}
+	b := append(dst, `{"model_name":`...)
+	b = appendJSONString(b, r.ModelName)
+	b = append(b, `,"model_version":`...)
+	b = appendJSONString(b, r.ModelVersion)
+	if r.ID != "" {
+		b = append(b, `,"id":`...)
+		b = appendJSONString(b, r.ID)
+	}
+	b = appendExecParams(b, r.Exec)
+	b = append(b, `,"outputs":[{"name":"output","datatype":"FP32","shape":[`...)
+	for i, d := range r.Output.Shape {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendInt(b, int64(d), 10)
+	}
+	b = append(b, ']')
+	if r.Binary {
+		size := 4 * len(r.Output.Data)
+		b = append(b, `,"parameters":{"binary_data_size":`...)
+		b = strconv.AppendInt(b, int64(size), 10)
+		b = append(b, "}}]}"...)
+		headerLen = len(b) - len(dst)
+		b = appendFloat32LE(b, r.Output.Data)
+		return b, headerLen, nil
+	}
+	b = append(b, `,"data":[`...)
+	for i, v := range r.Output.Data {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendFloat32JSON(b, v)
+	}
+	b = append(b, "]}]}"...)
+	return b, -1, nil
+}
+
+// appendExecParams writes where the request ran, so that a fallback is
+// visible in every answer.
+func appendExecParams(b []byte, e ExecInfo) []byte {
+	b = append(b, `,"parameters":{"placed_on":`...)
+	b = appendJSONString(b, e.PlacedOn)
+	b = append(b, `,"executed_on":`...)
+	b = appendJSONString(b, e.ExecutedOn)
+	b = append(b, `,"executor":`...)
+	b = appendJSONString(b, e.Executor)
+	b = append(b, `,"fallback":`...)
+	b = strconv.AppendBool(b, e.Fallback)
+	if e.Reason != "" {
+		b = append(b, `,"fallback_reason":`...)
+		b = appendJSONString(b, e.Reason)
+	}
+	if e.QueueTime > 0 {
+		b = append(b, `,"queue_ns":`...)
+		b = strconv.AppendInt(b, e.QueueTime.Nanoseconds(), 10)
+	}
+	if e.ComputeTime > 0 {
+		b = append(b, `,"compute_ns":`...)
+		b = strconv.AppendInt(b, e.ComputeTime.Nanoseconds(), 10)
+	}
+	return append(b, '}')
+}
+
+func appendFloat32LE(b []byte, data []float32) []byte {
+	off := len(b)
+	b = append(b, make([]byte, 4*len(data))...)
+	for i, v := range data {
+		binary.LittleEndian.PutUint32(b[off+4*i:], math.Float32bits(v))
+	}
+	return b
+}
+
+func appendFloat32JSON(b []byte, v float32) []byte {
+	switch {
+	case v != v:
+		return append(b, "NaN"...)
+	case math.IsInf(float64(v), 1):
+		return append(b, "Infinity"...)
+	case math.IsInf(float64(v), -1):
+		return append(b, "-Infinity"...)
+	}
+	return strconv.AppendFloat(b, float64(v), 'g', -1, 32)
+}
+
+// appendJSONString appends s as a JSON string. Plain ASCII takes the fast
+// path; anything else goes through encoding/json for correct escaping.
+func appendJSONString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < 0x20 || c == '"' || c == '\\' || c >= 0x80 || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s) // a string always marshals
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
+}

@@ -1,0 +1,167 @@
+package oip
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// authError is a refusal by the guard: 401 (no or wrong token) or 403
+// (a Host, Origin or cross-site request that is not allowed).
+type authError struct {
+	code int
+	msg  string
+}
+
+func (e *authError) Error() string { return e.msg }
+
+// guard enforces the bearer token and the Host/Origin allow-list.
+type guard struct {
+	tokenSum      [sha256.Size]byte
+	hasToken      bool
+	tokenForReads bool
+	checkHost     bool
+	allowed       map[string]bool
+}
+
+func newGuard(o Options) guard {
+	g := guard{
+		hasToken:      o.Token != "",
+		tokenForReads: o.TokenForReads,
+		checkHost:     o.Loopback || len(o.AllowedHosts) > 0,
+		allowed:       map[string]bool{},
+	}
+	if g.hasToken {
+		g.tokenSum = sha256.Sum256([]byte(o.Token))
+	}
+	for _, h := range o.AllowedHosts {
+		g.allowed[normalizeHost(h)] = true
+	}
+	return g
+}
+
+// check returns nil when r may reach a route of access class a.
+func (g *guard) check(r *http.Request, a access) error {
+	if a == accessOpen {
+		return nil
+	}
+	if g.checkHost {
+		host := hostOnly(r.Host)
+		if !g.hostAllowed(host) {
+			return &authError{http.StatusForbidden, fmt.Sprintf("Host %q is not allowed on this listener (loopback names and the configured allow-list only)", r.Host)}
+		}
+		if origin := r.Header.Get("Origin"); origin != "" {
+			u, err := url.Parse(origin)
+			if origin == "null" || err != nil || u.Host == "" || !g.hostAllowed(hostOnly(u.Host)) {
+				return &authError{http.StatusForbidden, fmt.Sprintf("Origin %q is not allowed on this listener", origin)}
+			}
+		}
+	}
+	if a == accessWrite && r.Header.Get("Sec-Fetch-Site") == "cross-site" {
+		return &authError{http.StatusForbidden, "cross-site requests may not change state or run inference"}
+	}
+	if g.hasToken && (a == accessWrite || g.tokenForReads) {
+		return g.checkToken(r)
+	}
+	return nil
+}
+
+func (g *guard) checkToken(r *http.Request) error {
+	h := r.Header.Get("Authorization")
+	scheme, tok, ok := strings.Cut(h, " ")
+	if h == "" || !ok || !strings.EqualFold(scheme, "Bearer") {
+		return &authError{http.StatusUnauthorized, "this route needs an Authorization: Bearer token"}
+	}
+	// Comparing fixed-size digests keeps the comparison constant-time
+	// whatever the length of the offered token.
+	sum := sha256.Sum256([]byte(strings.TrimSpace(tok)))
+	if subtle.ConstantTimeCompare(sum[:], g.tokenSum[:]) != 1 {
+		return &authError{http.StatusUnauthorized, "the bearer token is not valid"}
+	}
+	return nil
+}
+
+func (g *guard) hostAllowed(host string) bool {
+	if host == "" {
+		return false
+	}
+	if isLoopbackName(host) {
+		return true
+	}
+	return g.allowed[host]
+}
+
+// hostOnly strips the port from a Host header or URL host and normalizes
+// the name.
+func hostOnly(hostport string) string {
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		return normalizeHost(h)
+	}
+	return normalizeHost(hostport)
+}
+
+func normalizeHost(h string) string {
+	h = strings.ToLower(strings.TrimSpace(h))
+	h = strings.TrimSuffix(h, ".")
+	h = strings.TrimPrefix(h, "[")
+	h = strings.TrimSuffix(h, "]")
+	return h
+}
+
+// isLoopbackName reports whether host (without port or brackets) names the
+// loopback interface: localhost, 127.0.0.0/8 or ::1.
+func isLoopbackName(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// Server timeouts and limits applied by NewServer. They bound slow clients
+// (ReadHeaderTimeout against slowloris) and idle connections.
+const (
+	ReadHeaderTimeout = 5 * time.Second
+	ReadTimeout       = 60 * time.Second
+	WriteTimeout      = 60 * time.Second
+	IdleTimeout       = 120 * time.Second
+	MaxHeaderBytes    = 64 << 10
+)
+
+// NewServer returns an http.Server for h on addr with every timeout set and
+// the header size capped. The server's own error log (TLS handshakes,
+// malformed requests) goes to logger at WARN; a nil logger discards it.
+func NewServer(addr string, h http.Handler, logger *slog.Logger) *http.Server {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &http.Server{
+		Addr:              addr,
+		Handler:           h,
+		ReadHeaderTimeout: ReadHeaderTimeout,
+		ReadTimeout:       ReadTimeout,
+		WriteTimeout:      WriteTimeout,
+		IdleTimeout:       IdleTimeout,
+		MaxHeaderBytes:    MaxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+}
+
+// IsLoopbackAddr reports whether a listen address ("127.0.0.1:8090",
+// "localhost:8090", "[::1]:8090") binds only the loopback interface, so the
+// daemon can set Options.Loopback and decide whether a token is required.
+// An empty host ("":8090, "0.0.0.0") binds every interface and is not
+// loopback.
+func IsLoopbackAddr(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		host = addr
+	}
+	return isLoopbackName(normalizeHost(host))
+}
