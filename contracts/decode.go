@@ -1,0 +1,885 @@
+package contracts
+
+import (
+	"encoding/json"
+	"math"
+	"strconv"
+	"unicode/utf16"
+	"unicode/utf8"
+	"unsafe"
+)
+
+// maxDepth bounds nesting in free-form values, as the reference's parser
+// does, so hostile input cannot exhaust the stack.
+const maxDepth = 200
+
+// decoder is a single-pass JSON scanner that validates and assigns as it
+// goes. Field-level problems accumulate in errs and decoding continues
+// past them, so one decode reports every offending field; malformed JSON
+// stops it with syn.
+type decoder struct {
+	data    []byte
+	pos     int
+	errs    fieldErrors
+	syn     *SyntaxError
+	scratch []byte
+}
+
+func newDecoder(model string, data []byte) decoder {
+	return decoder{data: data, errs: fieldErrors{model: model}}
+}
+
+func (d *decoder) fail(msg string) {
+	if d.syn == nil {
+		d.syn = &SyntaxError{Model: d.errs.model, Offset: d.pos, Msg: msg}
+	}
+}
+
+// finish checks that only whitespace follows the top-level value and
+// returns the decode's error, if any.
+func (d *decoder) finish() error {
+	if d.syn == nil {
+		d.ws()
+		if d.pos != len(d.data) {
+			d.fail("unexpected data after the top-level value")
+		}
+	}
+	if d.syn != nil {
+		return d.syn
+	}
+	return d.errs.err()
+}
+
+func (d *decoder) ws() {
+	for d.pos < len(d.data) {
+		switch d.data[d.pos] {
+		case ' ', '\n', '\t', '\r':
+			d.pos++
+		default:
+			return
+		}
+	}
+}
+
+// peek returns the next non-space byte, or 0 at the end of input.
+func (d *decoder) peek() byte {
+	d.ws()
+	if d.pos >= len(d.data) {
+		return 0
+	}
+	return d.data[d.pos]
+}
+
+// openObject consumes '{' of a model's own object; a value of another
+// type is a type error at path (the root when path is "").
+func (d *decoder) openObject(path string) bool {
+	c := d.peek()
+	if c == '{' {
+		d.pos++
+		return true
+	}
+	if c == 0 {
+		d.fail("unexpected end of input, expected an object")
+		return false
+	}
+	d.typeError(path, "input should be an object")
+	return false
+}
+
+// nextKey advances to the next member of the current object and returns
+// its key (valid until the next string is read) positioned at the value;
+// it returns false at '}' or on a syntax error.
+func (d *decoder) nextKey(first *bool) ([]byte, bool) {
+	c := d.peek()
+	if *first {
+		*first = false
+		if c == '}' {
+			d.pos++
+			return nil, false
+		}
+	} else {
+		if c == '}' {
+			d.pos++
+			return nil, false
+		}
+		if c != ',' {
+			if c == 0 {
+				d.fail("unexpected end of input in object")
+			} else {
+				d.fail("expected ',' or '}' in object")
+			}
+			return nil, false
+		}
+		d.pos++
+		c = d.peek()
+	}
+	if c != '"' {
+		if c == 0 {
+			d.fail("unexpected end of input in object")
+		} else {
+			d.fail("expected a string key in object")
+		}
+		return nil, false
+	}
+	key, ok := d.readString()
+	if !ok {
+		return nil, false
+	}
+	if d.peek() != ':' {
+		d.fail("expected ':' after object key")
+		return nil, false
+	}
+	d.pos++
+	d.ws()
+	return key, true
+}
+
+// nextElem advances to the next array element; false at ']' or on error.
+func (d *decoder) nextElem(first *bool) bool {
+	c := d.peek()
+	if *first {
+		*first = false
+		if c == ']' {
+			d.pos++
+			return false
+		}
+		if c == 0 {
+			d.fail("unexpected end of input in array")
+			return false
+		}
+		return true
+	}
+	if c == ']' {
+		d.pos++
+		return false
+	}
+	if c != ',' {
+		if c == 0 {
+			d.fail("unexpected end of input in array")
+		} else {
+			d.fail("expected ',' or ']' in array")
+		}
+		return false
+	}
+	d.pos++
+	if d.peek() == 0 {
+		d.fail("unexpected end of input in array")
+		return false
+	}
+	return true
+}
+
+// readString reads a JSON string at d.pos (which holds '"'). The result
+// aliases the input or the scratch buffer.
+func (d *decoder) readString() ([]byte, bool) {
+	start := d.pos + 1
+	i := start
+	data := d.data
+	high := false
+	for i < len(data) {
+		c := data[i]
+		if c == '"' {
+			d.pos = i + 1
+			s := data[start:i]
+			if high && !utf8.Valid(s) {
+				d.pos = start
+				d.fail("invalid UTF-8 in string")
+				return nil, false
+			}
+			return s, true
+		}
+		if c == '\\' {
+			return d.readEscaped(start, i)
+		}
+		if c < 0x20 {
+			d.pos = i
+			d.fail("control character in string")
+			return nil, false
+		}
+		if c >= 0x80 {
+			high = true
+		}
+		i++
+	}
+	d.pos = i
+	d.fail("unterminated string")
+	return nil, false
+}
+
+func (d *decoder) readEscaped(start, i int) ([]byte, bool) {
+	data := d.data
+	buf := append(d.scratch[:0], data[start:i]...)
+	rawStart := len(buf) // first byte that came raw and still needs UTF-8 checking
+	_ = rawStart
+	for i < len(data) {
+		c := data[i]
+		switch {
+		case c == '"':
+			d.pos = i + 1
+			d.scratch = buf
+			if !utf8.Valid(buf) {
+				d.pos = start
+				d.fail("invalid UTF-8 in string")
+				return nil, false
+			}
+			return buf, true
+		case c < 0x20:
+			d.pos = i
+			d.fail("control character in string")
+			return nil, false
+		case c != '\\':
+			buf = append(buf, c)
+			i++
+			continue
+		}
+		if i+1 >= len(data) {
+			d.pos = i
+			d.fail("unterminated string")
+			return nil, false
+		}
+		e := data[i+1]
+		i += 2
+		switch e {
+		case '"', '\\', '/':
+			buf = append(buf, e)
+		case 'b':
+			buf = append(buf, '\b')
+		case 'f':
+			buf = append(buf, '\f')
+		case 'n':
+			buf = append(buf, '\n')
+		case 'r':
+			buf = append(buf, '\r')
+		case 't':
+			buf = append(buf, '\t')
+		case 'u':
+			r, ok := hex4(data, i)
+			if !ok {
+				d.pos = i
+				d.fail("invalid \\u escape")
+				return nil, false
+			}
+			i += 4
+			if utf16.IsSurrogate(r) {
+				if r >= 0xDC00 || i+6 > len(data) || data[i] != '\\' || data[i+1] != 'u' {
+					d.pos = i
+					d.fail("lone surrogate in \\u escape")
+					return nil, false
+				}
+				r2, ok := hex4(data, i+2)
+				if !ok || r2 < 0xDC00 || r2 > 0xDFFF {
+					d.pos = i
+					d.fail("lone surrogate in \\u escape")
+					return nil, false
+				}
+				r = utf16.DecodeRune(r, r2)
+				i += 6
+			}
+			buf = utf8.AppendRune(buf, r)
+		default:
+			d.pos = i - 1
+			d.fail("invalid escape in string")
+			return nil, false
+		}
+	}
+	d.pos = i
+	d.fail("unterminated string")
+	return nil, false
+}
+
+func hex4(data []byte, i int) (rune, bool) {
+	if i+4 > len(data) {
+		return 0, false
+	}
+	var r rune
+	for _, c := range data[i : i+4] {
+		r <<= 4
+		switch {
+		case c >= '0' && c <= '9':
+			r |= rune(c - '0')
+		case c >= 'a' && c <= 'f':
+			r |= rune(c - 'a' + 10)
+		case c >= 'A' && c <= 'F':
+			r |= rune(c - 'A' + 10)
+		default:
+			return 0, false
+		}
+	}
+	return r, true
+}
+
+// scanNumber consumes a JSON number and reports its bytes and whether it
+// is an integer literal (no fraction, no exponent).
+func (d *decoder) scanNumber() ([]byte, bool, bool) {
+	data := d.data
+	start := d.pos
+	i := start
+	if i < len(data) && data[i] == '-' {
+		i++
+	}
+	if i >= len(data) {
+		d.pos = i
+		d.fail("unexpected end of input in number")
+		return nil, false, false
+	}
+	if data[i] == '0' {
+		i++
+	} else if data[i] >= '1' && data[i] <= '9' {
+		for i < len(data) && data[i] >= '0' && data[i] <= '9' {
+			i++
+		}
+	} else {
+		d.pos = i
+		d.fail("invalid number")
+		return nil, false, false
+	}
+	isInt := true
+	if i < len(data) && data[i] == '.' {
+		isInt = false
+		i++
+		j := i
+		for i < len(data) && data[i] >= '0' && data[i] <= '9' {
+			i++
+		}
+		if i == j {
+			d.pos = i
+			d.fail("invalid number: expected a digit after '.'")
+			return nil, false, false
+		}
+	}
+	if i < len(data) && (data[i] == 'e' || data[i] == 'E') {
+		isInt = false
+		i++
+		if i < len(data) && (data[i] == '+' || data[i] == '-') {
+			i++
+		}
+		j := i
+		for i < len(data) && data[i] >= '0' && data[i] <= '9' {
+			i++
+		}
+		if i == j {
+			d.pos = i
+			d.fail("invalid number: expected a digit in the exponent")
+			return nil, false, false
+		}
+	}
+	d.pos = i
+	return data[start:i], isInt, true
+}
+
+// bstr views b as a string without copying; only for immediate use.
+func bstr(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	return unsafe.String(&b[0], len(b))
+}
+
+// parseIntLit parses an integer literal (optional '-', digits).
+func parseIntLit(b []byte) (int64, bool) {
+	neg := false
+	if len(b) > 0 && b[0] == '-' {
+		neg = true
+		b = b[1:]
+	}
+	if len(b) == 0 {
+		return 0, false
+	}
+	if len(b) <= 18 {
+		var n int64
+		for _, c := range b {
+			if c < '0' || c > '9' {
+				return 0, false
+			}
+			n = n*10 + int64(c-'0')
+		}
+		if neg {
+			n = -n
+		}
+		return n, true
+	}
+	s := bstr(b)
+	if neg {
+		n, err := strconv.ParseInt("-"+s, 10, 64)
+		return n, err == nil
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	return n, err == nil
+}
+
+// matchLit consumes the literal lit (true, false, null).
+func (d *decoder) matchLit(lit string) bool {
+	if len(d.data)-d.pos >= len(lit) && string(d.data[d.pos:d.pos+len(lit)]) == lit {
+		d.pos += len(lit)
+		return true
+	}
+	d.fail("invalid literal")
+	return false
+}
+
+// skipValue consumes any JSON value, checking its syntax.
+func (d *decoder) skipValue(depth int) bool {
+	if depth > maxDepth {
+		d.fail("nesting too deep")
+		return false
+	}
+	switch c := d.peek(); c {
+	case '{':
+		d.pos++
+		first := true
+		for {
+			if _, ok := d.nextKey(&first); !ok {
+				break
+			}
+			if !d.skipValue(depth + 1) {
+				return false
+			}
+		}
+		return d.syn == nil
+	case '[':
+		d.pos++
+		first := true
+		for d.nextElem(&first) {
+			if !d.skipValue(depth + 1) {
+				return false
+			}
+		}
+		return d.syn == nil
+	case '"':
+		_, ok := d.readString()
+		return ok
+	case 't':
+		return d.matchLit("true")
+	case 'f':
+		return d.matchLit("false")
+	case 'n':
+		return d.matchLit("null")
+	case 0:
+		d.fail("unexpected end of input, expected a value")
+		return false
+	default:
+		_, _, ok := d.scanNumber()
+		return ok
+	}
+}
+
+// typeError records reason at path and skips the offending value.
+func (d *decoder) typeError(path, reason string) {
+	at := d.pos
+	if d.skipValue(0) {
+		d.errs.add(path, reason+" (at byte "+strconv.Itoa(at)+")")
+	}
+}
+
+// anyValue decodes a free-form value: objects become map[string]any,
+// arrays []any, integer literals int64 (json.Number past int64), other
+// numbers float64, strings, bools and nil.
+func (d *decoder) anyValue(path string, depth int) (any, bool) {
+	return d.anyValueKeys(path, depth, false)
+}
+
+// anyValueKeys is anyValue; with stripKeys the keys of this (outermost)
+// object lose surrounding white space, as str_strip_whitespace does to
+// a Dict[str, Any]'s keys.
+func (d *decoder) anyValueKeys(path string, depth int, stripKeys bool) (any, bool) {
+	if depth > maxDepth {
+		d.fail("nesting too deep")
+		return nil, false
+	}
+	switch c := d.peek(); c {
+	case '{':
+		d.pos++
+		m := map[string]any{}
+		first := true
+		for {
+			k, ok := d.nextKey(&first)
+			if !ok {
+				break
+			}
+			key := string(k)
+			if stripKeys {
+				key = strip(key)
+			}
+			v, ok := d.anyValue(path, depth+1)
+			if !ok {
+				return nil, false
+			}
+			m[key] = v
+		}
+		return m, d.syn == nil
+	case '[':
+		d.pos++
+		s := []any{}
+		first := true
+		for d.nextElem(&first) {
+			v, ok := d.anyValue(path, depth+1)
+			if !ok {
+				return nil, false
+			}
+			s = append(s, v)
+		}
+		return s, d.syn == nil
+	case '"':
+		b, ok := d.readString()
+		return string(b), ok
+	case 't':
+		return true, d.matchLit("true")
+	case 'f':
+		return false, d.matchLit("false")
+	case 'n':
+		return nil, d.matchLit("null")
+	case 0:
+		d.fail("unexpected end of input, expected a value")
+		return nil, false
+	default:
+		at := d.pos
+		b, isInt, ok := d.scanNumber()
+		if !ok {
+			return nil, false
+		}
+		if isInt {
+			if n, ok := parseIntLit(b); ok {
+				return n, true
+			}
+			return json.Number(string(b)), true
+		}
+		f, err := strconv.ParseFloat(bstr(b), 64)
+		if err != nil || math.IsInf(f, 0) {
+			d.errs.add(path, "number at byte "+strconv.Itoa(at)+" is out of the float64 range")
+			return 0.0, true
+		}
+		return f, true
+	}
+}
+
+// anyMap decodes a Dict[str, Any] field.
+func (d *decoder) anyMap(path string, stripKeys bool) (map[string]any, bool) {
+	if d.peek() != '{' {
+		d.typeError(path, "input should be a valid dictionary")
+		return nil, false
+	}
+	v, ok := d.anyValueKeys(path, 0, stripKeys)
+	if !ok {
+		return nil, false
+	}
+	return v.(map[string]any), true
+}
+
+// metrics decodes a Dict[str, float] field, keeping key order.
+func (d *decoder) metrics(path string, stripKeys bool) (Metrics, bool) {
+	if d.peek() != '{' {
+		d.typeError(path, "input should be a valid dictionary")
+		return nil, false
+	}
+	d.pos++
+	m := Metrics{}
+	first := true
+	good := true
+	for {
+		k, ok := d.nextKey(&first)
+		if !ok {
+			break
+		}
+		key := string(k)
+		if stripKeys {
+			key = strip(key)
+		}
+		f, ok := d.float(path, key)
+		if ok {
+			m.Set(key, f)
+		} else {
+			good = false
+		}
+	}
+	return m, good && d.syn == nil
+}
+
+// intList decodes a List[int] field.
+func (d *decoder) intList(path string) ([]int, bool) {
+	if d.peek() != '[' {
+		d.typeError(path, "input should be a valid list")
+		return nil, false
+	}
+	d.pos++
+	out := []int{}
+	first := true
+	good := true
+	for i := 0; d.nextElem(&first); i++ {
+		n, ok := d.int(path, strconv.Itoa(i))
+		if ok {
+			out = append(out, n)
+		} else {
+			good = false
+		}
+	}
+	return out, good && d.syn == nil
+}
+
+// stringList decodes a List[str] field.
+func (d *decoder) stringList(path string) ([]string, bool) {
+	if d.peek() != '[' {
+		d.typeError(path, "input should be a valid list")
+		return nil, false
+	}
+	d.pos++
+	out := []string{}
+	first := true
+	good := true
+	for i := 0; d.nextElem(&first); i++ {
+		s, ok := d.str(path, strconv.Itoa(i))
+		if ok {
+			out = append(out, s)
+		} else {
+			good = false
+		}
+	}
+	return out, good && d.syn == nil
+}
+
+// str decodes a str field; only JSON strings are accepted, as Pydantic
+// does.
+func (d *decoder) str(prefix, name string) (string, bool) {
+	if d.data[d.pos] != '"' {
+		d.typeError(join(prefix, name), "input should be a valid string")
+		return "", false
+	}
+	b, ok := d.readString()
+	if !ok {
+		return "", false
+	}
+	return string(b), true
+}
+
+// optStr decodes an Optional[str] field.
+func (d *decoder) optStr(prefix, name string) (*string, bool) {
+	if d.data[d.pos] == 'n' {
+		return nil, d.matchLit("null")
+	}
+	s, ok := d.str(prefix, name)
+	if !ok {
+		return nil, false
+	}
+	return &s, true
+}
+
+const maxExactFloatInt = 1 << 63
+
+// int decodes an int field with Pydantic's lax rules: integers, floats
+// with no fractional part, decimal strings and booleans.
+func (d *decoder) int(prefix, name string) (int, bool) {
+	c := d.data[d.pos]
+	switch {
+	case c == '-' || (c >= '0' && c <= '9'):
+		at := d.pos
+		b, isInt, ok := d.scanNumber()
+		if !ok {
+			return 0, false
+		}
+		if isInt {
+			if n, ok := parseIntLit(b); ok {
+				return int(n), true
+			}
+			d.errs.add(join(prefix, name), "integer at byte "+strconv.Itoa(at)+" is out of the int64 range")
+			return 0, false
+		}
+		f, err := strconv.ParseFloat(bstr(b), 64)
+		if err != nil || math.IsInf(f, 0) || f >= maxExactFloatInt || f < -maxExactFloatInt {
+			d.errs.add(join(prefix, name), "number at byte "+strconv.Itoa(at)+" is out of the int64 range")
+			return 0, false
+		}
+		if f != math.Trunc(f) {
+			d.errs.add(join(prefix, name), "input should be a valid integer, got a number with a fractional part")
+			return 0, false
+		}
+		return int(f), true
+	case c == '"':
+		b, ok := d.readString()
+		if !ok {
+			return 0, false
+		}
+		if n, ok := intFromString(b); ok {
+			return n, true
+		}
+		d.errs.add(join(prefix, name), "input should be a valid integer, unable to parse string as an integer")
+		return 0, false
+	case c == 't':
+		return 1, d.matchLit("true")
+	case c == 'f':
+		return 0, d.matchLit("false")
+	}
+	d.typeError(join(prefix, name), "input should be a valid integer")
+	return 0, false
+}
+
+// intFromString accepts what Pydantic's lax int does from a string in
+// its common forms: surrounding whitespace, a sign, digits, and an
+// optional fraction of zeros ("5.0").
+func intFromString(b []byte) (int, bool) {
+	b = trimASCIISpace(b)
+	if len(b) > 0 && b[0] == '+' {
+		b = b[1:]
+		if len(b) > 0 && b[0] == '-' {
+			return 0, false
+		}
+	}
+	if dot := indexByte(b, '.'); dot >= 0 {
+		for _, c := range b[dot+1:] {
+			if c != '0' {
+				return 0, false
+			}
+		}
+		b = b[:dot]
+	}
+	n, ok := parseIntLit(b)
+	return int(n), ok
+}
+
+func indexByte(b []byte, c byte) int {
+	for i, x := range b {
+		if x == c {
+			return i
+		}
+	}
+	return -1
+}
+
+func trimASCIISpace(b []byte) []byte {
+	for len(b) > 0 && isASCIISpace(b[0]) {
+		b = b[1:]
+	}
+	for len(b) > 0 && isASCIISpace(b[len(b)-1]) {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+func isASCIISpace(c byte) bool {
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'
+}
+
+// float decodes a float field with Pydantic's lax rules: numbers,
+// booleans and decimal strings. Non-finite values are refused: the
+// reference would write them back as null, which it then rejects.
+func (d *decoder) float(prefix, name string) (float64, bool) {
+	c := d.data[d.pos]
+	switch {
+	case c == '-' || (c >= '0' && c <= '9'):
+		at := d.pos
+		b, isInt, ok := d.scanNumber()
+		if !ok {
+			return 0, false
+		}
+		if isInt && len(b) <= 16 {
+			n, _ := parseIntLit(b)
+			return float64(n), true
+		}
+		f, err := strconv.ParseFloat(bstr(b), 64)
+		if err != nil || math.IsInf(f, 0) {
+			d.errs.add(join(prefix, name), "number at byte "+strconv.Itoa(at)+" is out of the float64 range")
+			return 0, false
+		}
+		return f, true
+	case c == '"':
+		b, ok := d.readString()
+		if !ok {
+			return 0, false
+		}
+		if f, ok := floatFromString(b); ok {
+			return f, true
+		}
+		d.errs.add(join(prefix, name), "input should be a valid number, unable to parse string as a number")
+		return 0, false
+	case c == 't':
+		return 1, d.matchLit("true")
+	case c == 'f':
+		return 0, d.matchLit("false")
+	}
+	d.typeError(join(prefix, name), "input should be a valid number")
+	return 0, false
+}
+
+func floatFromString(b []byte) (float64, bool) {
+	b = trimASCIISpace(b)
+	if len(b) == 0 {
+		return 0, false
+	}
+	digits := false
+	for _, c := range b {
+		switch {
+		case c >= '0' && c <= '9':
+			digits = true
+		case c == '+' || c == '-' || c == '.' || c == 'e' || c == 'E':
+		default:
+			return 0, false
+		}
+	}
+	if !digits {
+		return 0, false
+	}
+	f, err := strconv.ParseFloat(bstr(b), 64)
+	if err != nil || math.IsInf(f, 0) || math.IsNaN(f) {
+		return 0, false
+	}
+	return f, true
+}
+
+// boolean decodes a bool field with Pydantic's lax rules.
+func (d *decoder) boolean(prefix, name string) (bool, bool) {
+	c := d.data[d.pos]
+	switch {
+	case c == 't':
+		return true, d.matchLit("true")
+	case c == 'f':
+		return false, d.matchLit("false")
+	case c == '-' || (c >= '0' && c <= '9'):
+		b, _, ok := d.scanNumber()
+		if !ok {
+			return false, false
+		}
+		if f, err := strconv.ParseFloat(bstr(b), 64); err == nil && (f == 0 || f == 1) {
+			return f == 1, true
+		}
+		d.errs.add(join(prefix, name), "input should be a valid boolean, unable to interpret input")
+		return false, false
+	case c == '"':
+		b, ok := d.readString()
+		if !ok {
+			return false, false
+		}
+		switch string(lowerASCII(b)) {
+		case "1", "on", "t", "true", "y", "yes":
+			return true, true
+		case "0", "off", "f", "false", "n", "no":
+			return false, true
+		}
+		d.errs.add(join(prefix, name), "input should be a valid boolean, unable to interpret input")
+		return false, false
+	}
+	d.typeError(join(prefix, name), "input should be a valid boolean")
+	return false, false
+}
+
+func lowerASCII(b []byte) []byte {
+	if len(b) > 5 {
+		return b
+	}
+	var buf [5]byte
+	for i, c := range b {
+		if c >= 'A' && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		buf[i] = c
+	}
+	out := buf[:len(b)]
+	return append([]byte(nil), out...)
+}
+
+// extra records a key the model does not define.
+func (d *decoder) extra(prefix string, key []byte) {
+	d.typeError(join(prefix, string(key)), "extra fields not permitted")
+}
+
+// missing records a required field that was absent.
+func (d *decoder) missing(prefix, name string) {
+	d.errs.add(join(prefix, name), "field required")
+}

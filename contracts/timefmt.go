@@ -1,0 +1,325 @@
+package contracts
+
+import (
+	"math"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// Naive is the location of timestamps that carried no UTC offset on the
+// wire ("2026-01-01T00:00:00", or a bare date). Python keeps such values
+// naive and writes them back without an offset; so does this package.
+// Their clock reading is interpreted as UTC for comparisons. Do not
+// reassign it.
+var Naive = time.FixedZone("naive", 0)
+
+// IsNaive reports whether t carries no UTC offset on the wire.
+func IsNaive(t time.Time) bool { return t.Location() == Naive }
+
+// Now returns the current UTC time at microsecond precision, the
+// resolution of Python's datetime, so that values round-trip exactly.
+func Now() time.Time { return time.Now().UTC().Truncate(time.Microsecond) }
+
+// UnixNow returns the current time as float seconds, like time.time().
+func UnixNow() float64 { return float64(time.Now().UnixMicro()) / 1e6 }
+
+var zones sync.Map // offset seconds → *time.Location
+
+func zoneFor(offset int) *time.Location {
+	if offset == 0 {
+		return time.UTC
+	}
+	if z, ok := zones.Load(offset); ok {
+		return z.(*time.Location)
+	}
+	z, _ := zones.LoadOrStore(offset, time.FixedZone("", offset))
+	return z.(*time.Location)
+}
+
+func digits(b []byte, i, n int) (int, bool) {
+	if i+n > len(b) {
+		return 0, false
+	}
+	v := 0
+	for _, c := range b[i : i+n] {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		v = v*10 + int(c-'0')
+	}
+	return v, true
+}
+
+func daysIn(year, month int) int {
+	switch month {
+	case 2:
+		if year%4 == 0 && (year%100 != 0 || year%400 == 0) {
+			return 29
+		}
+		return 28
+	case 4, 6, 9, 11:
+		return 30
+	}
+	return 31
+}
+
+// parseTimestamp parses the datetime forms the reference accepts from a
+// string: RFC 3339 with 'T', 't' or ' ' between date and time, optional
+// seconds, a fraction after '.' or ',' (truncated to microseconds), an
+// offset of Z, z, ±HH:MM or ±HHMM, or none (naive); a bare date (naive
+// midnight); or a decimal number of unix seconds.
+func parseTimestamp(b []byte) (time.Time, string) {
+	if len(b) > 0 && (b[0] == '-' || b[0] == '+' || b[0] == '.' || len(b) < 10 || (b[4] != '-')) {
+		if f, ok := unixFromString(b); ok {
+			return fromUnix(f)
+		}
+	}
+	year, ok1 := digits(b, 0, 4)
+	month, ok2 := digits(b, 5, 2)
+	day, ok3 := digits(b, 8, 2)
+	if !ok1 || !ok2 || !ok3 || b[4] != '-' || b[7] != '-' {
+		if f, ok := unixFromString(b); ok {
+			return fromUnix(f)
+		}
+		return time.Time{}, "input should be a valid datetime, expected YYYY-MM-DD"
+	}
+	if year == 0 {
+		return time.Time{}, "input should be a valid datetime, year 0 is out of range"
+	}
+	if month < 1 || month > 12 {
+		return time.Time{}, "input should be a valid datetime, month value is outside expected range of 1-12"
+	}
+	if day < 1 || day > daysIn(year, month) {
+		return time.Time{}, "input should be a valid datetime, day value is outside expected range"
+	}
+	if len(b) == 10 {
+		return time.Date(year, time.Month(month), day, 0, 0, 0, 0, Naive), ""
+	}
+	if c := b[10]; c != 'T' && c != 't' && c != ' ' {
+		return time.Time{}, "input should be a valid datetime, invalid date separator"
+	}
+	hour, ok1 := digits(b, 11, 2)
+	minute, ok2 := digits(b, 14, 2)
+	if !ok1 || !ok2 || b[13] != ':' {
+		return time.Time{}, "input should be a valid datetime, invalid time"
+	}
+	i := 16
+	sec, nsec := 0, 0
+	if i < len(b) && b[i] == ':' {
+		var ok bool
+		sec, ok = digits(b, i+1, 2)
+		if !ok {
+			return time.Time{}, "input should be a valid datetime, invalid second"
+		}
+		i += 3
+		if i < len(b) && (b[i] == '.' || b[i] == ',') {
+			i++
+			j := i
+			scale := 100000000
+			for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+				if i-j < 6 {
+					nsec += int(b[i]-'0') * scale
+					scale /= 10
+				}
+				i++
+			}
+			if i == j {
+				return time.Time{}, "input should be a valid datetime, invalid fraction of a second"
+			}
+		}
+	}
+	if hour > 23 || minute > 59 || sec > 59 {
+		return time.Time{}, "input should be a valid datetime, time out of range"
+	}
+	loc := Naive
+	if i < len(b) {
+		switch c := b[i]; c {
+		case 'Z', 'z':
+			loc = time.UTC
+			i++
+		case '+', '-':
+			oh, ok := digits(b, i+1, 2)
+			if !ok {
+				return time.Time{}, "input should be a valid datetime, invalid timezone offset"
+			}
+			var om int
+			if i+3 < len(b) && b[i+3] == ':' {
+				om, ok = digits(b, i+4, 2)
+				i += 6
+			} else {
+				om, ok = digits(b, i+3, 2)
+				i += 5
+			}
+			if !ok || oh > 23 || om > 59 {
+				return time.Time{}, "input should be a valid datetime, invalid timezone offset"
+			}
+			off := oh*3600 + om*60
+			if c == '-' {
+				off = -off
+			}
+			loc = zoneFor(off)
+		default:
+			return time.Time{}, "input should be a valid datetime, unexpected extra characters"
+		}
+	}
+	if i != len(b) {
+		return time.Time{}, "input should be a valid datetime, unexpected extra characters at the end"
+	}
+	return time.Date(year, time.Month(month), day, hour, minute, sec, nsec, loc), ""
+}
+
+func unixFromString(b []byte) (float64, bool) {
+	if len(b) == 0 {
+		return 0, false
+	}
+	dot := false
+	for i, c := range b {
+		switch {
+		case c >= '0' && c <= '9':
+		case c == '.' && !dot:
+			dot = true
+		case (c == '-' || c == '+') && i == 0:
+		default:
+			return 0, false
+		}
+	}
+	f, err := strconv.ParseFloat(bstr(b), 64)
+	return f, err == nil
+}
+
+// maxUnixSeconds is the largest number the reference reads as seconds;
+// above it, it reads milliseconds, a form this package refuses.
+const maxUnixSeconds = 2e10
+
+// fromUnix converts unix seconds to a UTC time at microsecond precision.
+func fromUnix(f float64) (time.Time, string) {
+	if math.IsNaN(f) || f < 0 || f > maxUnixSeconds {
+		return time.Time{}, "input should be a valid datetime, unix timestamp out of the supported range 0..2e10 seconds"
+	}
+	sec := math.Floor(f)
+	us := math.Round((f - sec) * 1e6)
+	if us >= 1e6 {
+		sec++
+		us = 0
+	}
+	return time.Unix(int64(sec), int64(us)*1000).UTC(), ""
+}
+
+// timestamp decodes a datetime field.
+func (d *decoder) timestamp(prefix, name string) (time.Time, bool) {
+	c := d.data[d.pos]
+	switch {
+	case c == '"':
+		b, ok := d.readString()
+		if !ok {
+			return time.Time{}, false
+		}
+		t, reason := parseTimestamp(b)
+		if reason != "" {
+			d.errs.add(join(prefix, name), reason)
+			return time.Time{}, false
+		}
+		return t, true
+	case c == '-' || (c >= '0' && c <= '9'):
+		b, _, ok := d.scanNumber()
+		if !ok {
+			return time.Time{}, false
+		}
+		f, err := strconv.ParseFloat(bstr(b), 64)
+		if err != nil {
+			f = math.Inf(1)
+		}
+		t, reason := fromUnix(f)
+		if reason != "" {
+			d.errs.add(join(prefix, name), reason)
+			return time.Time{}, false
+		}
+		return t, true
+	}
+	d.typeError(join(prefix, name), "input should be a valid datetime")
+	return time.Time{}, false
+}
+
+// optTimestamp decodes an Optional[datetime] field.
+func (d *decoder) optTimestamp(prefix, name string) (*time.Time, bool) {
+	if d.data[d.pos] == 'n' {
+		return nil, d.matchLit("null")
+	}
+	t, ok := d.timestamp(prefix, name)
+	if !ok {
+		return nil, false
+	}
+	return &t, true
+}
+
+func pad(dst []byte, v, n int) []byte {
+	var buf [9]byte
+	for i := n - 1; i >= 0; i-- {
+		buf[i] = byte('0' + v%10)
+		v /= 10
+	}
+	return append(dst, buf[:n]...)
+}
+
+// appendTimestamp writes t as Python's datetime.isoformat() does through
+// Pydantic: microseconds when non-zero, "Z" for UTC, "±HH:MM" offsets
+// kept, nothing for naive values.
+func appendTimestamp(dst []byte, t time.Time) []byte {
+	dst = append(dst, '"')
+	dst = appendTimestampRaw(dst, t)
+	return append(dst, '"')
+}
+
+func appendTimestampRaw(dst []byte, t time.Time) []byte {
+	year, month, day := t.Date()
+	hour, minute, sec := t.Clock()
+	dst = pad(dst, year, 4)
+	dst = append(dst, '-')
+	dst = pad(dst, int(month), 2)
+	dst = append(dst, '-')
+	dst = pad(dst, day, 2)
+	dst = append(dst, 'T')
+	dst = pad(dst, hour, 2)
+	dst = append(dst, ':')
+	dst = pad(dst, minute, 2)
+	dst = append(dst, ':')
+	dst = pad(dst, sec, 2)
+	if us := t.Nanosecond() / 1000; us != 0 {
+		dst = append(dst, '.')
+		dst = pad(dst, us, 6)
+	}
+	loc := t.Location()
+	if loc == Naive {
+		return dst
+	}
+	if loc == time.UTC {
+		return append(dst, 'Z')
+	}
+	_, off := t.Zone()
+	if off == 0 {
+		return append(dst, 'Z')
+	}
+	if off < 0 {
+		dst = append(dst, '-')
+		off = -off
+	} else {
+		dst = append(dst, '+')
+	}
+	dst = pad(dst, off/3600, 2)
+	dst = append(dst, ':')
+	dst = pad(dst, off%3600/60, 2)
+	if s := off % 60; s != 0 {
+		dst = append(dst, ':')
+		dst = pad(dst, s, 2)
+	}
+	return dst
+}
+
+// checkTime validates a datetime built in Go: Python's datetime holds
+// years 1 to 9999 only.
+func checkTime(errs *fieldErrors, path string, t time.Time) {
+	if y := t.Year(); y < 1 || y > 9999 {
+		errs.add(path, "datetime year "+strconv.Itoa(y)+" is outside 1..9999")
+	}
+}
