@@ -1,0 +1,53 @@
+package gemm
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"testing"
+)
+
+// benchShapes are the shapes bench/gemm/run.sh compares with PyTorch.
+var benchShapes = []struct {
+	name    string
+	linear  bool // Linear with bias (batch m, in k, out n); else Sgemm NN
+	m, n, k int
+}{
+	{"linear64x64_b1", true, 1, 64, 64},
+	{"linear512x512_b32", true, 32, 512, 512},
+	{"linear1024x1024_b256", true, 256, 1024, 1024},
+	{"matmul2048", false, 2048, 2048, 2048},
+}
+
+// BenchmarkShapes reports GFLOP/s (2·m·n·k per call) per implementation.
+func BenchmarkShapes(b *testing.B) {
+	def := Implementation()
+	defer func() { _ = Use(def) }()
+	for _, impl := range Implementations() {
+		if err := Use(impl); err != nil {
+			b.Fatal(err)
+		}
+		for _, s := range benchShapes {
+			b.Run(fmt.Sprintf("impl=%s/%s", impl, s.name), func(b *testing.B) {
+				if impl == "portable" && s.m*s.n*s.k > 1<<26 {
+					b.Skip("portable path too slow for this shape")
+				}
+				r := rand.New(rand.NewPCG(1, 1))
+				a, w, c := randSlice(r, s.m*s.k), randSlice(r, s.n*s.k), make([]float32, s.m*s.n)
+				ep := Epilogue{Bias: randSlice(r, s.n), Act: ActReLU}
+				call := func() { Linear(s.m, s.n, s.k, a, s.k, w, s.k, c, s.n, ep) }
+				if !s.linear {
+					call = func() { Sgemm(false, false, s.m, s.n, s.k, 1, a, s.k, w, s.n, 0, c, s.n) }
+				}
+				call()
+				b.ReportAllocs()
+				b.ResetTimer()
+				for b.Loop() {
+					call()
+				}
+				sec := b.Elapsed().Seconds() / float64(b.N)
+				b.ReportMetric(2*float64(s.m)*float64(s.n)*float64(s.k)/sec/1e9, "GFLOP/s")
+				b.ReportMetric(sec*1e6, "us/call")
+			})
+		}
+	}
+}
