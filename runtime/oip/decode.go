@@ -1,6 +1,7 @@
 package oip
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -297,6 +298,9 @@ func halfToFloat32(h uint16) float32 {
 // validated as JSON by encoding/json. Nothing is allocated for the values
 // before the element count is known to fit the data.
 func decodeJSONData(raw []byte, n int64, maxNest int, datatype string, dt dtype) ([]float32, error) {
+	if t := bytes.TrimLeft(raw, " \t\r\n"); len(t) == 0 || t[0] != '[' {
+		return nil, badInput("inputs[0].data: must be an array of numbers")
+	}
 	// Every element takes at least two bytes ("0,"), so a declared count
 	// the data cannot hold is refused before allocating for it.
 	if n > int64(len(raw))/2+1 {
