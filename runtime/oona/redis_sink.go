@@ -1,0 +1,68 @@
+package oona
+
+import (
+	"context"
+	"errors"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// redisSink XADDs batches through one pipeline per batch.
+type redisSink struct {
+	client *redis.Client
+	maxLen int64
+	args   []any // reused XADD argument buffer
+}
+
+func (s *redisSink) write(ctx context.Context, batch []entry) []error {
+	pipe := s.client.Pipeline()
+	cmds := make([]*redis.StringCmd, len(batch))
+	for i := range batch {
+		e := &batch[i]
+		args := make([]any, 0, 6+len(e.fields))
+		args = append(args, "xadd", e.stream)
+		if s.maxLen > 0 && !strings.HasPrefix(e.stream, "control.") {
+			args = append(args, "maxlen", "~", s.maxLen)
+		}
+		args = append(args, "*")
+		for _, f := range e.fields {
+			args = append(args, f)
+		}
+		cmd := redis.NewStringCmd(ctx, args...)
+		_ = pipe.Process(ctx, cmd)
+		cmds[i] = cmd
+	}
+	_, _ = pipe.Exec(ctx)
+	errs := make([]error, len(batch))
+	for i, c := range cmds {
+		errs[i] = c.Err()
+	}
+	return errs
+}
+
+// permanent: a reply error from the server that retrying cannot fix
+// (WRONGTYPE, a syntax error). Transport errors and the server's transient
+// states (LOADING, BUSY, OOM, READONLY, auth not yet configured) are retried.
+func (s *redisSink) permanent(err error) bool {
+	var re redis.Error
+	if !errors.As(err, &re) {
+		return false
+	}
+	if redis.HasErrorPrefix(err, "LOADING") || redis.HasErrorPrefix(err, "BUSY") ||
+		redis.HasErrorPrefix(err, "OOM") || redis.HasErrorPrefix(err, "READONLY") ||
+		redis.HasErrorPrefix(err, "MASTERDOWN") || redis.HasErrorPrefix(err, "TRYAGAIN") ||
+		redis.HasErrorPrefix(err, "CLUSTERDOWN") || redis.HasErrorPrefix(err, "NOAUTH") ||
+		redis.HasErrorPrefix(err, "WRONGPASS") || redis.HasErrorPrefix(err, "NOPERM") ||
+		redis.HasErrorPrefix(err, "NOREPLICAS") {
+		return false
+	}
+	// A reply error carrying a transport failure is not the server's word.
+	return strings.HasPrefix(re.Error(), "ERR") || strings.HasPrefix(re.Error(), "WRONGTYPE")
+}
+
+func (s *redisSink) probe(ctx context.Context) error {
+	return s.client.Ping(ctx).Err()
+}
+
+func (s *redisSink) close() error { return s.client.Close() }

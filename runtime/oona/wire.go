@@ -1,0 +1,194 @@
+package oona
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/esper/kasmina-host/contracts"
+)
+
+// Stream entry field names, one per top-level OonaMessage field, in the
+// order they are written.
+const (
+	FieldEventID   = "event_id"
+	FieldSenderID  = "sender_id"
+	FieldTimestamp = "timestamp"
+	FieldTraceID   = "trace_id"
+	FieldTopic     = "topic"
+	FieldPayload   = "payload"
+)
+
+// Sentinel errors of the wire format.
+var (
+	// ErrAmbiguousField is returned (wrapped, naming the field) when a
+	// string field's text parses as JSON (a sender_id of "42", a trace_id
+	// of "true"): the Python reader json.loads every field and would read
+	// back a number or a bool, failing validation there.
+	ErrAmbiguousField = errors.New("oona: string field would read back as JSON")
+	// ErrInvalidMessage is returned (wrapped) by Publish for a message
+	// that fails the contract's validation or cannot be encoded.
+	ErrInvalidMessage = errors.New("oona: invalid message")
+	// ErrMalformed is returned (wrapped, naming the field) for a stream
+	// entry that does not decode to a valid OonaMessage.
+	ErrMalformed = errors.New("oona: malformed stream entry")
+)
+
+// readsBackAsJSON reports whether Python's json.loads accepts s: any JSON
+// text, plus the NaN and Infinity literals Python also takes.
+func readsBackAsJSON(s string) bool {
+	if json.Valid([]byte(s)) {
+		return true
+	}
+	switch strings.Trim(s, " \t\r\n") {
+	case "NaN", "Infinity", "-Infinity":
+		return true
+	}
+	// Python also accepts those literals inside arrays and objects;
+	// replacing them is conservative (it may refuse a little more).
+	t := strings.Trim(s, " \t\r\n")
+	if (strings.HasPrefix(t, "[") || strings.HasPrefix(t, "{")) && (strings.Contains(t, "NaN") || strings.Contains(t, "Infinity")) {
+		r := strings.NewReplacer("-Infinity", "0", "Infinity", "0", "NaN", "0")
+		return json.Valid([]byte(r.Replace(t)))
+	}
+	return false
+}
+
+// CheckWireString returns an error naming field when s cannot be written as
+// a string field: text the Python reader would parse as JSON, or bytes
+// that are not UTF-8 (redis-py decodes every reply as UTF-8).
+func CheckWireString(field, s string) error {
+	if !utf8.ValidString(s) {
+		return fmt.Errorf("%w: %s is not valid UTF-8", ErrInvalidMessage, field)
+	}
+	if readsBackAsJSON(s) {
+		return fmt.Errorf("%w: %s %q parses as JSON; use a non-numeric, non-literal id such as %q", ErrAmbiguousField, field, s, "host-"+s)
+	}
+	return nil
+}
+
+// encodeFields validates msg and returns its stream entry: one field per
+// top-level message field, the payload JSON-encoded, everything else as its
+// string form (the timestamp as the contract's JSON string without quotes).
+func encodeFields(msg *contracts.OonaMessage) (entry, error) {
+	if err := msg.Validate(); err != nil {
+		return entry{}, fmt.Errorf("%w: %w", ErrInvalidMessage, err)
+	}
+	for _, f := range [...]struct{ name, v string }{
+		{FieldEventID, msg.EventID}, {FieldSenderID, msg.SenderID}, {FieldTraceID, msg.TraceID},
+	} {
+		if err := CheckWireString(f.name, f.v); err != nil {
+			return entry{}, err
+		}
+	}
+	payload, err := encodePayload(msg.Payload)
+	if err != nil {
+		return entry{}, fmt.Errorf("%w: payload: %w", ErrInvalidMessage, err)
+	}
+	ts := string(appendWireTimestamp(make([]byte, 0, 32), msg.Timestamp))
+	topic := string(msg.Topic)
+	fields := []string{
+		FieldEventID, msg.EventID,
+		FieldSenderID, msg.SenderID,
+		FieldTimestamp, ts,
+		FieldTraceID, msg.TraceID,
+		FieldTopic, topic,
+		FieldPayload, payload,
+	}
+	size := 0
+	for _, f := range fields {
+		size += len(f)
+	}
+	return entry{stream: topic, eventID: msg.EventID, fields: fields, size: size}, nil
+}
+
+// EncodeFields returns the stream entry fields of msg as name/value pairs in
+// wire order, exactly what the Redis publisher XADDs.
+func EncodeFields(msg contracts.OonaMessage) ([]string, error) {
+	e, err := encodeFields(&msg)
+	if err != nil {
+		return nil, err
+	}
+	return e.fields, nil
+}
+
+// DecodeFields decodes a stream entry written by the Python Oona client or
+// by this package into a validated OonaMessage. It reads each field the way
+// the Python reader does (JSON first, the raw string when that fails) but
+// keeps string fields as strings: a sender_id of 42 written by a careless
+// producer is accepted as "42" rather than refused. The timestamp may use a
+// 'T' or a space between date and time. Unknown fields are ignored.
+func DecodeFields(fields map[string]string) (contracts.OonaMessage, error) {
+	msg, _, err := decodeFields(fields)
+	return msg, err
+}
+
+// decodeFields is DecodeFields that also returns the payload's JSON text.
+func decodeFields(fields map[string]string) (contracts.OonaMessage, []byte, error) {
+	var msg contracts.OonaMessage
+	raw, ok := fields[FieldPayload]
+	if !ok {
+		return msg, nil, fmt.Errorf("%w: field %s missing", ErrMalformed, FieldPayload)
+	}
+	payload := []byte(strings.TrimSpace(raw))
+	if len(payload) == 0 || payload[0] != '{' || !json.Valid(payload) {
+		return msg, nil, fmt.Errorf("%w: field %s is not a JSON object: %q", ErrMalformed, FieldPayload, truncate(raw, 64))
+	}
+	var env bytes.Buffer
+	env.Grow(len(payload) + 256)
+	env.WriteByte('{')
+	for _, name := range [...]string{FieldEventID, FieldSenderID, FieldTimestamp, FieldTraceID, FieldTopic} {
+		v, ok := fields[name]
+		if !ok {
+			continue // the contract supplies defaults or names what is missing
+		}
+		if !utf8.ValidString(v) {
+			return msg, nil, fmt.Errorf("%w: field %s is not valid UTF-8", ErrMalformed, name)
+		}
+		v = unquoteJSONString(v)
+		if name == FieldTimestamp && len(v) > 10 && v[10] == ' ' {
+			v = v[:10] + "T" + v[11:] // str(datetime) form
+		}
+		q, err := json.Marshal(v)
+		if err != nil {
+			return msg, nil, fmt.Errorf("%w: field %s: %w", ErrMalformed, name, err)
+		}
+		env.WriteByte('"')
+		env.WriteString(name)
+		env.WriteString(`":`)
+		env.Write(q)
+		env.WriteByte(',')
+	}
+	env.WriteString(`"payload":`)
+	env.Write(payload)
+	env.WriteByte('}')
+	msg, err := contracts.DecodeOonaMessage(env.Bytes())
+	if err != nil {
+		return contracts.OonaMessage{}, nil, fmt.Errorf("%w: %w", ErrMalformed, err)
+	}
+	return msg, payload, nil
+}
+
+// unquoteJSONString returns the string a JSON string literal denotes, or v
+// unchanged when v is not one: the Python reader json.loads every field.
+func unquoteJSONString(v string) string {
+	t := strings.TrimSpace(v)
+	if len(t) < 2 || t[0] != '"' {
+		return v
+	}
+	var s string
+	if json.Unmarshal([]byte(t), &s) != nil {
+		return v
+	}
+	return s
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
