@@ -1,0 +1,137 @@
+package health
+
+import (
+	"math"
+	"testing"
+	"time"
+
+	"github.com/esper/kasmina-host/contracts"
+)
+
+var now = time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)
+
+func in(state contracts.SeedState) Inputs {
+	return Inputs{LayerID: 3, SeedIdx: 1, Epoch: 7, ActiveSeeds: 1, TotalSeeds: 2, State: state, Now: now}
+}
+
+func TestWindowEmptyReportsNothing(t *testing.T) {
+	if _, _, ok := NewWindow(4).Signal(in(contracts.SeedTraining)); ok {
+		t.Fatal("an empty window produced a signal")
+	}
+}
+
+func TestWindowStatistics(t *testing.T) {
+	tests := []struct {
+		name      string
+		units     int
+		calls     [][]float32 // each call: batch rows of units
+		errors    int
+		wantVar   float64
+		wantDead  float64
+		wantCorr  float64
+		wantScore float64
+		ready     bool
+	}{
+		{name: "one unit never fires", units: 3,
+			calls:   [][]float32{{1, 0, 2, 3, -1, 4}},
+			wantVar: variance(1, 0, 2, 3, -1, 4), wantDead: 1.0 / 3, wantCorr: 5 / math.Sqrt(28),
+			wantScore: 1 - 0.1/3},
+		{name: "all dead", units: 2, calls: [][]float32{{0, -1}, {-2, 0}},
+			wantVar: variance(0, -1, -2, 0), wantDead: 1, wantCorr: -1, wantScore: 0.9},
+		{name: "identical rows correlate fully", units: 4,
+			calls:   [][]float32{{1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3, 4}},
+			wantVar: 1.25, wantCorr: 1, wantScore: 1, ready: true},
+		{name: "errors lower the score and block readiness", units: 4, errors: 1,
+			calls:   [][]float32{{1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3, 4}},
+			wantVar: 1.25, wantCorr: 1, wantScore: 1 - 0.5*0.5},
+		{name: "non-finite values counted, excluded from variance", units: 2,
+			calls:   [][]float32{{float32(math.NaN()), 1, float32(math.Inf(1)), 3}},
+			wantVar: 1, wantDead: 0.5, wantScore: 1 - 0.3*0.5 - 0.1*0.5},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			w := NewWindow(tt.units)
+			for _, c := range tt.calls {
+				w.Observe(c, len(c)/tt.units, 2*time.Millisecond)
+			}
+			for i := 0; i < tt.errors; i++ {
+				w.ObserveError(2 * time.Millisecond)
+			}
+			sig, sum, ok := w.Signal(in(contracts.SeedTraining))
+			if !ok {
+				t.Fatal("no signal")
+			}
+			if err := sig.Validate(); err != nil {
+				t.Fatalf("signal fails the contract: %v", err)
+			}
+			near := func(name string, got, want float64) {
+				if math.Abs(got-want) > 1e-9 {
+					t.Errorf("%s = %v, want %v", name, got, want)
+				}
+			}
+			near("activation_variance", sig.ActivationVariance, tt.wantVar)
+			near("dead_neuron_ratio", sig.DeadNeuronRatio, tt.wantDead)
+			near("avg_correlation", sig.AvgCorrelation, tt.wantCorr)
+			near("health_score", sig.HealthScore, tt.wantScore)
+			near("execution_latency", sig.ExecutionLatency, 2)
+			if sig.ErrorCount != tt.errors || sum.Errors != tt.errors {
+				t.Errorf("error_count = %d, want %d", sig.ErrorCount, tt.errors)
+			}
+			if sig.IsReadyForTransition != tt.ready {
+				t.Errorf("ready = %v, want %v", sig.IsReadyForTransition, tt.ready)
+			}
+			if sig.LayerID != 3 || sig.SeedID != 1 || sig.Epoch != 7 || sig.TotalSeeds != 2 {
+				t.Errorf("identity fields wrong: %+v", sig)
+			}
+			if _, _, ok := w.Signal(in(contracts.SeedTraining)); ok {
+				t.Error("window not reset after a signal")
+			}
+		})
+	}
+}
+
+func TestWindowReadinessNeedsActiveState(t *testing.T) {
+	w := NewWindow(1)
+	for i := 0; i < 2*MinSamples; i++ {
+		w.Observe([]float32{float32(i)}, 1, time.Millisecond)
+	}
+	sig, _, _ := w.Signal(in(contracts.SeedDormant))
+	if sig.IsReadyForTransition {
+		t.Fatal("a dormant seed was declared ready")
+	}
+}
+
+func TestLatencyPenalty(t *testing.T) {
+	w := NewWindow(1)
+	w.Observe([]float32{1}, 1, 30*time.Millisecond)
+	i := in(contracts.SeedTraining)
+	var p contracts.Metrics
+	p.Set("latency_ms", 10)
+	i.ExpectedLatency = ExpectedLatency(p)
+	sig, _, _ := w.Signal(i)
+	if want := 0.9; math.Abs(sig.HealthScore-want) > 1e-9 {
+		t.Fatalf("health_score = %v, want %v (3x slower than declared caps the penalty at 1)", sig.HealthScore, want)
+	}
+}
+
+func variance(xs ...float64) float64 {
+	var s, ss float64
+	for _, x := range xs {
+		s += x
+		ss += x * x
+	}
+	n := float64(len(xs))
+	return ss/n - (s/n)*(s/n)
+}
+
+func BenchmarkObserve(b *testing.B) {
+	w := NewWindow(64)
+	out := make([]float32, 64)
+	for i := range out {
+		out[i] = float32(i%7) - 3
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		w.Observe(out, 1, time.Microsecond)
+	}
+}
