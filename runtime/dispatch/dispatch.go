@@ -1,0 +1,184 @@
+// Package dispatch bounds the work the host takes on: a Limiter per
+// executor device (bounded concurrency plus a bounded queue that refuses at
+// once when full, rather than letting requests time out) and a Breaker per
+// kernel (consecutive failures open it; after a cool-down one probe request
+// is let through, and its success closes it again).
+package dispatch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// ErrQueueFull is returned when a device's queue is full: the request is
+// refused at once so the client can retry elsewhere or later.
+var ErrQueueFull = errors.New("queue full")
+
+// ErrBreakerOpen is returned while a kernel's circuit breaker is open.
+var ErrBreakerOpen = errors.New("circuit breaker open")
+
+// Limiter runs at most Concurrency requests at a time and lets at most
+// QueueDepth more wait for a slot.
+type Limiter struct {
+	slots   chan struct{}
+	queued  atomic.Int64
+	depth   int64
+	running atomic.Int64
+}
+
+// NewLimiter returns a limiter; concurrency must be at least 1 and depth
+// at least 0.
+func NewLimiter(concurrency, depth int) *Limiter {
+	if concurrency < 1 {
+		concurrency = 1
+	}
+	if depth < 0 {
+		depth = 0
+	}
+	return &Limiter{slots: make(chan struct{}, concurrency), depth: int64(depth)}
+}
+
+// Acquire takes a slot, waiting in the queue if every slot is busy. It
+// fails at once with ErrQueueFull when the queue is full, and with the
+// context's error if ctx ends while waiting. On success the caller must
+// call Release.
+func (l *Limiter) Acquire(ctx context.Context) error {
+	select {
+	case l.slots <- struct{}{}:
+		l.running.Add(1)
+		return nil
+	default:
+	}
+	if l.queued.Add(1) > l.depth {
+		l.queued.Add(-1)
+		return fmt.Errorf("%w: %d running, %d waiting", ErrQueueFull, cap(l.slots), l.depth)
+	}
+	defer l.queued.Add(-1)
+	select {
+	case l.slots <- struct{}{}:
+		l.running.Add(1)
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Release gives a slot back.
+func (l *Limiter) Release() {
+	l.running.Add(-1)
+	<-l.slots
+}
+
+// Queued is the number of requests waiting for a slot.
+func (l *Limiter) Queued() int { return int(l.queued.Load()) }
+
+// Running is the number of requests holding a slot.
+func (l *Limiter) Running() int { return int(l.running.Load()) }
+
+// BreakerState is the state of a circuit breaker.
+type BreakerState int32
+
+// Breaker states.
+const (
+	Closed BreakerState = iota
+	Open
+	HalfOpen
+)
+
+func (s BreakerState) String() string {
+	switch s {
+	case Open:
+		return "open"
+	case HalfOpen:
+		return "half-open"
+	}
+	return "closed"
+}
+
+// Breaker opens after Threshold consecutive failures. While open it
+// refuses requests; after Cooldown it lets one probe through (half-open);
+// the probe's success closes it, its failure opens it again.
+type Breaker struct {
+	threshold int
+	cooldown  time.Duration
+	now       func() time.Time
+
+	state    atomic.Int32 // BreakerState; read lock-free on the hot path
+	mu       sync.Mutex
+	failures int
+	openedAt time.Time
+	probing  bool
+}
+
+// NewBreaker returns a closed breaker. A threshold below 1 disables it.
+// now may be nil (time.Now).
+func NewBreaker(threshold int, cooldown time.Duration, now func() time.Time) *Breaker {
+	if now == nil {
+		now = time.Now
+	}
+	return &Breaker{threshold: threshold, cooldown: cooldown, now: now}
+}
+
+// Allow reports whether a request may run. A nil error means it may; the
+// caller must then report the outcome with Done.
+func (b *Breaker) Allow() error {
+	if b.threshold < 1 || BreakerState(b.state.Load()) == Closed {
+		return nil
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch BreakerState(b.state.Load()) {
+	case Closed:
+		return nil
+	case Open:
+		if wait := b.cooldown - b.now().Sub(b.openedAt); wait > 0 {
+			return fmt.Errorf("%w after %d consecutive failures; next probe in %s", ErrBreakerOpen, b.failures, wait.Round(time.Millisecond))
+		}
+		b.state.Store(int32(HalfOpen))
+		b.probing = true
+		return nil
+	default: // half-open: one probe at a time
+		if b.probing {
+			return fmt.Errorf("%w: a probe request is running", ErrBreakerOpen)
+		}
+		b.probing = true
+		return nil
+	}
+}
+
+// Done records the outcome of a request that Allow let through. Only
+// failures of the kernel itself should count (not bad input).
+func (b *Breaker) Done(failed bool) {
+	if b.threshold < 1 {
+		return
+	}
+	if !failed && BreakerState(b.state.Load()) == Closed {
+		// Fast path: a success while closed only needs to clear a streak.
+		b.mu.Lock()
+		b.failures = 0
+		b.mu.Unlock()
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	state := BreakerState(b.state.Load())
+	if !failed {
+		b.failures = 0
+		b.probing = false
+		b.state.Store(int32(Closed))
+		return
+	}
+	b.failures++
+	if state == HalfOpen || b.failures >= b.threshold {
+		b.state.Store(int32(Open))
+		b.openedAt = b.now()
+		b.probing = false
+	}
+}
+
+// State returns the breaker's state.
+func (b *Breaker) State() BreakerState { return BreakerState(b.state.Load()) }
