@@ -3,7 +3,9 @@ package gemm
 import (
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"testing"
+	"time"
 )
 
 // benchShapes are the shapes bench/gemm/run.sh compares with PyTorch.
@@ -49,5 +51,24 @@ func BenchmarkShapes(b *testing.B) {
 				b.ReportMetric(sec*1e6, "us/call")
 			})
 		}
+	}
+}
+
+// BenchmarkFMAPeak reports the float32 FMA peak of one core and of all
+// cores (GOMAXPROCS), measured with the assembly FMA loop.
+func BenchmarkFMAPeak(b *testing.B) {
+	for _, threads := range []int{1, runtime.GOMAXPROCS(0)} {
+		b.Run(fmt.Sprintf("threads=%d", threads), func(b *testing.B) {
+			var best FMAPeak
+			for b.Loop() {
+				if p := MeasureFMAPeak(threads, 200*time.Millisecond); p.GFLOPS > best.GFLOPS {
+					best = p
+				}
+			}
+			if best.ISA == "" {
+				b.Skip("no vector FMA on this CPU")
+			}
+			b.ReportMetric(best.GFLOPS, "GFLOP/s")
+		})
 	}
 }

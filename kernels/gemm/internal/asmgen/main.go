@@ -34,8 +34,8 @@ const (
 // isa describes one vector instruction set.
 type isa struct {
 	name  string
-	lanes int                  // float32 lanes per vector
-	mr    int                  // max rows per tile
+	lanes int                     // float32 lanes per vector
+	mr    int                     // max rows per tile
 	vec   func(i int) VecPhysical // vector register i at full width
 	ymm   func(i int) VecPhysical
 	xmm   func(i int) VecPhysical
