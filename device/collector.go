@@ -92,14 +92,17 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			continue
 		}
 		gauge(c.memReserved, float64(d.MemoryReservedBytes))
-		gauge(c.util, float64(d.UtilizationGPU)/100)
-		gauge(c.memUtil, float64(d.UtilizationMemory)/100)
-		gauge(c.temp, float64(d.TemperatureC))
-		gauge(c.power, d.PowerW)
 		counter(c.ecc, float64(d.ECCCorrected), "corrected")
 		counter(c.ecc, float64(d.ECCUncorrected), "uncorrected")
 		for xid, n := range d.XidCounts {
 			counter(c.xids, float64(n), formatUint(xid))
 		}
+		if d.Kind != KindGPU {
+			continue // NVML reports these per GPU, not per MIG instance
+		}
+		gauge(c.util, float64(d.UtilizationGPU)/100)
+		gauge(c.memUtil, float64(d.UtilizationMemory)/100)
+		gauge(c.temp, float64(d.TemperatureC))
+		gauge(c.power, d.PowerW)
 	}
 }

@@ -176,6 +176,13 @@ type Device struct {
 // IsAccelerator reports whether the device is a GPU or a MIG instance.
 func (d Device) IsAccelerator() bool { return d.Kind == KindGPU || d.Kind == KindMIG }
 
+// RunsWork reports whether kernels can be placed on the device itself: the
+// CPU, MIG instances and GPUs whose MIG mode is off. A MIG-enabled GPU runs
+// work only through its instances.
+func (d Device) RunsWork() bool {
+	return d.Kind == KindCPU || d.Kind == KindMIG || (d.Kind == KindGPU && !d.MIGEnabled)
+}
+
 // Label is the device's index as tables and metric labels show it: "3" for a
 // GPU, "0:1" for MIG instance 1 of GPU 0, "cpu" for the CPU.
 func (d Device) Label() string {
@@ -230,7 +237,9 @@ func (s Snapshot) Visible() []Device {
 	return out
 }
 
-// GPUs returns the visible GPUs and MIG instances, in index order.
+// GPUs returns the visible GPUs and MIG instances, in index order. A GPU
+// with MIG enabled is listed before its instances; check RunsWork before
+// placing work.
 func (s Snapshot) GPUs() []Device {
 	out := make([]Device, 0, len(s.Devices))
 	for _, d := range s.Devices {

@@ -65,18 +65,25 @@ func ApplyVisibility(devs []Device, lookup func(string) (string, bool)) []string
 		devs[i].CUDAOrdinal = ordinal
 	}
 	for i := range devs {
-		if devs[i].Kind == KindCPU {
-			devs[i].Visible = true
+		d := &devs[i]
+		// The CPU is always visible, and so is a MIG-enabled GPU with a
+		// visible instance (its temperature and health matter), though it
+		// has no CUDA ordinal of its own.
+		if d.Kind == KindCPU {
+			d.Visible = true
+		}
+		if d.Kind == KindMIG && d.Visible && d.MIG != nil {
+			for j := range devs {
+				if devs[j].Kind == KindGPU && devs[j].UUID == d.MIG.ParentUUID {
+					devs[j].Visible = true
+				}
+			}
 		}
 	}
 	return warnings
 }
 
-// runsWork reports whether CUDA would enumerate the device itself: MIG
-// instances and GPUs without MIG mode.
-func runsWork(d Device) bool {
-	return d.Kind == KindMIG || (d.Kind == KindGPU && !d.MIGEnabled)
-}
+func runsWork(d Device) bool { return d.RunsWork() }
 
 // expand returns the positions a GPU stands for: its MIG instances when MIG
 // is enabled, else itself.

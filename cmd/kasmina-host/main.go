@@ -38,6 +38,7 @@ type command struct {
 // the file named after it (devices.go, run.go, place.go, serve.go, ...).
 var commands = map[string]command{
 	"version": {"print the version and build information", runVersion},
+	"devices": {"show GPUs, MIG instances and the CPU as the host sees them", runDevices},
 }
 
 func main() {
