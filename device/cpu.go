@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"math"
 	"path"
 	"strconv"
 	"strings"
@@ -308,6 +307,3 @@ func readUint(root fs.FS, name string) (uint64, error) {
 	}
 	return n, nil
 }
-
-// roundCores rounds a core count for display: 2.5 stays, 16.0000001 is 16.
-func roundCores(c float64) float64 { return math.Round(c*100) / 100 }
