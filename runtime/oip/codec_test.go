@@ -1,0 +1,236 @@
+package oip
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+var fuzzModel = ModelInfo{Name: "m", InputShape: []int{4}}
+
+var fuzzLimits = limits{maxElements: 1 << 16, maxJSONDepth: DefaultMaxJSONDepth}
+
+// checkDecoded holds for every request the decoder accepts, and every
+// refusal is classified.
+func checkDecoded(t *testing.T, d decodedRequest, err error) {
+	if err != nil {
+		if !errors.Is(err, ErrBadInput) && !errors.Is(err, ErrUnsupported) {
+			t.Fatalf("unclassified error: %v", err)
+		}
+		return
+	}
+	n := 1
+	for _, s := range d.Input.Shape {
+		n *= s
+	}
+	if n != len(d.Input.Data) {
+		t.Fatalf("accepted shape %v with %d values", d.Input.Shape, len(d.Input.Data))
+	}
+	if len(d.Input.Shape) != 2 || d.Input.Shape[1] != 4 {
+		t.Fatalf("accepted shape %v for a model of input [-1 4]", d.Input.Shape)
+	}
+}
+
+func FuzzDecodeInferJSON(f *testing.F) {
+	for _, s := range []string{
+		`{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}`,
+		`{"id":"x","inputs":[{"name":"input","shape":[2,4],"datatype":"FP64","data":[[1,2,3,4],[5,6,7,8]]}],"outputs":[{"name":"output","parameters":{"binary_data":true}}]}`,
+		`{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP16","data":[0.5,-1e-3,65504,0]}],"parameters":{"binary_data_output":true}}`,
+		`{"inputs":[{"name":"input","shape":[0,4],"datatype":"FP32","data":[]}]}`,
+		`{"inputs":[{"name":"input","shape":[1,4],"datatype":"INT8","data":[1,2,3,4]}]}`,
+		`{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[[[1]]]}]}`,
+		`{"inputs":[{"name":"input","shape":[4611686018427387904,4],"datatype":"FP32","data":[1]}]}`,
+		`{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[1e39,"a",null,{}]}]}`,
+		`[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]`,
+		`{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}],"x":"\"[[[["}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		d, err := decodeInferRequest(body, -1, fuzzModel, fuzzLimits)
+		checkDecoded(t, d, err)
+	})
+}
+
+func FuzzDecodeInferBinary(f *testing.F) {
+	hdr := func(dt string, size int) []byte {
+		return fmt.Appendf(nil, `{"inputs":[{"name":"input","shape":[1,4],"datatype":%q,"parameters":{"binary_data_size":%d}}],"parameters":{"binary_data_output":true}}`, dt, size)
+	}
+	f.Add(hdr("FP32", 16), make([]byte, 16), int64(0))
+	f.Add(hdr("FP16", 8), []byte{0, 0x3c, 0, 0xc0, 1, 0, 0, 0x7c}, int64(0))
+	f.Add(hdr("BF16", 8), make([]byte, 8), int64(0))
+	f.Add(hdr("FP64", 32), make([]byte, 32), int64(0))
+	f.Add(hdr("FP32", 16), make([]byte, 15), int64(0))
+	f.Add(hdr("FP32", 12), make([]byte, 12), int64(0))
+	f.Add(hdr("FP32", 16), make([]byte, 16), int64(-7))
+	f.Add(hdr("FP32", -16), make([]byte, 16), int64(3))
+	f.Fuzz(func(t *testing.T, header, bin []byte, skew int64) {
+		body := append(append([]byte{}, header...), bin...)
+		// skew moves the declared header length off the true one, as a
+		// client with a wrong Inference-Header-Content-Length would.
+		hl := int64(len(header)) + skew%64
+		if hl < 0 {
+			hl = -1
+		}
+		d, err := decodeInferRequest(body, hl, fuzzModel, fuzzLimits)
+		checkDecoded(t, d, err)
+	})
+}
+
+func TestHalfToFloat32IsExactForEveryValue(t *testing.T) {
+	for h := 0; h < 1<<16; h++ {
+		got := halfToFloat32(uint16(h))
+		exp := (h >> 10) & 0x1f
+		mant := h & 0x3ff
+		var want float64
+		switch {
+		case exp == 0x1f && mant == 0:
+			want = math.Inf(1)
+		case exp == 0x1f:
+			if got == got {
+				t.Fatalf("%#04x: got %v, want NaN", h, got)
+			}
+			continue
+		case exp == 0:
+			want = math.Ldexp(float64(mant), -24)
+		default:
+			want = math.Ldexp(float64(mant|0x400), exp-25)
+		}
+		if h&0x8000 != 0 {
+			want = -want
+		}
+		if float64(got) != want || math.Signbit(float64(got)) != (h&0x8000 != 0) {
+			t.Fatalf("%#04x: got %v, want %v", h, got, want)
+		}
+	}
+}
+
+func TestJSONOutputRoundTripsEveryFloat32Exactly(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	data := make([]float32, 2000)
+	for i := range data {
+		for {
+			data[i] = math.Float32frombits(rng.Uint32())
+			if !math.IsNaN(float64(data[i])) && !math.IsInf(float64(data[i]), 0) {
+				break
+			}
+		}
+	}
+	data[0], data[1], data[2] = 0, math.SmallestNonzeroFloat32, math.MaxFloat32
+	b, hl, err := encodeInferResponse(nil, &inferResponse{ModelName: "m\"<x>", ModelVersion: "1", ID: "é", Output: Tensor{Shape: []int{1, len(data)}, Data: data}})
+	if err != nil || hl != -1 {
+		t.Fatalf("encode: %v %d", err, hl)
+	}
+	var a struct {
+		ModelName string `json:"model_name"`
+		ID        string `json:"id"`
+		Outputs   []struct {
+			Data []string `json:"data"`
+		} `json:"outputs"`
+	}
+	// Decode numbers as text so that the FP32 parse is the one checked.
+	var raw struct {
+		Outputs []struct {
+			Data []json.Number `json:"data"`
+		} `json:"outputs"`
+	}
+	if err := json.Unmarshal(b, &raw); err != nil {
+		t.Fatalf("answer is not JSON: %v", err)
+	}
+	_ = json.Unmarshal(b, &a)
+	if a.ModelName != "m\"<x>" || a.ID != "é" {
+		t.Fatalf("strings not escaped right: %q %q", a.ModelName, a.ID)
+	}
+	for i, n := range raw.Outputs[0].Data {
+		v, err := strconv.ParseFloat(string(n), 32)
+		if err != nil || float32(v) != data[i] {
+			t.Fatalf("data[%d] = %s, want %v", i, n, data[i])
+		}
+	}
+}
+
+func TestBinaryOutputLayout(t *testing.T) {
+	out := Tensor{Shape: []int{1, 2}, Data: []float32{1.5, float32(math.Inf(-1))}}
+	b, hl, err := encodeInferResponse(nil, &inferResponse{ModelName: "m", ModelVersion: "1", Output: out, Binary: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"model_name":"m","model_version":"1","parameters":{"placed_on":"","executed_on":"","executor":"","fallback":false},"outputs":[{"name":"output","datatype":"FP32","shape":[1,2],"parameters":{"binary_data_size":8}}]}`
+	if string(b[:hl]) != want {
+		t.Fatalf("header\n%s\nwant\n%s", b[:hl], want)
+	}
+	tail := b[hl:]
+	if len(tail) != 8 || binary.LittleEndian.Uint32(tail) != math.Float32bits(1.5) || binary.LittleEndian.Uint32(tail[4:]) != 0xff800000 {
+		t.Fatalf("tail % x", tail)
+	}
+}
+
+func TestDepthCheckIgnoresBracketsInStrings(t *testing.T) {
+	doc := `{"a":"` + strings.Repeat("[", 100) + `\"` + `","b":[[1]]}`
+	if err := checkJSONDepth([]byte(doc), 3); err != nil {
+		t.Fatalf("brackets in a string counted: %v", err)
+	}
+	if err := checkJSONDepth([]byte(`{"b":[[[1]]]}`), 3); err == nil {
+		t.Fatal("depth 4 accepted with a limit of 3")
+	}
+}
+
+// benchCase builds one request and the answer's tensor for the codec
+// benchmark.
+func benchCase(b *testing.B, batch, width int, bin bool) (body []byte, headerLen int64, model ModelInfo) {
+	b.Helper()
+	rng := rand.New(rand.NewPCG(3, 4))
+	data := make([]float32, batch*width)
+	for i := range data {
+		data[i] = rng.Float32()*2 - 1
+	}
+	model = ModelInfo{Name: "bench", InputShape: []int{width}}
+	if bin {
+		raw := appendFloat32LE(nil, data)
+		hdr := fmt.Sprintf(`{"inputs":[{"name":"input","shape":[%d,%d],"datatype":"FP32","parameters":{"binary_data_size":%d}}],"parameters":{"binary_data_output":true}}`, batch, width, len(raw))
+		return append([]byte(hdr), raw...), int64(len(hdr)), model
+	}
+	var sb strings.Builder
+	fmt.Fprintf(&sb, `{"inputs":[{"name":"input","shape":[%d,%d],"datatype":"FP32","data":[`, batch, width)
+	for i, v := range data {
+		if i > 0 {
+			sb.WriteByte(',')
+		}
+		sb.WriteString(strconv.FormatFloat(float64(v), 'g', -1, 32))
+	}
+	sb.WriteString("]}]}")
+	return []byte(sb.String()), -1, model
+}
+
+// BenchmarkInferCodec measures the HTTP layer's own work per request:
+// decoding the request and encoding an answer of the same size, without
+// the backend and without the network.
+func BenchmarkInferCodec(b *testing.B) {
+	for _, mode := range []string{"json", "binary"} {
+		for _, sz := range [][2]int{{1, 64}, {32, 512}} {
+			b.Run(fmt.Sprintf("%s/%dx%d", mode, sz[0], sz[1]), func(b *testing.B) {
+				body, hl, model := benchCase(b, sz[0], sz[1], mode == "binary")
+				lim := limits{maxElements: DefaultMaxElements, maxJSONDepth: DefaultMaxJSONDepth}
+				var out []byte
+				b.SetBytes(int64(len(body)))
+				b.ReportAllocs()
+				for b.Loop() {
+					d, err := decodeInferRequest(body, hl, model, lim)
+					if err != nil {
+						b.Fatal(err)
+					}
+					out, _, err = encodeInferResponse(out[:0], &inferResponse{ModelName: "bench", ModelVersion: "1", Output: d.Input, Binary: d.BinaryOutput})
+					if err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+}
