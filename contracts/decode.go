@@ -131,6 +131,10 @@ func (d *decoder) nextKey(first *bool) ([]byte, bool) {
 	}
 	d.pos++
 	d.ws()
+	if d.pos >= len(d.data) {
+		d.fail("unexpected end of input, expected a value")
+		return nil, false
+	}
 	return key, true
 }
 
@@ -543,8 +547,8 @@ func (d *decoder) anyValueKeys(path string, depth int, stripKeys bool) (any, boo
 			}
 			return json.Number(string(b)), true
 		}
-		f, err := strconv.ParseFloat(bstr(b), 64)
-		if err != nil || math.IsInf(f, 0) {
+		f, ok := parseFloatLit(b)
+		if !ok {
 			d.errs.add(path, "number at byte "+strconv.Itoa(at)+" is out of the float64 range")
 			return 0.0, true
 		}
@@ -773,8 +777,8 @@ func (d *decoder) float(prefix, name string) (float64, bool) {
 			n, _ := parseIntLit(b)
 			return float64(n), true
 		}
-		f, err := strconv.ParseFloat(bstr(b), 64)
-		if err != nil || math.IsInf(f, 0) {
+		f, ok := parseFloatLit(b)
+		if !ok {
 			d.errs.add(join(prefix, name), "number at byte "+strconv.Itoa(at)+" is out of the float64 range")
 			return 0, false
 		}
@@ -882,4 +886,50 @@ func (d *decoder) extra(prefix string, key []byte) {
 // missing records a required field that was absent.
 func (d *decoder) missing(prefix, name string) {
 	d.errs.add(join(prefix, name), "field required")
+}
+
+var pow10tab = [...]float64{1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11,
+	1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22}
+
+// parseFloatLit converts a scanned JSON number. Short literals take the
+// exact fast path (a mantissa below 2^53 scaled by a power of ten up to
+// 10^22 is one correctly rounded IEEE operation, exactly what
+// strconv does first); the rest go through strconv.ParseFloat.
+func parseFloatLit(b []byte) (float64, bool) {
+	var mant uint64
+	exp := 0
+	i := 0
+	neg := false
+	if i < len(b) && b[i] == '-' {
+		neg = true
+		i++
+	}
+	nd := 0
+	for ; i < len(b) && b[i] >= '0' && b[i] <= '9'; i++ {
+		mant = mant*10 + uint64(b[i]-'0')
+		nd++
+	}
+	if i < len(b) && b[i] == '.' {
+		i++
+		for ; i < len(b) && b[i] >= '0' && b[i] <= '9'; i++ {
+			mant = mant*10 + uint64(b[i]-'0')
+			nd++
+			exp--
+		}
+	}
+	if i == len(b) && nd <= 15 && mant < 1<<53 && exp >= -22 {
+		f := float64(mant)
+		if exp < 0 {
+			f /= pow10tab[-exp]
+		}
+		if neg {
+			f = -f
+		}
+		return f, true
+	}
+	f, err := strconv.ParseFloat(bstr(b), 64)
+	if err != nil || math.IsInf(f, 0) {
+		return 0, false
+	}
+	return f, true
 }
