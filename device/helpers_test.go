@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"sort"
@@ -110,3 +111,5 @@ func openSim(t *testing.T, simulate string, vars map[string]string, mod func(*Op
 	t.Cleanup(func() { _ = inv.Close() })
 	return inv, clk
 }
+
+func openFS(dir string) fs.FS { return os.DirFS("testdata/" + dir) }
