@@ -32,4 +32,4 @@
 // `go generate ./kernels/gemm/` to reproduce it.
 package gemm
 
-//go:generate go run ./internal/asmgen -out gemm_amd64.s -stubs stub_amd64.go
+//go:generate go run ./internal/asmgen -pkg gemm -out gemm_amd64.s -stubs stub_amd64.go

@@ -2,7 +2,7 @@
 // micro-kernels of package gemm, with avo. Run it through go generate in
 // kernels/gemm:
 //
-//	go generate ./kernels/gemm/
+//	go generate ./kernels/gemm/   (runs: go run ./internal/asmgen -pkg gemm -out gemm_amd64.s -stubs stub_amd64.go)
 //
 // Every kernel computes nt micro-tiles of rows×cols dot products between
 // rows of A (m×k, row-major) and rows of Bᵀ (n×k, row-major). The

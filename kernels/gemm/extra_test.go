@@ -1,0 +1,105 @@
+package gemm
+
+import (
+	"bytes"
+	"math"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+)
+
+// TestEnvForcesPortable runs this test binary again with KASMINA_GEMM set and
+// checks what the child reports.
+func TestEnvForcesPortable(t *testing.T) {
+	if os.Getenv("GEMM_CHILD") == "1" {
+		os.Stdout.WriteString("impl=" + Implementation() + "\n")
+		return
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestEnvForcesPortable$")
+	cmd.Env = append(os.Environ(), "GEMM_CHILD=1", EnvVar+"=portable")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "impl=portable\n") {
+		t.Fatalf("child with %s=portable reported:\n%s", EnvVar, out)
+	}
+}
+
+// TestGeneratedAssemblyIsUpToDate rebuilds the avo generator and checks that
+// it reproduces the committed gemm_amd64.s and stub_amd64.go byte for byte.
+func TestGeneratedAssemblyIsUpToDate(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the generator")
+	}
+	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	if _, err := os.Stat(goBin); err != nil {
+		t.Skipf("no go command: %v", err)
+	}
+	dir := t.TempDir()
+	gen := filepath.Join(dir, "asmgen")
+	if out, err := exec.Command(goBin, "build", "-o", gen, "./internal/asmgen").CombinedOutput(); err != nil {
+		t.Fatalf("building generator: %v\n%s", err, out)
+	}
+	cmd := exec.Command(gen, "-pkg", "gemm", "-out", "gemm_amd64.s", "-stubs", "stub_amd64.go")
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("running generator: %v\n%s", err, out)
+	}
+	for _, f := range []string{"gemm_amd64.s", "stub_amd64.go"} {
+		want, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(filepath.Join(dir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("%s differs from the generator's output: run go generate ./kernels/gemm/", f)
+		}
+	}
+}
+
+// FuzzSgemm checks every implementation against the float64 reference on
+// fuzzed shapes, strides, transposes and alpha/beta.
+func FuzzSgemm(f *testing.F) {
+	f.Add(uint8(1), uint8(1), uint8(1), uint8(0), uint8(0), false, false, float32(1), float32(0), uint64(1))
+	f.Add(uint8(7), uint8(17), uint8(9), uint8(3), uint8(1), true, false, float32(-0.5), float32(2), uint64(2))
+	f.Add(uint8(33), uint8(5), uint8(70), uint8(0), uint8(5), false, true, float32(1), float32(1), uint64(3))
+	f.Add(uint8(4), uint8(64), uint8(64), uint8(1), uint8(0), true, true, float32(2), float32(0), uint64(4))
+	f.Fuzz(func(t *testing.T, m8, n8, k8, padA, padC uint8, tA, tB bool, alpha, beta float32, seed uint64) {
+		m, n, k := int(m8%80), int(n8%80), int(k8)
+		if math.IsNaN(float64(alpha)) || math.IsInf(float64(alpha), 0) || math.Abs(float64(alpha)) > 1e3 ||
+			math.IsNaN(float64(beta)) || math.IsInf(float64(beta), 0) || math.Abs(float64(beta)) > 1e3 {
+			t.Skip()
+		}
+		r := rand.New(rand.NewPCG(seed, 5))
+		ar, ac := m, k
+		if tA {
+			ar, ac = k, m
+		}
+		br, bc := k, n
+		if tB {
+			br, bc = n, k
+		}
+		lda, ldb, ldc := max(ac, 1)+int(padA%8), max(bc, 1), max(n, 1)+int(padC%8)
+		a, b := randSlice(r, ar*lda), randSlice(r, br*ldb)
+		c0 := randSlice(r, m*ldc)
+		want, mag := refSgemm(tA, tB, m, n, k, alpha, a, lda, b, ldb, beta, c0, ldc)
+		def := Implementation()
+		defer func() { _ = Use(def) }()
+		for _, impl := range Implementations() {
+			if err := Use(impl); err != nil {
+				t.Fatal(err)
+			}
+			c := append([]float32(nil), c0...)
+			Sgemm(tA, tB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+			checkClose(t, m, n, k, c, ldc, want, mag)
+		}
+	})
+}
