@@ -114,44 +114,14 @@ func buildGraph(root *Module, inShape []int, file *File) (*graph, error) {
 		return nil, fmt.Errorf("%w: input shape %v: %v", ErrMalformed, inShape, err)
 	}
 	g := &graph{inShape: append([]int(nil), inShape...), inSize: size, tensors: map[string]*tensor.Dense{}}
-	var specs []paramSpec
-	shape := append([]int(nil), inShape...)
-	type pending struct {
-		st    step
-		specs []paramSpec
-	}
-	var flat []pending
-	var walk func(m *Module, prefix string) error
-	walk = func(m *Module, prefix string) error {
-		if m.Type == "sequential" {
-			for i, l := range m.Layers {
-				if err := walk(l, fmt.Sprintf("%s%d.", prefix, i)); err != nil {
-					return err
-				}
-			}
-			return nil
-		}
-		path := strings.TrimSuffix(prefix, ".")
-		st, ps, newShape, err := inferStep(m, path, shape)
-		if err != nil {
-			return fmt.Errorf("%w: layer %s (%s): %v", ErrMalformed, path, m.Type, err)
-		}
-		shape = newShape
-		if st != nil {
-			flat = append(flat, pending{*st, ps})
-		} else {
-			specs = append(specs, ps...)
-		}
-		return nil
-	}
-	if err := walk(root, ""); err != nil {
+	flat, specs, outShape, err := inferGraph(root, inShape)
+	if err != nil {
 		return nil, err
 	}
-	g.outShape = shape
-	g.outSize, _ = shapeSize(shape)
-	for _, p := range flat {
-		specs = append(specs, p.specs...)
-		g.macs += p.st.macs()
+	g.outShape = outShape
+	g.outSize, _ = shapeSize(outShape)
+	for i := range flat {
+		g.macs += flat[i].macs()
 	}
 
 	// Bind tensors.
@@ -193,8 +163,7 @@ func buildGraph(root *Module, inShape []int, file *File) (*graph, error) {
 	}
 
 	// Bind weights into steps and fuse activations into the step before.
-	for _, p := range flat {
-		st := p.st
+	for _, st := range flat {
 		if err := g.bind(&st); err != nil {
 			return nil, err
 		}
@@ -219,6 +188,41 @@ func buildGraph(root *Module, inShape []int, file *File) (*graph, error) {
 		}
 	}
 	return g, nil
+}
+
+// inferGraph walks the module in order, inferring per-sample shapes, and
+// returns the executable steps (before fusion), every tensor the module
+// expects, and the output shape.
+func inferGraph(root *Module, inShape []int) ([]step, []paramSpec, []int, error) {
+	shape := append([]int(nil), inShape...)
+	var flat []step
+	var specs []paramSpec
+	var walk func(m *Module, prefix string) error
+	walk = func(m *Module, prefix string) error {
+		if m.Type == "sequential" {
+			for i, l := range m.Layers {
+				if err := walk(l, fmt.Sprintf("%s%d.", prefix, i)); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		path := strings.TrimSuffix(prefix, ".")
+		st, ps, newShape, err := inferStep(m, path, shape)
+		if err != nil {
+			return fmt.Errorf("%w: layer %s (%s): %v", ErrMalformed, path, m.Type, err)
+		}
+		shape = newShape
+		specs = append(specs, ps...)
+		if st != nil {
+			flat = append(flat, *st)
+		}
+		return nil
+	}
+	if err := walk(root, ""); err != nil {
+		return nil, nil, nil, err
+	}
+	return flat, specs, shape, nil
 }
 
 func (g *graph) data(name string) []float32 {

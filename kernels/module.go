@@ -113,7 +113,7 @@ func (a attrs) int(key string, def int, required bool) (int, error) {
 
 func parseInt(raw json.RawMessage, where string) (int, error) {
 	var n json.Number
-	if err := json.Unmarshal(raw, &n); err != nil {
+	if t := bytes.TrimSpace(raw); len(t) == 0 || t[0] == '"' || json.Unmarshal(t, &n) != nil {
 		return 0, fmt.Errorf("%s: want an integer, got %s", where, truncate(raw))
 	}
 	v, err := n.Int64()
