@@ -1,0 +1,112 @@
+package source
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// File reads kernels from a directory, the kernel root. References are paths
+// relative to the root, absolute paths inside it, or file:// URLs of such
+// paths. Files are opened through os.OpenRoot, which refuses any ".."
+// component or symbolic link that would leave the root, whatever the path
+// looks like.
+type File struct {
+	dir      string // absolute, cleaned
+	root     *os.Root
+	maxBytes int64
+}
+
+// NewFile opens the kernel root dir. maxBytes caps the size of a file
+// (0 means DefaultMaxBytes). Close releases the root.
+func NewFile(dir string, maxBytes int64) (*File, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("kernel root %q: %w", dir, err)
+	}
+	root, err := os.OpenRoot(abs)
+	if err != nil {
+		return nil, fmt.Errorf("kernel root: %w", err)
+	}
+	return &File{dir: abs, root: root, maxBytes: capOrDefault(maxBytes)}, nil
+}
+
+// Dir returns the absolute path of the kernel root.
+func (f *File) Dir() string { return f.dir }
+
+// Close releases the kernel root.
+func (f *File) Close() error { return f.root.Close() }
+
+// Fetch reads the file ref names inside the kernel root.
+func (f *File) Fetch(ctx context.Context, ref string) (Blob, error) {
+	r, err := ParseRef(ref)
+	if err != nil {
+		return Blob{}, err
+	}
+	if r.Scheme != SchemeFile {
+		return Blob{}, fmt.Errorf("%w: file source cannot fetch %s", ErrUnsupportedScheme, r)
+	}
+	if err := ctx.Err(); err != nil {
+		return Blob{}, err
+	}
+	rel, err := f.relative(r.Path)
+	if err != nil {
+		return Blob{}, err
+	}
+	file, err := f.root.Open(rel)
+	if err != nil {
+		return Blob{}, f.openError(ref, err)
+	}
+	defer file.Close()
+	info, err := file.Stat()
+	if err != nil {
+		return Blob{}, fmt.Errorf("kernel %s: %w", ref, err)
+	}
+	if !info.Mode().IsRegular() {
+		return Blob{}, fmt.Errorf("%w: kernel %s is not a regular file (%s)", ErrInvalidRef, ref, info.Mode().Type())
+	}
+	what := "kernel " + ref
+	data, sum, err := readCapped(file, info.Size(), f.maxBytes, what)
+	if err != nil {
+		return Blob{}, err
+	}
+	origin := (&url.URL{Scheme: SchemeFile, Path: filepath.ToSlash(filepath.Join(f.dir, rel))}).String()
+	return Blob{Data: data, SHA256: sum, Size: int64(len(data)), Origin: origin}, nil
+}
+
+// relative turns a reference path into a path relative to the root. An
+// absolute path must lie lexically inside the root; os.Root then refuses
+// anything that escapes through "..", or through a symbolic link.
+func (f *File) relative(p string) (string, error) {
+	p = filepath.FromSlash(p)
+	if filepath.IsAbs(p) {
+		rel, err := filepath.Rel(f.dir, filepath.Clean(p))
+		if err != nil || !filepath.IsLocal(rel) {
+			return "", fmt.Errorf("%w: %s is outside the kernel root %s", ErrNotAllowed, p, f.dir)
+		}
+		return rel, nil
+	}
+	if !filepath.IsLocal(p) {
+		return "", fmt.Errorf("%w: %s leaves the kernel root %s", ErrNotAllowed, p, f.dir)
+	}
+	return p, nil
+}
+
+func (f *File) openError(ref string, err error) error {
+	var pe *fs.PathError
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("%w: %s in kernel root %s", ErrNotFound, ref, f.dir)
+	case errors.As(err, &pe) && strings.Contains(pe.Err.Error(), "escapes"):
+		// os.Root's error for a path or symlink leaving the root is not
+		// exported; its message is the stable part.
+		return fmt.Errorf("%w: %s leaves the kernel root %s: %v", ErrNotAllowed, ref, f.dir, err)
+	default:
+		return fmt.Errorf("kernel %s: %w", ref, err)
+	}
+}
