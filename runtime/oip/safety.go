@@ -3,6 +3,7 @@ package oip
 import (
 	"crypto/sha256"
 	"crypto/subtle"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -164,4 +165,19 @@ func IsLoopbackAddr(addr string) bool {
 		host = addr
 	}
 	return isLoopbackName(normalizeHost(host))
+}
+
+// ErrInsecureListen is returned by CheckListen for a listener that is not
+// loopback-only and has neither a token nor an explicit insecure opt-out.
+var ErrInsecureListen = errors.New("listening beyond loopback needs a bearer token")
+
+// CheckListen enforces the exposure rule for a listen address: a loopback
+// address may run without a token; any other address needs one, unless
+// insecureNoAuth says the operator chose otherwise (the daemon should then
+// log a warning on every start).
+func CheckListen(addr, token string, insecureNoAuth bool) error {
+	if IsLoopbackAddr(addr) || token != "" || insecureNoAuth {
+		return nil
+	}
+	return fmt.Errorf("%w: --addr %q is not a loopback address; set a token (--auth-token-file) or pass --insecure-no-auth", ErrInsecureListen, addr)
 }

@@ -1,6 +1,7 @@
 package oip_test
 
 import (
+	"errors"
 	"net/http"
 	"strings"
 	"testing"
@@ -144,5 +145,28 @@ func TestNewServerSetsEveryTimeout(t *testing.T) {
 	}
 	if s.ReadHeaderTimeout > s.ReadTimeout {
 		t.Errorf("ReadHeaderTimeout %v above ReadTimeout %v", s.ReadHeaderTimeout, s.ReadTimeout)
+	}
+}
+
+func TestCheckListenNeedsATokenBeyondLoopback(t *testing.T) {
+	tests := []struct {
+		addr, token string
+		insecure    bool
+		ok          bool
+	}{
+		{"127.0.0.1:8090", "", false, true},
+		{"0.0.0.0:8090", "", false, false},
+		{":8090", "", false, false},
+		{"0.0.0.0:8090", "tok", false, true},
+		{"10.0.0.5:8090", "", true, true},
+	}
+	for _, tc := range tests {
+		err := oip.CheckListen(tc.addr, tc.token, tc.insecure)
+		if (err == nil) != tc.ok {
+			t.Errorf("CheckListen(%q, token=%q, insecure=%v) = %v", tc.addr, tc.token, tc.insecure, err)
+		}
+		if err != nil && (!errors.Is(err, oip.ErrInsecureListen) || !strings.Contains(err.Error(), tc.addr)) {
+			t.Errorf("error %v does not name the address or the class", err)
+		}
 	}
 }
