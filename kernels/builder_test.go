@@ -47,6 +47,9 @@ func testKernel(t testing.TB, mod *Module, inShape []int, seed int64, md *Kernel
 		if md.CompilationTarget == "" {
 			md.CompilationTarget = "safetensors"
 		}
+		if md.Name == "" {
+			md.Name = "test kernel" // the contract requires a name
+		}
 	}
 	var buf bytes.Buffer
 	if err := WriteKernel(&buf, mod, tensors, md); err != nil {
