@@ -576,7 +576,7 @@ func (d *decoder) metrics(path string, stripKeys bool) (Metrics, bool) {
 		return nil, false
 	}
 	d.pos++
-	m := Metrics{}
+	m := make(Metrics, 0, 4)
 	first := true
 	good := true
 	for {
@@ -605,7 +605,7 @@ func (d *decoder) intList(path string) ([]int, bool) {
 		return nil, false
 	}
 	d.pos++
-	out := []int{}
+	out := make([]int, 0, 4)
 	first := true
 	good := true
 	for i := 0; d.nextElem(&first); i++ {
@@ -626,7 +626,7 @@ func (d *decoder) stringList(path string) ([]string, bool) {
 		return nil, false
 	}
 	d.pos++
-	out := []string{}
+	out := make([]string, 0, 2)
 	first := true
 	good := true
 	for i := 0; d.nextElem(&first); i++ {
@@ -651,7 +651,37 @@ func (d *decoder) str(prefix, name string) (string, bool) {
 	if !ok {
 		return "", false
 	}
-	return string(b), true
+	return intern(b), true
+}
+
+// intern returns the common constant strings of the contracts without
+// allocating, and a copy of anything else.
+func intern(b []byte) string {
+	switch string(b) {
+	case "cuda":
+		return "cuda"
+	case "cpu":
+		return "cpu"
+	case "torchscript":
+		return "torchscript"
+	case "pickle":
+		return "pickle"
+	case "1.0":
+		return "1.0"
+	case "compiled":
+		return "compiled"
+	case "validated":
+		return "validated"
+	case "deployed":
+		return "deployed"
+	case "deprecated":
+		return "deprecated"
+	case "initialized":
+		return "initialized"
+	case "running":
+		return "running"
+	}
+	return string(b)
 }
 
 // optStr decodes an Optional[str] field.

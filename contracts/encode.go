@@ -84,16 +84,26 @@ func checkFinite(errs *fieldErrors, path string, f float64) bool {
 
 const hexDigits = "0123456789abcdef"
 
+// plainASCII marks the bytes a JSON string holds as they are.
+var plainASCII = func() (t [256]bool) {
+	for c := 0x20; c < 0x80; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
+
 // appendString writes s as a JSON string; invalid UTF-8 becomes U+FFFD.
 func appendString(dst []byte, s string) []byte {
 	dst = append(dst, '"')
 	start := 0
 	for i := 0; i < len(s); {
-		c := s[i]
-		if c >= 0x20 && c != '"' && c != '\\' && c < 0x80 {
+		for i < len(s) && plainASCII[s[i]] {
 			i++
-			continue
 		}
+		if i >= len(s) {
+			break
+		}
+		c := s[i]
 		if c < 0x80 {
 			dst = append(dst, s[start:i]...)
 			switch c {
