@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"io"
 	"math"
 	"net/http"
@@ -151,5 +152,53 @@ func writeCase(t *testing.T, dir string, in []float32, expected []float64) {
 	}
 	if err := os.WriteFile(filepath.Join(dir, "case.json"), []byte(`{"tolerance": 1e-6}`), 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestConcurrentRequestsDoNotShareBuffers sends many different requests at
+// once; each answer must be its own input doubled, which fails if pooled
+// buffers leak between requests.
+func TestConcurrentRequestsDoNotShareBuffers(t *testing.T) {
+	f := newFixture(t, oip.Options{}, oip.HostViews{})
+	srv := httptest.NewServer(f.handler)
+	defer srv.Close()
+	const workers, each = 8, 25
+	errs := make(chan error, workers)
+	for g := range workers {
+		go func() {
+			for i := range each {
+				v := float32(g*1000 + i)
+				body, hl := binaryInfer("FP32", []int{1, 4}, f32bytes(v, v+1, v+2, v+3), "")
+				hdr := strconv.Itoa(hl)
+				if i%2 == 1 {
+					body, hdr = jsonInfer("FP32", []int{1, 4}, fmt.Sprintf("[%g,%g,%g,%g]", v, v+1, v+2, v+3)), ""
+				}
+				req, _ := http.NewRequest("POST", srv.URL+"/v2/models/double/infer", bytes.NewReader(body))
+				if hdr != "" {
+					req.Header.Set("Inference-Header-Content-Length", hdr)
+				}
+				resp, err := srv.Client().Do(req)
+				if err != nil {
+					errs <- err
+					return
+				}
+				got, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				want := f32bytes(2*v, 2*v+2, 2*v+4, 2*v+6)
+				if hdr == "" {
+					want = fmt.Appendf(nil, `"data":[%g,%g,%g,%g]`, 2*v, 2*v+2, 2*v+4, 2*v+6)
+				}
+				if resp.StatusCode != 200 || !bytes.Contains(got, want) {
+					errs <- fmt.Errorf("worker %d request %d: %d %q", g, i, resp.StatusCode, got)
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range workers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
 	}
 }
