@@ -38,6 +38,7 @@ type command struct {
 // the file named after it (devices.go, run.go, place.go, serve.go, ...).
 var commands = map[string]command{
 	"version": {"print the version and build information", runVersion},
+	"run":     {"run a kernel on an input tensor (latency, GFLOP/s)", runRun},
 	"devices": {"show GPUs, MIG instances and the CPU as the host sees them", runDevices},
 }
 
