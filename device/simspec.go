@@ -109,6 +109,8 @@ func ParseSimSpec(data []byte) (SimSpec, error) {
 		var syn *json.SyntaxError
 		var typ *json.UnmarshalTypeError
 		switch {
+		case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF):
+			return SimSpec{}, fmt.Errorf("simulation file: invalid JSON: it ends early, at byte %d", len(data))
 		case errors.As(err, &syn):
 			return SimSpec{}, fmt.Errorf("simulation file: invalid JSON at byte %d: %w", syn.Offset, err)
 		case errors.As(err, &typ):
