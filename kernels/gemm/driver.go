@@ -65,13 +65,19 @@ func (e *native) sgemm(transA, transB bool, m, n, k int, alpha float32, a []floa
 	var bufA, bufB *buffer
 	if transA {
 		bufA = getBuffer(m * k)
-		transpose(k, m, a, lda, bufA.s)
+		transposeInto(k, m, a, lda, bufA.s, k)
 		a, lda = bufA.s, k
 	}
 	if !transB {
-		bufB = getBuffer(n * k)
-		transpose(k, n, b, ldb, bufB.s)
-		b, ldb = bufB.s, k
+		// Pad the stride when k spans several k blocks so that rows of the
+		// block do not alias the same cache sets (k = 2048 would).
+		ld := k
+		if k > e.kc {
+			ld = k + 16
+		}
+		bufB = getBuffer((n-1)*ld + k)
+		transposeInto(k, n, b, ldb, bufB.s, ld)
+		b, ldb = bufB.s, ld
 	}
 	e.run(problem{m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc})
 	putBuffer(bufA)
@@ -92,8 +98,12 @@ func (e *native) run(p problem) {
 	flops := 2 * float64(p.m) * float64(p.n) * float64(p.k)
 	workers := runtime.GOMAXPROCS(0)
 	if flops < parallelMinFlops || workers < 2 {
-		for j0 := 0; j0 < p.n; j0 += e.nc {
-			e.block(&p, 0, p.m, j0, min(j0+e.nc, p.n))
+		// The same walk as the parallel tasks: an mc-row chunk of A stays
+		// in L2 while the nc-row blocks of Bᵀ pass by.
+		for i0 := 0; i0 < p.m; i0 += e.mc {
+			for j0 := 0; j0 < p.n; j0 += e.nc {
+				e.block(&p, i0, min(i0+e.mc, p.m), j0, min(j0+e.nc, p.n))
+			}
 		}
 		return
 	}
@@ -197,9 +207,9 @@ func linearNoK(m, n int, c []float32, ldc int, ep Epilogue) {
 	}
 }
 
-// transpose writes the rows×cols matrix src (stride lds) into dst as a
-// cols×rows matrix with stride rows, in cache-sized tiles.
-func transpose(rows, cols int, src []float32, lds int, dst []float32) {
+// transposeInto writes the rows×cols matrix src (stride lds) into dst as a
+// cols×rows matrix with stride ldd, in cache-sized tiles.
+func transposeInto(rows, cols int, src []float32, lds int, dst []float32, ldd int) {
 	const tile = 32
 	for i0 := 0; i0 < rows; i0 += tile {
 		i1 := min(i0+tile, rows)
@@ -208,7 +218,7 @@ func transpose(rows, cols int, src []float32, lds int, dst []float32) {
 			for i := i0; i < i1; i++ {
 				s := src[i*lds+j0 : i*lds+j1]
 				for jj, v := range s {
-					dst[(j0+jj)*rows+i] = v
+					dst[(j0+jj)*ldd+i] = v
 				}
 			}
 		}

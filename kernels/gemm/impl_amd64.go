@@ -7,7 +7,7 @@ import "golang.org/x/sys/cpu"
 // Tuned block sizes. kc keeps the A tile (mr×kc) in L1 next to the streaming
 // Bᵀ rows; nc·kc floats of Bᵀ stay in L2 while a task walks down its rows.
 func newAVX2() *native {
-	e := &native{nm: "avx2", mr: 3, kc: 1024, nc: 64, mc: 48}
+	e := &native{nm: "avx2", mr: 3, kc: 1024, nc: 32, mc: 48}
 	e.kern = [][nr]kernFn{
 		{dotAVX2_1x1, dotAVX2_1x2, dotAVX2_1x3, dotAVX2_1x4},
 		{dotAVX2_2x1, dotAVX2_2x2, dotAVX2_2x3, dotAVX2_2x4},
@@ -17,7 +17,7 @@ func newAVX2() *native {
 }
 
 func newAVX512() *native {
-	e := &native{nm: "avx512", mr: 6, kc: 1024, nc: 64, mc: 48}
+	e := &native{nm: "avx512", mr: 6, kc: 768, nc: 32, mc: 48}
 	e.kern = [][nr]kernFn{
 		{dotAVX512_1x1, dotAVX512_1x2, dotAVX512_1x3, dotAVX512_1x4},
 		{dotAVX512_2x1, dotAVX512_2x2, dotAVX512_2x3, dotAVX512_2x4},
