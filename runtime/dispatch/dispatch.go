@@ -67,6 +67,23 @@ func (l *Limiter) Acquire(ctx context.Context) error {
 	}
 }
 
+// AcquireWithin is Acquire with a bound on the wait when ctx has no
+// deadline of its own; it allocates nothing when a slot is free.
+func (l *Limiter) AcquireWithin(ctx context.Context, wait time.Duration) error {
+	select {
+	case l.slots <- struct{}{}:
+		l.running.Add(1)
+		return nil
+	default:
+	}
+	if _, ok := ctx.Deadline(); !ok && wait > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, wait)
+		defer cancel()
+	}
+	return l.Acquire(ctx)
+}
+
 // Release gives a slot back.
 func (l *Limiter) Release() {
 	l.running.Add(-1)

@@ -1,0 +1,165 @@
+package runtime
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/esper/kasmina-host/contracts"
+)
+
+// Fetcher fetches artifact bytes from a reference (a path, file://,
+// http(s):// or s3:// URL), verifying the SHA-256 when one is given.
+type Fetcher interface {
+	Fetch(ctx context.Context, ref, sha256 string) ([]byte, error)
+}
+
+// Resolver turns a kernel id into the CompiledKernel document that points
+// at its artifact (Urza's GET /api/v1/kernels/{id}).
+type Resolver interface {
+	Resolve(ctx context.Context, id string) (*contracts.CompiledKernel, error)
+}
+
+// SetResolver sets how bare kernel ids (load_kernel's artifact_id) are
+// resolved.
+func (h *Host) SetResolver(r Resolver) { h.resolve = r }
+
+// isReference reports whether ref names an artifact directly (a URL or a
+// path) rather than a kernel id to resolve.
+func isReference(ref string) bool {
+	if strings.Contains(ref, "://") || strings.HasPrefix(ref, "/") || strings.HasPrefix(ref, "./") ||
+		strings.HasSuffix(ref, ".safetensors") {
+		return true
+	}
+	return false
+}
+
+// ErrUrzaNotFound is wrapped when Urza does not know the kernel id.
+var ErrUrzaNotFound = errors.New("kernel not found in Urza")
+
+// Urza resolves kernel ids through Urza's HTTP API.
+type Urza struct {
+	// BaseURL is Urza's address (URZA_URL, default http://localhost:8000).
+	BaseURL string
+	Client  *http.Client
+	// Retries is how many times a failed request (network error or 5xx)
+	// is retried, with exponential backoff from 100 ms.
+	Retries int
+}
+
+// DefaultUrzaURL is where Esper's Urza listens by default.
+const DefaultUrzaURL = "http://localhost:8000"
+
+// urzaRecord covers both shapes the Python services return: a document
+// with metadata and binary_ref, and Urza's flat kernel record.
+type urzaRecord struct {
+	// CompiledKernel shape.
+	KernelID  string          `json:"kernel_id"`
+	BinaryRef string          `json:"binary_ref"`
+	Metadata  json.RawMessage `json:"metadata"`
+	// Urza's flat record.
+	ID              string `json:"id"`
+	BlueprintID     string `json:"blueprint_id"`
+	Status          string `json:"status"`
+	KernelBinaryRef string `json:"kernel_binary_ref"`
+	Checksum        string `json:"checksum"`
+}
+
+// Resolve fetches the kernel's record and returns a CompiledKernel. Urza's
+// flat record carries no KernelMetadata: the document then holds only the
+// ids, the status and the binary reference, and the artifact's embedded
+// metadata describes the kernel.
+func (u *Urza) Resolve(ctx context.Context, id string) (*contracts.CompiledKernel, error) {
+	base := u.BaseURL
+	if base == "" {
+		base = DefaultUrzaURL
+	}
+	client := u.Client
+	if client == nil {
+		client = &http.Client{Timeout: 10 * time.Second}
+	}
+	endpoint := strings.TrimRight(base, "/") + "/api/v1/kernels/" + url.PathEscape(id)
+	var body []byte
+	var err error
+	for attempt := 0; ; attempt++ {
+		body, err = u.get(ctx, client, endpoint)
+		if err == nil || errors.Is(err, ErrUrzaNotFound) || attempt >= u.Retries {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Duration(100<<attempt) * time.Millisecond):
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	return parseUrzaRecord(id, body)
+}
+
+func (u *Urza) get(ctx context.Context, client *http.Client, endpoint string) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, endpoint, nil)
+	if err != nil {
+		return nil, fmt.Errorf("urza: %w", err)
+	}
+	req.Header.Set("Accept", "application/json")
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("urza: %w", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil {
+		return nil, fmt.Errorf("urza: reading %s: %w", endpoint, err)
+	}
+	switch {
+	case resp.StatusCode == http.StatusNotFound:
+		return nil, fmt.Errorf("%w: GET %s: 404", ErrUrzaNotFound, endpoint)
+	case resp.StatusCode != http.StatusOK:
+		return nil, fmt.Errorf("urza: GET %s: %s", endpoint, resp.Status)
+	}
+	return body, nil
+}
+
+func parseUrzaRecord(id string, body []byte) (*contracts.CompiledKernel, error) {
+	var rec urzaRecord
+	if err := json.Unmarshal(body, &rec); err != nil {
+		return nil, fmt.Errorf("urza: kernel %s: %w", id, err)
+	}
+	if len(rec.Metadata) > 0 && string(rec.Metadata) != "null" {
+		ck, err := contracts.DecodeCompiledKernel(body)
+		if err != nil {
+			return nil, fmt.Errorf("urza: kernel %s: %w", id, err)
+		}
+		return &ck, nil
+	}
+	ref := rec.KernelBinaryRef
+	if ref == "" {
+		ref = rec.BinaryRef
+	}
+	if ref == "" {
+		return nil, fmt.Errorf("urza: kernel %s: record has neither binary_ref nor kernel_binary_ref", id)
+	}
+	kid := rec.ID
+	if kid == "" {
+		kid = id
+	}
+	md := contracts.NewKernelMetadata(kid, rec.BlueprintID, kid)
+	if rec.Checksum != "" {
+		c := rec.Checksum
+		md.Checksum = &c
+	}
+	ck := contracts.NewCompiledKernel(rec.BlueprintID, ref, md)
+	ck.KernelID = kid
+	// The flat record has no metadata: mark it so Load takes the artifact's
+	// embedded metadata instead.
+	ck.ValidationResults = map[string]any{"urza_status": rec.Status, "metadata_from": "artifact"}
+	return &ck, nil
+}

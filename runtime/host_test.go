@@ -1,0 +1,529 @@
+package runtime
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/esper/kasmina-host/contracts"
+	"github.com/esper/kasmina-host/device"
+	"github.com/esper/kasmina-host/kernels"
+	"github.com/esper/kasmina-host/runtime/oona"
+	"github.com/esper/kasmina-host/runtime/placement"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// linearKernel writes a Linear(4→3)+ReLU kernel whose output for x is
+// relu([x0+x1, x2−x3, −x0] + [0, 0.5, −1]).
+func linearKernel(t testing.TB, id string, reqs []string) []byte {
+	t.Helper()
+	mod := &kernels.Module{Type: "sequential", Layers: []*kernels.Module{
+		{Type: "linear", InFeatures: 4, OutFeatures: 3, Bias: true},
+		{Type: "relu"},
+	}}
+	w := []float32{1, 1, 0, 0, 0, 0, 1, -1, -1, 0, 0, 0}
+	b := []float32{0, 0.5, -1}
+	md := contracts.NewKernelMetadata(id, "bp-"+id, id)
+	md.InputShape, md.OutputShape, md.ParameterCount = []int{4}, []int{3}, 15
+	md.DeviceRequirements = reqs
+	md.MemoryFootprintMB = 64
+	md.CompilationTarget = "esper-kernel/v1"
+	var buf bytes.Buffer
+	if err := kernels.WriteKernel(&buf, mod, []kernels.Tensor{
+		kernels.F32Tensor("0.weight", []int{3, 4}, w), kernels.F32Tensor("0.bias", []int{3}, b),
+	}, &md); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func expected(x []float32) []float32 {
+	r := func(v float32) float32 { return max(v, 0) }
+	return []float32{r(x[0] + x[1]), r(x[2] - x[3] + 0.5), r(-x[0] - 1)}
+}
+
+type recordingPublisher struct {
+	mu   sync.Mutex
+	msgs []contracts.OonaMessage
+}
+
+func (p *recordingPublisher) Publish(m contracts.OonaMessage) error {
+	if err := m.Validate(); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	p.msgs = append(p.msgs, m)
+	p.mu.Unlock()
+	return nil
+}
+
+func env(vars map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) { v, ok := vars[k]; return v, ok }
+}
+
+func openInventory(t testing.TB, simulate string, vars map[string]string) *device.Inventory {
+	t.Helper()
+	inv, err := device.Open(context.Background(), device.Options{Simulate: simulate, LookupEnv: env(vars),
+		Clock: device.NewManualClock(time.Unix(1_800_000_000, 0))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { inv.Close() })
+	return inv
+}
+
+func newHost(t testing.TB, inv Inventory, cfg Config) (*Host, *recordingPublisher, *prometheus.Registry) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	pub := &recordingPublisher{}
+	h, err := New(cfg, inv, pub, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h, pub, reg
+}
+
+func TestLoadPlacesOnGPUAndExecutesOnCPU(t *testing.T) {
+	inv := openInventory(t, "dgxa100", nil)
+	h, _, reg := newHost(t, inv, Config{})
+	v, err := h.Load(context.Background(), LoadRequest{Data: linearKernel(t, "k1", []string{"cuda"})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Best fit: the GPU with the least free memory that still fits (cuda:7).
+	if v.Placement.Device != "cuda:7" || v.Placement.UUID == "" || v.ExecutedOn != "cpu" {
+		t.Fatalf("placement %+v executed on %s", v.Placement, v.ExecutedOn)
+	}
+	if !v.Degraded || !strings.Contains(v.DegradedReason, noGPUBackend) {
+		t.Errorf("GPU-placed kernel should say it executes on the CPU: %q", v.DegradedReason)
+	}
+	if len(v.Placement.Candidates) != 9 {
+		t.Errorf("%d candidates, want 8 GPUs and the CPU", len(v.Placement.Candidates))
+	}
+	x := []float32{1, 2, 3, -4}
+	res, err := h.Infer(context.Background(), "k1", Request{Input: x, Shape: []int{1, 4}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(res.Output) != fmt.Sprint(expected(x)) || fmt.Sprint(res.Shape) != "[1 3]" {
+		t.Fatalf("output %v shape %v, want %v", res.Output, res.Shape, expected(x))
+	}
+	if res.Exec.PlacedOn != "cuda:7" || res.Exec.ExecutedOn != "cpu" || !res.Exec.Fallback {
+		t.Errorf("exec info %+v", res.Exec)
+	}
+	if got := testutil.ToFloat64(h.metrics.requests.WithLabelValues("k1", "cuda:7", executorName, "success")); got != 1 {
+		t.Errorf("requests metric = %v", got)
+	}
+	if n, err := testutil.GatherAndCount(reg, "kasmina_kernel_reserved_bytes"); err != nil || n != 1 {
+		t.Errorf("reserved series = %d %v", n, err)
+	}
+}
+
+func TestNoGPUFallsBackDegraded(t *testing.T) {
+	inv := openInventory(t, "dgxa100", map[string]string{"CUDA_VISIBLE_DEVICES": ""})
+	h, _, reg := newHost(t, inv, Config{})
+	v, err := h.Load(context.Background(), LoadRequest{Data: linearKernel(t, "k", []string{"cuda"})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Placement.Device != "cpu" || !v.Placement.Degraded || !strings.Contains(v.Placement.FallbackReason, "no GPU is visible") {
+		t.Fatalf("placement %+v", v.Placement)
+	}
+	if n := testutil.ToFloat64(h.metrics.fallbacks.WithLabelValues("k", "no_gpu")); n != 1 {
+		t.Errorf("fallback counter = %v", n)
+	}
+	_ = reg
+	deny := placement.FallbackDeny
+	_, err = h.Load(context.Background(), LoadRequest{Name: "k2", Data: linearKernel(t, "k2", []string{"cuda"}), Fallback: &deny})
+	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "denied") {
+		t.Fatalf("deny policy: %v", err)
+	}
+	if _, ok := h.FailedLoads()["k2"]; !ok {
+		t.Error("refused kernel not listed as failed")
+	}
+}
+
+func TestInferErrors(t *testing.T) {
+	inv := openInventory(t, "dgxa100", nil)
+	h, _, _ := newHost(t, inv, Config{MaxBatch: 8})
+	if _, err := h.Load(context.Background(), LoadRequest{Data: linearKernel(t, "k", nil)}); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name  string
+		model string
+		req   Request
+		want  error
+	}{
+		{"unknown kernel", "nope", Request{Input: make([]float32, 4), Shape: []int{1, 4}}, ErrNotFound},
+		{"wrong feature size", "k", Request{Input: make([]float32, 5), Shape: []int{1, 5}}, ErrBadInput},
+		{"wrong rank", "k", Request{Input: make([]float32, 4), Shape: []int{4}}, ErrBadInput},
+		{"data shorter than shape", "k", Request{Input: make([]float32, 4), Shape: []int{2, 4}}, ErrBadInput},
+		{"batch over the cap", "k", Request{Input: make([]float32, 36), Shape: []int{9, 4}}, ErrBadInput},
+		{"zero batch", "k", Request{Input: nil, Shape: []int{0, 4}}, ErrBadInput},
+		{"default of the wrong size", "k", Request{Input: make([]float32, 4), Shape: []int{1, 4}, Default: make([]float32, 2)}, ErrBadInput},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := h.Infer(context.Background(), tt.model, tt.req)
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("err = %v, want %v", err, tt.want)
+			}
+		})
+	}
+	if n := testutil.ToFloat64(h.metrics.failures.WithLabelValues("k", reasonBadInput)); n != 6 {
+		t.Errorf("bad_input failures = %v, want 6", n)
+	}
+}
+
+// A GPU lost while requests run: its kernels move and no request fails.
+func TestGPULostWhileServing(t *testing.T) {
+	inv := openInventory(t, "dgxa100", nil)
+	h, _, reg := newHost(t, inv, Config{})
+	ctx := context.Background()
+	for i := 0; i < 3; i++ {
+		if _, err := h.Load(ctx, LoadRequest{Data: linearKernel(t, fmt.Sprint("k", i), []string{"cuda"})}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lostUUID := inv.Snapshot().Devices[7].UUID
+	var failed, served atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			x := []float32{1, 2, 3, 4}
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := h.Infer(ctx, fmt.Sprint("k", g%3), Request{Input: x, Shape: []int{1, 4}}); err != nil {
+					failed.Add(1)
+				} else {
+					served.Add(1)
+				}
+			}
+		}(g)
+	}
+	time.Sleep(20 * time.Millisecond)
+	if err := inv.Simulator().Lose(lostUUID); err != nil {
+		t.Fatal(err)
+	}
+	if err := inv.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	moves := h.Replace()
+	time.Sleep(20 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	t.Logf("GPU lost under load: %d requests served, %d failed, %d kernels moved", served.Load(), failed.Load(), len(moves))
+	if failed.Load() != 0 {
+		t.Fatalf("%d requests failed", failed.Load())
+	}
+	if len(moves) != 3 {
+		t.Fatalf("%d moves, want 3: %+v", len(moves), moves)
+	}
+	for _, v := range h.Kernels() {
+		if v.Placement.Device == "cuda:7" || len(v.Moves) != 1 || !strings.Contains(v.Moves[0].Reason, "unhealthy") {
+			t.Errorf("%s still on %s, moves %+v", v.Name, v.Placement.Device, v.Moves)
+		}
+	}
+	if n, _ := testutil.GatherAndCount(reg, "kasmina_replacements_total"); n == 0 {
+		t.Error("no replacement metric")
+	}
+	if h.ledger.ReservedMiB("cuda:7") != 0 {
+		t.Errorf("reservations left on the lost GPU: %v", h.ledger.Totals())
+	}
+}
+
+func TestMemoryPressureMovesKernels(t *testing.T) {
+	inv := openInventory(t, "dgxa100", nil)
+	h, _, _ := newHost(t, inv, Config{})
+	if _, err := h.Load(context.Background(), LoadRequest{Data: linearKernel(t, "k", []string{"cuda"})}); err != nil {
+		t.Fatal(err)
+	}
+	d := inv.Snapshot().Devices[7]
+	// The training job takes all but 1 MiB of the GPU the kernel is on.
+	if err := inv.Simulator().SetMemoryUsed(d.UUID, d.MemoryUsedBytes+d.MemoryFreeBytes-(1<<20)); err != nil {
+		t.Fatal(err)
+	}
+	if err := inv.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	moves := h.Replace()
+	if len(moves) != 1 || moves[0].From != "cuda:7" || !strings.Contains(moves[0].Reason, "memory pressure") {
+		t.Fatalf("moves %+v", moves)
+	}
+}
+
+func TestHealthSignalsPublished(t *testing.T) {
+	inv := openInventory(t, "dgxa100", nil)
+	h, pub, _ := newHost(t, inv, Config{HostID: "node-a"})
+	h.SetEpoch(12)
+	if _, err := h.Load(context.Background(), LoadRequest{Data: linearKernel(t, "k", nil)}); err != nil {
+		t.Fatal(err)
+	}
+	if sigs := h.EmitSignals(); len(sigs) != 0 {
+		t.Fatalf("signals without any call: %v", sigs)
+	}
+	for i := 0; i < 10; i++ {
+		x := []float32{float32(i), 1, float32(i) * 2, 0}
+		if _, err := h.Infer(context.Background(), "k", Request{Input: x, Shape: []int{1, 4}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sigs := h.EmitSignals()
+	if len(sigs) != 1 {
+		t.Fatalf("%d signals", len(sigs))
+	}
+	s := sigs[0]
+	if err := s.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	// The third unit (relu(−x0 − 1)) never fires for x0 ≥ 0.
+	if s.DeadNeuronRatio < 0.33 || s.DeadNeuronRatio > 0.34 || s.Epoch != 12 || s.ChunkID != 0 || s.LayerID != 0 {
+		t.Errorf("signal %+v", s)
+	}
+	if len(pub.msgs) != 1 {
+		t.Fatalf("%d messages published", len(pub.msgs))
+	}
+	m := pub.msgs[0]
+	if m.Topic != contracts.TopicTelemetrySeedHealth || m.SenderID != "kasmina-host.node-a" || m.TraceID != "k/0/k" {
+		t.Errorf("envelope %+v", m)
+	}
+	raw, err := json.Marshal(m.Payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := contracts.DecodeHealthSignal(raw)
+	if err != nil {
+		t.Fatalf("payload is not exactly a HealthSignal: %v\n%s", err, raw)
+	}
+	if back != s {
+		t.Errorf("payload %+v != signal %+v", back, s)
+	}
+	if len(h.LatestSignals()) != 1 {
+		t.Error("latest signal not kept")
+	}
+	// The next window has its own chunk id.
+	h.Infer(context.Background(), "k", Request{Input: make([]float32, 4), Shape: []int{1, 4}})
+	if sigs := h.EmitSignals(); len(sigs) != 1 || sigs[0].ChunkID != 1 {
+		t.Errorf("second window: %+v", sigs)
+	}
+}
+
+func TestSeedCommands(t *testing.T) {
+	inv := openInventory(t, "dgxa100", nil)
+	h, _, _ := newHost(t, inv, Config{GraftingRamp: -1})
+	data := linearKernel(t, "kernel-abc", []string{"cuda"})
+	h.SetFetcher(fetcherFunc(func(_ context.Context, ref, _ string) ([]byte, error) {
+		if ref != "s3://esper-artifacts/kernels/kernel-abc/kernel.safetensors" {
+			return nil, fmt.Errorf("unexpected ref %q", ref)
+		}
+		return data, nil
+	}))
+	urza := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/api/v1/kernels/kernel-abc" {
+			http.NotFound(w, r)
+			return
+		}
+		fmt.Fprint(w, `{"id":"kernel-abc","blueprint_id":"bp-1","status":"validated","compilation_pipeline":"fast",
+			"kernel_binary_ref":"s3://esper-artifacts/kernels/kernel-abc/kernel.safetensors","validation_report":{},
+			"created_at":"2026-11-24T10:00:00","updated_at":"2026-11-24T10:00:00"}`)
+	}))
+	defer urza.Close()
+	h.SetResolver(&Urza{BaseURL: urza.URL})
+	ctx := context.Background()
+	cmd := func(p oona.CommandPayload) error {
+		return h.HandleCommand(ctx, oona.Command{Message: contracts.NewOonaMessage("tamiyo", "t1", contracts.TopicControlKasminaCommands, nil), Payload: p})
+	}
+	if err := cmd(&oona.LoadKernel{LayerName: "layer1", SeedIdx: 2, ArtifactID: "kernel-abc"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd(&oona.LoadKernel{LayerName: "layer1", SeedIdx: 2, ArtifactID: "kernel-abc"}); err != nil {
+		t.Fatalf("redelivered load_kernel: %v", err)
+	}
+	if !h.ServesLayer("layer1") || h.ServesLayer("layer9") {
+		t.Error("ServesLayer wrong")
+	}
+	seeds := h.Seeds()
+	if len(seeds) != 1 || seeds[0].State != contracts.SeedGerminated || seeds[0].Kernel != "kernel-abc" || seeds[0].LayerID != 0 {
+		t.Fatalf("seeds %+v", seeds)
+	}
+	for _, st := range []contracts.SeedState{contracts.SeedTraining, contracts.SeedGrafting} {
+		if err := cmd(&oona.SetSeedState{LayerName: "layer1", SeedIdx: 2, State: st}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Illegal: grafting → dormant is a permanent failure.
+	err := cmd(&oona.SetSeedState{LayerName: "layer1", SeedIdx: 2, State: contracts.SeedDormant})
+	if !errors.Is(err, oona.ErrPermanent) || !errors.Is(err, contracts.ErrIllegalTransition) {
+		t.Fatalf("illegal transition: %v", err)
+	}
+	if err := cmd(&oona.SetAlpha{LayerName: "layer1", SeedIdx: 2, Alpha: 0.25}); err != nil {
+		t.Fatal(err)
+	}
+	x := []float32{1, 2, 3, -4}
+	def := []float32{4, 4, 4}
+	res, err := h.Infer(ctx, "kernel-abc", Request{Input: x, Shape: []int{1, 4}, Default: def})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := expected(x)
+	for i := range k {
+		if want := 0.75*def[i] + 0.25*k[i]; res.Output[i] != want {
+			t.Fatalf("blend[%d] = %v, want %v", i, res.Output[i], want)
+		}
+	}
+	if err := cmd(&oona.UnloadKernel{LayerName: "layer1", SeedIdx: 2}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := h.Kernel("kernel-abc"); ok {
+		t.Fatal("kernel still loaded")
+	}
+	if s := h.Seeds()[0]; s.State != contracts.SeedCulled || s.Kernel != "" {
+		t.Fatalf("seed after unload %+v", s)
+	}
+	if err := cmd(&oona.LoadKernel{LayerName: "layer1", SeedIdx: 3, ArtifactID: "missing"}); !errors.Is(err, oona.ErrPermanent) {
+		t.Fatalf("unknown artifact: %v", err)
+	}
+}
+
+func TestGraftingRampsAlpha(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	inv := openInventory(t, "dgxa100", nil)
+	h, _, _ := newHost(t, inv, Config{GraftingRamp: 10 * time.Second, Now: func() time.Time { return now }})
+	if _, err := h.Load(context.Background(), LoadRequest{Data: linearKernel(t, "k", nil), Layer: "l", SeedIdx: 0}); err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range []contracts.SeedState{contracts.SeedTraining, contracts.SeedGrafting} {
+		if err := h.SetSeedState("l", 0, st, "test"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if a := h.Seeds()[0].Alpha; a != 0 {
+		t.Fatalf("alpha at graft start = %v", a)
+	}
+	now = now.Add(5 * time.Second)
+	if a := h.Seeds()[0].Alpha; a != 0.5 {
+		t.Fatalf("alpha half-way = %v", a)
+	}
+	now = now.Add(time.Hour)
+	if a := h.Seeds()[0].Alpha; a != 1 {
+		t.Fatalf("alpha after ramp = %v", a)
+	}
+}
+
+func TestUrzaShapes(t *testing.T) {
+	md := `{"kernel_id":"k9","blueprint_id":"bp","name":"n","input_shape":[4],"output_shape":[3],"parameter_count":15,"memory_footprint_mb":1}`
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/api/v1/kernels/doc":
+			fmt.Fprintf(w, `{"kernel_id":"k9","blueprint_id":"bp","binary_ref":"s3://b/k9","metadata":%s,"status":"validated"}`, md)
+		case "/api/v1/kernels/flat":
+			fmt.Fprint(w, `{"id":"flat","blueprint_id":"bp","status":"validated","kernel_binary_ref":"s3://b/flat"}`)
+		case "/api/v1/kernels/broken":
+			fmt.Fprint(w, `{"id":"broken"}`)
+		case "/api/v1/kernels/flaky":
+			http.Error(w, "busy", http.StatusServiceUnavailable)
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer srv.Close()
+	u := &Urza{BaseURL: srv.URL}
+	ck, err := u.Resolve(context.Background(), "doc")
+	if err != nil || ck.BinaryRef != "s3://b/k9" || ck.Metadata.ParameterCount != 15 {
+		t.Fatalf("document shape: %+v %v", ck, err)
+	}
+	ck, err = u.Resolve(context.Background(), "flat")
+	if err != nil || ck.BinaryRef != "s3://b/flat" || ck.KernelID != "flat" {
+		t.Fatalf("flat shape: %+v %v", ck, err)
+	}
+	if _, err := u.Resolve(context.Background(), "broken"); err == nil || !strings.Contains(err.Error(), "kernel_binary_ref") {
+		t.Fatalf("broken record: %v", err)
+	}
+	if _, err := u.Resolve(context.Background(), "gone"); !errors.Is(err, ErrUrzaNotFound) {
+		t.Fatalf("404: %v", err)
+	}
+	if _, err := u.Resolve(context.Background(), "flaky"); err == nil || errors.Is(err, ErrUrzaNotFound) {
+		t.Fatalf("503: %v", err)
+	}
+}
+
+func TestQueueFullRefusesAtOnce(t *testing.T) {
+	inv := openInventory(t, "dgxa100", nil)
+	h, _, _ := newHost(t, inv, Config{Concurrency: 1, QueueDepth: 1})
+	if _, err := h.Load(context.Background(), LoadRequest{Data: linearKernel(t, "k", nil)}); err != nil {
+		t.Fatal(err)
+	}
+	// Hold the only slot and the only queue place.
+	if err := h.cpu.Acquire(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	go h.Infer(context.Background(), "k", Request{Input: make([]float32, 4), Shape: []int{1, 4}})
+	for h.cpu.Queued() != 1 {
+		time.Sleep(time.Millisecond)
+	}
+	_, err := h.Infer(context.Background(), "k", Request{Input: make([]float32, 4), Shape: []int{1, 4}})
+	h.cpu.Release()
+	if !errors.Is(err, ErrQueueFull) {
+		t.Fatalf("err = %v, want ErrQueueFull", err)
+	}
+}
+
+type fetcherFunc func(ctx context.Context, ref, sha string) ([]byte, error)
+
+func (f fetcherFunc) Fetch(ctx context.Context, ref, sha string) ([]byte, error) {
+	return f(ctx, ref, sha)
+}
+
+// BenchmarkDispatchOverhead compares Host.Infer (lookup, shape checks,
+// breaker, limiter, health window, metrics) with the kernel's own Run on a
+// seed-sized kernel; the difference is the dispatch overhead per call.
+func BenchmarkDispatchOverhead(b *testing.B) {
+	inv := openInventory(b, "dgxa100", nil)
+	h, _, _ := newHost(b, inv, Config{})
+	data := linearKernel(b, "k", nil)
+	if _, err := h.Load(context.Background(), LoadRequest{Data: data}); err != nil {
+		b.Fatal(err)
+	}
+	k, err := kernels.Load(data, kernels.LoadOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	x := []float32{1, 2, 3, 4}
+	out := make([]float32, 3)
+	ctx := context.Background()
+	b.Run("kernel.Run", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := k.Run(ctx, x, 1, out); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("Host.Infer", func(b *testing.B) {
+		b.ReportAllocs()
+		shape := []int{1, 4}
+		for b.Loop() {
+			if _, err := h.Infer(ctx, "k", Request{Input: x, Shape: shape, Out: out}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
