@@ -49,9 +49,9 @@ type loaded struct {
 	mu         sync.Mutex // guards decision, execReason and moves
 	decision   placement.Decision
 	execReason string // why execution differs from the placement ("" when it does not)
-	moves     []Move
-	unloading atomic.Bool
-	inflight  sync.WaitGroup
+	moves      []Move
+	unloading  atomic.Bool
+	inflight   sync.WaitGroup
 
 	calls, failures atomic.Int64
 	shape1          []int // [1, *output_shape], shared by batch-1 results
