@@ -1,0 +1,62 @@
+// Package kernels reads, validates and executes portable Esper kernels: the
+// esper-kernel/v1 safetensors format of KERNEL_FORMAT.md, whose module graph
+// mirrors torch.nn and whose outputs match PyTorch in eval() mode.
+//
+// # Files
+//
+// ParseSafetensors validates a whole file held in memory before allocating
+// anything from its declared sizes (header length and UTF-8, duplicate keys,
+// dtypes, element-count overflow, offsets inside the buffer, contiguous and
+// non-overlapping tensors, no trailing bytes, string-only metadata); every
+// rejection wraps ErrMalformed and names the tensor, field or byte offset.
+// WriteSafetensors and WriteKernel write files; F32Tensor builds a tensor.
+// ParseModule parses the esper.module graph (every op of the format, with
+// PyTorch's constructor defaults) and (*Module).MarshalJSON writes it back.
+//
+// # Loading
+//
+// Load (or LoadFile) checks, in order: the supplied KernelMetadata's
+// compilation target (torchscript and pickle are refused with
+// ErrTargetNotExecutable; ReadMetadata still reads their metadata) and its
+// checksum against the SHA-256 of the file (ErrChecksumMismatch), the file
+// structure, the format key, the embedded esper.kernel_metadata (decoded and
+// validated by the contracts package), the module graph, shape inference
+// through every layer (a graph whose shapes do not chain is refused at load),
+// the tensors against the graph (names and shapes, nothing missing or extra;
+// integer buffers such as num_batches_tracked are ignored; F16/BF16 widen
+// exactly, F64 rounds once), and the agreement of input_shape, output_shape
+// and parameter_count with the module (ErrMetadataMismatch).
+//
+// A loaded Kernel reports InputShape and OutputShape (without batch),
+// ParameterCount (as PyTorch counts parameters: running statistics excluded),
+// MACsPerSample (multiply-adds of linear and convolution layers, so that
+// 2·MACs·batch/latency is the FLOP rate), MemoryEstimateMiB(batch) (weights,
+// input, output, intermediate buffers and convolution scratch) and
+// MemoryCheck, the comparison with the declared memory_footprint_mb, which is
+// reported, never refused.
+//
+// # Executing
+//
+// (*Kernel).Run(ctx, input, batch, out) computes in float32 over row-major
+// [batch, *shape] slices. A Kernel is immutable and safe for any number of
+// concurrent callers; each call takes a workspace (two ping-pong activation
+// buffers and an im2col scratch) from a per-kernel sync.Pool, so a steady
+// stream of same-shaped requests allocates nothing. Linear layers run as one
+// fused GEMM with bias and activation epilogue; conv2d runs as im2col (or the
+// input itself for pointwise convolutions) + GEMM per sample and group, with
+// stride, padding, dilation and groups; every matrix product goes through
+// kernels/gemm, so the build's choice of GEMM (pure Go by default, OpenBLAS
+// with -tags openblas, KASMINA_GEMM to override at run time) serves all of
+// them. Batch norm folds into a per-channel scale and shift computed in
+// float64; layer norm and adaptive average pooling accumulate in float64;
+// tanh, sigmoid and GELU (erf or tanh form) are evaluated in float64 and
+// rounded once. RunTensor is a convenience over gorgonia.org/tensor that
+// allocates its output; parameters are exposed as *tensor.Dense.
+//
+// # Verification
+//
+// TestKernelGolden runs every case of testdata/golden (PyTorch reference
+// outputs; KERNEL_GOLDEN_DIR points it elsewhere) and prints
+// "kernel golden: P passed, F failed (of T)". Fuzz targets cover the
+// safetensors reader, the whole loader and the module graph parser.
+package kernels
