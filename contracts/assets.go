@@ -96,22 +96,22 @@ func (s Seed) Validate() error {
 
 func (s *Seed) check(errs *fieldErrors, p string, bad uint32) {
 	if !has(bad, sdLayerID) {
-		geI(errs, join(p, "layer_id"), s.LayerID, 0)
+		geI(errs, p, "layer_id", s.LayerID, 0)
 	}
 	if !has(bad, sdPosition) {
-		geI(errs, join(p, "position"), s.Position, 0)
+		geI(errs, p, "position", s.Position, 0)
 	}
 	if !has(bad, sdState) && !s.State.Valid() {
 		errs.add(join(p, "state"), enumReason(string(s.State), seedStateNames))
 	}
 	if !has(bad, sdCreatedAt) {
-		checkTime(errs, join(p, "created_at"), s.CreatedAt)
+		checkTime(errs, p, "created_at", s.CreatedAt)
 	}
 	if !has(bad, sdUpdatedAt) {
-		checkTime(errs, join(p, "updated_at"), s.UpdatedAt)
+		checkTime(errs, p, "updated_at", s.UpdatedAt)
 	}
 	if !has(bad, sdMetadata) {
-		checkAnyMap(errs, join(p, "metadata"), s.Metadata)
+		checkAnyMap(errs, p, "metadata", s.Metadata)
 	}
 }
 
@@ -224,7 +224,7 @@ func (s *Seed) decode(d *decoder, p string) {
 			s.UpdatedAt, good = d.timestamp(p, "updated_at")
 			m.mark(sdUpdatedAt, good)
 		case "metadata":
-			s.Metadata, good = d.anyMap(join(p, "metadata"), false)
+			s.Metadata, good = d.anyMap(p, "metadata", false)
 			m.mark(sdMetadata, good)
 		default:
 			d.extra(p, k)
@@ -375,10 +375,10 @@ func (b Blueprint) Validate() error {
 
 func (b *Blueprint) check(errs *fieldErrors, p string, bad uint32) {
 	if !has(bad, bpName) {
-		strLen(errs, join(p, "name"), strip(b.Name), 1, 255)
+		strLen(errs, p, "name", strip(b.Name), 1, 255)
 	}
 	if !has(bad, bpDescription) {
-		strLen(errs, join(p, "description"), strip(b.Description), 1, 1000)
+		strLen(errs, p, "description", strip(b.Description), 1, 1000)
 	}
 	if !has(bad, bpState) && !b.State.Valid() {
 		errs.add(join(p, "state"), enumReason(string(b.State), blueprintStateNames))
@@ -387,22 +387,22 @@ func (b *Blueprint) check(errs *fieldErrors, p string, bad uint32) {
 		if b.Architecture == nil {
 			errs.add(join(p, "architecture"), "input should be a valid dictionary, got nil")
 		}
-		checkAnyMap(errs, join(p, "architecture"), b.Architecture)
+		checkAnyMap(errs, p, "architecture", b.Architecture)
 	}
 	if !has(bad, bpHyperparameters) {
-		checkAnyMap(errs, join(p, "hyperparameters"), b.Hyperparameters)
+		checkAnyMap(errs, p, "hyperparameters", b.Hyperparameters)
 	}
 	if !has(bad, bpPerformanceMetrics) {
-		checkMetrics(errs, join(p, "performance_metrics"), b.PerformanceMetrics)
+		checkMetrics(errs, p, "performance_metrics", b.PerformanceMetrics)
 	}
 	if !has(bad, bpCreatedAt) {
-		checkTime(errs, join(p, "created_at"), b.CreatedAt)
+		checkTime(errs, p, "created_at", b.CreatedAt)
 	}
 	if !has(bad, bpUpdatedAt) {
-		checkTime(errs, join(p, "updated_at"), b.UpdatedAt)
+		checkTime(errs, p, "updated_at", b.UpdatedAt)
 	}
 	if !has(bad, bpCreatedBy) {
-		strLen(errs, join(p, "created_by"), strip(b.CreatedBy), 1, 100)
+		strLen(errs, p, "created_by", strip(b.CreatedBy), 1, 100)
 	}
 }
 
@@ -458,13 +458,13 @@ func (b *Blueprint) decode(d *decoder, p string) {
 			b.State = BlueprintState(st)
 			m.mark(bpState, good)
 		case "architecture":
-			b.Architecture, good = d.anyMap(join(p, "architecture"), true)
+			b.Architecture, good = d.anyMap(p, "architecture", true)
 			m.mark(bpArchitecture, good)
 		case "hyperparameters":
-			b.Hyperparameters, good = d.anyMap(join(p, "hyperparameters"), true)
+			b.Hyperparameters, good = d.anyMap(p, "hyperparameters", true)
 			m.mark(bpHyperparameters, good)
 		case "performance_metrics":
-			b.PerformanceMetrics, good = d.metrics(join(p, "performance_metrics"), true)
+			b.PerformanceMetrics, good = d.metrics(p, "performance_metrics", true)
 			m.mark(bpPerformanceMetrics, good)
 		case "created_at":
 			b.CreatedAt, good = d.timestamp(p, "created_at")
@@ -618,7 +618,7 @@ func (k KernelMetadata) Validate() error {
 
 func (k *KernelMetadata) check(errs *fieldErrors, p string, bad uint32) {
 	if !has(bad, kmName) {
-		strLen(errs, join(p, "name"), k.Name, 1, 255)
+		strLen(errs, p, "name", k.Name, 1, 255)
 	}
 	if !has(bad, kmInputShape) && k.InputShape == nil {
 		errs.add(join(p, "input_shape"), "input should be a valid list, got nil")
@@ -627,19 +627,19 @@ func (k *KernelMetadata) check(errs *fieldErrors, p string, bad uint32) {
 		errs.add(join(p, "output_shape"), "input should be a valid list, got nil")
 	}
 	if !has(bad, kmParameterCount) {
-		geI(errs, join(p, "parameter_count"), k.ParameterCount, 0)
+		geI(errs, p, "parameter_count", k.ParameterCount, 0)
 	}
 	if !has(bad, kmMemoryFootprintMB) {
-		geF(errs, join(p, "memory_footprint_mb"), k.MemoryFootprintMB, 0)
+		geF(errs, p, "memory_footprint_mb", k.MemoryFootprintMB, 0)
 	}
 	if !has(bad, kmOptimizationFlags) {
-		checkAnyMap(errs, join(p, "optimization_flags"), k.OptimizationFlags)
+		checkAnyMap(errs, p, "optimization_flags", k.OptimizationFlags)
 	}
 	if !has(bad, kmPerformanceProfile) {
-		checkMetrics(errs, join(p, "performance_profile"), k.PerformanceProfile)
+		checkMetrics(errs, p, "performance_profile", k.PerformanceProfile)
 	}
 	if !has(bad, kmCreatedAt) {
-		checkTime(errs, join(p, "created_at"), k.CreatedAt)
+		checkTime(errs, p, "created_at", k.CreatedAt)
 	}
 }
 
@@ -687,16 +687,16 @@ func (k *KernelMetadata) decode(d *decoder, p string) {
 			k.Name, good = d.str(p, "name")
 			m.mark(kmName, good)
 		case "input_shape":
-			k.InputShape, good = d.intList(join(p, "input_shape"))
+			k.InputShape, good = d.intList(p, "input_shape")
 			m.mark(kmInputShape, good)
 		case "output_shape":
-			k.OutputShape, good = d.intList(join(p, "output_shape"))
+			k.OutputShape, good = d.intList(p, "output_shape")
 			m.mark(kmOutputShape, good)
 		case "parameter_count":
 			k.ParameterCount, good = d.int(p, "parameter_count")
 			m.mark(kmParameterCount, good)
 		case "device_requirements":
-			k.DeviceRequirements, good = d.stringList(join(p, "device_requirements"))
+			k.DeviceRequirements, good = d.stringList(p, "device_requirements")
 			m.mark(kmDeviceRequirements, good)
 		case "memory_footprint_mb":
 			k.MemoryFootprintMB, good = d.float(p, "memory_footprint_mb")
@@ -705,10 +705,10 @@ func (k *KernelMetadata) decode(d *decoder, p string) {
 			k.CompilationTarget, good = d.str(p, "compilation_target")
 			m.mark(kmCompilationTarget, good)
 		case "optimization_flags":
-			k.OptimizationFlags, good = d.anyMap(join(p, "optimization_flags"), false)
+			k.OptimizationFlags, good = d.anyMap(p, "optimization_flags", false)
 			m.mark(kmOptimizationFlags, good)
 		case "performance_profile":
-			k.PerformanceProfile, good = d.metrics(join(p, "performance_profile"), false)
+			k.PerformanceProfile, good = d.metrics(p, "performance_profile", false)
 			m.mark(kmPerformanceProfile, good)
 		case "compatibility_version":
 			k.CompatibilityVersion, good = d.str(p, "compatibility_version")
@@ -850,19 +850,19 @@ func (c *CompiledKernel) check(errs *fieldErrors, p string, bad uint32) {
 		c.Metadata.check(errs, join(p, "metadata"), 0)
 	}
 	if !has(bad, ckStatus) {
-		oneOf(errs, join(p, "status"), c.Status, KernelCompiled, KernelValidated, KernelDeployed, KernelDeprecated)
+		oneOf(errs, p, "status", c.Status, KernelCompiled, KernelValidated, KernelDeployed, KernelDeprecated)
 	}
 	if !has(bad, ckValidationResults) {
-		checkAnyMap(errs, join(p, "validation_results"), c.ValidationResults)
+		checkAnyMap(errs, p, "validation_results", c.ValidationResults)
 	}
 	if !has(bad, ckDeploymentStats) {
-		checkMetrics(errs, join(p, "deployment_stats"), c.DeploymentStats)
+		checkMetrics(errs, p, "deployment_stats", c.DeploymentStats)
 	}
 	if !has(bad, ckCreatedAt) {
-		checkTime(errs, join(p, "created_at"), c.CreatedAt)
+		checkTime(errs, p, "created_at", c.CreatedAt)
 	}
 	if !has(bad, ckLastUsedAt) && c.LastUsedAt != nil {
-		checkTime(errs, join(p, "last_used_at"), *c.LastUsedAt)
+		checkTime(errs, p, "last_used_at", *c.LastUsedAt)
 	}
 }
 
@@ -919,10 +919,10 @@ func (c *CompiledKernel) decode(d *decoder, p string) {
 			c.Status, good = d.str(p, "status")
 			m.mark(ckStatus, good)
 		case "validation_results":
-			c.ValidationResults, good = d.anyMap(join(p, "validation_results"), false)
+			c.ValidationResults, good = d.anyMap(p, "validation_results", false)
 			m.mark(ckValidationResults, good)
 		case "deployment_stats":
-			c.DeploymentStats, good = d.metrics(join(p, "deployment_stats"), false)
+			c.DeploymentStats, good = d.metrics(p, "deployment_stats", false)
 			m.mark(ckDeploymentStats, good)
 		case "created_at":
 			c.CreatedAt, good = d.timestamp(p, "created_at")
@@ -1052,22 +1052,22 @@ func (t TrainingSession) Validate() error {
 
 func (t *TrainingSession) check(errs *fieldErrors, p string, bad uint32) {
 	if !has(bad, tsName) {
-		strLen(errs, join(p, "name"), strip(t.Name), 1, 255)
+		strLen(errs, p, "name", strip(t.Name), 1, 255)
 	}
 	if !has(bad, tsDescription) {
-		strLen(errs, join(p, "description"), strip(t.Description), 1, 1000)
+		strLen(errs, p, "description", strip(t.Description), 1, 1000)
 	}
 	if !has(bad, tsTrainingModelConfig) {
 		if t.TrainingModelConfig == nil {
 			errs.add(join(p, "training_model_config"), "input should be a valid dictionary, got nil")
 		}
-		checkAnyMap(errs, join(p, "training_model_config"), t.TrainingModelConfig)
+		checkAnyMap(errs, p, "training_model_config", t.TrainingModelConfig)
 	}
 	if !has(bad, tsTrainingConfig) {
 		if t.TrainingConfig == nil {
 			errs.add(join(p, "training_config"), "input should be a valid dictionary, got nil")
 		}
-		checkAnyMap(errs, join(p, "training_config"), t.TrainingConfig)
+		checkAnyMap(errs, p, "training_config", t.TrainingConfig)
 	}
 	if !has(bad, tsSeeds) {
 		for i := range t.Seeds {
@@ -1080,14 +1080,14 @@ func (t *TrainingSession) check(errs *fieldErrors, p string, bad uint32) {
 		}
 	}
 	if !has(bad, tsStatus) {
-		oneOf(errs, join(p, "status"), strip(t.Status), SessionInitialized, SessionRunning, SessionPaused,
+		oneOf(errs, p, "status", strip(t.Status), SessionInitialized, SessionRunning, SessionPaused,
 			SessionCompleted, SessionFailed)
 	}
 	if !has(bad, tsCreatedAt) {
-		checkTime(errs, join(p, "created_at"), t.CreatedAt)
+		checkTime(errs, p, "created_at", t.CreatedAt)
 	}
 	if !has(bad, tsUpdatedAt) {
-		checkTime(errs, join(p, "updated_at"), t.UpdatedAt)
+		checkTime(errs, p, "updated_at", t.UpdatedAt)
 	}
 }
 
@@ -1138,10 +1138,10 @@ func (t *TrainingSession) decode(d *decoder, p string) {
 			t.Description = strip(t.Description)
 			m.mark(tsDescription, good)
 		case "training_model_config":
-			t.TrainingModelConfig, good = d.anyMap(join(p, "training_model_config"), true)
+			t.TrainingModelConfig, good = d.anyMap(p, "training_model_config", true)
 			m.mark(tsTrainingModelConfig, good)
 		case "training_config":
-			t.TrainingConfig, good = d.anyMap(join(p, "training_config"), true)
+			t.TrainingConfig, good = d.anyMap(p, "training_config", true)
 			m.mark(tsTrainingConfig, good)
 		case "seeds":
 			t.Seeds, good = decodeList(d, join(p, "seeds"), (*Seed).decode)

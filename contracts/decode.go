@@ -23,6 +23,7 @@ type decoder struct {
 	errs    fieldErrors
 	syn     *SyntaxError
 	scratch []byte
+	recent  [4]string // identifiers seen in this document, reused when repeated
 }
 
 func newDecoder(model string, data []byte) decoder {
@@ -173,6 +174,15 @@ func (d *decoder) nextElem(first *bool) bool {
 	return true
 }
 
+// strPlain marks bytes that need no attention inside a JSON string:
+// printable ASCII other than the quote and the backslash.
+var strPlain = func() (t [256]bool) {
+	for c := 0x20; c < 0x80; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
+
 // readString reads a JSON string at d.pos (which holds '"'). The result
 // aliases the input or the scratch buffer.
 func (d *decoder) readString() ([]byte, bool) {
@@ -181,6 +191,15 @@ func (d *decoder) readString() ([]byte, bool) {
 	data := d.data
 	high := false
 	for i < len(data) {
+		for i+4 <= len(data) && strPlain[data[i]] && strPlain[data[i+1]] && strPlain[data[i+2]] && strPlain[data[i+3]] {
+			i += 4
+		}
+		for i < len(data) && strPlain[data[i]] {
+			i++
+		}
+		if i >= len(data) {
+			break
+		}
 		c := data[i]
 		if c == '"' {
 			d.pos = i + 1
@@ -557,12 +576,16 @@ func (d *decoder) anyValueKeys(path string, depth int, stripKeys bool) (any, boo
 }
 
 // anyMap decodes a Dict[str, Any] field.
-func (d *decoder) anyMap(path string, stripKeys bool) (map[string]any, bool) {
+func (d *decoder) anyMap(p, name string, stripKeys bool) (map[string]any, bool) {
 	if d.peek() != '{' {
-		d.typeError(path, "input should be a valid dictionary")
+		d.typeError(join(p, name), "input should be a valid dictionary")
 		return nil, false
 	}
-	v, ok := d.anyValueKeys(path, 0, stripKeys)
+	n := len(d.errs.fields)
+	v, ok := d.anyValueKeys("", 0, stripKeys)
+	for i := n; i < len(d.errs.fields); i++ {
+		d.errs.fields[i].Path = join(p, name)
+	}
 	if !ok {
 		return nil, false
 	}
@@ -570,9 +593,9 @@ func (d *decoder) anyMap(path string, stripKeys bool) (map[string]any, bool) {
 }
 
 // metrics decodes a Dict[str, float] field, keeping key order.
-func (d *decoder) metrics(path string, stripKeys bool) (Metrics, bool) {
+func (d *decoder) metrics(p, name string, stripKeys bool) (Metrics, bool) {
 	if d.peek() != '{' {
-		d.typeError(path, "input should be a valid dictionary")
+		d.typeError(join(p, name), "input should be a valid dictionary")
 		return nil, false
 	}
 	d.pos++
@@ -588,20 +611,21 @@ func (d *decoder) metrics(path string, stripKeys bool) (Metrics, bool) {
 		if stripKeys {
 			key = strip(key)
 		}
-		f, ok := d.float(path, key)
+		f, ok := d.float("", key)
 		if ok {
 			m.Set(key, f)
 		} else {
 			good = false
+			d.relocate(p, name)
 		}
 	}
 	return m, good && d.syn == nil
 }
 
 // intList decodes a List[int] field.
-func (d *decoder) intList(path string) ([]int, bool) {
+func (d *decoder) intList(p, name string) ([]int, bool) {
 	if d.peek() != '[' {
-		d.typeError(path, "input should be a valid list")
+		d.typeError(join(p, name), "input should be a valid list")
 		return nil, false
 	}
 	d.pos++
@@ -609,20 +633,21 @@ func (d *decoder) intList(path string) ([]int, bool) {
 	first := true
 	good := true
 	for i := 0; d.nextElem(&first); i++ {
-		n, ok := d.int(path, strconv.Itoa(i))
+		n, ok := d.int("", strconv.Itoa(i))
 		if ok {
 			out = append(out, n)
 		} else {
 			good = false
+			d.relocate(p, name)
 		}
 	}
 	return out, good && d.syn == nil
 }
 
 // stringList decodes a List[str] field.
-func (d *decoder) stringList(path string) ([]string, bool) {
+func (d *decoder) stringList(p, name string) ([]string, bool) {
 	if d.peek() != '[' {
-		d.typeError(path, "input should be a valid list")
+		d.typeError(join(p, name), "input should be a valid list")
 		return nil, false
 	}
 	d.pos++
@@ -630,11 +655,12 @@ func (d *decoder) stringList(path string) ([]string, bool) {
 	first := true
 	good := true
 	for i := 0; d.nextElem(&first); i++ {
-		s, ok := d.str(path, strconv.Itoa(i))
+		s, ok := d.str("", strconv.Itoa(i))
 		if ok {
 			out = append(out, s)
 		} else {
 			good = false
+			d.relocate(p, name)
 		}
 	}
 	return out, good && d.syn == nil
@@ -651,7 +677,25 @@ func (d *decoder) str(prefix, name string) (string, bool) {
 	if !ok {
 		return "", false
 	}
-	return intern(b), true
+	return d.intern(b), true
+}
+
+// intern returns the common constant strings of the contracts, and an
+// identifier already seen in this document (a kernel's ID repeated in its
+// metadata), without allocating; anything else is copied.
+func (d *decoder) intern(b []byte) string {
+	if len(b) >= 16 {
+		for _, r := range d.recent {
+			if r == string(b) {
+				return r
+			}
+		}
+		s := string(b)
+		copy(d.recent[1:], d.recent[:len(d.recent)-1])
+		d.recent[0] = s
+		return s
+	}
+	return intern(b)
 }
 
 // intern returns the common constant strings of the contracts without
@@ -911,6 +955,14 @@ func lowerASCII(b []byte) []byte {
 // extra records a key the model does not define.
 func (d *decoder) extra(prefix string, key []byte) {
 	d.typeError(join(prefix, string(key)), "extra fields not permitted")
+}
+
+// relocate prefixes the path of the error just recorded (an element's
+// or key's) with its container's, built only now that it is needed.
+func (d *decoder) relocate(p, name string) {
+	if n := len(d.errs.fields); n > 0 && d.syn == nil {
+		d.errs.fields[n-1].Path = join(join(p, name), d.errs.fields[n-1].Path)
+	}
 }
 
 // missing records a required field that was absent.

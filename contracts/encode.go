@@ -56,7 +56,7 @@ func (m Metrics) MarshalJSON() ([]byte, error) { return appendMetrics(nil, m), n
 // UnmarshalJSON reads a JSON object of numbers, keeping key order.
 func (m *Metrics) UnmarshalJSON(data []byte) error {
 	d := newDecoder("Metrics", data)
-	v, ok := d.metrics("", false)
+	v, ok := d.metrics("", "", false)
 	if err := d.finish(); err != nil {
 		return err
 	}
@@ -66,7 +66,11 @@ func (m *Metrics) UnmarshalJSON(data []byte) error {
 	return nil
 }
 
-func checkMetrics(errs *fieldErrors, path string, m Metrics) {
+func checkMetrics(errs *fieldErrors, p, name string, m Metrics) {
+	path := ""
+	if len(m) > 0 {
+		path = join(p, name)
+	}
 	for _, x := range m {
 		if math.IsNaN(x.Value) || math.IsInf(x.Value, 0) {
 			errs.add(join(path, x.Name), "value should be a finite number")
@@ -74,9 +78,9 @@ func checkMetrics(errs *fieldErrors, path string, m Metrics) {
 	}
 }
 
-func checkFinite(errs *fieldErrors, path string, f float64) bool {
+func checkFinite(errs *fieldErrors, p, name string, f float64) bool {
 	if math.IsNaN(f) || math.IsInf(f, 0) {
-		errs.add(path, "input should be a finite number")
+		errs.add(join(p, name), "input should be a finite number")
 		return false
 	}
 	return true
@@ -309,9 +313,9 @@ func checkAny(errs *fieldErrors, path string, v any, depth int) {
 	switch x := v.(type) {
 	case nil, string, bool, int64, int, int32, uint64, uint32, []string, []int:
 	case float64:
-		checkFinite(errs, path, x)
+		checkFinite(errs, path, "", x)
 	case float32:
-		checkFinite(errs, path, float64(x))
+		checkFinite(errs, path, "", float64(x))
 	case json.Number:
 		if _, err := strconv.ParseFloat(string(x), 64); err != nil {
 			errs.add(path, fmt.Sprintf("%q is not a JSON number", string(x)))
@@ -326,14 +330,14 @@ func checkAny(errs *fieldErrors, path string, v any, depth int) {
 		}
 	case []float64:
 		for i, e := range x {
-			checkFinite(errs, join(path, strconv.Itoa(i)), e)
+			checkFinite(errs, path, strconv.Itoa(i), e)
 		}
 	case map[string]float64:
 		for k, e := range x {
-			checkFinite(errs, join(path, k), e)
+			checkFinite(errs, path, k, e)
 		}
 	case Metrics:
-		checkMetrics(errs, path, x)
+		checkMetrics(errs, path, "", x)
 	default:
 		if _, err := json.Marshal(v); err != nil {
 			errs.add(path, "value of type "+reflect.TypeOf(v).String()+" cannot be encoded as JSON: "+err.Error())
@@ -341,7 +345,11 @@ func checkAny(errs *fieldErrors, path string, v any, depth int) {
 	}
 }
 
-func checkAnyMap(errs *fieldErrors, path string, m map[string]any) {
+func checkAnyMap(errs *fieldErrors, p, name string, m map[string]any) {
+	if len(m) == 0 {
+		return
+	}
+	path := join(p, name)
 	for k, v := range m {
 		checkAny(errs, join(path, k), v, 1)
 	}

@@ -41,7 +41,7 @@ func (o OonaMessage) Validate() error {
 
 func (o *OonaMessage) check(errs *fieldErrors, p string, bad uint32) {
 	if !has(bad, omTimestamp) {
-		checkTime(errs, join(p, "timestamp"), o.Timestamp)
+		checkTime(errs, p, "timestamp", o.Timestamp)
 	}
 	if !has(bad, omTopic) && !o.Topic.Valid() {
 		errs.add(join(p, "topic"), enumReason(string(o.Topic), topicNames))
@@ -50,7 +50,7 @@ func (o *OonaMessage) check(errs *fieldErrors, p string, bad uint32) {
 		if o.Payload == nil {
 			errs.add(join(p, "payload"), "input should be a valid dictionary, got nil")
 		}
-		checkAnyMap(errs, join(p, "payload"), o.Payload)
+		checkAnyMap(errs, p, "payload", o.Payload)
 	}
 }
 
@@ -106,7 +106,7 @@ func (o *OonaMessage) decode(d *decoder, p string) {
 			o.Topic = TopicName(t)
 			m.mark(omTopic, good)
 		case "payload":
-			o.Payload, good = d.anyMap(join(p, "payload"), false)
+			o.Payload, good = d.anyMap(p, "payload", false)
 			m.mark(omPayload, good)
 		default:
 			d.skipValue(0)

@@ -68,43 +68,43 @@ func (h HealthSignal) Validate() error {
 
 func (h *HealthSignal) check(errs *fieldErrors, p string, bad uint32) {
 	if !has(bad, hsLayerID) {
-		geI(errs, join(p, "layer_id"), h.LayerID, 0)
+		geI(errs, p, "layer_id", h.LayerID, 0)
 	}
 	if !has(bad, hsSeedID) {
-		geI(errs, join(p, "seed_id"), h.SeedID, 0)
+		geI(errs, p, "seed_id", h.SeedID, 0)
 	}
 	if !has(bad, hsChunkID) {
-		geI(errs, join(p, "chunk_id"), h.ChunkID, 0)
+		geI(errs, p, "chunk_id", h.ChunkID, 0)
 	}
 	if !has(bad, hsEpoch) {
-		geI(errs, join(p, "epoch"), h.Epoch, 0)
+		geI(errs, p, "epoch", h.Epoch, 0)
 	}
 	if !has(bad, hsActivationVariance) {
-		geF(errs, join(p, "activation_variance"), h.ActivationVariance, 0)
+		geF(errs, p, "activation_variance", h.ActivationVariance, 0)
 	}
 	if !has(bad, hsDeadNeuronRatio) {
-		rangeF(errs, join(p, "dead_neuron_ratio"), h.DeadNeuronRatio, 0, 1)
+		rangeF(errs, p, "dead_neuron_ratio", h.DeadNeuronRatio, 0, 1)
 	}
 	if !has(bad, hsAvgCorrelation) {
-		rangeF(errs, join(p, "avg_correlation"), h.AvgCorrelation, -1, 1)
+		rangeF(errs, p, "avg_correlation", h.AvgCorrelation, -1, 1)
 	}
 	if !has(bad, hsHealthScore) {
-		rangeF(errs, join(p, "health_score"), h.HealthScore, 0, 1)
+		rangeF(errs, p, "health_score", h.HealthScore, 0, 1)
 	}
 	if !has(bad, hsExecutionLatency) {
-		geF(errs, join(p, "execution_latency"), h.ExecutionLatency, 0)
+		geF(errs, p, "execution_latency", h.ExecutionLatency, 0)
 	}
 	if !has(bad, hsErrorCount) {
-		geI(errs, join(p, "error_count"), h.ErrorCount, 0)
+		geI(errs, p, "error_count", h.ErrorCount, 0)
 	}
 	if !has(bad, hsActiveSeeds) {
-		geI(errs, join(p, "active_seeds"), h.ActiveSeeds, 0)
+		geI(errs, p, "active_seeds", h.ActiveSeeds, 0)
 	}
 	if !has(bad, hsTotalSeeds) {
-		geI(errs, join(p, "total_seeds"), h.TotalSeeds, 1)
+		geI(errs, p, "total_seeds", h.TotalSeeds, 1)
 	}
 	if !has(bad, hsTimestamp) {
-		checkFinite(errs, join(p, "timestamp"), h.Timestamp)
+		checkFinite(errs, p, "timestamp", h.Timestamp)
 	}
 }
 
@@ -313,25 +313,25 @@ func (s SystemStatePacket) Validate() error {
 
 func (s *SystemStatePacket) check(errs *fieldErrors, p string, bad uint32) {
 	if !has(bad, 0) {
-		geI(errs, join(p, "epoch"), s.Epoch, 0)
+		geI(errs, p, "epoch", s.Epoch, 0)
 	}
 	if !has(bad, 1) {
-		geI(errs, join(p, "total_seeds"), s.TotalSeeds, 0)
+		geI(errs, p, "total_seeds", s.TotalSeeds, 0)
 	}
 	if !has(bad, 2) {
-		geI(errs, join(p, "active_seeds"), s.ActiveSeeds, 0)
+		geI(errs, p, "active_seeds", s.ActiveSeeds, 0)
 	}
 	if !has(bad, 3) {
-		geF(errs, join(p, "training_loss"), s.TrainingLoss, 0)
+		geF(errs, p, "training_loss", s.TrainingLoss, 0)
 	}
 	if !has(bad, 4) {
-		geF(errs, join(p, "validation_loss"), s.ValidationLoss, 0)
+		geF(errs, p, "validation_loss", s.ValidationLoss, 0)
 	}
 	if !has(bad, 5) {
-		rangeF(errs, join(p, "system_load"), s.SystemLoad, 0, 1)
+		rangeF(errs, p, "system_load", s.SystemLoad, 0, 1)
 	}
 	if !has(bad, 6) {
-		rangeF(errs, join(p, "memory_usage"), s.MemoryUsage, 0, 1)
+		rangeF(errs, p, "memory_usage", s.MemoryUsage, 0, 1)
 	}
 }
 
@@ -493,27 +493,27 @@ func (a AdaptationDecision) Validate() error {
 
 func (a *AdaptationDecision) check(errs *fieldErrors, p string, bad uint32) {
 	if !has(bad, 0) {
-		strLen(errs, join(p, "layer_name"), strip(a.LayerName), 1, 255)
+		strLen(errs, p, "layer_name", strip(a.LayerName), 1, 255)
 	}
 	if !has(bad, 1) {
 		t := strip(a.AdaptationType)
-		strLen(errs, join(p, "adaptation_type"), t, 1, 100)
+		strLen(errs, p, "adaptation_type", t, 1, 100)
 		if t != "" {
-			oneOf(errs, join(p, "adaptation_type"), t, AdaptationAddSeed, AdaptationRemoveSeed,
+			oneOf(errs, p, "adaptation_type", t, AdaptationAddSeed, AdaptationRemoveSeed,
 				AdaptationModifyArchitecture, AdaptationOptimizeParameters)
 		}
 	}
 	if !has(bad, 2) {
-		rangeF(errs, join(p, "confidence"), a.Confidence, 0, 1)
+		rangeF(errs, p, "confidence", a.Confidence, 0, 1)
 	}
 	if !has(bad, 3) {
-		rangeF(errs, join(p, "urgency"), a.Urgency, 0, 1)
+		rangeF(errs, p, "urgency", a.Urgency, 0, 1)
 	}
 	if !has(bad, 4) {
-		checkAnyMap(errs, join(p, "metadata"), a.Metadata)
+		checkAnyMap(errs, p, "metadata", a.Metadata)
 	}
 	if !has(bad, 5) {
-		checkFinite(errs, join(p, "timestamp"), a.Timestamp)
+		checkFinite(errs, p, "timestamp", a.Timestamp)
 	}
 }
 
@@ -568,7 +568,7 @@ func (a *AdaptationDecision) decode(d *decoder, p string) {
 			a.Urgency, good = d.float(p, "urgency")
 		case "metadata":
 			idx = 4
-			a.Metadata, good = d.anyMap(join(p, "metadata"), true)
+			a.Metadata, good = d.anyMap(p, "metadata", true)
 		case "timestamp":
 			idx = 5
 			a.Timestamp, good = d.float(p, "timestamp")

@@ -318,8 +318,8 @@ func appendTimestampRaw(dst []byte, t time.Time) []byte {
 
 // checkTime validates a datetime built in Go: Python's datetime holds
 // years 1 to 9999 only.
-func checkTime(errs *fieldErrors, path string, t time.Time) {
+func checkTime(errs *fieldErrors, p, name string, t time.Time) {
 	if y := t.Year(); y < 1 || y > 9999 {
-		errs.add(path, "datetime year "+strconv.Itoa(y)+" is outside 1..9999")
+		errs.add(join(p, name), "datetime year "+strconv.Itoa(y)+" is outside 1..9999")
 	}
 }
