@@ -40,7 +40,7 @@
 // (*Kernel).Run(ctx, input, batch, out) computes in float32 over row-major
 // [batch, *shape] slices. A Kernel is immutable and safe for any number of
 // concurrent callers; each call takes a workspace (two ping-pong activation
-// buffers and an im2col scratch) from a per-kernel sync.Pool, so a steady
+// buffers and an im2col scratch) from a per-kernel bounded free list, so a steady
 // stream of same-shaped requests allocates nothing. Linear layers run as one
 // fused GEMM with bias and activation epilogue; conv2d runs as im2col (or the
 // input itself for pointwise convolutions) + GEMM per sample and group, with

@@ -2,10 +2,47 @@ package kernels
 
 import (
 	"math"
+	"runtime"
+	"sync"
 )
 
+// workspacePool is a bounded free list of workspaces. Unlike sync.Pool it
+// never drops a workspace on its own (sync.Pool does at every GC, and at
+// random under the race detector), so the steady state is deterministically
+// allocation-free; it keeps at most as many workspaces as calls have run at
+// once, capped at a few per CPU, until the kernel itself is dropped.
+type workspacePool struct {
+	mu   sync.Mutex
+	free []*workspace
+}
+
+func (p *workspacePool) init() {
+	p.free = make([]*workspace, 0, 2*runtime.GOMAXPROCS(0)+2)
+}
+
+func (p *workspacePool) get() *workspace {
+	p.mu.Lock()
+	if n := len(p.free); n > 0 {
+		ws := p.free[n-1]
+		p.free[n-1] = nil
+		p.free = p.free[:n-1]
+		p.mu.Unlock()
+		return ws
+	}
+	p.mu.Unlock()
+	return new(workspace)
+}
+
+func (p *workspacePool) put(ws *workspace) {
+	p.mu.Lock()
+	if len(p.free) < cap(p.free) {
+		p.free = append(p.free, ws)
+	}
+	p.mu.Unlock()
+}
+
 // workspace holds the intermediate buffers of one call. Workspaces come from
-// a per-kernel pool and grow to the largest batch they have served, so a
+// a per-kernel free list and grow to the largest batch they have served, so a
 // steady stream of same-shaped requests allocates nothing.
 type workspace struct {
 	a, b    []float32

@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"os"
 	"strings"
-	"sync"
 
 	"gorgonia.org/tensor"
 )
@@ -71,7 +70,7 @@ type MemoryCheck struct {
 }
 
 // Kernel is a validated, loaded portable kernel. It is immutable and safe for
-// concurrent use: each Run takes its own workspace from a pool.
+// concurrent use: each Run takes its own workspace from a free list.
 type Kernel struct {
 	meta     *KernelMetadata
 	embedded *KernelMetadata
@@ -79,7 +78,7 @@ type Kernel struct {
 	g        *graph
 	sha256   string
 	memory   MemoryCheck
-	pool     sync.Pool // *workspace
+	pool     workspacePool
 }
 
 // ReadMetadata returns the KernelMetadata embedded in an esper-kernel/v1 file
@@ -231,7 +230,7 @@ func Load(data []byte, opts LoadOptions) (*Kernel, error) {
 		slog.Float64("memory_estimate_mib", k.memory.EstimatedMiB),
 		slog.Float64("memory_declared_mib", k.memory.DeclaredMiB),
 		slog.Float64("memory_difference_mib", k.memory.DifferenceMiB))
-	k.pool.New = func() any { return new(workspace) }
+	k.pool.init()
 	return k, nil
 }
 
@@ -334,9 +333,9 @@ func (k *Kernel) Run(ctx context.Context, input []float32, batch int, out []floa
 	if len(out) != batch*k.g.outSize {
 		return fmt.Errorf("%w: output has room for %d values, batch %d × %v needs %d", ErrShape, len(out), batch, k.g.outShape, batch*k.g.outSize)
 	}
-	ws := k.pool.Get().(*workspace)
+	ws := k.pool.get()
 	k.g.forward(ws, input, batch, out)
-	k.pool.Put(ws)
+	k.pool.put(ws)
 	return nil
 }
 
