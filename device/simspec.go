@@ -14,7 +14,18 @@ import (
 
 // SimSpec describes a simulated node: its GPUs (with MIG instances) and the
 // faults to inject over time. It is the format of `--simulate FILE.json`,
-// documented in SIMULATE.md.
+// documented in SIMULATE.md, in brief:
+//
+//	{"driver_version": "550.54.15", "cuda_driver_version": "12.4",
+//	 "gpus": [{"name": "NVIDIA A100-SXM4-40GB", "compute_capability": "8.0",
+//	           "memory": {"total_bytes": 42949672960, "used_bytes": 1073741824, "reserved_bytes": 536870912},
+//	           "utilization": {"gpu_percent": 40}, "temperature_c": 45, "power_w": 180,
+//	           "mig": [{"profile": "3g.20gb", "gpu_instance_id": 1, "memory": {"total_bytes": 20937965568}}]}],
+//	 "faults": [{"at": "30s", "gpu": 0, "kind": "xid", "xid": 79},
+//	            {"at": "10s", "gpu": 0, "mig": 0, "kind": "memory_used", "used_bytes": 4294967296}]}
+//
+// Fault kinds: xid, ecc_double_bit, lost, restore, memory_used. UUIDs left
+// out are derived from the GPU's position and name, the same on every run.
 type SimSpec struct {
 	DriverVersion     string     `json:"driver_version,omitempty"`
 	CUDADriverVersion string     `json:"cuda_driver_version,omitempty"`
