@@ -290,3 +290,20 @@ func TestFloatEncodingMatchesReference(t *testing.T) {
 		}
 	}
 }
+
+func TestTimestampEncodingMatchesTimePackage(t *testing.T) {
+	zones := []*time.Location{time.UTC, Naive, time.FixedZone("", 5*3600+30*60), time.FixedZone("", -8*3600)}
+	for _, sec := range []int64{-62135596800, -1, 0, 951782400, 1700000000, 4102444800, 253402300799} {
+		for _, z := range zones {
+			tm := time.Unix(sec, 123456000).In(z)
+			if tm.Year() < 1 || tm.Year() > 9999 {
+				continue // outside Python's datetime; Validate refuses it
+			}
+			got := string(appendTimestampRaw(nil, tm))
+			want := tm.Format("2006-01-02T15:04:05.000000")
+			if !strings.HasPrefix(got, want) {
+				t.Errorf("appendTimestampRaw(%v) = %s, want prefix %s", tm, got, want)
+			}
+		}
+	}
+}

@@ -209,7 +209,8 @@ func appendAnyMap(dst []byte, m map[string]any) []byte {
 			dst = appendAny(dst, v)
 		}
 	default:
-		keys := make([]string, 0, len(m))
+		var buf [8]string
+		keys := buf[:0]
 		for k := range m {
 			keys = append(keys, k)
 		}
