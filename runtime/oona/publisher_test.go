@@ -1,0 +1,259 @@
+package oona
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/esper/kasmina-host/contracts"
+)
+
+// busUnderTest is one implementation with a way to read back, in order,
+// the stream entries it wrote for a topic.
+type busUnderTest struct {
+	bus      Bus
+	readBack func(t *testing.T, topic string) []map[string]string
+}
+
+// syncBuffer is a goroutine-safe bytes.Buffer for the embedded bus output.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+var implementations = []struct {
+	name string
+	open func(t *testing.T) busUnderTest
+}{
+	{"redis", func(t *testing.T) busUnderTest {
+		srv := startRedis(t)
+		bus, err := NewRedisBus(context.Background(), srv.testConfig("suite"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = bus.Close(context.Background()) })
+		rc := redis.NewClient(&redis.Options{Addr: srv.addr()})
+		t.Cleanup(func() { _ = rc.Close() })
+		return busUnderTest{bus: bus, readBack: func(t *testing.T, topic string) []map[string]string {
+			msgs, err := rc.XRange(context.Background(), topic, "-", "+").Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			out := make([]map[string]string, len(msgs))
+			for i, m := range msgs {
+				out[i] = stringFields(m.Values)
+			}
+			return out
+		}}
+	}},
+	{"embedded", func(t *testing.T) busUnderTest {
+		out := &syncBuffer{}
+		bus := NewEmbeddedBus(out, nil, Config{HostID: "suite"}, nil)
+		t.Cleanup(func() { _ = bus.Close(context.Background()) })
+		return busUnderTest{bus: bus, readBack: func(t *testing.T, topic string) []map[string]string {
+			var res []map[string]string
+			sc := bufio.NewScanner(strings.NewReader(out.String()))
+			sc.Buffer(nil, 1<<20)
+			for sc.Scan() {
+				msg, err := contracts.DecodeOonaMessage(sc.Bytes())
+				if err != nil {
+					t.Fatalf("embedded bus wrote a line that is not an OonaMessage: %v\n%s", err, sc.Text())
+				}
+				if string(msg.Topic) != topic {
+					continue
+				}
+				fields, err := EncodeFields(msg)
+				if err != nil {
+					t.Fatal(err)
+				}
+				m := map[string]string{}
+				for i := 0; i < len(fields); i += 2 {
+					m[fields[i]] = fields[i+1]
+				}
+				res = append(res, m)
+			}
+			return res
+		}}
+	}},
+}
+
+func TestPublisherDeliversInOrderWithWireFields(t *testing.T) {
+	for _, impl := range implementations {
+		t.Run(impl.name, func(t *testing.T) {
+			b := impl.open(t)
+			const n = 600 // more than two batches
+			want := make([]contracts.OonaMessage, n)
+			for i := range want {
+				want[i] = healthMessage(t, i)
+				if err := b.bus.Publish(want[i]); err != nil {
+					t.Fatalf("Publish %d: %v", i, err)
+				}
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			defer cancel()
+			if err := b.bus.Flush(ctx); err != nil {
+				t.Fatal(err)
+			}
+			got := b.readBack(t, string(contracts.TopicTelemetrySeedHealth))
+			if len(got) != n {
+				t.Fatalf("read back %d entries, want %d", len(got), n)
+			}
+			for i, fields := range got {
+				wantFields, _ := EncodeFields(want[i])
+				for j := 0; j < len(wantFields); j += 2 {
+					if fields[wantFields[j]] != wantFields[j+1] {
+						t.Fatalf("entry %d field %s = %q, want %q", i, wantFields[j], fields[wantFields[j]], wantFields[j+1])
+					}
+				}
+				msg, err := DecodeFields(fields)
+				if err != nil {
+					t.Fatalf("entry %d does not decode: %v", i, err)
+				}
+				if msg.EventID != want[i].EventID || !msg.Timestamp.Equal(want[i].Timestamp) {
+					t.Fatalf("entry %d is %s, want %s in publish order", i, msg.EventID, want[i].EventID)
+				}
+			}
+			s := b.bus.Stats()
+			if s.Published != n || s.Delivered != n || s.Dropped != 0 || s.Buffered != 0 {
+				t.Fatalf("stats = %+v, want %d published and delivered, none dropped or buffered", s, n)
+			}
+		})
+	}
+}
+
+func TestPublisherRefusesStringFieldsThatReadBackAsJSON(t *testing.T) {
+	cases := []struct {
+		name, field, value string
+		set                func(*contracts.OonaMessage, string)
+	}{
+		{"numeric sender", FieldSenderID, "42", func(m *contracts.OonaMessage, v string) { m.SenderID = v }},
+		{"boolean trace", FieldTraceID, "true", func(m *contracts.OonaMessage, v string) { m.TraceID = v }},
+		{"null trace", FieldTraceID, "null", func(m *contracts.OonaMessage, v string) { m.TraceID = v }},
+		{"NaN sender (Python json.loads accepts it)", FieldSenderID, "NaN", func(m *contracts.OonaMessage, v string) { m.SenderID = v }},
+		{"negative infinity trace", FieldTraceID, "-Infinity", func(m *contracts.OonaMessage, v string) { m.TraceID = v }},
+		{"padded number", FieldSenderID, " 7 ", func(m *contracts.OonaMessage, v string) { m.SenderID = v }},
+		{"quoted string", FieldTraceID, `"abc"`, func(m *contracts.OonaMessage, v string) { m.TraceID = v }},
+		{"array", FieldTraceID, "[1,2]", func(m *contracts.OonaMessage, v string) { m.TraceID = v }},
+		{"object", FieldSenderID, "{}", func(m *contracts.OonaMessage, v string) { m.SenderID = v }},
+		{"exponent", FieldEventID, "1e5", func(m *contracts.OonaMessage, v string) { m.EventID = v }},
+		{"array with NaN", FieldTraceID, "[NaN]", func(m *contracts.OonaMessage, v string) { m.TraceID = v }},
+	}
+	for _, impl := range implementations {
+		t.Run(impl.name, func(t *testing.T) {
+			b := impl.open(t)
+			for _, c := range cases {
+				msg := healthMessage(t, 1)
+				c.set(&msg, c.value)
+				err := b.bus.Publish(msg)
+				if !errors.Is(err, ErrAmbiguousField) {
+					t.Errorf("%s: Publish(%s=%q) = %v, want ErrAmbiguousField", c.name, c.field, c.value, err)
+				} else if !strings.Contains(err.Error(), c.field) {
+					t.Errorf("%s: error %q does not name the field %s", c.name, err, c.field)
+				}
+			}
+			if s := b.bus.Stats(); s.Published != 0 {
+				t.Fatalf("refused messages were counted as published: %+v", s)
+			}
+			for _, ok := range []string{"kasmina-42", "true-north", "42a", "node 7", "Infinity-and-beyond"} {
+				msg := healthMessage(t, 1)
+				msg.SenderID, msg.TraceID = ok, ok
+				if err := b.bus.Publish(msg); err != nil {
+					t.Errorf("Publish with ids %q refused: %v", ok, err)
+				}
+			}
+		})
+	}
+}
+
+func TestPublisherRefusesInvalidMessagesAndPublishAfterClose(t *testing.T) {
+	for _, impl := range implementations {
+		t.Run(impl.name, func(t *testing.T) {
+			b := impl.open(t)
+			bad := healthMessage(t, 1)
+			bad.Topic = "telemetry.nope"
+			if err := b.bus.Publish(bad); !errors.Is(err, ErrInvalidMessage) {
+				t.Fatalf("Publish with unknown topic = %v, want ErrInvalidMessage", err)
+			}
+			if err := b.bus.Publish(healthMessage(t, 2)); err != nil {
+				t.Fatal(err)
+			}
+			if err := b.bus.Close(context.Background()); err != nil {
+				t.Fatalf("Close: %v", err)
+			}
+			if err := b.bus.Publish(healthMessage(t, 3)); !errors.Is(err, ErrClosed) {
+				t.Fatalf("Publish after Close = %v, want ErrClosed", err)
+			}
+			s := b.bus.Stats()
+			if s.Published != 1 || s.Delivered != 1 {
+				t.Fatalf("stats after close = %+v, want the one valid message delivered", s)
+			}
+		})
+	}
+}
+
+func TestCollectorExportsCountersByTopic(t *testing.T) {
+	for _, impl := range implementations {
+		t.Run(impl.name, func(t *testing.T) {
+			b := impl.open(t)
+			reg := prometheus.NewRegistry()
+			if err := RegisterMetrics(reg, b.bus); err != nil {
+				t.Fatal(err)
+			}
+			for i := range 3 {
+				if err := b.bus.Publish(healthMessage(t, i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := b.bus.Flush(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			mfs, err := reg.Gather()
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]float64{}
+			for _, mf := range mfs {
+				for _, m := range mf.GetMetric() {
+					key := mf.GetName()
+					for _, l := range m.GetLabel() {
+						key += "," + l.GetName() + "=" + l.GetValue()
+					}
+					if m.GetCounter() != nil {
+						got[key] = m.GetCounter().GetValue()
+					} else {
+						got[key] = m.GetGauge().GetValue()
+					}
+				}
+			}
+			for key, want := range map[string]float64{
+				"kasmina_bus_messages_published_total,topic=telemetry.seed.health": 3,
+				"kasmina_bus_messages_delivered_total,topic=telemetry.seed.health": 3,
+				"kasmina_bus_buffer_messages":                                      0,
+			} {
+				if v, ok := got[key]; !ok || v != want {
+					t.Errorf("%s = %v (present %v), want %v", key, v, ok, want)
+				}
+			}
+		})
+	}
+}
