@@ -184,6 +184,8 @@ type Host struct {
 	fetch   Fetcher
 	resolve Resolver
 	cache   *cache.Cache[*kernels.Kernel]
+	// artifacts keeps loaded kernels' bytes for restarts (may be nil).
+	artifacts ArtifactStore
 
 	mu      sync.RWMutex
 	kernels map[string]*loaded // by model name
@@ -318,7 +320,7 @@ func devices(s device.Snapshot) []placement.Device {
 		}
 		switch d.Kind {
 		case device.KindCPU:
-			pd.Name, pd.Kind = "cpu", placement.KindCPU
+			pd.Name, pd.Kind, pd.UUID = "cpu", placement.KindCPU, ""
 		case device.KindMIG:
 			pd.Name, pd.Kind, pd.Index = fmt.Sprintf("cuda:%d", d.CUDAOrdinal), placement.KindMIG, d.CUDAOrdinal
 		default:

@@ -347,6 +347,9 @@ func (h *Host) Load(ctx context.Context, req LoadRequest) (KernelView, error) {
 			return KernelView{}, err
 		}
 	}
+	if err := h.keepArtifact(data); err != nil {
+		return KernelView{}, fmt.Errorf("keeping the artifact for restarts: %w", err)
+	}
 	preq := h.placementRequest(l)
 	dec, err := h.ledger.PlaceAndReserve(h.planner, name, preq, devices(h.inv.Snapshot()))
 	if err != nil {

@@ -40,6 +40,8 @@ var commands = map[string]command{
 	"version": {"print the version and build information", runVersion},
 	"run":     {"run a kernel on an input tensor (latency, GFLOP/s)", runRun},
 	"devices": {"show GPUs, MIG instances and the CPU as the host sees them", runDevices},
+	"place":   {"dry-run placement of a CompiledKernel document against the devices", runPlace},
+	"serve":   {"run the host daemon (HTTP API, health signals, Oona bus)", runServe},
 }
 
 func main() {

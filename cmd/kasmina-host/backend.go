@@ -1,0 +1,218 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/esper/kasmina-host/contracts"
+	"github.com/esper/kasmina-host/device"
+	"github.com/esper/kasmina-host/runtime"
+	"github.com/esper/kasmina-host/runtime/oip"
+	"github.com/esper/kasmina-host/runtime/placement"
+)
+
+// backend adapts the runtime's Host to the HTTP layer: it maps the
+// runtime's error classes onto the HTTP layer's and its views onto the
+// Open Inference Protocol's.
+type backend struct{ host *runtime.Host }
+
+// httpError classifies a runtime error for the HTTP layer.
+func httpError(err error) error {
+	if err == nil {
+		return nil
+	}
+	var class error
+	switch {
+	case errors.Is(err, runtime.ErrNotFound):
+		class = oip.ErrModelNotFound
+	case errors.Is(err, runtime.ErrBadInput), errors.Is(err, contracts.ErrIllegalTransition):
+		class = oip.ErrBadInput
+	case errors.Is(err, runtime.ErrQueueFull):
+		class = oip.ErrQueueFull
+	case errors.Is(err, runtime.ErrUnavailable), errors.Is(err, runtime.ErrFetch):
+		class = oip.ErrUnavailable
+	case errors.Is(err, runtime.ErrRefused):
+		class = oip.ErrBadInput
+	default:
+		return err // 500
+	}
+	return fmt.Errorf("%w: %w", class, err)
+}
+
+func (b *backend) Ready() (bool, string) { return b.host.Ready() }
+
+func (b *backend) modelInfo(v runtime.KernelView) oip.ModelInfo {
+	return oip.ModelInfo{
+		Name: v.Name, Version: "1", State: oip.StateReady,
+		InputShape: v.InputShape, OutputShape: v.OutputShape,
+		Placement: v.Placement.Device, Executor: v.Executor,
+		Degraded: v.Degraded, DegradedReason: v.DegradedReason,
+		MaxBatch: b.host.Config().MaxBatch,
+	}
+}
+
+func (b *backend) Models() []oip.ModelInfo {
+	var out []oip.ModelInfo
+	for _, st := range b.host.RepositoryIndex() {
+		if v, ok := b.host.Kernel(st.Name); ok {
+			out = append(out, b.modelInfo(v))
+			continue
+		}
+		out = append(out, oip.ModelInfo{Name: st.Name, Version: "1", State: st.State, Reason: st.Reason})
+	}
+	return out
+}
+
+func (b *backend) Model(name string) (oip.ModelInfo, bool) {
+	if v, ok := b.host.Kernel(name); ok {
+		return b.modelInfo(v), true
+	}
+	for _, st := range b.host.RepositoryIndex() {
+		if st.Name == name {
+			return oip.ModelInfo{Name: name, Version: "1", State: st.State, Reason: st.Reason}, true
+		}
+	}
+	return oip.ModelInfo{}, false
+}
+
+func (b *backend) Infer(ctx context.Context, name string, in oip.Tensor) (oip.Tensor, oip.ExecInfo, error) {
+	res, err := b.host.Infer(ctx, name, runtime.Request{Input: in.Data, Shape: in.Shape})
+	if err != nil {
+		return oip.Tensor{}, oip.ExecInfo{}, httpError(err)
+	}
+	e := res.Exec
+	return oip.Tensor{Shape: res.Shape, Data: res.Output}, oip.ExecInfo{
+		PlacedOn: e.PlacedOn, ExecutedOn: e.ExecutedOn, Executor: e.Executor, Fallback: e.Fallback,
+		Reason: e.Reason, QueueTime: e.QueueTime, ComputeTime: e.ComputeTime,
+	}, nil
+}
+
+func (b *backend) LoadModel(ctx context.Context, name string) error {
+	return httpError(b.host.LoadModel(ctx, name))
+}
+
+func (b *backend) UnloadModel(ctx context.Context, name string) error {
+	return httpError(b.host.Unload(ctx, name))
+}
+
+// ModelStats serves GET /v2/models/{name}/stats.
+func (b *backend) ModelStats(name string) (any, bool) {
+	v, ok := b.host.Kernel(name)
+	if !ok {
+		return nil, false
+	}
+	return map[string]any{"name": v.Name, "calls": v.Calls, "failures": v.Failures, "breaker": v.Breaker,
+		"placement": v.Placement.Device, "executed_on": v.ExecutedOn, "moves": v.Moves}, true
+}
+
+// loadKernelRequest is the body of POST /v1/kernels: a CompiledKernel
+// document, optionally wrapped with loading options.
+type loadKernelRequest struct {
+	Compiled    json.RawMessage `json:"compiled_kernel"`
+	Name        string          `json:"name"`
+	Layer       string          `json:"layer_name"`
+	SeedIdx     int             `json:"seed_idx"`
+	CPUFallback string          `json:"cpu_fallback"`
+	Replace     bool            `json:"replace"`
+}
+
+// planRequest is the body of POST /v1/placement/plan.
+type planRequest struct {
+	Compiled    json.RawMessage `json:"compiled_kernel"`
+	Metadata    json.RawMessage `json:"metadata"`
+	Batch       int             `json:"batch"`
+	CPUFallback string          `json:"cpu_fallback"`
+}
+
+func parseFallback(s string) (*placement.Fallback, error) {
+	if s == "" {
+		return nil, nil
+	}
+	fb, err := placement.ParseFallback(s)
+	if err != nil {
+		return nil, fmt.Errorf("%w: cpu_fallback: %w", oip.ErrBadInput, err)
+	}
+	return &fb, nil
+}
+
+// hostViews serves the host's own /v1 routes.
+func hostViews(h *runtime.Host, inv *device.Inventory) oip.HostViews {
+	return oip.HostViews{
+		Devices: func(context.Context) (any, error) {
+			s := inv.Snapshot()
+			return map[string]any{"source": s.Source, "driver_version": s.DriverVersion,
+				"cuda_driver_version": s.CUDADriverVersion, "devices": s.Visible(), "warnings": s.Warnings,
+				"taken_at": s.TakenAt}, nil
+		},
+		Kernels: func(context.Context) (any, error) {
+			return map[string]any{"kernels": h.Kernels(), "failed": h.FailedLoads(), "cache": h.CacheStats()}, nil
+		},
+		Kernel: func(_ context.Context, id string) (any, error) {
+			v, ok := h.Kernel(id)
+			if !ok {
+				return nil, fmt.Errorf("%w: kernel %q is not loaded", oip.ErrModelNotFound, id)
+			}
+			return v, nil
+		},
+		LoadKernel: func(ctx context.Context, doc []byte) (any, error) {
+			var req loadKernelRequest
+			if err := json.Unmarshal(doc, &req); err != nil {
+				return nil, fmt.Errorf("%w: %w", oip.ErrBadInput, err)
+			}
+			raw := doc
+			if len(req.Compiled) > 0 {
+				raw = req.Compiled
+			}
+			ck, err := contracts.DecodeCompiledKernel(raw)
+			if err != nil {
+				return nil, fmt.Errorf("%w: %w", oip.ErrBadInput, err)
+			}
+			fb, err := parseFallback(req.CPUFallback)
+			if err != nil {
+				return nil, err
+			}
+			v, err := h.Load(ctx, runtime.LoadRequest{Name: req.Name, Compiled: &ck, Layer: req.Layer,
+				SeedIdx: req.SeedIdx, Fallback: fb, Replace: req.Replace})
+			return v, httpError(err)
+		},
+		UnloadKernel: func(ctx context.Context, id string) error { return httpError(h.Unload(ctx, id)) },
+		PlanPlacement: func(_ context.Context, body []byte) (any, error) {
+			var req planRequest
+			if err := json.Unmarshal(body, &req); err != nil {
+				return nil, fmt.Errorf("%w: %w", oip.ErrBadInput, err)
+			}
+			var md *contracts.KernelMetadata
+			switch {
+			case len(req.Compiled) > 0:
+				ck, err := contracts.DecodeCompiledKernel(req.Compiled)
+				if err != nil {
+					return nil, fmt.Errorf("%w: %w", oip.ErrBadInput, err)
+				}
+				md = &ck.Metadata
+			case len(req.Metadata) > 0:
+				m, err := contracts.DecodeKernelMetadata(req.Metadata)
+				if err != nil {
+					return nil, fmt.Errorf("%w: %w", oip.ErrBadInput, err)
+				}
+				md = &m
+			default:
+				got, err := readKernelDocument(body)
+				if err != nil {
+					return nil, fmt.Errorf("%w: give compiled_kernel, metadata, or a CompiledKernel document: %w", oip.ErrBadInput, err)
+				}
+				md = got
+			}
+			fb, err := parseFallback(req.CPUFallback)
+			if err != nil {
+				return nil, err
+			}
+			v, err := h.Plan(md, req.Batch, fb)
+			return v, httpError(err)
+		},
+		Seeds:         func(context.Context) (any, error) { return h.Seeds(), nil },
+		HealthSignals: func(context.Context) (any, error) { return h.LatestSignals(), nil },
+		Layers:        func(context.Context) (any, error) { return h.Layers(), nil },
+	}
+}

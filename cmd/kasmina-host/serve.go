@@ -1,0 +1,431 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/esper/kasmina-host/device"
+	"github.com/esper/kasmina-host/kernels/examples"
+	"github.com/esper/kasmina-host/kernels/source"
+	"github.com/esper/kasmina-host/runtime"
+	"github.com/esper/kasmina-host/runtime/oip"
+	"github.com/esper/kasmina-host/runtime/oona"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// DefaultAddr is where serve listens by default: loopback, on a port clear
+// of Esper's services (Urza 8000, Tamiyo 8001, Tolaria 8080).
+const DefaultAddr = "127.0.0.1:8470"
+
+// serveConfig is everything `serve` reads from flags and KASMINA_*
+// environment variables.
+type serveConfig struct {
+	addr            string
+	kernelsDir      string
+	noExamples      bool
+	stateDir        string
+	oonaURL         string
+	busFile         string
+	hostID          string
+	urzaURL         string
+	kernelRoot      string
+	allowRefs       string
+	tokenFile       string
+	token           string
+	insecure        bool
+	allowedHosts    string
+	maxBodyBytes    int64
+	maxElements     int64
+	concurrency     int
+	queueDepth      int
+	requestTimeout  time.Duration
+	shutdownTimeout time.Duration
+	signalInterval  time.Duration
+	refresh         time.Duration
+	cacheBytes      int64
+	logFormat       string
+	logLevel        string
+	devices         deviceFlags
+	placement       placementFlags
+}
+
+func (c *serveConfig) register(fs *flag.FlagSet, e *envFlags) {
+	e.String(&c.addr, "addr", "KASMINA_ADDR", DefaultAddr, "HTTP listen address; beyond loopback a token is required")
+	e.String(&c.kernelsDir, "kernels", "KASMINA_KERNELS", "", "directory of esper-kernel/v1 files to serve (recursively); empty serves the embedded examples")
+	e.Bool(&c.noExamples, "no-examples", "KASMINA_NO_EXAMPLES", false, "with no --kernels, start with no kernels instead of the embedded examples")
+	e.String(&c.stateDir, "state-dir", "KASMINA_STATE_DIR", "", "directory where loaded kernels, seeds and placements are saved and restored from (empty: no state kept)")
+	e.String(&c.oonaURL, "oona", "REDIS_URL", "", "Oona bus Redis URL (redis://, rediss://, user:password@ allowed); empty uses the embedded bus")
+	e.String(&c.busFile, "bus-file", "KASMINA_BUS_FILE", "-", "where the embedded bus writes published messages as JSON lines (- for stdout)")
+	e.String(&c.hostID, "host-id", "KASMINA_HOST_ID", defaultHostID(), "this host's name in sender ids and its consumer group")
+	e.String(&c.urzaURL, "urza", "URZA_URL", runtime.DefaultUrzaURL, "Urza's address, for resolving kernel ids in load_kernel commands")
+	e.String(&c.kernelRoot, "kernel-root", "KASMINA_KERNEL_ROOT", "", "directory file:// and path references must stay inside (default: --kernels, else the working directory)")
+	e.String(&c.allowRefs, "allow-refs", "KASMINA_ALLOW_REFS", "file,s3://esper-artifacts/,http://*,https://*", "comma-separated artifact reference patterns that may be fetched")
+	e.String(&c.tokenFile, "auth-token-file", "KASMINA_AUTH_TOKEN_FILE", "", "file holding the bearer token required for inference and state changes")
+	e.String(&c.token, "auth-token", "KASMINA_AUTH_TOKEN", "", "bearer token (prefer --auth-token-file: flags show in ps)")
+	e.Bool(&c.insecure, "insecure-no-auth", "KASMINA_INSECURE_NO_AUTH", false, "allow listening beyond loopback without a token")
+	e.String(&c.allowedHosts, "allowed-hosts", "KASMINA_ALLOWED_HOSTS", "", "comma-separated host names accepted in Host/Origin besides loopback names")
+	e.Int64(&c.maxBodyBytes, "max-body-bytes", "KASMINA_MAX_BODY_BYTES", oip.DefaultMaxBodyBytes, "largest request body accepted")
+	e.Int64(&c.maxElements, "max-elements", "KASMINA_MAX_ELEMENTS", 1<<26, "largest input tensor accepted, in elements")
+	e.Int(&c.concurrency, "concurrency", "KASMINA_CONCURRENCY", 0, "requests executing at once on the CPU (0: GOMAXPROCS)")
+	e.Int(&c.queueDepth, "queue-depth", "KASMINA_QUEUE_DEPTH", 256, "requests that may wait for the executor; beyond it requests get 503 at once")
+	e.Duration(&c.requestTimeout, "request-timeout", "KASMINA_REQUEST_TIMEOUT", 30*time.Second, "longest a request may wait for the executor")
+	e.Duration(&c.shutdownTimeout, "exit-timeout", "KASMINA_EXIT_TIMEOUT", 30*time.Second, "how long shutdown waits for in-flight requests and the bus to drain")
+	e.Duration(&c.signalInterval, "signal-interval", "KASMINA_SIGNAL_INTERVAL", time.Second, "health signal cadence")
+	e.Duration(&c.refresh, "device-refresh", "KASMINA_DEVICE_REFRESH", device.DefaultRefreshInterval, "how often every device is re-read")
+	e.Int64(&c.cacheBytes, "cache-bytes", "KASMINA_CACHE_BYTES", 1<<30, "bytes of parsed kernels kept in memory")
+	e.String(&c.logFormat, "log-format", "KASMINA_LOG_FORMAT", "text", "text or json")
+	e.String(&c.logLevel, "log-level", "KASMINA_LOG_LEVEL", "info", "debug, info, warn or error")
+	c.devices.register(fs)
+	c.placement.register(fs, e)
+}
+
+func defaultHostID() string {
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		return "kasmina"
+	}
+	return h
+}
+
+// check validates the settings that flag parsing cannot, naming the flag.
+func (c *serveConfig) check() error {
+	if _, _, err := net.SplitHostPort(c.addr); err != nil {
+		return fmt.Errorf("--addr %q: %w", c.addr, err)
+	}
+	if c.logFormat != "text" && c.logFormat != "json" {
+		return fmt.Errorf("--log-format %q: want text or json", c.logFormat)
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(c.logLevel)); err != nil {
+		return fmt.Errorf("--log-level %q: want debug, info, warn or error", c.logLevel)
+	}
+	for _, v := range []struct {
+		name string
+		ok   bool
+	}{
+		{"--max-body-bytes must be > 0", c.maxBodyBytes > 0},
+		{"--max-elements must be > 0", c.maxElements > 0},
+		{"--concurrency must be ≥ 0", c.concurrency >= 0},
+		{"--queue-depth must be ≥ 0", c.queueDepth >= 0},
+		{"--request-timeout must be > 0", c.requestTimeout > 0},
+		{"--exit-timeout must be > 0", c.shutdownTimeout > 0},
+		{"--signal-interval must be ≥ 10ms", c.signalInterval >= 10*time.Millisecond},
+		{"--device-refresh must be ≥ 100ms", c.refresh >= 100*time.Millisecond},
+		{"--cache-bytes must be > 0", c.cacheBytes > 0},
+	} {
+		if !v.ok {
+			return errors.New(v.name)
+		}
+	}
+	if c.kernelsDir != "" {
+		st, err := os.Stat(c.kernelsDir)
+		if err != nil {
+			return fmt.Errorf("--kernels: %w", err)
+		}
+		if !st.IsDir() {
+			return fmt.Errorf("--kernels %q is not a directory", c.kernelsDir)
+		}
+	}
+	if _, _, err := c.placement.parse(); err != nil {
+		return err
+	}
+	if c.tokenFile != "" {
+		b, err := os.ReadFile(c.tokenFile)
+		if err != nil {
+			return fmt.Errorf("--auth-token-file: %w", err)
+		}
+		c.token = strings.TrimSpace(string(b))
+		if c.token == "" {
+			return fmt.Errorf("--auth-token-file %s is empty", c.tokenFile)
+		}
+	}
+	if err := oip.CheckListen(c.addr, c.token, c.insecure); err != nil {
+		return err
+	}
+	return nil
+}
+
+func (c *serveConfig) logger(w io.Writer) *slog.Logger {
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(c.logLevel))
+	opts := &slog.HandlerOptions{Level: lvl}
+	if c.logFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// runServe implements `kasmina-host serve`: the daemon.
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: kasmina-host serve [flags]")
+		fmt.Fprintln(stderr, "\nRuns the host: inventories devices, serves kernels over the Open Inference Protocol,")
+		fmt.Fprintln(stderr, "publishes health signals on the Oona bus and follows control.kasmina.commands.")
+		fmt.Fprintln(stderr, "Every flag has an environment variable (shown in brackets); a flag wins over it.")
+		fs.PrintDefaults()
+	}
+	var cfg serveConfig
+	e := &envFlags{fs: fs}
+	cfg.register(fs, e)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		return exitUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "kasmina-host serve: unexpected argument %q\n", fs.Arg(0))
+		return exitUsage
+	}
+	if err := errors.Join(e.err(), cfg.devices.validate(), cfg.check()); err != nil {
+		fmt.Fprintf(stderr, "kasmina-host serve: %v\n", err)
+		return exitUsage
+	}
+	log := cfg.logger(stderr)
+	if err := serve(ctx, &cfg, log, stdout); err != nil {
+		log.Error("kasmina-host stopped", slog.Any("err", err))
+		return exitFatal
+	}
+	return exitOK
+}
+
+// serve wires the packages together and runs until ctx ends.
+func serve(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io.Writer) error {
+	bi := readBuildInfo()
+	log.Info("kasmina-host starting", slog.String("version", bi.Version), slog.String("commit", bi.Commit),
+		slog.String("addr", cfg.addr), slog.String("host_id", cfg.hostID))
+
+	// Devices.
+	devOpts := cfg.devices.options(log.With(slog.String("component", "device")))
+	devOpts.RefreshInterval = cfg.refresh
+	inv, err := device.Open(ctx, devOpts)
+	if err != nil {
+		return fmt.Errorf("opening the device inventory: %w", err)
+	}
+	defer inv.Close()
+	snap := inv.Snapshot()
+	var visible []string
+	for _, d := range snap.Visible() {
+		visible = append(visible, d.Label()+"="+d.UUID)
+	}
+	log.Info("devices", slog.String("source", snap.Source), slog.String("visible", strings.Join(visible, " ")))
+
+	// Metrics.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	registerBuildInfo(reg, bi, snap.Source)
+	reg.MustRegister(device.NewCollector(inv))
+
+	// Bus.
+	busCfg := oona.ConfigFromEnv(os.Getenv)
+	busCfg.URL = cfg.oonaURL
+	busCfg.HostID = cfg.hostID
+	busCfg.EmbeddedPath = cfg.busFile
+	bus, err := oona.Open(ctx, busCfg, log.With(slog.String("component", "oona")))
+	if err != nil {
+		return fmt.Errorf("opening the Oona bus: %w", err)
+	}
+	if err := oona.RegisterMetrics(reg, bus); err != nil {
+		return fmt.Errorf("registering bus metrics: %w", err)
+	}
+	if busCfg.URL == "" {
+		where := cfg.busFile
+		if where == "-" || where == "" {
+			where = "stdout"
+		}
+		log.Info("no Redis configured: embedded bus writes messages as JSON lines", slog.String("to", where))
+	} else {
+		log.Info("Oona bus on Redis", slog.String("url", busCfg.RedactedURL()))
+	}
+
+	// Runtime.
+	popts, fb, _ := cfg.placement.parse()
+	host, err := runtime.New(runtime.Config{
+		HostID: cfg.hostID, Placement: popts, Fallback: fb, PlacementBatch: cfg.placement.batch,
+		Concurrency: cfg.concurrency, QueueDepth: cfg.queueDepth, RequestTimeout: cfg.requestTimeout,
+		SignalInterval: cfg.signalInterval, CacheBytes: cfg.cacheBytes,
+		Logger: log.With(slog.String("component", "runtime")),
+	}, inv, bus, reg)
+	if err != nil {
+		return err
+	}
+	fetcher, err := newFetcher(cfg, log)
+	if err != nil {
+		return err
+	}
+	host.SetFetcher(fetcher)
+	host.SetResolver(&runtime.Urza{BaseURL: cfg.urzaURL, Retries: 2})
+	if cfg.kernelsDir != "" {
+		host.SetRepository(runtime.Repository{FS: os.DirFS(cfg.kernelsDir), Where: cfg.kernelsDir})
+	} else if !cfg.noExamples {
+		host.SetRepository(runtime.Repository{FS: examples.FS, Where: "examples (embedded)"})
+	}
+
+	// HTTP.
+	httpMetrics, err := oip.NewMetrics(reg)
+	if err != nil {
+		return err
+	}
+	opts := oip.Options{
+		ServerName: "kasmina-host", Version: bi.Version, Token: cfg.token,
+		Loopback: oip.IsLoopbackAddr(cfg.addr), AllowedHosts: splitList(cfg.allowedHosts),
+		MaxBodyBytes: cfg.maxBodyBytes, MaxElements: cfg.maxElements, Metrics: httpMetrics,
+		MetricsHandler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
+	}
+	handler := oip.NewHandler(&backend{host: host}, hostViews(host, inv), opts, log.With(slog.String("component", "http")))
+	ln, err := net.Listen("tcp", cfg.addr)
+	if err != nil {
+		return fmt.Errorf("--addr %s: %w", cfg.addr, err)
+	}
+	srv := oip.NewServer(cfg.addr, handler, log.With(slog.String("component", "http")))
+
+	// Everything below runs until ctx ends.
+	loops, stopLoops := context.WithCancel(context.Background())
+	defer stopLoops()
+	var wg sync.WaitGroup
+	goLoop := func(name string, fn func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := fn(loops); err != nil && !errors.Is(err, context.Canceled) {
+				log.Error("loop stopped", slog.String("loop", name), slog.Any("err", err))
+			}
+		}()
+	}
+	serveErr := make(chan error, 1)
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			serveErr <- err
+		}
+	}()
+	log.Info("listening", slog.String("addr", ln.Addr().String()), slog.Bool("token_required", cfg.token != ""))
+
+	goLoop("devices", inv.Run)
+
+	// State, then the repository: kernels restored from the state directory
+	// come back first, the repository fills in the rest.
+	var state *stateStore
+	if cfg.stateDir != "" {
+		state, err = openState(cfg.stateDir, log)
+		if err != nil {
+			return err
+		}
+		state.restore(ctx, host)
+		host.OnChange(state.saveSoon(host))
+	}
+	loaded, failed, err := host.LoadRepository(ctx)
+	if err != nil {
+		log.Error("kernel repository", slog.Any("err", err))
+	}
+	host.MarkStarted()
+	log.Info("ready", slog.Int("kernels_loaded", loaded), slog.Int("kernels_failed", failed))
+	if state != nil {
+		state.save(host)
+	}
+
+	goLoop("runtime", host.Run)
+	goLoop("commands", func(ctx context.Context) error { return bus.ConsumeCommands(ctx, host) })
+	goLoop("epochs", func(ctx context.Context) error {
+		return bus.ConsumeEpochs(ctx, func(_ context.Context, ev oona.EpochEvent) { host.SetEpoch(ev.Epoch) })
+	})
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down: draining requests", slog.Duration("exit_timeout", cfg.shutdownTimeout))
+	case runErr = <-serveErr:
+		log.Error("HTTP server failed", slog.Any("err", runErr))
+	}
+	drain, cancel := context.WithTimeout(context.Background(), cfg.shutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(drain); err != nil {
+		log.Warn("HTTP drain incomplete", slog.Any("err", err))
+	}
+	stopLoops() // the runtime loop emits the last health signals as it stops
+	wg.Wait()
+	if state != nil {
+		state.save(host)
+	}
+	if err := bus.Close(drain); err != nil {
+		log.Warn("bus did not flush everything", slog.Any("err", err))
+	}
+	st := bus.Stats()
+	log.Info("stopped", slog.Uint64("bus_published", st.Published), slog.Uint64("bus_delivered", st.Delivered),
+		slog.Uint64("bus_dropped", st.Dropped))
+	return runErr
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// newFetcher builds the artifact sources: files under the kernel root,
+// http(s) and s3, behind the allow-list.
+func newFetcher(cfg *serveConfig, log *slog.Logger) (runtime.Fetcher, error) {
+	allow, err := source.NewAllowList(splitList(cfg.allowRefs)...)
+	if err != nil {
+		return nil, fmt.Errorf("--allow-refs: %w", err)
+	}
+	root := cfg.kernelRoot
+	if root == "" {
+		root = cfg.kernelsDir
+	}
+	if root == "" {
+		if root, err = os.Getwd(); err != nil {
+			return nil, err
+		}
+	}
+	file, err := source.NewFile(root, 0)
+	if err != nil {
+		return nil, fmt.Errorf("--kernel-root: %w", err)
+	}
+	routes := map[string]source.Source{
+		source.SchemeFile: file,
+		"http":            source.NewHTTP(source.HTTPConfig{Logger: log}),
+		"https":           source.NewHTTP(source.HTTPConfig{Logger: log}),
+	}
+	if s3, err := source.NewS3(source.S3ConfigFromEnv(os.Getenv)); err == nil {
+		routes["s3"] = s3
+	} else {
+		log.Info("s3:// artifact references disabled", slog.Any("err", err))
+	}
+	router, err := source.NewRouter(allow, routes, log)
+	if err != nil {
+		return nil, err
+	}
+	return fetcher{router}, nil
+}
+
+// fetcher adapts a source.Source to the runtime's Fetcher.
+type fetcher struct{ src source.Source }
+
+func (f fetcher) Fetch(ctx context.Context, ref, sha string) ([]byte, error) {
+	b, err := source.FetchVerified(ctx, f.src, ref, sha)
+	if err != nil {
+		return nil, err
+	}
+	return b.Data, nil
+}
+
+var _ fs.FS = examples.FS

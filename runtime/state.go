@@ -1,0 +1,170 @@
+package runtime
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"sort"
+	"time"
+
+	"github.com/esper/kasmina-host/contracts"
+	"github.com/esper/kasmina-host/runtime/placement"
+)
+
+// StateVersion is the version of the State document.
+const StateVersion = 1
+
+// State is what the host records to come back after a restart: the layer
+// mapping, every seed and every loaded kernel with where it came from. The
+// kernels' bytes are kept by content hash (ArtifactStore), so a restart
+// needs neither the original path nor the network.
+type State struct {
+	Version int            `json:"version"`
+	SavedAt time.Time      `json:"saved_at"`
+	Layers  map[string]int `json:"layers"`
+	Seeds   []SeedRecord   `json:"seeds"`
+	Kernels []KernelRecord `json:"kernels"`
+}
+
+// SeedRecord is one seed in the State.
+type SeedRecord struct {
+	Layer   string         `json:"layer"`
+	SeedIdx int            `json:"seed_idx"`
+	Seed    contracts.Seed `json:"seed"`
+	Alpha   float64        `json:"alpha"`
+}
+
+// KernelRecord is one loaded kernel in the State.
+type KernelRecord struct {
+	Name      string                    `json:"name"`
+	SHA256    string                    `json:"sha256"`
+	Source    string                    `json:"source,omitempty"`
+	Compiled  *contracts.CompiledKernel `json:"compiled,omitempty"`
+	Layer     string                    `json:"layer"`
+	SeedIdx   int                       `json:"seed_idx"`
+	Fallback  string                    `json:"cpu_fallback"`
+	Placement string                    `json:"placement"`
+}
+
+// ArtifactStore keeps kernel bytes by SHA-256 for restarts.
+type ArtifactStore interface {
+	Put(sha string, data []byte) error
+	Get(sha string) ([]byte, error)
+}
+
+// SetArtifactStore makes every load keep its artifact's bytes in store
+// before it succeeds, so that State can be restored.
+func (h *Host) SetArtifactStore(s ArtifactStore) {
+	h.mu.Lock()
+	h.artifacts = s
+	h.mu.Unlock()
+}
+
+func (h *Host) keepArtifact(data []byte) error {
+	h.mu.RLock()
+	s := h.artifacts
+	h.mu.RUnlock()
+	if s == nil {
+		return nil
+	}
+	sum := sha256.Sum256(data)
+	return s.Put(hex.EncodeToString(sum[:]), data)
+}
+
+// State returns the host's state now.
+func (h *Host) State() State {
+	st := State{Version: StateVersion, SavedAt: h.cfg.Now().UTC(), Layers: map[string]int{}}
+	h.mu.RLock()
+	for name, id := range h.seeds.layers {
+		st.Layers[name] = id
+	}
+	for k, s := range h.seeds.seeds {
+		st.Seeds = append(st.Seeds, SeedRecord{Layer: k.layer, SeedIdx: k.idx, Seed: s.Seed, Alpha: s.alpha})
+	}
+	ls := make([]*loaded, 0, len(h.kernels))
+	for _, l := range h.kernels {
+		ls = append(ls, l)
+	}
+	h.mu.RUnlock()
+	for _, l := range ls {
+		l.mu.Lock()
+		dev := l.decision.Device
+		l.mu.Unlock()
+		st.Kernels = append(st.Kernels, KernelRecord{Name: l.name, SHA256: l.kernel.SHA256(), Source: l.source,
+			Compiled: l.compiled, Layer: l.seed.layer, SeedIdx: l.seed.idx, Fallback: l.fallback.String(), Placement: dev})
+	}
+	sort.Slice(st.Seeds, func(i, j int) bool {
+		if st.Seeds[i].Layer != st.Seeds[j].Layer {
+			return st.Seeds[i].Layer < st.Seeds[j].Layer
+		}
+		return st.Seeds[i].SeedIdx < st.Seeds[j].SeedIdx
+	})
+	sort.Slice(st.Kernels, func(i, j int) bool { return st.Kernels[i].Name < st.Kernels[j].Name })
+	return st
+}
+
+// Restore brings back a saved State: the layer mapping and seeds first,
+// then each kernel from the artifact store, re-placed against the devices
+// now (a placement can differ from the one saved; the kernel's moves say
+// so). Kernels that cannot come back are listed as failed loads. It
+// returns how many kernels were restored.
+func (h *Host) Restore(ctx context.Context, st State, store ArtifactStore) (int, error) {
+	if st.Version != StateVersion {
+		return 0, fmt.Errorf("state version %d, this host reads %d", st.Version, StateVersion)
+	}
+	h.mu.Lock()
+	for name, id := range st.Layers {
+		if id < 0 {
+			continue
+		}
+		h.seeds.layers[name] = id
+		if id >= h.seeds.next {
+			h.seeds.next = id + 1
+		}
+	}
+	for _, rec := range st.Seeds {
+		if err := rec.Seed.Validate(); err != nil {
+			h.log.Warn("state: seed not restored", slog.String("layer", rec.Layer), slog.Int("seed_idx", rec.SeedIdx), slog.Any("err", err))
+			continue
+		}
+		s := &seed{Seed: rec.Seed, alpha: rec.Alpha, alphaSetAt: h.cfg.Now()}
+		s.LayerID = h.seeds.registerLayer(rec.Layer)
+		h.seeds.seeds[seedKey{rec.Layer, rec.SeedIdx}] = s
+	}
+	h.mu.Unlock()
+
+	restored := 0
+	for _, rec := range st.Kernels {
+		if ctx.Err() != nil {
+			return restored, ctx.Err()
+		}
+		data, err := store.Get(rec.SHA256)
+		if err != nil {
+			h.recordFailure(rec.Name, fmt.Errorf("restoring from state: %w", err))
+			h.log.Warn("state: kernel not restored", slog.String("kernel", rec.Name), slog.Any("err", err))
+			continue
+		}
+		var fb *placement.Fallback
+		if f, err := placement.ParseFallback(rec.Fallback); err == nil {
+			fb = &f
+		}
+		layer := rec.Layer
+		if layer == rec.Name && rec.SeedIdx == 0 {
+			layer = "" // served directly: its own seed
+		}
+		v, err := h.Load(ctx, LoadRequest{Name: rec.Name, Data: data, Ref: rec.Source, Compiled: rec.Compiled,
+			Fallback: fb, Layer: layer, SeedIdx: rec.SeedIdx})
+		if err != nil {
+			h.log.Warn("state: kernel not restored", slog.String("kernel", rec.Name), slog.Any("err", err))
+			continue
+		}
+		if v.Placement.Device != rec.Placement {
+			h.log.Info("state: kernel restored on another device", slog.String("kernel", rec.Name),
+				slog.String("was", rec.Placement), slog.String("now", v.Placement.Device))
+		}
+		restored++
+	}
+	return restored, nil
+}
