@@ -307,3 +307,23 @@ func TestTimestampEncodingMatchesTimePackage(t *testing.T) {
 		}
 	}
 }
+
+func TestParseTimestampMatchesTimeDate(t *testing.T) {
+	for _, s := range []string{"0001-01-01T00:00:00Z", "1969-12-31T23:59:59.5-05:30", "2000-02-29T12:00:00+14:00",
+		"2026-11-24T10:00:00", "9999-12-31T23:59:59.999999+00:01", "1600-03-01", "2100-02-28T01:02:03Z"} {
+		got, reason := parseTimestamp([]byte(s))
+		if reason != "" {
+			t.Fatalf("%s: %s", s, reason)
+		}
+		want, err := time.Parse("2006-01-02T15:04:05.999999999Z07:00", s)
+		if err != nil {
+			want, _ = time.Parse("2006-01-02T15:04:05.999999999", s)
+			if len(s) == 10 {
+				want, _ = time.Parse("2006-01-02", s)
+			}
+		}
+		if !got.Equal(want) {
+			t.Errorf("%s: got %v, want %v", s, got, want)
+		}
+	}
+}

@@ -94,7 +94,7 @@ func parseTimestamp(b []byte) (time.Time, string) {
 		return time.Time{}, "input should be a valid datetime, day value is outside expected range"
 	}
 	if len(b) == 10 {
-		return time.Date(year, time.Month(month), day, 0, 0, 0, 0, Naive), ""
+		return time.Unix(daysFromCivil(year, month, day)*86400, 0).In(Naive), ""
 	}
 	if c := b[10]; c != 'T' && c != 't' && c != ' ' {
 		return time.Time{}, "input should be a valid datetime, invalid date separator"
@@ -166,7 +166,34 @@ func parseTimestamp(b []byte) (time.Time, string) {
 	if i != len(b) {
 		return time.Time{}, "input should be a valid datetime, unexpected extra characters at the end"
 	}
-	return time.Date(year, time.Month(month), day, hour, minute, sec, nsec, loc), ""
+	off := 0
+	if loc != Naive && loc != time.UTC {
+		_, off = time.Time{}.In(loc).Zone()
+	}
+	unix := daysFromCivil(year, month, day)*86400 + int64(hour*3600+minute*60+sec) - int64(off)
+	return time.Unix(unix, int64(nsec)).In(loc), ""
+}
+
+// daysFromCivil counts days from 1970-01-01 to a proleptic Gregorian
+// date (Howard Hinnant's algorithm); cheaper than time.Date's
+// normalisation for dates already checked.
+func daysFromCivil(year, month, day int) int64 {
+	y := int64(year)
+	if month <= 2 {
+		y--
+	}
+	era := y / 400
+	if y < 0 && y%400 != 0 {
+		era--
+	}
+	yoe := y - era*400
+	mp := int64(month) + 9
+	if month > 2 {
+		mp = int64(month) - 3
+	}
+	doy := (153*mp+2)/5 + int64(day) - 1
+	doe := yoe*365 + yoe/4 - yoe/100 + doy
+	return era*146097 + doe - 719468
 }
 
 func unixFromString(b []byte) (float64, bool) {
