@@ -33,8 +33,8 @@ func TestEnvForcesPortable(t *testing.T) {
 // TestGeneratedAssemblyIsUpToDate rebuilds the avo generator and checks that
 // it reproduces the committed gemm_amd64.s and stub_amd64.go byte for byte.
 func TestGeneratedAssemblyIsUpToDate(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the generator")
+	if testing.Short() || raceEnabled {
+		t.Skip("builds the generator (slow under -short and -race)")
 	}
 	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
 	if _, err := os.Stat(goBin); err != nil {

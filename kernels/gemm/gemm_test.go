@@ -143,21 +143,24 @@ func TestSgemmMatchesFloat64ReferenceOnAwkwardShapes(t *testing.T) {
 	for _, m := range sizes {
 		for _, n := range sizes {
 			for _, k := range []int{1, 7, 17, 65, 255} {
-				if m*n*k > 1<<20 {
+				if m*n*k > 1<<20 || (raceEnabled && m*n*k > 1<<15) {
 					continue
 				}
 				cases = append(cases, gemmCase{transB: true, m: m, n: n, k: k, alpha: 1})
 			}
 		}
 	}
-	// The 1023 case in each dimension, once each.
-	cases = append(cases,
-		gemmCase{transB: true, m: 1023, n: 17, k: 65, alpha: 1},
-		gemmCase{transB: true, m: 7, n: 1023, k: 63, alpha: 1},
-		gemmCase{transB: true, m: 17, n: 7, k: 1023, alpha: 1},
-		gemmCase{m: 65, n: 63, k: 1023, alpha: 1},
-		gemmCase{transB: true, m: 63, n: 65, k: 2049, alpha: 1, beta: 1}, // two k blocks, tail
-	)
+	// The 1023 case in each dimension, once each (not under -race: slow).
+	big := []gemmCase{
+		{transB: true, m: 1023, n: 17, k: 65, alpha: 1},
+		{transB: true, m: 7, n: 1023, k: 63, alpha: 1},
+		{transB: true, m: 17, n: 7, k: 1023, alpha: 1},
+		{m: 65, n: 63, k: 1023, alpha: 1},
+		{transB: true, m: 63, n: 65, k: 2049, alpha: 1, beta: 1}, // two k blocks, tail
+	}
+	if !raceEnabled {
+		cases = append(cases, big...)
+	}
 	// Every transpose combination with general alpha/beta and padded strides.
 	for _, ta := range []bool{false, true} {
 		for _, tb := range []bool{false, true} {
@@ -229,6 +232,9 @@ func refActivation(act Activation, x float64) float64 {
 
 func TestLinearAppliesBiasAndActivation(t *testing.T) {
 	shapes := [][3]int{{1, 64, 64}, {1, 1, 1}, {7, 17, 63}, {32, 65, 255}, {33, 130, 2050}, {5, 9, 0}}
+	if raceEnabled {
+		shapes = [][3]int{{1, 64, 64}, {1, 1, 1}, {7, 17, 63}, {5, 9, 1030}, {5, 9, 0}}
+	}
 	acts := []Activation{ActNone, ActReLU, ActSigmoid, ActTanh, ActGELU, ActGELUTanh}
 	forEachImpl(t, func(t *testing.T) {
 		r := rand.New(rand.NewPCG(5, 6))
