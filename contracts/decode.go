@@ -24,6 +24,29 @@ type decoder struct {
 	syn     *SyntaxError
 	scratch []byte
 	recent  [4]string // identifiers seen in this document, reused when repeated
+	arena   []byte    // backing store of every string this decode returns
+}
+
+// newString copies b into the decode's arena and returns a string over
+// it: one allocation (the size of the input, an upper bound on the
+// strings it holds) serves every string of a document instead of one
+// allocation each. Arena bytes are never written again once a string
+// covers them, so the strings stay immutable; a string kept alive keeps
+// its whole document's arena alive, which for these small messages is
+// the better trade.
+func (d *decoder) newString(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	if cap(d.arena)-len(d.arena) < len(b) {
+		if d.arena != nil {
+			return string(b)
+		}
+		d.arena = make([]byte, 0, max(len(d.data), len(b)))
+	}
+	start := len(d.arena)
+	d.arena = append(d.arena, b...)
+	return unsafe.String(&d.arena[start], len(b))
 }
 
 func newDecoder(model string, data []byte) decoder {
@@ -519,7 +542,7 @@ func (d *decoder) anyValueKeys(path string, depth int, stripKeys bool) (any, boo
 			if !ok {
 				break
 			}
-			key := string(k)
+			key := d.newString(k)
 			if stripKeys {
 				key = strip(key)
 			}
@@ -544,7 +567,7 @@ func (d *decoder) anyValueKeys(path string, depth int, stripKeys bool) (any, boo
 		return s, d.syn == nil
 	case '"':
 		b, ok := d.readString()
-		return string(b), ok
+		return d.newString(b), ok
 	case 't':
 		return true, d.matchLit("true")
 	case 'f':
@@ -607,7 +630,7 @@ func (d *decoder) metrics(p, name string, stripKeys bool) (Metrics, bool) {
 		if !ok {
 			break
 		}
-		key := string(k)
+		key := d.newString(k)
 		if stripKeys {
 			key = strip(key)
 		}
@@ -690,42 +713,45 @@ func (d *decoder) intern(b []byte) string {
 				return r
 			}
 		}
-		s := string(b)
+		s := d.newString(b)
 		copy(d.recent[1:], d.recent[:len(d.recent)-1])
 		d.recent[0] = s
 		return s
 	}
-	return intern(b)
+	if s, ok := constString(b); ok {
+		return s
+	}
+	return d.newString(b)
 }
 
-// intern returns the common constant strings of the contracts without
-// allocating, and a copy of anything else.
-func intern(b []byte) string {
+// constString returns the common constant strings of the contracts
+// without allocating.
+func constString(b []byte) (string, bool) {
 	switch string(b) {
 	case "cuda":
-		return "cuda"
+		return "cuda", true
 	case "cpu":
-		return "cpu"
+		return "cpu", true
 	case "torchscript":
-		return "torchscript"
+		return "torchscript", true
 	case "pickle":
-		return "pickle"
+		return "pickle", true
 	case "1.0":
-		return "1.0"
+		return "1.0", true
 	case "compiled":
-		return "compiled"
+		return "compiled", true
 	case "validated":
-		return "validated"
+		return "validated", true
 	case "deployed":
-		return "deployed"
+		return "deployed", true
 	case "deprecated":
-		return "deprecated"
+		return "deprecated", true
 	case "initialized":
-		return "initialized"
+		return "initialized", true
 	case "running":
-		return "running"
+		return "running", true
 	}
-	return string(b)
+	return "", false
 }
 
 // optStr decodes an Optional[str] field.
