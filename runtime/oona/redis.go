@@ -373,6 +373,16 @@ func decodeEpoch(fields map[string]string) (EpochEvent, error) {
 			return EpochEvent{}, fmt.Errorf("%w: payload.epoch %v is not a non-negative integer", ErrMalformed, e)
 		}
 		ev.Epoch = int64(e)
+	case int64:
+		if e < 0 {
+			return EpochEvent{}, fmt.Errorf("%w: payload.epoch %d is negative", ErrMalformed, e)
+		}
+		ev.Epoch = e
+	case int:
+		if e < 0 {
+			return EpochEvent{}, fmt.Errorf("%w: payload.epoch %d is negative", ErrMalformed, e)
+		}
+		ev.Epoch = int64(e)
 	case interface{ Int64() (int64, error) }:
 		n, err := e.Int64()
 		if err != nil || n < 0 {
