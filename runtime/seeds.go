@@ -106,11 +106,17 @@ func (r *seedRegistry) attach(layer string, idx int, kernel, blueprintID string,
 }
 
 // detach takes kernel out of its seed. A live seed losing its kernel is
-// culled, as Esper's Kasmina does on unload; a dormant seed of a directly
-// served kernel stays dormant.
+// culled, as Esper's Kasmina does on unload. A directly served kernel's own
+// seed (layer = kernel name, index 0) goes with it instead, so that the
+// kernel can be loaded again (a culled seed takes no kernel); its layer id
+// stays registered.
 func (r *seedRegistry) detach(k seedKey, kernel string, now time.Time) {
 	s, ok := r.seeds[k]
 	if !ok || s.kernel != kernel {
+		return
+	}
+	if k.layer == kernel && k.idx == 0 {
+		delete(r.seeds, k)
 		return
 	}
 	s.kernel = ""
