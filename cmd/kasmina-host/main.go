@@ -42,6 +42,8 @@ var commands = map[string]command{
 	"devices": {"show GPUs, MIG instances and the CPU as the host sees them", runDevices},
 	"place":   {"dry-run placement of a CompiledKernel document against the devices", runPlace},
 	"serve":   {"run the host daemon (HTTP API, health signals, Oona bus)", runServe},
+
+	"healthcheck": {"probe a running daemon's /v2/health/live (for container health checks)", runHealthcheck},
 }
 
 func main() {
