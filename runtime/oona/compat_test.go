@@ -1,0 +1,108 @@
+package oona
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// TestPythonReadsHostSignalsAndSendsCommand runs testdata/oona_compat.py
+// (python3 with Pydantic v2, no redis module) against a real redis-server:
+// it must validate every health signal the host published, read the way
+// the Python OonaClient reads, and the host must execute the load_kernel
+// command the script publishes the way OonaClient.publish writes.
+func TestPythonReadsHostSignalsAndSendsCommand(t *testing.T) {
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		t.Log("*** SKIPPING: python3 not found; the Python compatibility check did NOT run ***")
+		t.Skip("python3 not found")
+	}
+	if out, err := exec.Command(py, "-c", "import pydantic, sys; sys.exit(0 if pydantic.VERSION.startswith('2') else 1)").CombinedOutput(); err != nil {
+		t.Logf("*** SKIPPING: python3 lacks Pydantic v2 (%v: %s); the Python compatibility check did NOT run ***", err, out)
+		t.Skip("python3 lacks pydantic v2")
+	}
+	srv := startRedis(t)
+	bus, err := NewRedisBus(context.Background(), srv.testConfig("compat-node"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bus.Close(context.Background())
+	h := newRecordingHandler("layer1")
+	stop := startConsumer(t, bus, h)
+	defer stop()
+
+	const n = 200
+	for i := range n {
+		if err := bus.Publish(healthMessage(t, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := bus.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The group must exist before the script's command lands ("$").
+	waitFor(t, "consumer group", func() bool { return bus.ConsumerStats() == ConsumerStats{} && groupExists(srv, "kasmina-compat-node") })
+
+	cmd := exec.CommandContext(ctx, py, "testdata/oona_compat.py", strconv.Itoa(srv.port), strconv.Itoa(n), "layer1")
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	var report struct {
+		ValidatedXRange     int      `json:"validated_xrange"`
+		ValidatedXReadGroup int      `json:"validated_xreadgroup"`
+		CommandEventID      string   `json:"command_event_id"`
+		Errors              []string `json:"errors"`
+	}
+	if jerr := json.Unmarshal(out, &report); jerr != nil {
+		t.Fatalf("compat script output %q (exit %v): %v", out, err, jerr)
+	}
+	t.Logf("python compat: validated %d (XRANGE) and %d (XREADGROUP) of %d signals; errors %v", report.ValidatedXRange, report.ValidatedXReadGroup, n, report.Errors)
+	if err != nil || len(report.Errors) > 0 {
+		t.Fatalf("Python side refused what the host wrote: %v %v", err, report.Errors)
+	}
+	waitFor(t, "the Python command executed", func() bool { return h.callsFor(report.CommandEventID) == 1 })
+	got := h.executed()[0]
+	lk, ok := got.Payload.(*LoadKernel)
+	if !ok || *lk != (LoadKernel{LayerName: "layer1", SeedIdx: 3, ArtifactID: "kernel-compat-1"}) || got.Message.SenderID != "Tamiyo-Controller-1" {
+		t.Fatalf("executed %#v from %+v", got.Payload, got.Message)
+	}
+
+	// The check is able to fail: an entry whose sender_id reads back as a
+	// number (what Publish refuses to write) must be reported.
+	bad := healthMessage(t, 0)
+	fields, _ := EncodeFields(bad)
+	fields[3] = "42"
+	rc := redis.NewClient(&redis.Options{Addr: srv.addr()})
+	defer rc.Close()
+	xaddFields(t, rc, string(bad.Topic), fields...)
+	out, err = exec.CommandContext(ctx, py, "testdata/oona_compat.py", strconv.Itoa(srv.port), strconv.Itoa(n+1), "layer1").Output()
+	if err == nil || !strings.Contains(string(out), "sender_id read back as 'int'") {
+		t.Fatalf("compat script accepted a sender_id of 42: %v %s", err, out)
+	}
+}
+
+func groupExists(srv *redisServer, group string) bool {
+	c, err := NewRedisBus(context.Background(), Config{URL: srv.url(), HostID: "probe"}, nil)
+	if err != nil {
+		return false
+	}
+	defer c.Close(context.Background())
+	groups, err := c.consumerClient.XInfoGroups(context.Background(), "control.kasmina.commands").Result()
+	if err != nil {
+		return false
+	}
+	for _, g := range groups {
+		if g.Name == group {
+			return true
+		}
+	}
+	return false
+}
