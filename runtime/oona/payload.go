@@ -18,14 +18,14 @@ import (
 // encoding/json. NaN and infinities are refused with the key named: the
 // Python side's Pydantic models would refuse them too.
 func encodePayload(p map[string]any) (string, error) {
-	b, err := appendJSONValue(make([]byte, 0, 512), p, "")
+	b, err := appendJSONValue(make([]byte, 0, 512), p)
 	if err != nil {
 		return "", err
 	}
 	return string(b), nil
 }
 
-func appendJSONValue(b []byte, v any, path string) ([]byte, error) {
+func appendJSONValue(b []byte, v any) ([]byte, error) {
 	switch v := v.(type) {
 	case nil:
 		return append(b, "null"...), nil
@@ -34,9 +34,9 @@ func appendJSONValue(b []byte, v any, path string) ([]byte, error) {
 	case bool:
 		return strconv.AppendBool(b, v), nil
 	case float64:
-		return appendFloat(b, v, 64, path)
+		return appendFloat(b, v, 64)
 	case float32:
-		return appendFloat(b, float64(v), 32, path)
+		return appendFloat(b, float64(v), 32)
 	case int:
 		return strconv.AppendInt(b, int64(v), 10), nil
 	case int64:
@@ -51,7 +51,7 @@ func appendJSONValue(b []byte, v any, path string) ([]byte, error) {
 		return strconv.AppendUint(b, uint64(v), 10), nil
 	case json.Number:
 		if !json.Valid([]byte(v)) || v == "" {
-			return b, fmt.Errorf("%s: %q is not a JSON number", pathOr(path), string(v))
+			return b, &pathError{err: fmt.Errorf("%q is not a JSON number", string(v))}
 		}
 		return append(b, v...), nil
 	case map[string]any:
@@ -59,7 +59,7 @@ func appendJSONValue(b []byte, v any, path string) ([]byte, error) {
 		for k := range v {
 			keys = append(keys, k)
 		}
-		slices.Sort(keys)
+		sortStrings(keys)
 		b = append(b, '{')
 		for i, k := range keys {
 			if i > 0 {
@@ -68,8 +68,8 @@ func appendJSONValue(b []byte, v any, path string) ([]byte, error) {
 			b = appendJSONString(b, k)
 			b = append(b, ':')
 			var err error
-			if b, err = appendJSONValue(b, v[k], joinPath(path, k)); err != nil {
-				return b, err
+			if b, err = appendJSONValue(b, v[k]); err != nil {
+				return b, prependPath(err, k)
 			}
 		}
 		return append(b, '}'), nil
@@ -80,8 +80,8 @@ func appendJSONValue(b []byte, v any, path string) ([]byte, error) {
 				b = append(b, ',')
 			}
 			var err error
-			if b, err = appendJSONValue(b, e, joinPath(path, strconv.Itoa(i))); err != nil {
-				return b, err
+			if b, err = appendJSONValue(b, e); err != nil {
+				return b, prependPath(err, strconv.Itoa(i))
 			}
 		}
 		return append(b, ']'), nil
@@ -92,8 +92,8 @@ func appendJSONValue(b []byte, v any, path string) ([]byte, error) {
 				b = append(b, ',')
 			}
 			var err error
-			if b, err = appendFloat(b, e, 64, joinPath(path, strconv.Itoa(i))); err != nil {
-				return b, err
+			if b, err = appendFloat(b, e, 64); err != nil {
+				return b, prependPath(err, strconv.Itoa(i))
 			}
 		}
 		return append(b, ']'), nil
@@ -118,31 +118,56 @@ func appendJSONValue(b []byte, v any, path string) ([]byte, error) {
 	default:
 		j, err := json.Marshal(v)
 		if err != nil {
-			return b, fmt.Errorf("%s: %w", pathOr(path), err)
+			return b, &pathError{err: err}
 		}
 		return append(b, j...), nil
 	}
 }
 
-func joinPath(path, k string) string {
-	if path == "" {
-		return k
+// sortStrings is an insertion sort: payload maps are small, and it beats
+// the generic sort's overhead there.
+func sortStrings(a []string) {
+	if len(a) > 32 {
+		slices.Sort(a)
+		return
 	}
-	return path + "." + k
+	for i := 1; i < len(a); i++ {
+		for j := i; j > 0 && a[j] < a[j-1]; j-- {
+			a[j], a[j-1] = a[j-1], a[j]
+		}
+	}
 }
 
-func pathOr(path string) string {
-	if path == "" {
-		return "payload"
+// pathError is a payload encoding error with the path of the value,
+// built while the recursion unwinds so that success costs nothing.
+type pathError struct {
+	path []string // innermost last after reversal in Error
+	err  error
+}
+
+func (e *pathError) Error() string {
+	p := "payload"
+	for i := len(e.path) - 1; i >= 0; i-- {
+		p += "." + e.path[i]
 	}
-	return "payload." + path
+	return p + ": " + e.err.Error()
+}
+
+func (e *pathError) Unwrap() error { return e.err }
+
+func prependPath(err error, k string) error {
+	if pe, ok := err.(*pathError); ok {
+		pe.path = append(pe.path, k)
+		return pe
+	}
+	return &pathError{path: []string{k}, err: err}
 }
 
 // appendFloat formats like encoding/json (shortest repr, exponent form
 // outside [1e-6, 1e21)).
-func appendFloat(b []byte, f float64, bits int, path string) ([]byte, error) {
+func appendFloat(b []byte, f float64, bits int) ([]byte, error) {
 	if math.IsNaN(f) || math.IsInf(f, 0) {
-		return b, fmt.Errorf("%s: %v is not representable in JSON", pathOr(path), f)
+		return b, &pathError{err: fmt.Errorf("%v is not representable in JSON", f)}
 	}
 	abs := math.Abs(f)
 	format := byte('f')

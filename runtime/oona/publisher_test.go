@@ -156,6 +156,7 @@ func TestPublisherRefusesStringFieldsThatReadBackAsJSON(t *testing.T) {
 		{"array", FieldTraceID, "[1,2]", func(m *contracts.OonaMessage, v string) { m.TraceID = v }},
 		{"object", FieldSenderID, "{}", func(m *contracts.OonaMessage, v string) { m.SenderID = v }},
 		{"exponent", FieldEventID, "1e5", func(m *contracts.OonaMessage, v string) { m.EventID = v }},
+		{"signed fraction with exponent", FieldTraceID, "-0.5e+3", func(m *contracts.OonaMessage, v string) { m.TraceID = v }},
 		{"array with NaN", FieldTraceID, "[NaN]", func(m *contracts.OonaMessage, v string) { m.TraceID = v }},
 	}
 	for _, impl := range implementations {
@@ -174,7 +175,7 @@ func TestPublisherRefusesStringFieldsThatReadBackAsJSON(t *testing.T) {
 			if s := b.bus.Stats(); s.Published != 0 {
 				t.Fatalf("refused messages were counted as published: %+v", s)
 			}
-			for _, ok := range []string{"kasmina-42", "true-north", "42a", "node 7", "Infinity-and-beyond"} {
+			for _, ok := range []string{"kasmina-42", "true-north", "42a", "node 7", "Infinity-and-beyond", "0123", "1.", "-", "1e", "2b5f7a4e-8d7c-4f3e-9a51-0c1d2e3f4a5b"} {
 				msg := healthMessage(t, 1)
 				msg.SenderID, msg.TraceID = ok, ok
 				if err := b.bus.Publish(msg); err != nil {

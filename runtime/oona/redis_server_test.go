@@ -19,17 +19,18 @@ import (
 // test: AOF with appendfsync always in a temporary directory, so data
 // survives a kill and restart on the same port.
 type redisServer struct {
-	t    testing.TB
-	bin  string
-	port int
-	dir  string
-	cmd  *exec.Cmd
-	exit chan struct{}
+	t     testing.TB
+	bin   string
+	port  int
+	dir   string
+	cmd   *exec.Cmd
+	exit  chan struct{}
+	extra []string // later arguments override the defaults
 }
 
 // startRedis starts redis-server or skips the test loudly when it is not
 // installed; with KASMINA_REQUIRE_REDIS=1 (CI) a missing binary fails.
-func startRedis(t testing.TB) *redisServer {
+func startRedis(t testing.TB, extraArgs ...string) *redisServer {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -45,7 +46,7 @@ func startRedis(t testing.TB) *redisServer {
 	}
 	port := l.Addr().(*net.TCPAddr).Port
 	_ = l.Close()
-	s := &redisServer{t: t, bin: bin, port: port, dir: t.TempDir()}
+	s := &redisServer{t: t, bin: bin, port: port, dir: t.TempDir(), extra: extraArgs}
 	s.start()
 	t.Cleanup(s.kill)
 	return s
@@ -57,10 +58,10 @@ func (s *redisServer) url() string { return "redis://" + s.addr() + "/0" }
 
 func (s *redisServer) start() {
 	s.t.Helper()
-	s.cmd = exec.Command(s.bin,
-		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1", "--dir", s.dir,
+	args := []string{"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1", "--dir", s.dir,
 		"--save", "", "--appendonly", "yes", "--appendfsync", "always",
-		"--daemonize", "no", "--protected-mode", "yes", "--loglevel", "warning")
+		"--daemonize", "no", "--protected-mode", "yes", "--loglevel", "warning"}
+	s.cmd = exec.Command(s.bin, append(args, s.extra...)...)
 	if err := s.cmd.Start(); err != nil {
 		s.t.Fatalf("starting redis-server: %v", err)
 	}

@@ -12,15 +12,19 @@ import (
 type redisSink struct {
 	client *redis.Client
 	maxLen int64
-	args   []any // reused XADD argument buffer
 }
 
 func (s *redisSink) write(ctx context.Context, batch []entry) []error {
 	pipe := s.client.Pipeline()
 	cmds := make([]*redis.StringCmd, len(batch))
+	total := 0
+	for i := range batch {
+		total += 6 + len(batch[i].fields)
+	}
+	all := make([]any, 0, total) // one allocation for the batch's arguments
 	for i := range batch {
 		e := &batch[i]
-		args := make([]any, 0, 6+len(e.fields))
+		args := all[len(all):len(all):cap(all)]
 		args = append(args, "xadd", e.stream)
 		if s.maxLen > 0 && !strings.HasPrefix(e.stream, "control.") {
 			args = append(args, "maxlen", "~", s.maxLen)
@@ -29,6 +33,8 @@ func (s *redisSink) write(ctx context.Context, batch []entry) []error {
 		for _, f := range e.fields {
 			args = append(args, f)
 		}
+		all = all[:len(all)+len(args)]
+		args = args[:len(args):len(args)] // the next command's arguments follow
 		cmd := redis.NewStringCmd(ctx, args...)
 		_ = pipe.Process(ctx, cmd)
 		cmds[i] = cmd

@@ -38,23 +38,83 @@ var (
 )
 
 // readsBackAsJSON reports whether Python's json.loads accepts s: any JSON
-// text, plus the NaN and Infinity literals Python also takes.
+// text, plus the NaN and Infinity literals Python also takes. Ids are
+// checked on every Publish, so the common case (a letter or a UUID) is
+// decided without running a JSON scanner.
 func readsBackAsJSON(s string) bool {
-	if json.Valid([]byte(s)) {
-		return true
-	}
-	switch strings.Trim(s, " \t\r\n") {
-	case "NaN", "Infinity", "-Infinity":
-		return true
-	}
-	// Python also accepts those literals inside arrays and objects;
-	// replacing them is conservative (it may refuse a little more).
 	t := strings.Trim(s, " \t\r\n")
-	if (strings.HasPrefix(t, "[") || strings.HasPrefix(t, "{")) && (strings.Contains(t, "NaN") || strings.Contains(t, "Infinity")) {
-		r := strings.NewReplacer("-Infinity", "0", "Infinity", "0", "NaN", "0")
-		return json.Valid([]byte(r.Replace(t)))
+	if t == "" {
+		return false
+	}
+	switch c := t[0]; {
+	case c == '-' || c >= '0' && c <= '9':
+		return isJSONNumber(t) || t == "-Infinity"
+	case c == 't':
+		return t == "true"
+	case c == 'f':
+		return t == "false"
+	case c == 'n':
+		return t == "null"
+	case c == 'N':
+		return t == "NaN"
+	case c == 'I':
+		return t == "Infinity"
+	case c == '"':
+		return json.Valid([]byte(t))
+	case c == '[' || c == '{':
+		if json.Valid([]byte(t)) {
+			return true
+		}
+		// Python also accepts the literals inside arrays and objects;
+		// replacing them is conservative (it may refuse a little more).
+		if strings.Contains(t, "NaN") || strings.Contains(t, "Infinity") {
+			r := strings.NewReplacer("-Infinity", "0", "Infinity", "0", "NaN", "0")
+			return json.Valid([]byte(r.Replace(t)))
+		}
 	}
 	return false
+}
+
+// isJSONNumber reports whether s is exactly one JSON number.
+func isJSONNumber(s string) bool {
+	i := 0
+	if i < len(s) && s[i] == '-' {
+		i++
+	}
+	switch {
+	case i < len(s) && s[i] == '0':
+		i++
+	case i < len(s) && s[i] >= '1' && s[i] <= '9':
+		for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+			i++
+		}
+	default:
+		return false
+	}
+	if i < len(s) && s[i] == '.' {
+		i++
+		start := i
+		for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+			i++
+		}
+		if i == start {
+			return false
+		}
+	}
+	if i < len(s) && (s[i] == 'e' || s[i] == 'E') {
+		i++
+		if i < len(s) && (s[i] == '+' || s[i] == '-') {
+			i++
+		}
+		start := i
+		for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+			i++
+		}
+		if i == start {
+			return false
+		}
+	}
+	return i == len(s)
 }
 
 // CheckWireString returns an error naming field when s cannot be written as
@@ -74,8 +134,18 @@ func CheckWireString(field, s string) error {
 // top-level message field, the payload JSON-encoded, everything else as its
 // string form (the timestamp as the contract's JSON string without quotes).
 func encodeFields(msg *contracts.OonaMessage) (entry, error) {
-	if err := msg.Validate(); err != nil {
-		return entry{}, fmt.Errorf("%w: %w", ErrInvalidMessage, err)
+	// The contract's rules for an OonaMessage, checked here in one pass
+	// with the encoding (msg.Validate walks the payload a second time):
+	// a known topic, a datetime Python can hold, a payload that is a
+	// JSON object of JSON values (finite numbers).
+	if !msg.Topic.Valid() {
+		return entry{}, fmt.Errorf("%w: topic %q is not an Oona topic", ErrInvalidMessage, msg.Topic)
+	}
+	if y := msg.Timestamp.Year(); y < 1 || y > 9999 {
+		return entry{}, fmt.Errorf("%w: timestamp year %d is outside 1..9999", ErrInvalidMessage, y)
+	}
+	if msg.Payload == nil {
+		return entry{}, fmt.Errorf("%w: payload is nil, want a dictionary", ErrInvalidMessage)
 	}
 	for _, f := range [...]struct{ name, v string }{
 		{FieldEventID, msg.EventID}, {FieldSenderID, msg.SenderID}, {FieldTraceID, msg.TraceID},
@@ -86,7 +156,7 @@ func encodeFields(msg *contracts.OonaMessage) (entry, error) {
 	}
 	payload, err := encodePayload(msg.Payload)
 	if err != nil {
-		return entry{}, fmt.Errorf("%w: payload: %w", ErrInvalidMessage, err)
+		return entry{}, fmt.Errorf("%w: %w", ErrInvalidMessage, err)
 	}
 	ts := string(appendWireTimestamp(make([]byte, 0, 32), msg.Timestamp))
 	topic := string(msg.Topic)
