@@ -8,6 +8,7 @@ import (
 
 	"github.com/esper/kasmina-host/contracts"
 	"github.com/esper/kasmina-host/device"
+	"github.com/esper/kasmina-host/kernels/source"
 	"github.com/esper/kasmina-host/runtime"
 	"github.com/esper/kasmina-host/runtime/oip"
 	"github.com/esper/kasmina-host/runtime/placement"
@@ -29,6 +30,9 @@ func httpError(err error) error {
 		class = oip.ErrModelNotFound
 	case errors.Is(err, runtime.ErrBadInput), errors.Is(err, contracts.ErrIllegalTransition):
 		class = oip.ErrBadInput
+	case errors.Is(err, source.ErrInvalidRef), errors.Is(err, source.ErrUnsupportedScheme),
+		errors.Is(err, source.ErrNotAllowed), errors.Is(err, source.ErrChecksumMismatch), errors.Is(err, source.ErrTooLarge):
+		class = oip.ErrBadInput // the reference or the bytes are wrong: retrying will not help
 	case errors.Is(err, runtime.ErrQueueFull):
 		class = oip.ErrQueueFull
 	case errors.Is(err, runtime.ErrUnavailable), errors.Is(err, runtime.ErrFetch):
