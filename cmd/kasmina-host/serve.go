@@ -335,6 +335,7 @@ func serve(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io.Wr
 	host.MarkStarted()
 	log.Info("ready", slog.Int("kernels_loaded", loaded), slog.Int("kernels_failed", failed))
 	if state != nil {
+		state.writeThrough.Store(true) // from now on a change is saved before it is acknowledged
 		state.save(host)
 	}
 

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/esper/kasmina-host/runtime"
@@ -30,6 +31,10 @@ type stateStore struct {
 	mu      sync.Mutex // serialises saves
 	pending sync.Mutex // guards timer
 	timer   *time.Timer
+	// writeThrough, once set (after the start-up scan), makes every change
+	// save before the change is acknowledged: a load answered 201 survives
+	// a crash right after.
+	writeThrough atomic.Bool
 }
 
 func openState(dir string, log *slog.Logger) (*stateStore, error) {
@@ -100,9 +105,14 @@ func (s *stateStore) save(h *runtime.Host) {
 }
 
 // saveSoon returns a change hook that saves the state shortly after a burst
-// of changes (coalescing a repository scan's many loads into few writes).
+// of changes (coalescing a repository scan's many loads into few writes),
+// or at once when write-through is on.
 func (s *stateStore) saveSoon(h *runtime.Host) func() {
 	return func() {
+		if s.writeThrough.Load() {
+			s.save(h)
+			return
+		}
 		s.pending.Lock()
 		defer s.pending.Unlock()
 		if s.timer != nil {
