@@ -6,6 +6,7 @@ import (
 	"math"
 	"slices"
 	"strconv"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -18,7 +19,7 @@ import (
 // encoding/json. NaN and infinities are refused with the key named: the
 // Python side's Pydantic models would refuse them too.
 func encodePayload(p map[string]any) (string, error) {
-	b, err := appendJSONValue(make([]byte, 0, 512), p)
+	b, err := appendJSONObject(make([]byte, 0, 512), p, topKeys(p))
 	if err != nil {
 		return "", err
 	}
@@ -55,24 +56,7 @@ func appendJSONValue(b []byte, v any) ([]byte, error) {
 		}
 		return append(b, v...), nil
 	case map[string]any:
-		keys := make([]string, 0, len(v))
-		for k := range v {
-			keys = append(keys, k)
-		}
-		sortStrings(keys)
-		b = append(b, '{')
-		for i, k := range keys {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			b = appendJSONString(b, k)
-			b = append(b, ':')
-			var err error
-			if b, err = appendJSONValue(b, v[k]); err != nil {
-				return b, prependPath(err, k)
-			}
-		}
-		return append(b, '}'), nil
+		return appendJSONObject(b, v, sortedKeys(v))
 	case []any:
 		b = append(b, '[')
 		for i, e := range v {
@@ -122,6 +106,54 @@ func appendJSONValue(b []byte, v any) ([]byte, error) {
 		}
 		return append(b, j...), nil
 	}
+}
+
+func appendJSONObject(b []byte, v map[string]any, keys []string) ([]byte, error) {
+	b = append(b, '{')
+	for i, k := range keys {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendJSONString(b, k)
+		b = append(b, ':')
+		var err error
+		if b, err = appendJSONValue(b, v[k]); err != nil {
+			return b, prependPath(err, k)
+		}
+	}
+	return append(b, '}'), nil
+}
+
+func sortedKeys(v map[string]any) []string {
+	keys := make([]string, 0, len(v))
+	for k := range v {
+		keys = append(keys, k)
+	}
+	sortStrings(keys)
+	return keys
+}
+
+// lastTopKeys caches the sorted key set of the last top-level payload: a
+// stream of health signals repeats the same keys, and checking that a map
+// has exactly the cached keys is cheaper than collecting and sorting them.
+var lastTopKeys atomic.Pointer[[]string]
+
+func topKeys(v map[string]any) []string {
+	if cached := lastTopKeys.Load(); cached != nil && len(*cached) == len(v) {
+		hit := true
+		for _, k := range *cached {
+			if _, ok := v[k]; !ok {
+				hit = false
+				break
+			}
+		}
+		if hit {
+			return *cached
+		}
+	}
+	keys := sortedKeys(v)
+	lastTopKeys.Store(&keys)
+	return keys
 }
 
 // sortStrings is an insertion sort: payload maps are small, and it beats
