@@ -234,7 +234,7 @@ func (d *daemon) stop() {
 	if code := d.cmd.ProcessState.ExitCode(); code != 0 {
 		d.t.Fatalf("exit code %d after SIGTERM, want 0\nstderr:\n%s", code, logs)
 	}
-	for _, bad := range []string{"HTTP drain incomplete", "bus did not flush everything", "level=ERROR"} {
+	for _, bad := range []string{"HTTP drain incomplete", "bus did not flush everything", "loop stopped", "panic"} {
 		if strings.Contains(logs, bad) {
 			d.t.Errorf("shutdown log has %q:\n%s", bad, tail(logs, 4000))
 		}
