@@ -47,7 +47,6 @@ import (
 
 	"github.com/esper/kasmina-host/contracts"
 	"github.com/esper/kasmina-host/device"
-	"github.com/esper/kasmina-host/kernels"
 	"github.com/esper/kasmina-host/kernels/cache"
 	"github.com/esper/kasmina-host/runtime/dispatch"
 	"github.com/esper/kasmina-host/runtime/placement"
@@ -183,7 +182,7 @@ type Host struct {
 	metrics *metrics
 	fetch   Fetcher
 	resolve Resolver
-	cache   *cache.Cache[*kernels.Kernel]
+	cache   *cache.Cache[*parsed]
 	// artifacts keeps loaded kernels' bytes for restarts (may be nil).
 	artifacts ArtifactStore
 
@@ -212,7 +211,7 @@ func New(cfg Config, inv Inventory, pub Publisher, reg prometheus.Registerer) (*
 	if err != nil {
 		return nil, fmt.Errorf("runtime: registering metrics: %w", err)
 	}
-	kc, err := cache.New[*kernels.Kernel](cfg.CacheBytes)
+	kc, err := cache.New[*parsed](cfg.CacheBytes)
 	if err != nil {
 		return nil, fmt.Errorf("runtime: kernel cache: %w", err)
 	}

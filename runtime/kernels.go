@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	rtmetrics "runtime/metrics"
 	"sort"
 	"strings"
 	"sync"
@@ -31,7 +32,8 @@ const noGPUBackend = "no GPU backend is built in"
 type loaded struct {
 	name     string
 	kernel   *kernels.Kernel
-	handle   *cache.Handle[*kernels.Kernel] // pins the parsed kernel in the cache
+	handle   *cache.Handle[*parsed] // pins the parsed kernel in the cache
+	observed int64                  // bytes its load was seen to take
 	meta     contracts.KernelMetadata
 	compiled *contracts.CompiledKernel // nil when loaded from a bare artifact
 	source   string
@@ -130,6 +132,7 @@ type KernelView struct {
 	Failures       int64                    `json:"failures"`
 	Moves          []Move                   `json:"moves"`
 	Memory         kernels.MemoryCheck      `json:"memory_check"`
+	ObservedMiB    float64                  `json:"observed_load_mib"`
 	Metadata       contracts.KernelMetadata `json:"metadata"`
 	LoadedAt       time.Time                `json:"loaded_at"`
 }
@@ -295,7 +298,8 @@ func (h *Host) Load(ctx context.Context, req LoadRequest) (KernelView, error) {
 		h.recordFailure(req.Name, err)
 		return KernelView{}, fmt.Errorf("%w: %w", ErrRefused, err)
 	}
-	k := handle.Value()
+	k := handle.Value().kernel
+	observed := handle.Value().observedBytes
 	ok := false
 	defer func() {
 		if !ok {
@@ -325,6 +329,14 @@ func (h *Host) Load(ctx context.Context, req LoadRequest) (KernelView, error) {
 		return KernelView{}, fmt.Errorf("%w: %w", ErrBadInput, err)
 	}
 	fb := h.cfg.Fallback
+	if v, ok := meta.OptimizationFlags["cpu_fallback"].(string); ok {
+		// A kernel may carry its own policy in optimization_flags.
+		f, err := placement.ParseFallback(v)
+		if err != nil {
+			return KernelView{}, fmt.Errorf("%w: optimization_flags.cpu_fallback: %w", ErrBadInput, err)
+		}
+		fb = f
+	}
 	if req.Fallback != nil {
 		fb = *req.Fallback
 	}
@@ -340,6 +352,7 @@ func (h *Host) Load(ctx context.Context, req LoadRequest) (KernelView, error) {
 		window:   health.NewWindow(k.OutputSize()),
 		expected: health.ExpectedLatency(meta.PerformanceProfile),
 		shape1:   append([]int{1}, k.OutputShape()...),
+		observed: observed,
 	}
 
 	if req.Replace {
@@ -389,10 +402,7 @@ func (h *Host) Load(ctx context.Context, req LoadRequest) (KernelView, error) {
 
 	h.metrics.loadDuration.Observe(h.cfg.Now().Sub(start).Seconds())
 	h.metrics.setReserved(name, dec.Device, dec.EstimateMiB)
-	mc := k.MemoryCheck()
-	if mc.Declared {
-		h.metrics.estimateError.WithLabelValues(name).Set(mc.DifferenceMiB * (1 << 20))
-	}
+	h.metrics.observeMemory(name, dec.EstimateMiB, observed, k.MemoryCheck())
 	if dec.Fallback {
 		h.metrics.fallbacks.WithLabelValues(name, fallbackLabel(dec.FallbackReason)).Inc()
 	}
@@ -524,7 +534,8 @@ func (h *Host) view(l *loaded) KernelView {
 		Fallback: l.fallback.String(),
 		Layer:    l.seed.layer, LayerID: layerID, SeedIdx: l.seed.idx,
 		Breaker: l.breaker.State().String(), Calls: l.calls.Load(), Failures: l.failures.Load(),
-		Moves: moves, Memory: l.kernel.MemoryCheck(), Metadata: l.meta, LoadedAt: l.loadedAt,
+		Moves: moves, Memory: l.kernel.MemoryCheck(), ObservedMiB: float64(l.observed) / (1 << 20),
+		Metadata: l.meta, LoadedAt: l.loadedAt,
 	}
 	if v.Requirements == nil {
 		v.Requirements = []string{}
@@ -657,7 +668,7 @@ func replacementLabel(why string) string {
 // loadCached parses and validates an artifact, sharing the parsed kernel
 // with earlier loads of the same bytes under the same metadata. The handle
 // pins the entry until released.
-func (h *Host) loadCached(ctx context.Context, data []byte, md *contracts.KernelMetadata) (*cache.Handle[*kernels.Kernel], error) {
+func (h *Host) loadCached(ctx context.Context, data []byte, md *contracts.KernelMetadata) (*cache.Handle[*parsed], error) {
 	sum := sha256.Sum256(data)
 	key := hex.EncodeToString(sum[:])
 	if md != nil {
@@ -665,13 +676,40 @@ func (h *Host) loadCached(ctx context.Context, data []byte, md *contracts.Kernel
 		mdSum := sha256.Sum256(md.AppendJSON(nil))
 		key += ":" + hex.EncodeToString(mdSum[:8])
 	}
-	return h.cache.GetOrLoad(ctx, key, func(ctx context.Context, _ string) (*kernels.Kernel, int64, error) {
+	return h.cache.GetOrLoad(ctx, key, func(ctx context.Context, _ string) (*parsed, int64, error) {
+		before := heapBytes()
 		k, err := kernels.Load(data, kernels.LoadOptions{Metadata: md, Logger: h.log})
 		if err != nil {
 			return nil, 0, err
 		}
-		return k, max(int64(len(data)), 4*int64(k.ParameterCount())), nil
+		observed := max(int64(heapBytes())-int64(before), 0)
+		size := max(int64(len(data)), 4*int64(k.ParameterCount()), observed)
+		return &parsed{kernel: k, observedBytes: observed}, size, nil
 	})
+}
+
+// parsed is a cache entry: a parsed kernel and the memory its load was
+// seen to take.
+type parsed struct {
+	kernel *kernels.Kernel
+	// observedBytes is the heap growth across the load (weights, buffers,
+	// graph): the observed use the memory estimate is compared with. It is
+	// process-wide, so loads running at the same time blur it.
+	observedBytes int64
+}
+
+var heapSample = []rtmetrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+var heapMu sync.Mutex
+
+// heapBytes reads the bytes of live and not-yet-swept heap objects.
+func heapBytes() uint64 {
+	heapMu.Lock()
+	defer heapMu.Unlock()
+	rtmetrics.Read(heapSample)
+	if heapSample[0].Value.Kind() != rtmetrics.KindUint64 {
+		return 0
+	}
+	return heapSample[0].Value.Uint64()
 }
 
 // CacheStats returns the parsed-kernel cache's counters.

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/esper/kasmina-host/contracts"
+	"github.com/esper/kasmina-host/kernels"
 	"github.com/esper/kasmina-host/runtime/dispatch"
 	"github.com/esper/kasmina-host/runtime/health"
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,6 +24,8 @@ type metrics struct {
 	replacements   *prometheus.CounterVec   // from, to, reason
 	reserved       *prometheus.GaugeVec     // kernel, device
 	estimateError  *prometheus.GaugeVec     // kernel
+	observedMemory *prometheus.GaugeVec     // kernel
+	declaredError  *prometheus.GaugeVec     // kernel
 	loadDuration   prometheus.Histogram
 	seedHealth     *prometheus.GaugeVec   // layer, seed
 	signals        *prometheus.CounterVec // layer
@@ -98,7 +101,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"kernel", "device"}),
 		estimateError: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "kasmina_kernel_memory_estimate_error_bytes",
-			Help: "The loader's own memory estimate minus the kernel's declared memory_footprint_mb, at the placement batch.",
+			Help: "The placement estimate (at the placement batch) minus the memory the kernel's load was observed to take; for calibrating estimates.",
+		}, []string{"kernel"}),
+		observedMemory: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kasmina_kernel_memory_observed_bytes",
+			Help: "Heap growth observed across the kernel's load (weights, buffers, graph).",
+		}, []string{"kernel"}),
+		declaredError: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kasmina_kernel_declared_footprint_error_bytes",
+			Help: "The loader's own weights-plus-activations estimate minus the kernel's declared memory_footprint_mb, at the placement batch.",
 		}, []string{"kernel"}),
 		loadDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "kasmina_kernel_load_duration_seconds", Help: "Time to fetch, verify, parse and place a kernel.",
@@ -121,7 +132,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return m, nil
 	}
 	for _, c := range []prometheus.Collector{m.requests, m.failures, m.duration, m.queue, m.compute, m.fallbacks,
-		m.replacements, m.reserved, m.estimateError, m.loadDuration, m.seedHealth, m.signals, m.nonFinite, m.signalsInvalid,
+		m.replacements, m.reserved, m.estimateError, m.observedMemory, m.declaredError, m.loadDuration, m.seedHealth, m.signals, m.nonFinite, m.signalsInvalid,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "kasmina_pending_requests", Help: "Requests waiting for an executor slot.",
 			ConstLabels: prometheus.Labels{"executor": executorName},
@@ -167,6 +178,16 @@ func (m *metrics) setReserved(kernel, device string, mib float64) {
 	m.reserved.WithLabelValues(kernel, device).Set(mib * (1 << 20))
 }
 
+// observeMemory records a load's memory numbers: estimate against observed
+// use, and the loader's estimate against the declared footprint.
+func (m *metrics) observeMemory(kernel string, estimateMiB float64, observed int64, mc kernels.MemoryCheck) {
+	m.observedMemory.WithLabelValues(kernel).Set(float64(observed))
+	m.estimateError.WithLabelValues(kernel).Set(estimateMiB*(1<<20) - float64(observed))
+	if mc.Declared {
+		m.declaredError.WithLabelValues(kernel).Set(mc.DifferenceMiB * (1 << 20))
+	}
+}
+
 func (m *metrics) moveKernel(kernel, from, to string, mib float64) {
 	m.reserved.DeleteLabelValues(kernel, from)
 	m.setReserved(kernel, to, mib)
@@ -175,6 +196,9 @@ func (m *metrics) moveKernel(kernel, from, to string, mib float64) {
 func (m *metrics) deleteKernel(kernel, device string) {
 	m.reserved.DeleteLabelValues(kernel, device)
 	m.estimateError.DeleteLabelValues(kernel)
+	m.observedMemory.DeleteLabelValues(kernel)
+	m.declaredError.DeleteLabelValues(kernel)
+	m.nonFinite.DeleteLabelValues(kernel)
 	m.requests.DeletePartialMatch(prometheus.Labels{"kernel": kernel})
 	m.failures.DeletePartialMatch(prometheus.Labels{"kernel": kernel})
 	m.duration.DeletePartialMatch(prometheus.Labels{"kernel": kernel})

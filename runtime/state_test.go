@@ -1,0 +1,141 @@
+package runtime
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"testing"
+
+	"github.com/esper/kasmina-host/contracts"
+)
+
+type memArtifacts struct {
+	mu sync.Mutex
+	m  map[string][]byte
+}
+
+func (s *memArtifacts) Put(sha string, data []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m == nil {
+		s.m = map[string][]byte{}
+	}
+	s.m[sha] = append([]byte(nil), data...)
+	return nil
+}
+
+func (s *memArtifacts) Get(sha string) ([]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d, ok := s.m[sha]
+	if !ok {
+		return nil, fmt.Errorf("no artifact %s", sha)
+	}
+	return d, nil
+}
+
+func TestStateRoundTripsThroughJSON(t *testing.T) {
+	inv := openInventory(t, "dgxa100", nil)
+	store := &memArtifacts{}
+	h, _, _ := newHost(t, inv, Config{})
+	h.SetArtifactStore(store)
+	ctx := context.Background()
+	h.RegisterLayer("encoder.0") // layer id 0, declared before any kernel
+	if _, err := h.Load(ctx, LoadRequest{Data: linearKernel(t, "direct", nil)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.Load(ctx, LoadRequest{Name: "seeded", Data: linearKernel(t, "seeded", []string{"cuda"}), Layer: "encoder.1", SeedIdx: 3}); err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range []contracts.SeedState{contracts.SeedTraining, contracts.SeedGrafting} {
+		if err := h.SetSeedState("encoder.1", 3, st, "test"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := h.SetAlpha("encoder.1", 3, 0.4); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := json.Marshal(h.State())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st State
+	if err := json.Unmarshal(raw, &st); err != nil {
+		t.Fatal(err)
+	}
+
+	// A new host (a restart) with an empty ledger gets everything back.
+	h2, _, _ := newHost(t, inv, Config{GraftingRamp: -1})
+	n, err := h2.Restore(ctx, st, store)
+	if err != nil || n != 2 {
+		t.Fatalf("restored %d kernels, err %v", n, err)
+	}
+	if got, want := fmt.Sprint(h2.Layers()), fmt.Sprint(h.Layers()); got != want {
+		t.Errorf("layers %s, want %s", got, want)
+	}
+	v, ok := h2.Kernel("seeded")
+	if !ok || v.Layer != "encoder.1" || v.SeedIdx != 3 || v.Placement.Device == "" {
+		t.Fatalf("seeded kernel after restore: %+v", v)
+	}
+	var seed *SeedView
+	for _, s := range h2.Seeds() {
+		if s.Layer == "encoder.1" {
+			seed = &s
+		}
+	}
+	if seed == nil || seed.State != contracts.SeedGrafting || seed.Alpha != 0.4 || seed.Kernel != "seeded" {
+		t.Fatalf("seed after restore: %+v", seed)
+	}
+	x := []float32{1, 2, 3, 4}
+	if res, err := h2.Infer(ctx, "direct", Request{Input: x, Shape: []int{1, 4}}); err != nil || fmt.Sprint(res.Output) != fmt.Sprint(expected(x)) {
+		t.Fatalf("restored kernel serves %v, %v", res.Output, err)
+	}
+	// A kernel whose bytes are gone is listed as failed, the rest come back.
+	st.Kernels = append(st.Kernels, KernelRecord{Name: "lost", SHA256: "00", Layer: "lost"})
+	h3, _, _ := newHost(t, inv, Config{})
+	if n, _ := h3.Restore(ctx, st, store); n != 2 {
+		t.Fatalf("restored %d", n)
+	}
+	if _, ok := h3.FailedLoads()["lost"]; !ok {
+		t.Error("missing artifact not reported")
+	}
+}
+
+func TestPerKernelFallbackFromOptimizationFlags(t *testing.T) {
+	inv := openInventory(t, "dgxa100", map[string]string{"CUDA_VISIBLE_DEVICES": ""})
+	h, _, reg := newHost(t, inv, Config{})
+	ck := compiledFor(t, "k", map[string]any{"cpu_fallback": "deny"})
+	if _, err := h.Load(context.Background(), LoadRequest{Compiled: &ck, Data: linearKernel(t, "k", []string{"cuda"})}); err == nil {
+		t.Fatal("deny in optimization_flags ignored")
+	}
+	ck = compiledFor(t, "k2", map[string]any{"cpu_fallback": "allow"})
+	v, err := h.Load(context.Background(), LoadRequest{Compiled: &ck, Data: linearKernel(t, "k2", []string{"cuda"})})
+	if err != nil || v.Placement.Device != "cpu" || v.Placement.Degraded {
+		t.Fatalf("allow: %+v %v", v.Placement, err)
+	}
+	if v.ObservedMiB <= 0 {
+		t.Errorf("observed load memory %v", v.ObservedMiB)
+	}
+	mfs, _ := reg.Gather()
+	found := false
+	for _, mf := range mfs {
+		found = found || mf.GetName() == "kasmina_kernel_memory_estimate_error_bytes"
+	}
+	if !found {
+		t.Error("estimate error metric missing")
+	}
+}
+
+// compiledFor returns a CompiledKernel document matching linearKernel.
+func compiledFor(t *testing.T, id string, flags map[string]any) contracts.CompiledKernel {
+	t.Helper()
+	md := contracts.NewKernelMetadata(id, "bp-"+id, id)
+	md.InputShape, md.OutputShape, md.ParameterCount = []int{4}, []int{3}, 15
+	md.DeviceRequirements = []string{"cuda"}
+	md.CompilationTarget = "esper-kernel/v1"
+	md.OptimizationFlags = flags
+	ck := contracts.NewCompiledKernel(md.BlueprintID, "file://"+id+".safetensors", md)
+	ck.KernelID = id
+	return ck
+}
