@@ -527,3 +527,33 @@ func BenchmarkDispatchOverhead(b *testing.B) {
 		}
 	})
 }
+
+// A kernel pinned to one GPU moves to the CPU when that GPU is lost, and
+// requests keep succeeding.
+func TestGPULostMovesPinnedKernelToCPU(t *testing.T) {
+	inv := openInventory(t, "dgxa100", nil)
+	h, _, _ := newHost(t, inv, Config{})
+	ctx := context.Background()
+	v, err := h.Load(ctx, LoadRequest{Data: linearKernel(t, "pinned", []string{"cuda:2"})})
+	if err != nil || v.Placement.Device != "cuda:2" {
+		t.Fatalf("placement %+v %v", v.Placement, err)
+	}
+	if err := inv.Simulator().Lose(inv.Snapshot().Devices[2].UUID); err != nil {
+		t.Fatal(err)
+	}
+	if err := inv.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	moves := h.Replace()
+	if len(moves) != 1 || moves[0].To != "cpu" {
+		t.Fatalf("moves %+v", moves)
+	}
+	v, _ = h.Kernel("pinned")
+	if !v.Placement.Degraded || !v.Degraded {
+		t.Errorf("a GPU kernel on the CPU should be degraded: %+v", v.Placement)
+	}
+	res, err := h.Infer(ctx, "pinned", Request{Input: []float32{1, 2, 3, 4}, Shape: []int{1, 4}})
+	if err != nil || res.Exec.PlacedOn != "cpu" || !res.Exec.Fallback {
+		t.Fatalf("after the move: %+v %v", res.Exec, err)
+	}
+}
