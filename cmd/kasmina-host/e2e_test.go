@@ -239,7 +239,9 @@ func (d *daemon) stop() {
 			d.t.Errorf("shutdown log has %q:\n%s", bad, tail(logs, 4000))
 		}
 	}
-	if !strings.Contains(logs, "msg=stopped") || !strings.Contains(logs, "bus_dropped=0") {
+	stopped := strings.Contains(logs, "msg=stopped") && strings.Contains(logs, "bus_dropped=0") || // text logs
+		strings.Contains(logs, `"msg":"stopped"`) && strings.Contains(logs, `"bus_dropped":0`) // JSON logs
+	if !stopped {
 		d.t.Errorf("shutdown did not log a drained stop (msg=stopped ... bus_dropped=0):\n%s", tail(logs, 4000))
 	}
 }
