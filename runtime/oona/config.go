@@ -74,7 +74,11 @@ func ParseURL(raw string) (*redis.Options, error) {
 	}
 	u, err := url.Parse(raw)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %q: %v", ErrBadURL, redactURL(raw), err)
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // url.Error repeats the URL, password included
+		}
+		return nil, fmt.Errorf("%w: %v", ErrBadURL, err)
 	}
 	switch u.Scheme {
 	case "redis", "rediss", "unix":

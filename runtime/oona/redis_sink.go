@@ -39,10 +39,20 @@ func (s *redisSink) write(ctx context.Context, batch []entry) []error {
 		_ = pipe.Process(ctx, cmd)
 		cmds[i] = cmd
 	}
-	_, _ = pipe.Exec(ctx)
+	_, execErr := pipe.Exec(ctx)
 	errs := make([]error, len(batch))
 	for i, c := range cmds {
-		errs[i] = c.Err()
+		err := c.Err()
+		if err == nil && c.Val() == "" {
+			// go-redis leaves the commands untouched when the connection
+			// fails to initialise (a WRONGPASS during HELLO): no entry ID
+			// means not delivered.
+			err = execErr
+			if err == nil {
+				err = errors.New("oona: XADD returned no entry ID")
+			}
+		}
+		errs[i] = err
 	}
 	return errs
 }
