@@ -12,9 +12,11 @@ import (
 	"math"
 	"os"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/esper/kasmina-host/kernels"
+	"github.com/esper/kasmina-host/runtime"
 )
 
 // runReport is the one JSON object `run --json` prints.
@@ -130,8 +132,26 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 // loadKernel turns a kernel reference into a loaded kernel. It is the one
 // place that resolves references, so URL sources plug in here.
-func loadKernel(_ context.Context, ref string, log *slog.Logger) (*kernels.Kernel, error) {
-	k, err := kernels.LoadFile(ref, kernels.LoadOptions{Logger: log})
+func loadKernel(ctx context.Context, ref string, log *slog.Logger) (*kernels.Kernel, error) {
+	var k *kernels.Kernel
+	var err error
+	if strings.Contains(ref, "://") {
+		// A URL: fetched through the same sources as serve (file:// under
+		// the working directory, http(s), s3); a local command may also
+		// fetch from loopback.
+		var f runtime.Fetcher
+		f, err = newFetcher(&serveConfig{allowRefs: "file,http://*,https://*,s3://esper-artifacts/", allowLoopbackRefs: true}, log)
+		if err != nil {
+			return nil, err
+		}
+		var data []byte
+		if data, err = f.Fetch(ctx, ref, ""); err != nil {
+			return nil, err
+		}
+		k, err = kernels.Load(data, kernels.LoadOptions{Logger: log})
+	} else {
+		k, err = kernels.LoadFile(ref, kernels.LoadOptions{Logger: log})
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -33,33 +33,34 @@ const DefaultAddr = "127.0.0.1:8470"
 // serveConfig is everything `serve` reads from flags and KASMINA_*
 // environment variables.
 type serveConfig struct {
-	addr            string
-	kernelsDir      string
-	noExamples      bool
-	stateDir        string
-	oonaURL         string
-	busFile         string
-	hostID          string
-	urzaURL         string
-	kernelRoot      string
-	allowRefs       string
-	tokenFile       string
-	token           string
-	insecure        bool
-	allowedHosts    string
-	maxBodyBytes    int64
-	maxElements     int64
-	concurrency     int
-	queueDepth      int
-	requestTimeout  time.Duration
-	shutdownTimeout time.Duration
-	signalInterval  time.Duration
-	refresh         time.Duration
-	cacheBytes      int64
-	logFormat       string
-	logLevel        string
-	devices         deviceFlags
-	placement       placementFlags
+	addr              string
+	kernelsDir        string
+	noExamples        bool
+	stateDir          string
+	oonaURL           string
+	busFile           string
+	hostID            string
+	urzaURL           string
+	kernelRoot        string
+	allowRefs         string
+	allowLoopbackRefs bool
+	tokenFile         string
+	token             string
+	insecure          bool
+	allowedHosts      string
+	maxBodyBytes      int64
+	maxElements       int64
+	concurrency       int
+	queueDepth        int
+	requestTimeout    time.Duration
+	shutdownTimeout   time.Duration
+	signalInterval    time.Duration
+	refresh           time.Duration
+	cacheBytes        int64
+	logFormat         string
+	logLevel          string
+	devices           deviceFlags
+	placement         placementFlags
 }
 
 func (c *serveConfig) register(fs *flag.FlagSet, e *envFlags) {
@@ -73,6 +74,7 @@ func (c *serveConfig) register(fs *flag.FlagSet, e *envFlags) {
 	e.String(&c.urzaURL, "urza", "URZA_URL", runtime.DefaultUrzaURL, "Urza's address, for resolving kernel ids in load_kernel commands")
 	e.String(&c.kernelRoot, "kernel-root", "KASMINA_KERNEL_ROOT", "", "directory file:// and path references must stay inside (default: --kernels, else the working directory)")
 	e.String(&c.allowRefs, "allow-refs", "KASMINA_ALLOW_REFS", "file,s3://esper-artifacts/,http://*,https://*", "comma-separated artifact reference patterns that may be fetched")
+	e.Bool(&c.allowLoopbackRefs, "allow-loopback-refs", "KASMINA_ALLOW_LOOPBACK_REFS", false, "let http(s) artifact references reach loopback addresses (refused by default: a command names the URL)")
 	e.String(&c.tokenFile, "auth-token-file", "KASMINA_AUTH_TOKEN_FILE", "", "file holding the bearer token required for inference and state changes")
 	e.String(&c.token, "auth-token", "KASMINA_AUTH_TOKEN", "", "bearer token (prefer --auth-token-file: flags show in ps)")
 	e.Bool(&c.insecure, "insecure-no-auth", "KASMINA_INSECURE_NO_AUTH", false, "allow listening beyond loopback without a token")
@@ -403,8 +405,8 @@ func newFetcher(cfg *serveConfig, log *slog.Logger) (runtime.Fetcher, error) {
 	}
 	routes := map[string]source.Source{
 		source.SchemeFile: file,
-		"http":            source.NewHTTP(source.HTTPConfig{Logger: log}),
-		"https":           source.NewHTTP(source.HTTPConfig{Logger: log}),
+		"http":            source.NewHTTP(source.HTTPConfig{Logger: log, AllowLoopback: cfg.allowLoopbackRefs}),
+		"https":           source.NewHTTP(source.HTTPConfig{Logger: log, AllowLoopback: cfg.allowLoopbackRefs}),
 	}
 	if s3, err := source.NewS3(source.S3ConfigFromEnv(os.Getenv)); err == nil {
 		routes["s3"] = s3
