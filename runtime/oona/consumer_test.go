@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -324,4 +325,38 @@ func TestEmbeddedBusRunsCommandsAndEpochsInProcess(t *testing.T) {
 	if dl := bus.DeadLetters(); len(dl) != 1 || dl[0].Fields[FieldPayload] == "" {
 		t.Fatalf("dead letters = %+v", dl)
 	}
+}
+
+func TestRedisEpochConsumerCallsBackWithEpoch(t *testing.T) {
+	srv := startRedis(t)
+	bus, err := NewRedisBus(context.Background(), srv.testConfig("node-e"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bus.Close(context.Background())
+	rc := redis.NewClient(&redis.Options{Addr: srv.addr()})
+	defer rc.Close()
+	got := make(chan EpochEvent, 64)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = bus.ConsumeEpochs(ctx, func(_ context.Context, ev EpochEvent) { got <- ev })
+	}()
+	defer func() { cancel(); <-done }()
+	// XREAD starts at "$": keep sending until the reader is in place.
+	xaddFields(t, rc, "system.events.epoch", FieldEventID, "e-bad", FieldPayload, `{"event_type": "no epoch here"}`)
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		xaddMessage(t, rc, contracts.NewOonaMessage("tolaria-run1", "epoch-trace", contracts.TopicSystemEventsEpoch, map[string]any{"event_type": "epoch_end", "epoch": 41}))
+		select {
+		case ev := <-got:
+			if ev.Epoch != 41 || ev.EventType != "epoch_end" || ev.Message.SenderID != "tolaria-run1" {
+				t.Fatalf("epoch event = %+v", ev)
+			}
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	t.Fatal("no epoch event within 20 s")
 }

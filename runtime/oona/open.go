@@ -56,11 +56,11 @@ func Open(ctx context.Context, cfg Config, logger *slog.Logger) (Bus, error) {
 		}
 		w, closer = f, f
 	}
-	logger.Info("oona: no Redis configured (--oona / REDIS_URL); using the embedded bus", slog.String("output", cmp(cfg.EmbeddedPath, "stdout")))
+	logger.Info("oona: no Redis configured (--oona / REDIS_URL); using the embedded bus", slog.String("output", orDefault(cfg.EmbeddedPath, "stdout")))
 	return NewEmbeddedBus(w, closer, cfg, logger), nil
 }
 
-func cmp(s, def string) string {
+func orDefault(s, def string) string {
 	if s == "" || s == "-" {
 		return def
 	}
