@@ -1,8 +1,10 @@
 package contracts
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"math"
+	"math/bits"
 	"strconv"
 	"unicode/utf16"
 	"unicode/utf8"
@@ -74,7 +76,18 @@ func (d *decoder) finish() error {
 	return d.errs.err()
 }
 
+// ws skips white space. Nearly every call finds none, or the single
+// space Python's json.dumps writes after ',' and ':', so that case is
+// tested inline (a byte above ' ' is never JSON white space) before the
+// general loop.
 func (d *decoder) ws() {
+	if p := d.pos; p < len(d.data) && d.data[p] > ' ' {
+		return
+	}
+	d.wsLoop()
+}
+
+func (d *decoder) wsLoop() {
 	for d.pos < len(d.data) {
 		switch d.data[d.pos] {
 		case ' ', '\n', '\t', '\r':
@@ -87,7 +100,10 @@ func (d *decoder) ws() {
 
 // peek returns the next non-space byte, or 0 at the end of input.
 func (d *decoder) peek() byte {
-	d.ws()
+	if p := d.pos; p < len(d.data) && d.data[p] > ' ' {
+		return d.data[p]
+	}
+	d.wsLoop()
 	if d.pos >= len(d.data) {
 		return 0
 	}
@@ -206,6 +222,31 @@ var strPlain = func() (t [256]bool) {
 	return t
 }()
 
+const (
+	ones8 = 0x0101010101010101
+	high8 = 0x8080808080808080
+)
+
+// special8 returns, for the eight bytes packed little-endian in x, a
+// mask with the top bit of every byte that needs attention in a JSON
+// string ('"', '\\', a control byte, a byte >= 0x80) set. It uses the
+// "has zero byte" bit trick ((v-1) &^ v sets a byte's top bit where v's
+// byte is zero): borrows can only flag bytes above a genuinely special
+// one, so the lowest set bit always marks the first special byte.
+// Identifiers, checksums and references are long runs of plain bytes,
+// which this scans a word at a time instead of a byte at a time.
+func special8(x uint64) uint64 {
+	q := x ^ ('"' * ones8)
+	bs := x ^ ('\\' * ones8)
+	m := (q - ones8) &^ q
+	m |= (bs - ones8) &^ bs
+	// Top bit set where a byte is below 0x20 (and, harmlessly, where
+	// it is 0xa0 or above, which the next term flags anyway).
+	m |= x - 0x20*ones8
+	m |= x // bytes >= 0x80
+	return m & high8
+}
+
 // readString reads a JSON string at d.pos (which holds '"'). The result
 // aliases the input or the scratch buffer.
 func (d *decoder) readString() ([]byte, bool) {
@@ -213,15 +254,23 @@ func (d *decoder) readString() ([]byte, bool) {
 	i := start
 	data := d.data
 	high := false
-	for i < len(data) {
-		for i+4 <= len(data) && strPlain[data[i]] && strPlain[data[i+1]] && strPlain[data[i+2]] && strPlain[data[i+3]] {
-			i += 4
-		}
-		for i < len(data) && strPlain[data[i]] {
-			i++
-		}
-		if i >= len(data) {
-			break
+	for {
+		// Find the next byte that is not plain, a word at a time while
+		// eight bytes remain, then a byte at a time.
+		if i+8 <= len(data) {
+			m := special8(binary.LittleEndian.Uint64(data[i:]))
+			if m == 0 {
+				i += 8
+				continue
+			}
+			i += bits.TrailingZeros64(m) >> 3
+		} else {
+			for i < len(data) && strPlain[data[i]] {
+				i++
+			}
+			if i >= len(data) {
+				break
+			}
 		}
 		c := data[i]
 		if c == '"' {
@@ -242,9 +291,7 @@ func (d *decoder) readString() ([]byte, bool) {
 			d.fail("control character in string")
 			return nil, false
 		}
-		if c >= 0x80 {
-			high = true
-		}
+		high = true // c >= 0x80: checked as UTF-8 once the string ends
 		i++
 	}
 	d.pos = i
