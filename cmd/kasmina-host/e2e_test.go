@@ -4,9 +4,11 @@ package main
 // first use) and each test starts it as a child process on a free loopback
 // port, with its own state directory and bus file, talks to it over HTTP
 // and stops it with SIGTERM, checking the exit code and that shutdown
-// drained. Set KASMINA_E2E_RACE=1 to build the daemon itself with -race
-// (off by default: the test package's -race covers the test harness, and a
-// race-built daemon triples the package's run time).
+// drained. Set KASMINA_E2E_RACE=1 to build the daemon itself with -race:
+// the race detector then watches the daemon's own goroutines, and a race
+// makes it exit with code 66, which stop() reports. It is off by default:
+// the test package's -race covers the harness, and a race-built daemon
+// makes the load tests several times slower.
 
 import (
 	"bufio"
