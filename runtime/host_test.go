@@ -557,3 +557,35 @@ func TestGPULostMovesPinnedKernelToCPU(t *testing.T) {
 		t.Fatalf("after the move: %+v %v", res.Exec, err)
 	}
 }
+
+// A kernel served directly can be unloaded and loaded again: its own seed
+// goes with it, its layer id stays.
+func TestDirectKernelReloads(t *testing.T) {
+	inv := openInventory(t, "dgxa100", nil)
+	h, _, _ := newHost(t, inv, Config{})
+	ctx := context.Background()
+	data := linearKernel(t, "k", nil)
+	v1, err := h.Load(ctx, LoadRequest{Data: data})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Unload(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	v2, err := h.Load(ctx, LoadRequest{Data: data})
+	if err != nil {
+		t.Fatalf("reload after unload: %v", err)
+	}
+	if v1.LayerID != v2.LayerID {
+		t.Errorf("layer id changed from %d to %d", v1.LayerID, v2.LayerID)
+	}
+	if _, err := h.Load(ctx, LoadRequest{Data: data, Replace: true}); err != nil {
+		t.Fatalf("replace: %v", err)
+	}
+	if n := len(h.Seeds()); n != 1 {
+		t.Errorf("%d seeds after reloads, want 1", n)
+	}
+	if st := h.CacheStats(); st.Hits < 2 {
+		t.Errorf("reloads of the same bytes should hit the parsed-kernel cache: %+v", st)
+	}
+}

@@ -154,7 +154,7 @@ func main() {
 		sum := sha256.Sum256(buf.Bytes())
 		checksum := hex.EncodeToString(sum[:])
 		md.Checksum = &checksum
-		ck := contracts.NewCompiledKernel(md.BlueprintID, "file://"+ex.id+".safetensors", md)
+		ck := contracts.NewCompiledKernel(md.BlueprintID, ex.id+".safetensors", md) // relative to the kernel root
 		ck.KernelID = ex.id
 		ck.Status = "validated"
 		ck.CreatedAt = created
