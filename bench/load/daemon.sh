@@ -48,13 +48,19 @@ kh_stop() {
 	KH_PID=
 }
 
-# kh_wrk_script FILE: a wrk script cycling over every loaded kernel with a
-# batch-1 JSON request, counting 5xx answers per thread and printing one
+# kh_wrk_script FILE [KERNEL...]: a wrk script cycling over every loaded
+# kernel (or only those named) with a batch-1 JSON request, counting 5xx answers per thread and printing one
 # JSON line of results in done().
 kh_wrk_script() {
+	local file=$1
+	shift
 	curl -fsS "$KH_URL/v1/kernels" | python3 -c '
 import json, sys
 ks = json.load(sys.stdin)["kernels"]
+only = set(sys.argv[1:])
+ks = [k for k in ks if not only or k["name"] in only]
+if not ks:
+    sys.exit("no kernel to request: " + " ".join(sorted(only)))
 reqs = []
 for k in sorted(ks, key=lambda k: k["name"]):
     n = 1
@@ -93,7 +99,7 @@ function done(summary, latency, requests)
     latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max,
     s5, s4, e.connect, e.read, e.write, e.timeout, #bodies))
 end""")
-' >"$1"
+' "$@" >"$file"
 }
 
 # kh_proc FIELD: a field of /proc/PID/status in KiB (VmRSS, VmHWM).
