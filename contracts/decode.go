@@ -6,6 +6,7 @@ import (
 	"math"
 	"math/bits"
 	"strconv"
+	"time"
 	"unicode/utf16"
 	"unicode/utf8"
 	"unsafe"
@@ -27,6 +28,103 @@ type decoder struct {
 	scratch []byte
 	recent  [4]string // identifiers seen in this document, reused when repeated
 	arena   []byte    // backing store of every string this decode returns
+	slab    *slab     // backing store of the document's small lists and pointers
+	used    slabUse
+}
+
+// slab is one allocation holding the small slices and pointed-to values
+// of a decoded document: a CompiledKernel needs two shapes, a device
+// list, two metric dicts, an optional checksum and an optional
+// timestamp, which would otherwise be seven allocations of 16 to 96
+// bytes, each costing an allocation and GC work. Its sizes cover the
+// documents the services exchange (shapes of rank <= 4, a few devices
+// and metrics); a list that outgrows its region is moved to the heap by
+// append as usual. Every slice handed out is capped at its length (s[:n:n]),
+// so a caller's append reallocates instead of writing into a
+// neighbour's region; a value kept alive keeps its whole slab alive,
+// which for these small documents is the better trade.
+type slab struct {
+	ints    [8]int
+	strs    [4]string
+	metrics [6]Metric
+	times   [2]time.Time
+}
+
+// slabUse counts the elements of each slab region already handed out.
+type slabUse struct{ ints, strs, metrics, times uint8 }
+
+// getSlab returns the decode's slab, allocating it on first use so that
+// documents without lists or optional values never pay for it.
+func (d *decoder) getSlab() *slab {
+	if d.slab == nil {
+		d.slab = new(slab)
+	}
+	return d.slab
+}
+
+// intsFree returns the unused tail of the slab's ints as an empty slice
+// to append to; claimInts then takes the first len(s) of them. Appends
+// past the tail move s to the heap, and claimInts leaves the slab as it
+// was.
+func (d *decoder) intsFree() []int {
+	return d.getSlab().ints[d.used.ints:d.used.ints]
+}
+
+func (d *decoder) claimInts(s []int) []int {
+	if n := len(s); n > 0 && n <= len(d.slab.ints)-int(d.used.ints) && &s[0] == &d.slab.ints[d.used.ints] {
+		d.used.ints += uint8(n)
+	}
+	return s[:len(s):len(s)]
+}
+
+func (d *decoder) strsFree() []string {
+	return d.getSlab().strs[d.used.strs:d.used.strs]
+}
+
+func (d *decoder) claimStrs(s []string) []string {
+	if n := len(s); n > 0 && n <= len(d.slab.strs)-int(d.used.strs) && &s[0] == &d.slab.strs[d.used.strs] {
+		d.used.strs += uint8(n)
+	}
+	return s[:len(s):len(s)]
+}
+
+func (d *decoder) metricsFree() Metrics {
+	return d.getSlab().metrics[d.used.metrics:d.used.metrics]
+}
+
+func (d *decoder) claimMetrics(m Metrics) Metrics {
+	if n := len(m); n > 0 && n <= len(d.slab.metrics)-int(d.used.metrics) && &m[0] == &d.slab.metrics[d.used.metrics] {
+		d.used.metrics += uint8(n)
+	}
+	return m[:len(m):len(m)]
+}
+
+// newStr returns a pointer to a copy of s, in the slab while it has room.
+func (d *decoder) newStr(s string) *string {
+	sl := d.getSlab()
+	if int(d.used.strs) == len(sl.strs) {
+		p := new(string) // not &s: that would move s to the heap on every call
+		*p = s
+		return p
+	}
+	p := &sl.strs[d.used.strs]
+	d.used.strs++
+	*p = s
+	return p
+}
+
+// newTime returns a pointer to a copy of t, in the slab while it has room.
+func (d *decoder) newTime(t time.Time) *time.Time {
+	sl := d.getSlab()
+	if int(d.used.times) == len(sl.times) {
+		p := new(time.Time) // not &t: that would move t to the heap on every call
+		*p = t
+		return p
+	}
+	p := &sl.times[d.used.times]
+	d.used.times++
+	*p = t
+	return p
 }
 
 // newString copies b into the decode's arena and returns a string over
@@ -669,7 +767,11 @@ func (d *decoder) metrics(p, name string, stripKeys bool) (Metrics, bool) {
 		return nil, false
 	}
 	d.pos++
-	m := make(Metrics, 0, 4)
+	if d.peek() == '}' { // {} needs no storage; Metrics{} is non-nil without allocating
+		d.pos++
+		return Metrics{}, true
+	}
+	m := d.metricsFree()
 	first := true
 	good := true
 	for {
@@ -689,7 +791,7 @@ func (d *decoder) metrics(p, name string, stripKeys bool) (Metrics, bool) {
 			d.relocate(p, name)
 		}
 	}
-	return m, good && d.syn == nil
+	return d.claimMetrics(m), good && d.syn == nil
 }
 
 // intList decodes a List[int] field.
@@ -699,7 +801,11 @@ func (d *decoder) intList(p, name string) ([]int, bool) {
 		return nil, false
 	}
 	d.pos++
-	out := make([]int, 0, 4)
+	if d.peek() == ']' {
+		d.pos++
+		return []int{}, true
+	}
+	out := d.intsFree()
 	first := true
 	good := true
 	for i := 0; d.nextElem(&first); i++ {
@@ -711,7 +817,7 @@ func (d *decoder) intList(p, name string) ([]int, bool) {
 			d.relocate(p, name)
 		}
 	}
-	return out, good && d.syn == nil
+	return d.claimInts(out), good && d.syn == nil
 }
 
 // stringList decodes a List[str] field.
@@ -721,7 +827,11 @@ func (d *decoder) stringList(p, name string) ([]string, bool) {
 		return nil, false
 	}
 	d.pos++
-	out := make([]string, 0, 2)
+	if d.peek() == ']' {
+		d.pos++
+		return []string{}, true
+	}
+	out := d.strsFree()
 	first := true
 	good := true
 	for i := 0; d.nextElem(&first); i++ {
@@ -733,7 +843,7 @@ func (d *decoder) stringList(p, name string) ([]string, bool) {
 			d.relocate(p, name)
 		}
 	}
-	return out, good && d.syn == nil
+	return d.claimStrs(out), good && d.syn == nil
 }
 
 // str decodes a str field; only JSON strings are accepted, as Pydantic
@@ -810,7 +920,7 @@ func (d *decoder) optStr(prefix, name string) (*string, bool) {
 	if !ok {
 		return nil, false
 	}
-	return &s, true
+	return d.newStr(s), true
 }
 
 const maxExactFloatInt = 1 << 63

@@ -277,7 +277,7 @@ func (d *decoder) optTimestamp(prefix, name string) (*time.Time, bool) {
 	if !ok {
 		return nil, false
 	}
-	return &t, true
+	return d.newTime(t), true
 }
 
 func pad(dst []byte, v, n int) []byte {
