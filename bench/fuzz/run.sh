@@ -10,8 +10,11 @@
 #   FUZZ_PARALLEL  fuzzing workers per target (default: go's, GOMAXPROCS)
 #   FUZZ_REPORT    also write the table as Markdown to this file
 #   FUZZ_MATCH     only targets whose "pkg FuzzName" matches this regex
-#   FUZZ_MINIMIZE  -fuzzminimizetime (default 2s; go's 60s default stalls
-#                  short runs while it minimizes every new corpus entry)
+#   FUZZ_MINIMIZE  -fuzzminimizetime (default 100x: go's 60s default, and
+#                  even 2s, stall targets with kilobyte-sized inputs such
+#                  as the safetensors files, which then run a few
+#                  executions a second while every new corpus entry is
+#                  minimized; 100 runs per attempt keeps them at thousands)
 #
 # Go 1.26's fuzz coordinator can end a run with a bare "context deadline
 # exceeded" at the -fuzztime boundary and no input written
@@ -58,7 +61,7 @@ while read -r pkg name; do
 	flake=""
 	for attempt in 1 2; do
 		set +e
-		go test -run '^$' -fuzz "^${name}\$" -fuzztime "${secs}s" -fuzzminimizetime "${FUZZ_MINIMIZE:-2s}" \
+		go test -run '^$' -fuzz "^${name}\$" -fuzztime "${secs}s" -fuzzminimizetime "${FUZZ_MINIMIZE:-100x}" \
 			"${par[@]}" "./$pkg" >"$log" 2>&1
 		rc=$?
 		set -e
