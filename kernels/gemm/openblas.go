@@ -2,7 +2,13 @@
 
 package gemm
 
-import "github.com/esper/kasmina-host/kernels/gemm/internal/openblas"
+import (
+	"os"
+	"runtime"
+	"strconv"
+
+	"github.com/esper/kasmina-host/kernels/gemm/internal/openblas"
+)
 
 // openblasEngine routes products to OpenBLAS's cblas_sgemm (row-major).
 type openblasEngine struct{}
@@ -38,5 +44,33 @@ func (e openblasEngine) linear(m, n, k int, a []float32, lda int, w []float32, l
 	}
 }
 
+// openblasThreadEnv lists the variables OpenBLAS reads, in its order, to
+// size its thread pool when the library loads.
+var openblasThreadEnv = []string{"OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS"}
+
+// openblasThreads returns the thread count this process gives OpenBLAS:
+// GOMAXPROCS, unless one of openblasThreadEnv holds a positive count, in
+// which case the operator chose and ok is false (OpenBLAS already applied
+// it). getenv is os.Getenv outside tests.
+func openblasThreads(getenv func(string) string, gomaxprocs int) (n int, ok bool) {
+	for _, v := range openblasThreadEnv {
+		if c, err := strconv.Atoi(getenv(v)); err == nil && c > 0 {
+			return 0, false
+		}
+	}
+	return max(gomaxprocs, 1), true
+}
+
 // registerOpenBLAS makes OpenBLAS the default in builds tagged openblas.
-func registerOpenBLAS() { engines = append([]engine{openblasEngine{}}, engines...) }
+//
+// OpenBLAS sizes its pool by the CPUs in the affinity mask, which is not what
+// the Go runtime schedules on when GOMAXPROCS is set or a cgroup CPU quota
+// lowers it: on a 16-CPU node with a 2-CPU quota, 16 OpenBLAS threads would
+// spin against 2 CPUs' worth of time. So the pool follows GOMAXPROCS once,
+// here, unless the operator set OpenBLAS's own thread variables.
+func registerOpenBLAS() {
+	if n, ok := openblasThreads(os.Getenv, runtime.GOMAXPROCS(0)); ok {
+		openblas.SetThreads(n)
+	}
+	engines = append([]engine{openblasEngine{}}, engines...)
+}
