@@ -34,6 +34,7 @@ func kernelJSON(rank, devices, metrics int) string {
 func TestDecodedListsAreIndependent(t *testing.T) {
 	for _, tc := range []struct{ rank, devices, metrics int }{
 		{0, 0, 0}, {1, 1, 1}, {3, 2, 2}, {4, 4, 3}, {5, 5, 4}, {9, 7, 7}, {40, 20, 20},
+		{3, 300, 200}, // strings well past the first arena chunk
 	} {
 		t.Run(fmt.Sprintf("rank%d_devices%d_metrics%d", tc.rank, tc.devices, tc.metrics), func(t *testing.T) {
 			c, err := DecodeCompiledKernel([]byte(kernelJSON(tc.rank, tc.devices, tc.metrics)))
@@ -48,6 +49,16 @@ func TestDecodedListsAreIndependent(t *testing.T) {
 			}
 			if md.InputShape == nil || md.DeviceRequirements == nil || md.PerformanceProfile == nil {
 				t.Fatal("an empty list decoded as nil")
+			}
+			for i, dev := range md.DeviceRequirements {
+				if want := fmt.Sprintf("dev%d", i); dev != want {
+					t.Fatalf("device %d is %q, want %q", i, dev, want)
+				}
+			}
+			for i, m := range c.DeploymentStats {
+				if want := fmt.Sprintf("s%d", i); m.Name != want || m.Value != float64(i)+0.25 {
+					t.Fatalf("deployment stat %d is %v, want %s: %d.25", i, m, want, i)
+				}
 			}
 			wantOut := slices.Clone(md.OutputShape)
 			wantDevs := slices.Clone(md.DeviceRequirements)
