@@ -28,16 +28,11 @@ func (e openblasEngine) linear(m, n, k int, a []float32, lda int, w []float32, l
 		linearNoK(m, n, c, ldc, ep)
 		return
 	}
-	beta := float32(0)
-	if ep.Bias != nil {
-		// Start from the bias rows so that OpenBLAS adds the product to them.
-		for i := range m {
-			copy(c[i*ldc:i*ldc+n], ep.Bias[:n])
-		}
-		beta = 1
-	}
-	e.sgemm(false, true, m, n, k, 1, a, lda, w, ldw, beta, c, ldc)
-	if ep.Act != ActNone {
+	// Bias, product and ReLU in one cgo call (the bias rows start C and
+	// OpenBLAS adds the product with beta = 1); other activations run here.
+	relu := ep.Act == ActReLU
+	openblas.Linear(m, n, k, a, lda, w, ldw, c, ldc, ep.Bias, relu)
+	if ep.Act != ActNone && !relu {
 		for i := range m {
 			activate(ep.Act, c[i*ldc:i*ldc+n])
 		}

@@ -5,8 +5,32 @@
 package openblas
 
 /*
+#cgo CFLAGS: -O3
 #cgo LDFLAGS: -lopenblas
+#include <string.h>
 #include <cblas.h>
+
+// kh_linear computes c = a · wᵀ (+ bias broadcast over rows) and, when relu
+// is set, max(c, 0) keeping NaN, in one call across the cgo boundary. The
+// ReLU loop is branch-free so that the compiler vectorizes it.
+static void kh_linear(int m, int n, int k, const float *a, int lda, const float *w, int ldw,
+		float *c, int ldc, const float *bias, int relu) {
+	float beta = 0.0f;
+	if (bias) {
+		for (int i = 0; i < m; i++) memcpy(c + (size_t)i * ldc, bias, (size_t)n * sizeof(float));
+		beta = 1.0f;
+	}
+	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, a, lda, w, ldw, beta, c, ldc);
+	if (relu) {
+		for (int i = 0; i < m; i++) {
+			float *r = c + (size_t)i * ldc;
+			for (int j = 0; j < n; j++) {
+				float v = r[j];
+				r[j] = (v > 0.0f || v != v) ? v : 0.0f;
+			}
+		}
+	}
+}
 */
 import "C"
 
@@ -30,6 +54,18 @@ func trans(t bool) C.enum_CBLAS_TRANSPOSE {
 func Sgemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
 	C.cblas_sgemm(C.CblasRowMajor, trans(transA), trans(transB), C.blasint(m), C.blasint(n), C.blasint(k),
 		C.float(alpha), ptr(a), C.blasint(lda), ptr(b), C.blasint(ldb), C.float(beta), ptr(c), C.blasint(ldc))
+}
+
+// Linear computes c[m, n] = a[m, k] · w[n, k]ᵀ, adding bias (length n, or
+// empty for none) to every row and then, when relu is set, ReLU (NaN kept,
+// as PyTorch does), all in one cgo call. Arguments already validated by the
+// caller; k > 0.
+func Linear(m, n, k int, a []float32, lda int, w []float32, ldw int, c []float32, ldc int, bias []float32, relu bool) {
+	r := C.int(0)
+	if relu {
+		r = 1
+	}
+	C.kh_linear(C.int(m), C.int(n), C.int(k), ptr(a), C.int(lda), ptr(w), C.int(ldw), ptr(c), C.int(ldc), ptr(bias), r)
 }
 
 // SetThreads sets how many threads OpenBLAS uses for later calls (its
