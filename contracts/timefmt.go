@@ -4,6 +4,7 @@ import (
 	"math"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -26,15 +27,30 @@ func UnixNow() float64 { return float64(time.Now().UnixMicro()) / 1e6 }
 
 var zones sync.Map // offset seconds → *time.Location
 
+// zoneEntry is one offset's location; lastZone holds the most recent,
+// since a service's timestamps nearly always share one offset and an
+// atomic load is cheaper than a sync.Map lookup per timestamp.
+type zoneEntry struct {
+	offset int
+	loc    *time.Location
+}
+
+var lastZone atomic.Pointer[zoneEntry]
+
 func zoneFor(offset int) *time.Location {
 	if offset == 0 {
 		return time.UTC
 	}
-	if z, ok := zones.Load(offset); ok {
-		return z.(*time.Location)
+	if z := lastZone.Load(); z != nil && z.offset == offset {
+		return z.loc
 	}
-	z, _ := zones.LoadOrStore(offset, time.FixedZone("", offset))
-	return z.(*time.Location)
+	z, ok := zones.Load(offset)
+	if !ok {
+		z, _ = zones.LoadOrStore(offset, time.FixedZone("", offset))
+	}
+	loc := z.(*time.Location)
+	lastZone.Store(&zoneEntry{offset, loc})
+	return loc
 }
 
 func digits(b []byte, i, n int) (int, bool) {
@@ -133,6 +149,7 @@ func parseTimestamp(b []byte) (time.Time, string) {
 		return time.Time{}, "input should be a valid datetime, time out of range"
 	}
 	loc := Naive
+	off := 0
 	if i < len(b) {
 		switch c := b[i]; c {
 		case 'Z', 'z':
@@ -154,7 +171,7 @@ func parseTimestamp(b []byte) (time.Time, string) {
 			if !ok || oh > 23 || om > 59 {
 				return time.Time{}, "input should be a valid datetime, invalid timezone offset"
 			}
-			off := oh*3600 + om*60
+			off = oh*3600 + om*60
 			if c == '-' {
 				off = -off
 			}
@@ -165,10 +182,6 @@ func parseTimestamp(b []byte) (time.Time, string) {
 	}
 	if i != len(b) {
 		return time.Time{}, "input should be a valid datetime, unexpected extra characters at the end"
-	}
-	off := 0
-	if loc != Naive && loc != time.UTC {
-		_, off = time.Time{}.In(loc).Zone()
 	}
 	unix := daysFromCivil(year, month, day)*86400 + int64(hour*3600+minute*60+sec) - int64(off)
 	return time.Unix(unix, int64(nsec)).In(loc), ""
