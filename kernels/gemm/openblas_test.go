@@ -4,6 +4,7 @@ package gemm
 
 import (
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"os"
 	"runtime"
@@ -91,5 +92,53 @@ func BenchmarkOpenBLASThreads(b *testing.B) {
 			}
 			b.ReportMetric(2*m*n*k*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
 		})
+	}
+}
+
+// TestOpenBLASLinearMatchesPortableAndLeavesRowPaddingAlone checks the
+// one-call bias + sgemm + ReLU path against the portable engine on strided
+// output rows, with negative zeros and NaN among the inputs.
+func TestOpenBLASLinearMatchesPortableAndLeavesRowPaddingAlone(t *testing.T) {
+	def := Implementation()
+	defer func() { _ = Use(def) }()
+	const m, n, k, ldc, sentinel = 5, 7, 9, 10, float32(42)
+	r := rand.New(rand.NewPCG(3, 4))
+	a, w, bias := randSlice(r, m*k), randSlice(r, n*k), randSlice(r, n)
+	a[2*k+1] = float32(math.NaN())
+	bias[0] = float32(math.Copysign(0, -1))
+	for _, act := range []Activation{ActNone, ActReLU, ActTanh} {
+		for _, withBias := range []bool{false, true} {
+			t.Run(fmt.Sprintf("act=%d/bias=%v", act, withBias), func(t *testing.T) {
+				ep := Epilogue{Act: act}
+				if withBias {
+					ep.Bias = bias
+				}
+				got, want := make([]float32, m*ldc), make([]float32, m*ldc)
+				for i := range got {
+					got[i], want[i] = sentinel, sentinel
+				}
+				for impl, c := range map[string][]float32{"openblas": got, "portable": want} {
+					if err := Use(impl); err != nil {
+						t.Fatal(err)
+					}
+					Linear(m, n, k, a, k, w, k, c, ldc, ep)
+				}
+				for i := range m {
+					for j := range ldc {
+						g, x := got[i*ldc+j], want[i*ldc+j]
+						switch {
+						case j >= n && g != sentinel:
+							t.Fatalf("row %d padding [%d] = %g, want untouched %g", i, j, g, sentinel)
+						case (g != g) != (x != x):
+							t.Fatalf("c[%d,%d] = %g, portable %g (NaN must match)", i, j, g, x)
+						case g == g && math.Abs(float64(g-x)) > 1e-4*(1+math.Abs(float64(x))):
+							t.Fatalf("c[%d,%d] = %g, portable %g", i, j, g, x)
+						case act == ActReLU && g == 0 && math.Signbit(float64(g)):
+							t.Fatalf("c[%d,%d] = -0 after ReLU, want +0", i, j)
+						}
+					}
+				}
+			})
+		}
 	}
 }
