@@ -87,6 +87,14 @@ type Publisher interface {
 	Publish(msg contracts.OonaMessage) error
 }
 
+// healthSignalPublisher is a Publisher's optional fast path for health
+// signals (oona's buses have it): the signal is encoded straight from the
+// struct, as the message NewOonaMessage(senderID, traceID,
+// TopicTelemetrySeedHealth, <its fields>) would be.
+type healthSignalPublisher interface {
+	PublishHealthSignal(senderID, traceID string, sig contracts.HealthSignal) error
+}
+
 // Config configures a Host. Zero values take the defaults documented on
 // each field.
 type Config struct {

@@ -58,9 +58,14 @@ func (h *Host) EmitSignals() []contracts.HealthSignal {
 		out = append(out, sig)
 		h.metrics.observeSignal(l.seed.layer, l.seed.idx, l.name, &sig, sum)
 		if h.pub != nil {
-			msg := contracts.NewOonaMessage(h.senderID(), traceID(l.seed.layer, l.seed.idx, l.name),
-				contracts.TopicTelemetrySeedHealth, signalPayload(&sig))
-			if err := h.pub.Publish(msg); err != nil {
+			var err error
+			if fast, ok := h.pub.(healthSignalPublisher); ok {
+				err = fast.PublishHealthSignal(h.senderID(), traceID(l.seed.layer, l.seed.idx, l.name), sig)
+			} else {
+				err = h.pub.Publish(contracts.NewOonaMessage(h.senderID(), traceID(l.seed.layer, l.seed.idx, l.name),
+					contracts.TopicTelemetrySeedHealth, signalPayload(&sig)))
+			}
+			if err != nil {
 				h.log.Warn("health signal not published", slog.String("kernel", l.name), slog.Any("err", err))
 			}
 		}

@@ -3,73 +3,121 @@ package oona
 import (
 	"context"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/esper/kasmina-host/contracts"
 )
 
 // BenchmarkPublisherRedis measures health signals per second through the
-// publisher (Publish, encode, buffer, pipelined XADD, acknowledged) into a
-// local redis-server without persistence. OONA_BENCH_REDIS=host:port uses
-// a server already running (bench/oona/run.sh runs redis-benchmark against
-// the same one); otherwise the benchmark starts its own.
+// publisher (encode, buffer, pipelined XADD, acknowledged) into a local
+// redis-server without persistence: health_signal is PublishHealthSignal,
+// the path the runtime takes; message is Publish with a map payload.
+// OONA_BENCH_REDIS=host:port uses a server already running
+// (bench/oona/run.sh runs redis-benchmark against the same one); otherwise
+// the benchmark starts its own.
 func BenchmarkPublisherRedis(b *testing.B) {
 	addr := os.Getenv("OONA_BENCH_REDIS")
 	if addr == "" {
 		srv := startRedis(b, "--appendonly", "no")
 		addr = srv.addr()
 	}
-	msgs := make([]contracts.OonaMessage, 1024)
-	for i := range msgs {
+	const senderID = "kasmina-host.test-node"
+	sigs := make([]contracts.HealthSignal, 1024)
+	traces := make([]string, len(sigs))
+	msgs := make([]contracts.OonaMessage, len(sigs))
+	for i := range sigs {
+		sigs[i] = healthSignal(i)
+		traces[i] = "telemetry-" + strconv.Itoa(i)
 		msgs[i] = healthMessage(b, i)
 	}
-	rc := redis.NewClient(&redis.Options{Addr: addr})
-	defer rc.Close()
-	_ = rc.Del(context.Background(), string(contracts.TopicTelemetrySeedHealth)).Err()
-	cfg := Config{URL: "redis://" + addr + "/0", HostID: "bench", Publisher: PublisherOptions{
-		MaxBuffered: max(b.N, 10000), MaxBufferedBytes: 1 << 30,
-	}}
-	bus, err := NewRedisBus(context.Background(), cfg, nil)
-	if err != nil {
-		b.Fatal(err)
+	for _, c := range []struct {
+		name    string
+		publish func(bus *RedisBus, i int) error
+	}{
+		{"health_signal", func(bus *RedisBus, i int) error {
+			return bus.PublishHealthSignal(senderID, traces[i%len(sigs)], sigs[i%len(sigs)])
+		}},
+		{"message", func(bus *RedisBus, i int) error { return bus.Publish(msgs[i%len(msgs)]) }},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			rc := redis.NewClient(&redis.Options{Addr: addr})
+			defer rc.Close()
+			_ = rc.Del(context.Background(), string(contracts.TopicTelemetrySeedHealth)).Err()
+			cfg := Config{URL: "redis://" + addr + "/0", HostID: "bench", Publisher: PublisherOptions{
+				MaxBuffered: max(b.N, 10000), MaxBufferedBytes: 1 << 30,
+			}}
+			bus, err := NewRedisBus(context.Background(), cfg, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer bus.Close(context.Background())
+			b.ReportAllocs()
+			b.ResetTimer()
+			start := time.Now()
+			for i := 0; i < b.N; i++ {
+				if err := c.publish(bus, i); err != nil {
+					b.Fatal(err)
+				}
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			defer cancel()
+			if err := bus.Flush(ctx); err != nil {
+				b.Fatal(err)
+			}
+			elapsed := time.Since(start)
+			b.StopTimer()
+			if s := bus.Stats(); s.Dropped != 0 || s.Delivered != uint64(b.N) {
+				b.Fatalf("benchmark lost messages: %+v", s)
+			}
+			b.ReportMetric(float64(b.N)/elapsed.Seconds(), "signals/s")
+		})
 	}
-	defer bus.Close(context.Background())
-	b.ReportAllocs()
-	b.ResetTimer()
-	start := time.Now()
-	for i := 0; i < b.N; i++ {
-		if err := bus.Publish(msgs[i%len(msgs)]); err != nil {
-			b.Fatal(err)
-		}
-	}
-	if err := bus.Flush(context.Background()); err != nil {
-		b.Fatal(err)
-	}
-	elapsed := time.Since(start)
-	b.StopTimer()
-	if s := bus.Stats(); s.Dropped != 0 || s.Delivered != uint64(b.N) {
-		b.Fatalf("benchmark lost messages: %+v", s)
-	}
-	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "signals/s")
 }
 
-// TestWriteBenchEntry writes the wire fields of one health message,
-// NUL-separated, to $OONA_BENCH_ENTRY_OUT, so bench/oona/run.sh can make
-// redis-benchmark XADD an entry of the same size. Skipped otherwise.
+// BenchmarkEncodeHealthSignal is the encoding cost of one health signal on
+// the fast path and through a map payload.
+func BenchmarkEncodeHealthSignal(b *testing.B) {
+	sig := healthSignal(7)
+	msg := healthMessage(b, 7)
+	b.Run("health_signal", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := encodeHealthSignal(uuid.New(), contracts.Now(), "kasmina-host.test-node", "telemetry-7", &sig); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("message", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := encodeFields(&msg); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// TestWriteBenchEntry writes the wire fields of one health signal as the
+// runtime publishes it (PublishHealthSignal), NUL-separated, to
+// $OONA_BENCH_ENTRY_OUT, so bench/oona/run.sh can make redis-benchmark XADD
+// an entry of the same size. Skipped otherwise.
 func TestWriteBenchEntry(t *testing.T) {
 	out := os.Getenv("OONA_BENCH_ENTRY_OUT")
 	if out == "" {
 		t.Skip("OONA_BENCH_ENTRY_OUT not set (used by bench/oona/run.sh)")
 	}
-	fields, err := EncodeFields(healthMessage(t, 7))
+	sig := healthSignal(7)
+	e, err := encodeHealthSignal(uuid.New(), contracts.Now(), "kasmina-host.test-node", "telemetry-7", &sig)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(out, []byte(strings.Join(fields, "\x00")+"\x00"), 0o644); err != nil {
+	if err := os.WriteFile(out, []byte(strings.Join(e.pairs(), "\x00")+"\x00"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -75,12 +75,14 @@ func (o PublisherOptions) withDefaults() PublisherOptions {
 
 // entry is one encoded message waiting for the sink.
 type entry struct {
-	stream  string   // the topic, which is the stream name
-	eventID string   // for logs
-	fields  []string // name, value, name, value ... in wire order
-	size    int      // bytes of names and values, for the byte bound
-	line    []byte   // the JSON line, embedded bus only
+	stream string            // the topic, which is the stream name
+	vals   [numFields]string // field values, in the order of fieldNames
+	size   int               // bytes of names and values, for the byte bound
+	line   []byte            // the JSON line, embedded bus only
 }
+
+// eventID is the entry's event_id, for logs.
+func (e *entry) eventID() string { return e.vals[0] }
 
 // sink is where the buffered publisher delivers: Redis or the JSON-lines
 // writer of the embedded bus.
@@ -339,7 +341,7 @@ func (p *bufferedPublisher) settle(batch []entry, errs []error) error {
 		case p.sink.permanent(err):
 			p.countDrop(e.stream, DropPermanent, 1)
 			p.inflightBytes -= e.size
-			p.logger.Error("oona: bus refused message, dropped", slog.String("topic", e.stream), slog.String("event_id", e.eventID), slog.Any("error", err))
+			p.logger.Error("oona: bus refused message, dropped", slog.String("topic", e.stream), slog.String("event_id", e.eventID()), slog.Any("error", err))
 		default:
 			if firstErr == nil {
 				firstErr = err

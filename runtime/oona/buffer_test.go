@@ -55,7 +55,7 @@ func (s *gatedSink) write(ctx context.Context, batch []entry) []error {
 	defer s.mu.Unlock()
 	for i, e := range batch {
 		if errs[i] = answer(i); errs[i] == nil {
-			s.delivered = append(s.delivered, e.eventID)
+			s.delivered = append(s.delivered, e.eventID())
 		}
 	}
 	return errs
@@ -83,7 +83,7 @@ func (s *gatedSink) got() []string {
 func ok(int) error { return nil }
 
 func testEntry(i int) entry {
-	return entry{stream: "telemetry.seed.health", eventID: fmt.Sprint(i), size: 100}
+	return entry{stream: "telemetry.seed.health", vals: [numFields]string{fmt.Sprint(i)}, size: 100}
 }
 
 func fastOpts(maxBuffered int) PublisherOptions {

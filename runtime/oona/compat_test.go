@@ -38,17 +38,29 @@ func TestPythonReadsHostSignalsAndSendsCommand(t *testing.T) {
 	stop := startConsumer(t, bus, h)
 	defer stop()
 
+	// Half through Publish (a map payload), half through the fast path the
+	// runtime takes for health signals.
 	const n = 200
 	for i := range n {
-		if err := bus.Publish(healthMessage(t, i)); err != nil {
+		var err error
+		if i%2 == 0 {
+			err = bus.Publish(healthMessage(t, i))
+		} else {
+			err = bus.PublishHealthSignal("kasmina-host.test-node", "telemetry-"+strconv.Itoa(i), healthSignal(i))
+		}
+		if err != nil {
 			t.Fatal(err)
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	if err := bus.Flush(ctx); err != nil {
+	fctx, fcancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer fcancel()
+	if err := bus.Flush(fctx); err != nil {
 		t.Fatal(err)
 	}
+	// Each run of the script gets its own deadline: starting Python and
+	// importing Pydantic takes seconds on a loaded machine.
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
 	// The group must exist before the script's command lands ("$").
 	waitFor(t, "consumer group", func() bool { return bus.ConsumerStats() == ConsumerStats{} && groupExists(srv, "kasmina-compat-node") })
 
@@ -83,7 +95,9 @@ func TestPythonReadsHostSignalsAndSendsCommand(t *testing.T) {
 	rc := redis.NewClient(&redis.Options{Addr: srv.addr()})
 	defer rc.Close()
 	xaddFields(t, rc, string(bad.Topic), fields...)
-	out, err = exec.CommandContext(ctx, py, "testdata/oona_compat.py", strconv.Itoa(srv.port), strconv.Itoa(n+1), "layer1").Output()
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel2()
+	out, err = exec.CommandContext(ctx2, py, "testdata/oona_compat.py", strconv.Itoa(srv.port), strconv.Itoa(n+1), "layer1").Output()
 	if err == nil || !strings.Contains(string(out), "sender_id read back as 'int'") {
 		t.Fatalf("compat script accepted a sender_id of 42: %v %s", err, out)
 	}

@@ -34,6 +34,16 @@
 //
 // # Publishing
 //
+// PublishHealthSignal is the fast path for the host's most frequent
+// message: it writes the same entry as Publish of
+// NewOonaMessage(sender, trace, telemetry.seed.health, <the signal's
+// fields>), validated by HealthSignal.Validate, with the payload encoded
+// from the struct (HealthSignal.AppendJSON: the contract's field order and
+// number spelling, which the Python reader's json.loads does not care
+// about) instead of through a map; the runtime uses it when its publisher
+// has it. The Redis sink reuses one argument buffer per batch and passes
+// values by pointer, so an entry costs one allocation to encode.
+//
 // Publish validates and encodes the message on the caller's goroutine and
 // queues it in a bounded buffer (10 000 messages and 16 MiB by default); it
 // never waits for the bus. One flusher goroutine writes batches of up to

@@ -164,12 +164,8 @@ func (s *lineSink) write(_ context.Context, batch []entry) []error {
 			continue
 		}
 		for _, sub := range s.subs[batch[i].stream] {
-			m := make(map[string]string, len(batch[i].fields)/2)
-			for j := 0; j+1 < len(batch[i].fields); j += 2 {
-				m[batch[i].fields[j]] = batch[i].fields[j+1]
-			}
 			select {
-			case sub.ch <- m:
+			case sub.ch <- batch[i].fieldMap():
 			default:
 				sub.lost.Add(1)
 			}

@@ -15,6 +15,10 @@ import (
 type Bus interface {
 	// Publish queues msg without blocking.
 	Publish(msg contracts.OonaMessage) error
+	// PublishHealthSignal queues a telemetry.seed.health message carrying
+	// sig without blocking: Publish's fast path for the host's most
+	// frequent message.
+	PublishHealthSignal(senderID, traceID string, sig contracts.HealthSignal) error
 	// Flush waits until everything published so far is delivered or dropped.
 	Flush(ctx context.Context) error
 	// Close flushes until ctx ends and releases the bus.

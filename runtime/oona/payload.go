@@ -279,6 +279,9 @@ func appendWireTimestamp(b []byte, t time.Time) []byte {
 	if contracts.IsNaive(t) {
 		return t.AppendFormat(b, naiveLayout(t))
 	}
+	if t.Location() == time.UTC {
+		return appendUTCTimestamp(b, t)
+	}
 	_, off := t.Zone()
 	if off == 0 {
 		b = t.AppendFormat(b, naiveLayout(t))
@@ -295,4 +298,30 @@ func naiveLayout(t time.Time) string {
 		return "2006-01-02T15:04:05.000000"
 	}
 	return "2006-01-02T15:04:05"
+}
+
+// appendUTCTimestamp is appendWireTimestamp for a UTC time (every message
+// the host makes), digit by digit: Time.AppendFormat parses its layout on
+// every call.
+func appendUTCTimestamp(b []byte, t time.Time) []byte {
+	y, mo, d := t.Date()
+	h, mi, s := t.Clock()
+	b = append(b, byte('0'+y/1000), byte('0'+y/100%10), byte('0'+y/10%10), byte('0'+y%10), '-')
+	b = append2(b, int(mo), '-')
+	b = append2(b, d, 'T')
+	b = append2(b, h, ':')
+	b = append2(b, mi, ':')
+	b = append(b, byte('0'+s/10), byte('0'+s%10))
+	if us := t.Nanosecond() / 1000; us != 0 {
+		b = append(b, '.')
+		for div := 100000; div > 0; div /= 10 {
+			b = append(b, byte('0'+us/div%10))
+		}
+	}
+	return append(b, 'Z')
+}
+
+// append2 writes v (0..99) as two digits followed by sep.
+func append2(b []byte, v int, sep byte) []byte {
+	return append(b, byte('0'+v/10), byte('0'+v%10), sep)
 }

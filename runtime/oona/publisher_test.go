@@ -4,12 +4,17 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"math"
+	"reflect"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
@@ -254,6 +259,118 @@ func TestCollectorExportsCountersByTopic(t *testing.T) {
 				if v, ok := got[key]; !ok || v != want {
 					t.Errorf("%s = %v (present %v), want %v", key, v, ok, want)
 				}
+			}
+		})
+	}
+}
+
+// TestPublishHealthSignalWritesWhatPublishWrites checks the fast path
+// against Publish on both buses: the same fields in the same order, the
+// payload exactly the HealthSignal's fields with the same values (key order
+// and number spelling may differ; the Python reader json.loads it), ids and
+// timestamps that decode, and the embedded bus's JSON line the same
+// message as the stream entry.
+func TestPublishHealthSignalWritesWhatPublishWrites(t *testing.T) {
+	for _, impl := range implementations {
+		t.Run(impl.name, func(t *testing.T) {
+			b := impl.open(t)
+			const n = 300 // more than one batch
+			sigs := make([]contracts.HealthSignal, n)
+			for i := range n {
+				sigs[i] = healthSignal(i)
+				if err := b.bus.PublishHealthSignal("kasmina-host.test-node", "layer1/"+strconv.Itoa(i%4)+"/k", sigs[i]); err != nil {
+					t.Fatalf("PublishHealthSignal %d: %v", i, err)
+				}
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			defer cancel()
+			if err := b.bus.Flush(ctx); err != nil {
+				t.Fatal(err)
+			}
+			got := b.readBack(t, string(contracts.TopicTelemetrySeedHealth))
+			if len(got) != n {
+				t.Fatalf("read back %d entries, want %d", len(got), n)
+			}
+			ids := map[string]bool{}
+			for i, fields := range got {
+				if len(fields) != numFields {
+					t.Fatalf("entry %d has fields %v, want exactly %v", i, fields, fieldNames)
+				}
+				msg, err := DecodeFields(fields)
+				if err != nil {
+					t.Fatalf("entry %d does not decode: %v", i, err)
+				}
+				if _, err := uuid.Parse(msg.EventID); err != nil || ids[msg.EventID] {
+					t.Fatalf("entry %d event_id %q is not a fresh UUID", i, msg.EventID)
+				}
+				ids[msg.EventID] = true
+				if msg.SenderID != "kasmina-host.test-node" || msg.TraceID != "layer1/"+strconv.Itoa(i%4)+"/k" || msg.Topic != contracts.TopicTelemetrySeedHealth {
+					t.Fatalf("entry %d is %+v", i, msg)
+				}
+				if time.Since(msg.Timestamp) > time.Minute || msg.Timestamp.Location() != time.UTC {
+					t.Fatalf("entry %d timestamp %v is not the publish time in UTC", i, msg.Timestamp)
+				}
+				// The payload is the HealthSignal: the contract decodes it
+				// back to the same value, and it holds the same keys and
+				// values as the map payload Publish would write.
+				sig, err := contracts.DecodeHealthSignal([]byte(fields[FieldPayload]))
+				if err != nil || sig != sigs[i] {
+					t.Fatalf("entry %d payload %s decodes to %+v (%v), want %+v", i, fields[FieldPayload], sig, err, sigs[i])
+				}
+				var fast, slow map[string]any
+				if err := json.Unmarshal([]byte(fields[FieldPayload]), &fast); err != nil {
+					t.Fatal(err)
+				}
+				want := healthMessage(t, i)
+				want.Payload["timestamp"] = sig.Timestamp
+				wantFields, _ := EncodeFields(want)
+				if err := json.Unmarshal([]byte(wantFields[2*5+1]), &slow); err != nil {
+					t.Fatal(err)
+				}
+				if !reflect.DeepEqual(fast, slow) {
+					t.Fatalf("entry %d payload %v, Publish would write %v", i, fast, slow)
+				}
+			}
+			if s := b.bus.Stats(); s.Published != n || s.Delivered != n {
+				t.Fatalf("stats = %+v", s)
+			}
+		})
+	}
+}
+
+func TestPublishHealthSignalRefusesWhatPublishRefuses(t *testing.T) {
+	for _, impl := range implementations {
+		t.Run(impl.name, func(t *testing.T) {
+			b := impl.open(t)
+			nan := healthSignal(1)
+			nan.HealthScore = math.NaN()
+			negative := healthSignal(1)
+			negative.LayerID = -1
+			for _, c := range []struct {
+				name, sender, trace string
+				sig                 contracts.HealthSignal
+				want                error
+				names               string
+			}{
+				{"numeric sender", "42", "t", healthSignal(1), ErrAmbiguousField, FieldSenderID},
+				{"boolean trace", "s", "true", healthSignal(1), ErrAmbiguousField, FieldTraceID},
+				{"sender not UTF-8", "s\xff", "t", healthSignal(1), ErrInvalidMessage, FieldSenderID},
+				{"NaN health score", "s", "t", nan, ErrInvalidMessage, "health_score"},
+				{"negative layer", "s", "t", negative, ErrInvalidMessage, "layer_id"},
+			} {
+				err := b.bus.PublishHealthSignal(c.sender, c.trace, c.sig)
+				if !errors.Is(err, c.want) || !strings.Contains(err.Error(), c.names) {
+					t.Errorf("%s: PublishHealthSignal = %v, want %v naming %s", c.name, err, c.want, c.names)
+				}
+			}
+			if s := b.bus.Stats(); s.Published != 0 {
+				t.Fatalf("refused signals were counted as published: %+v", s)
+			}
+			if err := b.bus.Close(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if err := b.bus.PublishHealthSignal("s", "t", healthSignal(1)); !errors.Is(err, ErrClosed) {
+				t.Fatalf("PublishHealthSignal after Close = %v, want ErrClosed", err)
 			}
 		})
 	}

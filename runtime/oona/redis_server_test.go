@@ -127,10 +127,8 @@ func (s *redisServer) testConfig(host string) Config {
 	}
 }
 
-// healthMessage returns a telemetry.seed.health message carrying a real
-// HealthSignal as its payload, the way the runtime will build it.
-func healthMessage(t testing.TB, i int) contracts.OonaMessage {
-	t.Helper()
+// healthSignal returns the i-th HealthSignal of a test stream.
+func healthSignal(i int) contracts.HealthSignal {
 	h := contracts.NewHealthSignal()
 	h.LayerID, h.SeedID, h.ChunkID, h.Epoch = i%12, i%4, i%7, i/100
 	h.ActivationVariance = 0.0125 + float64(i%10)/1000
@@ -138,6 +136,14 @@ func healthMessage(t testing.TB, i int) contracts.OonaMessage {
 	h.AvgCorrelation = -0.25
 	h.HealthScore = 0.875
 	h.ExecutionLatency = 1.5e-4
+	return h
+}
+
+// healthMessage returns a telemetry.seed.health message carrying a real
+// HealthSignal as its payload, built as a map the way Publish takes it.
+func healthMessage(t testing.TB, i int) contracts.OonaMessage {
+	t.Helper()
+	h := healthSignal(i)
 	var payload map[string]any
 	if err := json.Unmarshal(h.AppendJSON(nil), &payload); err != nil {
 		t.Fatal(err)

@@ -8,36 +8,56 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// redisSink XADDs batches through one pipeline per batch.
+// redisSink XADDs batches through one pipeline per batch. Only the
+// flusher goroutine calls write, so the argument buffer is reused.
 type redisSink struct {
 	client *redis.Client
 	maxLen int64
+
+	args    []any // arguments of every XADD of the last batch, reused
+	streams map[string]any
+	cmds    []*redis.StringCmd
+}
+
+// streamArg returns the stream name as an interface value, boxed once per
+// stream rather than once per entry.
+func (s *redisSink) streamArg(stream string) any {
+	if a, ok := s.streams[stream]; ok {
+		return a
+	}
+	if s.streams == nil || len(s.streams) > 64 {
+		s.streams = make(map[string]any)
+	}
+	a := any(stream)
+	s.streams[stream] = a
+	return a
 }
 
 func (s *redisSink) write(ctx context.Context, batch []entry) []error {
 	pipe := s.client.Pipeline()
-	cmds := make([]*redis.StringCmd, len(batch))
-	total := 0
-	for i := range batch {
-		total += 6 + len(batch[i].fields)
+	const perEntry = 6 + 2*numFields // xadd stream [maxlen ~ n] * name value ...
+	if cap(s.args) < perEntry*len(batch) {
+		s.args = make([]any, 0, perEntry*len(batch))
 	}
-	all := make([]any, 0, total) // one allocation for the batch's arguments
+	args := s.args[:0] // never grows below: the commands keep subslices
+	cmds := s.cmds[:0]
 	for i := range batch {
 		e := &batch[i]
-		args := all[len(all):len(all):cap(all)]
-		args = append(args, "xadd", e.stream)
+		start := len(args)
+		args = append(args, "xadd", s.streamArg(e.stream))
 		if s.maxLen > 0 && !strings.HasPrefix(e.stream, "control.") {
-			args = append(args, "maxlen", "~", s.maxLen)
+			args = append(args, "maxlen", "~", &s.maxLen)
 		}
 		args = append(args, "*")
-		for _, f := range e.fields {
-			args = append(args, f)
+		// Values go in as *string: a pointer needs no allocation to
+		// become an interface value, a string does. The batch outlives
+		// the pipeline.
+		for k := range e.vals {
+			args = append(args, fieldNames[k], &e.vals[k])
 		}
-		all = all[:len(all)+len(args)]
-		args = args[:len(args):len(args)] // the next command's arguments follow
-		cmd := redis.NewStringCmd(ctx, args...)
+		cmd := redis.NewStringCmd(ctx, args[start:len(args):len(args)]...)
 		_ = pipe.Process(ctx, cmd)
-		cmds[i] = cmd
+		cmds = append(cmds, cmd)
 	}
 	_, execErr := pipe.Exec(ctx)
 	errs := make([]error, len(batch))
@@ -54,6 +74,10 @@ func (s *redisSink) write(ctx context.Context, batch []entry) []error {
 		}
 		errs[i] = err
 	}
+	// Drop the references to this batch's entries and commands.
+	clear(args)
+	clear(cmds)
+	s.args, s.cmds = args[:0], cmds[:0]
 	return errs
 }
 

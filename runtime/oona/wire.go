@@ -22,6 +22,13 @@ const (
 	FieldPayload   = "payload"
 )
 
+// numFields is the number of fields of a stream entry.
+const numFields = 6
+
+// fieldNames are the entry's field names in wire order; entry.vals holds
+// the values in the same order.
+var fieldNames = [numFields]string{FieldEventID, FieldSenderID, FieldTimestamp, FieldTraceID, FieldTopic, FieldPayload}
+
 // Sentinel errors of the wire format.
 var (
 	// ErrAmbiguousField is returned (wrapped, naming the field) when a
@@ -158,21 +165,21 @@ func encodeFields(msg *contracts.OonaMessage) (entry, error) {
 	if err != nil {
 		return entry{}, fmt.Errorf("%w: %w", ErrInvalidMessage, err)
 	}
-	ts := string(appendWireTimestamp(make([]byte, 0, 32), msg.Timestamp))
 	topic := string(msg.Topic)
-	fields := []string{
-		FieldEventID, msg.EventID,
-		FieldSenderID, msg.SenderID,
-		FieldTimestamp, ts,
-		FieldTraceID, msg.TraceID,
-		FieldTopic, topic,
-		FieldPayload, payload,
+	e := entry{stream: topic, vals: [numFields]string{
+		msg.EventID, msg.SenderID, string(appendWireTimestamp(make([]byte, 0, 32), msg.Timestamp)), msg.TraceID, topic, payload,
+	}}
+	e.size = entrySize(&e.vals)
+	return e, nil
+}
+
+// entrySize is the bytes of an entry's names and values.
+func entrySize(vals *[numFields]string) int {
+	n := 0
+	for k := range vals {
+		n += len(fieldNames[k]) + len(vals[k])
 	}
-	size := 0
-	for _, f := range fields {
-		size += len(f)
-	}
-	return entry{stream: topic, eventID: msg.EventID, fields: fields, size: size}, nil
+	return n
 }
 
 // EncodeFields returns the stream entry fields of msg as name/value pairs in
@@ -182,7 +189,25 @@ func EncodeFields(msg contracts.OonaMessage) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	return e.fields, nil
+	return e.pairs(), nil
+}
+
+// pairs returns the entry's fields as name/value pairs in wire order.
+func (e *entry) pairs() []string {
+	out := make([]string, 0, 2*numFields)
+	for k := range e.vals {
+		out = append(out, fieldNames[k], e.vals[k])
+	}
+	return out
+}
+
+// fieldMap returns the entry's fields as a map, as a reader sees them.
+func (e *entry) fieldMap() map[string]string {
+	m := make(map[string]string, numFields)
+	for k := range e.vals {
+		m[fieldNames[k]] = e.vals[k]
+	}
+	return m
 }
 
 // DecodeFields decodes a stream entry written by the Python Oona client or

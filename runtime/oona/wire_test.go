@@ -46,6 +46,11 @@ func TestWireTimestampMatchesContractJSON(t *testing.T) {
 		time.Date(2026, 1, 2, 3, 4, 5, 600000000, time.FixedZone("", 2*3600)),
 		time.Date(2026, 1, 2, 3, 4, 5, 0, time.FixedZone("", -(5*3600+30*60))),
 		time.Date(2026, 1, 2, 3, 4, 5, 7000, contracts.Naive),
+		time.Date(1, 1, 1, 0, 0, 0, 1000, time.UTC),
+		time.Date(9999, 12, 31, 23, 59, 59, 999999000, time.UTC),
+		time.Date(2026, 3, 9, 7, 8, 9, 500, time.UTC), // under a microsecond
+		time.Date(2026, 10, 19, 20, 30, 40, 100000, time.UTC),
+		time.Unix(1795000000, 123456789).UTC(),
 	} {
 		msg := contracts.OonaMessage{EventID: "e-x", SenderID: "s", TraceID: "t", Topic: contracts.TopicSystemEventsEpoch, Timestamp: ts, Payload: map[string]any{}}
 		var env map[string]json.RawMessage
