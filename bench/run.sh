@@ -29,9 +29,11 @@ out=${RESULTS_DIR:-$(mktemp -d)}
 mkdir -p "$out"
 [[ -z "${RESULTS_DIR:-}" ]] && trap 'kh_stop; rm -rf "$out"' EXIT || trap 'kh_stop' EXIT
 if [[ "$quick" == 1 ]]; then
-	rounds=1 benchtime=300ms count=1 oona_n=50000 oona_rounds=1 wrk_d=4s repeat=100 gobt=300ms
+	rounds=1 count=1 oona_n=50000 oona_rounds=1 wrk_d=4s repeat=100 gobt=300ms
+	kernels_env=(ROUNDS=2 SAMPLES=3)
 else
-	rounds=3 benchtime=2s count=2 oona_n=200000 oona_rounds=3 wrk_d=10s repeat=400 gobt=1s
+	rounds=3 count=2 oona_n=200000 oona_rounds=3 wrk_d=10s repeat=400 gobt=1s
+	kernels_env=() # bench/kernels/run.sh's own sampling defaults
 fi
 started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 t_start=$SECONDS
@@ -57,7 +59,7 @@ step "contracts vs Pydantic"
 bench/contracts/run.sh "$rounds" 2>&1 | tee "$out/contracts.txt"
 
 step "CPU executor vs PyTorch"
-BENCHTIME=$benchtime bench/kernels/run.sh 2>/dev/null | tee "$out/kernels.txt"
+env "${kernels_env[@]}" bench/kernels/run.sh 2>/dev/null | tee "$out/kernels.txt"
 
 step "SGEMM: default vs openblas vs PyTorch, FMA peak"
 BENCHTIME=$gobt COUNT=$count bench/gemm/run.sh 2>&1 | tee "$out/gemm.txt" | grep -v '^Benchmark'
