@@ -1,14 +1,28 @@
 #!/usr/bin/python3
 """Builds the ratio table from go test -bench outputs and torch_bench.py's
-output. Usage: table.py DEFAULT.txt OPENBLAS.txt TORCH.txt"""
+output. Usage: table.py DEFAULT.txt OPENBLAS.txt TORCH.txt
+
+Every input holds several samples per shape; a cell gives the fastest
+sample (GFLOP/s and its µs per call), the ratio columns divide fastest by
+fastest, and the columns at the right divide median by median."""
 import re
+import statistics
 import sys
 
 SHAPES = ["linear64x64_b1", "linear512x512_b32", "linear1024x1024_b256", "matmul2048"]
 
 
+def summarize(samples):
+    """{key: [(gflops, us)]} -> {key: (best gflops, its us, median gflops)}."""
+    out = {}
+    for key, v in samples.items():
+        g, us = max(v)
+        out[key] = (g, us, statistics.median(x[0] for x in v))
+    return out
+
+
 def parse_go(path):
-    """Returns ({(impl, shape): (gflops, us)}, {threads: peak})."""
+    """Returns ({(impl, shape): (gflops, us, median gflops)}, {threads: peak})."""
     res, peak = {}, {}
     if not path:
         return res, peak
@@ -19,31 +33,33 @@ def parse_go(path):
     for line in text.splitlines():
         m = re.match(r"BenchmarkShapes/impl=(\w+)/(\w+)-\d+\s+\d+\s+[\d.]+ ns/op\s+([\d.]+) GFLOP/s\s+([\d.]+) us/call", line)
         if m:
-            key = (m.group(1), m.group(2))
-            g, us = float(m.group(3)), float(m.group(4))
-            if key not in res or g > res[key][0]:
-                res[key] = (g, us)
+            res.setdefault((m.group(1), m.group(2)), []).append((float(m.group(3)), float(m.group(4))))
         m = re.match(r"BenchmarkFMAPeak/threads=(\d+)-\d+\s+\d+\s+[\d.]+ ns/op\s+([\d.]+) GFLOP/s", line)
         if m:
             peak[int(m.group(1))] = max(peak.get(int(m.group(1)), 0), float(m.group(2)))
-    return res, peak
+    return summarize(res), peak
+
+
+def parse_torch(path):
+    res = {}
+    try:
+        for line in open(path):
+            f = line.split()
+            if len(f) == 3 and not line.startswith("#"):
+                res.setdefault(f[0], []).append((float(f[1]), float(f[2])))
+    except OSError:
+        pass
+    return summarize(res)
 
 
 def main():
     dflt, peak = parse_go(sys.argv[1])
     blas, _ = parse_go(sys.argv[2] if len(sys.argv) > 2 else "")
-    torch = {}
-    if len(sys.argv) > 3:
-        try:
-            for line in open(sys.argv[3]):
-                f = line.split()
-                if len(f) == 3:
-                    torch[f[0]] = (float(f[1]), float(f[2]))
-        except OSError:
-            pass
+    torch = parse_torch(sys.argv[3]) if len(sys.argv) > 3 else {}
     allpeak = max(peak.values()) if peak else 0
     print(f"FMA peak (float32): {peak.get(1, 0):.1f} GFLOP/s per core, {allpeak:.1f} GFLOP/s all cores")
-    impls = sorted({i for i, _ in dflt}, key=lambda s: ["avx512", "avx2", "portable"].index(s) if s in ["avx512", "avx2", "portable"] else 9)
+    order = ["avx512", "avx2", "portable"]
+    impls = sorted({i for i, _ in dflt}, key=lambda s: order.index(s) if s in order else 9)
     cols = impls + (["openblas"] if blas else []) + (["torch"] if torch else [])
     hdr = f"{'shape':22}" + "".join(f"{c + ' GF/s':>16}" for c in cols)
     fast = impls[0] if impls else None
@@ -52,14 +68,23 @@ def main():
         if blas:
             hdr += f"{'openblas/torch':>16}"
     hdr += f"{fast + ' %peak':>13}" if fast else ""
+    if torch and fast:
+        hdr += f"{'median:' + fast:>15}"
+        if blas:
+            hdr += f"{'median:openblas':>16}"
     print(hdr)
+
+    def get(c, s):
+        return torch.get(s) if c == "torch" else (blas.get(("openblas", s)) if c == "openblas" else dflt.get((c, s)))
+
     for s in SHAPES:
         row = f"{s:22}"
         for c in cols:
-            v = torch.get(s) if c == "torch" else (blas.get(("openblas", s)) if c == "openblas" else dflt.get((c, s)))
+            v = get(c, s)
             row += f"{(f'{v[0]:.1f} ({v[1]:.0f}us)' if v[1] >= 10 else f'{v[0]:.1f} ({v[1]:.2f}us)') if v else '-':>16}"
+        t = torch.get(s)
         if torch and fast:
-            t, g = torch.get(s), dflt.get((fast, s))
+            g = dflt.get((fast, s))
             row += f"{(f'{g[0] / t[0]:.2f}x') if t and g else '-':>14}"
             if blas:
                 o = blas.get(("openblas", s))
@@ -67,7 +92,12 @@ def main():
         if fast:
             g = dflt.get((fast, s))
             row += f"{(f'{100 * g[0] / allpeak:.0f}%') if g and allpeak else '-':>13}"
+        if torch and fast:
+            for c in [fast] + (["openblas"] if blas else []):
+                v = get(c, s)
+                row += f"{(f'{v[2] / t[2]:.2f}x') if t and v else '-':>{15 if c == fast else 16}}"
         print(row)
+    print("cells: fastest sample; X/torch: fastest over fastest; median:X: median sample over PyTorch's median sample")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,12 @@
 #!/usr/bin/python3
 """Times PyTorch on the shapes of kernels/gemm's BenchmarkShapes and prints
-one line per shape: "<name> <GFLOP/s> <us/call>" (best of several rounds)."""
+one line per sample: "<name> <GFLOP/s> <us/call>". Each shape is timed as
+SAMPLES samples of about SECONDS each (the mean within a sample), so that
+table.py can take the fastest and the median sample, as it does for the Go
+side's go test -count runs.
+
+Usage: torch_bench.py [THREADS [SAMPLES [SECONDS]]]"""
+import ctypes
 import os
 import sys
 import time
@@ -15,10 +21,23 @@ SHAPES = [  # name, linear?, m (batch), n (out), k (in)
 ]
 
 
+def openblas_info():
+    """'core=… threads=…' of the OpenBLAS in this process, or ''."""
+    try:
+        lib = ctypes.CDLL("libopenblas.so.0")
+        lib.openblas_get_corename.restype = ctypes.c_char_p
+        return f"OpenBLAS core={lib.openblas_get_corename().decode()} threads={lib.openblas_get_num_threads()}"
+    except (OSError, AttributeError):
+        return ""
+
+
 def main():
     threads = int(sys.argv[1]) if len(sys.argv) > 1 else os.cpu_count()
+    samples = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+    seconds = float(sys.argv[3]) if len(sys.argv) > 3 else 0.1
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    print(f"# torch {torch.__version__} threads={torch.get_num_threads()} {openblas_info()}", flush=True)
     with torch.no_grad():
         for name, linear, m, n, k in SHAPES:
             if linear:
@@ -28,18 +47,15 @@ def main():
                 a, bm = torch.randn(m, k), torch.randn(k, n)
                 f = lambda: torch.mm(a, bm)
             f()
-            best = float("inf")
-            for _ in range(5):
+            t0 = time.perf_counter()
+            f()
+            per = max(1, int(seconds / max(time.perf_counter() - t0, 1e-7)))
+            for _ in range(samples):
                 t0 = time.perf_counter()
-                calls = 0
-                while True:
+                for _ in range(per):
                     f()
-                    calls += 1
-                    el = time.perf_counter() - t0
-                    if el > 0.2:
-                        break
-                best = min(best, el / calls)
-            print(f"{name} {2 * m * n * k / best / 1e9:.2f} {best * 1e6:.2f}", flush=True)
+                el = (time.perf_counter() - t0) / per
+                print(f"{name} {2 * m * n * k / el / 1e9:.2f} {el * 1e6:.2f}", flush=True)
 
 
 if __name__ == "__main__":
