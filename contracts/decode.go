@@ -820,12 +820,12 @@ func (d *decoder) intList(p, name string) ([]int, bool) {
 	first := true
 	good := true
 	for i := 0; d.nextElem(&first); i++ {
-		n, ok := d.int("", strconv.Itoa(i))
+		n, ok := d.int("", "") // the index joins the path only on error
 		if ok {
 			out = append(out, n)
 		} else {
 			good = false
-			d.relocate(p, name)
+			d.relocateElem(p, name, i)
 		}
 	}
 	return d.claimInts(out), good && d.syn == nil
@@ -846,12 +846,12 @@ func (d *decoder) stringList(p, name string) ([]string, bool) {
 	first := true
 	good := true
 	for i := 0; d.nextElem(&first); i++ {
-		s, ok := d.str("", strconv.Itoa(i))
+		s, ok := d.str("", "") // the index joins the path only on error
 		if ok {
 			out = append(out, s)
 		} else {
 			good = false
-			d.relocate(p, name)
+			d.relocateElem(p, name, i)
 		}
 	}
 	return d.claimStrs(out), good && d.syn == nil
@@ -1156,6 +1156,19 @@ func (d *decoder) extra(prefix string, key []byte) {
 func (d *decoder) relocate(p, name string) {
 	if n := len(d.errs.fields); n > 0 && d.syn == nil {
 		d.errs.fields[n-1].Path = join(join(p, name), d.errs.fields[n-1].Path)
+	}
+}
+
+// relocateElem is relocate for element i of a list whose element error
+// was recorded at the empty path: formatting the index only now keeps
+// strconv out of every successful element.
+func (d *decoder) relocateElem(p, name string, i int) {
+	if n := len(d.errs.fields); n > 0 && d.syn == nil {
+		path := join(join(p, name), strconv.Itoa(i))
+		if rest := d.errs.fields[n-1].Path; rest != "" {
+			path = join(path, rest)
+		}
+		d.errs.fields[n-1].Path = path
 	}
 }
 
