@@ -388,9 +388,22 @@ func appendTimestampRaw(dst []byte, t time.Time) []byte {
 	return dst
 }
 
+// Unix seconds of 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z.
+const (
+	minYear1Unix    = -62135596800
+	maxYear9999Unix = 253402300799
+)
+
 // checkTime validates a datetime built in Go: Python's datetime holds
 // years 1 to 9999 only.
 func checkTime(errs *fieldErrors, p, name string, t time.Time) {
+	// A decoded timestamp is always in range, and the check runs on every
+	// decode: an instant more than a day inside the range is in range
+	// whatever its offset, which t.Unix() tells without the civil-date
+	// conversion t.Year() does.
+	if u := t.Unix(); u > minYear1Unix+86400 && u < maxYear9999Unix-86400 {
+		return
+	}
 	if y := t.Year(); y < 1 || y > 9999 {
 		errs.add(join(p, name), "datetime year "+strconv.Itoa(y)+" is outside 1..9999")
 	}

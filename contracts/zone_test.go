@@ -39,3 +39,28 @@ func TestTimestampOffsetsSurviveTheZoneCache(t *testing.T) {
 		}
 	}
 }
+
+func TestCheckTimeAtTheEdgesOfPythonsRange(t *testing.T) {
+	east, west := time.FixedZone("", 14*3600), time.FixedZone("", -12*3600)
+	cases := []struct {
+		t  time.Time
+		ok bool
+	}{
+		{time.Date(1, 1, 1, 0, 0, 0, 0, time.UTC), true},
+		{time.Date(0, 12, 31, 23, 59, 59, 0, time.UTC), false},
+		{time.Date(1, 1, 1, 0, 0, 0, 0, east), true},     // year 0 in UTC, year 1 locally
+		{time.Date(0, 12, 31, 20, 0, 0, 0, west), false}, // year 1 in UTC, year 0 locally
+		{time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC), true},
+		{time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC), false},
+		{time.Date(9999, 12, 31, 20, 0, 0, 0, west), true}, // year 10000 in UTC
+		{time.Date(10000, 1, 1, 5, 0, 0, 0, east), false},  // year 9999 in UTC
+		{time.Date(2026, 11, 24, 10, 0, 0, 0, time.UTC), true},
+	}
+	for _, tc := range cases {
+		var errs fieldErrors
+		checkTime(&errs, "", "created_at", tc.t)
+		if ok := len(errs.fields) == 0; ok != tc.ok {
+			t.Errorf("%v: accepted %v, want %v (%v)", tc.t, ok, tc.ok, errs.fields)
+		}
+	}
+}
