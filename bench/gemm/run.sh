@@ -15,6 +15,10 @@
 #                                      into ROUNDS x SAMPLES samples
 #   SAMPLES (default 3)                samples per side, shape and round
 #   ROUNDS (default 3; COUNT if set)   rounds
+#   TORCH_THREADS (default: PyTorch's own choice) torch.set_num_threads. Its
+#                                      intra-op OpenMP threads keep spinning
+#                                      next to OpenBLAS's pthreads, so more is
+#                                      not faster on 2 cores (see README).
 set -eu
 cd "$(dirname "$0")/../.."
 out=$(mktemp -d)
@@ -30,8 +34,6 @@ else
 	sample_s=0.1
 fi
 sample=$(python3 -c 'import sys; print(f"{float(sys.argv[1]) * 1000:.0f}ms")' "$sample_s")
-threads=$(go env GOMAXPROCS 2>/dev/null || true)
-[ -n "$threads" ] || threads=$(nproc)
 echo "CPU: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) CPUs; flags: $(grep -o -w -E 'avx512f|avx2|fma' /proc/cpuinfo | sort -u | tr '\n' ' ')"
 echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "environment: $(env | grep -E '^(OPENBLAS_|GOTO_|OMP_|GOMAXPROCS)' | tr '\n' ' ' || true)(no other OPENBLAS_*, GOTO_*, OMP_*, GOMAXPROCS)"
@@ -59,8 +61,8 @@ for r in $(seq "$rounds"); do
 		(cd kernels/gemm && "$out/openblas.test" -test.run '^$' -test.bench 'Shapes/impl=openblas' -test.benchtime "$sample" -test.count "$samples") | tee -a "$out/openblas.txt" | grep -E 'Benchmark' || true
 	fi
 	if [ "$have_torch" = 1 ]; then
-		echo "== round $r: PyTorch, $threads threads"
-		/usr/bin/python3 bench/gemm/torch_bench.py "$threads" "$samples" "$sample_s" | tee -a "$out/torch.txt"
+		echo "== round $r: PyTorch"
+		/usr/bin/python3 bench/gemm/torch_bench.py "${TORCH_THREADS:-0}" "$samples" "$sample_s" | tee -a "$out/torch.txt"
 	fi
 done
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"

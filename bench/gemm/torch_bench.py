@@ -5,9 +5,10 @@ SAMPLES samples of about SECONDS each (the mean within a sample), so that
 table.py can take the fastest and the median sample, as it does for the Go
 side's go test -count runs.
 
-Usage: torch_bench.py [THREADS [SAMPLES [SECONDS]]]"""
+Usage: torch_bench.py [THREADS [SAMPLES [SECONDS]]]
+THREADS: torch.set_num_threads; 0 (the default) keeps PyTorch's own choice.
+OpenBLAS sizes its own pool either way."""
 import ctypes
-import os
 import sys
 import time
 
@@ -32,10 +33,11 @@ def openblas_info():
 
 
 def main():
-    threads = int(sys.argv[1]) if len(sys.argv) > 1 else os.cpu_count()
+    threads = int(sys.argv[1]) if len(sys.argv) > 1 else 0
     samples = int(sys.argv[2]) if len(sys.argv) > 2 else 5
     seconds = float(sys.argv[3]) if len(sys.argv) > 3 else 0.1
-    torch.set_num_threads(threads)
+    if threads > 0:
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
     print(f"# torch {torch.__version__} threads={torch.get_num_threads()} {openblas_info()}", flush=True)
     with torch.no_grad():

@@ -16,6 +16,7 @@
 #
 #   bench/kernels/run.sh
 #   ROUNDS=6 SAMPLES=5 SAMPLE=50ms bench/kernels/run.sh
+#   TORCH_THREADS: torch.set_num_threads (default: PyTorch's own choice).
 #   BENCHTIME (if set, and SAMPLE is not): total time per side and kernel,
 #   split into ROUNDS x SAMPLES samples.
 set -euo pipefail
@@ -61,7 +62,7 @@ for r in $(seq "$ROUNDS"); do
 		(cd kernels && "$tmp/$b.test" -test.run '^$' -test.bench "$benches" -test.benchtime "$SAMPLE" -test.count "$SAMPLES") | tee -a "$tmp/go-$b.txt" >&2
 	done
 	echo "== pytorch, round $r" >&2
-	"$PY" bench/kernels/torch_bench.py "$SAMPLES" "$sample_s" "$(nproc)" | tee -a "$tmp/torch.jsonl" >&2
+	"$PY" bench/kernels/torch_bench.py "$SAMPLES" "$sample_s" "${TORCH_THREADS:-0}" | tee -a "$tmp/torch.jsonl" >&2
 done
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 

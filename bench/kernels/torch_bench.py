@@ -5,11 +5,10 @@ samples of about SECONDS each (mean ns per call within a sample), so that the
 caller can take the fastest sample, as it does for Go's -count runs.
 Prints one JSON object per kernel.
 
-Usage: torch_bench.py [SAMPLES [SECONDS [THREADS]]] (THREADS: torch.set_num_threads,
-default the CPU count; OpenBLAS keeps its own pool, reported as openblas.threads)"""
+Usage: torch_bench.py [SAMPLES [SECONDS [THREADS]]] (THREADS: torch.set_num_threads;
+0 or absent keeps PyTorch's choice; OpenBLAS keeps its own pool, reported as openblas.threads)"""
 import ctypes
 import json
-import os
 import sys
 import time
 
@@ -55,7 +54,8 @@ def bench(name, module, batch, in_features, macs_per_sample, samples, seconds):
 def main():
     samples = int(sys.argv[1]) if len(sys.argv) > 1 else 5
     seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 0.05
-    torch.set_num_threads(int(sys.argv[3]) if len(sys.argv) > 3 else os.cpu_count())
+    if len(sys.argv) > 3 and int(sys.argv[3]) > 0:
+        torch.set_num_threads(int(sys.argv[3]))
     torch.manual_seed(0)
     bench("SeedLinear64ReLUBatch1", torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU()), 1, 64, 64 * 64, samples, seconds)
     bench("Linear512ReLUBatch32", torch.nn.Sequential(torch.nn.Linear(512, 512), torch.nn.ReLU()), 32, 512, 512 * 512, samples, seconds)
