@@ -156,3 +156,23 @@ func TestOpenWithoutURLUsesEmbeddedBusWritingJSONLines(t *testing.T) {
 		t.Fatalf("Open with a bad URL = %v", err)
 	}
 }
+
+// TestRedisClientsDialOncePerAttempt: the publisher's backoff, not
+// go-redis's dial retries (5 dials 100 ms apart per command, twice for a
+// pipeline), paces reconnects, so every retry the publisher counts is one
+// dial.
+func TestRedisClientsDialOncePerAttempt(t *testing.T) {
+	bus, err := NewRedisBus(context.Background(), Config{URL: "redis://127.0.0.1:1/0", HostID: "dial"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bus.Close(context.Background())
+	pub := bus.pub.sink.(*redisSink).client.Options()
+	if pub.DialerRetries != 1 || pub.PipelinePoolSize >= 0 || pub.PoolSize < 16 || pub.MaxRetries > 0 {
+		t.Fatalf("publisher client: DialerRetries %d, PipelinePoolSize %d, PoolSize %d, MaxRetries %d; want 1, < 0, >= 16, none",
+			pub.DialerRetries, pub.PipelinePoolSize, pub.PoolSize, pub.MaxRetries)
+	}
+	if cons := bus.consumerClient.Options(); cons.DialerRetries != 1 || cons.MaxRetries > 0 {
+		t.Fatalf("consumer client: DialerRetries %d, MaxRetries %d; want 1 and none", cons.DialerRetries, cons.MaxRetries)
+	}
+}

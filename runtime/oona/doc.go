@@ -51,7 +51,14 @@
 // stream but control.*). When Redis is unreachable the flusher backs off
 // (100 ms doubling to 5 s, full jitter), probes with PING, and then resends
 // in order, so a write whose reply was lost can land twice: consumers
-// de-duplicate by event_id. Beyond the bound the oldest buffered message is
+// de-duplicate by event_id. Each retry is one dial: go-redis's own dial
+// retries (5 dials 100 ms apart inside every command, and a pipeline tries
+// its dedicated pool and then the main pool) are turned off, so the
+// retries counter follows the backoff schedule (before, a 1 s outage
+// counted 1-2 retries: each one spent up to 800 ms dialing inside
+// go-redis). After 16 failed dials go-redis stops dialing and probes on
+// its own once a second; reconnection then lags Redis's return by up to
+// 1 s. The publisher speaks RESP2 (it subscribes to nothing). Beyond the bound the oldest buffered message is
 // dropped and counted (reason overflow); Close counts what its deadline
 // left behind (reason shutdown); entries Redis refuses for good (WRONGTYPE)
 // are dropped with reason permanent_error. Stats satisfy

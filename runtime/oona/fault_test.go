@@ -39,11 +39,15 @@ func TestFaultRedisKilledMidStreamAndRestarted(t *testing.T) {
 
 			const n = 3000
 			published := make(map[string]bool, n)
+			var down time.Time
+			var outage time.Duration
 			for i := range n {
 				switch i {
 				case n / 3:
 					srv.kill()
+					down = time.Now()
 				case 2 * n / 3:
+					outage = time.Since(down)
 					srv.restart()
 				}
 				msg := healthMessage(t, i)
@@ -78,8 +82,8 @@ func TestFaultRedisKilledMidStreamAndRestarted(t *testing.T) {
 			}
 			unique := len(seen)
 			duplicates := len(entries) - unique
-			t.Logf("oona fault report (%s, bound %d): published=%d delivered(acked)=%d unique_in_stream=%d duplicates=%d dropped=%d (%v) buffered_now=%d buffer_high_watermark=%d retries=%d reconnects=%d",
-				c.name, c.maxBuffered, st.Published, st.Delivered, unique, duplicates, st.Dropped, st.DroppedByReason, st.Buffered, st.BufferHighWatermark, st.Retries, st.Reconnects)
+			t.Logf("oona fault report (%s, bound %d): published=%d delivered(acked)=%d unique_in_stream=%d duplicates=%d dropped=%d (%v) buffered_now=%d buffer_high_watermark=%d retries=%d reconnects=%d outage=%v",
+				c.name, c.maxBuffered, st.Published, st.Delivered, unique, duplicates, st.Dropped, st.DroppedByReason, st.Buffered, st.BufferHighWatermark, st.Retries, st.Reconnects, outage.Round(time.Millisecond))
 
 			if st.Published != n || st.Buffered != 0 {
 				t.Fatalf("published %d buffered %d, want %d and 0", st.Published, st.Buffered, n)

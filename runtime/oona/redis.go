@@ -52,13 +52,22 @@ func NewRedisBus(ctx context.Context, cfg Config, logger *slog.Logger) (*RedisBu
 	cfg.Consumer = cfg.Consumer.withDefaults(cfg.HostID)
 	pubOpts := *opts
 	pubOpts.MaxRetries = -1 // retries and duplicate accounting are ours
-	pubOpts.PoolSize = 2
 	pubOpts.ClientName = "kasmina-pub-" + cfg.HostID
+	noDialRetries(&pubOpts)
+	// One flusher, one connection at a time: no separate pipeline pool
+	// (a failed pipeline would dial it, then dial the main pool again),
+	// the pipeline pool's large buffers on the one pool instead.
+	pubOpts.PipelinePoolSize = -1
+	pubOpts.ReadBufferSize, pubOpts.WriteBufferSize = redis.DefaultPipelineBufferSize, redis.DefaultPipelineBufferSize
+	// RESP2: the publisher subscribes to nothing, and under RESP3 go-redis
+	// checks the socket for push notifications before every reply of a
+	// pipeline (a tenth of the flusher's time). XADD replies are the same.
+	pubOpts.Protocol = 2
 	po := cfg.Publisher.withDefaults()
 	s := &redisSink{client: redis.NewClient(&pubOpts), maxLen: po.MaxLen}
 	consOpts := *opts
 	consOpts.MaxRetries = -1
-	consOpts.PoolSize = 4
+	noDialRetries(&consOpts)
 	consOpts.ReadTimeout = cfg.Consumer.Block + 3*time.Second
 	consOpts.ClientName = "kasmina-cons-" + cfg.HostID
 	b := &RedisBus{
@@ -76,6 +85,19 @@ func NewRedisBus(ctx context.Context, cfg Config, logger *slog.Logger) (*RedisBu
 		logger.Info("oona: connected to Redis", slog.String("url", cfg.RedactedURL()), slog.String("group", cfg.Consumer.Group))
 	}
 	return b, nil
+}
+
+// noDialRetries makes each of our attempts one dial. go-redis otherwise
+// dials up to 5 times, 100 ms apart, inside every command (twice for a
+// pipeline: its own pool, then the main pool), so a 1 s outage used to show
+// as 1-2 publisher retries instead of the ~5 the backoff schedule implies.
+// After PoolSize failed dials go-redis fails fast and probes on its own
+// once a second until Redis answers; the pool is sized so that this
+// happens only after the backoff has reached its ceiling (16 attempts,
+// about 30 s), and only one connection per client is in use at a time.
+func noDialRetries(o *redis.Options) {
+	o.DialerRetries = 1
+	o.PoolSize = 16
 }
 
 // Publish validates and encodes msg and queues it for XADD without

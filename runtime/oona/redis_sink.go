@@ -53,7 +53,7 @@ func (s *redisSink) write(ctx context.Context, batch []entry) []error {
 		// become an interface value, a string does. The batch outlives
 		// the pipeline.
 		for k := range e.vals {
-			args = append(args, fieldNames[k], &e.vals[k])
+			args = append(args, fieldNameArgs[k], &e.vals[k])
 		}
 		cmd := redis.NewStringCmd(ctx, args[start:len(args):len(args)]...)
 		_ = pipe.Process(ctx, cmd)

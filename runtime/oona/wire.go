@@ -29,6 +29,10 @@ const numFields = 6
 // the values in the same order.
 var fieldNames = [numFields]string{FieldEventID, FieldSenderID, FieldTimestamp, FieldTraceID, FieldTopic, FieldPayload}
 
+// fieldNameArgs are fieldNames as interface values for go-redis, boxed
+// once (boxing a string variable allocates).
+var fieldNameArgs = [numFields]any{FieldEventID, FieldSenderID, FieldTimestamp, FieldTraceID, FieldTopic, FieldPayload}
+
 // Sentinel errors of the wire format.
 var (
 	// ErrAmbiguousField is returned (wrapped, naming the field) when a
@@ -49,7 +53,7 @@ var (
 // checked on every Publish, so the common case (a letter or a UUID) is
 // decided without running a JSON scanner.
 func readsBackAsJSON(s string) bool {
-	t := strings.Trim(s, " \t\r\n")
+	t := trimJSONSpace(s)
 	if t == "" {
 		return false
 	}
@@ -81,6 +85,20 @@ func readsBackAsJSON(s string) bool {
 	}
 	return false
 }
+
+// trimJSONSpace strips JSON whitespace from both ends of s (strings.Trim
+// builds its character set on every call).
+func trimJSONSpace(s string) string {
+	for len(s) > 0 && isJSONSpace(s[0]) {
+		s = s[1:]
+	}
+	for len(s) > 0 && isJSONSpace(s[len(s)-1]) {
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
+func isJSONSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\r' || c == '\n' }
 
 // isJSONNumber reports whether s is exactly one JSON number.
 func isJSONNumber(s string) bool {
