@@ -56,7 +56,7 @@ func BenchmarkPublisherRedis(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			defer bus.Close(context.Background())
+			defer closeBus(b, bus)
 			b.ReportAllocs()
 			b.ResetTimer()
 			start := time.Now()

@@ -93,11 +93,11 @@ func fastOpts(maxBuffered int) PublisherOptions {
 func TestBufferDropsOldestBeyondBoundAndKeepsOrder(t *testing.T) {
 	s := newGatedSink()
 	p := newBufferedPublisher(fastOpts(10), s, nil)
-	defer p.Close(context.Background())
+	defer closeBus(t, p)
 	if err := p.enqueue(testEntry(1)); err != nil {
 		t.Fatal(err)
 	}
-	if n := <-s.started; n != 1 { // entry 1 is now in flight
+	if n := recv(t, s.started, "the first write"); n != 1 { // entry 1 is now in flight
 		t.Fatalf("first write carried %d entries, want 1", n)
 	}
 	for i := 2; i <= 25; i++ {
@@ -134,9 +134,9 @@ func TestBufferByteBoundDropsOldest(t *testing.T) {
 	opts := fastOpts(1000)
 	opts.MaxBufferedBytes = 550 // five 100-byte entries
 	p := newBufferedPublisher(opts, s, nil)
-	defer p.Close(context.Background())
+	defer closeBus(t, p)
 	_ = p.enqueue(testEntry(1))
-	<-s.started
+	recv(t, s.started, "the first write")
 	for i := 2; i <= 10; i++ {
 		_ = p.enqueue(testEntry(i))
 	}
@@ -156,20 +156,20 @@ func TestBufferByteBoundDropsOldest(t *testing.T) {
 func TestBufferDropsPermanentFailuresAndRetriesTheRest(t *testing.T) {
 	s := newGatedSink()
 	p := newBufferedPublisher(fastOpts(100), s, nil)
-	defer p.Close(context.Background())
+	defer closeBus(t, p)
 	_ = p.enqueue(testEntry(1))
-	<-s.started
+	recv(t, s.started, "the first write")
 	_ = p.enqueue(testEntry(2))
 	_ = p.enqueue(testEntry(3))
 	s.answers <- ok
-	<-s.started // entries 2 and 3
+	recv(t, s.started, "the write of entries 2 and 3")
 	s.answers <- func(i int) error {
 		if i == 0 {
 			return fmt.Errorf("WRONGTYPE: %w", errPermanentFake)
 		}
 		return errors.New("timeout")
 	}
-	<-s.started // entry 3 again
+	recv(t, s.started, "the retry of entry 3")
 	s.answers <- ok
 	if err := p.Flush(context.Background()); err != nil {
 		t.Fatal(err)
@@ -186,7 +186,7 @@ func TestFlushTimesOutAndCloseCountsShutdownDrops(t *testing.T) {
 	for i := range 4 {
 		_ = p.enqueue(testEntry(i))
 	}
-	<-s.started // never answered: the sink hangs
+	recv(t, s.started, "the write the sink never answers")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
 	if err := p.Flush(ctx); !errors.Is(err, ErrFlushTimeout) || !errors.Is(err, context.DeadlineExceeded) {

@@ -33,7 +33,7 @@ func TestPythonReadsHostSignalsAndSendsCommand(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer bus.Close(context.Background())
+	defer closeBus(t, bus)
 	h := newRecordingHandler("layer1")
 	stop := startConsumer(t, bus, h)
 	defer stop()
@@ -108,7 +108,7 @@ func groupExists(srv *redisServer, group string) bool {
 	if err != nil {
 		return false
 	}
-	defer c.Close(context.Background())
+	defer closeBus(srv.t, c)
 	groups, err := c.consumerClient.XInfoGroups(context.Background(), "control.kasmina.commands").Result()
 	if err != nil {
 		return false

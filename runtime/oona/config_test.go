@@ -88,7 +88,7 @@ func TestRedisBusAuthenticatesAsACLUserWithPasswordFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer bus.Close(context.Background())
+	defer closeBus(t, bus)
 	if err := bus.Publish(healthMessage(t, 1)); err != nil {
 		t.Fatal(err)
 	}
@@ -141,7 +141,7 @@ func TestOpenWithoutURLUsesEmbeddedBusWritingJSONLines(t *testing.T) {
 	if err := bus.Publish(msg); err != nil {
 		t.Fatal(err)
 	}
-	if err := bus.Close(context.Background()); err != nil {
+	if err := bus.Close(testCtx(t)); err != nil {
 		t.Fatal(err)
 	}
 	b, err := os.ReadFile(path)
@@ -166,7 +166,7 @@ func TestRedisClientsDialOncePerAttempt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer bus.Close(context.Background())
+	defer closeBus(t, bus)
 	pub := bus.pub.sink.(*redisSink).client.Options()
 	if pub.DialerRetries != 1 || pub.PipelinePoolSize >= 0 || pub.PoolSize < 16 || pub.MaxRetries > 0 {
 		t.Fatalf("publisher client: DialerRetries %d, PipelinePoolSize %d, PoolSize %d, MaxRetries %d; want 1, < 0, >= 16, none",

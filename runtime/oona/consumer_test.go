@@ -98,7 +98,7 @@ func startConsumer(t *testing.T, bus Bus, h CommandHandler) (stop func()) {
 	go func() { done <- bus.ConsumeCommands(ctx, h) }()
 	return func() {
 		cancel()
-		if err := <-done; err != nil {
+		if err := recv(t, done, "ConsumeCommands to return after its context ended"); err != nil {
 			t.Errorf("ConsumeCommands: %v", err)
 		}
 	}
@@ -139,7 +139,7 @@ func TestConsumerHandlesSkipsDedupsAndDeadLetters(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer bus.Close(context.Background())
+	defer closeBus(t, bus)
 	h := newRecordingHandler("layer1")
 	h.fail = func(cmd Command, call int) error {
 		if p, ok := cmd.Payload.(*SetSeedState); ok && p.State == contracts.SeedFossilized {
@@ -216,7 +216,7 @@ func TestConsumerResumesAfterRestartWithoutLosingCommands(t *testing.T) {
 	xaddMessage(t, rc, first)
 	waitFor(t, "first command", func() bool { return len(h.executed()) == 1 })
 	stop()
-	_ = bus.Close(context.Background())
+	closeBus(t, bus)
 
 	// Sent while the host is down.
 	whileDown := mustCommand(t, &UnloadKernel{LayerName: "layer1", SeedIdx: 0})
@@ -226,7 +226,7 @@ func TestConsumerResumesAfterRestartWithoutLosingCommands(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer bus2.Close(context.Background())
+	defer closeBus(t, bus2)
 	h2 := newRecordingHandler("layer1")
 	stop2 := startConsumer(t, bus2, h2)
 	defer stop2()
@@ -244,7 +244,7 @@ func TestConsumerRetriesTransientFailuresThenDeadLetters(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer bus.Close(context.Background())
+	defer closeBus(t, bus)
 	flaky := mustCommand(t, &LoadKernel{LayerName: "layer1", SeedIdx: 1, ArtifactID: "k-flaky"})
 	broken := mustCommand(t, &LoadKernel{LayerName: "layer1", SeedIdx: 1, ArtifactID: "k-urza-down"})
 	h := newRecordingHandler("layer1")
@@ -284,7 +284,7 @@ func TestEmbeddedBusRunsCommandsAndEpochsInProcess(t *testing.T) {
 	out := &syncBuffer{}
 	cfg := Config{HostID: "solo", Consumer: ConsumerOptions{MaxDeliveries: 2, Backoff: Backoff{Base: 1, Max: 2}}}
 	bus := NewEmbeddedBus(out, nil, cfg, nil)
-	defer bus.Close(context.Background())
+	defer closeBus(t, bus)
 	h := newRecordingHandler("layer1")
 	h.fail = func(cmd Command, call int) error {
 		if _, ok := cmd.Payload.(*UnloadKernel); ok {
@@ -296,8 +296,14 @@ func TestEmbeddedBusRunsCommandsAndEpochsInProcess(t *testing.T) {
 	defer stop()
 	epochs := make(chan int64, 4)
 	ectx, ecancel := context.WithCancel(context.Background())
-	defer ecancel()
-	go func() { _ = bus.ConsumeEpochs(ectx, func(_ context.Context, ev EpochEvent) { epochs <- ev.Epoch }) }()
+	edone := make(chan error, 1)
+	go func() {
+		edone <- bus.ConsumeEpochs(ectx, func(_ context.Context, ev EpochEvent) { epochs <- ev.Epoch })
+	}()
+	defer func() {
+		ecancel()
+		recv(t, edone, "ConsumeEpochs to return after its context ended")
+	}()
 	// Subscriptions are registered asynchronously: wait until both exist.
 	waitFor(t, "subscriptions", func() bool {
 		bus.sink.mu.Lock()
@@ -319,8 +325,17 @@ func TestEmbeddedBusRunsCommandsAndEpochsInProcess(t *testing.T) {
 		s := bus.ConsumerStats()
 		return s.Handled == 1 && s.Duplicates == 1 && s.Skipped == 1 && s.DeadLettered == 1
 	})
-	if got := <-epochs; got != 7 {
+	var got int64
+	select {
+	case got = <-epochs:
+	case <-time.After(testWait):
+		t.Fatalf("no epoch callback within %v: consumer stats %+v, publisher stats %+v", testWait, bus.ConsumerStats(), bus.Stats())
+	}
+	if got != 7 {
 		t.Fatalf("epoch callback got %d, want 7", got)
+	}
+	if s := bus.ConsumerStats(); s.Epochs != 1 || s.EpochsIgnored != 0 {
+		t.Fatalf("consumer stats %+v, want one epoch delivered and none ignored", s)
 	}
 	if dl := bus.DeadLetters(); len(dl) != 1 || dl[0].Fields[FieldPayload] == "" {
 		t.Fatalf("dead letters = %+v", dl)
@@ -333,17 +348,14 @@ func TestRedisEpochConsumerCallsBackWithEpoch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer bus.Close(context.Background())
+	defer closeBus(t, bus)
 	rc := redis.NewClient(&redis.Options{Addr: srv.addr()})
 	defer rc.Close()
 	got := make(chan EpochEvent, 64)
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = bus.ConsumeEpochs(ctx, func(_ context.Context, ev EpochEvent) { got <- ev })
-	}()
-	defer func() { cancel(); <-done }()
+	done := make(chan error, 1)
+	go func() { done <- bus.ConsumeEpochs(ctx, func(_ context.Context, ev EpochEvent) { got <- ev }) }()
+	defer func() { cancel(); recv(t, done, "ConsumeEpochs to return after its context ended") }()
 	// XREAD starts at "$": keep sending until the reader is in place.
 	xaddFields(t, rc, "system.events.epoch", FieldEventID, "e-bad", FieldPayload, `{"event_type": "no epoch here"}`)
 	deadline := time.Now().Add(20 * time.Second)

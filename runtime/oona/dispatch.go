@@ -86,14 +86,14 @@ const (
 
 // consumerCounters back ConsumerStats.
 type consumerCounters struct {
-	handled, skipped, duplicates, malformed, deadLettered, retried, trimmed, epochs atomic.Uint64
+	handled, skipped, duplicates, malformed, deadLettered, retried, trimmed, epochs, epochsIgnored atomic.Uint64
 }
 
 func (c *consumerCounters) snapshot() ConsumerStats {
 	return ConsumerStats{
 		Handled: c.handled.Load(), Skipped: c.skipped.Load(), Duplicates: c.duplicates.Load(),
 		Malformed: c.malformed.Load(), DeadLettered: c.deadLettered.Load(), Retried: c.retried.Load(),
-		Trimmed: c.trimmed.Load(), Epochs: c.epochs.Load(),
+		Trimmed: c.trimmed.Load(), Epochs: c.epochs.Load(), EpochsIgnored: c.epochsIgnored.Load(),
 	}
 }
 

@@ -94,7 +94,9 @@
 //	set_alpha       {"command": "set_alpha", "layer_name": str, "seed_idx": int ≥ 0, "alpha": 0 ≤ float ≤ 1}
 //
 // ConsumeEpochs reads system.events.epoch (XREAD from "$", no group) and
-// calls back with the payload's epoch.
+// calls back with the payload's epoch; an entry without a valid epoch is
+// logged as a warning and counted (ConsumerStats.EpochsIgnored, outcome
+// epoch_ignored).
 //
 // # Embedded bus
 //

@@ -289,7 +289,8 @@ func (b *EmbeddedBus) ConsumeEpochs(ctx context.Context, fn EpochFunc) error {
 			}
 			ev, err := decodeEpoch(fields)
 			if err != nil {
-				b.logger.Debug("oona: epoch message ignored", slog.Any("error", err))
+				b.cons.epochsIgnored.Add(1)
+				b.logger.Warn("oona: epoch message ignored", slog.String("event_id", fields[FieldEventID]), slog.Any("error", err))
 				continue
 			}
 			b.cons.epochs.Add(1)

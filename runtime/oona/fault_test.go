@@ -35,7 +35,7 @@ func TestFaultRedisKilledMidStreamAndRestarted(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer bus.Close(context.Background())
+			defer closeBus(t, bus)
 
 			const n = 3000
 			published := make(map[string]bool, n)

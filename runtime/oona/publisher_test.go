@@ -56,7 +56,7 @@ var implementations = []struct {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { _ = bus.Close(context.Background()) })
+		t.Cleanup(func() { closeBus(t, bus) })
 		rc := redis.NewClient(&redis.Options{Addr: srv.addr()})
 		t.Cleanup(func() { _ = rc.Close() })
 		return busUnderTest{bus: bus, readBack: func(t *testing.T, topic string) []map[string]string {
@@ -74,7 +74,7 @@ var implementations = []struct {
 	{"embedded", func(t *testing.T) busUnderTest {
 		out := &syncBuffer{}
 		bus := NewEmbeddedBus(out, nil, Config{HostID: "suite"}, nil)
-		t.Cleanup(func() { _ = bus.Close(context.Background()) })
+		t.Cleanup(func() { closeBus(t, bus) })
 		return busUnderTest{bus: bus, readBack: func(t *testing.T, topic string) []map[string]string {
 			var res []map[string]string
 			sc := bufio.NewScanner(strings.NewReader(out.String()))
@@ -203,7 +203,7 @@ func TestPublisherRefusesInvalidMessagesAndPublishAfterClose(t *testing.T) {
 			if err := b.bus.Publish(healthMessage(t, 2)); err != nil {
 				t.Fatal(err)
 			}
-			if err := b.bus.Close(context.Background()); err != nil {
+			if err := b.bus.Close(testCtx(t)); err != nil {
 				t.Fatalf("Close: %v", err)
 			}
 			if err := b.bus.Publish(healthMessage(t, 3)); !errors.Is(err, ErrClosed) {
@@ -366,7 +366,7 @@ func TestPublishHealthSignalRefusesWhatPublishRefuses(t *testing.T) {
 			if s := b.bus.Stats(); s.Published != 0 {
 				t.Fatalf("refused signals were counted as published: %+v", s)
 			}
-			if err := b.bus.Close(context.Background()); err != nil {
+			if err := b.bus.Close(testCtx(t)); err != nil {
 				t.Fatal(err)
 			}
 			if err := b.bus.PublishHealthSignal("s", "t", healthSignal(1)); !errors.Is(err, ErrClosed) {

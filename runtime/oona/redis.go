@@ -375,7 +375,8 @@ func (b *RedisBus) lastStreamID(ctx context.Context, stream string) (string, err
 func (b *RedisBus) deliverEpoch(ctx context.Context, fn EpochFunc, fields map[string]string, id string) {
 	ev, err := decodeEpoch(fields)
 	if err != nil {
-		b.logger.Debug("oona: epoch message ignored", slog.String("stream_id", id), slog.Any("error", err))
+		b.cons.epochsIgnored.Add(1)
+		b.logger.Warn("oona: epoch message ignored", slog.String("stream_id", id), slog.Any("error", err))
 		return
 	}
 	b.cons.epochs.Add(1)

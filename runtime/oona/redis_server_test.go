@@ -151,11 +151,57 @@ func healthMessage(t testing.TB, i int) contracts.OonaMessage {
 	return contracts.NewOonaMessage("kasmina-host.test-node", "telemetry-"+strconv.Itoa(i), contracts.TopicTelemetrySeedHealth, payload)
 }
 
+// testWait bounds every wait in this package's tests, so that a
+// regression fails with a message naming what did not happen instead of
+// hanging until go test's timeout. It bounds outcomes, not speed.
+const testWait = 20 * time.Second
+
+// recv receives from ch or fails the test after testWait, naming what.
+func recv[T any](t testing.TB, ch <-chan T, what string) T {
+	t.Helper()
+	timer := time.NewTimer(testWait)
+	defer timer.Stop()
+	select {
+	case v := <-ch:
+		return v
+	case <-timer.C:
+		t.Fatalf("timed out after %v waiting for %s", testWait, what)
+		panic("unreachable")
+	}
+}
+
+// testCtx returns a context that ends after testWait (or with the test).
+func testCtx(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), testWait)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// closeBus closes c within testWait (flushing until then) and reports a
+// Close that does not return.
+func closeBus(t testing.TB, c interface{ Close(context.Context) error }) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), testWait)
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = c.Close(ctx)
+	}()
+	timer := time.NewTimer(testWait + 5*time.Second)
+	defer timer.Stop()
+	select {
+	case <-done:
+	case <-timer.C:
+		t.Errorf("Close did not return within %v of its deadline", 5*time.Second)
+	}
+}
+
 // waitFor polls cond until it holds or a generous deadline passes. It
 // checks an outcome that must eventually happen, not a speed.
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testWait)
 	defer cancel()
 	for !cond() {
 		if ctx.Err() != nil {

@@ -62,6 +62,9 @@ type ConsumerStats struct {
 	Trimmed uint64
 	// Epochs counts epoch events passed to the epoch callback.
 	Epochs uint64
+	// EpochsIgnored counts system.events.epoch entries that did not decode
+	// to an epoch event (logged as warnings).
+	EpochsIgnored uint64
 }
 
 // StatsSource is what the Prometheus collector reads: both buses.
@@ -134,7 +137,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}{
 		{"handled", cs.Handled}, {"skipped", cs.Skipped}, {"duplicate", cs.Duplicates},
 		{"malformed", cs.Malformed}, {"dead_lettered", cs.DeadLettered}, {"retried", cs.Retried},
-		{"trimmed", cs.Trimmed}, {"epoch", cs.Epochs},
+		{"trimmed", cs.Trimmed}, {"epoch", cs.Epochs}, {"epoch_ignored", cs.EpochsIgnored},
 	} {
 		ch <- prometheus.MustNewConstMetric(c.commands, prometheus.CounterValue, float64(o.v), o.name)
 	}
