@@ -95,7 +95,7 @@ if kr and hi:
 # bus
 oo = read("oona.txt")
 rb = re.search(r"redis-benchmark XADD.*?:\s+([\d.]+) entries/s", oo)
-gp = re.search(r"kasmina publisher\s*:\s+([\d.]+) signals/s", oo)
+gp = re.search(r"(?:kasmina publisher|publisher, PublishHealthSignal)\s*:\s+([\d.]+) signals/s", oo)
 if rb and gp:
     r = float(gp.group(1)) / float(rb.group(1))
     add("bus publisher vs redis-benchmark XADD (-c 1 -P 256)", f"{float(gp.group(1)):,.0f} vs {float(rb.group(1)):,.0f} msg/s", f"{100*r:.0f} %", "≥ 80 %", r >= 0.8)
