@@ -126,6 +126,9 @@ type Config struct {
 	// its value when grafting starts (or when set_alpha last set it) to 1
 	// (default 30 s; negative: alpha changes only by command).
 	GraftingRamp time.Duration
+	// MaxArtifactBytes caps a kernel file read from the repository
+	// (default 256 MiB, as the artifact sources cap fetches).
+	MaxArtifactBytes int64
 	// CacheBytes bounds the cache of parsed kernels (default 1 GiB). Loaded
 	// kernels are pinned; unloaded ones stay cached until evicted, so a
 	// reload of the same bytes is instant.
@@ -166,6 +169,9 @@ func (c *Config) defaults() {
 	}
 	if c.GraftingRamp == 0 {
 		c.GraftingRamp = 30 * time.Second
+	}
+	if c.MaxArtifactBytes <= 0 {
+		c.MaxArtifactBytes = 256 << 20
 	}
 	if c.CacheBytes <= 0 {
 		c.CacheBytes = 1 << 30

@@ -175,7 +175,7 @@ func (h *Host) LoadModel(ctx context.Context, name string) error {
 	if repo == nil || !ok {
 		return fmt.Errorf("%w: no kernel %q in the repository", ErrNotFound, name)
 	}
-	data, err := fs.ReadFile(repo.FS, p)
+	data, err := readCapped(repo.FS, p, h.cfg.MaxArtifactBytes)
 	if err != nil {
 		h.recordFailure(name, err)
 		return fmt.Errorf("%w: reading %s: %w", ErrRefused, p, err)
@@ -252,3 +252,25 @@ func (h *Host) Ready() (bool, string) {
 // MarkStarted declares the start-up scan finished (readiness may turn
 // true).
 func (h *Host) MarkStarted() { h.started.Store(true) }
+
+// readCapped reads a repository file, refusing it by its size before
+// reading when it is larger than limit bytes (and while reading, should it
+// grow).
+func readCapped(fsys fs.FS, p string, limit int64) ([]byte, error) {
+	f, err := fsys.Open(p)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err == nil && st.Size() > limit {
+		return nil, fmt.Errorf("%d bytes, over the %d-byte artifact limit", st.Size(), limit)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) > limit {
+		return nil, fmt.Errorf("over the %d-byte artifact limit", limit)
+	}
+	return data, nil
+}

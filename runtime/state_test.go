@@ -4,6 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
@@ -138,4 +141,25 @@ func compiledFor(t *testing.T, id string, flags map[string]any) contracts.Compil
 	ck := contracts.NewCompiledKernel(md.BlueprintID, "file://"+id+".safetensors", md)
 	ck.KernelID = id
 	return ck
+}
+
+func TestRepositoryRefusesOversizedFilesBeforeReading(t *testing.T) {
+	dir := t.TempDir()
+	big := append(linearKernel(t, "big", nil), make([]byte, 4096)...) // trailing bytes: over the cap below
+	if err := os.WriteFile(filepath.Join(dir, "big.safetensors"), big, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "ok.safetensors"), linearKernel(t, "ok", nil), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	inv := openInventory(t, "dgxa100", nil)
+	h, _, _ := newHost(t, inv, Config{MaxArtifactBytes: int64(len(big) - 1)})
+	h.SetRepository(Repository{FS: os.DirFS(dir), Where: dir})
+	loaded, failed, err := h.LoadRepository(context.Background())
+	if err != nil || loaded != 1 || failed != 1 {
+		t.Fatalf("loaded %d failed %d err %v", loaded, failed, err)
+	}
+	if reason := h.FailedLoads()["big"]; !strings.Contains(reason, "artifact limit") {
+		t.Fatalf("oversized file reason %q", reason)
+	}
 }
