@@ -62,7 +62,7 @@ func (h *Host) Infer(ctx context.Context, name string, req Request) (Result, err
 		return Result{}, fmt.Errorf("%w: kernel %q is not loaded", ErrNotFound, name)
 	}
 	obs := l.obs.Load()
-	in := l.kernel.InputShape()
+	in := l.inShape
 	if len(req.Shape) != len(in)+1 {
 		obs.fail(reasonBadInput)
 		return Result{}, fmt.Errorf("%w: input has shape %v; kernel %q takes [batch %s]", ErrBadInput, req.Shape, name, dims(in))
@@ -99,7 +99,8 @@ func (h *Host) Infer(ctx context.Context, name string, req Request) (Result, err
 	defer l.inflight.Done()
 
 	queued := time.Now()
-	if err := h.cpu.AcquireWithin(ctx, h.cfg.RequestTimeout); err != nil {
+	waited, err := h.cpu.AcquireWithin(ctx, h.cfg.RequestTimeout)
+	if err != nil {
 		l.breaker.Done(false) // not the kernel's fault
 		if errors.Is(err, dispatch.ErrQueueFull) {
 			obs.fail(reasonQueueFull)
@@ -108,13 +109,16 @@ func (h *Host) Infer(ctx context.Context, name string, req Request) (Result, err
 		obs.fail(reasonRuntime)
 		return Result{}, fmt.Errorf("%w: kernel %q waited for the executor: %w", ErrRuntime, name, err)
 	}
-	started := time.Now()
+	started := queued
+	if waited {
+		started = time.Now()
+	}
 	out := req.Out
 	if cap(out) < outN {
 		out = make([]float32, outN)
 	}
 	out = out[:outN]
-	err := l.kernel.Run(ctx, req.Input, batch, out)
+	err = l.kernel.Run(ctx, req.Input, batch, out)
 	h.cpu.Release()
 	done := time.Now()
 	compute := done.Sub(started)

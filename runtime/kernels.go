@@ -57,6 +57,7 @@ type loaded struct {
 
 	calls, failures atomic.Int64
 	shape1          []int // [1, *output_shape], shared by batch-1 results
+	inShape         []int // input shape without batch (read-only)
 }
 
 // setDecision records a placement and the reason execution differs from
@@ -352,6 +353,7 @@ func (h *Host) Load(ctx context.Context, req LoadRequest) (KernelView, error) {
 		window:   health.NewWindow(k.OutputSize()),
 		expected: health.ExpectedLatency(meta.PerformanceProfile),
 		shape1:   append([]int{1}, k.OutputShape()...),
+		inShape:  k.InputShape(),
 		observed: observed,
 	}
 

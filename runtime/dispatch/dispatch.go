@@ -68,12 +68,14 @@ func (l *Limiter) Acquire(ctx context.Context) error {
 }
 
 // AcquireWithin is Acquire with a bound on the wait when ctx has no
-// deadline of its own; it allocates nothing when a slot is free.
-func (l *Limiter) AcquireWithin(ctx context.Context, wait time.Duration) error {
+// deadline of its own; it allocates nothing when a slot is free. waited
+// reports whether the request had to queue (callers skip timing the queue
+// when it did not: reading the clock is not free on every machine).
+func (l *Limiter) AcquireWithin(ctx context.Context, wait time.Duration) (waited bool, err error) {
 	select {
 	case l.slots <- struct{}{}:
 		l.running.Add(1)
-		return nil
+		return false, nil
 	default:
 	}
 	if _, ok := ctx.Deadline(); !ok && wait > 0 {
@@ -81,7 +83,7 @@ func (l *Limiter) AcquireWithin(ctx context.Context, wait time.Duration) error {
 		ctx, cancel = context.WithTimeout(ctx, wait)
 		defer cancel()
 	}
-	return l.Acquire(ctx)
+	return true, l.Acquire(ctx)
 }
 
 // Release gives a slot back.
