@@ -546,20 +546,20 @@ const (
 // KernelMetadata describes a compiled kernel artifact. Its strings are
 // kept exactly as given (the reference does not strip them).
 type KernelMetadata struct {
-	KernelID             string         `json:"kernel_id"`
-	BlueprintID          string         `json:"blueprint_id"`
-	Name                 string         `json:"name"`
-	InputShape           []int          `json:"input_shape"`
-	OutputShape          []int          `json:"output_shape"`
-	ParameterCount       int            `json:"parameter_count"`
-	DeviceRequirements   []string       `json:"device_requirements"`
-	MemoryFootprintMB    float64        `json:"memory_footprint_mb"`
-	CompilationTarget    string         `json:"compilation_target"`
-	OptimizationFlags    map[string]any `json:"optimization_flags"`
-	PerformanceProfile   Metrics        `json:"performance_profile"`
-	CompatibilityVersion string         `json:"compatibility_version"`
-	CreatedAt            time.Time      `json:"created_at"`
-	Checksum             *string        `json:"checksum"` // SHA-256 of the kernel binary
+	KernelID             string    `json:"kernel_id"`
+	BlueprintID          string    `json:"blueprint_id"`
+	Name                 string    `json:"name"`
+	InputShape           []int     `json:"input_shape"`
+	OutputShape          []int     `json:"output_shape"`
+	ParameterCount       int       `json:"parameter_count"`
+	DeviceRequirements   []string  `json:"device_requirements"`
+	MemoryFootprintMB    float64   `json:"memory_footprint_mb"`
+	CompilationTarget    string    `json:"compilation_target"`
+	OptimizationFlags    Object    `json:"optimization_flags"`
+	PerformanceProfile   Metrics   `json:"performance_profile"`
+	CompatibilityVersion string    `json:"compatibility_version"`
+	CreatedAt            time.Time `json:"created_at"`
+	Checksum             *string   `json:"checksum"` // SHA-256 of the kernel binary
 }
 
 // NewKernelMetadata returns metadata holding the reference's defaults:
@@ -568,7 +568,7 @@ type KernelMetadata struct {
 func NewKernelMetadata(kernelID, blueprintID, name string) KernelMetadata {
 	return KernelMetadata{KernelID: kernelID, BlueprintID: blueprintID, Name: name,
 		InputShape: []int{}, OutputShape: []int{}, DeviceRequirements: []string{},
-		CompilationTarget: CompilationTorchScript, OptimizationFlags: map[string]any{},
+		CompilationTarget:  CompilationTorchScript,
 		PerformanceProfile: Metrics{}, CompatibilityVersion: "1.0", CreatedAt: Now()}
 }
 
@@ -633,7 +633,7 @@ func (k *KernelMetadata) check(errs *fieldErrors, p string, bad uint32) {
 		geF(errs, p, "memory_footprint_mb", k.MemoryFootprintMB, 0)
 	}
 	if !has(bad, kmOptimizationFlags) {
-		checkAnyMap(errs, p, "optimization_flags", k.OptimizationFlags)
+		k.OptimizationFlags.check(errs, p, "optimization_flags")
 	}
 	if !has(bad, kmPerformanceProfile) {
 		checkMetrics(errs, p, "performance_profile", k.PerformanceProfile)
@@ -705,7 +705,7 @@ func (k *KernelMetadata) decode(d *decoder, p string) {
 			k.CompilationTarget, good = d.str(p, "compilation_target")
 			m.mark(kmCompilationTarget, good)
 		case "optimization_flags":
-			k.OptimizationFlags, good = d.anyMap(p, "optimization_flags", false)
+			k.OptimizationFlags, good = d.object(p, "optimization_flags")
 			m.mark(kmOptimizationFlags, good)
 		case "performance_profile":
 			k.PerformanceProfile, good = d.metrics(p, "performance_profile", false)
@@ -737,9 +737,6 @@ func (k *KernelMetadata) decode(d *decoder, p string) {
 	}
 	if !has(m.seen, kmCompilationTarget) {
 		k.CompilationTarget = CompilationTorchScript
-	}
-	if !has(m.seen, kmOptimizationFlags) {
-		k.OptimizationFlags = map[string]any{}
 	}
 	if !has(m.seen, kmPerformanceProfile) {
 		k.PerformanceProfile = Metrics{}
@@ -774,7 +771,7 @@ func (k KernelMetadata) AppendJSON(dst []byte) []byte {
 	dst = append(dst, `,"compilation_target":`...)
 	dst = appendString(dst, k.CompilationTarget)
 	dst = append(dst, `,"optimization_flags":`...)
-	dst = appendAnyMap(dst, k.OptimizationFlags)
+	dst = k.OptimizationFlags.AppendJSON(dst)
 	dst = append(dst, `,"performance_profile":`...)
 	dst = appendMetrics(dst, k.PerformanceProfile)
 	dst = append(dst, `,"compatibility_version":`...)
@@ -801,7 +798,7 @@ type CompiledKernel struct {
 	BinaryRef         string         `json:"binary_ref"` // S3 reference to the binary
 	Metadata          KernelMetadata `json:"metadata"`
 	Status            string         `json:"status"`
-	ValidationResults map[string]any `json:"validation_results"`
+	ValidationResults Object         `json:"validation_results"`
 	DeploymentStats   Metrics        `json:"deployment_stats"`
 	CreatedAt         time.Time      `json:"created_at"`
 	LastUsedAt        *time.Time     `json:"last_used_at"`
@@ -811,7 +808,7 @@ type CompiledKernel struct {
 // fresh UUID, status "compiled", empty collections, created_at now.
 func NewCompiledKernel(blueprintID, binaryRef string, metadata KernelMetadata) CompiledKernel {
 	return CompiledKernel{KernelID: newUUID(), BlueprintID: blueprintID, BinaryRef: binaryRef,
-		Metadata: metadata, Status: KernelCompiled, ValidationResults: map[string]any{},
+		Metadata: metadata, Status: KernelCompiled,
 		DeploymentStats: Metrics{}, CreatedAt: Now()}
 }
 
@@ -853,7 +850,7 @@ func (c *CompiledKernel) check(errs *fieldErrors, p string, bad uint32) {
 		oneOf(errs, p, "status", c.Status, KernelCompiled, KernelValidated, KernelDeployed, KernelDeprecated)
 	}
 	if !has(bad, ckValidationResults) {
-		checkAnyMap(errs, p, "validation_results", c.ValidationResults)
+		c.ValidationResults.check(errs, p, "validation_results")
 	}
 	if !has(bad, ckDeploymentStats) {
 		checkMetrics(errs, p, "deployment_stats", c.DeploymentStats)
@@ -919,7 +916,7 @@ func (c *CompiledKernel) decode(d *decoder, p string) {
 			c.Status, good = d.str(p, "status")
 			m.mark(ckStatus, good)
 		case "validation_results":
-			c.ValidationResults, good = d.anyMap(p, "validation_results", false)
+			c.ValidationResults, good = d.object(p, "validation_results")
 			m.mark(ckValidationResults, good)
 		case "deployment_stats":
 			c.DeploymentStats, good = d.metrics(p, "deployment_stats", false)
@@ -948,9 +945,6 @@ func (c *CompiledKernel) decode(d *decoder, p string) {
 	if !has(m.seen, ckStatus) {
 		c.Status = KernelCompiled
 	}
-	if !has(m.seen, ckValidationResults) {
-		c.ValidationResults = map[string]any{}
-	}
 	if !has(m.seen, ckDeploymentStats) {
 		c.DeploymentStats = Metrics{}
 	}
@@ -974,7 +968,7 @@ func (c CompiledKernel) AppendJSON(dst []byte) []byte {
 	dst = append(dst, `,"status":`...)
 	dst = appendString(dst, c.Status)
 	dst = append(dst, `,"validation_results":`...)
-	dst = appendAnyMap(dst, c.ValidationResults)
+	dst = c.ValidationResults.AppendJSON(dst)
 	dst = append(dst, `,"deployment_stats":`...)
 	dst = appendMetrics(dst, c.DeploymentStats)
 	dst = append(dst, `,"created_at":`...)

@@ -31,8 +31,13 @@
 // Free-form dictionaries (Dict[str, Any]) decode to map[string]any whose
 // values are map[string]any, []any, string, bool, nil, int64 for integer
 // literals (json.Number beyond int64) and float64 for other numbers, so
-// that 5 and 5.0 survive a round trip distinctly. Dict[str, float] fields
-// are Metrics, which keep key order.
+// that 5 and 5.0 survive a round trip distinctly. The two on the kernel
+// path, CompiledKernel.ValidationResults and
+// KernelMetadata.OptimizationFlags, are an Object instead: the decode
+// checks them and keeps their JSON text, and members are decoded into
+// the same types when asked for (Object.Get, Object.Map), so a kernel
+// document decodes without building values nobody reads. Dict[str,
+// float] fields are Metrics, which keep key order.
 //
 // Blueprint, TrainingSession and AdaptationDecision strip surrounding
 // white space from their strings and from their dictionaries' top-level

@@ -160,6 +160,6 @@ func parseUrzaRecord(id string, body []byte) (*contracts.CompiledKernel, error) 
 	ck.KernelID = kid
 	// The flat record has no metadata: mark it so Load takes the artifact's
 	// embedded metadata instead.
-	ck.ValidationResults = map[string]any{"urza_status": rec.Status, "metadata_from": "artifact"}
+	ck.ValidationResults = contracts.ObjectFrom(map[string]any{"urza_status": rec.Status, "metadata_from": "artifact"})
 	return &ck, nil
 }

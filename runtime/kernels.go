@@ -271,7 +271,7 @@ func (h *Host) Load(ctx context.Context, req LoadRequest) (KernelView, error) {
 		if md.Checksum != nil {
 			checksum = *md.Checksum
 		}
-		if req.Compiled.ValidationResults["metadata_from"] == "artifact" {
+		if v, _ := req.Compiled.ValidationResults.Get("metadata_from"); v == "artifact" {
 			// Urza's flat record: the artifact's embedded metadata
 			// describes the kernel; the checksum is verified while fetching.
 			md = nil
@@ -330,7 +330,8 @@ func (h *Host) Load(ctx context.Context, req LoadRequest) (KernelView, error) {
 		return KernelView{}, fmt.Errorf("%w: %w", ErrBadInput, err)
 	}
 	fb := h.cfg.Fallback
-	if v, ok := meta.OptimizationFlags["cpu_fallback"].(string); ok {
+	flag, _ := meta.OptimizationFlags.Get("cpu_fallback")
+	if v, ok := flag.(string); ok {
 		// A kernel may carry its own policy in optimization_flags.
 		f, err := placement.ParseFallback(v)
 		if err != nil {

@@ -137,7 +137,7 @@ func compiledFor(t *testing.T, id string, flags map[string]any) contracts.Compil
 	md.InputShape, md.OutputShape, md.ParameterCount = []int{4}, []int{3}, 15
 	md.DeviceRequirements = []string{"cuda"}
 	md.CompilationTarget = "esper-kernel/v1"
-	md.OptimizationFlags = flags
+	md.OptimizationFlags = contracts.ObjectFrom(flags)
 	ck := contracts.NewCompiledKernel(md.BlueprintID, "file://"+id+".safetensors", md)
 	ck.KernelID = id
 	return ck
