@@ -558,9 +558,8 @@ func TestFaultBrokenArtifactsRefused(t *testing.T) {
 		{"bad-graph", []string{"shape"}},
 		{"bad-dtype", []string{"X32"}},
 		{"bad-torchscript", []string{"torchscript"}},
-		// Refused, but only after reading the whole 257 MiB: the repository
-		// path has no size cap (see the report of issue 8).
-		{"bad-oversized", []string{"malformed"}},
+		// Refused by its size before it is read, as fetched artifacts are.
+		{"bad-oversized", []string{"artifact limit"}},
 	}
 	refused := 0
 	for _, c := range repoCases {
