@@ -620,7 +620,13 @@ func (d *decoder) matchLit(lit string) bool {
 }
 
 // skipValue consumes any JSON value, checking its syntax.
-func (d *decoder) skipValue(depth int) bool {
+func (d *decoder) skipValue(depth int) bool { return d.scanValue(depth, false) }
+
+// scanValue consumes any JSON value, checking its syntax. With checkRange
+// it also records an error (at the empty path; the caller places it) for
+// every number that is not an integer literal and lies outside the float64
+// range, as decoding the value would.
+func (d *decoder) scanValue(depth int, checkRange bool) bool {
 	if depth > maxDepth {
 		d.fail("nesting too deep")
 		return false
@@ -633,7 +639,7 @@ func (d *decoder) skipValue(depth int) bool {
 			if _, ok := d.nextKey(&first); !ok {
 				break
 			}
-			if !d.skipValue(depth + 1) {
+			if !d.scanValue(depth+1, checkRange) {
 				return false
 			}
 		}
@@ -642,7 +648,7 @@ func (d *decoder) skipValue(depth int) bool {
 		d.pos++
 		first := true
 		for d.nextElem(&first) {
-			if !d.skipValue(depth + 1) {
+			if !d.scanValue(depth+1, checkRange) {
 				return false
 			}
 		}
@@ -660,8 +666,17 @@ func (d *decoder) skipValue(depth int) bool {
 		d.fail("unexpected end of input, expected a value")
 		return false
 	default:
-		_, _, ok := d.scanNumber()
-		return ok
+		at := d.pos
+		b, isInt, ok := d.scanNumber()
+		if !ok {
+			return false
+		}
+		if checkRange && !isInt {
+			if _, ok := parseFloatLit(b); !ok {
+				d.errs.add("", "number at byte "+strconv.Itoa(at)+" is out of the float64 range")
+			}
+		}
+		return true
 	}
 }
 

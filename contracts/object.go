@@ -2,7 +2,6 @@ package contracts
 
 import (
 	"maps"
-	"strconv"
 	"unsafe"
 )
 
@@ -215,56 +214,4 @@ func (d *decoder) object(p, name string) (Object, bool) {
 // anyValue, that every number that is not an integer literal is within
 // the float64 range (an error recorded at the empty path; the caller
 // places it).
-func (d *decoder) scanFree(depth int) bool {
-	if depth > maxDepth {
-		d.fail("nesting too deep")
-		return false
-	}
-	switch c := d.peek(); c {
-	case '{':
-		d.pos++
-		first := true
-		for {
-			if _, ok := d.nextKey(&first); !ok {
-				break
-			}
-			if !d.scanFree(depth + 1) {
-				return false
-			}
-		}
-		return d.syn == nil
-	case '[':
-		d.pos++
-		first := true
-		for d.nextElem(&first) {
-			if !d.scanFree(depth + 1) {
-				return false
-			}
-		}
-		return d.syn == nil
-	case '"':
-		_, ok := d.readString()
-		return ok
-	case 't':
-		return d.matchLit("true")
-	case 'f':
-		return d.matchLit("false")
-	case 'n':
-		return d.matchLit("null")
-	case 0:
-		d.fail("unexpected end of input, expected a value")
-		return false
-	default:
-		at := d.pos
-		b, isInt, ok := d.scanNumber()
-		if !ok {
-			return false
-		}
-		if !isInt {
-			if _, ok := parseFloatLit(b); !ok {
-				d.errs.add("", "number at byte "+strconv.Itoa(at)+" is out of the float64 range")
-			}
-		}
-		return true
-	}
-}
+func (d *decoder) scanFree(depth int) bool { return d.scanValue(depth, true) }
