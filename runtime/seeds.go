@@ -234,15 +234,17 @@ func (h *Host) RegisterLayer(name string) int {
 // transition table.
 func (h *Host) SetSeedState(layer string, idx int, to contracts.SeedState, why string) error {
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	s, ok := h.seeds.seeds[seedKey{layer, idx}]
 	if !ok {
+		h.mu.Unlock()
 		return fmt.Errorf("%w: seed %s/%d", ErrNotFound, layer, idx)
 	}
-	if err := s.move(to, why, h.cfg.Now()); err != nil {
+	err := s.move(to, why, h.cfg.Now())
+	h.mu.Unlock()
+	if err != nil {
 		return err
 	}
-	h.changedLocked()
+	h.changed() // outside h.mu: the hook reads the host's state
 	return nil
 }
 
@@ -253,22 +255,16 @@ func (h *Host) SetAlpha(layer string, idx int, alpha float64) error {
 		return fmt.Errorf("%w: alpha is NaN", ErrBadInput)
 	}
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	s, ok := h.seeds.seeds[seedKey{layer, idx}]
 	if !ok {
+		h.mu.Unlock()
 		return fmt.Errorf("%w: seed %s/%d", ErrNotFound, layer, idx)
 	}
 	s.alpha = math.Max(0, math.Min(1, alpha))
 	s.alphaSetAt = h.cfg.Now()
-	h.changedLocked()
+	h.mu.Unlock()
+	h.changed()
 	return nil
-}
-
-// changedLocked schedules the change hook for a caller holding h.mu.
-func (h *Host) changedLocked() {
-	if fn := h.onChange; fn != nil {
-		go fn()
-	}
 }
 
 // ServesLayer reports whether this host serves the layer: it has

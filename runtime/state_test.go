@@ -163,3 +163,24 @@ func TestRepositoryRefusesOversizedFilesBeforeReading(t *testing.T) {
 		t.Fatalf("oversized file reason %q", reason)
 	}
 }
+
+// Seed changes reach the change hook before they return, so a daemon that
+// saves its state there has saved them when a command is acknowledged.
+func TestSeedChangesCallTheHookBeforeReturning(t *testing.T) {
+	inv := openInventory(t, "dgxa100", nil)
+	h, _, _ := newHost(t, inv, Config{})
+	if _, err := h.Load(context.Background(), LoadRequest{Data: linearKernel(t, "k", nil), Layer: "l"}); err != nil {
+		t.Fatal(err)
+	}
+	calls := 0
+	h.OnChange(func() { calls++; _ = h.State() }) // reads the host, as the daemon's hook does
+	if err := h.SetSeedState("l", 0, contracts.SeedTraining, "test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.SetAlpha("l", 0, 0.5); err != nil {
+		t.Fatal(err)
+	}
+	if calls != 2 {
+		t.Fatalf("hook called %d times before the changes returned, want 2", calls)
+	}
+}
