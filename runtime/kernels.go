@@ -7,7 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	rtmetrics "runtime/metrics"
+	goruntime "runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -680,12 +680,12 @@ func (h *Host) loadCached(ctx context.Context, data []byte, md *contracts.Kernel
 		key += ":" + hex.EncodeToString(mdSum[:8])
 	}
 	return h.cache.GetOrLoad(ctx, key, func(ctx context.Context, _ string) (*parsed, int64, error) {
-		before := heapBytes()
+		before := allocatedBytes()
 		k, err := kernels.Load(data, kernels.LoadOptions{Metadata: md, Logger: h.log})
 		if err != nil {
 			return nil, 0, err
 		}
-		observed := max(int64(heapBytes())-int64(before), 0)
+		observed := max(int64(allocatedBytes()-before), 0)
 		size := max(int64(len(data)), 4*int64(k.ParameterCount()), observed)
 		return &parsed{kernel: k, observedBytes: observed}, size, nil
 	})
@@ -695,24 +695,24 @@ func (h *Host) loadCached(ctx context.Context, data []byte, md *contracts.Kernel
 // seen to take.
 type parsed struct {
 	kernel *kernels.Kernel
-	// observedBytes is the heap growth across the load (weights, buffers,
-	// graph): the observed use the memory estimate is compared with. It is
-	// process-wide, so loads running at the same time blur it.
+	// observedBytes is what the load allocated (weights, buffers, graph,
+	// and the transient garbage of parsing): the observed use the memory
+	// estimate is compared with. It is process-wide, so loads running at
+	// the same time blur it.
 	observedBytes int64
 }
 
-var heapSample = []rtmetrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
-var heapMu sync.Mutex
-
-// heapBytes reads the bytes of live and not-yet-swept heap objects.
-func heapBytes() uint64 {
-	heapMu.Lock()
-	defer heapMu.Unlock()
-	rtmetrics.Read(heapSample)
-	if heapSample[0].Value.Kind() != rtmetrics.KindUint64 {
-		return 0
-	}
-	return heapSample[0].Value.Uint64()
+// allocatedBytes reads the process's cumulative heap allocation. It is
+// monotonic, so a garbage collection during a load cannot hide the load's
+// memory the way a live-heap difference can (a GC freeing other garbage
+// made that difference zero or negative). ReadMemStats stops the world
+// for microseconds, which a load, taking milliseconds, can afford; the
+// runtime/metrics counter would be cheaper but counts small objects only
+// when a span is refilled, so a small load could read as zero.
+func allocatedBytes() uint64 {
+	var ms goruntime.MemStats
+	goruntime.ReadMemStats(&ms)
+	return ms.TotalAlloc
 }
 
 // CacheStats returns the parsed-kernel cache's counters.

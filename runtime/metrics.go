@@ -105,7 +105,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"kernel"}),
 		observedMemory: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "kasmina_kernel_memory_observed_bytes",
-			Help: "Heap growth observed across the kernel's load (weights, buffers, graph).",
+			Help: "Bytes the kernel's load allocated (weights, buffers, graph, parse garbage).",
 		}, []string{"kernel"}),
 		declaredError: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "kasmina_kernel_declared_footprint_error_bytes",
