@@ -3,6 +3,8 @@ package contracts
 import (
 	"encoding/json"
 	"errors"
+	"math"
+	"math/rand/v2"
 	"strings"
 	"testing"
 	"time"
@@ -287,6 +289,44 @@ func TestFloatEncodingMatchesReference(t *testing.T) {
 	for f, want := range tests {
 		if got := string(appendFloat(nil, f)); got != want {
 			t.Errorf("appendFloat(%v) = %s, want %s", f, got, want)
+		}
+	}
+}
+
+// TestFloatFastPathMatchesStrconv: appendFloat's short-decimal fast path
+// writes exactly what the general strconv path writes, for random bit
+// patterns, for decimals with up to nine places (the fast path takes up to
+// six), near the range bounds, and for sums that are not short decimals.
+func TestFloatFastPathMatchesStrconv(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	check := func(f float64) {
+		t.Helper()
+		if got, want := string(appendFloat(nil, f)), string(appendFloatGeneral(nil, f)); got != want {
+			t.Fatalf("appendFloat(%v) = %s, general path %s (bits %#x)", f, got, want, math.Float64bits(f))
+		}
+	}
+	for _, f := range []float64{1e-5, -1e-5, 1.5e-5, 0.0001, 0.1 + 0.2, 1 << 31, 1<<31 - 1, 1<<31 - 0.5, 2147483647.999999,
+		1795608780.597932, 0.875, 0.03125, 0.00015, 12345.678901, 9.999999, 99999.99999, 1e15, 3, -7} {
+		check(f)
+		check(math.Nextafter(f, 0))
+		check(math.Nextafter(f, math.Inf(1)))
+	}
+	for i := 0; i < 1_000_000; i++ {
+		switch i % 4 {
+		case 0: // any finite value
+			check(math.Float64frombits(rng.Uint64()))
+		case 1: // a decimal with 0-9 places, up to 2^31 in magnitude
+			k := rng.IntN(10)
+			n := rng.Int64N(1 << 31 * int64(math.Pow10(min(k, 6))))
+			f := float64(n) / math.Pow10(k)
+			if rng.IntN(2) == 0 {
+				f = -f
+			}
+			check(f)
+		case 2: // a uniform value in [0, 1) and scaled ones
+			check(rng.Float64() * math.Pow10(rng.IntN(12)-5))
+		case 3: // Unix timestamps with microseconds, as HealthSignal has
+			check(float64(1_700_000_000_000_000+rng.Int64N(1e15)) / 1e6)
 		}
 	}
 }

@@ -151,6 +151,19 @@ func appendFloat(dst []byte, f float64) []byte {
 	if math.IsNaN(f) || math.IsInf(f, 0) {
 		return append(dst, "null"...)
 	}
+	if abs := math.Abs(f); abs >= 1e-5 && abs < 1<<31 {
+		if out, ok := appendShortDecimal(dst, f); ok {
+			return out
+		}
+	}
+	return appendFloatGeneral(dst, f)
+}
+
+// appendFloatGeneral is appendFloat through strconv's shortest formatting.
+func appendFloatGeneral(dst []byte, f float64) []byte {
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		return append(dst, "null"...)
+	}
 	abs := math.Abs(f)
 	if abs == 0 || (abs >= 1e-5 && abs < 1e16) {
 		start := len(dst)
@@ -172,6 +185,53 @@ func appendFloat(dst []byte, f float64) []byte {
 		}
 	}
 	return dst
+}
+
+// pow10 are the exact powers of ten appendShortDecimal scales by.
+var pow10 = [...]float64{1, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6}
+
+// appendShortDecimal is appendFloat's fast path for values with at most six
+// decimals, such as most scores, ratios and Unix timestamps in
+// microseconds: it finds the fewest decimals k for which n/10^k, with n
+// the nearest integer to f*10^k, rounds back to f, and writes n with k
+// decimals. That is strconv's shortest round-trip output when it is
+// unique, which it is here: for 1e-5 <= |f| < 2^31 and k <= 6 the spacing
+// of float64 values near f is below 10^-k, so at most one k-decimal string
+// rounds to f. A k whose n ends in 0 means a shorter k was missed (f*10^k
+// is rounded before Round); the caller then takes the general path, as it
+// does for f needing more than six decimals. Division by an exact power
+// of ten is correctly rounded, as parsing the decimal string is.
+func appendShortDecimal(dst []byte, f float64) ([]byte, bool) {
+	for k, p := range pow10 {
+		n := math.Round(f * p)
+		if n/p != f {
+			continue
+		}
+		u := uint64(math.Abs(n))
+		if k > 0 && u%10 == 0 {
+			return dst, false
+		}
+		if f < 0 {
+			dst = append(dst, '-')
+		}
+		var digits [24]byte
+		d := strconv.AppendUint(digits[:0], u, 10)
+		if k == 0 {
+			dst = append(dst, d...)
+			return append(dst, '.', '0'), true
+		}
+		if len(d) <= k { // 0.000123: leading zeros
+			dst = append(dst, '0', '.')
+			for i := len(d); i < k; i++ {
+				dst = append(dst, '0')
+			}
+			return append(dst, d...), true
+		}
+		dst = append(dst, d[:len(d)-k]...)
+		dst = append(dst, '.')
+		return append(dst, d[len(d)-k:]...), true
+	}
+	return dst, false
 }
 
 func appendInt(dst []byte, n int) []byte { return strconv.AppendInt(dst, int64(n), 10) }
