@@ -88,7 +88,7 @@ func BenchmarkEncodeHealthSignal(b *testing.B) {
 	b.Run("health_signal", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			if _, err := encodeHealthSignal(uuid.New(), contracts.Now(), "kasmina-host.test-node", "telemetry-7", &sig); err != nil {
+			if _, err := encodeHealthSignal(eventIDs.newID(), contracts.Now(), "kasmina-host.test-node", "telemetry-7", &sig); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -65,10 +65,11 @@ func (o PublisherOptions) withDefaults() PublisherOptions {
 	if o.Backoff.Max <= 0 {
 		o.Backoff.Max = DefaultBackoff.Max
 	}
-	// Keep at least half the bound for the ring so overflow always has
-	// an old, not-in-flight entry to drop.
-	if half := max(1, o.MaxBuffered/2); o.BatchSize > half {
-		o.BatchSize = half
+	// Keep at least half the bound for the queue so overflow always has
+	// an old, not-in-flight entry to drop (pipelineDepth batches can be
+	// in flight).
+	if most := max(1, o.MaxBuffered/(2*pipelineDepth)); o.BatchSize > most {
+		o.BatchSize = most
 	}
 	return o
 }
@@ -113,9 +114,9 @@ type bufferedPublisher struct {
 	logger *slog.Logger
 
 	mu            sync.Mutex
-	ring          []entry // circular
+	queue         entryQueue // published, not yet taken by the flusher
 	head, n       int
-	ringBytes     int
+	queueBytes    int
 	inflight      []entry // owned by the flusher, counted here
 	inflightBytes int
 	closed        bool
@@ -145,7 +146,6 @@ func newBufferedPublisher(opts PublisherOptions, s sink, logger *slog.Logger) *b
 		opts:    opts,
 		sink:    s,
 		logger:  logger,
-		ring:    make([]entry, 64),
 		changed: make(chan struct{}),
 		topics:  make(map[string]*topicCounters),
 		dropped: make(map[string]uint64),
@@ -177,24 +177,20 @@ func (p *bufferedPublisher) enqueue(e entry) error {
 	}
 	p.published++
 	p.topic(e.stream).published++
-	if p.n == len(p.ring) && p.n < p.opts.MaxBuffered {
-		p.grow()
-	}
 	var droppedNow uint64
-	for p.n > 0 && (p.n+len(p.inflight)+1 > p.opts.MaxBuffered || p.ringBytes+p.inflightBytes+e.size > p.opts.MaxBufferedBytes) {
+	for p.queue.len() > 0 && (p.queue.len()+len(p.inflight)+1 > p.opts.MaxBuffered || p.queueBytes+p.inflightBytes+e.size > p.opts.MaxBufferedBytes) {
 		old := p.popFront()
 		p.countDrop(old.stream, DropOverflow, 1)
 		droppedNow++
 	}
-	if p.n+len(p.inflight)+1 > p.opts.MaxBuffered || p.ringBytes+p.inflightBytes+e.size > p.opts.MaxBufferedBytes {
+	if p.queue.len()+len(p.inflight)+1 > p.opts.MaxBuffered || p.queueBytes+p.inflightBytes+e.size > p.opts.MaxBufferedBytes {
 		// Only in-flight entries are left: the new one cannot be kept.
 		p.countDrop(e.stream, DropOverflow, 1)
 		droppedNow++
 	} else {
-		p.ring[(p.head+p.n)%len(p.ring)] = e
-		p.n++
-		p.ringBytes += e.size
-		if b := p.n + len(p.inflight); b > p.highWater {
+		p.queue.push(e)
+		p.queueBytes += e.size
+		if b := p.queue.len() + len(p.inflight); b > p.highWater {
 			p.highWater = b
 		}
 	}
@@ -222,21 +218,9 @@ func (p *bufferedPublisher) enqueue(e entry) error {
 	return nil
 }
 
-func (p *bufferedPublisher) grow() {
-	size := min(2*len(p.ring), p.opts.MaxBuffered)
-	ring := make([]entry, max(size, 1))
-	for i := 0; i < p.n; i++ {
-		ring[i] = p.ring[(p.head+i)%len(p.ring)]
-	}
-	p.ring, p.head = ring, 0
-}
-
 func (p *bufferedPublisher) popFront() entry {
-	e := p.ring[p.head]
-	p.ring[p.head] = entry{}
-	p.head = (p.head + 1) % len(p.ring)
-	p.n--
-	p.ringBytes -= e.size
+	e := p.queue.pop()
+	p.queueBytes -= e.size
 	return e
 }
 
@@ -251,49 +235,113 @@ func (p *bufferedPublisher) signalChanged() {
 	p.changed = make(chan struct{})
 }
 
-// take moves up to BatchSize entries from the ring to the in-flight batch,
-// waiting for some; it returns false when ctx ends.
-func (p *bufferedPublisher) take(ctx context.Context) bool {
-	for {
-		p.mu.Lock()
-		if p.n > 0 {
-			k := min(p.n, p.opts.BatchSize-len(p.inflight))
-			for i := 0; i < k; i++ {
-				e := p.popFront()
-				p.inflight = append(p.inflight, e)
-				p.inflightBytes += e.size
-			}
-			p.mu.Unlock()
-			return true
-		}
-		p.mu.Unlock()
-		select {
-		case <-p.wake:
-		case <-ctx.Done():
-			return false
-		}
-	}
+// pipeline is a sink that can have more than one batch on the wire, so the
+// server works on one batch while the next is already in its socket
+// buffer: send writes a batch, recv reads the results of the oldest batch
+// sent and not yet received, abort forgets every such batch (dropping the
+// connection they were sent on).
+type pipeline interface {
+	send(ctx context.Context, batch []entry) error
+	recv(ctx context.Context, batch []entry) []error
+	abort()
 }
 
-// run is the flusher goroutine.
+// pipelineDepth is how many batches a pipeline sink keeps on the wire.
+// Two hide the round trip: while Redis works through one, the next waits
+// in its socket buffer.
+const pipelineDepth = 2
+
+// syncPipeline runs a sink that only writes synchronously as a pipeline of
+// depth one: send writes, recv hands back the results.
+type syncPipeline struct {
+	s    sink
+	errs []error
+}
+
+func (q *syncPipeline) send(ctx context.Context, batch []entry) error {
+	q.errs = q.s.write(ctx, batch)
+	return nil
+}
+
+func (q *syncPipeline) recv(context.Context, []entry) []error {
+	errs := q.errs
+	q.errs = nil
+	return errs
+}
+
+func (q *syncPipeline) abort() { q.errs = nil }
+
+// nextBatch returns the next entries to send: those in flight after the
+// first sent (left over from a failed write) or, when there are none, up
+// to BatchSize entries moved from the queue to the in-flight list. The
+// slice aliases p.inflight; only the flusher reads or changes it.
+func (p *bufferedPublisher) nextBatch(sent int) []entry {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.inflight) == sent && p.queue.len() > 0 {
+		k := min(p.queue.len(), p.opts.BatchSize)
+		for i := 0; i < k; i++ {
+			e := p.popFront()
+			p.inflight = append(p.inflight, e)
+			p.inflightBytes += e.size
+		}
+	}
+	end := min(len(p.inflight), sent+p.opts.BatchSize)
+	return p.inflight[sent:end:end]
+}
+
+// run is the flusher goroutine. It keeps up to depth batches on the wire
+// and settles them oldest first; after a failure every batch still on the
+// wire is void (its entries are sent again, in order, once the sink
+// answers a probe).
 func (p *bufferedPublisher) run(ctx context.Context) {
 	defer close(p.done)
+	var pipe pipeline = &syncPipeline{s: p.sink}
+	depth := 1
+	if pp, ok := p.sink.(pipeline); ok {
+		pipe, depth = pp, pipelineDepth
+	}
 	attempt := 0
+	var window []int // sizes of the batches on the wire, oldest first
+	sent := 0        // entries of p.inflight on the wire: the sum of window
 	for {
-		p.mu.Lock()
-		pending := len(p.inflight)
-		p.mu.Unlock()
-		if pending == 0 && !p.take(ctx) {
-			return
+		var failed error
+		for len(window) < depth {
+			batch := p.nextBatch(sent)
+			if len(batch) == 0 {
+				if len(window) > 0 {
+					break // receive what is on the wire first
+				}
+				select {
+				case <-p.wake:
+					continue
+				case <-ctx.Done():
+					return
+				}
+			}
+			if err := pipe.send(ctx, batch); err != nil {
+				failed = err
+				break
+			}
+			window = append(window, len(batch))
+			sent += len(batch)
 		}
-		p.mu.Lock()
-		batch := p.inflight // the flusher alone mutates inflight
-		p.mu.Unlock()
-		errs := p.sink.write(ctx, batch)
-		failed := p.settle(batch, errs)
+		if failed == nil {
+			k := window[0]
+			errs := pipe.recv(ctx, p.inflight[:k:k])
+			window = window[1:]
+			sent -= k
+			failed = p.settle(k, errs)
+		}
 		if failed == nil {
 			attempt = 0
 			continue
+		}
+		// Whatever else is on the wire is void: send it again later.
+		pipe.abort()
+		window, sent = window[:0], 0
+		if ctx.Err() != nil {
+			return
 		}
 		// Back off, then probe until the sink answers, then resend.
 		p.logger.Warn("oona: bus write failed, will retry", slog.Int("buffered", p.Stats().Buffered), slog.Any("error", failed))
@@ -318,15 +366,17 @@ func (p *bufferedPublisher) run(ctx context.Context) {
 	}
 }
 
-// settle applies the per-entry results of one write: delivered and
-// permanently refused entries leave the in-flight batch, the rest stay (in
-// order) for the retry. It returns the first retryable error, if any.
-func (p *bufferedPublisher) settle(batch []entry, errs []error) error {
+// settle applies the per-entry results of the oldest k in-flight entries:
+// delivered and permanently refused entries leave the in-flight list, the
+// rest stay (in order, ahead of the entries sent after them) for the
+// retry. It returns the first retryable error, if any.
+func (p *bufferedPublisher) settle(k int, errs []error) error {
 	var firstErr error
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	keep := p.inflight[:0]
-	for i, e := range batch {
+	keep := 0
+	for i := 0; i < k; i++ {
+		e := &p.inflight[i]
 		var err error
 		if i < len(errs) {
 			err = errs[i]
@@ -346,11 +396,13 @@ func (p *bufferedPublisher) settle(batch []entry, errs []error) error {
 			if firstErr == nil {
 				firstErr = err
 			}
-			keep = append(keep, e)
+			p.inflight[keep] = *e
+			keep++
 		}
 	}
-	clear(p.inflight[len(keep):])
-	p.inflight = keep
+	n := copy(p.inflight[keep:], p.inflight[k:])
+	clear(p.inflight[keep+n:])
+	p.inflight = p.inflight[:keep+n]
 	p.signalChanged()
 	return firstErr
 }
@@ -359,7 +411,7 @@ func (p *bufferedPublisher) settle(batch []entry, errs []error) error {
 func (p *bufferedPublisher) buffered() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.n + len(p.inflight)
+	return p.queue.len() + len(p.inflight)
 }
 
 // Flush waits until every entry published so far has been delivered or
@@ -367,7 +419,7 @@ func (p *bufferedPublisher) buffered() int {
 func (p *bufferedPublisher) Flush(ctx context.Context) error {
 	for {
 		p.mu.Lock()
-		left := p.n + len(p.inflight)
+		left := p.queue.len() + len(p.inflight)
 		ch := p.changed
 		p.mu.Unlock()
 		if left == 0 {
@@ -402,7 +454,7 @@ func (p *bufferedPublisher) Close(ctx context.Context) error {
 	<-p.done
 	p.mu.Lock()
 	var lost int
-	for p.n > 0 {
+	for p.queue.len() > 0 {
 		e := p.popFront()
 		p.countDrop(e.stream, DropShutdown, 1)
 		lost++
@@ -428,8 +480,8 @@ func (p *bufferedPublisher) Stats() Stats {
 	s := Stats{
 		Published:           p.published,
 		Delivered:           p.delivered,
-		Buffered:            p.n + len(p.inflight),
-		BufferedBytes:       p.ringBytes + p.inflightBytes,
+		Buffered:            p.queue.len() + len(p.inflight),
+		BufferedBytes:       p.queueBytes + p.inflightBytes,
 		BufferHighWatermark: p.highWater,
 		Retries:             p.retries,
 		Reconnects:          p.reconnects,

@@ -41,25 +41,29 @@
 // from the struct (HealthSignal.AppendJSON: the contract's field order and
 // number spelling, which the Python reader's json.loads does not care
 // about) instead of through a map; the runtime uses it when its publisher
-// has it. The Redis sink reuses one argument buffer per batch and passes
-// values by pointer, so an entry costs one allocation to encode.
+// has it. Event ids come from a pool of crypto/rand bytes refilled 4 KiB
+// at a time, so an entry costs one allocation to encode.
 //
 // Publish validates and encodes the message on the caller's goroutine and
-// queues it in a bounded buffer (10 000 messages and 16 MiB by default); it
+// queues it in a bounded buffer (10 000 messages and 16 MiB by default, a
+// list of 512-entry blocks, so growing never copies under the lock); it
 // never waits for the bus. One flusher goroutine writes batches of up to
 // 256 entries as one pipeline of XADDs (XADD ... MAXLEN ~ 100000 on every
-// stream but control.*). When Redis is unreachable the flusher backs off
-// (100 ms doubling to 5 s, full jitter), probes with PING, and then resends
-// in order, so a write whose reply was lost can land twice: consumers
-// de-duplicate by event_id. Each retry is one dial: go-redis's own dial
-// retries (5 dials 100 ms apart inside every command, and a pipeline tries
-// its dedicated pool and then the main pool) are turned off, so the
-// retries counter follows the backoff schedule (before, a 1 s outage
-// counted 1-2 retries: each one spent up to 800 ms dialing inside
-// go-redis). After 16 failed dials go-redis stops dialing and probes on
-// its own once a second; reconnection then lags Redis's return by up to
-// 1 s. The publisher speaks RESP2 (it subscribes to nothing). Beyond the bound the oldest buffered message is
-// dropped and counted (reason overflow); Close counts what its deadline
+// stream but control.*), keeping two batches on the wire so that Redis
+// works through one while the next waits in its socket buffer. The
+// publisher's connection speaks RESP2 itself (resp.go: the commands of a
+// batch appended into one buffer and written with one syscall, the replies
+// parsed off a bufio.Reader); go-redis, which the consumer uses, boxed
+// every argument and took more of the flusher's time than Redis spent on
+// the XADDs. It honours the URL's TLS, ACL user and password, database and
+// the dial/read/write timeouts. When Redis is unreachable the flusher
+// backs off (100 ms doubling to 5 s, full jitter), probes with PING, and
+// then resends in order everything not acknowledged (the batch that
+// failed and the one behind it), so a write whose reply was lost can land
+// twice: consumers de-duplicate by event_id. Each retry is one dial, so
+// the retries counter follows the backoff schedule. Beyond the bound the
+// oldest buffered message is dropped and counted (reason overflow); Close
+// counts what its deadline
 // left behind (reason shutdown); entries Redis refuses for good (WRONGTYPE)
 // are dropped with reason permanent_error. Stats satisfy
 // Published == Delivered + Dropped + Buffered. NewCollector/RegisterMetrics

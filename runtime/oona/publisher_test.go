@@ -375,3 +375,33 @@ func TestPublishHealthSignalRefusesWhatPublishRefuses(t *testing.T) {
 		})
 	}
 }
+
+// TestEventIDsAreDistinctVersion4UUIDs: the pooled event ids are RFC 4122
+// version 4 UUIDs, distinct across goroutines and pool refills.
+func TestEventIDsAreDistinctVersion4UUIDs(t *testing.T) {
+	const goroutines, each = 4, 3000 // several refills of the 256-id pool
+	ids := make(chan uuid.UUID, goroutines*each)
+	var wg sync.WaitGroup
+	for range goroutines {
+		wg.Go(func() {
+			for range each {
+				ids <- eventIDs.newID()
+			}
+		})
+	}
+	wg.Wait()
+	close(ids)
+	seen := make(map[uuid.UUID]bool, goroutines*each)
+	for id := range ids {
+		if id.Version() != 4 || id.Variant() != uuid.RFC4122 {
+			t.Fatalf("%s: version %d variant %s", id, id.Version(), id.Variant())
+		}
+		if seen[id] {
+			t.Fatalf("%s handed out twice", id)
+		}
+		seen[id] = true
+		if back, err := uuid.Parse(id.String()); err != nil || back != id {
+			t.Fatalf("%s does not parse back: %v", id, err)
+		}
+	}
+}

@@ -25,8 +25,8 @@ type RedisBus struct {
 	cons   consumerCounters
 
 	// consumerClient serves the blocking reads; the publisher has its own
-	// client (MaxRetries disabled) so a blocked XREADGROUP never holds up
-	// a flush.
+	// connection (redisSink) so a blocked XREADGROUP never holds up a
+	// flush.
 	consumerClient *redis.Client
 }
 
@@ -50,33 +50,15 @@ func NewRedisBus(ctx context.Context, cfg Config, logger *slog.Logger) (*RedisBu
 		cfg.HostID = h
 	}
 	cfg.Consumer = cfg.Consumer.withDefaults(cfg.HostID)
-	pubOpts := *opts
-	pubOpts.MaxRetries = -1 // retries and duplicate accounting are ours
-	pubOpts.ClientName = "kasmina-pub-" + cfg.HostID
-	noDialRetries(&pubOpts)
-	// One flusher, one connection at a time: no separate pipeline pool
-	// (a failed pipeline would dial it, then dial the main pool again),
-	// the pipeline pool's large buffers on the one pool instead.
-	pubOpts.PipelinePoolSize = -1
-	pubOpts.ReadBufferSize, pubOpts.WriteBufferSize = redis.DefaultPipelineBufferSize, redis.DefaultPipelineBufferSize
-	// RESP2: the publisher subscribes to nothing, and under RESP3 go-redis
-	// checks the socket for push notifications before every reply of a
-	// pipeline (a tenth of the flusher's time). XADD replies are the same.
-	pubOpts.Protocol = 2
 	po := cfg.Publisher.withDefaults()
-	s := &redisSink{client: redis.NewClient(&pubOpts), maxLen: po.MaxLen}
+	s := newRedisSink(opts, "kasmina-pub-"+cfg.HostID, po.MaxLen)
 	consOpts := *opts
 	consOpts.MaxRetries = -1
 	noDialRetries(&consOpts)
 	consOpts.ReadTimeout = cfg.Consumer.Block + 3*time.Second
 	consOpts.ClientName = "kasmina-cons-" + cfg.HostID
-	b := &RedisBus{
-		cfg:            cfg,
-		logger:         logger,
-		opts:           opts,
-		pub:            newBufferedPublisher(po, s, logger),
-		consumerClient: redis.NewClient(&consOpts),
-	}
+	// The first probe runs before the flusher starts: the two would
+	// otherwise share the connection.
 	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	if err := s.probe(pctx); err != nil {
@@ -84,13 +66,20 @@ func NewRedisBus(ctx context.Context, cfg Config, logger *slog.Logger) (*RedisBu
 	} else {
 		logger.Info("oona: connected to Redis", slog.String("url", cfg.RedactedURL()), slog.String("group", cfg.Consumer.Group))
 	}
+	b := &RedisBus{
+		cfg:            cfg,
+		logger:         logger,
+		opts:           opts,
+		pub:            newBufferedPublisher(po, s, logger),
+		consumerClient: redis.NewClient(&consOpts),
+	}
 	return b, nil
 }
 
-// noDialRetries makes each of our attempts one dial. go-redis otherwise
-// dials up to 5 times, 100 ms apart, inside every command (twice for a
-// pipeline: its own pool, then the main pool), so a 1 s outage used to show
-// as 1-2 publisher retries instead of the ~5 the backoff schedule implies.
+// noDialRetries makes each of the consumer's attempts one dial. go-redis
+// otherwise dials up to 5 times, 100 ms apart, inside every command, so a
+// 1 s outage would show as 1-2 retries instead of the ~5 the backoff
+// schedule implies.
 // After PoolSize failed dials go-redis fails fast and probes on its own
 // once a second until Redis answers; the pool is sized so that this
 // happens only after the backoff has reached its ceiling (16 attempts,

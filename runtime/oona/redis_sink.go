@@ -3,106 +3,234 @@ package oona
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/redis/go-redis/v9"
 )
 
-// redisSink XADDs batches through one pipeline per batch. Only the
-// flusher goroutine calls write, so the argument buffer is reused.
+// redisSink XADDs each batch as one pipeline on its own RESP connection
+// (resp.go): the commands are encoded into one buffer, written with one
+// syscall, and the replies read in order. Each write or probe dials at
+// most once, so the publisher's backoff alone paces reconnects.
 type redisSink struct {
-	client *redis.Client
+	opts   *redis.Options
+	name   string // CLIENT SETNAME
 	maxLen int64
 
-	args    []any // arguments of every XADD of the last batch, reused
-	streams map[string]any
-	cmds    []*redis.StringCmd
+	mu      sync.Mutex // the flusher and NewRedisBus's first probe
+	conn    *respConn  // nil until dialled, and after any transport error
+	buf     []byte     // the last batch's commands, reused
+	maxArg  []byte     // MAXLEN's bulk string, encoded once
+	dials   int        // connections dialled, for tests
+	pending int        // batches sent whose replies are not read yet
 }
 
-// streamArg returns the stream name as an interface value, boxed once per
-// stream rather than once per entry.
-func (s *redisSink) streamArg(stream string) any {
-	if a, ok := s.streams[stream]; ok {
-		return a
+func newRedisSink(opts *redis.Options, name string, maxLen int64) *redisSink {
+	s := &redisSink{opts: opts, name: name, maxLen: maxLen}
+	if maxLen > 0 {
+		s.maxArg = appendBulk(nil, strconv.FormatInt(maxLen, 10))
 	}
-	if s.streams == nil || len(s.streams) > 64 {
-		s.streams = make(map[string]any)
-	}
-	a := any(stream)
-	s.streams[stream] = a
-	return a
+	return s
 }
 
-func (s *redisSink) write(ctx context.Context, batch []entry) []error {
-	pipe := s.client.Pipeline()
-	const perEntry = 6 + 2*numFields // xadd stream [maxlen ~ n] * name value ...
-	if cap(s.args) < perEntry*len(batch) {
-		s.args = make([]any, 0, perEntry*len(batch))
+// connect returns the open connection or dials one.
+func (s *redisSink) connect(ctx context.Context) (*respConn, error) {
+	if s.conn != nil {
+		return s.conn, nil
 	}
-	args := s.args[:0] // never grows below: the commands keep subslices
-	cmds := s.cmds[:0]
+	s.dials++
+	c, err := dialRESP(ctx, s.opts, s.name)
+	if err != nil {
+		return nil, err
+	}
+	s.conn = c
+	return c, nil
+}
+
+// drop closes a connection that failed: what it still holds is lost.
+func (s *redisSink) drop() {
+	if s.conn != nil {
+		_ = s.conn.close()
+		s.conn = nil
+	}
+	s.pending = 0
+}
+
+// Pre-encoded pieces of the XADD command.
+var (
+	bulkXADD   = appendBulk(nil, "XADD")
+	bulkMaxLen = append(appendBulk(nil, "MAXLEN"), appendBulk(nil, "~")...)
+	bulkStar   = appendBulk(nil, "*")
+	bulkNames  = func() (out [numFields][]byte) {
+		for k, n := range fieldNames {
+			out[k] = appendBulk(nil, n)
+		}
+		return out
+	}()
+)
+
+// appendXADD appends e's XADD: XADD stream [MAXLEN ~ n] * name value ...
+// control.* streams are never trimmed: commands must not be lost to a
+// trim before a host has read them.
+func (s *redisSink) appendXADD(b []byte, e *entry) []byte {
+	trim := s.maxArg != nil && !strings.HasPrefix(e.stream, "control.")
+	n := 3 + 2*numFields
+	if trim {
+		n += 3
+	}
+	b = appendArrayLen(b, n)
+	b = append(b, bulkXADD...)
+	b = appendBulk(b, e.stream)
+	if trim {
+		b = append(b, bulkMaxLen...)
+		b = append(b, s.maxArg...)
+	}
+	b = append(b, bulkStar...)
+	for k := range e.vals {
+		b = append(b, bulkNames[k]...)
+		b = appendBulk(b, e.vals[k])
+	}
+	return b
+}
+
+// send writes batch's XADDs as one pipeline; recv reads their replies.
+// Up to pipelineDepth batches are on the wire at once.
+func (s *redisSink) send(ctx context.Context, batch []entry) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, err := s.connect(ctx)
+	if err != nil {
+		return err
+	}
+	buf := s.buf[:0]
 	for i := range batch {
-		e := &batch[i]
-		start := len(args)
-		args = append(args, "xadd", s.streamArg(e.stream))
-		if s.maxLen > 0 && !strings.HasPrefix(e.stream, "control.") {
-			args = append(args, "maxlen", "~", &s.maxLen)
-		}
-		args = append(args, "*")
-		// Values go in as *string: a pointer needs no allocation to
-		// become an interface value, a string does. The batch outlives
-		// the pipeline.
-		for k := range e.vals {
-			args = append(args, fieldNameArgs[k], &e.vals[k])
-		}
-		cmd := redis.NewStringCmd(ctx, args[start:len(args):len(args)]...)
-		_ = pipe.Process(ctx, cmd)
-		cmds = append(cmds, cmd)
+		buf = s.appendXADD(buf, &batch[i])
 	}
-	_, execErr := pipe.Exec(ctx)
+	s.buf = buf
+	if cap(s.buf) > 8<<20 {
+		s.buf = nil // one huge batch does not pin its buffer
+	}
+	stop := c.deadline(ctx)
+	err = c.write(buf)
+	if !stop() || err != nil {
+		// Some commands may have reached Redis: their retry can land
+		// twice, which the consumer's de-duplication by event_id absorbs.
+		s.drop()
+		if err == nil {
+			err = ctx.Err()
+		}
+		return err
+	}
+	s.pending++
+	return nil
+}
+
+func (s *redisSink) recv(ctx context.Context, batch []entry) []error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	errs := make([]error, len(batch))
-	for i, c := range cmds {
-		err := c.Err()
-		if err == nil && c.Val() == "" {
-			// go-redis leaves the commands untouched when the connection
-			// fails to initialise (a WRONGPASS during HELLO): no entry ID
-			// means not delivered.
-			err = execErr
-			if err == nil {
-				err = errors.New("oona: XADD returned no entry ID")
-			}
+	fail := func(from int, err error) []error {
+		for i := from; i < len(errs); i++ {
+			errs[i] = err
+		}
+		return errs
+	}
+	c := s.conn
+	if c == nil || s.pending == 0 {
+		return fail(0, errors.New("oona: Redis connection lost before the replies were read"))
+	}
+	s.pending--
+	stop := c.deadline(ctx)
+	for i := range batch {
+		err := c.skipBulk()
+		var re replyError
+		if err != nil && !errors.As(err, &re) {
+			stop()
+			s.drop()
+			return fail(i, err)
 		}
 		errs[i] = err
 	}
-	// Drop the references to this batch's entries and commands.
-	clear(args)
-	clear(cmds)
-	s.args, s.cmds = args[:0], cmds[:0]
+	if !stop() { // ctx ended while we read: the deadline is poisoned
+		s.drop()
+	}
 	return errs
+}
+
+// abort drops the connection and the replies still owed on it.
+func (s *redisSink) abort() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.drop()
+}
+
+// write sends batch and reads its replies: the sink used synchronously.
+func (s *redisSink) write(ctx context.Context, batch []entry) []error {
+	if err := s.send(ctx, batch); err != nil {
+		errs := make([]error, len(batch))
+		for i := range errs {
+			errs[i] = err
+		}
+		return errs
+	}
+	return s.recv(ctx, batch)
 }
 
 // permanent: a reply error from the server that retrying cannot fix
 // (WRONGTYPE, a syntax error). Transport errors and the server's transient
 // states (LOADING, BUSY, OOM, READONLY, auth not yet configured) are retried.
 func (s *redisSink) permanent(err error) bool {
-	var re redis.Error
+	var re replyError
 	if !errors.As(err, &re) {
 		return false
 	}
-	if redis.HasErrorPrefix(err, "LOADING") || redis.HasErrorPrefix(err, "BUSY") ||
-		redis.HasErrorPrefix(err, "OOM") || redis.HasErrorPrefix(err, "READONLY") ||
-		redis.HasErrorPrefix(err, "MASTERDOWN") || redis.HasErrorPrefix(err, "TRYAGAIN") ||
-		redis.HasErrorPrefix(err, "CLUSTERDOWN") || redis.HasErrorPrefix(err, "NOAUTH") ||
-		redis.HasErrorPrefix(err, "WRONGPASS") || redis.HasErrorPrefix(err, "NOPERM") ||
-		redis.HasErrorPrefix(err, "NOREPLICAS") {
-		return false
+	for _, code := range transientCodes {
+		if re.hasPrefix(code) {
+			return false
+		}
 	}
-	// A reply error carrying a transport failure is not the server's word.
-	return strings.HasPrefix(re.Error(), "ERR") || strings.HasPrefix(re.Error(), "WRONGTYPE")
+	return re.hasPrefix("ERR") || re.hasPrefix("WRONGTYPE")
 }
 
+// transientCodes are error replies that retrying can outlast.
+var transientCodes = []string{
+	"LOADING", "BUSY", "OOM", "READONLY", "MASTERDOWN", "TRYAGAIN",
+	"CLUSTERDOWN", "NOAUTH", "WRONGPASS", "NOPERM", "NOREPLICAS",
+}
+
+// probe checks that Redis answers, dialling if needed.
 func (s *redisSink) probe(ctx context.Context) error {
-	return s.client.Ping(ctx).Err()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.pending > 0 {
+		return nil // replies are owed on the connection: it is in use
+	}
+	c, err := s.connect(ctx)
+	if err != nil {
+		return err
+	}
+	stop := c.deadline(ctx)
+	defer stop()
+	if err := c.write(appendCommand(nil, "PING")); err != nil {
+		s.drop()
+		return err
+	}
+	if _, err := c.readReply(); err != nil {
+		s.drop()
+		return err
+	}
+	return nil
 }
 
-func (s *redisSink) close() error { return s.client.Close() }
+func (s *redisSink) close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conn == nil {
+		return nil
+	}
+	err := s.conn.close()
+	s.conn = nil
+	return err
+}

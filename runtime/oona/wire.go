@@ -29,10 +29,6 @@ const numFields = 6
 // the values in the same order.
 var fieldNames = [numFields]string{FieldEventID, FieldSenderID, FieldTimestamp, FieldTraceID, FieldTopic, FieldPayload}
 
-// fieldNameArgs are fieldNames as interface values for go-redis, boxed
-// once (boxing a string variable allocates).
-var fieldNameArgs = [numFields]any{FieldEventID, FieldSenderID, FieldTimestamp, FieldTraceID, FieldTopic, FieldPayload}
-
 // Sentinel errors of the wire format.
 var (
 	// ErrAmbiguousField is returned (wrapped, naming the field) when a
