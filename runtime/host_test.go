@@ -589,3 +589,30 @@ func TestDirectKernelReloads(t *testing.T) {
 		t.Errorf("reloads of the same bytes should hit the parsed-kernel cache: %+v", st)
 	}
 }
+
+// FuzzParseUrzaRecord: no answer from Urza panics the resolver, and what it
+// accepts is a CompiledKernel the contracts accept: it encodes and decodes
+// back with a binary reference, as the load path needs.
+func FuzzParseUrzaRecord(f *testing.F) {
+	md := `{"kernel_id":"k9","blueprint_id":"bp","name":"n","input_shape":[4],"output_shape":[3],"parameter_count":15,"memory_footprint_mb":1}`
+	f.Add([]byte(`{"kernel_id":"k9","blueprint_id":"bp","binary_ref":"s3://b/k9","metadata":` + md + `,"status":"validated"}`))
+	f.Add([]byte(`{"id":"flat","blueprint_id":"bp","status":"validated","kernel_binary_ref":"s3://b/flat","checksum":"abc"}`))
+	f.Add([]byte(`{"id":"broken"}`))
+	f.Add([]byte(`{"binary_ref":"x","metadata":null}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		ck, err := parseUrzaRecord("requested", body)
+		if err != nil {
+			return
+		}
+		if ck.BinaryRef == "" {
+			t.Fatalf("accepted %q without a binary reference", body)
+		}
+		back, err := contracts.DecodeCompiledKernel(ck.AppendJSON(nil))
+		if err != nil {
+			t.Fatalf("accepted %q as a CompiledKernel the contracts refuse: %v", body, err)
+		}
+		if back.BinaryRef != ck.BinaryRef || back.KernelID != ck.KernelID {
+			t.Fatalf("round trip changed %q: %+v", body, back)
+		}
+	})
+}

@@ -13,6 +13,11 @@ import (
 	"github.com/esper/kasmina-host/runtime/placement"
 )
 
+// maxLayerID is the largest layer id Restore accepts from a state file:
+// ids are handed out from 0 up, and this bound keeps the next one (and the
+// layer_id of health signals) far from overflow.
+const maxLayerID = 1<<31 - 1
+
 // StateVersion is the version of the State document.
 const StateVersion = 1
 
@@ -115,21 +120,54 @@ func (h *Host) Restore(ctx context.Context, st State, store ArtifactStore) (int,
 		return 0, fmt.Errorf("state version %d, this host reads %d", st.Version, StateVersion)
 	}
 	h.mu.Lock()
-	for name, id := range st.Layers {
-		if id < 0 {
+	// Layer ids name layers on the bus: a damaged file must not give two
+	// layers one id. Names are taken in order, so the outcome does not
+	// depend on map iteration.
+	names := make([]string, 0, len(st.Layers))
+	for name := range st.Layers {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	taken := make(map[int]string, len(h.seeds.layers)+len(names))
+	for name, id := range h.seeds.layers {
+		taken[id] = name
+	}
+	for _, name := range names {
+		id := st.Layers[name]
+		other, dup := taken[id]
+		_, known := h.seeds.layers[name]
+		switch {
+		case id < 0 || id > maxLayerID:
+			h.log.Warn("state: layer id out of range, layer gets a new id", slog.String("layer", name), slog.Int("layer_id", id))
+			continue
+		case known:
+			continue // registered before the restore: keeps its id
+		case dup:
+			h.log.Warn("state: layer id already taken, layer gets a new id", slog.String("layer", name),
+				slog.Int("layer_id", id), slog.String("taken_by", other))
 			continue
 		}
+		taken[id] = name
 		h.seeds.layers[name] = id
 		if id >= h.seeds.next {
 			h.seeds.next = id + 1
 		}
 	}
 	for _, rec := range st.Seeds {
-		if err := rec.Seed.Validate(); err != nil {
+		err := rec.Seed.Validate()
+		if err == nil && rec.SeedIdx < 0 {
+			err = fmt.Errorf("seed_idx %d is negative", rec.SeedIdx)
+		}
+		if err != nil {
 			h.log.Warn("state: seed not restored", slog.String("layer", rec.Layer), slog.Int("seed_idx", rec.SeedIdx), slog.Any("err", err))
 			continue
 		}
-		s := &seed{Seed: rec.Seed, alpha: rec.Alpha, alphaSetAt: h.cfg.Now()}
+		alpha := rec.Alpha
+		if !(alpha >= 0 && alpha <= 1) {
+			h.log.Warn("state: seed alpha outside [0, 1], clamped", slog.String("layer", rec.Layer), slog.Int("seed_idx", rec.SeedIdx), slog.Float64("alpha", alpha))
+			alpha = max(0, min(1, alpha)) // JSON holds no NaN
+		}
+		s := &seed{Seed: rec.Seed, alpha: alpha, alphaSetAt: h.cfg.Now()}
 		s.LayerID = h.seeds.registerLayer(rec.Layer)
 		h.seeds.seeds[seedKey{rec.Layer, rec.SeedIdx}] = s
 	}

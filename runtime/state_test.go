@@ -2,6 +2,8 @@ package runtime
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -182,5 +184,77 @@ func TestSeedChangesCallTheHookBeforeReturning(t *testing.T) {
 	}
 	if calls != 2 {
 		t.Fatalf("hook called %d times before the changes returned, want 2", calls)
+	}
+}
+
+// FuzzRestoreState: a state file, however damaged, never panics Restore,
+// and what Restore accepts keeps the host's invariants: layer ids are
+// distinct and non-negative, seed indices non-negative, alphas within
+// [0, 1], and every seed belongs to a layer the host serves.
+func FuzzRestoreState(f *testing.F) {
+	inv := openInventory(f, "dgxa100", map[string]string{"CUDA_VISIBLE_DEVICES": ""})
+	kernel := linearKernel(f, "k", nil)
+	sum := sha256.Sum256(kernel)
+	sha := hex.EncodeToString(sum[:])
+	store := &memArtifacts{m: map[string][]byte{sha: kernel}}
+	f.Add([]byte(`{"version":1,"layers":{"encoder.0":0,"encoder.1":1},"seeds":[{"layer":"encoder.1","seed_idx":3,"seed":{"layer_id":1,"position":3,"state":"grafting","blueprint_id":null},"alpha":0.4}],"kernels":[{"name":"k","sha256":"` + sha + `","layer":"encoder.1","seed_idx":3,"cpu_fallback":"allow","placement":"cpu"}]}`))
+	f.Add([]byte(`{"version":1,"layers":{"a":5,"b":5,"c":-1,"d":9223372036854775807},"seeds":[{"layer":"x","seed_idx":-2,"alpha":7}]}`))
+	f.Add([]byte(`{"version":1,"seeds":[{"layer":"a","seed_idx":0,"seed":{"layer_id":0,"position":0,"state":"dormant"},"alpha":-3}]}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var st State
+		if err := json.Unmarshal(data, &st); err != nil {
+			return // the daemon renames an undecodable file and starts fresh
+		}
+		h, _, _ := newHost(t, inv, Config{GraftingRamp: -1})
+		if _, err := h.Restore(context.Background(), st, store); err != nil {
+			return
+		}
+		ids := map[int]string{}
+		for _, l := range h.Layers() {
+			if l.LayerID < 0 {
+				t.Fatalf("layer %q has id %d", l.Name, l.LayerID)
+			}
+			if other, dup := ids[l.LayerID]; dup {
+				t.Fatalf("layers %q and %q share id %d", other, l.Name, l.LayerID)
+			}
+			ids[l.LayerID] = l.Name
+		}
+		for _, s := range h.Seeds() {
+			if s.SeedIdx < 0 || !(s.Alpha >= 0 && s.Alpha <= 1) || !h.ServesLayer(s.Layer) {
+				t.Fatalf("restored seed %+v (layer served: %v)", s, h.ServesLayer(s.Layer))
+			}
+		}
+		// The host still takes a new layer.
+		if id := h.RegisterLayer("fuzz.new.layer"); id < 0 {
+			t.Fatalf("new layer id %d", id)
+		}
+	})
+}
+
+// TestRestoreRepairsDamagedLayerIDsAndAlphas: a state file giving two
+// layers one id keeps it for the first name in order and gives the other
+// a fresh id; out-of-range ids are replaced, alphas clamped, seeds with a
+// negative index dropped.
+func TestRestoreRepairsDamagedLayerIDsAndAlphas(t *testing.T) {
+	inv := openInventory(t, "dgxa100", map[string]string{"CUDA_VISIBLE_DEVICES": ""})
+	h, _, _ := newHost(t, inv, Config{GraftingRamp: -1})
+	var st State
+	if err := json.Unmarshal([]byte(`{"version":1,"layers":{"b":5,"a":5,"c":-1,"d":9223372036854775807},
+		"seeds":[{"layer":"a","seed_idx":0,"seed":{"layer_id":5,"position":0,"state":"dormant"},"alpha":7},
+		         {"layer":"b","seed_idx":-1,"seed":{"layer_id":5,"position":0,"state":"dormant"},"alpha":0.5}]}`), &st); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.Restore(context.Background(), st, &memArtifacts{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(h.Layers()); got != "[{a 5 1}]" {
+		t.Errorf("layers after restore %s, want only a with id 5 (b, c, d are registered anew when used)", got)
+	}
+	if id := h.RegisterLayer("b"); id != 6 {
+		t.Errorf("b registered anew as %d, want 6", id)
+	}
+	seeds := h.Seeds()
+	if len(seeds) != 1 || seeds[0].Layer != "a" || seeds[0].Alpha != 1 {
+		t.Fatalf("seeds after restore %+v, want a/0 with alpha clamped to 1", seeds)
 	}
 }
