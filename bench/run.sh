@@ -108,12 +108,17 @@ echo "load average at end: $load_end" >>"$out/machine.txt"
 echo "wall time: $((SECONDS - t_start)) s" >>"$out/machine.txt"
 
 step "summary"
-python3 bench/summary.py "$out" >"$out/summary.md"
+if ! python3 bench/summary.py "$out" >"$out/summary.md"; then
+	echo "bench/summary.py failed: bench/README.md left as it was; raw results in $out" >&2
+	exit 1
+fi
 cat "$out/summary.md"
 if [[ "${WRITE_README:-1}" == 1 ]]; then
 	python3 - "$out/summary.md" bench/README.md <<'PY'
 import sys
 summary = open(sys.argv[1]).read().strip()
+if not summary:
+    sys.exit("empty summary; bench/README.md left as it was")
 path = sys.argv[2]
 text = open(path).read()
 begin, end = "<!-- bench/run.sh results: begin -->", "<!-- bench/run.sh results: end -->"

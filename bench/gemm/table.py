@@ -61,7 +61,7 @@ def main():
     order = ["avx512", "avx2", "portable"]
     impls = sorted({i for i, _ in dflt}, key=lambda s: order.index(s) if s in order else 9)
     cols = impls + (["openblas"] if blas else []) + (["torch"] if torch else [])
-    hdr = f"{'shape':22}" + "".join(f"{c + ' GF/s':>16}" for c in cols)
+    hdr = f"{'shape':22}" + "".join(f" {c + ' GF/s':>18}" for c in cols)
     fast = impls[0] if impls else None
     if torch and fast:
         hdr += f"{fast + '/torch':>14}"
@@ -81,7 +81,8 @@ def main():
         row = f"{s:22}"
         for c in cols:
             v = get(c, s)
-            row += f"{(f'{v[0]:.1f} ({v[1]:.0f}us)' if v[1] >= 10 else f'{v[0]:.1f} ({v[1]:.2f}us)') if v else '-':>16}"
+            # a leading space: a cell wider than the column stays apart
+            row += f" {(f'{v[0]:.1f} ({v[1]:.0f}us)' if v[1] >= 10 else f'{v[0]:.1f} ({v[1]:.2f}us)') if v else '-':>18}"
         t = torch.get(s)
         if torch and fast:
             g = dflt.get((fast, s))
