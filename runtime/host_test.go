@@ -616,3 +616,51 @@ func FuzzParseUrzaRecord(f *testing.F) {
 		}
 	})
 }
+
+// fastPublisher has the bus's health-signal fast path; its generic Publish
+// records what reached it so the test can tell the paths apart.
+type fastPublisher struct {
+	recordingPublisher
+	fast []fastSignal
+}
+
+type fastSignal struct {
+	sender, trace string
+	sig           contracts.HealthSignal
+}
+
+func (p *fastPublisher) PublishHealthSignal(senderID, traceID string, sig contracts.HealthSignal) error {
+	p.mu.Lock()
+	p.fast = append(p.fast, fastSignal{senderID, traceID, sig})
+	p.mu.Unlock()
+	return nil
+}
+
+// TestHealthSignalsTakeThePublishersFastPath: a publisher with
+// PublishHealthSignal (the Redis and embedded buses) gets every signal
+// there, with the envelope the generic path would have written, and
+// nothing through Publish.
+func TestHealthSignalsTakeThePublishersFastPath(t *testing.T) {
+	inv := openInventory(t, "dgxa100", nil)
+	pub := &fastPublisher{}
+	h, err := New(Config{HostID: "node-a"}, inv, pub, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.Load(context.Background(), LoadRequest{Data: linearKernel(t, "k", nil)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.Infer(context.Background(), "k", Request{Input: []float32{1, 2, 3, 4}, Shape: []int{1, 4}}); err != nil {
+		t.Fatal(err)
+	}
+	sigs := h.EmitSignals()
+	if len(sigs) != 1 {
+		t.Fatalf("%d signals", len(sigs))
+	}
+	if len(pub.msgs) != 0 || len(pub.fast) != 1 {
+		t.Fatalf("%d generic and %d fast-path publishes, want 0 and 1", len(pub.msgs), len(pub.fast))
+	}
+	if f := pub.fast[0]; f.sender != "kasmina-host.node-a" || f.trace != "k/0/k" || f.sig != sigs[0] {
+		t.Errorf("fast path got %+v, want sender kasmina-host.node-a, trace k/0/k and %+v", f, sigs[0])
+	}
+}

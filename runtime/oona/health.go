@@ -132,3 +132,14 @@ func (p *idPool) newID() uuid.UUID {
 	u[8] = (u[8] & 0x3f) | 0x80 // variant 10
 	return u
 }
+
+// Both buses offer the runtime's health-signal fast path (the runtime
+// looks for this method on its publisher).
+var (
+	_ interface {
+		PublishHealthSignal(senderID, traceID string, sig contracts.HealthSignal) error
+	} = (*RedisBus)(nil)
+	_ interface {
+		PublishHealthSignal(senderID, traceID string, sig contracts.HealthSignal) error
+	} = (*EmbeddedBus)(nil)
+)
