@@ -180,8 +180,10 @@ func (c *respConn) readReply() (string, error) {
 	case '-':
 		return "", replyError(body)
 	case '$':
+		// Only the set-up commands and PING come here: their replies
+		// are short, and a longer one is not worth allocating for.
 		n, err := strconv.Atoi(string(body))
-		if err != nil || n < -1 || n > 512<<20 {
+		if err != nil || n < -1 || n > maxReplyBulk {
 			return "", fmt.Errorf("%w: bulk length %q", errProtocol, body)
 		}
 		if n == -1 {
@@ -246,6 +248,9 @@ func (c *respConn) skipBulk() error {
 	}
 	return fmt.Errorf("%w: unexpected reply type %q to XADD", errProtocol, line[0])
 }
+
+// maxReplyBulk bounds a bulk string readReply accepts.
+const maxReplyBulk = 1 << 20
 
 // parseLen parses a bulk length: -1 or a non-negative decimal up to 512 MiB.
 func parseLen(b []byte) (int, bool) {

@@ -438,3 +438,33 @@ func TestPipelinedPublisherResendsInOrderAfterConnectionLoss(t *testing.T) {
 	}
 	t.Logf("first connection read %d, answered %d; the resend starts at entry %d: %d duplicates", len(first), hangUp, index[resent[0]], dups)
 }
+
+// TestRedisBusOverUnixSocket: a unix:// URL with a database reaches Redis
+// through its socket, for the publisher's own connection and for the
+// consumer's go-redis client alike.
+func TestRedisBusOverUnixSocket(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "redis.sock")
+	srv := startRedis(t, "--unixsocket", sock, "--unixsocketperm", "700")
+	cfg := srv.testConfig("unix-node")
+	cfg.URL = "unix://" + sock + "?db=2"
+	bus, err := NewRedisBus(context.Background(), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeBus(t, bus)
+	if err := bus.Publish(healthMessage(t, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.Flush(testCtx(t)); err != nil {
+		t.Fatalf("flush over the unix socket: %v (stats %+v)", err, bus.Stats())
+	}
+	ctx := testCtx(t)
+	db2 := redis.NewClient(&redis.Options{Addr: srv.addr(), DB: 2})
+	defer db2.Close()
+	if n, err := db2.XLen(ctx, "telemetry.seed.health").Result(); err != nil || n != 1 {
+		t.Fatalf("XLEN in database 2 = %d, %v", n, err)
+	}
+	if err := bus.consumerClient.Ping(ctx).Err(); err != nil {
+		t.Fatalf("consumer client over the unix socket: %v", err)
+	}
+}
