@@ -86,20 +86,7 @@ func TestRedisBusAuthenticatesAsACLUserWithPasswordFile(t *testing.T) {
 	cfg := srv.testConfig("acl-node")
 	cfg.URL = "redis://kasmina@" + srv.addr() + "/0"
 	cfg.PasswordFile = pw
-	bus, err := NewRedisBus(context.Background(), cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer closeBus(t, bus)
-	if err := bus.Publish(healthMessage(t, 1)); err != nil {
-		t.Fatal(err)
-	}
-	if err := bus.Flush(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	if s := bus.Stats(); s.Delivered != 1 {
-		t.Fatalf("stats = %+v", s)
-	}
+	publishOne(t, cfg)
 
 	cfg.PasswordFile = ""
 	cfg.URL = "redis://kasmina:wrong@" + srv.addr() + "/0"

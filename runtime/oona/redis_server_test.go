@@ -210,3 +210,24 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// publishOne opens a bus on cfg, publishes one health message and waits
+// until it is delivered; the bus is closed when the test ends.
+func publishOne(t testing.TB, cfg Config) *RedisBus {
+	t.Helper()
+	bus, err := NewRedisBus(context.Background(), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { closeBus(t, bus) })
+	if err := bus.Publish(healthMessage(t, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.Flush(testCtx(t)); err != nil {
+		t.Fatalf("flush: %v (stats %+v)", err, bus.Stats())
+	}
+	if s := bus.Stats(); s.Delivered != 1 {
+		t.Fatalf("stats = %+v, want 1 delivered", s)
+	}
+	return bus
+}

@@ -447,17 +447,7 @@ func TestRedisBusOverUnixSocket(t *testing.T) {
 	srv := startRedis(t, "--unixsocket", sock, "--unixsocketperm", "700")
 	cfg := srv.testConfig("unix-node")
 	cfg.URL = "unix://" + sock + "?db=2"
-	bus, err := NewRedisBus(context.Background(), cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer closeBus(t, bus)
-	if err := bus.Publish(healthMessage(t, 1)); err != nil {
-		t.Fatal(err)
-	}
-	if err := bus.Flush(testCtx(t)); err != nil {
-		t.Fatalf("flush over the unix socket: %v (stats %+v)", err, bus.Stats())
-	}
+	bus := publishOne(t, cfg)
 	ctx := testCtx(t)
 	db2 := redis.NewClient(&redis.Options{Addr: srv.addr(), DB: 2})
 	defer db2.Close()
