@@ -16,6 +16,19 @@
 // horizontally at the end of each k block and apply alpha, beta, bias and ReLU
 // before the single store.
 //
+// Large general products (Sgemm with m, n and k all at least 128, as the
+// convolutions' im2col products and plain matmuls are) take a packed path
+// instead on AVX2 CPUs (packed.go): the BLIS scheme, with A copied into
+// 6-row panels and B into 16-column panels, each in its own layout (no
+// transposed copy first), blocked for L1 (kc = 256), L2 (120 A rows) and
+// L3 (up to 3072 B columns), and a 6×16 outer-product micro-kernel with
+// twelve accumulators that runs at about 90 % of the FMA peak from L1.
+// B's panels are packed by the pool too, then the pool computes A blocks ×
+// B column chunks. Linear layers stay on the dot-product kernels: their
+// weights are already laid out along k, and packing them on every call cost
+// more than the outer-product kernel gained. The AVX-512 engine has no
+// packed path yet (it could not be measured here).
+//
 // Large products are split across a fixed pool of worker goroutines (sized by
 // GOMAXPROCS, started at first use); only idle workers are recruited, and the
 // calling goroutine always takes part. Small products run on the calling

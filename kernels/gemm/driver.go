@@ -33,6 +33,10 @@ type native struct {
 	mc int // A rows per parallel task (multiple of mr)
 	// kern[r-1][c-1] handles r rows × c columns.
 	kern [][nr]kernFn
+	// pk is the packed path's 6×16 micro-kernel (nil: no packed path);
+	// products with m, n and k all at least pkMin take it.
+	pk    packKernFn
+	pkMin int
 }
 
 func (e *native) name() string { return e.nm }
@@ -60,6 +64,11 @@ const parallelMinFlops = 4 << 20
 func (e *native) sgemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
 	if alpha == 0 || k == 0 {
 		scaleC(m, n, beta, c, ldc)
+		return
+	}
+	if e.usePacked(m, n, k) {
+		e.runPacked(pproblem{m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, aKM: transA, b: b, ldb: ldb, bKN: !transB,
+			beta: beta, c: c, ldc: ldc})
 		return
 	}
 	var bufA, bufB *buffer
@@ -279,12 +288,17 @@ func putBuffer(b *buffer) {
 	bufMu.Unlock()
 }
 
-// job is one parallel product shared by the caller and idle workers.
+// job is one parallel product shared by the caller and idle workers: a
+// grid of blocks of the dot-product path, or (step.e set) the A blocks of
+// one step of the packed path.
 type job struct {
 	e       *native
 	p       problem
 	mc, nc  int
 	tm, tn  int          // task grid: row blocks × column blocks
+	pp      pproblem     // the packed path's problem
+	step    pkStep       // the packed path's current step
+	total   int64        // tasks of the packed step
 	next    atomic.Int64 // next task index
 	pending atomic.Int32 // participants still inside work
 	fin     chan struct{}
@@ -346,6 +360,15 @@ func worker() {
 
 // work runs tasks until none is left.
 func (j *job) work() {
+	if j.step.e != nil {
+		for {
+			t := j.next.Add(1) - 1
+			if t >= j.total {
+				return
+			}
+			j.step.run(int(t))
+		}
+	}
 	total := int64(j.tm * j.tn)
 	for {
 		t := j.next.Add(1) - 1

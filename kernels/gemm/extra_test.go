@@ -100,6 +100,15 @@ func FuzzSgemm(f *testing.F) {
 			c := append([]float32(nil), c0...)
 			Sgemm(tA, tB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 			checkClose(t, m, n, k, c, ldc, want, mag)
+			if e, ok := current().(*native); ok && e.pk != nil {
+				// The packed path too, which these sizes would not take.
+				from := e.pkMin
+				e.pkMin = 1
+				c := append([]float32(nil), c0...)
+				Sgemm(tA, tB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+				e.pkMin = from
+				checkClose(t, m, n, k, c, ldc, want, mag)
+			}
 		}
 	})
 }

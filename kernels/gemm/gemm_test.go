@@ -9,7 +9,9 @@ import (
 )
 
 // forEachImpl runs f once per implementation available in this build and on
-// this CPU, restoring the default afterwards.
+// this CPU, restoring the default afterwards. An implementation with a
+// packed path for large products runs f a second time ("NAME-packed") with
+// that path taking every product, however small.
 func forEachImpl(t *testing.T, f func(t *testing.T)) {
 	t.Helper()
 	def := Implementation()
@@ -23,6 +25,12 @@ func forEachImpl(t *testing.T, f func(t *testing.T)) {
 			t.Fatal(err)
 		}
 		t.Run(name, f)
+		if e, ok := current().(*native); ok && e.pk != nil {
+			from := e.pkMin
+			e.pkMin = 1
+			t.Run(name+"-packed", f)
+			e.pkMin = from
+		}
 	}
 }
 

@@ -110,6 +110,11 @@ func dotAVX512_6x3(a *float32, lda int, b *float32, ldb int, c *float32, ldc int
 // dotAVX512_6x4 computes nt tiles of 6×4 dot products (see kernFn).
 func dotAVX512_6x4(a *float32, lda int, b *float32, ldb int, c *float32, ldc int, k int, nt int, alpha float32, beta float32, bias *float32, flags int)
 
+// packAVX2_6x16 computes one 6×16 tile of the packed path (see packKernFn).
+//
+//go:noescape
+func packAVX2_6x16(a *float32, b *float32, c *float32, ldc int, k int, alpha float32, beta float32, flags int)
+
 // fmaPeakAVX2 runs iters iterations of 12 independent vector FMAs.
 func fmaPeakAVX2(iters int)
 

@@ -61,6 +61,7 @@ func main() {
 			}
 		}
 	}
+	packedAVX2()
 	fmaPeak("fmaPeakAVX2", 12, ymmReg)
 	fmaPeak("fmaPeakAVX512", 24, zmmReg)
 	Generate()
@@ -321,6 +322,109 @@ func storePartial(x VecPhysical, n int, m Mem) {
 	default:
 		VMOVUPS(x, m)
 	}
+}
+
+// packedAVX2 emits packAVX2_6x16, the outer-product micro-kernel of the
+// packed path for large products: C[0:6][0:16] (stride ldc) from a packed
+// A panel (k steps of 6 floats: a column of six rows) and a packed B panel
+// (k steps of 16 floats: a row of sixteen columns). Twelve accumulators
+// hold the tile; each k step loads two B vectors, broadcasts the six A
+// values and issues twelve FMAs. The epilogue applies alpha and, with
+// flagLoadC, adds beta·C before the store.
+func packedAVX2() {
+	const name = "packAVX2_6x16"
+	TEXT(name, NOSPLIT, "func(a *float32, b *float32, c *float32, ldc int, k int, alpha float32, beta float32, flags int)")
+	Doc(name + " computes one 6×16 tile of the packed path (see packKernFn).")
+	Pragma("noescape")
+	acc := func(i, j int) VecPhysical { return ymms[2*i+j] }
+	b0, b1 := Y12, Y13
+	pa, pb, cnt := GP64(), GP64(), GP64()
+	ct, ldc := GP64(), GP64()
+	Load(Param("a"), pa)
+	Load(Param("b"), pb)
+	Load(Param("c"), ct)
+	Load(Param("ldc"), ldc)
+	SHLQ(Imm(2), ldc)
+	// Prefetch the C tile (six rows, each up to two cache lines): its rows
+	// are a row stride apart, which the hardware prefetcher does not
+	// follow, and the k loop hides the misses.
+	cp := cnt
+	MOVQ(ct, cp)
+	for i := 0; i < 6; i++ {
+		PREFETCHT0(Mem{Base: cp})
+		PREFETCHT0(Mem{Base: cp, Disp: 60})
+		if i < 5 {
+			ADDQ(ldc, cp)
+		}
+	}
+	for i := 0; i < 12; i++ {
+		VXORPS(ymms[i], ymms[i], ymms[i])
+	}
+	step := func(kk int) {
+		VMOVUPS(Mem{Base: pb, Disp: 64 * kk}, b0)
+		VMOVUPS(Mem{Base: pb, Disp: 64*kk + 32}, b1)
+		for i := 0; i < 6; i++ {
+			av := []VecPhysical{Y14, Y15}[i%2] // two, so broadcasts run ahead
+			VBROADCASTSS(Mem{Base: pa, Disp: 24*kk + 4*i}, av)
+			VFMADD231PS(b0, av, acc(i, 0))
+			VFMADD231PS(b1, av, acc(i, 1))
+		}
+	}
+	// k steps four at a time, then one at a time.
+	Load(Param("k"), cnt)
+	SHRQ(Imm(2), cnt)
+	JZ(LabelRef(name + "_one"))
+	Label(name + "_loop4")
+	for kk := 0; kk < 4; kk++ {
+		step(kk)
+	}
+	ADDQ(U32(4*24), pa)
+	ADDQ(U32(4*64), pb)
+	DECQ(cnt)
+	JNZ(LabelRef(name + "_loop4"))
+	Label(name + "_one")
+	Load(Param("k"), cnt)
+	ANDQ(Imm(3), cnt)
+	JZ(LabelRef(name + "_epilogue"))
+	Label(name + "_loop1")
+	step(0)
+	ADDQ(Imm(24), pa)
+	ADDQ(Imm(64), pb)
+	DECQ(cnt)
+	JNZ(LabelRef(name + "_loop1"))
+
+	Label(name + "_epilogue")
+	flags := cnt
+	Load(Param("flags"), flags)
+	alpha, tmp := Y12, Y13
+	VBROADCASTSS(param("alpha"), alpha)
+	for i := 0; i < 12; i++ {
+		VMULPS(alpha, ymms[i], ymms[i])
+	}
+	TESTQ(U32(flagLoadC), flags)
+	JZ(LabelRef(name + "_store"))
+	VBROADCASTSS(param("beta"), alpha)
+	MOVQ(ct, pa)
+	for i := 0; i < 6; i++ {
+		for j := 0; j < 2; j++ {
+			VMOVUPS(Mem{Base: pa, Disp: 32 * j}, tmp)
+			VFMADD231PS(tmp, alpha, acc(i, j))
+		}
+		if i < 5 {
+			ADDQ(ldc, pa)
+		}
+	}
+	Label(name + "_store")
+	for i := 0; i < 6; i++ {
+		for j := 0; j < 2; j++ {
+			VMOVUPS(acc(i, j), Mem{Base: ct, Disp: 32 * j})
+		}
+		if i < 5 {
+			ADDQ(ldc, ct)
+		}
+	}
+	VZEROUPPER()
+	RET()
 }
 
 // fmaPeak emits a loop of n independent FMA chains, run iters times, for
