@@ -16,9 +16,9 @@
 // horizontally at the end of each k block and apply alpha, beta, bias and ReLU
 // before the single store.
 //
-// Large general products (Sgemm with m, n and k all at least 128, as the
-// convolutions' im2col products and plain matmuls are) take a packed path
-// instead on AVX2 CPUs (packed.go): the BLIS scheme, with A copied into
+// Wide general products (Sgemm with n of 512 or more, as the convolutions'
+// im2col products over many pixels and large matmuls are) take a packed
+// path instead on AVX2 CPUs (packed.go): the BLIS scheme, with A copied into
 // 6-row panels and B into 16-column panels, each in its own layout (no
 // transposed copy first), blocked for L1 (kc = 256), L2 (120 A rows) and
 // L3 (up to 3072 B columns), and a 6×16 outer-product micro-kernel with

@@ -34,7 +34,7 @@ type native struct {
 	// kern[r-1][c-1] handles r rows × c columns.
 	kern [][nr]kernFn
 	// pk is the packed path's 6×16 micro-kernel (nil: no packed path);
-	// products with m, n and k all at least pkMin take it.
+	// Sgemm products with n at least pkMin take it.
 	pk    packKernFn
 	pkMin int
 }

@@ -13,7 +13,7 @@ func newAVX2() *native {
 		{dotAVX2_2x1, dotAVX2_2x2, dotAVX2_2x3, dotAVX2_2x4},
 		{dotAVX2_3x1, dotAVX2_3x2, dotAVX2_3x3, dotAVX2_3x4},
 	}
-	e.pk, e.pkMin = packAVX2_6x16, packedMinDim
+	e.pk, e.pkMin = packAVX2_6x16, packedMinN
 	return e
 }
 
