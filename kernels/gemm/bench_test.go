@@ -2,6 +2,7 @@ package gemm
 
 import (
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"runtime"
 	"testing"
@@ -70,5 +71,40 @@ func BenchmarkFMAPeak(b *testing.B) {
 			}
 			b.ReportMetric(best.GFLOPS, "GFLOP/s")
 		})
+	}
+}
+
+// BenchmarkPackedVsDot runs general (NN) products through the packed path
+// and through the dot-product path side by side, on the shapes that chose
+// packedMinN: convolution-shaped products (few output channels × many
+// pixels), cubes around the threshold and the 2048³ matmul. Only on CPUs
+// whose engine has a packed path.
+func BenchmarkPackedVsDot(b *testing.B) {
+	e, ok := current().(*native)
+	if !ok || e.pk == nil {
+		b.Skip("the current engine has no packed path")
+	}
+	for _, s := range [][3]int{
+		{64, 3136, 576}, {16, 12544, 144}, {128, 3136, 1152}, {256, 784, 2304}, // convolutions
+		{128, 196, 1152}, {256, 49, 2304}, // few pixels: below the threshold
+		{256, 256, 256}, {512, 512, 512}, {2048, 2048, 2048},
+	} {
+		m, n, k := s[0], s[1], s[2]
+		for _, mode := range []string{"dot", "packed"} {
+			b.Run(fmt.Sprintf("%dx%dx%d/%s", m, n, k, mode), func(b *testing.B) {
+				from := e.pkMin
+				defer func() { e.pkMin = from }()
+				e.pkMin = 1
+				if mode == "dot" {
+					e.pkMin = math.MaxInt
+				}
+				r := rand.New(rand.NewPCG(1, 2))
+				a, bm, c := randSlice(r, m*k), randSlice(r, k*n), make([]float32, m*n)
+				for b.Loop() {
+					Sgemm(false, false, m, n, k, 1, a, k, bm, n, 0, c, n)
+				}
+				b.ReportMetric(2*float64(m)*float64(n)*float64(k)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+			})
+		}
 	}
 }
