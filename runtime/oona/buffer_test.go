@@ -31,13 +31,16 @@ func newGatedSink() *gatedSink {
 }
 
 func (s *gatedSink) write(ctx context.Context, batch []entry) []error {
+	// auto is read before the start is announced: a test that saw the
+	// start and then calls autoOK must not have this write skip the
+	// answer it sends.
+	s.mu.Lock()
+	auto := s.auto
+	s.mu.Unlock()
 	select {
 	case s.started <- len(batch):
 	default:
 	}
-	s.mu.Lock()
-	auto := s.auto
-	s.mu.Unlock()
 	var answer func(int) error = ok
 	if !auto {
 		select {
@@ -111,8 +114,9 @@ func TestBufferDropsOldestBeyondBoundAndKeepsOrder(t *testing.T) {
 		t.Fatalf("stats = %+v, want 15 dropped (overflow), 10 buffered", st)
 	}
 	// The in-flight write fails transiently, then everything goes through.
-	s.answers <- func(int) error { return errors.New("connection reset") }
+	// autoOK first: the retry may start as soon as the answer is taken.
 	s.autoOK()
+	s.answers <- func(int) error { return errors.New("connection reset") }
 	if err := p.Flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
