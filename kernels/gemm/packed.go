@@ -56,30 +56,11 @@ func (e *native) usePacked(m, n, k int) bool {
 // ceil(mc/6) panels of kc steps of 6 floats, zero-padded past mc.
 func (p *pproblem) packA(dst []float32, i0, mc, p0, kc int) {
 	for r := 0; r < mc; r += pkMR {
-		panel := dst[r*kc : (r+pkMR)*kc]
-		rows := min(pkMR, mc-r)
+		base := (i0+r)*p.lda + p0 // row-major A: lane (row) ii at base + ii·lda
 		if p.aKM {
-			for kk := range kc {
-				src := p.a[(p0+kk)*p.lda+i0+r:]
-				d := panel[kk*pkMR : kk*pkMR+pkMR]
-				copy(d, src[:rows])
-				clear(d[rows:])
-			}
-			continue
+			base = p0*p.lda + i0 + r // k×m: step kk at base + kk·lda
 		}
-		// Row by row would write with a stride of 6 floats; instead each
-		// k step gathers one float from each of the (up to) six rows.
-		var src [pkMR][]float32
-		for ii := range rows {
-			src[ii] = p.a[(i0+r+ii)*p.lda+p0:][:kc]
-		}
-		for kk := range kc {
-			d := panel[kk*pkMR : kk*pkMR+pkMR]
-			for ii := range rows {
-				d[ii] = src[ii][kk]
-			}
-			clear(d[rows:])
-		}
+		packPanel(dst[r*kc:(r+pkMR)*kc], pkMR, kc, p.a, p.lda, base, min(pkMR, mc-r), p.aKM)
 	}
 }
 
@@ -87,30 +68,38 @@ func (p *pproblem) packA(dst []float32, i0, mc, p0, kc int) {
 // as ceil(nc/16) panels of kc steps of 16 floats, zero-padded past nc.
 func (p *pproblem) packB(dst []float32, p0, kc, j0, nc int) {
 	for q := 0; q < nc; q += pkNR {
-		panel := dst[q*kc : (q+pkNR)*kc]
-		cols := min(pkNR, nc-q)
+		base := (j0+q)*p.ldb + p0 // Bᵀ (n×k): lane (column) jj at base + jj·ldb
 		if p.bKN {
-			for kk := range kc {
-				src := p.b[(p0+kk)*p.ldb+j0+q:]
-				d := panel[kk*pkNR : kk*pkNR+pkNR]
-				copy(d, src[:cols])
-				clear(d[cols:])
-			}
-			continue
+			base = p0*p.ldb + j0 + q // k×n: step kk at base + kk·ldb
 		}
-		// 16×16 blocks: each row of Bᵀ is read a cache line at a time.
-		// (Gathering one float from sixteen rows per k step thrashed L1
-		// when the rows are 4 KiB apart and share a cache set.)
-		for kb := 0; kb < kc; kb += 16 {
-			kl := min(16, kc-kb)
-			for jj := range cols {
-				src := p.b[(j0+q+jj)*p.ldb+p0+kb:][:kl]
-				for t, v := range src {
-					panel[(kb+t)*pkNR+jj] = v
-				}
+		packPanel(dst[q*kc:(q+pkNR)*kc], pkNR, kc, p.b, p.ldb, base, min(pkNR, nc-q), p.bKN)
+	}
+}
+
+// packPanel fills panel, kc steps of w floats, with n ≤ w lanes of src and
+// zeros after them. stepMajor: step kk's lanes are contiguous at
+// src[base+kk·ld:]; otherwise lane l's steps are contiguous at
+// src[base+l·ld:], and are gathered 16 steps at a time so that each lane is
+// read a cache line at a time.
+func packPanel(panel []float32, w, kc int, src []float32, ld, base, n int, stepMajor bool) {
+	if stepMajor {
+		for kk := range kc {
+			d := panel[kk*w : kk*w+w]
+			copy(d, src[base+kk*ld:][:n])
+			clear(d[n:])
+		}
+		return
+	}
+	for kb := 0; kb < kc; kb += 16 {
+		kl := min(16, kc-kb)
+		for l := range n {
+			for t, v := range src[base+l*ld+kb:][:kl] {
+				panel[(kb+t)*w+l] = v
 			}
+		}
+		if n < w {
 			for t := range kl {
-				clear(panel[(kb+t)*pkNR+cols : (kb+t+1)*pkNR])
+				clear(panel[(kb+t)*w+n : (kb+t+1)*w])
 			}
 		}
 	}
