@@ -6,8 +6,8 @@
 #
 # Each of ROUNDS rounds (default 3) runs the Go benchmarks and the
 # Pydantic timings, interleaved so both see the same machine load. Both
-# sides take many short samples (Go: 5 runs of 200 ms per round, GC
-# included; Pydantic: 15 of about 50 ms) and the table uses each
+# sides take the same number of equally short samples (15 of about 50 ms
+# per round; Go's include GC) and the table uses each
 # benchmark's fastest sample over all rounds: on a shared machine other
 # work only ever adds time, and short samples are likelier to see none.
 set -euo pipefail
@@ -22,7 +22,7 @@ trap 'rm -rf "$tmp"' EXIT
 for ((i = 1; i <= rounds; i++)); do
 	(cd "$root/contracts" && "$tmp/contracts.test" -test.run '^$' \
 		-test.bench '^Benchmark(HealthSignal|CompiledKernel)(Decode|Encode)$' \
-		-test.benchtime 200ms -test.count 5) | awk '/^Benchmark/ {sub(/-[0-9]+$/, "", $1); print $1, $3}' >>"$tmp/go.txt"
+		-test.benchtime 50ms -test.count 15) | awk '/^Benchmark/ {sub(/-[0-9]+$/, "", $1); print $1, $3}' >>"$tmp/go.txt"
 	"$python" "$here/pydantic_bench.py" >>"$tmp/py.txt"
 done
 
