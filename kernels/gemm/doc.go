@@ -20,7 +20,7 @@
 // im2col products over many pixels and large matmuls are) take a packed
 // path instead on AVX2 CPUs (packed.go): the BLIS scheme, with A copied into
 // 6-row panels and B into 16-column panels, each in its own layout (no
-// transposed copy first), blocked for L1 (kc = 256), L2 (120 A rows) and
+// transposed copy first), blocked for L1 (kc = 384), L2 (120 A rows) and
 // L3 (up to 3072 B columns), and a 6×16 outer-product micro-kernel with
 // twelve accumulators that runs at about 90 % of the FMA peak from L1.
 // B's panels are packed by the pool too, then the pool computes A blocks ×
