@@ -115,7 +115,6 @@ type bufferedPublisher struct {
 
 	mu            sync.Mutex
 	queue         entryQueue // published, not yet taken by the flusher
-	head, n       int
 	queueBytes    int
 	inflight      []entry // owned by the flusher, counted here
 	inflightBytes int

@@ -21,7 +21,6 @@ type RedisBus struct {
 	cfg    Config
 	logger *slog.Logger
 	pub    *bufferedPublisher
-	opts   *redis.Options
 	cons   consumerCounters
 
 	// consumerClient serves the blocking reads; the publisher has its own
@@ -69,7 +68,6 @@ func NewRedisBus(ctx context.Context, cfg Config, logger *slog.Logger) (*RedisBu
 	b := &RedisBus{
 		cfg:            cfg,
 		logger:         logger,
-		opts:           opts,
 		pub:            newBufferedPublisher(po, s, logger),
 		consumerClient: redis.NewClient(&consOpts),
 	}

@@ -159,22 +159,31 @@ func (c *respConn) write(b []byte) error {
 	return nil
 }
 
+// readLine reads one reply's first line and returns its type byte and
+// its body without the CRLF. An error means the connection is unusable.
+func (c *respConn) readLine() (byte, []byte, error) {
+	line, err := c.br.ReadSlice('\n')
+	if err != nil {
+		if errors.Is(err, bufio.ErrBufferFull) {
+			return 0, nil, fmt.Errorf("%w: reply line longer than %d bytes", errProtocol, c.br.Size())
+		}
+		return 0, nil, fmt.Errorf("oona: reading from Redis: %w", err)
+	}
+	if len(line) < 3 || line[len(line)-2] != '\r' {
+		return 0, nil, fmt.Errorf("%w: reply line %q not terminated by CRLF", errProtocol, line)
+	}
+	return line[0], line[1 : len(line)-2], nil
+}
+
 // readReply reads one reply. A bulk or simple string comes back as its
 // text, an integer as its digits, an error reply as a replyError. Any
 // other error means the connection is unusable.
 func (c *respConn) readReply() (string, error) {
-	line, err := c.br.ReadSlice('\n')
+	kind, body, err := c.readLine()
 	if err != nil {
-		if errors.Is(err, bufio.ErrBufferFull) {
-			return "", fmt.Errorf("%w: reply line longer than %d bytes", errProtocol, c.br.Size())
-		}
-		return "", fmt.Errorf("oona: reading from Redis: %w", err)
+		return "", err
 	}
-	if len(line) < 3 || line[len(line)-2] != '\r' {
-		return "", fmt.Errorf("%w: reply line %q not terminated by CRLF", errProtocol, line)
-	}
-	body := line[1 : len(line)-2]
-	switch line[0] {
+	switch kind {
 	case '+', ':':
 		return string(body), nil
 	case '-':
@@ -182,8 +191,8 @@ func (c *respConn) readReply() (string, error) {
 	case '$':
 		// Only the set-up commands and PING come here: their replies
 		// are short, and a longer one is not worth allocating for.
-		n, err := strconv.Atoi(string(body))
-		if err != nil || n < -1 || n > maxReplyBulk {
+		n, ok := parseLen(body)
+		if !ok || n > maxReplyBulk {
 			return "", fmt.Errorf("%w: bulk length %q", errProtocol, body)
 		}
 		if n == -1 {
@@ -198,7 +207,7 @@ func (c *respConn) readReply() (string, error) {
 		}
 		return string(b[:n]), nil
 	}
-	return "", fmt.Errorf("%w: unexpected reply type %q", errProtocol, line[0])
+	return "", fmt.Errorf("%w: unexpected reply type %q", errProtocol, kind)
 }
 
 // skipBulk reads one reply where only its kind matters (an XADD's entry
@@ -206,18 +215,11 @@ func (c *respConn) readReply() (string, error) {
 // reply, and another error when the connection is unusable. It does not
 // allocate for the common case of an entry ID.
 func (c *respConn) skipBulk() error {
-	line, err := c.br.ReadSlice('\n')
+	kind, body, err := c.readLine()
 	if err != nil {
-		if errors.Is(err, bufio.ErrBufferFull) {
-			return fmt.Errorf("%w: reply line longer than %d bytes", errProtocol, c.br.Size())
-		}
-		return fmt.Errorf("oona: reading from Redis: %w", err)
+		return err
 	}
-	if len(line) < 3 || line[len(line)-2] != '\r' {
-		return fmt.Errorf("%w: reply line %q not terminated by CRLF", errProtocol, line)
-	}
-	body := line[1 : len(line)-2]
-	switch line[0] {
+	switch kind {
 	case '-':
 		return replyError(body)
 	case '+':
@@ -246,7 +248,7 @@ func (c *respConn) skipBulk() error {
 		_, _ = c.br.Discard(2)
 		return nil
 	}
-	return fmt.Errorf("%w: unexpected reply type %q to XADD", errProtocol, line[0])
+	return fmt.Errorf("%w: unexpected reply type %q to XADD", errProtocol, kind)
 }
 
 // maxReplyBulk bounds a bulk string readReply accepts.
