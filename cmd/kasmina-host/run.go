@@ -140,7 +140,7 @@ func loadKernel(ctx context.Context, ref string, log *slog.Logger) (*kernels.Ker
 		// the working directory, http(s), s3); a local command may also
 		// fetch from loopback.
 		var f runtime.Fetcher
-		f, err = newFetcher(&serveConfig{allowRefs: "file,http://*,https://*,s3://esper-artifacts/", allowLoopbackRefs: true}, log)
+		f, err = newFetcher(&serveConfig{allowRefs: defaultAllowRefs, allowLoopbackRefs: true}, log)
 		if err != nil {
 			return nil, err
 		}

@@ -30,6 +30,10 @@ import (
 // of Esper's services (Urza 8000, Tamiyo 8001, Tolaria 8080).
 const DefaultAddr = "127.0.0.1:8470"
 
+// defaultAllowRefs is --allow-refs's default: local files, Esper's artifact
+// bucket, and http(s). `run` uses it too.
+const defaultAllowRefs = "file,s3://esper-artifacts/,http://*,https://*"
+
 // serveConfig is everything `serve` reads from flags and KASMINA_*
 // environment variables.
 type serveConfig struct {
@@ -73,7 +77,7 @@ func (c *serveConfig) register(fs *flag.FlagSet, e *envFlags) {
 	e.String(&c.hostID, "host-id", "KASMINA_HOST_ID", defaultHostID(), "this host's name in sender ids and its consumer group")
 	e.String(&c.urzaURL, "urza", "URZA_URL", runtime.DefaultUrzaURL, "Urza's address, for resolving kernel ids in load_kernel commands")
 	e.String(&c.kernelRoot, "kernel-root", "KASMINA_KERNEL_ROOT", "", "directory file:// and path references must stay inside (default: --kernels, else the working directory)")
-	e.String(&c.allowRefs, "allow-refs", "KASMINA_ALLOW_REFS", "file,s3://esper-artifacts/,http://*,https://*", "comma-separated artifact reference patterns that may be fetched")
+	e.String(&c.allowRefs, "allow-refs", "KASMINA_ALLOW_REFS", defaultAllowRefs, "comma-separated artifact reference patterns that may be fetched")
 	e.Bool(&c.allowLoopbackRefs, "allow-loopback-refs", "KASMINA_ALLOW_LOOPBACK_REFS", false, "let http(s) artifact references reach loopback addresses (refused by default: a command names the URL)")
 	e.String(&c.tokenFile, "auth-token-file", "KASMINA_AUTH_TOKEN_FILE", "", "file holding the bearer token required for inference and state changes")
 	e.String(&c.token, "auth-token", "KASMINA_AUTH_TOKEN", "", "bearer token (prefer --auth-token-file: flags show in ps)")
