@@ -166,7 +166,7 @@ func (c *serveConfig) check() error {
 
 func (c *serveConfig) logger(w io.Writer) *slog.Logger {
 	var lvl slog.Level
-	_ = lvl.UnmarshalText([]byte(c.logLevel))
+	_ = lvl.UnmarshalText([]byte(c.logLevel)) // check() refused a bad one already
 	opts := &slog.HandlerOptions{Level: lvl}
 	if c.logFormat == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts))
@@ -260,7 +260,7 @@ func serve(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io.Wr
 	}
 
 	// Runtime.
-	popts, fb, _ := cfg.placement.parse()
+	popts, fb, _ := cfg.placement.parse() // check() refused a bad one already
 	host, err := runtime.New(runtime.Config{
 		HostID: cfg.hostID, Placement: popts, Fallback: fb, PlacementBatch: cfg.placement.batch,
 		Concurrency: cfg.concurrency, QueueDepth: cfg.queueDepth, RequestTimeout: cfg.requestTimeout,
@@ -407,11 +407,8 @@ func newFetcher(cfg *serveConfig, log *slog.Logger) (runtime.Fetcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--kernel-root: %w", err)
 	}
-	routes := map[string]source.Source{
-		source.SchemeFile: file,
-		"http":            source.NewHTTP(source.HTTPConfig{Logger: log, AllowLoopback: cfg.allowLoopbackRefs}),
-		"https":           source.NewHTTP(source.HTTPConfig{Logger: log, AllowLoopback: cfg.allowLoopbackRefs}),
-	}
+	web := source.NewHTTP(source.HTTPConfig{Logger: log, AllowLoopback: cfg.allowLoopbackRefs})
+	routes := map[string]source.Source{source.SchemeFile: file, "http": web, "https": web}
 	if s3, err := source.NewS3(source.S3ConfigFromEnv(os.Getenv)); err == nil {
 		routes["s3"] = s3
 	} else {
