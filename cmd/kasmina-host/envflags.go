@@ -29,64 +29,41 @@ func (e *envFlags) String(p *string, name, env, def, usage string) {
 	e.fs.StringVar(p, name, def, usage+" [$"+env+"]")
 }
 
-func (e *envFlags) Bool(p *bool, name, env string, def bool, usage string) {
-	if v, ok := e.env(env); ok {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			e.errs = append(e.errs, fmt.Errorf("%s=%q is not a boolean", env, v))
-		} else {
-			def = b
-		}
+// envDefault returns def, or env's value parsed when it is set; a value
+// that does not parse is recorded (as "ENV="v" is not KIND") and def kept.
+func envDefault[T any](e *envFlags, env string, def T, parse func(string) (T, error), kind string) T {
+	v, ok := e.env(env)
+	if !ok {
+		return def
 	}
-	e.fs.BoolVar(p, name, def, usage+" [$"+env+"]")
+	x, err := parse(v)
+	if err != nil {
+		e.errs = append(e.errs, fmt.Errorf("%s=%q is not %s", env, v, kind))
+		return def
+	}
+	return x
+}
+
+func (e *envFlags) Bool(p *bool, name, env string, def bool, usage string) {
+	e.fs.BoolVar(p, name, envDefault(e, env, def, strconv.ParseBool, "a boolean"), usage+" [$"+env+"]")
 }
 
 func (e *envFlags) Int(p *int, name, env string, def int, usage string) {
-	if v, ok := e.env(env); ok {
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			e.errs = append(e.errs, fmt.Errorf("%s=%q is not an integer", env, v))
-		} else {
-			def = n
-		}
-	}
-	e.fs.IntVar(p, name, def, usage+" [$"+env+"]")
+	e.fs.IntVar(p, name, envDefault(e, env, def, strconv.Atoi, "an integer"), usage+" [$"+env+"]")
 }
 
 func (e *envFlags) Int64(p *int64, name, env string, def int64, usage string) {
-	if v, ok := e.env(env); ok {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil {
-			e.errs = append(e.errs, fmt.Errorf("%s=%q is not an integer", env, v))
-		} else {
-			def = n
-		}
-	}
-	e.fs.Int64Var(p, name, def, usage+" [$"+env+"]")
+	parse := func(s string) (int64, error) { return strconv.ParseInt(s, 10, 64) }
+	e.fs.Int64Var(p, name, envDefault(e, env, def, parse, "an integer"), usage+" [$"+env+"]")
 }
 
 func (e *envFlags) Float(p *float64, name, env string, def float64, usage string) {
-	if v, ok := e.env(env); ok {
-		f, err := strconv.ParseFloat(v, 64)
-		if err != nil {
-			e.errs = append(e.errs, fmt.Errorf("%s=%q is not a number", env, v))
-		} else {
-			def = f
-		}
-	}
-	e.fs.Float64Var(p, name, def, usage+" [$"+env+"]")
+	parse := func(s string) (float64, error) { return strconv.ParseFloat(s, 64) }
+	e.fs.Float64Var(p, name, envDefault(e, env, def, parse, "a number"), usage+" [$"+env+"]")
 }
 
 func (e *envFlags) Duration(p *time.Duration, name, env string, def time.Duration, usage string) {
-	if v, ok := e.env(env); ok {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			e.errs = append(e.errs, fmt.Errorf("%s=%q is not a duration (e.g. 30s)", env, v))
-		} else {
-			def = d
-		}
-	}
-	e.fs.DurationVar(p, name, def, usage+" [$"+env+"]")
+	e.fs.DurationVar(p, name, envDefault(e, env, def, time.ParseDuration, "a duration (e.g. 30s)"), usage+" [$"+env+"]")
 }
 
 // err returns the first bad environment value.

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"time"
 )
 
@@ -26,11 +25,9 @@ func runHealthcheck(ctx context.Context, args []string, stdout, stderr io.Writer
 		fmt.Fprintln(stderr, "\nExits 0 when the daemon at --addr answers 200 on /v2/health/live (--ready: /v2/health/ready), 1 otherwise.")
 		fs.PrintDefaults()
 	}
-	def := os.Getenv("KASMINA_ADDR")
-	if def == "" {
-		def = DefaultAddr
-	}
-	addr := fs.String("addr", def, "the daemon's listen address [$KASMINA_ADDR]")
+	e := &envFlags{fs: fs}
+	addr := new(string)
+	e.String(addr, "addr", "KASMINA_ADDR", DefaultAddr, "the daemon's listen address")
 	ready := fs.Bool("ready", false, "probe /v2/health/ready instead of /v2/health/live")
 	timeout := fs.Duration("timeout", 3*time.Second, "give up after this long")
 	if err := fs.Parse(args); err != nil {
