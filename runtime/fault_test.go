@@ -6,6 +6,7 @@ package runtime
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -38,9 +39,14 @@ func newFaultRig(t *testing.T) *faultRig {
 	t.Cleanup(func() { inv.Close() })
 	h, _, _ := newHost(t, inv, Config{Concurrency: 4, QueueDepth: 1024})
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = h.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	done := make(chan error, 1)
+	go func() { done <- h.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+			t.Errorf("Host.Run: %v", err)
+		}
+	})
 	r := &faultRig{inv: inv, clock: clock, host: h}
 	for _, d := range inv.Snapshot().Devices {
 		if d.Kind == device.KindGPU {

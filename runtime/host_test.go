@@ -660,7 +660,23 @@ func TestHealthSignalsTakeThePublishersFastPath(t *testing.T) {
 	if len(pub.msgs) != 0 || len(pub.fast) != 1 {
 		t.Fatalf("%d generic and %d fast-path publishes, want 0 and 1", len(pub.msgs), len(pub.fast))
 	}
-	if f := pub.fast[0]; f.sender != "kasmina-host.node-a" || f.trace != "k/0/k" || f.sig != sigs[0] {
-		t.Errorf("fast path got %+v, want sender kasmina-host.node-a, trace k/0/k and %+v", f, sigs[0])
+	// The same calls on a host whose publisher has only Publish: the fast
+	// path must carry the envelope the generic message has.
+	h2, generic, _ := newHost(t, inv, Config{HostID: "node-a"})
+	if _, err := h2.Load(context.Background(), LoadRequest{Data: linearKernel(t, "k", nil)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h2.Infer(context.Background(), "k", Request{Input: []float32{1, 2, 3, 4}, Shape: []int{1, 4}}); err != nil {
+		t.Fatal(err)
+	}
+	if sigs2 := h2.EmitSignals(); len(sigs2) != 1 || len(generic.msgs) != 1 {
+		t.Fatalf("generic host: %d signals, %d messages", len(sigs2), len(generic.msgs))
+	}
+	m, f := generic.msgs[0], pub.fast[0]
+	if f.sender != m.SenderID || f.trace != m.TraceID || m.Topic != contracts.TopicTelemetrySeedHealth {
+		t.Errorf("fast path sender %q trace %q; the generic path wrote sender %q trace %q on %s", f.sender, f.trace, m.SenderID, m.TraceID, m.Topic)
+	}
+	if f.sig != sigs[0] {
+		t.Errorf("fast path got %+v, want the emitted %+v", f.sig, sigs[0])
 	}
 }

@@ -69,7 +69,10 @@ func TestPythonReadsHostSignalsAndSendsCommand(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	// The group must exist before the script's command lands ("$").
-	waitFor(t, "consumer group", func() bool { return bus.ConsumerStats() == ConsumerStats{} && groupExists(srv, "kasmina-compat-node") })
+	rc := redis.NewClient(&redis.Options{Addr: srv.addr()})
+	defer rc.Close()
+	grouped := groupReady(t, rc, "kasmina-compat-node")
+	waitFor(t, "consumer group", func() bool { return bus.ConsumerStats() == ConsumerStats{} && grouped() })
 
 	cmd := exec.CommandContext(ctx, py, "testdata/oona_compat.py", strconv.Itoa(srv.port), strconv.Itoa(n), "layer1")
 	cmd.Stderr = os.Stderr
@@ -97,10 +100,11 @@ func TestPythonReadsHostSignalsAndSendsCommand(t *testing.T) {
 	// The check is able to fail: an entry whose sender_id reads back as a
 	// number (what Publish refuses to write) must be reported.
 	bad := healthMessage(t, 0)
-	fields, _ := EncodeFields(bad)
+	fields, err := EncodeFields(bad)
+	if err != nil {
+		t.Fatal(err)
+	}
 	fields[3] = "42"
-	rc := redis.NewClient(&redis.Options{Addr: srv.addr()})
-	defer rc.Close()
 	xaddFields(t, rc, string(bad.Topic), fields...)
 	ctx2, cancel2 := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel2()
@@ -108,22 +112,4 @@ func TestPythonReadsHostSignalsAndSendsCommand(t *testing.T) {
 	if err == nil || !strings.Contains(string(out), "sender_id read back as 'int'") {
 		t.Fatalf("compat script accepted a sender_id of 42: %v %s", err, out)
 	}
-}
-
-func groupExists(srv *redisServer, group string) bool {
-	c, err := NewRedisBus(context.Background(), Config{URL: srv.url(), HostID: "probe"}, nil)
-	if err != nil {
-		return false
-	}
-	defer closeBus(srv.t, c)
-	groups, err := c.consumerClient.XInfoGroups(context.Background(), "control.kasmina.commands").Result()
-	if err != nil {
-		return false
-	}
-	for _, g := range groups {
-		if g.Name == group {
-			return true
-		}
-	}
-	return false
 }

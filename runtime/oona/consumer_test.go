@@ -302,7 +302,9 @@ func TestEmbeddedBusRunsCommandsAndEpochsInProcess(t *testing.T) {
 	}()
 	defer func() {
 		ecancel()
-		recv(t, edone, "ConsumeEpochs to return after its context ended")
+		if err := recv(t, edone, "ConsumeEpochs to return after its context ended"); err != nil {
+			t.Errorf("ConsumeEpochs: %v", err)
+		}
 	}()
 	// Subscriptions are registered asynchronously: wait until both exist.
 	waitFor(t, "subscriptions", func() bool {
@@ -355,7 +357,12 @@ func TestRedisEpochConsumerCallsBackWithEpoch(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- bus.ConsumeEpochs(ctx, func(_ context.Context, ev EpochEvent) { got <- ev }) }()
-	defer func() { cancel(); recv(t, done, "ConsumeEpochs to return after its context ended") }()
+	defer func() {
+		cancel()
+		if err := recv(t, done, "ConsumeEpochs to return after its context ended"); err != nil {
+			t.Errorf("ConsumeEpochs: %v", err)
+		}
+	}()
 	// XREAD starts at "$": keep sending until the reader is in place.
 	xaddFields(t, rc, "system.events.epoch", FieldEventID, "e-bad", FieldPayload, `{"event_type": "no epoch here"}`)
 	deadline := time.Now().Add(20 * time.Second)

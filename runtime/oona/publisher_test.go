@@ -87,6 +87,14 @@ var implementations = []struct {
 				if string(msg.Topic) != topic {
 					continue
 				}
+				// The envelope is the message's contract JSON byte for byte
+				// (the payload's keys may come in another order; the
+				// caller compares its values).
+				line, canon := sc.Bytes(), msg.AppendJSON(nil)
+				cut := func(b []byte) []byte { return b[:max(bytes.Index(b, []byte(`"payload":`)), 0)] }
+				if !bytes.Equal(cut(line), cut(canon)) || len(cut(line)) == 0 {
+					t.Fatalf("embedded bus line\n%s\ndoes not start as the contract's JSON of its message\n%s", line, canon)
+				}
 				fields, err := EncodeFields(msg)
 				if err != nil {
 					t.Fatal(err)
@@ -124,7 +132,10 @@ func TestPublisherDeliversInOrderWithWireFields(t *testing.T) {
 				t.Fatalf("read back %d entries, want %d", len(got), n)
 			}
 			for i, fields := range got {
-				wantFields, _ := EncodeFields(want[i])
+				wantFields, err := EncodeFields(want[i])
+				if err != nil {
+					t.Fatal(err)
+				}
 				for j := 0; j < len(wantFields); j += 2 {
 					if fields[wantFields[j]] != wantFields[j+1] {
 						t.Fatalf("entry %d field %s = %q, want %q", i, wantFields[j], fields[wantFields[j]], wantFields[j+1])

@@ -41,13 +41,7 @@ func startRedis(t testing.TB, extraArgs ...string) *redisServer {
 		t.Log("*** SKIPPING: redis-server not installed; the Redis bus is NOT tested. Install redis-server or set KASMINA_REQUIRE_REDIS=1 to make this a failure. ***")
 		t.Skip("redis-server not installed")
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	_ = l.Close()
-	s := &redisServer{t: t, bin: bin, port: port, dir: t.TempDir(), extra: extraArgs}
+	s := &redisServer{t: t, bin: bin, port: freePort(t), dir: t.TempDir(), extra: extraArgs}
 	s.start()
 	t.Cleanup(s.kill)
 	return s
@@ -230,4 +224,15 @@ func publishOne(t testing.TB, cfg Config) *RedisBus {
 		t.Fatalf("stats = %+v, want 1 delivered", s)
 	}
 	return bus
+}
+
+// freePort returns a loopback TCP port that was free a moment ago.
+func freePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }
