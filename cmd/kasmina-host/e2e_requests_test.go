@@ -151,7 +151,7 @@ func TestDaemonRefusesBadRequests(t *testing.T) {
 	}
 	// The next health signal and the metric count them.
 	var sig contracts.HealthSignal
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(20 * time.Second) // a bound against hangs, not a latency target
 	for sig.HealthScore == 0 && time.Now().Before(deadline) {
 		for _, m := range readBus(t, d.busFile) {
 			if strings.HasSuffix(m.trace, "/mlp-gelu") {

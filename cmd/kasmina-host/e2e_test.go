@@ -321,12 +321,7 @@ func inferJSON(shape []int, data []float32) []byte {
 	s, _ := json.Marshal(shape)
 	b.Write(s)
 	b.WriteString(`,"data":[`)
-	for i, v := range data {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		b.WriteString(strconv.FormatFloat(float64(v), 'g', -1, 32))
-	}
+	b.WriteString(floatsJSON(data))
 	b.WriteString(`]}]}`)
 	return b.Bytes()
 }
