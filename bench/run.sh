@@ -54,25 +54,36 @@ cpu_model=$(lscpu | sed -n 's/^Model name: *//p')
 cat "$out/machine.txt"
 
 step() { echo; echo "=== $1 ($(($SECONDS - t_start))s)"; }
+# Steps that failed (not skipped for a missing tool): bench/README.md is
+# not rewritten from partial results, and the script exits 1.
+failed=()
 
 step "contracts vs Pydantic"
-bench/contracts/run.sh "$rounds" 2>&1 | tee "$out/contracts.txt"
+if python3 -c 'import pydantic, sys; sys.exit(0 if pydantic.VERSION.startswith("2") else 1)' 2>/dev/null; then
+	bench/contracts/run.sh "$rounds" 2>&1 | tee "$out/contracts.txt" || failed+=(contracts)
+else
+	echo "skipped: python3 has no Pydantic v2" | tee "$out/contracts.txt"
+fi
 
 step "CPU executor vs PyTorch"
-env "${kernels_env[@]}" bench/kernels/run.sh 2>/dev/null | tee "$out/kernels.txt"
+if /usr/bin/python3 -c 'import torch' 2>/dev/null; then
+	env "${kernels_env[@]}" bench/kernels/run.sh 2>"$out/kernels.err" | tee "$out/kernels.txt" || { cat "$out/kernels.err"; failed+=(kernels); }
+else
+	echo "skipped: /usr/bin/python3 has no torch (apt-get install -y --no-install-recommends python3-torch libopenblas0)" | tee "$out/kernels.txt"
+fi
 
 step "SGEMM: default vs openblas vs PyTorch, FMA peak"
-BENCHTIME=$gobt COUNT=$count bench/gemm/run.sh 2>&1 | tee "$out/gemm.txt" | grep -v '^Benchmark'
+BENCHTIME=$gobt COUNT=$count bench/gemm/run.sh 2>&1 | tee "$out/gemm.txt" | grep -v '^Benchmark' || failed+=(gemm)
 
 step "placement decisions per second (one core)"
-go test -run '^$' -bench '^BenchmarkPlan8GPU$' -benchtime "$gobt" -count "$count" -cpu 1 ./runtime/placement 2>&1 | tee "$out/placement.txt" | grep Benchmark
+go test -run '^$' -bench '^BenchmarkPlan8GPU$' -benchtime "$gobt" -count "$count" -cpu 1 ./runtime/placement 2>&1 | tee "$out/placement.txt" | grep Benchmark || failed+=(placement)
 
 step "dispatch overhead per call"
-go test -run '^$' -bench '^BenchmarkDispatchOverhead$' -benchtime "$gobt" -count "$count" ./runtime 2>&1 | tee "$out/dispatch.txt" | grep Benchmark
+go test -run '^$' -bench '^BenchmarkDispatchOverhead$' -benchtime "$gobt" -count "$count" ./runtime 2>&1 | tee "$out/dispatch.txt" | grep Benchmark || failed+=(dispatch)
 
 step "bus publishing vs redis-benchmark"
 if command -v redis-server >/dev/null && command -v redis-benchmark >/dev/null; then
-	ROUNDS=$oona_rounds bench/oona/run.sh "$oona_n" 2>&1 | tee "$out/oona.txt" | tail -4
+	ROUNDS=$oona_rounds bench/oona/run.sh "$oona_n" 2>&1 | tee "$out/oona.txt" | tail -4 || failed+=(oona)
 else
 	echo "skipped: redis-server/redis-benchmark missing (apt-get install -y redis-server redis-tools)" | tee "$out/oona.txt"
 fi
@@ -93,12 +104,13 @@ if command -v wrk >/dev/null; then
 	kh_stop
 	go test -run '^$' -bench 'BenchmarkInferOverLoopback/json/1x64$' -benchtime "$gobt" ./bench/http 2>&1 | tee "$out/http/go-loopback.txt" | grep Benchmark
 else
+	mkdir -p "$out/http"
 	echo "skipped: wrk missing (apt-get install -y --no-install-recommends wrk)" | tee "$out/http/skipped"
 fi
 
 step "latency against batch size (plot)"
 if /usr/bin/python3 -c 'import torch' 2>/dev/null; then
-	REPEAT=$repeat bench/plot/sweep.sh bench/plot/latency_vs_batch.png 2>&1 | tee "$out/sweep.txt"
+	REPEAT=$repeat bench/plot/sweep.sh bench/plot/latency_vs_batch.png 2>&1 | tee "$out/sweep.txt" || failed+=(sweep)
 else
 	echo "skipped: /usr/bin/python3 has no torch (apt-get install -y --no-install-recommends python3-torch libopenblas0)" | tee "$out/sweep.txt"
 fi
@@ -113,6 +125,10 @@ if ! python3 bench/summary.py "$out" >"$out/summary.md"; then
 	exit 1
 fi
 cat "$out/summary.md"
+if [ ${#failed[@]} -gt 0 ]; then
+	echo "failed steps: ${failed[*]}; bench/README.md left as it was; raw results in $out" >&2
+	exit 1
+fi
 if [[ "${WRITE_README:-1}" == 1 ]]; then
 	python3 - "$out/summary.md" bench/README.md <<'PY'
 import sys

@@ -53,12 +53,27 @@ if /usr/bin/python3 -c 'import torch' 2>/dev/null; then
 else
 	echo "== PyTorch skipped: /usr/bin/python3 has no torch (apt-get install python3-torch libopenblas0)"
 fi
+# bench FILE TEST-BINARY ARGS...: runs a benchmark binary in kernels/gemm,
+# appends its output to FILE and shows its Benchmark lines; a binary that
+# fails stops the script with its output (a pipe through tee and grep hid
+# a crash and left table.py partial data).
+bench() {
+	file=$1
+	shift
+	if ! (cd kernels/gemm && "$@") >"$file.part" 2>&1; then
+		cat "$file.part" >&2
+		echo "bench/gemm/run.sh: $* failed" >&2
+		exit 1
+	fi
+	cat "$file.part" >>"$file"
+	grep -E 'Benchmark' "$file.part" || true
+}
 for r in $(seq "$rounds"); do
 	echo "== round $r: default build (cgo-free)"
-	(cd kernels/gemm && "$out/default.test" -test.run '^$' -test.bench 'Shapes|FMAPeak' -test.benchtime "$sample" -test.count "$samples") | tee -a "$out/default.txt" | grep -E 'Benchmark' || true
+	bench "$out/default.txt" "$out/default.test" -test.run '^$' -test.bench 'Shapes|FMAPeak' -test.benchtime "$sample" -test.count "$samples"
 	if [ "$have_blas" = 1 ]; then
 		echo "== round $r: openblas build"
-		(cd kernels/gemm && "$out/openblas.test" -test.run '^$' -test.bench 'Shapes/impl=openblas' -test.benchtime "$sample" -test.count "$samples") | tee -a "$out/openblas.txt" | grep -E 'Benchmark' || true
+		bench "$out/openblas.txt" "$out/openblas.test" -test.run '^$' -test.bench 'Shapes/impl=openblas' -test.benchtime "$sample" -test.count "$samples"
 	fi
 	if [ "$have_torch" = 1 ]; then
 		echo "== round $r: PyTorch"

@@ -16,10 +16,11 @@ batches=${BATCHES:-1 2 4 8 16 32 64 128 256}
 threads=$(nproc)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+trap '[ -s "$tmp/run.err" ] && cat "$tmp/run.err" >&2' ERR
 go build -o "$tmp/kasmina-host" ./cmd/kasmina-host
 go run ./bench/plot/mkinputs -dir "$tmp" -batches "$(tr ' ' , <<<"$batches")"
 for b in $batches; do
-	"$tmp/kasmina-host" run --kernel "$tmp/kernel.safetensors" --input "$tmp/input-b$b.safetensors" --repeat "$repeat" --json 2>/dev/null |
+	"$tmp/kasmina-host" run --kernel "$tmp/kernel.safetensors" --input "$tmp/input-b$b.safetensors" --repeat "$repeat" --json 2>"$tmp/run.err" |
 		python3 -c "import json,sys; r=json.load(sys.stdin); print(json.dumps({'batch': $b, 'p50_us': r['p50_us'], 'p99_us': r['p99_us'], 'gflops': r['gflops']}))" >>"$tmp/host.jsonl"
 done
 /usr/bin/python3 bench/plot/torch_latency.py "$tmp" "$threads" $batches >"$tmp/torch.jsonl"
