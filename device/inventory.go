@@ -191,7 +191,8 @@ func Open(ctx context.Context, opts Options) (*Inventory, error) {
 			return nil, fmt.Errorf("device: open %s: %w", inv.backend.Source(), err)
 		}
 		// Nothing may call NVML after a failed Init: drop the backend.
-		inv.log.Info("NVML library not found; running CPU-only", slog.String("hint", "on a GPU node, check that the NVIDIA driver is installed and, in a container, that the NVIDIA Container Toolkit injects libnvidia-ml.so.1"))
+		inv.log.Info("NVML library not found; running CPU-only", slog.Any("err", err),
+			slog.String("hint", "on a GPU node, check that the binary was built with cgo, that the NVIDIA driver is installed and, in a container, that the NVIDIA Container Toolkit injects libnvidia-ml.so.1"))
 		inv.backend, inv.sim = nil, nil
 	}
 	if inv.backend == nil && opts.RequireGPU {

@@ -4,6 +4,7 @@ package device
 
 import (
 	"context"
+	"fmt"
 	"time"
 )
 
@@ -14,7 +15,9 @@ func newNVMLBackend() Backend { return noNVML{} }
 type noNVML struct{}
 
 func (noNVML) Source() string { return "nvml" }
-func (noNVML) Init() error    { return ErrLibraryNotFound }
+func (noNVML) Init() error {
+	return fmt.Errorf("%w: this binary was built without cgo (CGO_ENABLED=0 or no C compiler) and cannot load it", ErrLibraryNotFound)
+}
 
 // The methods below are never called: the inventory drops a backend whose
 // Init failed.
