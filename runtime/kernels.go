@@ -686,7 +686,10 @@ func (h *Host) loadCached(ctx context.Context, data []byte, md *contracts.Kernel
 			return nil, 0, err
 		}
 		observed := max(int64(allocatedBytes()-before), 0)
-		size := max(int64(len(data)), 4*int64(k.ParameterCount()), observed)
+		// The cache is sized by what the entry keeps (the file or the
+		// weights), not by observed, which counts parse garbage and
+		// anything else the process allocated meanwhile.
+		size := max(int64(len(data)), 4*int64(k.ParameterCount()))
 		return &parsed{kernel: k, observedBytes: observed}, size, nil
 	})
 }
