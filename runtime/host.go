@@ -49,6 +49,7 @@ import (
 	"github.com/esper/kasmina-host/device"
 	"github.com/esper/kasmina-host/kernels/cache"
 	"github.com/esper/kasmina-host/runtime/dispatch"
+	"github.com/esper/kasmina-host/runtime/failure"
 	"github.com/esper/kasmina-host/runtime/placement"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -56,22 +57,22 @@ import (
 // Errors callers branch on. Each error the host returns wraps one of them.
 var (
 	// ErrNotFound: no kernel or seed by that name.
-	ErrNotFound = errors.New("not found")
+	ErrNotFound = failure.NewSentinel(failure.NotFound, "not found")
 	// ErrBadInput: the request's tensor does not fit the kernel.
-	ErrBadInput = errors.New("bad input")
+	ErrBadInput = failure.NewSentinel(failure.BadInput, "bad input")
 	// ErrRefused: the kernel cannot be loaded or executed here (bad
 	// artifact, checksum mismatch, non-executable target, no placement).
-	ErrRefused = errors.New("kernel refused")
+	ErrRefused = failure.NewSentinel(failure.Refused, "kernel refused")
 	// ErrQueueFull: the executor's queue is full.
 	ErrQueueFull = dispatch.ErrQueueFull
 	// ErrUnavailable: the kernel's circuit breaker is open or it is being
 	// unloaded.
-	ErrUnavailable = errors.New("kernel unavailable")
+	ErrUnavailable = failure.NewSentinel(failure.Unavailable, "kernel unavailable")
 	// ErrRuntime: the executor failed while running the kernel.
-	ErrRuntime = errors.New("runtime failure")
+	ErrRuntime = failure.NewSentinel(failure.Internal, "runtime failure")
 	// ErrFetch: the artifact could not be fetched (transient for commands:
 	// they stay pending and are retried).
-	ErrFetch = errors.New("artifact fetch failed")
+	ErrFetch = failure.NewSentinel(failure.Unavailable, "artifact fetch failed")
 	// ErrIllegal: a seed transition the contract's state machine forbids.
 	ErrIllegal = contracts.ErrIllegalTransition
 )

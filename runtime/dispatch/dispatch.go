@@ -7,19 +7,20 @@ package dispatch
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/esper/kasmina-host/runtime/failure"
 )
 
 // ErrQueueFull is returned when a device's queue is full: the request is
 // refused at once so the client can retry elsewhere or later.
-var ErrQueueFull = errors.New("queue full")
+var ErrQueueFull = failure.NewSentinel(failure.QueueFull, "queue full")
 
 // ErrBreakerOpen is returned while a kernel's circuit breaker is open.
-var ErrBreakerOpen = errors.New("circuit breaker open")
+var ErrBreakerOpen = failure.NewSentinel(failure.Unavailable, "circuit breaker open")
 
 // Limiter runs at most Concurrency requests at a time and lets at most
 // QueueDepth more wait for a slot.

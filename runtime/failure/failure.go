@@ -97,9 +97,10 @@ func (c Class) Permanent() bool {
 
 // Error is an error with a class.
 type Error struct {
-	Class Class
-	msg   string
-	err   error
+	Class    Class
+	msg      string
+	err      error
+	sentinel bool
 }
 
 // Error returns the message, without the class.
@@ -113,13 +114,11 @@ func (e *Error) Error() string {
 // Unwrap returns the wrapped error, if any.
 func (e *Error) Unwrap() error { return e.err }
 
-// Is makes errors.Is(err, failure.NotFound.Sentinel()) style checks
-// unnecessary: compare classes with ClassOf instead. It matches another
-// *Error of the same class with no message, so a package can keep
-// class-only sentinels for errors.Is.
+// Is matches a sentinel (NewSentinel) of the same class, so a package can
+// keep class-wide sentinels for errors.Is.
 func (e *Error) Is(target error) bool {
 	t, ok := target.(*Error)
-	return ok && t.msg == "" && t.err == nil && t.Class == e.Class
+	return ok && t.sentinel && t.Class == e.Class
 }
 
 // Errorf builds an error of class c. The format may wrap another error
@@ -137,10 +136,11 @@ func Wrap(c Class, err error) error {
 	return &Error{Class: c, err: err}
 }
 
-// Sentinel returns a message-less error of class c for errors.Is checks:
-// errors.Is(err, failure.Sentinel(failure.NotFound)) is true for any error
-// of that class.
-func Sentinel(c Class) error { return &Error{Class: c} }
+// NewSentinel returns a sentinel of class c for errors.Is checks:
+// errors.Is(err, s) is true for any error of class c, whichever package
+// made it. Its message is phrase. New code returns Errorf or Wrap rather
+// than wrapping a sentinel, whose phrase would prefix the message.
+func NewSentinel(c Class, phrase string) error { return &Error{Class: c, msg: phrase, sentinel: true} }
 
 // ClassOf returns the class of err: that of the outermost *Error in its
 // chain; else Timeout or Canceled for the context errors; else Internal.

@@ -42,11 +42,11 @@ func TestErrorfKeepsChain(t *testing.T) {
 	if !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Fatal("the wrapped error is lost")
 	}
-	if !errors.Is(fmt.Errorf("outer: %w", err), Sentinel(Malformed)) {
-		t.Fatal("Sentinel(Malformed) does not match an error of that class")
+	if !errors.Is(fmt.Errorf("outer: %w", err), NewSentinel(Malformed, "malformed")) {
+		t.Fatal("a Malformed sentinel does not match an error of that class")
 	}
-	if errors.Is(err, Sentinel(NotFound)) {
-		t.Fatal("Sentinel(NotFound) matches a Malformed error")
+	if errors.Is(err, NewSentinel(NotFound, "not found")) {
+		t.Fatal("a NotFound sentinel matches a Malformed error")
 	}
 	if Wrap(BadInput, nil) != nil {
 		t.Fatal("Wrap(nil) is not nil")

@@ -13,8 +13,9 @@ package oip
 
 import (
 	"context"
-	"errors"
 	"time"
+
+	"github.com/esper/kasmina-host/runtime/failure"
 )
 
 // Backend is what the HTTP layer needs from the host. Errors returned by its
@@ -111,20 +112,20 @@ type ExecInfo struct {
 // its status code and always answers {"error": "..."}.
 var (
 	// ErrModelNotFound: unknown model or kernel (404).
-	ErrModelNotFound = errors.New("model not found")
+	ErrModelNotFound = failure.NewSentinel(failure.NotFound, "model not found")
 	// ErrBadInput: the request's tensor or document is wrong (400).
-	ErrBadInput = errors.New("bad input")
+	ErrBadInput = failure.NewSentinel(failure.BadInput, "bad input")
 	// ErrUnavailable: no executor or device can serve the request now (503).
-	ErrUnavailable = errors.New("unavailable")
+	ErrUnavailable = failure.NewSentinel(failure.Unavailable, "unavailable")
 	// ErrQueueFull: admission control refused the request (503).
-	ErrQueueFull = errors.New("queue full")
+	ErrQueueFull = failure.NewSentinel(failure.QueueFull, "queue full")
 	// ErrNotReady: the model or server is not ready yet (503).
-	ErrNotReady = errors.New("not ready")
+	ErrNotReady = failure.NewSentinel(failure.Unavailable, "not ready")
 	// ErrUnsupported: a datatype or feature the host does not support (501).
-	ErrUnsupported = errors.New("unsupported")
+	ErrUnsupported = failure.NewSentinel(failure.Unsupported, "unsupported")
 	// ErrConflict: the request conflicts with the current state, such as
 	// loading a kernel id that is already loaded with other content (409).
-	ErrConflict = errors.New("conflict")
+	ErrConflict = failure.NewSentinel(failure.Conflict, "conflict")
 )
 
 // HostViews supplies the host's own JSON endpoints under /v1. Each field is

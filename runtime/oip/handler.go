@@ -1,7 +1,6 @@
 package oip
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,6 +8,8 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+
+	"github.com/esper/kasmina-host/runtime/failure"
 )
 
 // Defaults for Options fields left at their zero value.
@@ -294,7 +295,8 @@ type errorBody struct {
 }
 
 // statusOf maps an error to its HTTP status; retry reports whether the
-// answer carries Retry-After.
+// answer carries Retry-After. This is the one table from the host's error
+// classes (package failure) to HTTP.
 func statusOf(err error) (code int, retry bool) {
 	var maxBytes *http.MaxBytesError
 	var authErr *authError
@@ -303,24 +305,29 @@ func statusOf(err error) (code int, retry bool) {
 		return authErr.code, false
 	case errors.As(err, &maxBytes):
 		return http.StatusRequestEntityTooLarge, false
-	case errors.Is(err, ErrBadInput):
-		return http.StatusBadRequest, false
-	case errors.Is(err, ErrModelNotFound):
+	}
+	switch failure.ClassOf(err) {
+	case failure.NotFound:
 		return http.StatusNotFound, false
-	case errors.Is(err, ErrConflict):
+	case failure.BadInput:
+		return http.StatusBadRequest, false
+	case failure.Malformed, failure.Refused:
+		return http.StatusUnprocessableEntity, false
+	case failure.Conflict:
 		return http.StatusConflict, false
-	case errors.Is(err, ErrUnsupported):
+	case failure.TooLarge:
+		return http.StatusRequestEntityTooLarge, false
+	case failure.Unsupported:
 		return http.StatusNotImplemented, false
-	case errors.Is(err, ErrQueueFull), errors.Is(err, ErrUnavailable), errors.Is(err, ErrNotReady):
+	case failure.Unavailable, failure.QueueFull:
 		return http.StatusServiceUnavailable, true
-	case errors.Is(err, context.DeadlineExceeded):
+	case failure.Timeout:
 		return http.StatusGatewayTimeout, false
-	case errors.Is(err, context.Canceled):
+	case failure.Canceled:
 		// The client has gone; the status is for the logs and metrics.
 		return 499, false
-	default:
-		return http.StatusInternalServerError, false
 	}
+	return http.StatusInternalServerError, false
 }
 
 // writeError answers err with its status and {"error": "..."}.
