@@ -417,7 +417,12 @@ func TestConcurrentReadersDuringRefreshAndFaults(t *testing.T) {
 					return
 				}
 				for _, d := range s.GPUs() {
-					_ = d.Health.Healthy() && d.MemoryFreeBytes > 0 && d.XidCounts[13] >= 0
+					if d.Healthy != d.Health.Healthy() {
+						t.Errorf("%s: Healthy=%v but health %s: a snapshot must agree with itself", d.Label(), d.Healthy, d.Health.State)
+						return
+					}
+					for range d.XidCounts { // read the map while refreshes publish new ones
+					}
 				}
 				_, _ = s.ByUUID(gpuUUID(3))
 			}
