@@ -211,8 +211,8 @@ func Open(ctx context.Context, opts Options) (*Inventory, error) {
 	disable, _ := opts.LookupEnv(EnvDisableXids)
 	enable, _ := opts.LookupEnv(EnvEnableXids)
 	policy, warnings := NewXidPolicy(disable, enable)
-	if w, ok := inv.backend.(interface{ Warnings() []string }); ok {
-		warnings = append(warnings, w.Warnings()...)
+	if inv.backend != nil {
+		warnings = append(warnings, inv.backend.Warnings()...)
 	}
 	inv.policy, inv.warnings = policy, warnings
 	for _, w := range warnings {

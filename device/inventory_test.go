@@ -454,6 +454,8 @@ type fakeBackend struct {
 	initErr error
 }
 
+var _ Backend = fakeBackend{}
+
 func (f fakeBackend) Source() string { return "nvml" }
 func (f fakeBackend) Init() error    { return f.initErr }
 func (f fakeBackend) after(name string) {
@@ -465,6 +467,7 @@ func (f fakeBackend) Versions() (Versions, error) { f.after("Versions"); return 
 func (f fakeBackend) Count() (int, error)         { f.after("Count"); return 0, nil }
 func (f fakeBackend) Query(int) ([]Device, error) { f.after("Query"); return nil, nil }
 func (f fakeBackend) Probe(string) error          { f.after("Probe"); return nil }
+func (f fakeBackend) Warnings() []string          { f.after("Warnings"); return nil }
 func (f fakeBackend) WaitEvent(context.Context, time.Duration) (RawEvent, error) {
 	f.after("WaitEvent")
 	return RawEvent{}, ErrTimeout

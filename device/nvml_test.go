@@ -289,3 +289,21 @@ func TestNVMLAdapterWaitErrors(t *testing.T) {
 		t.Errorf("third wait = %v, want ErrTimeout", err)
 	}
 }
+
+func TestNVMLWatchGapsReachSnapshotWarnings(t *testing.T) {
+	srv := mockNode(t)
+	mockDev(srv, 3).GetSupportedEventTypesFunc = func() (uint64, nvml.Return) { return 0, nvml.ERROR_NOT_SUPPORTED }
+	mockDev(srv, 6).GetSupportedEventTypesFunc = func() (uint64, nvml.Return) { return nvml.EventTypeSingleBitEccError, nvml.SUCCESS }
+	inv, err := Open(context.Background(), Options{Backend: newNVMLAdapter(srv), LookupEnv: env(nil), HostFS: openFS("nolimit"), Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inv.Close()
+	want := []string{
+		"GPU 3: cannot list supported events (ERROR_NOT_SUPPORTED): not watched for Xids",
+		"GPU 6 supports neither Xid nor ECC events: not watched",
+	}
+	if got := inv.Snapshot().Warnings; strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("snapshot warnings = %q, want %q", got, want)
+	}
+}
