@@ -1,8 +1,10 @@
 package device
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -569,5 +571,37 @@ func BenchmarkRefreshDGXA100(b *testing.B) {
 		if err := inv.Refresh(context.Background()); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// Faults already queued when the inventory opens are handled on the devices
+// it has read: a GPU-wide Xid reaches the GPU's MIG instances, and no
+// snapshot without the GPUs is ever published (it logged visibility
+// warnings against zero GPUs, then again against the real ones).
+func TestFaultsPendingAtOpenMeetTheDevicesRead(t *testing.T) {
+	var logs bytes.Buffer
+	inv, _ := openSim(t, "testdata/sim-faults-at-open.json", map[string]string{"CUDA_VISIBLE_DEVICES": "7"}, func(o *Options) {
+		o.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	})
+	var gpus []Device // all of them: CUDA_VISIBLE_DEVICES=7 hides every one
+	for _, d := range inv.Snapshot().Devices {
+		if d.IsAccelerator() {
+			gpus = append(gpus, d)
+		}
+	}
+	if len(gpus) != 4 {
+		t.Fatalf("%d accelerators, want GPU 0, its 2 instances and GPU 1", len(gpus))
+	}
+	for _, d := range gpus {
+		if d.Health.State != HealthUnhealthy {
+			t.Errorf("%s = %s at open, want unhealthy (Xid 48 on GPU 0, double-bit ECC on GPU 1)", d.Label(), d.Health.State)
+		}
+	}
+	text := logs.String()
+	if n := strings.Count(text, "CUDA_VISIBLE_DEVICES"); n != 1 || !strings.Contains(text, "index out of range 0..1") {
+		t.Errorf("visibility warning logged %d times, want once against GPUs 0..1:\n%s", n, text)
+	}
+	if n := strings.Count(text, `msg="device health changed"`); n != len(gpus) {
+		t.Errorf("%d health changes logged, want one per accelerator (%d):\n%s", n, len(gpus), text)
 	}
 }

@@ -12,6 +12,11 @@ import (
 // probes that are due, and publishes a new snapshot. A device that fails is
 // marked in its health; the error is for failures that left the whole
 // snapshot stale (a hung backend, a failed device count).
+//
+// Events are handled after the devices are read: an event names a GPU, and
+// only the readings say which MIG instances it has. The first snapshot is
+// published before any event, so that faults already pending at Open show,
+// and are logged, as changes from the node as read.
 func (inv *Inventory) Refresh(ctx context.Context) error {
 	inv.refreshMu.Lock()
 	defer inv.refreshMu.Unlock()
@@ -20,13 +25,24 @@ func (inv *Inventory) Refresh(ctx context.Context) error {
 	}
 	var firstErr error
 	if inv.backend != nil {
-		if !inv.watching.Load() {
-			inv.drainEvents(ctx)
-		}
-		if err := inv.readGPUs(ctx); err != nil {
-			firstErr = err
-		}
+		firstErr = inv.readGPUs(ctx)
 	}
+	inv.readCPU()
+	if inv.snap.Load() == nil {
+		inv.publish()
+	}
+	if inv.backend != nil && !inv.watching.Load() {
+		inv.drainEvents(ctx)
+	}
+	if inv.backend != nil && firstErr == nil {
+		inv.probeRecoveries(ctx)
+	}
+	inv.publish()
+	return firstErr
+}
+
+// readCPU re-reads the CPU device; a failure is logged when it changes.
+func (inv *Inventory) readCPU() {
 	cpu, err := inv.cpu.Read()
 	inv.mu.Lock()
 	if err != nil {
@@ -39,11 +55,6 @@ func (inv *Inventory) Refresh(ctx context.Context) error {
 	}
 	inv.cpuDev = cpu
 	inv.mu.Unlock()
-	if inv.backend != nil && firstErr == nil {
-		inv.probeRecoveries(ctx)
-	}
-	inv.publish()
-	return firstErr
 }
 
 // drainEvents handles the events already waiting, without blocking.
