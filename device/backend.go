@@ -74,8 +74,8 @@ type RawEvent struct {
 // Backend is what the inventory needs from NVML. The NVML adapter, the
 // Simulator and tests' fakes implement it. Methods other than Init must not
 // be called unless Init succeeded; the inventory guarantees this. Every
-// method may block (NVML calls can hang), so the inventory calls them under
-// a watchdog.
+// method but Source and Warnings may block (NVML calls can hang), so the
+// inventory calls them under a watchdog.
 type Backend interface {
 	// Source names the backend for Snapshot.Source.
 	Source() string
@@ -98,6 +98,9 @@ type Backend interface {
 	// Probe exercises the GPU with this UUID as hard as the backend can, to
 	// decide whether a faulty device has recovered.
 	Probe(uuid string) error
+	// Warnings lists what Init found worth telling an operator, such as GPUs
+	// the health event watch cannot cover. It does not call the hardware.
+	Warnings() []string
 }
 
 // watchdog runs backend calls in their own goroutines so a call that hangs

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
-	"maps"
 	"os"
 	"runtime"
 	"slices"
@@ -72,57 +71,40 @@ type Options struct {
 	NumCPU func() int
 }
 
-// Event tells a subscriber that a device's health changed.
-type Event struct {
-	// Device is the device as it is after the change.
-	Device Device
-	// Previous is the health it had before.
-	Previous Health
-	// At is when the change was published.
-	At time.Time
-}
-
 // Inventory holds the latest Snapshot of the node's devices and keeps it up
 // to date. Snapshot is cheap and safe for any number of concurrent readers;
 // Refresh, Run, Subscribe and Close may be called from any goroutine.
+//
+// Its parts live in their own files: Open, Snapshot, publish and Close here;
+// reading the hardware in refresh.go; health rules in health.go (healthBook);
+// Run's loops in watch.go; subscriptions in subscribe.go.
 type Inventory struct {
-	opts    Options
-	log     *slog.Logger
-	backend Backend // nil when CPU-only
-	sim     *Simulator
-	source  string
-	wd      *watchdog
-	policy  XidPolicy
-	cpu     CPUSource
-	kick    chan struct{}
+	// Fixed at Open.
+	opts     Options
+	log      *slog.Logger
+	backend  Backend // nil when CPU-only
+	sim      *Simulator
+	source   string
+	versions Versions
+	warnings []string // the Xid policy's and the backend's
+	wd       *watchdog
+	cpu      CPUSource
 
+	health   *healthBook
+	subs     *subscriptions
 	snap     atomic.Pointer[Snapshot]
-	watching atomic.Bool
+	watching atomic.Bool   // Run's watcher handles events, so Refresh does not
+	kick     chan struct{} // asks Run for a refresh now
 
-	refreshMu sync.Mutex // one refresh at a time
+	refreshMu sync.Mutex        // one refresh at a time; guards queriedAt
+	queriedAt map[int]time.Time // when each GPU index was last queried
 
-	mu         sync.Mutex // guards everything below
-	versions   Versions
-	readings   []Device // last accelerator readings, snapshot order
-	queriedAt  map[int]time.Time
-	cpuDev     Device
-	cpuErr     string
-	tracks     map[string]*track
-	stallCall  string
-	stallWatch string
-	stallSince time.Time
-	warnings   []string // fixed at open (Xid policy)
-	visWarn    []string
-	subs       map[*subscriber]struct{}
-	closed     bool
-}
-
-// track is one device's health history.
-type track struct {
-	base      Health
-	lastFault time.Time
-	lastProbe time.Time
-	xids      map[uint64]uint64
+	mu       sync.Mutex // guards the fields below; held for a whole publish so events stay in order
+	readings []Device   // last accelerator readings, snapshot order
+	cpuDev   Device
+	cpuErr   string
+	visWarn  []string // the visibility warnings last logged
+	closed   bool
 }
 
 // Open starts an inventory: it initialises the backend (NVML, a simulator, or
@@ -166,8 +148,7 @@ func Open(ctx context.Context, opts Options) (*Inventory, error) {
 		cpu:       CPUSource{Root: opts.HostFS, NumCPU: opts.NumCPU},
 		kick:      make(chan struct{}, 1),
 		queriedAt: map[int]time.Time{},
-		tracks:    map[string]*track{},
-		subs:      map[*subscriber]struct{}{},
+		subs:      newSubscriptions(),
 	}
 	switch {
 	case opts.Backend != nil && opts.Simulate != "":
@@ -211,10 +192,11 @@ func Open(ctx context.Context, opts Options) (*Inventory, error) {
 	disable, _ := opts.LookupEnv(EnvDisableXids)
 	enable, _ := opts.LookupEnv(EnvEnableXids)
 	policy, warnings := NewXidPolicy(disable, enable)
-	if w, ok := inv.backend.(interface{ Warnings() []string }); ok {
-		warnings = append(warnings, w.Warnings()...)
+	if inv.backend != nil {
+		warnings = append(warnings, inv.backend.Warnings()...)
 	}
-	inv.policy, inv.warnings = policy, warnings
+	inv.warnings = warnings
+	inv.health = newHealthBook(opts.Clock, policy, opts.QuietPeriod, opts.ProbeInterval, inv.log)
 	for _, w := range warnings {
 		inv.log.Warn(w)
 	}
@@ -253,336 +235,13 @@ func (inv *Inventory) Source() string { return inv.source }
 func (inv *Inventory) Simulator() *Simulator { return inv.sim }
 
 // XidPolicy returns the Xid policy in force.
-func (inv *Inventory) XidPolicy() XidPolicy { return inv.policy }
+func (inv *Inventory) XidPolicy() XidPolicy { return inv.health.policy }
 
-// Refresh re-reads every device and the CPU, handles any health events
-// already pending (unless Run's watcher is handling them), tries recovery
-// probes that are due, and publishes a new snapshot. A device that fails is
-// marked in its health; the error is for failures that left the whole
-// snapshot stale (a hung backend, a failed device count).
-func (inv *Inventory) Refresh(ctx context.Context) error {
-	inv.refreshMu.Lock()
-	defer inv.refreshMu.Unlock()
-	inv.mu.Lock()
-	closed := inv.closed
-	inv.mu.Unlock()
-	if closed {
-		return ErrClosed
-	}
-	var firstErr error
-	if inv.backend != nil {
-		if !inv.watching.Load() {
-			inv.drainEvents(ctx)
-		}
-		if err := inv.readGPUs(ctx); err != nil {
-			firstErr = err
-		}
-	}
-	cpu, err := inv.cpu.Read()
-	inv.mu.Lock()
-	if err != nil {
-		if inv.cpuErr != err.Error() {
-			inv.log.Warn("cannot read CPU memory or cgroup limits", slog.Any("err", err))
-		}
-		inv.cpuErr = err.Error()
-	} else {
-		inv.cpuErr = ""
-	}
-	inv.cpuDev = cpu
-	inv.mu.Unlock()
-	if inv.backend != nil && firstErr == nil {
-		inv.probeRecoveries(ctx)
-	}
-	inv.publish()
-	return firstErr
-}
-
-// drainEvents handles the events already waiting, without blocking.
-func (inv *Inventory) drainEvents(ctx context.Context) {
-	for range 1024 {
-		var ev RawEvent
-		err := inv.wd.do(ctx, "poll events", 0, func() (err error) { ev, err = inv.backend.WaitEvent(ctx, 0); return err })
-		if err != nil {
-			if !errors.Is(err, ErrTimeout) {
-				inv.noteWaitError(err)
-			}
-			return
-		}
-		inv.handleEvent(ev)
-	}
-}
-
-func (inv *Inventory) readGPUs(ctx context.Context) error {
-	var n int
-	err := inv.wd.do(ctx, "device count", 0, func() (err error) { n, err = inv.backend.Count(); return err })
-	if err != nil {
-		inv.noteCallError(err)
-		return fmt.Errorf("device: count GPUs: %w", err)
-	}
-	inv.clearCallStall()
-	inv.mu.Lock()
-	prev := inv.readings
-	inv.mu.Unlock()
-	prevByIndex := map[int][]Device{}
-	for _, d := range prev {
-		prevByIndex[d.Index] = append(prevByIndex[d.Index], d)
-	}
-	now := inv.opts.Clock.Now()
-	var readings []Device
-	for i := range n {
-		old := prevByIndex[i]
-		// A lost GPU is only re-read every ProbeInterval.
-		if len(old) > 0 && inv.stateOf(old[0].UUID) == HealthLost {
-			inv.mu.Lock()
-			last := inv.queriedAt[i]
-			inv.mu.Unlock()
-			if now.Sub(last) < inv.opts.ProbeInterval {
-				readings = append(readings, old...)
-				continue
-			}
-		}
-		var devs []Device
-		err := inv.wd.do(ctx, fmt.Sprintf("query GPU %d", i), 0, func() (err error) { devs, err = inv.backend.Query(i); return err })
-		inv.mu.Lock()
-		inv.queriedAt[i] = now
-		inv.mu.Unlock()
-		switch {
-		case err == nil:
-			readings = append(readings, devs...)
-		case errors.Is(err, ErrStalled) || ctx.Err() != nil:
-			inv.noteCallError(err)
-			// Keep what we had for the rest; the snapshot says unknown.
-			for j := i; j < n; j++ {
-				readings = append(readings, prevByIndex[j]...)
-			}
-			inv.setReadings(readings)
-			return fmt.Errorf("device: %w", err)
-		default:
-			if len(old) == 0 {
-				old = []Device{{Kind: KindGPU, Index: i, UUID: fmt.Sprintf("GPU-unknown-%d", i), Name: "unknown GPU", CUDAOrdinal: -1}}
-			}
-			readings = append(readings, old...)
-			h := Health{State: HealthUnknown, Reason: fmt.Sprintf("NVML query failed: %v", err), Action: "place nothing new here; keep existing work"}
-			if errors.Is(err, ErrGPULost) {
-				h = Health{State: HealthLost, Reason: "GPU has fallen off the bus (ERROR_GPU_IS_LOST)", Action: "move work off this GPU; reset it or reboot the node"}
-			}
-			inv.mu.Lock()
-			for _, d := range old {
-				inv.applyFaultLocked(d.UUID, h)
-			}
-			inv.mu.Unlock()
-		}
-	}
-	inv.setReadings(readings)
-	return nil
-}
-
-func (inv *Inventory) setReadings(r []Device) {
-	inv.mu.Lock()
-	inv.readings = r
-	inv.mu.Unlock()
-}
-
-func (inv *Inventory) stateOf(uuid string) HealthState {
+// isClosed reports whether Close has been called.
+func (inv *Inventory) isClosed() bool {
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
-	if t := inv.tracks[uuid]; t != nil {
-		return t.base.State
-	}
-	return HealthHealthy
-}
-
-// trackLocked returns the device's track, creating a healthy one.
-func (inv *Inventory) trackLocked(uuid string) *track {
-	t := inv.tracks[uuid]
-	if t == nil {
-		t = &track{base: Health{State: HealthHealthy, Since: inv.opts.Clock.Now()}, xids: map[uint64]uint64{}}
-		inv.tracks[uuid] = t
-	}
-	return t
-}
-
-// applyFaultLocked records a fault: the quiet period restarts, and the state
-// moves to h unless the device is already in a worse state.
-func (inv *Inventory) applyFaultLocked(uuid string, h Health) {
-	t := inv.trackLocked(uuid)
-	now := inv.opts.Clock.Now()
-	t.lastFault = now
-	if h.State.rank() < t.base.State.rank() {
-		return
-	}
-	if h.State != t.base.State {
-		h.Since = now
-	} else {
-		h.Since = t.base.Since
-	}
-	t.base = h
-}
-
-// handleEvent classifies one backend event and publishes the result.
-func (inv *Inventory) handleEvent(ev RawEvent) {
-	inv.mu.Lock()
-	targets := inv.targetsLocked(ev)
-	switch ev.Type {
-	case RawXid:
-		for _, u := range targets {
-			inv.trackLocked(u).xids[ev.Xid]++
-		}
-		if inv.policy.Ignored(ev.Xid) {
-			inv.log.Debug("application Xid ignored", slog.Uint64("xid", ev.Xid), slog.String("uuid", ev.UUID))
-			break
-		}
-		h := ClassifyXid(ev.Xid)
-		for _, u := range targets {
-			inv.applyFaultLocked(u, h)
-		}
-	case RawDoubleBitECC:
-		for _, u := range targets {
-			inv.applyFaultLocked(u, Health{State: HealthUnhealthy, Reason: "uncorrectable (double-bit) ECC error", Action: "move work off this GPU and reset it"})
-		}
-	case RawLost:
-		if len(targets) == 0 {
-			// NVML did not say which GPU: re-read them all now.
-			inv.mu.Unlock()
-			inv.requestRefresh()
-			return
-		}
-		for _, u := range targets {
-			inv.applyFaultLocked(u, Health{State: HealthLost, Reason: "GPU has fallen off the bus (ERROR_GPU_IS_LOST)", Action: "move work off this GPU; reset it or reboot the node"})
-		}
-	}
-	inv.mu.Unlock()
-	inv.publish()
-}
-
-// targetsLocked maps an event to device UUIDs: a MIG instance when the event
-// names a GPU and compute instance, else the GPU and all its instances.
-func (inv *Inventory) targetsLocked(ev RawEvent) []string {
-	if ev.UUID == "" {
-		return nil
-	}
-	if ev.GPUInstanceID != NoInstance {
-		for _, d := range inv.readings {
-			if d.MIG != nil && d.MIG.ParentUUID == ev.UUID && d.MIG.GPUInstanceID == ev.GPUInstanceID &&
-				(ev.ComputeInstanceID == NoInstance || d.MIG.ComputeInstanceID == ev.ComputeInstanceID) {
-				return []string{d.UUID}
-			}
-		}
-	}
-	out := []string{ev.UUID}
-	for _, d := range inv.readings {
-		if d.MIG != nil && d.MIG.ParentUUID == ev.UUID {
-			out = append(out, d.UUID)
-		}
-	}
-	return out
-}
-
-// probeRecoveries tries to bring back devices whose quiet period is over.
-func (inv *Inventory) probeRecoveries(ctx context.Context) {
-	now := inv.opts.Clock.Now()
-	type due struct {
-		dev Device
-		t   *track
-	}
-	var todo []due
-	inv.mu.Lock()
-	for _, d := range inv.readings {
-		t := inv.tracks[d.UUID]
-		if t == nil || t.base.State == HealthHealthy {
-			continue
-		}
-		if now.Sub(t.lastFault) < inv.opts.QuietPeriod || now.Sub(t.lastProbe) < inv.opts.ProbeInterval && !t.lastProbe.IsZero() {
-			continue
-		}
-		t.lastProbe = now
-		todo = append(todo, due{d, t})
-	}
-	inv.mu.Unlock()
-	for _, p := range todo {
-		err := inv.wd.do(ctx, "probe "+p.dev.UUID, 0, func() error { return inv.backend.Probe(p.dev.UUID) })
-		if err == nil && inv.opts.Probe != nil {
-			err = inv.opts.Probe(ctx, p.dev)
-		}
-		inv.mu.Lock()
-		if err != nil {
-			inv.log.Info("device still faulty after its quiet period", slog.String("uuid", p.dev.UUID), slog.String("state", string(p.t.base.State)), slog.Any("probe", err))
-		} else if p.t.lastFault.Before(now) || p.t.lastFault.Equal(now) {
-			p.t.base = Health{State: HealthHealthy, Since: inv.opts.Clock.Now(),
-				Reason: fmt.Sprintf("recovered: no fault for %s and the probe passed (was %s: %s)", inv.opts.QuietPeriod, p.t.base.State, p.t.base.Reason)}
-		}
-		inv.mu.Unlock()
-	}
-}
-
-// noteCallError records a backend call that stalled or failed outright.
-func (inv *Inventory) noteCallError(err error) {
-	if !errors.Is(err, ErrStalled) {
-		return
-	}
-	inv.mu.Lock()
-	if inv.stallCall == "" {
-		inv.stallSince = inv.opts.Clock.Now()
-		inv.log.Error("NVML call hung; device health is unknown until it answers", slog.Any("err", err))
-	}
-	inv.stallCall = err.Error()
-	inv.mu.Unlock()
-}
-
-func (inv *Inventory) clearCallStall() {
-	inv.mu.Lock()
-	if inv.stallCall != "" {
-		inv.log.Info("NVML answers again")
-	}
-	inv.stallCall = ""
-	inv.mu.Unlock()
-}
-
-// noteWaitError handles an event wait that failed with something other
-// than a timeout.
-func (inv *Inventory) noteWaitError(err error) {
-	switch {
-	case errors.Is(err, ErrStalled):
-		inv.noteCallError(err)
-	case errors.Is(err, ErrGPULost):
-		inv.requestRefresh()
-	case errors.Is(err, ErrClosed), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-	default:
-		inv.mu.Lock()
-		if inv.stallWatch == "" {
-			inv.stallSince = inv.opts.Clock.Now()
-			inv.log.Warn("health event watch failing; device health is unknown", slog.Any("err", err))
-		}
-		inv.stallWatch = "health event watch failing: " + err.Error()
-		inv.mu.Unlock()
-	}
-}
-
-func (inv *Inventory) requestRefresh() {
-	select {
-	case inv.kick <- struct{}{}:
-	default:
-	}
-}
-
-// effectiveLocked is a device's health as published: a stalled backend
-// makes healthy and degraded devices unknown.
-func (inv *Inventory) effectiveLocked(d Device) Health {
-	h := Health{State: HealthHealthy}
-	if t := inv.tracks[d.UUID]; t != nil {
-		h = t.base
-	}
-	if d.Kind == KindCPU {
-		return h
-	}
-	stall := inv.stallCall
-	if stall == "" {
-		stall = inv.stallWatch
-	}
-	if stall != "" && h.State.rank() < HealthUnknown.rank() {
-		return Health{State: HealthUnknown, Reason: stall, Action: "place nothing new here; keep existing work", Since: inv.stallSince}
-	}
-	return h
+	return inv.closed
 }
 
 // publish builds a snapshot from the current readings and health, swaps it
@@ -598,22 +257,12 @@ func (inv *Inventory) publish() {
 	devs = append(devs, inv.readings...)
 	devs = append(devs, inv.cpuDev)
 	for i := range devs {
-		d := &devs[i]
-		if d.MIG != nil {
-			info := *d.MIG
-			d.MIG = &info
-		}
-		t := inv.trackLocked(d.UUID)
-		d.Health = inv.effectiveLocked(*d)
-		if d.Health.Since.IsZero() {
-			d.Health.Since = t.base.Since
-		}
-		d.Healthy = d.Health.Healthy()
-		d.XidCounts = nil
-		if len(t.xids) > 0 {
-			d.XidCounts = maps.Clone(t.xids)
+		if m := devs[i].MIG; m != nil {
+			info := *m
+			devs[i].MIG = &info
 		}
 	}
+	inv.health.annotate(devs)
 	if inv.cpuErr != "" {
 		c := &devs[len(devs)-1]
 		c.Health = Health{State: HealthDegraded, Reason: "cannot read memory or cgroup limits: " + inv.cpuErr, Action: "check /proc and /sys/fs/cgroup", Since: c.Health.Since}
@@ -648,113 +297,8 @@ func (inv *Inventory) publish() {
 		}
 		inv.log.Info("device health changed", slog.String("device", d.Label()), slog.String("uuid", d.UUID),
 			slog.String("from", string(prev.Health.State)), slog.String("to", string(d.Health.State)), slog.String("reason", d.Health.Reason))
-		ev := Event{Device: d, Previous: prev.Health, At: now}
-		for s := range inv.subs {
-			s.push(ev)
-		}
+		inv.subs.push(Event{Device: d, Previous: prev.Health, At: now})
 	}
-}
-
-// Run keeps the inventory fresh until ctx is done: it re-reads the devices
-// every RefreshInterval (and at once when NVML reports a lost GPU), and a
-// watcher goroutine waits for NVML health events. It returns nil when ctx
-// is done and ErrClosed if the inventory is closed.
-func (inv *Inventory) Run(ctx context.Context) error {
-	inv.mu.Lock()
-	closed := inv.closed
-	inv.mu.Unlock()
-	if closed {
-		return ErrClosed
-	}
-	var wg sync.WaitGroup
-	if inv.backend != nil && inv.watching.CompareAndSwap(false, true) {
-		wg.Go(func() {
-			defer inv.watching.Store(false)
-			inv.watch(ctx)
-		})
-	}
-	defer wg.Wait()
-	ticker := time.NewTicker(inv.opts.RefreshInterval)
-	defer ticker.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-ticker.C:
-		case <-inv.kick:
-		}
-		if err := inv.Refresh(ctx); err != nil {
-			if errors.Is(err, ErrClosed) {
-				return ErrClosed
-			}
-			if ctx.Err() == nil {
-				inv.log.Warn("device refresh failed", slog.Any("err", err))
-			}
-		}
-	}
-}
-
-// watch waits for health events until ctx is done, backing off from 1 s to
-// 30 s while the wait keeps failing.
-func (inv *Inventory) watch(ctx context.Context) {
-	backoff := time.Second
-	for ctx.Err() == nil {
-		var ev RawEvent
-		err := inv.wd.do(ctx, "wait for events", inv.opts.EventWait, func() (err error) {
-			ev, err = inv.backend.WaitEvent(ctx, inv.opts.EventWait)
-			return err
-		})
-		switch {
-		case err == nil || errors.Is(err, ErrTimeout):
-			backoff = time.Second
-			inv.mu.Lock()
-			changed := inv.stallWatch != ""
-			inv.stallWatch = ""
-			inv.mu.Unlock()
-			if err == nil {
-				inv.handleEvent(ev)
-			} else if changed {
-				inv.publish()
-			}
-			continue
-		case errors.Is(err, ErrClosed):
-			return
-		case errors.Is(err, ErrGPULost):
-			inv.requestRefresh()
-			continue
-		}
-		inv.noteWaitError(err)
-		inv.publish()
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 30*time.Second)
-	}
-}
-
-// Subscribe returns a channel that receives every health change, in order,
-// and a function that ends the subscription and closes the channel. A slow
-// reader never blocks the inventory: changes queue for it.
-func (inv *Inventory) Subscribe() (<-chan Event, func()) {
-	s := &subscriber{signal: make(chan struct{}, 1), out: make(chan Event), done: make(chan struct{}), exited: make(chan struct{})}
-	inv.mu.Lock()
-	if inv.closed {
-		inv.mu.Unlock()
-		close(s.out)
-		return s.out, func() {}
-	}
-	inv.subs[s] = struct{}{}
-	inv.mu.Unlock()
-	go s.pump()
-	cancel := func() {
-		inv.mu.Lock()
-		delete(inv.subs, s)
-		inv.mu.Unlock()
-		s.stop()
-	}
-	return s.out, cancel
 }
 
 // Close stops the inventory: subscriptions end and NVML is shut down. It is
@@ -766,15 +310,8 @@ func (inv *Inventory) Close() error {
 		return nil
 	}
 	inv.closed = true
-	subs := make([]*subscriber, 0, len(inv.subs))
-	for s := range inv.subs {
-		subs = append(subs, s)
-	}
-	inv.subs = map[*subscriber]struct{}{}
 	inv.mu.Unlock()
-	for _, s := range subs {
-		s.stop()
-	}
+	inv.subs.close()
 	if inv.backend == nil {
 		return nil
 	}
@@ -782,56 +319,4 @@ func (inv *Inventory) Close() error {
 		return fmt.Errorf("device: shut down %s: %w", inv.source, err)
 	}
 	return nil
-}
-
-// subscriber queues events for one reader; its pump goroutine hands them
-// over one at a time.
-type subscriber struct {
-	mu     sync.Mutex
-	queue  []Event
-	signal chan struct{}
-	out    chan Event
-	done   chan struct{}
-	exited chan struct{}
-	once   sync.Once
-}
-
-func (s *subscriber) push(ev Event) {
-	s.mu.Lock()
-	s.queue = append(s.queue, ev)
-	s.mu.Unlock()
-	select {
-	case s.signal <- struct{}{}:
-	default:
-	}
-}
-
-func (s *subscriber) pump() {
-	defer close(s.exited)
-	defer close(s.out)
-	for {
-		s.mu.Lock()
-		if len(s.queue) == 0 {
-			s.mu.Unlock()
-			select {
-			case <-s.signal:
-				continue
-			case <-s.done:
-				return
-			}
-		}
-		ev := s.queue[0]
-		s.queue = s.queue[1:]
-		s.mu.Unlock()
-		select {
-		case s.out <- ev:
-		case <-s.done:
-			return
-		}
-	}
-}
-
-func (s *subscriber) stop() {
-	s.once.Do(func() { close(s.done) })
-	<-s.exited
 }

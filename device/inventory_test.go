@@ -1,8 +1,10 @@
 package device
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -417,7 +419,12 @@ func TestConcurrentReadersDuringRefreshAndFaults(t *testing.T) {
 					return
 				}
 				for _, d := range s.GPUs() {
-					_ = d.Health.Healthy() && d.MemoryFreeBytes > 0 && d.XidCounts[13] >= 0
+					if d.Healthy != d.Health.Healthy() {
+						t.Errorf("%s: Healthy=%v but health %s: a snapshot must agree with itself", d.Label(), d.Healthy, d.Health.State)
+						return
+					}
+					for range d.XidCounts { // read the map while refreshes publish new ones
+					}
 				}
 				_, _ = s.ByUUID(gpuUUID(3))
 			}
@@ -449,6 +456,8 @@ type fakeBackend struct {
 	initErr error
 }
 
+var _ Backend = fakeBackend{}
+
 func (f fakeBackend) Source() string { return "nvml" }
 func (f fakeBackend) Init() error    { return f.initErr }
 func (f fakeBackend) after(name string) {
@@ -460,6 +469,7 @@ func (f fakeBackend) Versions() (Versions, error) { f.after("Versions"); return 
 func (f fakeBackend) Count() (int, error)         { f.after("Count"); return 0, nil }
 func (f fakeBackend) Query(int) ([]Device, error) { f.after("Query"); return nil, nil }
 func (f fakeBackend) Probe(string) error          { f.after("Probe"); return nil }
+func (f fakeBackend) Warnings() []string          { f.after("Warnings"); return nil }
 func (f fakeBackend) WaitEvent(context.Context, time.Duration) (RawEvent, error) {
 	f.after("WaitEvent")
 	return RawEvent{}, ErrTimeout
@@ -561,5 +571,37 @@ func BenchmarkRefreshDGXA100(b *testing.B) {
 		if err := inv.Refresh(context.Background()); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// Faults already queued when the inventory opens are handled on the devices
+// it has read: a GPU-wide Xid reaches the GPU's MIG instances, and no
+// snapshot without the GPUs is ever published (it logged visibility
+// warnings against zero GPUs, then again against the real ones).
+func TestFaultsPendingAtOpenMeetTheDevicesRead(t *testing.T) {
+	var logs bytes.Buffer
+	inv, _ := openSim(t, "testdata/sim-faults-at-open.json", map[string]string{"CUDA_VISIBLE_DEVICES": "7"}, func(o *Options) {
+		o.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	})
+	var gpus []Device // all of them: CUDA_VISIBLE_DEVICES=7 hides every one
+	for _, d := range inv.Snapshot().Devices {
+		if d.IsAccelerator() {
+			gpus = append(gpus, d)
+		}
+	}
+	if len(gpus) != 4 {
+		t.Fatalf("%d accelerators, want GPU 0, its 2 instances and GPU 1", len(gpus))
+	}
+	for _, d := range gpus {
+		if d.Health.State != HealthUnhealthy {
+			t.Errorf("%s = %s at open, want unhealthy (Xid 48 on GPU 0, double-bit ECC on GPU 1)", d.Label(), d.Health.State)
+		}
+	}
+	text := logs.String()
+	if n := strings.Count(text, "CUDA_VISIBLE_DEVICES"); n != 1 || !strings.Contains(text, "index out of range 0..1") {
+		t.Errorf("visibility warning logged %d times, want once against GPUs 0..1:\n%s", n, text)
+	}
+	if n := strings.Count(text, `msg="device health changed"`); n != len(gpus) {
+		t.Errorf("%d health changes logged, want one per accelerator (%d):\n%s", n, len(gpus), text)
 	}
 }

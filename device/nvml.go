@@ -30,6 +30,8 @@ type nvmlBackend struct {
 	warnings []string
 }
 
+var _ Backend = (*nvmlBackend)(nil)
+
 func newNVMLAdapter(lib nvml.Interface) *nvmlBackend { return &nvmlBackend{lib: lib} }
 
 var errNotInitialized = errors.New("NVML is not initialised")
@@ -154,7 +156,8 @@ func (b *nvmlBackend) registerEventsLocked() {
 	}
 }
 
-// Warnings lists devices the health watch could not cover.
+// Warnings implements Backend: it lists the GPUs the health event watch
+// could not cover, and why.
 func (b *nvmlBackend) Warnings() []string {
 	b.mu.Lock()
 	defer b.mu.Unlock()

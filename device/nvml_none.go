@@ -14,6 +14,8 @@ func newNVMLBackend() Backend { return noNVML{} }
 
 type noNVML struct{}
 
+var _ Backend = (*noNVML)(nil)
+
 func (noNVML) Source() string { return "nvml" }
 func (noNVML) Init() error {
 	return fmt.Errorf("%w: this binary was built without cgo (CGO_ENABLED=0 or no C compiler) and cannot load it", ErrLibraryNotFound)
@@ -26,6 +28,7 @@ func (noNVML) Versions() (Versions, error) { return Versions{}, ErrLibraryNotFou
 func (noNVML) Count() (int, error)         { return 0, ErrLibraryNotFound }
 func (noNVML) Query(int) ([]Device, error) { return nil, ErrLibraryNotFound }
 func (noNVML) Probe(string) error          { return ErrLibraryNotFound }
+func (noNVML) Warnings() []string          { return nil }
 func (noNVML) WaitEvent(_ context.Context, _ time.Duration) (RawEvent, error) {
 	return RawEvent{}, ErrLibraryNotFound
 }

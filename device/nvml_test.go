@@ -13,12 +13,13 @@ import (
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/dgxa100"
+	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/server"
 )
 
 // mockNode wraps go-nvml's dgxa100 mock and fills the calls it leaves nil
 // (they panic): v2 memory, utilisation, temperature, power, ECC, events, MIG
 // handles, probes. UUIDs are made deterministic.
-func mockNode(t *testing.T, waits ...func() (nvml.EventData, nvml.Return)) *dgxa100.Server {
+func mockNode(t *testing.T, waits ...func() (nvml.EventData, nvml.Return)) *server.Server {
 	t.Helper()
 	srv := dgxa100.New()
 	var mu sync.Mutex
@@ -38,7 +39,7 @@ func mockNode(t *testing.T, waits ...func() (nvml.EventData, nvml.Return)) *dgxa
 		}, nvml.SUCCESS
 	}
 	for i, h := range srv.Devices {
-		d := h.(*dgxa100.Device)
+		d := h.(*server.Device)
 		d.UUID = gpuUUID(i)
 		var bus [32]int8
 		for j, c := range fmt.Sprintf("00000000:%02X:00.0", 7+i) {
@@ -76,7 +77,7 @@ func mockNode(t *testing.T, waits ...func() (nvml.EventData, nvml.Return)) *dgxa
 	return srv
 }
 
-func mockDev(srv *dgxa100.Server, i int) *dgxa100.Device { return srv.Devices[i].(*dgxa100.Device) }
+func mockDev(srv *server.Server, i int) *server.Device { return srv.Devices[i].(*server.Device) }
 
 func TestNVMLAdapterReadsEveryField(t *testing.T) {
 	srv := mockNode(t)
@@ -248,7 +249,7 @@ func TestInventoryOverNVMLMockHandlesEvents(t *testing.T) {
 }
 
 // mockNodeWith replaces srv's event script.
-func mockNodeWith(t *testing.T, srv *dgxa100.Server, waits ...func() (nvml.EventData, nvml.Return)) *dgxa100.Server {
+func mockNodeWith(t *testing.T, srv *server.Server, waits ...func() (nvml.EventData, nvml.Return)) *server.Server {
 	t.Helper()
 	var mu sync.Mutex
 	next := 0
@@ -286,5 +287,23 @@ func TestNVMLAdapterWaitErrors(t *testing.T) {
 	}
 	if _, err := b.WaitEvent(context.Background(), 0); !errors.Is(err, ErrTimeout) {
 		t.Errorf("third wait = %v, want ErrTimeout", err)
+	}
+}
+
+func TestNVMLWatchGapsReachSnapshotWarnings(t *testing.T) {
+	srv := mockNode(t)
+	mockDev(srv, 3).GetSupportedEventTypesFunc = func() (uint64, nvml.Return) { return 0, nvml.ERROR_NOT_SUPPORTED }
+	mockDev(srv, 6).GetSupportedEventTypesFunc = func() (uint64, nvml.Return) { return nvml.EventTypeSingleBitEccError, nvml.SUCCESS }
+	inv, err := Open(context.Background(), Options{Backend: newNVMLAdapter(srv), LookupEnv: env(nil), HostFS: openFS("nolimit"), Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inv.Close()
+	want := []string{
+		"GPU 3: cannot list supported events (ERROR_NOT_SUPPORTED): not watched for Xids",
+		"GPU 6 supports neither Xid nor ECC events: not watched",
+	}
+	if got := inv.Snapshot().Warnings; strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("snapshot warnings = %q, want %q", got, want)
 	}
 }

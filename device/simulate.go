@@ -146,6 +146,8 @@ func OpenSimulator(value string, clock Clock) (*Simulator, error) {
 	return NewSimulator(filepath.Base(value), spec, clock)
 }
 
+var _ Backend = (*Simulator)(nil)
+
 // Source implements Backend.
 func (s *Simulator) Source() string { return s.source }
 
@@ -286,6 +288,10 @@ func (s *Simulator) Probe(uuid string) error {
 	}
 	return nil
 }
+
+// Warnings implements Backend: a simulated node watches every GPU, so there
+// is nothing to warn about.
+func (s *Simulator) Warnings() []string { return nil }
 
 // enter takes the lock after any hang is released and applies scripted
 // faults that are due. On success the caller holds s.mu.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -66,10 +67,6 @@ func (e *envFlags) Duration(p *time.Duration, name, env string, def time.Duratio
 	e.fs.DurationVar(p, name, envDefault(e, env, def, time.ParseDuration, "a duration (e.g. 30s)"), usage+" [$"+env+"]")
 }
 
-// err returns the first bad environment value.
-func (e *envFlags) err() error {
-	if len(e.errs) > 0 {
-		return e.errs[0]
-	}
-	return nil
-}
+// err returns every bad environment value, joined (nil when there is none),
+// so that an operator fixes them all in one go.
+func (e *envFlags) err() error { return errors.Join(e.errs...) }
