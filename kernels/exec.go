@@ -4,6 +4,8 @@ import (
 	"math"
 	"runtime"
 	"sync"
+
+	"github.com/esper/kasmina-host/kernels/gemm"
 )
 
 // workspacePool is a bounded free list of workspaces. Unlike sync.Pool it
@@ -124,11 +126,12 @@ func (g *graph) runStep(ws *workspace, st *step, src, dst []float32, batch int) 
 	case opAvgPool:
 		adaptiveAvgPool(st.conv, src, dst, batch)
 	case opActivation:
-		applyActivation(st.act, src[:batch*st.inSize], dst)
+		st.act.Apply(dst, src[:batch*st.inSize])
 		return
 	}
-	if st.act != actNone {
-		applyActivation(st.act, dst[:batch*st.outSize], dst)
+	if st.act != gemm.ActNone {
+		y := dst[:batch*st.outSize]
+		st.act.Apply(y, y)
 	}
 }
 
@@ -252,43 +255,6 @@ func adaptiveAvgPool(c convGeom, src, dst []float32, batch int) {
 				}
 				y[i*c.wo+j] = float32(sum / float64((y1-y0)*(x1-x0)))
 			}
-		}
-	}
-}
-
-// applyActivation computes dst = act(src); dst may alias src. The
-// transcendental functions run in float64 and round once, which keeps them
-// within an ulp of PyTorch's float32 results.
-func applyActivation(act activation, src, dst []float32) {
-	dst = dst[:len(src)]
-	switch act {
-	case actNone:
-		copy(dst, src)
-	case actReLU:
-		for i, v := range src {
-			if v < 0 {
-				v = 0
-			}
-			dst[i] = v
-		}
-	case actTanh:
-		for i, v := range src {
-			dst[i] = float32(math.Tanh(float64(v)))
-		}
-	case actSigmoid:
-		for i, v := range src {
-			dst[i] = float32(1 / (1 + math.Exp(-float64(v))))
-		}
-	case actGELU:
-		for i, v := range src {
-			x := float64(v)
-			dst[i] = float32(0.5 * x * (1 + math.Erf(x/math.Sqrt2)))
-		}
-	case actGELUTanh:
-		const c = 0.7978845608028654 // sqrt(2/pi)
-		for i, v := range src {
-			x := float64(v)
-			dst[i] = float32(0.5 * x * (1 + math.Tanh(c*(x+0.044715*x*x*x))))
 		}
 	}
 }

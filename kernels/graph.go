@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/esper/kasmina-host/kernels/gemm"
 	"gorgonia.org/tensor"
 )
 
@@ -26,23 +27,6 @@ const (
 	opActivation
 )
 
-// activation is an elementwise function, fused into the step before it
-// where possible.
-type activation int
-
-const (
-	actNone activation = iota
-	actReLU
-	actTanh
-	actSigmoid
-	actGELU
-	actGELUTanh
-)
-
-func (a activation) String() string {
-	return [...]string{"none", "relu", "tanh", "sigmoid", "gelu", "gelu_tanh"}[a]
-}
-
 // step is one executable operation with its shapes (per sample, no batch).
 type step struct {
 	path    string // PyTorch parameter prefix, e.g. "0" or "1.2"
@@ -50,7 +34,7 @@ type step struct {
 	in, out []int
 	inSize  int // elements per sample
 	outSize int
-	act     activation // applied after the op (the op itself for opActivation)
+	act     gemm.Activation // applied after the op (the op itself for opActivation)
 
 	// linear: y[r, n] = x[r, :]·w[n, :] + b[n], r over batch*rows rows
 	w, b    []float32
@@ -169,7 +153,7 @@ func buildGraph(root *Module, inShape []int, file *File) (*graph, error) {
 		}
 		if st.kind == opActivation && len(g.steps) > 0 {
 			prev := &g.steps[len(g.steps)-1]
-			if prev.act == actNone && prev.kind != opActivation {
+			if prev.act == gemm.ActNone && prev.kind != opActivation {
 				prev.act = st.act
 				continue
 			}
@@ -357,15 +341,15 @@ func inferStep(m *Module, path string, in []int) (*step, []paramSpec, []int, err
 		st.kind = opActivation
 		switch {
 		case m.Type == "relu":
-			st.act = actReLU
+			st.act = gemm.ActReLU
 		case m.Type == "tanh":
-			st.act = actTanh
+			st.act = gemm.ActTanh
 		case m.Type == "sigmoid":
-			st.act = actSigmoid
+			st.act = gemm.ActSigmoid
 		case m.Approximate == "tanh":
-			st.act = actGELUTanh
+			st.act = gemm.ActGELUTanh
 		default:
-			st.act = actGELU
+			st.act = gemm.ActGELU
 		}
 	case "identity", "dropout":
 		return nil, nil, in, nil

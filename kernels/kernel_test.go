@@ -464,3 +464,38 @@ func TestRunIsSafeForConcurrentCallers(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestActivationLayersKeepNegativeZeroAndNaN runs activation layers on the
+// values where the executor's and the GEMM epilogue's activations once
+// disagreed: PyTorch's relu keeps -0 and NaN (torch.relu(tensor([-0.0]))
+// is -0.0).
+func TestActivationLayersKeepNegativeZeroAndNaN(t *testing.T) {
+	negZero, nan := float32(math.Copysign(0, -1)), float32(math.NaN())
+	in := []float32{negZero, nan, -1, 2}
+	cases := []struct {
+		name   string
+		layers []string
+		want   []float32
+	}{
+		{"relu", []string{`{"type":"relu"}`}, []float32{negZero, nan, 0, 2}},
+		{"relu after relu", []string{`{"type":"relu"}`, `{"type":"relu"}`}, []float32{negZero, nan, 0, 2}},
+		{"tanh", []string{`{"type":"tanh"}`}, []float32{negZero, nan, float32(math.Tanh(-1)), float32(math.Tanh(2))}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			k, err := Load(testKernel(t, mustModule(t, seq(c.layers...)), []int{4}, 1, nil), LoadOptions{InputShape: []int{4}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			out := make([]float32, 4)
+			if err := k.Run(context.Background(), in, 1, out); err != nil {
+				t.Fatal(err)
+			}
+			for i := range out {
+				if math.Float32bits(out[i]) != math.Float32bits(c.want[i]) && !(out[i] != out[i] && c.want[i] != c.want[i]) {
+					t.Errorf("element %d: %v(%g) = %g (%#08x), want %g (%#08x)", i, c.name, in[i], out[i], math.Float32bits(out[i]), c.want[i], math.Float32bits(c.want[i]))
+				}
+			}
+		})
+	}
+}
