@@ -50,8 +50,10 @@
 // them. Batch norm folds into a per-channel scale and shift computed in
 // float64; layer norm and adaptive average pooling accumulate in float64;
 // tanh, sigmoid and GELU (erf or tanh form) are evaluated in float64 and
-// rounded once. RunTensor is a convenience over gorgonia.org/tensor that
-// allocates its output; parameters are exposed as *tensor.Dense.
+// rounded once. Weights exposes the converted tensors as plain []float32;
+// kernels/dense is the gorgonia.org/tensor face (parameters as
+// *tensor.Dense, Run on tensors), kept apart so that the daemon does not
+// link gorgonia.
 //
 // # Verification
 //

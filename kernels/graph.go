@@ -7,7 +7,6 @@ import (
 	"strings"
 
 	"github.com/esper/kasmina-host/kernels/gemm"
-	"gorgonia.org/tensor"
 )
 
 // maxActivationElems bounds the elements of one sample's activation at any
@@ -82,7 +81,7 @@ type graph struct {
 	params       int // learnable parameter count, as PyTorch counts it
 	macs         int64
 	weightFloats int
-	tensors      map[string]*tensor.Dense
+	tensors      map[string]Weight // float32 copies of the file's float tensors
 }
 
 // buildGraph infers shapes through the module for a per-sample input shape,
@@ -97,7 +96,7 @@ func buildGraph(root *Module, inShape []int, file *File) (*graph, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: input shape %v: %v", ErrMalformed, inShape, err)
 	}
-	g := &graph{inShape: append([]int(nil), inShape...), inSize: size, tensors: map[string]*tensor.Dense{}}
+	g := &graph{inShape: append([]int(nil), inShape...), inSize: size, tensors: map[string]Weight{}}
 	flat, specs, outShape, err := inferGraph(root, inShape)
 	if err != nil {
 		return nil, err
@@ -128,7 +127,7 @@ func buildGraph(root *Module, inShape []int, file *File) (*graph, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
 		}
-		g.tensors[t.Name] = tensor.New(tensor.WithShape(t.Shape...), tensor.WithBacking(vals))
+		g.tensors[t.Name] = Weight{Name: t.Name, Shape: append([]int(nil), t.Shape...), Values: vals}
 		g.weightFloats += len(vals)
 	}
 	var missing []string
@@ -210,11 +209,7 @@ func inferGraph(root *Module, inShape []int) ([]step, []paramSpec, []int, error)
 }
 
 func (g *graph) data(name string) []float32 {
-	t, ok := g.tensors[name]
-	if !ok {
-		return nil
-	}
-	return t.Data().([]float32)
+	return g.tensors[name].Values
 }
 
 // bind attaches the converted tensors to a step and precomputes batch-norm
