@@ -9,6 +9,11 @@
 // dtypes, element-count overflow, offsets inside the buffer, contiguous and
 // non-overlapping tensors, no trailing bytes, string-only metadata); every
 // rejection wraps ErrMalformed and names the tensor, field or byte offset.
+// Before any of that it recognises what Esper's compiler used to write
+// instead (torch.save archives in zip or legacy pickle form, TorchScript
+// archives, other pickles and zips) from their magic numbers and zip entry
+// names, and refuses them with a *ForeignFileError that says what the file
+// is and names the compile-side converter; nothing is unpickled or run.
 // WriteSafetensors and WriteKernel write files; F32Tensor builds a tensor.
 // ParseModule parses the esper.module graph (every op of the format, with
 // PyTorch's constructor defaults) and (*Module).MarshalJSON writes it back.

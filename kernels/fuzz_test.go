@@ -8,12 +8,20 @@ import (
 	"testing"
 )
 
-// seedFiles returns valid kernel files from the golden set plus truncated and
-// corrupted variants of one of them.
+// seedFiles returns valid kernel files from the golden set, truncated and
+// corrupted variants of one of them, and the PyTorch files the reader
+// refuses by name.
 func seedFiles(f *testing.F) [][]byte {
 	var seeds [][]byte
+	paths := []string{}
 	for _, id := range []string{"golden-1-004", "golden-1-007", "golden-1-015", "golden-1-021"} {
-		b, err := os.ReadFile(filepath.Join("testdata", "golden", id, "kernel.safetensors"))
+		paths = append(paths, filepath.Join("testdata", "golden", id, "kernel.safetensors"))
+	}
+	for _, tf := range torchFiles {
+		paths = append(paths, filepath.Join("testdata", "torch", tf.name))
+	}
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
 		if err != nil {
 			f.Fatal(err)
 		}
