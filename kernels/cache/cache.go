@@ -65,11 +65,11 @@ type Cache[V any] struct {
 }
 
 type entry[V any] struct {
-	key    string
-	value  V
-	size   int64
-	pins   int
-	elem   *list.Element // position in lru while unpinned, nil while pinned
+	key   string
+	value V
+	size  int64
+	pins  int
+	elem  *list.Element // position in lru while unpinned, nil while pinned
 }
 
 // flight is one load in progress, shared by every caller waiting on its key.
