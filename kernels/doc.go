@@ -1,6 +1,7 @@
 // Package kernels reads, validates and executes portable Esper kernels: the
-// esper-kernel/v1 safetensors format of KERNEL_FORMAT.md, whose module graph
-// mirrors torch.nn and whose outputs match PyTorch in eval() mode.
+// esper-kernel/v1 safetensors format that kernels/KERNEL_FORMAT.md describes
+// (what this package accepts, check by check), whose module graph mirrors
+// torch.nn and whose outputs match PyTorch in eval() mode.
 //
 // # Files
 //
