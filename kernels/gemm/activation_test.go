@@ -111,3 +111,62 @@ func TestLinearEpilogueIsApply(t *testing.T) {
 		}
 	})
 }
+
+// torchGradBits holds PyTorch 1.13's float32 input gradients for
+// backwardInputs with grad_output 0.75, as bit patterns, printed by
+//
+//	x = torch.tensor([0.0, -0.0, nan, inf, -inf, -1.0, 1.0, -1e-30, 1e-30, -20.0, 20.0, 3.0, -3.0], requires_grad=True)
+//	f(x).backward(torch.full((13,), 0.75)); [... for v in x.grad.tolist()]
+//
+// for f in relu, sigmoid, tanh, gelu, gelu(approximate='tanh').
+var (
+	backwardInputs = append(append([]float32(nil), specialInputs...), 3, -3)
+	torchGradBits  = map[Activation][]uint32{
+		ActReLU:     {0x00000000, 0x00000000, 0x3f400000, 0x3f400000, 0x00000000, 0x00000000, 0x3f400000, 0x00000000, 0x3f400000, 0x00000000, 0x3f400000, 0x3f400000, 0x00000000},
+		ActSigmoid:  {0x3e400000, 0x3e400000, 0xffc00000, 0x00000000, 0x00000000, 0x3e16ff7b, 0x3e16ff7a, 0x3e400000, 0x3e400000, 0x30d4764c, 0x00000000, 0x3d0ac85e, 0x3d0ac85f},
+		ActTanh:     {0x3f400000, 0x3f400000, 0xffffffff, 0x00000000, 0x00000000, 0x3ea14527, 0x3ea14527, 0x3f400000, 0x3f400000, 0x00000000, 0x00000000, 0x3bf27764, 0x3bf27764},
+		ActGELU:     {0x3ec00000, 0x3ec00000, 0x7fc00000, 0xffc00000, 0xffc00000, 0xbd7ff1ec, 0x3f4fff1e, 0x3ec00000, 0x3ec00000, 0x00000000, 0x3f400000, 0x3f424b26, 0xbc12c9a0},
+		ActGELUTanh: {0x3ec00000, 0x3ec00000, 0x7fc00000, 0xffc00000, 0xffc00000, 0xbd7edd9e, 0x3f4fedda, 0x3ec00000, 0x3ec00000, 0x00000000, 0x3f400000, 0x3f423964, 0xbc0e590c},
+	}
+)
+
+// TestBackwardMatchesPyTorchOnSpecialValues runs each activation forward,
+// then Backward from what BackwardFromInput says to keep, and compares with
+// PyTorch's autograd: NaN, infinities and zeros as PyTorch has them (ReLU's
+// NaN passes the gradient, as threshold_backward does; -0 and +0 are told
+// apart except for the erf GELU), finite values within a relative 2e-5, since
+// PyTorch's float32 GELU derivatives lose digits to cancellation for x < 0
+// (gelu'(-1)·0.75: PyTorch 0xbd7ff1ec, exactly rounded 0xbd7ff1f4, which
+// Backward gives; gelu_tanh'(-3)·0.75: PyTorch -0.008688223, float64
+// autograd -0.008688124973, Backward -0.008688125).
+func TestBackwardMatchesPyTorchOnSpecialValues(t *testing.T) {
+	for act, want := range torchGradBits {
+		t.Run(act.String(), func(t *testing.T) {
+			y := make([]float32, len(backwardInputs))
+			act.Apply(y, backwardInputs)
+			saved := y
+			if act.BackwardFromInput() {
+				saved = backwardInputs
+			}
+			dy := make([]float32, len(y))
+			for i := range dy {
+				dy[i] = 0.75
+			}
+			dx := make([]float32, len(y))
+			act.Backward(dx, dy, saved)
+			for i, x := range backwardInputs {
+				w := math.Float32frombits(want[i])
+				close := w != 0 && !math.IsInf(float64(w), 0) && math.Abs(float64(dx[i]-w)) <= 2e-5*math.Abs(float64(w))
+				if !close && !sameAsTorch(act, dx[i], want[i]) {
+					t.Errorf("%v'(%g)·0.75 = %g (%#08x), PyTorch gives %g (%#08x)", act, x, dx[i], math.Float32bits(dx[i]), math.Float32frombits(want[i]), want[i])
+				}
+			}
+			act.Backward(dy, dy, saved) // in place
+			for i := range dy {
+				if math.Float32bits(dy[i]) != math.Float32bits(dx[i]) {
+					t.Errorf("in place: element %d = %#08x, out of place %#08x", i, math.Float32bits(dy[i]), math.Float32bits(dx[i]))
+				}
+			}
+		})
+	}
+}
