@@ -61,10 +61,37 @@
 // *tensor.Dense, Run on tensors), kept apart so that the daemon does not
 // link gorgonia.
 //
+// # Gradients
+//
+// Backward computes the vector-Jacobian product of every op the executor
+// runs, gradIn = (∂out/∂input)ᵀ·gradOut, for training that needs ∂loss/∂x
+// to flow through a kernel; the weights are compiled constants and get no
+// gradient. Forward is Run that also records a Tape: only what the
+// backward formulas read (an activation's output for ReLU, tanh and
+// sigmoid, its input for the GELUs, a layer norm's input), copied, so a
+// caller can run the forward now and Tape.Backward later without keeping
+// the input; the one-shot Backward records into a pooled tape, and skips
+// the forward altogether for kernels that need nothing from it (linear,
+// convolution, batch norm, pooling). Linear layers back-propagate as one
+// GEMM (dx = dy·W); convolutions as a GEMM with the transposed weights per
+// sample and group (dcol = W_gᵀ·dy_g) and col2im; batch norm by its folded
+// scale; layer norm and adaptive average pooling accumulate in float64 as
+// their forwards do; the activations' derivatives (gemm.Activation.Backward)
+// are evaluated in float64 and rounded once, with PyTorch's conventions
+// (ReLU's gradient is dy where the output is > 0, NaN passing). Backward is
+// safe for concurrent use, a Tape for one call at a time.
+//
 // # Verification
 //
 // TestKernelGolden runs every case of testdata/golden (PyTorch reference
 // outputs; KERNEL_GOLDEN_DIR points it elsewhere) and prints
-// "kernel golden: P passed, F failed (of T)". Fuzz targets cover the
-// safetensors reader, the whole loader and the module graph parser.
+// "kernel golden: P passed, F failed (of T)". TestKernelGradGolden checks
+// Backward on the same cases against PyTorch's float64 autograd
+// (grad.safetensors, written by testdata/golden/make_grads.py) within the
+// larger of the case's tolerance and ten times PyTorch's own float32
+// error, and prints "kernel grad golden: P passed, F failed (of T)";
+// TestBackwardMatchesFiniteDifferences checks every op type against
+// central differences of an independent float64 forward. Fuzz targets
+// cover the safetensors reader, the whole loader and the module graph
+// parser.
 package kernels

@@ -44,6 +44,11 @@ type step struct {
 	shift   []float32 // channel affine, layernorm beta
 	channel int       // channel affine: channels; layernorm: normalized size
 	eps     float64
+
+	// What a Forward saves for Backward, as per-sample offsets into the
+	// tape (-1 when nothing is saved): the op's input (layer norm) and the
+	// activation's output (ReLU, tanh, sigmoid) or input (the GELUs).
+	tapeIn, tapeAct int
 }
 
 // convGeom is the geometry of one conv2d step.
@@ -77,6 +82,7 @@ type graph struct {
 	inSize       int
 	outSize      int
 	maxAct       int // largest per-sample activation between steps
+	tapeFloats   int // floats a Forward saves per sample for Backward
 	scratch      int // im2col floats needed per call (independent of batch)
 	params       int // learnable parameter count, as PyTorch counts it
 	macs         int64
@@ -170,7 +176,28 @@ func buildGraph(root *Module, inShape []int, file *File) (*graph, error) {
 			g.scratch = st.conv.colSize()
 		}
 	}
+	for i := range g.steps {
+		st := &g.steps[i]
+		st.tapeIn, st.tapeAct = -1, -1
+		if st.kind == opLayerNorm {
+			st.tapeIn = g.tapeFloats
+			g.tapeFloats += st.inSize
+		}
+		if st.act != gemm.ActNone {
+			st.tapeAct = g.tapeFloats
+			g.tapeFloats += st.outSize
+		}
+	}
 	return g, nil
+}
+
+// saved returns the part of a tape (holding batch samples) that a step's
+// per-sample offset and size select, or nil for offset -1.
+func saved(tape []float32, off, size, batch int) []float32 {
+	if off < 0 || tape == nil {
+		return nil
+	}
+	return tape[batch*off : batch*(off+size)]
 }
 
 // inferGraph walks the module in order, inferring per-sample shapes, and

@@ -334,6 +334,17 @@ func (k *Kernel) Weights() []Weight {
 // overlap out. Run is safe for concurrent use and, once the pool holds a
 // workspace for this batch size, allocates nothing.
 func (k *Kernel) Run(ctx context.Context, input []float32, batch int, out []float32) error {
+	if err := k.checkRun(ctx, input, batch, out); err != nil {
+		return err
+	}
+	ws := k.pool.get()
+	k.g.forward(ws, input, batch, out, nil)
+	k.pool.put(ws)
+	return nil
+}
+
+// checkRun checks the context, the batch and the lengths of a forward call.
+func (k *Kernel) checkRun(ctx context.Context, input []float32, batch int, out []float32) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -346,8 +357,5 @@ func (k *Kernel) Run(ctx context.Context, input []float32, batch int, out []floa
 	if len(out) != batch*k.g.outSize {
 		return fmt.Errorf("%w: output has room for %d values, batch %d × %v needs %d", ErrShape, len(out), batch, k.g.outShape, batch*k.g.outSize)
 	}
-	ws := k.pool.get()
-	k.g.forward(ws, input, batch, out)
-	k.pool.put(ws)
 	return nil
 }
