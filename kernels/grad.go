@@ -44,6 +44,13 @@ func (t *Tape) Batch() int {
 // many tapes they keep.
 func (t *Tape) Bytes() int64 { return 4 * int64(cap(t.buf)) }
 
+// TapeBytes returns what a Forward of batch samples records on a tape, so
+// that a caller can choose before running it between keeping the tape and
+// keeping the input (InputSize() floats per sample) for a later one-shot
+// Backward. It is 0 for kernels whose backward needs nothing from the
+// forward.
+func (k *Kernel) TapeBytes(batch int) int64 { return 4 * int64(batch) * int64(k.g.tapeFloats) }
+
 func (t *Tape) acquire() error {
 	if !t.busy.CompareAndSwap(false, true) {
 		return fmt.Errorf("%w: in use by another call", ErrTape)

@@ -64,7 +64,7 @@ func TestTapeRefusesMisuse(t *testing.T) {
 	if err := k.Forward(ctx, make([]float32, 12), 2, make([]float32, 10), &tape); err != nil {
 		t.Fatal(err)
 	}
-	if tape.Batch() != 2 || tape.Bytes() != 4*2*(6+5) {
+	if tape.Batch() != 2 || tape.Bytes() != 4*2*(6+5) || k.TapeBytes(2) != tape.Bytes() {
 		t.Errorf("tape: batch %d, %d bytes; want 2 and room for the GELU input, the layer norm input and nothing else", tape.Batch(), tape.Bytes())
 	}
 	if err := tape.Backward(ctx, make([]float32, 5), make([]float32, 6)); !errors.Is(err, ErrShape) {
@@ -129,8 +129,8 @@ func TestBackwardOfLinearLayersNeedsNoTape(t *testing.T) {
 	if err := k.Forward(context.Background(), make([]float32, 50), 1, make([]float32, 2), &tape); err != nil {
 		t.Fatal(err)
 	}
-	if tape.Bytes() != 0 || k.g.tapeFloats != 0 {
-		t.Errorf("tape holds %d bytes (%d floats per sample), want none", tape.Bytes(), k.g.tapeFloats)
+	if tape.Bytes() != 0 || k.TapeBytes(64) != 0 {
+		t.Errorf("tape holds %d bytes (TapeBytes(64) = %d), want none", tape.Bytes(), k.TapeBytes(64))
 	}
 }
 
