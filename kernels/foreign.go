@@ -57,6 +57,7 @@ type ForeignFileError struct {
 	Format ForeignFormat
 }
 
+// Error says what the file is and how to convert it.
 func (e *ForeignFileError) Error() string {
 	return fmt.Sprintf("the file is %s, not an %s file; convert it on the compile side with %s (the host never unpickles or runs a model file)", e.Format, FormatV1, Converter)
 }
