@@ -76,13 +76,8 @@ func (k *Kernel) Forward(ctx context.Context, input []float32, batch int, out []
 	if err := k.checkRun(ctx, input, batch, out); err != nil {
 		return err
 	}
-	n := batch * k.g.tapeFloats
-	if cap(tape.buf) < n {
-		tape.buf = make([]float32, n)
-	}
-	tape.buf = tape.buf[:n]
 	ws := k.pool.get()
-	k.g.forward(ws, input, batch, out, tape.buf)
+	k.g.forward(ws, input, batch, out, grow(&tape.buf, batch*k.g.tapeFloats))
 	k.pool.put(ws)
 	tape.k, tape.batch = k, batch
 	return nil
