@@ -74,7 +74,8 @@ func FuzzParseSafetensors(f *testing.F) {
 }
 
 // FuzzLoadKernel drives the whole loader (safetensors, module graph, shape
-// inference, tensor binding) and runs whatever it accepts once.
+// inference, tensor binding) and runs whatever it accepts once, forward
+// and backward.
 func FuzzLoadKernel(f *testing.F) {
 	for _, s := range seedFiles(f) {
 		f.Add(s)
@@ -91,6 +92,9 @@ func FuzzLoadKernel(f *testing.F) {
 		out := make([]float32, k.OutputSize())
 		if err := k.Run(t.Context(), in, 1, out); err != nil {
 			t.Fatalf("Run on an accepted kernel: %v", err)
+		}
+		if err := k.Backward(t.Context(), in, 1, out, make([]float32, len(in))); err != nil {
+			t.Fatalf("Backward on an accepted kernel: %v", err)
 		}
 	})
 }
