@@ -2,6 +2,7 @@ package kernels
 
 import (
 	"context"
+	"path/filepath"
 	"testing"
 )
 
@@ -42,4 +43,47 @@ func BenchmarkConvNetBatch8(b *testing.B) {
 		b.Fatal(err)
 	}
 	benchKernel(b, k, 8)
+}
+
+// BenchmarkGoldenBackward times, side by side on a golden MLP
+// (golden-1-016: four linear layers with tanh-form GELUs and batch norm,
+// batch 32) and two golden convnets (golden-1-034: two 1×1 convolutions
+// with tanh, batch norm and GELU on 8×8, batch 32, dominated by the erf
+// GELU; golden-1-010: a dilated 3×1 and a 3×3 convolution with batch norm
+// and GELU on 13×11, batch 7, dominated by the convolutions): Run; Forward
+// recording a tape;
+// Tape.Backward from that tape; and the one-shot Backward (forward into a
+// pooled tape, then backward). Compare each with Run in the same run.
+func BenchmarkGoldenBackward(b *testing.B) {
+	ctx := context.Background()
+	for _, id := range []string{"golden-1-016", "golden-1-034", "golden-1-010"} {
+		c, err := loadGradCase(filepath.Join("testdata", "golden", id))
+		if err != nil {
+			b.Fatal(err)
+		}
+		out := make([]float32, c.batch*c.k.OutputSize())
+		gx := make([]float32, len(c.input))
+		var tape Tape
+		if err := c.k.Forward(ctx, c.input, c.batch, out, &tape); err != nil {
+			b.Fatal(err)
+		}
+		for _, v := range []struct {
+			name string
+			f    func() error
+		}{
+			{"Run", func() error { return c.k.Run(ctx, c.input, c.batch, out) }},
+			{"Forward+tape", func() error { return c.k.Forward(ctx, c.input, c.batch, out, &tape) }},
+			{"Tape.Backward", func() error { return tape.Backward(ctx, c.gradOut, gx) }},
+			{"Backward", func() error { return c.k.Backward(ctx, c.input, c.batch, c.gradOut, gx) }},
+		} {
+			b.Run(id+"/"+v.name, func(b *testing.B) {
+				b.ReportAllocs()
+				for b.Loop() {
+					if err := v.f(); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
 }

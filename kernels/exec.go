@@ -4,6 +4,8 @@ import (
 	"math"
 	"runtime"
 	"sync"
+
+	"github.com/esper/kasmina-host/kernels/gemm"
 )
 
 // workspacePool is a bounded free list of workspaces. Unlike sync.Pool it
@@ -47,6 +49,8 @@ func (p *workspacePool) put(ws *workspace) {
 type workspace struct {
 	a, b    []float32
 	scratch []float32
+	// tape and out serve the forward pass of a one-shot Backward.
+	tape, out []float32
 }
 
 func (ws *workspace) ensure(actElems, scratch int) {
@@ -61,9 +65,11 @@ func (ws *workspace) ensure(actElems, scratch int) {
 	ws.scratch = ws.scratch[:scratch]
 }
 
-// forward runs the graph on input (batch samples) into out. The caller has
-// checked the lengths; input is never written.
-func (g *graph) forward(ws *workspace, input []float32, batch int, out []float32) {
+// forward runs the graph on input (batch samples) into out. When tape is
+// not nil (batch × g.tapeFloats floats), it also records there what
+// backward needs. The caller has checked the lengths; input is never
+// written.
+func (g *graph) forward(ws *workspace, input []float32, batch int, out, tape []float32) {
 	if len(g.steps) == 0 {
 		copy(out, input[:batch*g.inSize])
 		return
@@ -85,7 +91,7 @@ func (g *graph) forward(ws *workspace, input []float32, batch int, out []float32
 		default:
 			dst = ws.a[:n]
 		}
-		g.runStep(ws, st, cur, dst, batch)
+		g.runStep(ws, st, cur, dst, batch, tape)
 		cur, curIsInput = dst, false
 	}
 }
@@ -99,13 +105,28 @@ func sameBacking(x, y []float32) bool {
 	return len(x) > 0 && cap(y) > 0 && &x[0] == &y[:1][0]
 }
 
-func (g *graph) runStep(ws *workspace, st *step, src, dst []float32, batch int) {
+// runStep computes one step from src into dst (which may be src for
+// elementwise steps), saving into tape (when not nil) what the step's
+// backward needs: the activation is fused into a linear layer's GEMM only
+// when its input need not be kept.
+func (g *graph) runStep(ws *workspace, st *step, src, dst []float32, batch int, tape []float32) {
+	src = src[:batch*st.inSize]
+	y := dst[:batch*st.outSize]
+	if in := saved(tape, st.tapeIn, st.inSize, batch); in != nil {
+		copy(in, src)
+	}
+	saveAct := saved(tape, st.tapeAct, st.outSize, batch)
+	keepPre := saveAct != nil && st.act.BackwardFromInput()
+	act := st.act
 	switch st.kind {
 	case opLinear:
-		linearForward(batch*st.rows, st.n, st.k, src, st.w, st.b, st.act, dst)
-		return // activation fused
+		fused := gemm.ActNone
+		if !keepPre {
+			fused, act = act, gemm.ActNone // in the GEMM's epilogue
+		}
+		linearForward(batch*st.rows, st.n, st.k, src, st.w, st.b, fused, y)
 	case opConv2d:
-		conv2dForward(ws, st, src, dst, batch)
+		conv2dForward(ws, st, src, y, batch)
 	case opChannelAffine:
 		inner := st.inSize / st.channel
 		for s := 0; s < batch; s++ {
@@ -113,22 +134,32 @@ func (g *graph) runStep(ws *workspace, st *step, src, dst []float32, batch int) 
 			for c := 0; c < st.channel; c++ {
 				sc, sh := st.scale[c], st.shift[c]
 				x := src[base+c*inner : base+(c+1)*inner]
-				y := dst[base+c*inner : base+(c+1)*inner]
+				yc := y[base+c*inner : base+(c+1)*inner]
 				for j, v := range x {
-					y[j] = v*sc + sh
+					yc[j] = v*sc + sh
 				}
 			}
 		}
 	case opLayerNorm:
-		layerNorm(st, src, dst, batch)
+		layerNorm(st, src, y, batch)
 	case opAvgPool:
-		adaptiveAvgPool(st.conv, src, dst, batch)
+		adaptiveAvgPool(st.conv, src, y, batch)
 	case opActivation:
-		applyActivation(st.act, src[:batch*st.inSize], dst)
-		return
+		if keepPre {
+			copy(saveAct, src) // before y, which may be src, is overwritten
+			keepPre = false
+		}
+		act.Apply(y, src)
+		act = gemm.ActNone
 	}
-	if st.act != actNone {
-		applyActivation(st.act, dst[:batch*st.outSize], dst)
+	if keepPre {
+		copy(saveAct, y)
+	}
+	if act != gemm.ActNone {
+		act.Apply(y, y)
+	}
+	if saveAct != nil && !st.act.BackwardFromInput() {
+		copy(saveAct, y)
 	}
 }
 
@@ -252,43 +283,6 @@ func adaptiveAvgPool(c convGeom, src, dst []float32, batch int) {
 				}
 				y[i*c.wo+j] = float32(sum / float64((y1-y0)*(x1-x0)))
 			}
-		}
-	}
-}
-
-// applyActivation computes dst = act(src); dst may alias src. The
-// transcendental functions run in float64 and round once, which keeps them
-// within an ulp of PyTorch's float32 results.
-func applyActivation(act activation, src, dst []float32) {
-	dst = dst[:len(src)]
-	switch act {
-	case actNone:
-		copy(dst, src)
-	case actReLU:
-		for i, v := range src {
-			if v < 0 {
-				v = 0
-			}
-			dst[i] = v
-		}
-	case actTanh:
-		for i, v := range src {
-			dst[i] = float32(math.Tanh(float64(v)))
-		}
-	case actSigmoid:
-		for i, v := range src {
-			dst[i] = float32(1 / (1 + math.Exp(-float64(v))))
-		}
-	case actGELU:
-		for i, v := range src {
-			x := float64(v)
-			dst[i] = float32(0.5 * x * (1 + math.Erf(x/math.Sqrt2)))
-		}
-	case actGELUTanh:
-		const c = 0.7978845608028654 // sqrt(2/pi)
-		for i, v := range src {
-			x := float64(v)
-			dst[i] = float32(0.5 * x * (1 + math.Tanh(c*(x+0.044715*x*x*x))))
 		}
 	}
 }

@@ -8,12 +8,20 @@ import (
 	"testing"
 )
 
-// seedFiles returns valid kernel files from the golden set plus truncated and
-// corrupted variants of one of them.
+// seedFiles returns valid kernel files from the golden set, truncated and
+// corrupted variants of one of them, and the PyTorch files the reader
+// refuses by name.
 func seedFiles(f *testing.F) [][]byte {
 	var seeds [][]byte
+	paths := []string{}
 	for _, id := range []string{"golden-1-004", "golden-1-007", "golden-1-015", "golden-1-021"} {
-		b, err := os.ReadFile(filepath.Join("testdata", "golden", id, "kernel.safetensors"))
+		paths = append(paths, filepath.Join("testdata", "golden", id, "kernel.safetensors"))
+	}
+	for _, tf := range torchFiles {
+		paths = append(paths, filepath.Join("testdata", "torch", tf.name))
+	}
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
 		if err != nil {
 			f.Fatal(err)
 		}
@@ -66,7 +74,8 @@ func FuzzParseSafetensors(f *testing.F) {
 }
 
 // FuzzLoadKernel drives the whole loader (safetensors, module graph, shape
-// inference, tensor binding) and runs whatever it accepts once.
+// inference, tensor binding) and runs whatever it accepts once, forward
+// and backward.
 func FuzzLoadKernel(f *testing.F) {
 	for _, s := range seedFiles(f) {
 		f.Add(s)
@@ -83,6 +92,9 @@ func FuzzLoadKernel(f *testing.F) {
 		out := make([]float32, k.OutputSize())
 		if err := k.Run(t.Context(), in, 1, out); err != nil {
 			t.Fatalf("Run on an accepted kernel: %v", err)
+		}
+		if err := k.Backward(t.Context(), in, 1, out, make([]float32, len(in))); err != nil {
+			t.Fatalf("Backward on an accepted kernel: %v", err)
 		}
 	})
 }

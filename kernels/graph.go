@@ -6,7 +6,7 @@ import (
 	"sort"
 	"strings"
 
-	"gorgonia.org/tensor"
+	"github.com/esper/kasmina-host/kernels/gemm"
 )
 
 // maxActivationElems bounds the elements of one sample's activation at any
@@ -26,23 +26,6 @@ const (
 	opActivation
 )
 
-// activation is an elementwise function, fused into the step before it
-// where possible.
-type activation int
-
-const (
-	actNone activation = iota
-	actReLU
-	actTanh
-	actSigmoid
-	actGELU
-	actGELUTanh
-)
-
-func (a activation) String() string {
-	return [...]string{"none", "relu", "tanh", "sigmoid", "gelu", "gelu_tanh"}[a]
-}
-
 // step is one executable operation with its shapes (per sample, no batch).
 type step struct {
 	path    string // PyTorch parameter prefix, e.g. "0" or "1.2"
@@ -50,7 +33,7 @@ type step struct {
 	in, out []int
 	inSize  int // elements per sample
 	outSize int
-	act     activation // applied after the op (the op itself for opActivation)
+	act     gemm.Activation // applied after the op (the op itself for opActivation)
 
 	// linear: y[r, n] = x[r, :]·w[n, :] + b[n], r over batch*rows rows
 	w, b    []float32
@@ -61,6 +44,11 @@ type step struct {
 	shift   []float32 // channel affine, layernorm beta
 	channel int       // channel affine: channels; layernorm: normalized size
 	eps     float64
+
+	// What a Forward saves for Backward, as per-sample offsets into the
+	// tape (-1 when nothing is saved): the op's input (layer norm) and the
+	// activation's output (ReLU, tanh, sigmoid) or input (the GELUs).
+	tapeIn, tapeAct int
 }
 
 // convGeom is the geometry of one conv2d step.
@@ -94,11 +82,12 @@ type graph struct {
 	inSize       int
 	outSize      int
 	maxAct       int // largest per-sample activation between steps
+	tapeFloats   int // floats a Forward saves per sample for Backward
 	scratch      int // im2col floats needed per call (independent of batch)
 	params       int // learnable parameter count, as PyTorch counts it
 	macs         int64
 	weightFloats int
-	tensors      map[string]*tensor.Dense
+	tensors      map[string]Weight // float32 copies of the file's float tensors
 }
 
 // buildGraph infers shapes through the module for a per-sample input shape,
@@ -113,7 +102,7 @@ func buildGraph(root *Module, inShape []int, file *File) (*graph, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: input shape %v: %v", ErrMalformed, inShape, err)
 	}
-	g := &graph{inShape: append([]int(nil), inShape...), inSize: size, tensors: map[string]*tensor.Dense{}}
+	g := &graph{inShape: append([]int(nil), inShape...), inSize: size, tensors: map[string]Weight{}}
 	flat, specs, outShape, err := inferGraph(root, inShape)
 	if err != nil {
 		return nil, err
@@ -144,7 +133,7 @@ func buildGraph(root *Module, inShape []int, file *File) (*graph, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
 		}
-		g.tensors[t.Name] = tensor.New(tensor.WithShape(t.Shape...), tensor.WithBacking(vals))
+		g.tensors[t.Name] = Weight{Name: t.Name, Shape: append([]int(nil), t.Shape...), Values: vals}
 		g.weightFloats += len(vals)
 	}
 	var missing []string
@@ -169,7 +158,7 @@ func buildGraph(root *Module, inShape []int, file *File) (*graph, error) {
 		}
 		if st.kind == opActivation && len(g.steps) > 0 {
 			prev := &g.steps[len(g.steps)-1]
-			if prev.act == actNone && prev.kind != opActivation {
+			if prev.act == gemm.ActNone && prev.kind != opActivation {
 				prev.act = st.act
 				continue
 			}
@@ -187,7 +176,28 @@ func buildGraph(root *Module, inShape []int, file *File) (*graph, error) {
 			g.scratch = st.conv.colSize()
 		}
 	}
+	for i := range g.steps {
+		st := &g.steps[i]
+		st.tapeIn, st.tapeAct = -1, -1
+		if st.kind == opLayerNorm {
+			st.tapeIn = g.tapeFloats
+			g.tapeFloats += st.inSize
+		}
+		if st.act != gemm.ActNone {
+			st.tapeAct = g.tapeFloats
+			g.tapeFloats += st.outSize
+		}
+	}
 	return g, nil
+}
+
+// saved returns the part of a tape (holding batch samples) that a step's
+// per-sample offset and size select, or nil for offset -1.
+func saved(tape []float32, off, size, batch int) []float32 {
+	if off < 0 || tape == nil {
+		return nil
+	}
+	return tape[batch*off : batch*(off+size)]
 }
 
 // inferGraph walks the module in order, inferring per-sample shapes, and
@@ -226,11 +236,7 @@ func inferGraph(root *Module, inShape []int) ([]step, []paramSpec, []int, error)
 }
 
 func (g *graph) data(name string) []float32 {
-	t, ok := g.tensors[name]
-	if !ok {
-		return nil
-	}
-	return t.Data().([]float32)
+	return g.tensors[name].Values
 }
 
 // bind attaches the converted tensors to a step and precomputes batch-norm
@@ -357,15 +363,15 @@ func inferStep(m *Module, path string, in []int) (*step, []paramSpec, []int, err
 		st.kind = opActivation
 		switch {
 		case m.Type == "relu":
-			st.act = actReLU
+			st.act = gemm.ActReLU
 		case m.Type == "tanh":
-			st.act = actTanh
+			st.act = gemm.ActTanh
 		case m.Type == "sigmoid":
-			st.act = actSigmoid
+			st.act = gemm.ActSigmoid
 		case m.Approximate == "tanh":
-			st.act = actGELUTanh
+			st.act = gemm.ActGELUTanh
 		default:
-			st.act = actGELU
+			st.act = gemm.ActGELU
 		}
 	case "identity", "dropout":
 		return nil, nil, in, nil

@@ -8,9 +8,8 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
-
-	"gorgonia.org/tensor"
 )
 
 // FormatV1 is the value of the "format" metadata key of a portable kernel.
@@ -305,13 +304,27 @@ func (k *Kernel) MemoryEstimateMiB(batch int) float64 {
 // memory_footprint_mb made at load.
 func (k *Kernel) MemoryCheck() MemoryCheck { return k.memory }
 
-// Parameters returns the kernel's float32 tensors by PyTorch name. They share
+// Weight is one float32 tensor of a loaded kernel, named as in PyTorch's
+// state_dict ("0.weight", "2.running_var").
+type Weight struct {
+	Name  string
+	Shape []int
+	// Values holds the elements in row-major order, converted once at load
+	// from the file's dtype. They are the executor's own: callers must not
+	// modify them.
+	Values []float32
+}
+
+// Weights returns the kernel's float tensors, sorted by name (integer
+// buffers such as num_batches_tracked are not kept). The values share
 // memory with the executor: callers must not modify them.
-func (k *Kernel) Parameters() map[string]*tensor.Dense {
-	out := make(map[string]*tensor.Dense, len(k.g.tensors))
-	for n, t := range k.g.tensors {
-		out[n] = t
+func (k *Kernel) Weights() []Weight {
+	out := make([]Weight, 0, len(k.g.tensors))
+	for _, w := range k.g.tensors {
+		w.Shape = slices.Clone(w.Shape)
+		out = append(out, w)
 	}
+	slices.SortFunc(out, func(a, b Weight) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }
 
@@ -321,6 +334,17 @@ func (k *Kernel) Parameters() map[string]*tensor.Dense {
 // overlap out. Run is safe for concurrent use and, once the pool holds a
 // workspace for this batch size, allocates nothing.
 func (k *Kernel) Run(ctx context.Context, input []float32, batch int, out []float32) error {
+	if err := k.checkRun(ctx, input, batch, out); err != nil {
+		return err
+	}
+	ws := k.pool.get()
+	k.g.forward(ws, input, batch, out, nil)
+	k.pool.put(ws)
+	return nil
+}
+
+// checkRun checks the context, the batch and the lengths of a forward call.
+func (k *Kernel) checkRun(ctx context.Context, input []float32, batch int, out []float32) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -333,30 +357,5 @@ func (k *Kernel) Run(ctx context.Context, input []float32, batch int, out []floa
 	if len(out) != batch*k.g.outSize {
 		return fmt.Errorf("%w: output has room for %d values, batch %d × %v needs %d", ErrShape, len(out), batch, k.g.outShape, batch*k.g.outSize)
 	}
-	ws := k.pool.get()
-	k.g.forward(ws, input, batch, out)
-	k.pool.put(ws)
 	return nil
-}
-
-// RunTensor runs the kernel on a [batch, *InputShape()] float32 tensor and
-// returns a new [batch, *OutputShape()] tensor. It allocates the output;
-// Run is the allocation-free path.
-func (k *Kernel) RunTensor(ctx context.Context, input *tensor.Dense) (*tensor.Dense, error) {
-	shape := input.Shape()
-	if input.Dtype() != tensor.Float32 {
-		return nil, fmt.Errorf("%w: input dtype %v, want float32", ErrShape, input.Dtype())
-	}
-	if len(shape) != len(k.g.inShape)+1 || !equalInts(shape[1:], k.g.inShape) {
-		return nil, fmt.Errorf("%w: input shape %v, want [batch %v]", ErrShape, []int(shape), k.g.inShape)
-	}
-	if !input.IsNativelyAccessible() || !input.DataOrder().IsRowMajor() || input.IsView() {
-		input = input.Materialize().(*tensor.Dense)
-	}
-	batch := shape[0]
-	out := make([]float32, batch*k.g.outSize)
-	if err := k.Run(ctx, input.Data().([]float32), batch, out); err != nil {
-		return nil, err
-	}
-	return tensor.New(tensor.WithShape(append([]int{batch}, k.g.outShape...)...), tensor.WithBacking(out)), nil
 }

@@ -8,11 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
-
-	"gorgonia.org/tensor"
 )
 
 func TestParseModuleRejectsBadGraphs(t *testing.T) {
@@ -295,8 +294,7 @@ func TestConv2dMatchesDirectConvolution(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			params := k.Parameters()
-			wt, bias := params["0.weight"].Data().([]float32), params["0.bias"].Data().([]float32)
+			wt, bias := weightValues(t, k, "0.weight"), weightValues(t, k, "0.bias")
 			const batch = 2
 			x := randomInput(batch*k.InputSize(), 7)
 			out := make([]float32, batch*k.OutputSize())
@@ -362,27 +360,58 @@ func TestRunDoesNotModifyInputAndHandlesActivationFirst(t *testing.T) {
 	}
 }
 
-func TestRunTensorMatchesRun(t *testing.T) {
-	k, err := Load(testKernel(t, mustModule(t, seq(linearJSON(5, 3, true), `{"type":"tanh"}`)), []int{2, 5}, 1, nil), LoadOptions{InputShape: []int{2, 5}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	x := randomInput(3*10, 2)
-	out := make([]float32, 3*6)
-	if err := k.Run(context.Background(), x, 3, out); err != nil {
-		t.Fatal(err)
-	}
-	got, err := k.RunTensor(context.Background(), tensor.New(tensor.WithShape(3, 2, 5), tensor.WithBacking(x)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !equalInts(got.Shape(), []int{3, 2, 3}) {
-		t.Fatalf("shape %v", got.Shape())
-	}
-	for i, v := range got.Data().([]float32) {
-		if v != out[i] {
-			t.Fatalf("element %d: %v vs %v", i, v, out[i])
+// weightValues returns the named weight of k.
+func weightValues(t testing.TB, k *Kernel, name string) []float32 {
+	t.Helper()
+	for _, w := range k.Weights() {
+		if w.Name == name {
+			return w.Values
 		}
+	}
+	t.Fatalf("kernel has no weight %q", name)
+	return nil
+}
+
+func TestWeightsAreTheFileTensorsAsFloat32(t *testing.T) {
+	m := mustModule(t, seq(linearJSON(3, 2, true), `{"type":"batchnorm1d","num_features":2}`))
+	half := Tensor{Name: "1.running_var", DType: F16, Shape: []int{2}, Data: []byte{0x00, 0x3c, 0x00, 0x40}} // 1.0, 2.0
+	tensors := []Tensor{
+		F32Tensor("0.weight", []int{2, 3}, []float32{1, 2, 3, 4, 5, 6}),
+		F32Tensor("0.bias", []int{2}, []float32{-1, 1}),
+		F32Tensor("1.running_mean", []int{2}, []float32{0.5, -0.5}),
+		half,
+		F32Tensor("1.weight", []int{2}, []float32{1, 1}),
+		F32Tensor("1.bias", []int{2}, []float32{0, 0}),
+		{Name: "1.num_batches_tracked", DType: I64, Shape: []int{}, Data: make([]byte, 8)},
+	}
+	var buf bytes.Buffer
+	if err := WriteKernel(&buf, m, tensors, nil); err != nil {
+		t.Fatal(err)
+	}
+	k, err := Load(buf.Bytes(), LoadOptions{InputShape: []int{3}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := k.Weights()
+	want := []Weight{
+		{"0.bias", []int{2}, []float32{-1, 1}},
+		{"0.weight", []int{2, 3}, []float32{1, 2, 3, 4, 5, 6}},
+		{"1.bias", []int{2}, []float32{0, 0}},
+		{"1.running_mean", []int{2}, []float32{0.5, -0.5}},
+		{"1.running_var", []int{2}, []float32{1, 2}},
+		{"1.weight", []int{2}, []float32{1, 1}},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("Weights() has %d tensors, want %d: %+v", len(got), len(want), got)
+	}
+	for i := range want {
+		if got[i].Name != want[i].Name || !equalInts(got[i].Shape, want[i].Shape) || !slices.Equal(got[i].Values, want[i].Values) {
+			t.Errorf("weight %d = %+v, want %+v", i, got[i], want[i])
+		}
+	}
+	got[0].Shape[0] = 99 // shapes are copies
+	if k.Weights()[0].Shape[0] != 2 {
+		t.Error("Weights() shares its shapes with the kernel")
 	}
 }
 
@@ -462,5 +491,40 @@ func TestRunIsSafeForConcurrentCallers(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Error(err)
+	}
+}
+
+// TestActivationLayersKeepNegativeZeroAndNaN runs activation layers on the
+// values where the executor's and the GEMM epilogue's activations once
+// disagreed: PyTorch's relu keeps -0 and NaN (torch.relu(tensor([-0.0]))
+// is -0.0).
+func TestActivationLayersKeepNegativeZeroAndNaN(t *testing.T) {
+	negZero, nan := float32(math.Copysign(0, -1)), float32(math.NaN())
+	in := []float32{negZero, nan, -1, 2}
+	cases := []struct {
+		name   string
+		layers []string
+		want   []float32
+	}{
+		{"relu", []string{`{"type":"relu"}`}, []float32{negZero, nan, 0, 2}},
+		{"relu after relu", []string{`{"type":"relu"}`, `{"type":"relu"}`}, []float32{negZero, nan, 0, 2}},
+		{"tanh", []string{`{"type":"tanh"}`}, []float32{negZero, nan, float32(math.Tanh(-1)), float32(math.Tanh(2))}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			k, err := Load(testKernel(t, mustModule(t, seq(c.layers...)), []int{4}, 1, nil), LoadOptions{InputShape: []int{4}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			out := make([]float32, 4)
+			if err := k.Run(context.Background(), in, 1, out); err != nil {
+				t.Fatal(err)
+			}
+			for i := range out {
+				if math.Float32bits(out[i]) != math.Float32bits(c.want[i]) && !(out[i] != out[i] && c.want[i] != c.want[i]) {
+					t.Errorf("element %d: %v(%g) = %g (%#08x), want %g (%#08x)", i, c.name, in[i], out[i], math.Float32bits(out[i]), c.want[i], math.Float32bits(c.want[i]))
+				}
+			}
+		})
 	}
 }

@@ -6,19 +6,9 @@ import "github.com/esper/kasmina-host/kernels/gemm"
 // build's GEMM choice (portable Go, assembly, or OpenBLAS with -tags
 // openblas; KASMINA_GEMM at run time) serves linear and convolution alike.
 
-// gemmAct maps the executor's activations onto the fused GEMM epilogue.
-var gemmAct = [...]gemm.Activation{
-	actNone:     gemm.ActNone,
-	actReLU:     gemm.ActReLU,
-	actTanh:     gemm.ActTanh,
-	actSigmoid:  gemm.ActSigmoid,
-	actGELU:     gemm.ActGELU,
-	actGELUTanh: gemm.ActGELUTanh,
-}
-
 // linearForward computes c[m, n] = act(a[m, k] · w[n, k]ᵀ + bias).
-func linearForward(m, n, k int, a, w, bias []float32, act activation, c []float32) {
-	gemm.Linear(m, n, k, a, k, w, k, c, n, gemm.Epilogue{Bias: bias, Act: gemmAct[act]})
+func linearForward(m, n, k int, a, w, bias []float32, act gemm.Activation, c []float32) {
+	gemm.Linear(m, n, k, a, k, w, k, c, n, gemm.Epilogue{Bias: bias, Act: act})
 }
 
 // matmulNN computes c[m, n] = a[m, k] · b[k, n].

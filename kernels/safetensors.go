@@ -191,8 +191,13 @@ type tensorHeader struct {
 
 // ParseSafetensors validates and parses a whole safetensors file held in
 // memory. Every size and offset in the header is checked against len(data)
-// before anything is allocated from it; tensor data aliases data.
+// before anything is allocated from it; tensor data aliases data. A PyTorch
+// or TorchScript file, a pickle or a zip is refused first with a
+// *ForeignFileError naming what it is.
 func ParseSafetensors(data []byte) (*File, error) {
+	if f := sniffForeign(data); f != 0 {
+		return nil, &ForeignFileError{Format: f}
+	}
 	if len(data) < 8 {
 		return nil, fmt.Errorf("%w: file is %d bytes, shorter than the 8-byte header length", ErrMalformed, len(data))
 	}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/esper/kasmina-host/kernels"
+	"github.com/esper/kasmina-host/kernels/gemm"
 	"github.com/esper/kasmina-host/runtime"
 )
 
@@ -61,6 +62,10 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if *kernelRef == "" || *inputPath == "" || *repeat < 1 || fs.NArg() > 0 {
 		fmt.Fprintln(stderr, "run: --kernel and --input are required, --repeat must be at least 1, and no positional arguments are taken")
 		fs.Usage()
+		return exitUsage
+	}
+	if err := gemm.EnvError(); err != nil {
+		fmt.Fprintf(stderr, "kasmina-host run: %v\n", err)
 		return exitUsage
 	}
 	level := slog.LevelInfo

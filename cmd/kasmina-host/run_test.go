@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -119,6 +120,29 @@ func TestRunFailsClearly(t *testing.T) {
 			}
 			if !strings.Contains(stderr.String(), c.want) {
 				t.Errorf("stderr %q does not mention %q", stderr.String(), c.want)
+			}
+		})
+	}
+}
+
+// TestUnknownGEMMImplementationRefusesToStart checks that serve and run
+// stop with exit code 2 on a KASMINA_GEMM value naming no implementation,
+// and say which values are accepted (the variable was once ignored).
+func TestUnknownGEMMImplementationRefusesToStart(t *testing.T) {
+	kp, ip := writeRunFixture(t)
+	bin := daemonBinary(t)
+	for _, args := range [][]string{
+		{"serve", "--addr", "127.0.0.1:" + strconv.Itoa(freePort(t)), "--bus-file", os.DevNull, "--no-examples"},
+		{"run", "--kernel", kp, "--input", ip},
+	} {
+		t.Run(args[0], func(t *testing.T) {
+			out, code := runBinary(t, []string{"KASMINA_GEMM=fortran"}, bin, args...)
+			if code != exitUsage || !strings.Contains(out, `KASMINA_GEMM="fortran"`) || !strings.Contains(out, "accepted: ") || !strings.Contains(out, "portable") {
+				t.Errorf("exit %d, want 2 naming KASMINA_GEMM and the accepted values:\n%s", code, out)
+			}
+			out, code = runBinary(t, []string{"KASMINA_GEMM=portable"}, bin, "run", "--kernel", kp, "--input", ip)
+			if code != exitOK {
+				t.Errorf("KASMINA_GEMM=portable: exit %d:\n%s", code, out)
 			}
 		})
 	}

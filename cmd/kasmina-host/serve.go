@@ -17,6 +17,7 @@ import (
 
 	"github.com/esper/kasmina-host/device"
 	"github.com/esper/kasmina-host/kernels/examples"
+	"github.com/esper/kasmina-host/kernels/gemm"
 	"github.com/esper/kasmina-host/kernels/source"
 	"github.com/esper/kasmina-host/runtime"
 	"github.com/esper/kasmina-host/runtime/oip"
@@ -198,7 +199,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintf(stderr, "kasmina-host serve: unexpected argument %q\n", fs.Arg(0))
 		return exitUsage
 	}
-	if err := errors.Join(e.err(), cfg.devices.validate(), cfg.check()); err != nil {
+	if err := errors.Join(e.err(), gemm.EnvError(), cfg.devices.validate(), cfg.check()); err != nil {
 		fmt.Fprintf(stderr, "kasmina-host serve: %v\n", err)
 		return exitUsage
 	}

@@ -4,8 +4,8 @@
 // Entries are keyed by content hash (the lowercase hex SHA-256 of the kernel
 // file), so two references to the same bytes share one entry. The least
 // recently used entry is evicted first, but an entry that someone holds (a
-// [Handle] obtained from [Cache.Acquire] or [Cache.GetOrLoad] and not yet
-// released) is pinned and never evicted: a kernel that is executing is never
+// [Handle] obtained from [Cache.GetOrLoad] and not yet released) is pinned
+// and never evicted: a kernel that is executing is never
 // freed under its caller. Concurrent [Cache.GetOrLoad] calls for the same key
 // share one load.
 package cache
@@ -48,21 +48,10 @@ type Stats struct {
 	MaxBytes      int64  // the configured bound
 }
 
-// Option configures a Cache.
-type Option[V any] func(*Cache[V])
-
-// WithOnRemove sets a function called, outside the cache's lock, for every
-// value that leaves the cache's ownership: evicted, removed, or loaded but
-// refused because it did not fit. Use it to free resources the value holds.
-func WithOnRemove[V any](fn func(key string, value V)) Option[V] {
-	return func(c *Cache[V]) { c.onRemove = fn }
-}
-
 // Cache is a byte-bounded LRU cache of values keyed by content hash. It is
 // safe for concurrent use. The zero value is not usable; call New.
 type Cache[V any] struct {
 	maxBytes int64
-	onRemove func(key string, value V)
 
 	mu          sync.Mutex
 	entries     map[string]*entry[V]
@@ -76,12 +65,11 @@ type Cache[V any] struct {
 }
 
 type entry[V any] struct {
-	key    string
-	value  V
-	size   int64
-	pins   int
-	elem   *list.Element // position in lru while unpinned, nil while pinned
-	doomed bool          // removed from the index while pinned; dropped on last release
+	key   string
+	value V
+	size  int64
+	pins  int
+	elem  *list.Element // position in lru while unpinned, nil while pinned
 }
 
 // flight is one load in progress, shared by every caller waiting on its key.
@@ -95,7 +83,7 @@ type flight[V any] struct {
 }
 
 // New returns a cache that holds at most maxBytes bytes of entries.
-func New[V any](maxBytes int64, opts ...Option[V]) (*Cache[V], error) {
+func New[V any](maxBytes int64) (*Cache[V], error) {
 	if maxBytes <= 0 {
 		return nil, fmt.Errorf("kernel cache: max bytes must be positive, got %d", maxBytes)
 	}
@@ -104,9 +92,6 @@ func New[V any](maxBytes int64, opts ...Option[V]) (*Cache[V], error) {
 		entries:  make(map[string]*entry[V]),
 		lru:      list.New(),
 		flights:  make(map[string]*flight[V]),
-	}
-	for _, o := range opts {
-		o(c)
 	}
 	return c, nil
 }
@@ -123,12 +108,6 @@ type Handle[V any] struct {
 // Value returns the cached value. It stays valid until Release.
 func (h *Handle[V]) Value() V { return h.e.value }
 
-// Key returns the entry's key.
-func (h *Handle[V]) Key() string { return h.e.key }
-
-// Size returns the entry's size in bytes.
-func (h *Handle[V]) Size() int64 { return h.e.size }
-
 // Release unpins the entry, making it evictable once no other handle holds it.
 func (h *Handle[V]) Release() {
 	if h.released.Swap(true) {
@@ -137,104 +116,37 @@ func (h *Handle[V]) Release() {
 	h.c.unpin(h.e)
 }
 
-// Acquire returns a pinned handle to the entry for key, and false when the
-// key is not cached. It counts a hit or a miss.
-func (c *Cache[V]) Acquire(key string) (*Handle[V], bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	e, ok := c.entries[key]
-	if !ok {
-		c.misses++
-		return nil, false
-	}
-	c.hits++
-	return c.pinLocked(e), true
-}
-
-// Contains reports whether key is cached, without counting a lookup or
-// changing its recency.
-func (c *Cache[V]) Contains(key string) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	_, ok := c.entries[key]
-	return ok
-}
-
-// Put stores value under key, unpinned, evicting least recently used entries
-// as needed. If key is already cached the existing entry is kept (keys are
-// content hashes, so the values are the same), its recency is refreshed, and
-// the new value is handed to the OnRemove function. It returns ErrCacheFull
-// when pinned entries leave no room, and ErrTooLarge when size exceeds the
-// whole cache; in both cases value is not stored and OnRemove is not called.
-func (c *Cache[V]) Put(key string, value V, size int64) error {
-	h, err := c.insert(key, value, size)
-	if err != nil {
-		return err
-	}
-	h.Release()
-	return nil
-}
-
-// Add stores value like Put, but returns a pinned handle to the cached entry
-// (which is the existing one if key was already cached).
-func (c *Cache[V]) Add(key string, value V, size int64) (*Handle[V], error) {
-	return c.insert(key, value, size)
-}
-
-func (c *Cache[V]) insert(key string, value V, size int64) (*Handle[V], error) {
-	var removed []*entry[V]
-	c.mu.Lock()
-	if e, ok := c.entries[key]; ok {
-		h := c.pinLocked(e)
-		c.mu.Unlock()
-		if c.onRemove != nil {
-			c.onRemove(key, value)
-		}
-		return h, nil
-	}
-	e, removed, err := c.storeLocked(key, value, size)
-	var h *Handle[V]
-	if err == nil {
-		h = c.pinLocked(e)
-	}
-	c.mu.Unlock()
-	c.notifyRemoved(removed)
-	return h, err
-}
-
 // storeLocked makes room for and stores a new entry. It evicts only when the
 // entry will fit afterwards, so a refused insert leaves the cache unchanged.
-func (c *Cache[V]) storeLocked(key string, value V, size int64) (*entry[V], []*entry[V], error) {
+func (c *Cache[V]) storeLocked(key string, value V, size int64) (*entry[V], error) {
 	if size < 0 {
-		return nil, nil, fmt.Errorf("%w: kernel %q has size %d bytes", ErrInvalidSize, key, size)
+		return nil, fmt.Errorf("%w: kernel %q has size %d bytes", ErrInvalidSize, key, size)
 	}
 	if size > c.maxBytes {
-		return nil, nil, fmt.Errorf("%w: kernel %q needs %d bytes, cache holds at most %d",
+		return nil, fmt.Errorf("%w: kernel %q needs %d bytes, cache holds at most %d",
 			ErrTooLarge, key, size, c.maxBytes)
 	}
 	if free := c.maxBytes - c.pinnedBytes; size > free {
-		return nil, nil, fmt.Errorf("%w: kernel %q needs %d bytes, only %d of %d are not pinned by %d kernels in use",
+		return nil, fmt.Errorf("%w: kernel %q needs %d bytes, only %d of %d are not pinned by %d kernels in use",
 			ErrCacheFull, key, size, free, c.maxBytes, c.pinned)
 	}
-	var removed []*entry[V]
 	for c.bytes+size > c.maxBytes {
 		back := c.lru.Back()
 		if back == nil {
 			// Unreachable while the accounting is right: the free-space check
 			// above guarantees enough unpinned bytes.
-			return nil, removed, fmt.Errorf("%w: kernel %q: accounting error, %d bytes held with nothing evictable",
+			return nil, fmt.Errorf("%w: kernel %q: accounting error, %d bytes held with nothing evictable",
 				ErrCacheFull, key, c.bytes)
 		}
 		victim := back.Value.(*entry[V])
 		c.dropLocked(victim)
 		c.evictions++
-		removed = append(removed, victim)
 	}
 	e := &entry[V]{key: key, value: value, size: size}
 	c.entries[key] = e
 	c.bytes += size
 	e.elem = c.lru.PushFront(e)
-	return e, removed, nil
+	return e, nil
 }
 
 // dropLocked removes an unpinned entry from the index, the LRU list and the
@@ -244,9 +156,7 @@ func (c *Cache[V]) dropLocked(e *entry[V]) {
 		c.lru.Remove(e.elem)
 		e.elem = nil
 	}
-	if cur, ok := c.entries[e.key]; ok && cur == e {
-		delete(c.entries, e.key)
-	}
+	delete(c.entries, e.key)
 	c.bytes -= e.size
 }
 
@@ -272,45 +182,8 @@ func (c *Cache[V]) unpin(e *entry[V]) {
 	}
 	c.pinnedBytes -= e.size
 	c.pinned--
-	if e.doomed {
-		c.bytes -= e.size
-		c.mu.Unlock()
-		c.notifyRemoved([]*entry[V]{e})
-		return
-	}
 	e.elem = c.lru.PushFront(e)
 	c.mu.Unlock()
-}
-
-// Remove drops key from the cache and reports whether it was cached. An entry
-// in use leaves the index at once (later lookups miss) but keeps its bytes
-// until its last handle is released.
-func (c *Cache[V]) Remove(key string) bool {
-	c.mu.Lock()
-	e, ok := c.entries[key]
-	if !ok {
-		c.mu.Unlock()
-		return false
-	}
-	delete(c.entries, key)
-	if e.pins > 0 {
-		e.doomed = true
-		c.mu.Unlock()
-		return true
-	}
-	c.dropLocked(e)
-	c.mu.Unlock()
-	c.notifyRemoved([]*entry[V]{e})
-	return true
-}
-
-func (c *Cache[V]) notifyRemoved(es []*entry[V]) {
-	if c.onRemove == nil {
-		return
-	}
-	for _, e := range es {
-		c.onRemove(e.key, e.value)
-	}
 }
 
 // GetOrLoad returns a pinned handle to the entry for key, calling load to
@@ -321,7 +194,7 @@ func (c *Cache[V]) notifyRemoved(es []*entry[V]) {
 // waiting on it has given up (its ctx done), so one impatient caller does not
 // fail the others. A load error is returned to every waiter and nothing is
 // cached, so the next call tries again. A loaded value that cannot fit
-// (ErrCacheFull, ErrTooLarge) is returned as an error and handed to OnRemove.
+// (ErrCacheFull, ErrTooLarge) is returned as an error and dropped.
 func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, load Loader[V]) (*Handle[V], error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -377,39 +250,24 @@ func (c *Cache[V]) runLoad(ctx context.Context, key string, f *flight[V], load L
 	defer f.cancel()
 	value, size, err := callLoader(ctx, key, load)
 
-	var removed []*entry[V]
-	discard := false
 	c.mu.Lock()
 	delete(c.flights, key)
 	if err != nil {
 		c.loadFailures++
 		f.err = fmt.Errorf("kernel cache: loading %q: %w", key, err)
+	} else if e, err := c.storeLocked(key, value, size); err != nil {
+		f.err = err
 	} else {
-		e, ok := c.entries[key]
-		if ok {
-			// Someone stored the same key while we loaded; keep theirs.
-			discard = true
-		} else if e, removed, err = c.storeLocked(key, value, size); err != nil {
-			// Even when every waiter has gone, a value that fits is kept: it
-			// cost a load and the next request will probably want it.
-			discard = true
-			f.err = err
+		// Even when every waiter has gone, a value that fits is kept: it
+		// cost a load and the next request will probably want it. (No one
+		// else can have stored key meanwhile: only this flight stores it.)
+		for range f.waiters {
+			c.pinLocked(e)
 		}
-		if f.err == nil {
-			for range f.waiters {
-				c.pinLocked(e)
-			}
-			f.handle = e
-		}
+		f.handle = e
 	}
 	f.resolved = true
 	c.mu.Unlock()
-	// Callbacks run before the waiters wake, so a caller that gets its
-	// result knows that everything the load displaced has been handed back.
-	c.notifyRemoved(removed)
-	if discard && c.onRemove != nil {
-		c.onRemove(key, value)
-	}
 	close(f.done)
 }
 
@@ -440,28 +298,4 @@ func (c *Cache[V]) Stats() Stats {
 		PinnedEntries: c.pinned,
 		MaxBytes:      c.maxBytes,
 	}
-}
-
-// Len returns the number of cached entries.
-func (c *Cache[V]) Len() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.entries)
-}
-
-// Keys returns the cached keys from most to least recently used; entries in
-// use come first, in no particular order.
-func (c *Cache[V]) Keys() []string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	keys := make([]string, 0, len(c.entries))
-	for k, e := range c.entries {
-		if e.pins > 0 {
-			keys = append(keys, k)
-		}
-	}
-	for el := c.lru.Front(); el != nil; el = el.Next() {
-		keys = append(keys, el.Value.(*entry[V]).key)
-	}
-	return keys
 }

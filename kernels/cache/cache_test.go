@@ -17,20 +17,47 @@ import (
 	dto "github.com/prometheus/client_model/go"
 )
 
-func newCache(t *testing.T, maxBytes int64, opts ...Option[string]) *Cache[string] {
+func newCache(t *testing.T, maxBytes int64) *Cache[string] {
 	t.Helper()
-	c, err := New(maxBytes, opts...)
+	c, err := New[string](maxBytes)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return c
 }
 
-func mustPut(t *testing.T, c *Cache[string], key string, size int64) {
+// get returns a pinned handle to key, loading "v-"+key of size bytes when
+// it is not cached.
+func get(t *testing.T, c *Cache[string], key string, size int64) *Handle[string] {
 	t.Helper()
-	if err := c.Put(key, "v-"+key, size); err != nil {
-		t.Fatalf("Put(%q, %d): %v", key, size, err)
+	h, err := c.GetOrLoad(context.Background(), key, func(context.Context, string) (string, int64, error) {
+		return "v-" + key, size, nil
+	})
+	if err != nil {
+		t.Fatalf("GetOrLoad(%q, %d bytes): %v", key, size, err)
 	}
+	return h
+}
+
+// touch loads or looks up key and releases it at once.
+func touch(t *testing.T, c *Cache[string], key string, size int64) { get(t, c, key, size).Release() }
+
+// keys returns the cached keys: pinned entries first (sorted), then the
+// unpinned ones from most to least recently used.
+func keys[V any](c *Cache[V]) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var pinned, lru []string
+	for k, e := range c.entries {
+		if e.pins > 0 {
+			pinned = append(pinned, k)
+		}
+	}
+	slices.Sort(pinned)
+	for el := c.lru.Front(); el != nil; el = el.Next() {
+		lru = append(lru, el.Value.(*entry[V]).key)
+	}
+	return append(pinned, lru...)
 }
 
 func TestNewRejectsNonPositiveBound(t *testing.T) {
@@ -42,121 +69,87 @@ func TestNewRejectsNonPositiveBound(t *testing.T) {
 }
 
 func TestEvictsLeastRecentlyUsedFirst(t *testing.T) {
-	var evicted []string
-	c := newCache(t, 100, WithOnRemove(func(k string, _ string) { evicted = append(evicted, k) }))
-	mustPut(t, c, "a", 30)
-	mustPut(t, c, "b", 30)
-	mustPut(t, c, "c", 30)
-	// Touch a: b is now the least recently used.
-	h, ok := c.Acquire("a")
-	if !ok {
-		t.Fatal("a missing")
-	}
-	h.Release()
-	if got, want := c.Keys(), []string{"a", "c", "b"}; !slices.Equal(got, want) {
+	c := newCache(t, 100)
+	touch(t, c, "a", 30)
+	touch(t, c, "b", 30)
+	touch(t, c, "c", 30)
+	touch(t, c, "a", 30) // a hit: b is now the least recently used
+	if got, want := keys(c), []string{"a", "c", "b"}; !slices.Equal(got, want) {
 		t.Fatalf("recency order = %v, want %v", got, want)
 	}
-	mustPut(t, c, "d", 30) // needs 10 more bytes: evicts b only
-	if !slices.Equal(evicted, []string{"b"}) {
-		t.Fatalf("evicted %v, want [b]", evicted)
+	touch(t, c, "d", 30) // needs 10 more bytes: evicts b only
+	if got, want := keys(c), []string{"d", "a", "c"}; !slices.Equal(got, want) {
+		t.Fatalf("after d: keys = %v, want %v", got, want)
 	}
-	mustPut(t, c, "e", 70) // evicts c, then a
-	if !slices.Equal(evicted, []string{"b", "c", "a"}) {
-		t.Fatalf("evicted %v, want [b c a]", evicted)
-	}
-	if got, want := c.Keys(), []string{"e", "d"}; !slices.Equal(got, want) {
-		t.Fatalf("keys = %v, want %v", got, want)
+	touch(t, c, "e", 70) // evicts c, then a
+	if got, want := keys(c), []string{"e", "d"}; !slices.Equal(got, want) {
+		t.Fatalf("after e: keys = %v, want %v", got, want)
 	}
 	s := c.Stats()
-	if s.Bytes != 100 || s.Entries != 2 || s.Evictions != 3 {
-		t.Fatalf("stats = %+v, want 100 bytes, 2 entries, 3 evictions", s)
+	if s.Bytes != 100 || s.Entries != 2 || s.Evictions != 3 || s.Hits != 1 || s.Loads != 5 {
+		t.Fatalf("stats = %+v, want 100 bytes, 2 entries, 3 evictions, 1 hit, 5 loads", s)
 	}
 }
 
 func TestPinnedEntryIsNeverEvicted(t *testing.T) {
 	c := newCache(t, 100)
-	mustPut(t, c, "old", 50)
-	h, ok := c.Acquire("old")
-	if !ok {
-		t.Fatal("old missing")
-	}
-	mustPut(t, c, "x", 50)
-	mustPut(t, c, "y", 50) // must evict x, not the pinned older entry
-	if !c.Contains("old") || c.Contains("x") || !c.Contains("y") {
-		t.Fatalf("keys = %v, want old (pinned) and y", c.Keys())
+	h := get(t, c, "old", 50)
+	touch(t, c, "x", 50)
+	touch(t, c, "y", 50) // must evict x, not the pinned older entry
+	if got, want := keys(c), []string{"old", "y"}; !slices.Equal(got, want) {
+		t.Fatalf("keys = %v, want %v (old pinned)", got, want)
 	}
 	if h.Value() != "v-old" {
 		t.Fatalf("pinned value = %q", h.Value())
 	}
 	h.Release()
-	mustPut(t, c, "z", 100) // now old is evictable
-	if c.Contains("old") {
-		t.Fatal("old survived after release")
+	touch(t, c, "z", 100) // now old is evictable
+	if got := keys(c); !slices.Equal(got, []string{"z"}) {
+		t.Fatalf("keys = %v after release, want [z]", got)
 	}
 }
 
-func TestInsertThatCannotFitWhilePinnedReturnsErrCacheFull(t *testing.T) {
-	var removed []string
-	c := newCache(t, 100, WithOnRemove(func(k string, _ string) { removed = append(removed, k) }))
-	mustPut(t, c, "a", 60)
-	mustPut(t, c, "b", 20)
-	ha, _ := c.Acquire("a")
+func TestLoadThatCannotFitWhilePinnedReturnsErrCacheFull(t *testing.T) {
+	c := newCache(t, 100)
+	ha := get(t, c, "a", 60)
 	defer ha.Release()
-	err := c.Put("big", "v", 50)
+	touch(t, c, "b", 20)
+	_, err := c.GetOrLoad(context.Background(), "big", func(context.Context, string) (string, int64, error) { return "v", 50, nil })
 	if !errors.Is(err, ErrCacheFull) {
-		t.Fatalf("Put = %v, want ErrCacheFull", err)
+		t.Fatalf("GetOrLoad = %v, want ErrCacheFull", err)
 	}
 	for _, want := range []string{`"big"`, "50 bytes", "40 of 100"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %s", err, want)
 		}
 	}
-	// A refused insert evicts nothing.
-	if !c.Contains("b") || len(removed) != 0 {
-		t.Fatalf("refused insert changed the cache: keys %v, removed %v", c.Keys(), removed)
+	// A refused load evicts nothing.
+	if got := keys(c); !slices.Equal(got, []string{"a", "b"}) || c.Stats().Evictions != 0 {
+		t.Fatalf("refused load changed the cache: keys %v, stats %+v", got, c.Stats())
 	}
-	if err := c.Put("fits", "v", 40); err != nil {
-		t.Fatalf("Put of 40 bytes with 40 unpinned: %v", err)
-	}
+	touch(t, c, "fits", 40) // 40 bytes with 40 unpinned
 }
 
-func TestInsertErrors(t *testing.T) {
-	c := newCache(t, 100)
-	if err := c.Put("huge", "v", 101); !errors.Is(err, ErrTooLarge) {
-		t.Errorf("Put(101 bytes) = %v, want ErrTooLarge", err)
-	}
-	if err := c.Put("neg", "v", -1); !errors.Is(err, ErrInvalidSize) {
-		t.Errorf("Put(-1 bytes) = %v, want ErrInvalidSize", err)
-	}
-	if c.Len() != 0 {
-		t.Errorf("Len = %d after refused inserts", c.Len())
-	}
-}
-
-func TestPutOfCachedKeyKeepsExistingEntry(t *testing.T) {
-	var removed []string
-	c := newCache(t, 100, WithOnRemove(func(k, v string) { removed = append(removed, k+"="+v) }))
-	if err := c.Put("k", "first", 10); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Put("k", "second", 10); err != nil {
-		t.Fatal(err)
-	}
-	h, _ := c.Acquire("k")
-	defer h.Release()
-	if h.Value() != "first" || c.Stats().Bytes != 10 {
-		t.Fatalf("value %q bytes %d, want first, 10", h.Value(), c.Stats().Bytes)
-	}
-	if !slices.Equal(removed, []string{"k=second"}) {
-		t.Fatalf("removed %v, want the duplicate handed back", removed)
+func TestLoadSizeErrors(t *testing.T) {
+	for _, c := range []struct {
+		size int64
+		want error
+	}{{101, ErrTooLarge}, {-1, ErrInvalidSize}} {
+		cache := newCache(t, 100)
+		_, err := cache.GetOrLoad(context.Background(), "k", func(context.Context, string) (string, int64, error) { return "v", c.size, nil })
+		if !errors.Is(err, c.want) {
+			t.Errorf("a %d-byte value: %v, want %v", c.size, err, c.want)
+		}
+		if s := cache.Stats(); s.Entries != 0 || s.Bytes != 0 {
+			t.Errorf("a %d-byte value was kept: %+v", c.size, s)
+		}
 	}
 }
 
 func TestReleaseTwiceUnpinsOnce(t *testing.T) {
 	c := newCache(t, 100)
-	mustPut(t, c, "a", 10)
-	h1, _ := c.Acquire("a")
-	h2, _ := c.Acquire("a")
+	h1 := get(t, c, "a", 10)
+	h2 := get(t, c, "a", 10)
 	h1.Release()
 	h1.Release()
 	if s := c.Stats(); s.PinnedEntries != 1 || s.PinnedBytes != 10 {
@@ -168,47 +161,13 @@ func TestReleaseTwiceUnpinsOnce(t *testing.T) {
 	}
 }
 
-func TestRemovePinnedKeepsBytesUntilRelease(t *testing.T) {
-	var removed []string
-	c := newCache(t, 100, WithOnRemove(func(k string, _ string) { removed = append(removed, k) }))
-	mustPut(t, c, "a", 40)
-	h, _ := c.Acquire("a")
-	if !c.Remove("a") {
-		t.Fatal("Remove(a) = false")
-	}
-	if _, ok := c.Acquire("a"); ok {
-		t.Fatal("removed key still found")
-	}
-	if s := c.Stats(); s.Bytes != 40 || len(removed) != 0 {
-		t.Fatalf("pinned removal freed early: %+v, removed %v", s, removed)
-	}
-	if h.Value() != "v-a" {
-		t.Fatal("handle lost its value")
-	}
-	h.Release()
-	if s := c.Stats(); s.Bytes != 0 || s.Entries != 0 || !slices.Equal(removed, []string{"a"}) {
-		t.Fatalf("after release: %+v, removed %v", s, removed)
-	}
-	if c.Remove("a") {
-		t.Fatal("second Remove(a) = true")
-	}
-}
-
 func TestHitAndMissCounters(t *testing.T) {
 	c := newCache(t, 100)
-	if _, ok := c.Acquire("a"); ok {
-		t.Fatal("empty cache hit")
+	for range 4 {
+		touch(t, c, "a", 1)
 	}
-	mustPut(t, c, "a", 1)
-	for range 3 {
-		h, ok := c.Acquire("a")
-		if !ok {
-			t.Fatal("miss on cached key")
-		}
-		h.Release()
-	}
-	if s := c.Stats(); s.Hits != 3 || s.Misses != 1 {
-		t.Fatalf("hits %d misses %d, want 3 and 1", s.Hits, s.Misses)
+	if s := c.Stats(); s.Hits != 3 || s.Misses != 1 || s.Loads != 1 {
+		t.Fatalf("hits %d misses %d loads %d, want 3, 1 and 1", s.Hits, s.Misses, s.Loads)
 	}
 }
 
@@ -363,65 +322,46 @@ func TestGetOrLoadLastWaiterLeavingCancelsLoad(t *testing.T) {
 	}
 	<-cancelled // the test hangs (and times out) if the load is never cancelled
 	waitFor(func() bool { return c.Stats().LoadFailures == 1 })
-	if c.Len() != 0 {
+	if c.Stats().Entries != 0 {
 		t.Fatal("failed load cached something")
-	}
-}
-
-func TestGetOrLoadValueThatCannotFitIsReturnedAsError(t *testing.T) {
-	var removed []string
-	c := newCache(t, 100, WithOnRemove(func(k string, _ string) { removed = append(removed, k) }))
-	mustPut(t, c, "a", 80)
-	h, _ := c.Acquire("a")
-	defer h.Release()
-	_, err := c.GetOrLoad(context.Background(), "b", func(context.Context, string) (string, int64, error) {
-		return "vb", 30, nil
-	})
-	if !errors.Is(err, ErrCacheFull) {
-		t.Fatalf("err = %v, want ErrCacheFull", err)
-	}
-	if !slices.Equal(removed, []string{"b"}) {
-		t.Fatalf("refused value not handed to OnRemove: %v", removed)
 	}
 }
 
 func TestConcurrentUseKeepsBoundAndAccounting(t *testing.T) {
 	const maxBytes = 1000
-	var live atomic.Int64 // values handed out by loaders and not yet removed
-	c := newCache(t, maxBytes, WithOnRemove(func(string, string) { live.Add(-1) }))
+	c := newCache(t, maxBytes)
 	var wg sync.WaitGroup
 	for g := range 8 {
 		wg.Go(func() {
 			r := rand.New(rand.NewPCG(uint64(g), 7))
+			var held []*Handle[string]
 			for range 400 {
 				key := fmt.Sprintf("k%d", r.IntN(40))
 				size := int64(len(key)) * 37 // same key, same size
-				switch r.IntN(4) {
-				case 0:
-					if h, ok := c.Acquire(key); ok {
-						h.Release()
+				h, err := c.GetOrLoad(context.Background(), key, func(context.Context, string) (string, int64, error) {
+					return key, size, nil
+				})
+				if err != nil {
+					if !errors.Is(err, ErrCacheFull) {
+						t.Errorf("GetOrLoad: %v", err)
 					}
-				case 1:
-					c.Remove(key)
-				default:
-					h, err := c.GetOrLoad(context.Background(), key, func(context.Context, string) (string, int64, error) {
-						live.Add(1)
-						return key, size, nil
-					})
-					if err != nil {
-						if !errors.Is(err, ErrCacheFull) {
-							t.Errorf("GetOrLoad: %v", err)
-						}
-						continue
-					}
+				} else {
 					if h.Value() != key {
 						t.Errorf("value %q for key %q", h.Value(), key)
 					}
-					if s := c.Stats(); s.Bytes > maxBytes {
-						t.Errorf("bytes %d over the bound %d", s.Bytes, maxBytes)
-					}
-					h.Release()
+					held = append(held, h)
 				}
+				if s := c.Stats(); s.Bytes > maxBytes || s.PinnedBytes > s.Bytes {
+					t.Errorf("stats %+v: over the bound %d or more pinned than held", s, maxBytes)
+				}
+				// Hold up to two handles, releasing the oldest.
+				if len(held) > 2 || (len(held) > 0 && r.IntN(2) == 0) {
+					held[0].Release()
+					held = held[1:]
+				}
+			}
+			for _, h := range held {
+				h.Release()
 			}
 		})
 	}
@@ -431,24 +371,24 @@ func TestConcurrentUseKeepsBoundAndAccounting(t *testing.T) {
 		t.Fatalf("pins leaked: %+v", s)
 	}
 	var sum int64
-	for _, k := range c.Keys() {
+	ks := keys(c)
+	for _, k := range ks {
 		sum += int64(len(k)) * 37
 	}
-	if sum != s.Bytes || int64(len(c.Keys())) != int64(s.Entries) {
-		t.Fatalf("accounting: keys sum to %d bytes, stats say %+v", sum, s)
-	}
-	if live.Load() != int64(s.Entries) {
-		t.Fatalf("%d values not handed back to OnRemove, %d cached", live.Load(), s.Entries)
+	if sum != s.Bytes || len(ks) != s.Entries {
+		t.Fatalf("accounting: keys %v sum to %d bytes, stats say %+v", ks, sum, s)
 	}
 }
 
 func TestCollectorExportsStats(t *testing.T) {
 	c := newCache(t, 100)
-	mustPut(t, c, "a", 60)
-	mustPut(t, c, "b", 30)
-	h, _ := c.Acquire("a")
-	c.Acquire("zz")
-	mustPut(t, c, "c", 30) // evicts b
+	h := get(t, c, "a", 60)
+	touch(t, c, "b", 30)
+	touch(t, c, "a", 60) // a hit
+	touch(t, c, "c", 30) // evicts b
+	_, _ = c.GetOrLoad(context.Background(), "bad", func(context.Context, string) (string, int64, error) {
+		return "", 0, errors.New("boom")
+	})
 	reg := prometheus.NewPedanticRegistry()
 	if err := c.Register(reg, prometheus.Labels{"cache": "cpu"}); err != nil {
 		t.Fatal(err)
@@ -475,9 +415,9 @@ func TestCollectorExportsStats(t *testing.T) {
 	}
 	want := map[string]float64{
 		"kasmina_kernel_cache_hits_total":          1,
-		"kasmina_kernel_cache_misses_total":        1,
+		"kasmina_kernel_cache_misses_total":        4,
 		"kasmina_kernel_cache_evictions_total":     1,
-		"kasmina_kernel_cache_load_failures_total": 0,
+		"kasmina_kernel_cache_load_failures_total": 1,
 		"kasmina_kernel_cache_bytes":               90,
 		"kasmina_kernel_cache_pinned_bytes":        60,
 		"kasmina_kernel_cache_max_bytes":           100,

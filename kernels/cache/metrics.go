@@ -2,28 +2,28 @@ package cache
 
 import "github.com/prometheus/client_golang/prometheus"
 
-// StatsSource is what the collector reads: any Cache, whatever its value type.
-type StatsSource interface {
+// statsSource is what the collector reads: any Cache, whatever its value type.
+type statsSource interface {
 	Stats() Stats
 }
 
-// Collector exports a cache's Stats as Prometheus metrics, read at scrape
+// collector exports a cache's Stats as Prometheus metrics, read at scrape
 // time so that the cache's hot path touches no metric.
-type Collector struct {
-	src StatsSource
+type collector struct {
+	src statsSource
 
 	hits, misses, evictions, loadFailures *prometheus.Desc
 	bytes, pinnedBytes, maxBytes          *prometheus.Desc
 	entries, pinnedEntries                *prometheus.Desc
 }
 
-// NewCollector returns a collector for src. constLabels (may be nil) are
+// newCollector returns a collector for src. constLabels (may be nil) are
 // attached to every metric, for a process with several caches.
-func NewCollector(src StatsSource, constLabels prometheus.Labels) *Collector {
+func newCollector(src statsSource, constLabels prometheus.Labels) *collector {
 	d := func(name, help string) *prometheus.Desc {
 		return prometheus.NewDesc("kasmina_kernel_cache_"+name, help, nil, constLabels)
 	}
-	return &Collector{
+	return &collector{
 		src:           src,
 		hits:          d("hits_total", "Kernel lookups answered from the cache."),
 		misses:        d("misses_total", "Kernel lookups that did not find the kernel in the cache."),
@@ -38,7 +38,7 @@ func NewCollector(src StatsSource, constLabels prometheus.Labels) *Collector {
 }
 
 // Describe implements prometheus.Collector.
-func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		c.hits, c.misses, c.evictions, c.loadFailures,
 		c.bytes, c.pinnedBytes, c.maxBytes, c.entries, c.pinnedEntries,
@@ -48,7 +48,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 // Collect implements prometheus.Collector.
-func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	s := c.src.Stats()
 	counter := func(d *prometheus.Desc, v uint64) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v))
@@ -67,7 +67,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(c.pinnedEntries, float64(s.PinnedEntries))
 }
 
-// Register registers a collector for the cache on reg.
+// Register registers a collector of the cache's Stats on reg, as the
+// kasmina_kernel_cache_* metrics; constLabels (may be nil) are attached to
+// every metric, for a process with several caches.
 func (c *Cache[V]) Register(reg prometheus.Registerer, constLabels prometheus.Labels) error {
-	return reg.Register(NewCollector(c, constLabels))
+	return reg.Register(newCollector(c, constLabels))
 }

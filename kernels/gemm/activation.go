@@ -2,34 +2,108 @@ package gemm
 
 import "math"
 
-// activate applies act to x in place. ActNone and ActReLU are handled here
-// too so that every engine can use it.
-func activate(act Activation, x []float32) {
-	switch act {
+// Apply computes dst[i] = a(src[i]) for every element of src, with
+// PyTorch's semantics; dst must be at least as long as src and may be src
+// itself.
+//
+// This is the one implementation of the activations: Linear's epilogue
+// and the kernel executor's activation layers both call it. The only other
+// place an activation is computed is ReLU fused into the micro-kernels
+// (VMAXPS in the assembly, a comparison in the portable kernel and in the
+// OpenBLAS route), which give the same results bit for bit: like PyTorch's
+// relu they map x < 0 to +0 and keep NaN and -0 unchanged.
+//
+// Sigmoid, tanh and GELU are evaluated in float64 and rounded once, which
+// keeps them within an ulp of PyTorch's float32 results.
+func (a Activation) Apply(dst, src []float32) {
+	dst = dst[:len(src)]
+	switch a {
+	case ActNone:
+		copy(dst, src)
 	case ActReLU:
-		for i, v := range x {
-			if !(v > 0) && v == v { // keep NaN as PyTorch does
-				x[i] = 0
+		for i, v := range src {
+			if v < 0 {
+				v = 0
 			}
+			dst[i] = v
 		}
 	case ActSigmoid:
-		for i, v := range x {
-			x[i] = float32(1 / (1 + math.Exp(-float64(v))))
+		for i, v := range src {
+			dst[i] = float32(1 / (1 + math.Exp(-float64(v))))
 		}
 	case ActTanh:
-		for i, v := range x {
-			x[i] = float32(math.Tanh(float64(v)))
+		for i, v := range src {
+			dst[i] = float32(math.Tanh(float64(v)))
 		}
 	case ActGELU:
-		for i, v := range x {
+		for i, v := range src {
 			f := float64(v)
-			x[i] = float32(0.5 * f * (1 + math.Erf(f/math.Sqrt2)))
+			dst[i] = float32(0.5 * f * (1 + math.Erf(f/math.Sqrt2)))
 		}
 	case ActGELUTanh:
 		const c = 0.7978845608028654 // sqrt(2/pi)
-		for i, v := range x {
+		for i, v := range src {
 			f := float64(v)
-			x[i] = float32(0.5 * f * (1 + math.Tanh(c*(f+0.044715*f*f*f))))
+			dst[i] = float32(0.5 * f * (1 + math.Tanh(c*(f+0.044715*f*f*f))))
+		}
+	}
+}
+
+// BackwardFromInput reports whether Backward needs the activation's input
+// (the GELUs) rather than its output (ReLU, sigmoid, tanh).
+func (a Activation) BackwardFromInput() bool { return a == ActGELU || a == ActGELUTanh }
+
+// Backward computes the vector-Jacobian product dx[i] = dy[i]·a'(x[i])
+// from saved, which is the activation's output y = a(x) for ReLU, sigmoid
+// and tanh and its input x for the GELUs (see BackwardFromInput), the
+// tensors PyTorch's backward formulas read:
+//
+//	relu      dy where y > 0, else 0 (threshold_backward: NaN passes dy)
+//	sigmoid   dy·y·(1 − y)
+//	tanh      dy·(1 − y²)
+//	gelu      dy·(Φ(x) + x·φ(x))
+//	gelu_tanh dy·(½(1 + t) + ½x·(1 − t²)·√(2/π)·(1 + 3·0.044715·x²)),
+//	          t = tanh(√(2/π)·(x + 0.044715·x³))
+//
+// evaluated in float64 and rounded once. dx may be dy; all three have the
+// length of dy.
+func (a Activation) Backward(dx, dy, saved []float32) {
+	dx, saved = dx[:len(dy)], saved[:len(dy)]
+	switch a {
+	case ActNone:
+		copy(dx, dy)
+	case ActReLU:
+		for i, g := range dy {
+			if saved[i] <= 0 {
+				g = 0
+			}
+			dx[i] = g
+		}
+	case ActSigmoid:
+		for i, g := range dy {
+			y := float64(saved[i])
+			dx[i] = float32(float64(g) * y * (1 - y))
+		}
+	case ActTanh:
+		for i, g := range dy {
+			y := float64(saved[i])
+			dx[i] = float32(float64(g) * (1 - y*y))
+		}
+	case ActGELU:
+		const invSqrt2Pi = 0.3989422804014327 // 1/√(2π)
+		for i, g := range dy {
+			x := float64(saved[i])
+			cdf := 0.5 * (1 + math.Erf(x/math.Sqrt2))
+			pdf := invSqrt2Pi * math.Exp(-0.5*x*x)
+			dx[i] = float32(float64(g) * (cdf + x*pdf))
+		}
+	case ActGELUTanh:
+		const c, k = 0.7978845608028654, 0.044715 // √(2/π)
+		for i, g := range dy {
+			x := float64(saved[i])
+			t := math.Tanh(c * (x + k*x*x*x))
+			d := 0.5*(1+t) + 0.5*x*(1-t*t)*c*(1+3*k*x*x)
+			dx[i] = float32(float64(g) * d)
 		}
 	}
 }

@@ -180,7 +180,8 @@ func (e *native) block(p *problem, i0, i1, j0, j1 int) {
 	}
 	if p.act > ActReLU {
 		for i := i0; i < i1; i++ {
-			activate(p.act, p.c[i*p.ldc+j0:i*p.ldc+j1])
+			row := p.c[i*p.ldc+j0 : i*p.ldc+j1]
+			p.act.Apply(row, row)
 		}
 	}
 }
@@ -212,7 +213,7 @@ func linearNoK(m, n int, c []float32, ldc int, ep Epilogue) {
 		} else {
 			clear(row)
 		}
-		activate(ep.Act, row)
+		ep.Act.Apply(row, row)
 	}
 }
 

@@ -2,31 +2,49 @@ package gemm
 
 import (
 	"bytes"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 )
 
-// TestEnvForcesPortable runs this test binary again with KASMINA_GEMM set and
-// checks what the child reports.
-func TestEnvForcesPortable(t *testing.T) {
+// TestEnvSelectsTheImplementation runs this test binary again with
+// KASMINA_GEMM set and checks what the child reports: a valid name is used,
+// an unknown one keeps the default and is reported by EnvError, naming the
+// variable, the value and the accepted names.
+func TestEnvSelectsTheImplementation(t *testing.T) {
 	if os.Getenv("GEMM_CHILD") == "1" {
-		os.Stdout.WriteString("impl=" + Implementation() + "\n")
+		fmt.Printf("impl=%s\nerr=%v\n", Implementation(), EnvError())
 		return
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestEnvForcesPortable$")
-	cmd.Env = append(os.Environ(), "GEMM_CHILD=1", EnvVar+"=portable")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("child: %v\n%s", err, out)
+	def := Implementations()[0]
+	cases := []struct {
+		value string
+		want  []string
+	}{
+		{"portable", []string{"impl=portable\n", "err=<nil>\n"}},
+		{"", []string{"impl=" + def + "\n", "err=<nil>\n"}},
+		{"fortran", []string{"impl=" + def + "\n", `err=KASMINA_GEMM="fortran" names no GEMM implementation`, "(accepted: " + strings.Join(Implementations(), ", ") + ")"}},
+		{"Portable", []string{"impl=" + def + "\n", `err=KASMINA_GEMM="Portable"`}},
 	}
-	if !strings.Contains(string(out), "impl=portable\n") {
-		t.Fatalf("child with %s=portable reported:\n%s", EnvVar, out)
+	for _, c := range cases {
+		t.Run(c.value, func(t *testing.T) {
+			cmd := exec.Command(os.Args[0], "-test.run=^TestEnvSelectsTheImplementation$")
+			cmd.Env = append(os.Environ(), "GEMM_CHILD=1", EnvVar+"="+c.value)
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("child: %v\n%s", err, out)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(string(out), w) {
+					t.Errorf("child with %s=%q reported:\n%s\nwant it to contain %q", EnvVar, c.value, out, w)
+				}
+			}
+		})
 	}
 }
 
@@ -36,9 +54,9 @@ func TestGeneratedAssemblyIsUpToDate(t *testing.T) {
 	if testing.Short() || raceEnabled {
 		t.Skip("builds the generator (slow under -short and -race)")
 	}
-	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
-	if _, err := os.Stat(goBin); err != nil {
-		t.Skipf("no go command: %v", err)
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		t.Skipf("SKIP: no go command on PATH to build the generator: %v", err)
 	}
 	dir := t.TempDir()
 	gen := filepath.Join(dir, "asmgen")

@@ -3,6 +3,7 @@ package gemm
 import (
 	"fmt"
 	"os"
+	"strings"
 	"sync/atomic"
 )
 
@@ -15,7 +16,8 @@ type engine interface {
 
 // EnvVar names the environment variable read once at init: when set to a
 // registered implementation name (for example "portable"), that
-// implementation is used instead of the fastest one.
+// implementation is used instead of the fastest one. Any other value
+// leaves the fastest one in use and is reported by EnvError.
 const EnvVar = "KASMINA_GEMM"
 
 var (
@@ -23,6 +25,9 @@ var (
 	// build on this platform.
 	engines []engine
 	active  atomic.Pointer[engine]
+	// envErr is the reason EnvVar's value was not used, nil when it was
+	// (or was unset).
+	envErr error
 )
 
 // register adds an engine; earlier registrations are preferred.
@@ -34,13 +39,29 @@ func init() {
 	register(portableEngine)
 	best := engines[0]
 	if env := os.Getenv(EnvVar); env != "" {
-		for _, e := range engines {
-			if e.name() == env {
-				best = e
-			}
+		if e, ok := lookup(env); ok {
+			best = e
+		} else {
+			envErr = fmt.Errorf("%s=%q names no GEMM implementation available in this build on this CPU (accepted: %s)", EnvVar, env, strings.Join(Implementations(), ", "))
 		}
 	}
 	active.Store(&best)
+}
+
+// EnvError returns the error for a KASMINA_GEMM value that names no
+// implementation available here, which init ignored (keeping the fastest
+// one); nil when the variable is unset or valid. A program that honours the
+// variable should refuse to start on it: a typo would otherwise silently
+// run another implementation than the one asked for.
+func EnvError() error { return envErr }
+
+func lookup(name string) (engine, bool) {
+	for _, e := range engines {
+		if e.name() == name {
+			return e, true
+		}
+	}
+	return nil, false
 }
 
 func current() engine { return *active.Load() }
@@ -64,11 +85,9 @@ func Implementations() []string {
 // the old one. An unknown or unavailable name is an error and changes
 // nothing.
 func Use(name string) error {
-	for _, e := range engines {
-		if e.name() == name {
-			active.Store(&e)
-			return nil
-		}
+	if e, ok := lookup(name); ok {
+		active.Store(&e)
+		return nil
 	}
 	return fmt.Errorf("%w: implementation %q is not available here (have %v)", ErrBadArgument, name, Implementations())
 }

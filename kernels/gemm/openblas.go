@@ -34,7 +34,8 @@ func (e openblasEngine) linear(m, n, k int, a []float32, lda int, w []float32, l
 	openblas.Linear(m, n, k, a, lda, w, ldw, c, ldc, ep.Bias, relu)
 	if ep.Act != ActNone && !relu {
 		for i := range m {
-			activate(ep.Act, c[i*ldc:i*ldc+n])
+			row := c[i*ldc : i*ldc+n]
+			ep.Act.Apply(row, row)
 		}
 	}
 }

@@ -111,11 +111,11 @@ func kernel(s isa, rows, cols int) {
 	acc := func(i, j int) int { return 4*i + j }
 	areg := func(i int) int { return 4*s.mr + i }
 	wreg := 4*s.mr + s.mr
-	// After the k loop the A and W registers are free:
+	// After the k loop the A and W registers are free: two temporaries and
+	// a zero for ReLU. With AVX2 (mr 3) they are A rows 0 and 1 and W
+	// (12, 13, 15); with AVX-512 the top three of its 32 registers.
 	t1, t2, zero := areg(0), areg(1), wreg
-	if s.mr == 3 {
-		t1, t2, zero = 12, 13, 15
-	} else {
+	if s.mr != 3 {
 		t1, t2, zero = 29, 30, 31
 	}
 

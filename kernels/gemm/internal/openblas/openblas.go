@@ -11,7 +11,8 @@ package openblas
 #include <cblas.h>
 
 // kh_linear computes c = a · wᵀ (+ bias broadcast over rows) and, when relu
-// is set, max(c, 0) keeping NaN, in one call across the cgo boundary. The
+// is set, PyTorch's relu (x < 0 becomes +0; NaN and -0 are kept, as
+// gemm.Activation.Apply does), in one call across the cgo boundary. The
 // ReLU loop is branch-free so that the compiler vectorizes it.
 static void kh_linear(int m, int n, int k, const float *a, int lda, const float *w, int ldw,
 		float *c, int ldc, const float *bias, int relu) {
@@ -26,7 +27,7 @@ static void kh_linear(int m, int n, int k, const float *a, int lda, const float 
 			float *r = c + (size_t)i * ldc;
 			for (int j = 0; j < n; j++) {
 				float v = r[j];
-				r[j] = (v > 0.0f || v != v) ? v : 0.0f;
+				r[j] = v < 0.0f ? 0.0f : v;
 			}
 		}
 	}
@@ -57,8 +58,8 @@ func Sgemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int
 }
 
 // Linear computes c[m, n] = a[m, k] · w[n, k]ᵀ, adding bias (length n, or
-// empty for none) to every row and then, when relu is set, ReLU (NaN kept,
-// as PyTorch does), all in one cgo call. Arguments already validated by the
+// empty for none) to every row and then, when relu is set, ReLU (NaN and -0
+// kept, as PyTorch does), all in one cgo call. Arguments already validated by the
 // caller; k > 0.
 func Linear(m, n, k int, a []float32, lda int, w []float32, ldw int, c []float32, ldc int, bias []float32, relu bool) {
 	r := C.int(0)
