@@ -211,8 +211,11 @@ type Host struct {
 	started   atomic.Bool
 
 	epoch atomic.Int64
-	// onChange, when set, is called after every change worth persisting.
-	onChange func()
+	// onChange, when set, is called after every change worth persisting;
+	// changeMu serialises changes with their call (it is taken before mu).
+	onChange    func() error
+	changeMu    sync.Mutex
+	readyChecks []readyCheck
 }
 
 // New returns a host. reg may be nil (no metrics registered); pub may be
@@ -258,21 +261,70 @@ func New(cfg Config, inv Inventory, pub Publisher, reg prometheus.Registerer) (*
 // resolved. Without one, only artifacts given as bytes can be loaded.
 func (h *Host) SetFetcher(f Fetcher) { h.fetch = f }
 
-// OnChange registers a function called after every change of loaded
-// kernels, seeds or placements (the daemon saves its state there).
-func (h *Host) OnChange(fn func()) {
+// OnChange registers fn, called after every change of loaded kernels,
+// seeds, layers or placements (the daemon saves its state there). It is
+// called with the host's change lock held, so changes reach it one at a
+// time in the order they were made, and it may read the host (State). An
+// error from fn refuses the change: Load, Unload, SetSeedState, SetAlpha
+// and RegisterLayer undo what they changed and return an error of class
+// Unavailable naming fn's error, so nothing is acknowledged that was not
+// saved. A re-placement (Replace) cannot be undone; its save error is
+// logged.
+func (h *Host) OnChange(fn func() error) {
 	h.mu.Lock()
 	h.onChange = fn
 	h.mu.Unlock()
 }
 
-func (h *Host) changed() {
+// HoldChanges runs fn while no change can be made, so that what fn reads
+// of the host (State) is not a change half made: a state store writes the
+// state this way outside a change (a retry, shutdown).
+func (h *Host) HoldChanges(fn func() error) error {
+	h.changeMu.Lock()
+	defer h.changeMu.Unlock()
+	return fn()
+}
+
+// saveChange calls the change hook; the caller holds changeMu.
+func (h *Host) saveChange() error {
 	h.mu.RLock()
 	fn := h.onChange
 	h.mu.RUnlock()
-	if fn != nil {
-		fn()
+	if fn == nil {
+		return nil
 	}
+	if err := fn(); err != nil {
+		return failure.Errorf(failure.Unavailable, "the change was undone because the state could not be saved: %w", err)
+	}
+	return nil
+}
+
+// AddReadyCheck adds a condition to readiness: while fn returns an error,
+// Ready reports the host not ready, naming what and the error (the daemon
+// checks its state store this way).
+func (h *Host) AddReadyCheck(what string, fn func() error) {
+	h.mu.Lock()
+	h.readyChecks = append(h.readyChecks, readyCheck{what, fn})
+	h.mu.Unlock()
+}
+
+// readyCheck is one AddReadyCheck condition.
+type readyCheck struct {
+	what string
+	fn   func() error
+}
+
+// notReady returns the first failing ready check's reason, or "".
+func (h *Host) notReady() string {
+	h.mu.RLock()
+	checks := h.readyChecks
+	h.mu.RUnlock()
+	for _, c := range checks {
+		if err := c.fn(); err != nil {
+			return c.what + ": " + err.Error()
+		}
+	}
+	return ""
 }
 
 // Config returns the host's effective configuration.

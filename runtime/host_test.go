@@ -17,6 +17,7 @@ import (
 	"github.com/esper/kasmina-host/contracts"
 	"github.com/esper/kasmina-host/device"
 	"github.com/esper/kasmina-host/kernels"
+	"github.com/esper/kasmina-host/runtime/failure"
 	"github.com/esper/kasmina-host/runtime/oona"
 	"github.com/esper/kasmina-host/runtime/placement"
 	"github.com/prometheus/client_golang/prometheus"
@@ -371,7 +372,7 @@ func TestSeedCommands(t *testing.T) {
 	}
 	// Illegal: grafting → dormant is a permanent failure.
 	err := cmd(&oona.SetSeedState{LayerName: "layer1", SeedIdx: 2, State: contracts.SeedDormant})
-	if !errors.Is(err, oona.ErrPermanent) || !errors.Is(err, contracts.ErrIllegalTransition) {
+	if !failure.ClassOf(err).Permanent() || !errors.Is(err, contracts.ErrIllegalTransition) {
 		t.Fatalf("illegal transition: %v", err)
 	}
 	if err := cmd(&oona.SetAlpha{LayerName: "layer1", SeedIdx: 2, Alpha: 0.25}); err != nil {
@@ -398,7 +399,7 @@ func TestSeedCommands(t *testing.T) {
 	if s := h.Seeds()[0]; s.State != contracts.SeedCulled || s.Kernel != "" {
 		t.Fatalf("seed after unload %+v", s)
 	}
-	if err := cmd(&oona.LoadKernel{LayerName: "layer1", SeedIdx: 3, ArtifactID: "missing"}); !errors.Is(err, oona.ErrPermanent) {
+	if err := cmd(&oona.LoadKernel{LayerName: "layer1", SeedIdx: 3, ArtifactID: "missing"}); !failure.Is(err, failure.NotFound) {
 		t.Fatalf("unknown artifact: %v", err)
 	}
 }

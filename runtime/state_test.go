@@ -30,6 +30,8 @@ func (s *memArtifacts) Put(sha string, data []byte) error {
 	return nil
 }
 
+func (s *memArtifacts) Where(sha string) string { return "mem:" + sha }
+
 func (s *memArtifacts) Get(sha string) ([]byte, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -46,7 +48,9 @@ func TestStateRoundTripsThroughJSON(t *testing.T) {
 	h, _, _ := newHost(t, inv, Config{})
 	h.SetArtifactStore(store)
 	ctx := context.Background()
-	h.RegisterLayer("encoder.0") // layer id 0, declared before any kernel
+	if _, err := h.RegisterLayer("encoder.0"); err != nil { // layer id 0, declared before any kernel
+		t.Fatal(err)
+	}
 	if _, err := h.Load(ctx, LoadRequest{Data: linearKernel(t, "direct", nil)}); err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +179,7 @@ func TestSeedChangesCallTheHookBeforeReturning(t *testing.T) {
 		t.Fatal(err)
 	}
 	calls := 0
-	h.OnChange(func() { calls++; _ = h.State() }) // reads the host, as the daemon's hook does
+	h.OnChange(func() error { calls++; _ = h.State(); return nil }) // reads the host, as the daemon's hook does
 	if err := h.SetSeedState("l", 0, contracts.SeedTraining, "test"); err != nil {
 		t.Fatal(err)
 	}
@@ -225,7 +229,7 @@ func FuzzRestoreState(f *testing.F) {
 			}
 		}
 		// The host still takes a new layer.
-		if id := h.RegisterLayer("fuzz.new.layer"); id < 0 {
+		if id, _ := h.RegisterLayer("fuzz.new.layer"); id < 0 {
 			t.Fatalf("new layer id %d", id)
 		}
 	})
@@ -250,7 +254,7 @@ func TestRestoreRepairsDamagedLayerIDsAndAlphas(t *testing.T) {
 	if got := fmt.Sprint(h.Layers()); got != "[{a 5 1}]" {
 		t.Errorf("layers after restore %s, want only a with id 5 (b, c, d are registered anew when used)", got)
 	}
-	if id := h.RegisterLayer("b"); id != 6 {
+	if id, _ := h.RegisterLayer("b"); id != 6 {
 		t.Errorf("b registered anew as %d, want 6", id)
 	}
 	seeds := h.Seeds()

@@ -19,6 +19,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"strings"
 	"syscall"
 )
 
@@ -87,10 +88,17 @@ func OpenIn(root *os.Root, name string) (*os.File, fs.FileInfo, error) {
 	return check(f, name, false)
 }
 
-// openError turns the error of opening a socket (ENXIO: nothing to open)
+// openError turns os.Root's error for a path leaving the root into one
+// wrapping ErrOutsideRoot, and the error of opening a socket (ENXIO: nothing to open)
 // or a device without a driver (ENODEV) into a *NotRegularError naming
 // what the path is; other errors are returned as they are.
 func openError(err error, path string, stat func(string) (fs.FileInfo, error)) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) && strings.Contains(pe.Err.Error(), "escapes") {
+		// os.Root's error for leaving the root; its message is the
+		// stable part.
+		return &fs.PathError{Op: "open", Path: path, Err: ErrOutsideRoot}
+	}
 	if !errors.Is(err, syscall.ENXIO) && !errors.Is(err, syscall.ENODEV) {
 		return err
 	}
@@ -114,6 +122,11 @@ func check(f *os.File, path string, dirOK bool) (*os.File, fs.FileInfo, error) {
 	f.Close()
 	return nil, nil, &NotRegularError{Path: path, Mode: info.Mode()}
 }
+
+// ErrOutsideRoot is wrapped by OpenIn's and FS's error for a path or a
+// symbolic link that leads outside the root (os.Root refuses it; its own
+// error is not exported).
+var ErrOutsideRoot = errors.New("leads outside the directory")
 
 // ErrTooLarge is wrapped by ReadFile's error for a file over its limit.
 var ErrTooLarge = errors.New("file too large")

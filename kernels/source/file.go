@@ -8,7 +8,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/esper/kasmina-host/internal/regularfile"
 )
@@ -95,17 +94,14 @@ func (f *File) relative(p string) (string, error) {
 }
 
 func (f *File) openError(ref string, err error) error {
-	var pe *fs.PathError
 	var nr *regularfile.NotRegularError
 	switch {
 	case errors.As(err, &nr):
 		return fmt.Errorf("%w: kernel %s is a %s, not a regular file", ErrInvalidRef, ref, regularfile.TypeName(nr.Mode))
 	case errors.Is(err, fs.ErrNotExist):
 		return fmt.Errorf("%w: %s in kernel root %s", ErrNotFound, ref, f.dir)
-	case errors.As(err, &pe) && strings.Contains(pe.Err.Error(), "escapes"):
-		// os.Root's error for a path or symlink leaving the root is not
-		// exported; its message is the stable part.
-		return fmt.Errorf("%w: %s leaves the kernel root %s: %v", ErrNotAllowed, ref, f.dir, err)
+	case errors.Is(err, regularfile.ErrOutsideRoot):
+		return fmt.Errorf("%w: %s leaves the kernel root %s", ErrNotAllowed, ref, f.dir)
 	default:
 		return fmt.Errorf("kernel %s: %w", ref, err)
 	}
