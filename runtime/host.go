@@ -370,7 +370,7 @@ func (h *Host) Run(ctx context.Context) error {
 
 // devices converts the inventory's snapshot into placement candidates:
 // visible GPUs and MIG instances that run work, named by their CUDA
-// ordinal, and the CPU.
+// ordinal (placement.DeviceName), and the CPU.
 func devices(s device.Snapshot) []placement.Device {
 	out := make([]placement.Device, 0, len(s.Devices))
 	for _, d := range s.Devices {
@@ -384,16 +384,20 @@ func devices(s device.Snapshot) []placement.Device {
 			FreeMiB:      float64(d.MemoryFreeBytes) / (1 << 20),
 			TotalMiB:     float64(d.MemoryTotalBytes) / (1 << 20),
 		}
+		// Names follow placement's one contract (placement.DeviceName):
+		// cuda:<CUDA ordinal> for a GPU and a MIG instance alike.
 		switch d.Kind {
 		case device.KindCPU:
-			pd.Name, pd.Kind, pd.UUID = "cpu", placement.KindCPU, ""
-		case device.KindMIG:
-			pd.Name, pd.Kind, pd.Index = fmt.Sprintf("cuda:%d", d.CUDAOrdinal), placement.KindMIG, d.CUDAOrdinal
+			pd.Name, pd.Kind, pd.UUID = placement.CPUName, placement.KindCPU, ""
 		default:
 			if d.CUDAOrdinal < 0 {
-				continue
+				continue // not visible to CUDA, or a MIG-enabled GPU: no work runs on it
 			}
-			pd.Name, pd.Kind, pd.Index, pd.MIGEnabled = fmt.Sprintf("cuda:%d", d.CUDAOrdinal), placement.KindGPU, d.CUDAOrdinal, d.MIGEnabled
+			pd.Name, pd.Ordinal, pd.Kind = placement.DeviceName(d.CUDAOrdinal), d.CUDAOrdinal, placement.KindGPU
+			if d.Kind == device.KindMIG {
+				pd.Kind = placement.KindMIG
+			}
+			pd.MIGEnabled = d.MIGEnabled
 		}
 		if pd.HealthReason == "" && !pd.Healthy {
 			pd.HealthReason = string(d.Health.State)
