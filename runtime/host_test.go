@@ -28,6 +28,17 @@ import (
 // relu([x0+x1, x2−x3, −x0] + [0, 0.5, −1]).
 func linearKernel(t testing.TB, id string, reqs []string) []byte {
 	t.Helper()
+	return linearKernelWith(t, id, reqs, "esper-kernel/v1")
+}
+
+// linearKernelTarget is linearKernel compiled for target.
+func linearKernelTarget(t testing.TB, id, target string) []byte {
+	t.Helper()
+	return linearKernelWith(t, id, nil, target)
+}
+
+func linearKernelWith(t testing.TB, id string, reqs []string, target string) []byte {
+	t.Helper()
 	mod := &kernels.Module{Type: "sequential", Layers: []*kernels.Module{
 		{Type: "linear", InFeatures: 4, OutFeatures: 3, Bias: true},
 		{Type: "relu"},
@@ -38,7 +49,7 @@ func linearKernel(t testing.TB, id string, reqs []string) []byte {
 	md.InputShape, md.OutputShape, md.ParameterCount = []int{4}, []int{3}, 15
 	md.DeviceRequirements = reqs
 	md.MemoryFootprintMB = 64
-	md.CompilationTarget = "esper-kernel/v1"
+	md.CompilationTarget = target
 	var buf bytes.Buffer
 	if err := kernels.WriteKernel(&buf, mod, []kernels.Tensor{
 		kernels.F32Tensor("0.weight", []int{3, 4}, w), kernels.F32Tensor("0.bias", []int{3}, b),

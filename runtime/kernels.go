@@ -513,6 +513,14 @@ func defaultName(kernelID, ref, id string) string {
 // extension, with every character a name may not hold replaced by '_' and
 // cut to maxNameBytes. It is "" when nothing is left.
 func nameFromRef(ref string) string {
+	if _, rest, ok := strings.Cut(ref, "://"); ok {
+		// Past the scheme and the host (or bucket): the path.
+		_, p, hasPath := strings.Cut(rest, "/")
+		if !hasPath {
+			return ""
+		}
+		ref = "/" + p
+	}
 	if i := strings.IndexAny(ref, "?#"); i >= 0 {
 		ref = ref[:i]
 	}

@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"math"
 	"slices"
@@ -175,6 +176,12 @@ func (u seedUndo) restore() {
 func (s *seed) move(k seedKey, to contracts.SeedState, why string, now time.Time) error {
 	from := s.State
 	if err := s.Transition(to, now); err != nil {
+		var te *contracts.TransitionError
+		if errors.As(err, &te) {
+			// The contract's message names the seed by its UUID: name it
+			// by layer and index, as the request did.
+			return failure.Errorf(failure.Refused, "seed %s/%d: %w: %q → %q", k.layer, k.idx, contracts.ErrIllegalTransition, te.From, te.To)
+		}
 		return failure.Errorf(failure.Refused, "seed %s/%d: %w", k.layer, k.idx, err)
 	}
 	s.transitions = append(s.transitions, Transition{At: now, From: from, To: to, Why: why})
