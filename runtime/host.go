@@ -54,26 +54,32 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Errors callers branch on. Each error the host returns wraps one of them.
+// Sentinels for errors.Is. Every error a Host method returns carries a
+// failure class (see classify.go); a sentinel matches every error of its
+// class, whichever cause made it, so errors.Is(err, ErrNotFound) is
+// failure.Is(err, failure.NotFound). New code returns failure.Errorf
+// rather than wrapping a sentinel, whose phrase would prefix the message.
 var (
-	// ErrNotFound: no kernel or seed by that name.
+	// ErrNotFound: no kernel, seed or artifact by that name (class NotFound).
 	ErrNotFound = failure.NewSentinel(failure.NotFound, "not found")
-	// ErrBadInput: the request's tensor does not fit the kernel.
+	// ErrBadInput: the request is wrong: a tensor that does not fit the
+	// kernel, a name, a reference (class BadInput).
 	ErrBadInput = failure.NewSentinel(failure.BadInput, "bad input")
-	// ErrRefused: the kernel cannot be loaded or executed here (bad
-	// artifact, checksum mismatch, non-executable target, no placement).
+	// ErrRefused: the kernel cannot be loaded or executed here: a
+	// reference policy refuses, a non-executable target, no placement, an
+	// illegal seed transition (class Refused).
 	ErrRefused = failure.NewSentinel(failure.Refused, "kernel refused")
-	// ErrQueueFull: the executor's queue is full.
+	// ErrQueueFull: the executor's queue is full (class QueueFull).
 	ErrQueueFull = dispatch.ErrQueueFull
-	// ErrUnavailable: the kernel's circuit breaker is open or it is being
-	// unloaded.
+	// ErrUnavailable: not now: the kernel's circuit breaker is open or it
+	// is being unloaded, the artifact or Urza cannot be reached, the state
+	// cannot be saved (class Unavailable).
 	ErrUnavailable = failure.NewSentinel(failure.Unavailable, "kernel unavailable")
-	// ErrRuntime: the executor failed while running the kernel.
+	// ErrRuntime: the executor failed while running the kernel (class
+	// Internal).
 	ErrRuntime = failure.NewSentinel(failure.Internal, "runtime failure")
-	// ErrFetch: the artifact could not be fetched (transient for commands:
-	// they stay pending and are retried).
-	ErrFetch = failure.NewSentinel(failure.Unavailable, "artifact fetch failed")
-	// ErrIllegal: a seed transition the contract's state machine forbids.
+	// ErrIllegal: a seed transition the contract's state machine forbids;
+	// such errors also have class Refused.
 	ErrIllegal = contracts.ErrIllegalTransition
 )
 
