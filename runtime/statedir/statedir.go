@@ -79,10 +79,8 @@ type Store struct {
 	opts Options
 	log  *slog.Logger
 
-	// state returns the document to write; lock runs a function with no
-	// change half made (the host's change lock). Set by Watch.
-	state func() any
-	lock  func(func() error) error
+	// watched holds what Watch connected: nil before.
+	watched atomic.Pointer[watch]
 
 	mu           sync.Mutex // serialises writes of state.json
 	timerMu      sync.Mutex
@@ -263,12 +261,21 @@ func (s *Store) MoveAside() (string, error) {
 	return to, nil
 }
 
+// watch is what Watch connects: state returns the document to write;
+// lock runs a function with no change half made (the host's change lock).
+type watch struct {
+	state func() any
+	lock  func(func() error) error
+}
+
 // Watch connects the store to what it saves: state returns the document
 // (the host's State) and lock runs a function with no change half made
 // (the host's change lock), for writes that do not come from a change (a
-// coalesced write, a retry, Flush).
+// coalesced write, a retry, Flush). Until Watch is called nothing is
+// written: connect it once the host holds everything the state file
+// recorded, so that no write can record a restore half done.
 func (s *Store) Watch(state func() any, lock func(func() error) error) {
-	s.state, s.lock = state, lock
+	s.watched.Store(&watch{state: state, lock: lock})
 }
 
 // SetWriteThrough turns write-through on (after start-up) or off.
@@ -278,8 +285,12 @@ func (s *Store) SetWriteThrough(on bool) { s.writeThrough.Store(on) }
 // lock held. With write-through on it writes the state now and returns the
 // write's error; otherwise it schedules a write and returns nil.
 func (s *Store) Changed() error {
+	w := s.watched.Load()
+	if w == nil {
+		return nil
+	}
 	if s.writeThrough.Load() {
-		return s.save(s.state())
+		return s.save(w.state())
 	}
 	s.timerMu.Lock()
 	defer s.timerMu.Unlock()
@@ -296,9 +307,14 @@ func (s *Store) Changed() error {
 	return nil
 }
 
-// Flush writes the state now, under the host's change lock.
+// Flush writes the state now, under the host's change lock. Before Watch
+// it writes nothing.
 func (s *Store) Flush() error {
-	return s.lock(func() error { return s.save(s.state()) })
+	w := s.watched.Load()
+	if w == nil {
+		return nil
+	}
+	return w.lock(func() error { return s.save(w.state()) })
 }
 
 // Err returns why the last write failed, or nil after a successful one.

@@ -289,3 +289,40 @@ func TestWritesAreWholeAndLeaveNoTemporaryFiles(t *testing.T) {
 		}
 	}
 }
+
+// Until Watch connects the host, nothing is written: not by Changed, not
+// by Flush, not by Run retrying after a failed artifact write (during a
+// restore the host holds only part of what the state file records).
+func TestNothingIsWrittenBeforeWatch(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	s, err := Open(dir, Options{RetryInterval: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.SetWriteThrough(true)
+	if err := os.WriteFile(s.Path(), []byte(`{"version":1,"kernels":["restoring"]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Changed(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	// A failed artifact write makes the store retry.
+	if err := os.RemoveAll(filepath.Join(dir, ArtifactsDir)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, ArtifactsDir), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Put(strings.Repeat("ab", 32), []byte("k")); err == nil || s.Err() == nil {
+		t.Fatalf("Put on a broken artifacts directory: %v, Err %v", err, s.Err())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	_ = s.Run(ctx)
+	if d := readDoc(t, s); strings.Join(d.Kernels, ",") != "restoring" {
+		t.Errorf("the state file was written before Watch: %+v", d)
+	}
+}
