@@ -115,6 +115,9 @@ type LoadRequest struct {
 	SeedIdx int
 	// Replace unloads a kernel of the same name first.
 	Replace bool
+	// batch leaves calling the change hook to the caller, which calls it
+	// once for a batch of loads (LoadRepository).
+	batch bool
 }
 
 // KernelView is what the API shows of a loaded kernel.
@@ -434,7 +437,11 @@ func (h *Host) Load(ctx context.Context, req LoadRequest) (KernelView, error) {
 	failedBefore, hadFailed := h.failed[name]
 	delete(h.failed, name)
 	h.mu.Unlock()
-	if err := h.saveChange(); err != nil {
+	var saveErr error
+	if !req.batch { // a batch is saved by its caller, once
+		saveErr = h.saveChange()
+	}
+	if saveErr != nil {
 		h.mu.Lock()
 		delete(h.kernels, name)
 		undo.restore()
@@ -444,7 +451,7 @@ func (h *Host) Load(ctx context.Context, req LoadRequest) (KernelView, error) {
 		h.mu.Unlock()
 		h.changeMu.Unlock()
 		h.ledger.Release(name)
-		return KernelView{}, err
+		return KernelView{}, saveErr
 	}
 	ok = true
 	l.obs.Store(h.metrics.kernel(name, dec.Device))

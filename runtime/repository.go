@@ -189,7 +189,11 @@ func (h *Host) SetRepository(r Repository) {
 
 // LoadRepository scans the repository and loads every kernel in it; a
 // kernel that fails is listed (FailedLoads) with the reason and the others
-// serve. It returns how many loaded and how many failed.
+// serve. It returns how many loaded and how many failed. The change hook
+// is called once, after the scan, rather than once per kernel: the scan
+// acknowledges nothing to anyone, and a directory of many kernels would
+// otherwise write the state as many times. A failure of that one save is
+// logged (the state store reports it); the kernels keep serving.
 func (h *Host) LoadRepository(ctx context.Context) (loadedN, failedN int, err error) {
 	h.mu.RLock()
 	repo := h.repo
@@ -206,6 +210,17 @@ func (h *Host) LoadRepository(ctx context.Context) (loadedN, failedN int, err er
 		h.repoIndex[e.Name] = e.Path
 	}
 	h.mu.Unlock()
+	changed := false
+	defer func() {
+		if !changed {
+			return
+		}
+		h.changeMu.Lock()
+		defer h.changeMu.Unlock()
+		if err := h.saveChange(); err != nil {
+			h.log.Error("kernels loaded from the repository are not saved", slog.Int("kernels", loadedN), slog.Any("err", err))
+		}
+	}()
 	for _, e := range entries {
 		if ctx.Err() != nil {
 			return loadedN, failedN, ctx.Err()
@@ -219,18 +234,24 @@ func (h *Host) LoadRepository(ctx context.Context) (loadedN, failedN int, err er
 			loadedN++ // restored from the state directory already
 			continue
 		}
-		if err := h.LoadModel(ctx, e.Name); err != nil {
+		if err := h.loadModel(ctx, e.Name, true); err != nil {
 			failedN++
 			h.log.Warn("kernel not loaded", slog.String("kernel", e.Name), slog.String("path", e.Path), slog.Any("err", err))
 			continue
 		}
 		loadedN++
+		changed = true
 	}
 	return loadedN, failedN, nil
 }
 
 // LoadModel loads (or reloads) the named kernel from the repository.
 func (h *Host) LoadModel(ctx context.Context, name string) error {
+	return h.loadModel(ctx, name, false)
+}
+
+// loadModel is LoadModel; batch leaves saving to the caller (LoadRepository).
+func (h *Host) loadModel(ctx context.Context, name string, batch bool) error {
 	h.mu.RLock()
 	repo := h.repo
 	p, ok := h.repoIndex[name]
@@ -243,7 +264,7 @@ func (h *Host) LoadModel(ctx context.Context, name string) error {
 		h.recordFailure(name, err)
 		return err
 	}
-	_, err = h.Load(ctx, LoadRequest{Name: name, Data: data, Ref: path.Join(repo.Where, p), Replace: true})
+	_, err = h.Load(ctx, LoadRequest{Name: name, Data: data, Ref: path.Join(repo.Where, p), Replace: true, batch: batch})
 	if err != nil {
 		h.recordFailure(name, err)
 	}

@@ -370,3 +370,42 @@ func TestRepositoryRefusesPipesAndLinksOutside(t *testing.T) {
 		}
 	}
 }
+
+// The repository scan saves once, at its end, not once per kernel; a
+// failure of that save leaves the kernels serving (the scan acknowledged
+// nothing to anyone) and is left to the state store to report.
+func TestRepositoryScanSavesOnce(t *testing.T) {
+	dir := t.TempDir()
+	for _, id := range []string{"a", "b", "c"} {
+		if err := os.WriteFile(filepath.Join(dir, id+".safetensors"), linearKernel(t, id, nil), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, fail := range []bool{false, true} {
+		repo, err := OpenRepository(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h, _, _ := newHost(t, openInventory(t, "dgxa100", nil), Config{})
+		h.SetRepository(repo)
+		var calls, kernelsSaved int
+		h.OnChange(func() error {
+			calls++
+			kernelsSaved = len(h.State().Kernels)
+			if fail {
+				return fmt.Errorf("disk full")
+			}
+			return nil
+		})
+		loaded, failed, err := h.LoadRepository(context.Background())
+		if err != nil || loaded != 3 || failed != 0 {
+			t.Fatalf("loaded %d failed %d: %v", loaded, failed, err)
+		}
+		if calls != 1 || kernelsSaved != 3 {
+			t.Errorf("failing hook %v: %d saves (the last with %d kernels), want 1 with 3", fail, calls, kernelsSaved)
+		}
+		if len(h.Kernels()) != 3 {
+			t.Errorf("failing hook %v: %d kernels serve, want 3", fail, len(h.Kernels()))
+		}
+	}
+}

@@ -385,7 +385,8 @@ func serve(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io.Wr
 			return
 		}
 		if store != nil {
-			// Coalesced while the repository loads, then write-through.
+			// From now on a change is saved before it is acknowledged
+			// (the repository scan below saves once, at its end).
 			store.Watch(func() any { return host.State() }, host.HoldChanges)
 			host.OnChange(store.Changed)
 		}
@@ -397,7 +398,8 @@ func serve(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io.Wr
 			return
 		}
 		if store != nil {
-			store.SetWriteThrough(true) // from now on a change is saved before it is acknowledged
+			// The restore may have repaired what it read (layer ids,
+			// alphas): the file says what the host holds.
 			if err := store.Flush(); err != nil {
 				log.Error("state not saved", slog.Any("err", err))
 			}

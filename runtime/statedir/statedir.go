@@ -9,11 +9,12 @@
 // the new one, never a torn one.
 //
 // The host calls Changed (its change hook) after every change, with its
-// change lock held. During start-up, while the host restores and scans its
-// kernel directory, changes are coalesced into one write 50 ms after a
-// burst; once SetWriteThrough(true) is called, Changed writes before it
-// returns and returns the write's error, which makes the host refuse and
-// undo the change: nothing is acknowledged that was not saved.
+// change lock held: Changed writes before it returns and returns the
+// write's error, which makes the host refuse and undo the change, so
+// nothing is acknowledged that was not saved. (The host coalesces the
+// many loads of its start-up scan into one call.) Nothing is written
+// before Watch connects the host, which the daemon does once the restore
+// from this directory is complete.
 //
 // While writes fail, Err says why (the daemon's readiness shows it), the
 // failures are counted (kasmina_state_save_failures_total) and flagged
@@ -53,7 +54,6 @@ const (
 
 // Defaults for Options fields left at zero.
 const (
-	DefaultCoalesce      = 50 * time.Millisecond
 	DefaultRetryInterval = time.Second
 	// DefaultMaxArtifactBytes caps what Get reads back (the artifact
 	// sources cap fetches at 256 MiB).
@@ -64,8 +64,6 @@ const (
 type Options struct {
 	// Logger receives save failures and recoveries (default: discard).
 	Logger *slog.Logger
-	// Coalesce is how long after a change a coalesced write happens.
-	Coalesce time.Duration
 	// RetryInterval is how often Run retries a failed write.
 	RetryInterval time.Duration
 	// MaxArtifactBytes caps an artifact read back by Get.
@@ -82,11 +80,8 @@ type Store struct {
 	// watched holds what Watch connected: nil before.
 	watched atomic.Pointer[watch]
 
-	mu           sync.Mutex // serialises writes of state.json
-	timerMu      sync.Mutex
-	timer        *time.Timer
-	writeThrough atomic.Bool
-	lastErr      atomic.Pointer[error] // nil after a successful write
+	mu      sync.Mutex            // serialises writes of state.json
+	lastErr atomic.Pointer[error] // nil after a successful write
 
 	saves, failures prometheus.Counter
 	failing         prometheus.Gauge
@@ -96,9 +91,6 @@ type Store struct {
 func Open(dir string, opts Options) (*Store, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
-	}
-	if opts.Coalesce <= 0 {
-		opts.Coalesce = DefaultCoalesce
 	}
 	if opts.RetryInterval <= 0 {
 		opts.RetryInterval = DefaultRetryInterval
@@ -271,40 +263,21 @@ type watch struct {
 // Watch connects the store to what it saves: state returns the document
 // (the host's State) and lock runs a function with no change half made
 // (the host's change lock), for writes that do not come from a change (a
-// coalesced write, a retry, Flush). Until Watch is called nothing is
-// written: connect it once the host holds everything the state file
-// recorded, so that no write can record a restore half done.
+// retry, Flush). Until Watch is called nothing is written: connect it once
+// the host holds everything the state file recorded, so that no write can
+// record a restore half done.
 func (s *Store) Watch(state func() any, lock func(func() error) error) {
 	s.watched.Store(&watch{state: state, lock: lock})
 }
 
-// SetWriteThrough turns write-through on (after start-up) or off.
-func (s *Store) SetWriteThrough(on bool) { s.writeThrough.Store(on) }
-
 // Changed is the host's change hook: it is called with the host's change
-// lock held. With write-through on it writes the state now and returns the
-// write's error; otherwise it schedules a write and returns nil.
+// lock held, writes the state now and returns the write's error.
 func (s *Store) Changed() error {
 	w := s.watched.Load()
 	if w == nil {
 		return nil
 	}
-	if s.writeThrough.Load() {
-		return s.save(w.state())
-	}
-	s.timerMu.Lock()
-	defer s.timerMu.Unlock()
-	if s.timer == nil {
-		s.timer = time.AfterFunc(s.opts.Coalesce, func() {
-			s.timerMu.Lock()
-			s.timer = nil
-			s.timerMu.Unlock()
-			if err := s.Flush(); err != nil {
-				s.log.Error("state not saved", slog.Any("err", err))
-			}
-		})
-	}
-	return nil
+	return s.save(w.state())
 }
 
 // Flush writes the state now, under the host's change lock. Before Watch

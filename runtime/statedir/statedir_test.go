@@ -42,7 +42,7 @@ func (h *host) hold(fn func() error) error {
 
 func openStore(t *testing.T, dir string) (*Store, *host) {
 	t.Helper()
-	s, err := Open(dir, Options{Coalesce: 20 * time.Millisecond, RetryInterval: 10 * time.Millisecond})
+	s, err := Open(dir, Options{RetryInterval: 10 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,13 +72,12 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// With write-through on, a change is written before Changed returns, and a
-// write that fails is returned (so the host refuses the change), counted,
-// flagged and retried until the directory is writable again.
-func TestWriteThroughReturnsFailuresAndRecovers(t *testing.T) {
+// A change is written before Changed returns, and a write that fails is
+// returned (so the host refuses the change), counted, flagged and retried
+// until the directory is writable again.
+func TestChangedWritesAndReturnsFailuresAndRecovers(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "state")
 	s, h := openStore(t, dir)
-	s.SetWriteThrough(true)
 	h.doc.Kernels = []string{"a"}
 	if err := s.Changed(); err != nil {
 		t.Fatal(err)
@@ -131,26 +130,6 @@ func TestWriteThroughReturnsFailuresAndRecovers(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(s.failing); got != 0 {
 		t.Errorf("kasmina_state_store_failing = %v after recovery, want 0", got)
-	}
-}
-
-// During start-up changes are coalesced: many changes, few writes, and the
-// last one holds the latest state.
-func TestStartupChangesAreCoalesced(t *testing.T) {
-	s, h := openStore(t, t.TempDir())
-	for i := range 200 {
-		_ = h.hold(func() error {
-			h.doc.Kernels = append(h.doc.Kernels, string(rune('a'+i%26)))
-			return s.Changed()
-		})
-	}
-	waitUntil(t, "the coalesced write", func() bool {
-		var d doc
-		found, err := s.Read(&d, 1)
-		return err == nil && found && len(d.Kernels) == 200
-	})
-	if n := testutil.ToFloat64(s.saves); n > 20 {
-		t.Errorf("%v writes for 200 changes, want them coalesced", n)
 	}
 }
 
@@ -259,7 +238,6 @@ func TestArtifacts(t *testing.T) {
 // A write leaves no temporary file behind and the document is whole JSON.
 func TestWritesAreWholeAndLeaveNoTemporaryFiles(t *testing.T) {
 	s, h := openStore(t, t.TempDir())
-	s.SetWriteThrough(true)
 	var writes atomic.Int64
 	var wg sync.WaitGroup
 	for i := range 8 {
@@ -299,7 +277,6 @@ func TestNothingIsWrittenBeforeWatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.SetWriteThrough(true)
 	if err := os.WriteFile(s.Path(), []byte(`{"version":1,"kernels":["restoring"]}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
