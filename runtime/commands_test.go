@@ -79,6 +79,7 @@ func TestNameFromRef(t *testing.T) {
 		"http://h/p/k.safetensors?x=1#frag": "k",
 		"s3://bucket/dir/":                  "dir",
 		"http://h/":                         "",
+		"a/..":                              "",
 		"s3://":                             "",
 		"k\x01\x7f.safetensors":             "k__",
 		strings.Repeat("n", 300) + ".bin":   strings.Repeat("n", 255),
@@ -265,4 +266,19 @@ func snapshot(h *Host) string {
 		fmt.Fprintf(&b, "layer %s=%d; ", l.Name, l.LayerID)
 	}
 	return b.String()
+}
+
+// FuzzNameFromRef: whatever the reference, the derived name is empty or a
+// valid kernel name.
+func FuzzNameFromRef(f *testing.F) {
+	for _, s := range []string{"a/b/c.safetensors", "http://h/p/k?x#y", "s3://b/", "file:///", "\xff/\x00", "://", "a://b"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, ref string) {
+		if n := nameFromRef(ref); n != "" {
+			if err := validName(n); err != nil {
+				t.Fatalf("nameFromRef(%q) = %q: %v", ref, n, err)
+			}
+		}
+	})
 }

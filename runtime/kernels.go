@@ -533,7 +533,7 @@ func nameFromRef(ref string) string {
 	}
 	ref = strings.TrimRight(ref, "/")
 	base := strings.TrimSuffix(path.Base(ref), ".safetensors")
-	if base == "." || base == "/" || strings.HasSuffix(base, ":") {
+	if base == "." || base == ".." || base == "/" || strings.HasSuffix(base, ":") {
 		return ""
 	}
 	var b strings.Builder
