@@ -124,10 +124,10 @@ func buildGraph(root *Module, inShape []int, file *File) (*graph, error) {
 		}
 		s, ok := want[t.Name]
 		if !ok {
-			return nil, fmt.Errorf("%w: tensor %q is not used by the module graph", ErrMalformed, t.Name)
+			return nil, fmt.Errorf("%w: tensor %s is not used by the module graph", ErrMalformed, quote(t.Name))
 		}
 		if !equalInts(t.Shape, s.shape) {
-			return nil, fmt.Errorf("%w: tensor %q has shape %v, the module expects %v", ErrMalformed, t.Name, t.Shape, s.shape)
+			return nil, fmt.Errorf("%w: tensor %s has shape %v, the module expects %v", ErrMalformed, quote(t.Name), t.Shape, s.shape)
 		}
 		vals, err := t.Float32s()
 		if err != nil {

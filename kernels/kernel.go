@@ -108,7 +108,7 @@ func checkFormat(f *File) error {
 		return fmt.Errorf("%w: __metadata__ has no %q key (want %q)", ErrMalformed, MetaFormat, FormatV1)
 	}
 	if v != FormatV1 {
-		return fmt.Errorf("%w: __metadata__.%s is %q, want %q", ErrMalformed, MetaFormat, v, FormatV1)
+		return fmt.Errorf("%w: __metadata__.%s is %s, want %q", ErrMalformed, MetaFormat, quote(v), FormatV1)
 	}
 	return nil
 }
@@ -121,7 +121,7 @@ func CheckTarget(md *KernelMetadata) error {
 	}
 	switch t := strings.ToLower(strings.TrimSpace(md.CompilationTarget)); t {
 	case "torchscript", "pickle":
-		return fmt.Errorf("kernel %q: compilation_target %q: %w (only %s safetensors files run)", md.KernelID, md.CompilationTarget, ErrTargetNotExecutable, FormatV1)
+		return fmt.Errorf("kernel %s: compilation_target %s: %w (only %s safetensors files run)", quote(md.KernelID), quote(md.CompilationTarget), ErrTargetNotExecutable, FormatV1)
 	}
 	return nil
 }

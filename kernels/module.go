@@ -88,7 +88,7 @@ func ParseModule(data []byte) (*Module, error) {
 		return nil, fmt.Errorf("%w: esper.module: %v", ErrMalformed, err)
 	}
 	if m.Type != "sequential" {
-		return nil, fmt.Errorf("%w: esper.module: root is %q, want sequential", ErrMalformed, m.Type)
+		return nil, fmt.Errorf("%w: esper.module: root is %s, want sequential", ErrMalformed, quote(m.Type))
 	}
 	return m, nil
 }
@@ -114,11 +114,11 @@ func (a attrs) int(key string, def int, required bool) (int, error) {
 func parseInt(raw json.RawMessage, where string) (int, error) {
 	var n json.Number
 	if t := bytes.TrimSpace(raw); len(t) == 0 || t[0] == '"' || json.Unmarshal(t, &n) != nil {
-		return 0, fmt.Errorf("%s: want an integer, got %s", where, truncate(raw))
+		return 0, fmt.Errorf("%s: want an integer, got %s", where, quoteRaw(raw))
 	}
 	v, err := n.Int64()
 	if err != nil || v > math.MaxInt32 || v < math.MinInt32 {
-		return 0, fmt.Errorf("%s: want an integer in int32 range, got %s", where, truncate(raw))
+		return 0, fmt.Errorf("%s: want an integer in int32 range, got %s", where, quoteRaw(raw))
 	}
 	return int(v), nil
 }
@@ -130,7 +130,7 @@ func (a attrs) bool(key string, def bool) (bool, error) {
 	}
 	var b bool
 	if err := json.Unmarshal(raw, &b); err != nil {
-		return false, fmt.Errorf("%s.%s: want a boolean, got %s", a.path, key, truncate(raw))
+		return false, fmt.Errorf("%s.%s: want a boolean, got %s", a.path, key, quoteRaw(raw))
 	}
 	return b, nil
 }
@@ -142,7 +142,7 @@ func (a attrs) float(key string, def float64) (float64, error) {
 	}
 	var f float64
 	if err := json.Unmarshal(raw, &f); err != nil {
-		return 0, fmt.Errorf("%s.%s: want a number, got %s", a.path, key, truncate(raw))
+		return 0, fmt.Errorf("%s.%s: want a number, got %s", a.path, key, quoteRaw(raw))
 	}
 	return f, nil
 }
@@ -163,7 +163,7 @@ func (a attrs) pair(key string, def [2]int, required, allowNull bool) ([2]int, e
 	}
 	var list []json.RawMessage
 	if err := json.Unmarshal(raw, &list); err != nil || len(list) != 2 {
-		return def, fmt.Errorf("%s: want an integer or a list of two integers, got %s", where, truncate(raw))
+		return def, fmt.Errorf("%s: want an integer or a list of two integers, got %s", where, quoteRaw(raw))
 	}
 	var out [2]int
 	for i, r := range list {
@@ -179,13 +179,6 @@ func (a attrs) pair(key string, def [2]int, required, allowNull bool) ([2]int, e
 	return out, nil
 }
 
-func truncate(raw []byte) string {
-	if len(raw) > 40 {
-		return string(raw[:40]) + "..."
-	}
-	return string(raw)
-}
-
 func parseModule(data []byte, path string, depth int, count *int) (*Module, error) {
 	if depth > MaxDepth {
 		return nil, fmt.Errorf("%s: sequentials nested deeper than %d", path, MaxDepth)
@@ -196,7 +189,7 @@ func parseModule(data []byte, path string, depth int, count *int) (*Module, erro
 	}
 	var raw map[string]json.RawMessage
 	if err := json.Unmarshal(data, &raw); err != nil {
-		return nil, fmt.Errorf("%s: want a JSON object: %v", path, err)
+		return nil, fmt.Errorf("%s: want a JSON object: %s", path, jsonError(err))
 	}
 	if raw == nil {
 		return nil, fmt.Errorf("%s: want a JSON object, got null", path)
@@ -207,11 +200,11 @@ func parseModule(data []byte, path string, depth int, count *int) (*Module, erro
 	}
 	var typ string
 	if err := json.Unmarshal(typRaw, &typ); err != nil {
-		return nil, fmt.Errorf("%s.type: want a string, got %s", path, truncate(typRaw))
+		return nil, fmt.Errorf("%s.type: want a string, got %s", path, quoteRaw(typRaw))
 	}
 	allowed, known := moduleAttrs[typ]
 	if !known {
-		return nil, fmt.Errorf("%s: unknown module type %q", path, typ)
+		return nil, fmt.Errorf("%s: unknown module type %s", path, quote(typ))
 	}
 	var unknown []string
 	for k := range raw {
@@ -331,7 +324,7 @@ func parseModule(data []byte, path string, depth int, count *int) (*Module, erro
 		} else {
 			var list []json.RawMessage
 			if err := json.Unmarshal(ns, &list); err != nil || len(list) == 0 || len(list) > MaxRank {
-				return nil, fmt.Errorf("%s.normalized_shape: want an integer or a non-empty list of integers, got %s", a.path, truncate(ns))
+				return nil, fmt.Errorf("%s.normalized_shape: want an integer or a non-empty list of integers, got %s", a.path, quoteRaw(ns))
 			}
 			for i, r := range list {
 				v, err := parseInt(r, fmt.Sprintf("%s.normalized_shape[%d]", a.path, i))
@@ -359,7 +352,7 @@ func parseModule(data []byte, path string, depth int, count *int) (*Module, erro
 		m.Approximate = "none"
 		if r, ok := raw["approximate"]; ok {
 			if err := json.Unmarshal(r, &m.Approximate); err != nil || (m.Approximate != "none" && m.Approximate != "tanh") {
-				return nil, fmt.Errorf("%s.approximate: want \"none\" or \"tanh\", got %s", a.path, truncate(r))
+				return nil, fmt.Errorf("%s.approximate: want \"none\" or \"tanh\", got %s", a.path, quoteRaw(r))
 			}
 		}
 	case "dropout":

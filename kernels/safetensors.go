@@ -94,10 +94,10 @@ func (t Tensor) NumElements() int {
 // exactly, F64 rounds to nearest. It fails for non-float dtypes.
 func (t Tensor) Float32s() ([]float32, error) {
 	if !t.DType.IsFloat() {
-		return nil, fmt.Errorf("tensor %q: dtype %s is not a float type", t.Name, t.DType)
+		return nil, fmt.Errorf("tensor %s: dtype %s is not a float type", quote(t.Name), t.DType)
 	}
 	if len(t.Data) != t.NumElements()*t.DType.Size() {
-		return nil, fmt.Errorf("tensor %q: %d data bytes for %d elements of %s", t.Name, len(t.Data), t.NumElements(), t.DType)
+		return nil, fmt.Errorf("tensor %s: %d data bytes for %d elements of %s", quote(t.Name), len(t.Data), t.NumElements(), t.DType)
 	}
 	out := make([]float32, t.NumElements())
 	b := t.Data
@@ -126,7 +126,7 @@ func (t Tensor) Float32s() ([]float32, error) {
 func (t Tensor) Float64s() ([]float64, error) {
 	if t.DType == F64 {
 		if len(t.Data) != t.NumElements()*8 {
-			return nil, fmt.Errorf("tensor %q: %d data bytes for %d elements of F64", t.Name, len(t.Data), t.NumElements())
+			return nil, fmt.Errorf("tensor %s: %d data bytes for %d elements of F64", quote(t.Name), len(t.Data), t.NumElements())
 		}
 		out := make([]float64, t.NumElements())
 		for i := range out {
@@ -203,7 +203,8 @@ func ParseSafetensors(data []byte) (*File, error) {
 	}
 	n := binary.LittleEndian.Uint64(data[:8])
 	if n > MaxHeaderBytes {
-		return nil, fmt.Errorf("%w: header length %d at byte 0 exceeds the limit of %d bytes", ErrMalformed, n, MaxHeaderBytes)
+		// The number is the file's first 8 bytes: it is not quoted.
+		return nil, fmt.Errorf("%w: the header length at byte 0 exceeds the limit of %d bytes (not a safetensors file)", ErrMalformed, MaxHeaderBytes)
 	}
 	if n > uint64(len(data)-8) {
 		return nil, fmt.Errorf("%w: header length %d at byte 0 runs past the end of the %d-byte file", ErrMalformed, n, len(data))
@@ -232,11 +233,11 @@ func ParseSafetensors(data []byte) (*File, error) {
 	for dec.More() {
 		tok, err := dec.Token()
 		if err != nil {
-			return nil, fmt.Errorf("%w: header at byte %d: %v", ErrMalformed, 8+dec.InputOffset(), err)
+			return nil, fmt.Errorf("%w: header at byte %d: %s", ErrMalformed, 8+dec.InputOffset(), jsonError(err))
 		}
 		key, _ := tok.(string)
 		if seen[key] {
-			return nil, fmt.Errorf("%w: header: duplicate key %q", ErrMalformed, key)
+			return nil, fmt.Errorf("%w: header: duplicate key %s", ErrMalformed, quote(key))
 		}
 		seen[key] = true
 		if key == "__metadata__" {
@@ -278,10 +279,10 @@ func ParseSafetensors(data []byte) (*File, error) {
 	for _, s := range spans {
 		name := f.Tensors[s.idx].Name
 		if s.begin < pos {
-			return nil, fmt.Errorf("%w: tensor %q: data_offsets [%d, %d] overlap the previous tensor ending at %d", ErrMalformed, name, s.begin, s.end, pos)
+			return nil, fmt.Errorf("%w: tensor %s: data_offsets [%d, %d] overlap the previous tensor ending at %d", ErrMalformed, quote(name), s.begin, s.end, pos)
 		}
 		if s.begin > pos {
-			return nil, fmt.Errorf("%w: tensor %q: data_offsets begin %d leaves a gap after byte %d (tensors must be contiguous)", ErrMalformed, name, s.begin, pos)
+			return nil, fmt.Errorf("%w: tensor %s: data_offsets begin %d leaves a gap after byte %d (tensors must be contiguous)", ErrMalformed, quote(name), s.begin, pos)
 		}
 		pos = s.end
 	}
@@ -301,10 +302,10 @@ func ParseSafetensors(data []byte) (*File, error) {
 func expectDelim(dec *json.Decoder, want json.Delim) error {
 	tok, err := dec.Token()
 	if err != nil {
-		return fmt.Errorf("at byte %d: %v", 8+dec.InputOffset(), err)
+		return fmt.Errorf("at byte %d: %s", 8+dec.InputOffset(), jsonError(err))
 	}
 	if d, ok := tok.(json.Delim); !ok || d != want {
-		return fmt.Errorf("at byte %d: expected %q, found %v", 8+dec.InputOffset(), string(want), tok)
+		return fmt.Errorf("at byte %d: expected %q, found %s", 8+dec.InputOffset(), string(want), jsonKind(tok))
 	}
 	return nil
 }
@@ -318,19 +319,19 @@ func decodeStringMap(dec *json.Decoder) (map[string]string, error) {
 	for dec.More() {
 		tok, err := dec.Token()
 		if err != nil {
-			return nil, fmt.Errorf("at byte %d: %v", 8+dec.InputOffset(), err)
+			return nil, fmt.Errorf("at byte %d: %s", 8+dec.InputOffset(), jsonError(err))
 		}
 		key, _ := tok.(string)
 		if _, dup := md[key]; dup {
-			return nil, fmt.Errorf("duplicate key %q", key)
+			return nil, fmt.Errorf("duplicate key %s", quote(key))
 		}
 		tok, err = dec.Token()
 		if err != nil {
-			return nil, fmt.Errorf("key %q at byte %d: %v", key, 8+dec.InputOffset(), err)
+			return nil, fmt.Errorf("key %s at byte %d: %s", quote(key), 8+dec.InputOffset(), jsonError(err))
 		}
 		s, ok := tok.(string)
 		if !ok {
-			return nil, fmt.Errorf("key %q: value is %s, metadata values must be strings", key, jsonKind(tok))
+			return nil, fmt.Errorf("key %s: value is %s, metadata values must be strings", quote(key), jsonKind(tok))
 		}
 		md[key] = s
 	}
@@ -361,57 +362,57 @@ func decodeTensorHeader(dec *json.Decoder, name string, bodyLen uint64) (Tensor,
 	var th tensorHeader
 	var raw json.RawMessage
 	if err := dec.Decode(&raw); err != nil {
-		return Tensor{}, 0, 0, fmt.Errorf("tensor %q: %v", name, err)
+		return Tensor{}, 0, 0, fmt.Errorf("tensor %s: %s", quote(name), jsonError(err))
 	}
 	inner := json.NewDecoder(bytes.NewReader(raw))
 	inner.DisallowUnknownFields()
 	if err := inner.Decode(&th); err != nil {
-		return Tensor{}, 0, 0, fmt.Errorf("tensor %q: %v", name, err)
+		return Tensor{}, 0, 0, fmt.Errorf("tensor %s: %s", quote(name), jsonError(err))
 	}
 	switch {
 	case th.DType == nil:
-		return Tensor{}, 0, 0, fmt.Errorf("tensor %q: missing field dtype", name)
+		return Tensor{}, 0, 0, fmt.Errorf("tensor %s: missing field dtype", quote(name))
 	case th.Shape == nil:
-		return Tensor{}, 0, 0, fmt.Errorf("tensor %q: missing field shape", name)
+		return Tensor{}, 0, 0, fmt.Errorf("tensor %s: missing field shape", quote(name))
 	case th.DataOffsets == nil:
-		return Tensor{}, 0, 0, fmt.Errorf("tensor %q: missing field data_offsets", name)
+		return Tensor{}, 0, 0, fmt.Errorf("tensor %s: missing field data_offsets", quote(name))
 	}
 	dt := DType(*th.DType)
 	if dt.Size() == 0 {
-		return Tensor{}, 0, 0, fmt.Errorf("tensor %q: field dtype: unsupported dtype %q (want F32, F16, BF16, F64 or an integer type)", name, *th.DType)
+		return Tensor{}, 0, 0, fmt.Errorf("tensor %s: field dtype: unsupported dtype %s (want F32, F16, BF16, F64 or an integer type)", quote(name), quote(*th.DType))
 	}
 	shape := *th.Shape
 	if len(shape) > MaxRank {
-		return Tensor{}, 0, 0, fmt.Errorf("tensor %q: field shape: rank %d exceeds %d", name, len(shape), MaxRank)
+		return Tensor{}, 0, 0, fmt.Errorf("tensor %s: field shape: rank %d exceeds %d", quote(name), len(shape), MaxRank)
 	}
 	count := uint64(1)
 	for i, d := range shape {
 		if d < 0 {
-			return Tensor{}, 0, 0, fmt.Errorf("tensor %q: field shape[%d]: negative dimension %d", name, i, d)
+			return Tensor{}, 0, 0, fmt.Errorf("tensor %s: field shape[%d]: negative dimension %d", quote(name), i, d)
 		}
 		hi, lo := bits.Mul64(count, uint64(d))
 		if hi != 0 || lo > math.MaxInt32*uint64(256) {
-			return Tensor{}, 0, 0, fmt.Errorf("tensor %q: field shape %v: element count overflows", name, shape)
+			return Tensor{}, 0, 0, fmt.Errorf("tensor %s: field shape %v: element count overflows", quote(name), shape)
 		}
 		count = lo
 	}
 	hi, nbytes := bits.Mul64(count, uint64(dt.Size()))
 	if hi != 0 {
-		return Tensor{}, 0, 0, fmt.Errorf("tensor %q: field shape %v: byte size overflows", name, shape)
+		return Tensor{}, 0, 0, fmt.Errorf("tensor %s: field shape %v: byte size overflows", quote(name), shape)
 	}
 	offs := *th.DataOffsets
 	if len(offs) != 2 {
-		return Tensor{}, 0, 0, fmt.Errorf("tensor %q: field data_offsets: want [begin, end], got %d values", name, len(offs))
+		return Tensor{}, 0, 0, fmt.Errorf("tensor %s: field data_offsets: want [begin, end], got %d values", quote(name), len(offs))
 	}
 	begin, end := offs[0], offs[1]
 	if begin > end {
-		return Tensor{}, 0, 0, fmt.Errorf("tensor %q: field data_offsets: begin %d is after end %d", name, begin, end)
+		return Tensor{}, 0, 0, fmt.Errorf("tensor %s: field data_offsets: begin %d is after end %d", quote(name), begin, end)
 	}
 	if end > bodyLen {
-		return Tensor{}, 0, 0, fmt.Errorf("tensor %q: field data_offsets: end %d is outside the %d-byte data buffer", name, end, bodyLen)
+		return Tensor{}, 0, 0, fmt.Errorf("tensor %s: field data_offsets: end %d is outside the %d-byte data buffer", quote(name), end, bodyLen)
 	}
 	if end-begin != nbytes {
-		return Tensor{}, 0, 0, fmt.Errorf("tensor %q: field data_offsets: [%d, %d] spans %d bytes, shape %v of %s needs %d", name, begin, end, end-begin, shape, dt, nbytes)
+		return Tensor{}, 0, 0, fmt.Errorf("tensor %s: field data_offsets: [%d, %d] spans %d bytes, shape %v of %s needs %d", quote(name), begin, end, end-begin, shape, dt, nbytes)
 	}
 	ishape := make([]int, len(shape))
 	for i, d := range shape {

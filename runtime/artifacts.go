@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/esper/kasmina-host/contracts"
+	"github.com/esper/kasmina-host/runtime/failure"
 )
 
 // Fetcher fetches artifact bytes from a reference (a path, file://,
@@ -42,6 +43,11 @@ func isReference(ref string) bool {
 
 // ErrUrzaNotFound is wrapped when Urza does not know the kernel id.
 var ErrUrzaNotFound = errors.New("kernel not found in Urza")
+
+// Resolve's errors carry a failure class: NotFound for an id Urza does not
+// know (404), BadInput for one it refuses (another 4xx), Malformed for a
+// record that cannot be read, Unavailable for a network error or a 5xx
+// (after the retries), Timeout or Canceled when ctx ends.
 
 // Urza resolves kernel ids through Urza's HTTP API.
 type Urza struct {
@@ -89,12 +95,12 @@ func (u *Urza) Resolve(ctx context.Context, id string) (*contracts.CompiledKerne
 	var err error
 	for attempt := 0; ; attempt++ {
 		body, err = u.get(ctx, client, endpoint)
-		if err == nil || errors.Is(err, ErrUrzaNotFound) || attempt >= u.Retries {
+		if err == nil || failure.ClassOf(err).Permanent() || attempt >= u.Retries {
 			break
 		}
 		select {
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return nil, classify(fmt.Errorf("resolving kernel id %q through Urza: %w", id, ctx.Err()), failure.Canceled)
 		case <-time.After(time.Duration(100<<attempt) * time.Millisecond):
 		}
 	}
@@ -107,23 +113,25 @@ func (u *Urza) Resolve(ctx context.Context, id string) (*contracts.CompiledKerne
 func (u *Urza) get(ctx context.Context, client *http.Client, endpoint string) ([]byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, endpoint, nil)
 	if err != nil {
-		return nil, fmt.Errorf("urza: %w", err)
+		return nil, failure.Errorf(failure.BadInput, "Urza request: %w", err)
 	}
 	req.Header.Set("Accept", "application/json")
 	resp, err := client.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("urza: %w", err)
+		return nil, classify(fmt.Errorf("asking Urza: %w", err), failure.Unavailable)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
 	if err != nil {
-		return nil, fmt.Errorf("urza: reading %s: %w", endpoint, err)
+		return nil, classify(fmt.Errorf("reading Urza's answer to GET %s: %w", endpoint, err), failure.Unavailable)
 	}
-	switch {
-	case resp.StatusCode == http.StatusNotFound:
-		return nil, fmt.Errorf("%w: GET %s: 404", ErrUrzaNotFound, endpoint)
-	case resp.StatusCode != http.StatusOK:
-		return nil, fmt.Errorf("urza: GET %s: %s", endpoint, resp.Status)
+	switch code := resp.StatusCode; {
+	case code == http.StatusNotFound:
+		return nil, failure.Errorf(failure.NotFound, "%w: GET %s: 404", ErrUrzaNotFound, endpoint)
+	case code >= 400 && code < 500 && code != http.StatusRequestTimeout && code != http.StatusTooManyRequests:
+		return nil, failure.Errorf(failure.BadInput, "Urza refused GET %s: %s", endpoint, resp.Status)
+	case code != http.StatusOK:
+		return nil, failure.Errorf(failure.Unavailable, "Urza answered GET %s: %s", endpoint, resp.Status)
 	}
 	return body, nil
 }
@@ -131,12 +139,12 @@ func (u *Urza) get(ctx context.Context, client *http.Client, endpoint string) ([
 func parseUrzaRecord(id string, body []byte) (*contracts.CompiledKernel, error) {
 	var rec urzaRecord
 	if err := json.Unmarshal(body, &rec); err != nil {
-		return nil, fmt.Errorf("urza: kernel %s: %w", id, err)
+		return nil, failure.Errorf(failure.Malformed, "Urza's record of kernel %q is not JSON: %w", id, err)
 	}
 	if len(rec.Metadata) > 0 && string(rec.Metadata) != "null" {
 		ck, err := contracts.DecodeCompiledKernel(body)
 		if err != nil {
-			return nil, fmt.Errorf("urza: kernel %s: %w", id, err)
+			return nil, failure.Errorf(failure.Malformed, "Urza's record of kernel %q: %w", id, err)
 		}
 		return &ck, nil
 	}
@@ -145,7 +153,7 @@ func parseUrzaRecord(id string, body []byte) (*contracts.CompiledKernel, error) 
 		ref = rec.BinaryRef
 	}
 	if ref == "" {
-		return nil, fmt.Errorf("urza: kernel %s: record has neither binary_ref nor kernel_binary_ref", id)
+		return nil, failure.Errorf(failure.Malformed, "Urza's record of kernel %q has neither binary_ref nor kernel_binary_ref", id)
 	}
 	kid := rec.ID
 	if kid == "" {

@@ -54,26 +54,32 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Errors callers branch on. Each error the host returns wraps one of them.
+// Sentinels for errors.Is. Every error a Host method returns carries a
+// failure class (see classify.go); a sentinel matches every error of its
+// class, whichever cause made it, so errors.Is(err, ErrNotFound) is
+// failure.Is(err, failure.NotFound). New code returns failure.Errorf
+// rather than wrapping a sentinel, whose phrase would prefix the message.
 var (
-	// ErrNotFound: no kernel or seed by that name.
+	// ErrNotFound: no kernel, seed or artifact by that name (class NotFound).
 	ErrNotFound = failure.NewSentinel(failure.NotFound, "not found")
-	// ErrBadInput: the request's tensor does not fit the kernel.
+	// ErrBadInput: the request is wrong: a tensor that does not fit the
+	// kernel, a name, a reference (class BadInput).
 	ErrBadInput = failure.NewSentinel(failure.BadInput, "bad input")
-	// ErrRefused: the kernel cannot be loaded or executed here (bad
-	// artifact, checksum mismatch, non-executable target, no placement).
+	// ErrRefused: the kernel cannot be loaded or executed here: a
+	// reference policy refuses, a non-executable target, no placement, an
+	// illegal seed transition (class Refused).
 	ErrRefused = failure.NewSentinel(failure.Refused, "kernel refused")
-	// ErrQueueFull: the executor's queue is full.
+	// ErrQueueFull: the executor's queue is full (class QueueFull).
 	ErrQueueFull = dispatch.ErrQueueFull
-	// ErrUnavailable: the kernel's circuit breaker is open or it is being
-	// unloaded.
+	// ErrUnavailable: not now: the kernel's circuit breaker is open or it
+	// is being unloaded, the artifact or Urza cannot be reached, the state
+	// cannot be saved (class Unavailable).
 	ErrUnavailable = failure.NewSentinel(failure.Unavailable, "kernel unavailable")
-	// ErrRuntime: the executor failed while running the kernel.
+	// ErrRuntime: the executor failed while running the kernel (class
+	// Internal).
 	ErrRuntime = failure.NewSentinel(failure.Internal, "runtime failure")
-	// ErrFetch: the artifact could not be fetched (transient for commands:
-	// they stay pending and are retried).
-	ErrFetch = failure.NewSentinel(failure.Unavailable, "artifact fetch failed")
-	// ErrIllegal: a seed transition the contract's state machine forbids.
+	// ErrIllegal: a seed transition the contract's state machine forbids;
+	// such errors also have class Refused.
 	ErrIllegal = contracts.ErrIllegalTransition
 )
 
@@ -211,8 +217,11 @@ type Host struct {
 	started   atomic.Bool
 
 	epoch atomic.Int64
-	// onChange, when set, is called after every change worth persisting.
-	onChange func()
+	// onChange, when set, is called after every change worth persisting;
+	// changeMu serialises changes with their call (it is taken before mu).
+	onChange    func() error
+	changeMu    sync.Mutex
+	readyChecks []readyCheck
 }
 
 // New returns a host. reg may be nil (no metrics registered); pub may be
@@ -258,21 +267,70 @@ func New(cfg Config, inv Inventory, pub Publisher, reg prometheus.Registerer) (*
 // resolved. Without one, only artifacts given as bytes can be loaded.
 func (h *Host) SetFetcher(f Fetcher) { h.fetch = f }
 
-// OnChange registers a function called after every change of loaded
-// kernels, seeds or placements (the daemon saves its state there).
-func (h *Host) OnChange(fn func()) {
+// OnChange registers fn, called after every change of loaded kernels,
+// seeds, layers or placements (the daemon saves its state there). It is
+// called with the host's change lock held, so changes reach it one at a
+// time in the order they were made, and it may read the host (State). An
+// error from fn refuses the change: Load, Unload, SetSeedState, SetAlpha
+// and RegisterLayer undo what they changed and return an error of class
+// Unavailable naming fn's error, so nothing is acknowledged that was not
+// saved. A re-placement (Replace) cannot be undone; its save error is
+// logged.
+func (h *Host) OnChange(fn func() error) {
 	h.mu.Lock()
 	h.onChange = fn
 	h.mu.Unlock()
 }
 
-func (h *Host) changed() {
+// HoldChanges runs fn while no change can be made, so that what fn reads
+// of the host (State) is not a change half made: a state store writes the
+// state this way outside a change (a retry, shutdown).
+func (h *Host) HoldChanges(fn func() error) error {
+	h.changeMu.Lock()
+	defer h.changeMu.Unlock()
+	return fn()
+}
+
+// saveChange calls the change hook; the caller holds changeMu.
+func (h *Host) saveChange() error {
 	h.mu.RLock()
 	fn := h.onChange
 	h.mu.RUnlock()
-	if fn != nil {
-		fn()
+	if fn == nil {
+		return nil
 	}
+	if err := fn(); err != nil {
+		return failure.Errorf(failure.Unavailable, "the change was undone because the state could not be saved: %w", err)
+	}
+	return nil
+}
+
+// AddReadyCheck adds a condition to readiness: while fn returns an error,
+// Ready reports the host not ready, naming what and the error (the daemon
+// checks its state store this way).
+func (h *Host) AddReadyCheck(what string, fn func() error) {
+	h.mu.Lock()
+	h.readyChecks = append(h.readyChecks, readyCheck{what, fn})
+	h.mu.Unlock()
+}
+
+// readyCheck is one AddReadyCheck condition.
+type readyCheck struct {
+	what string
+	fn   func() error
+}
+
+// notReady returns the first failing ready check's reason, or "".
+func (h *Host) notReady() string {
+	h.mu.RLock()
+	checks := h.readyChecks
+	h.mu.RUnlock()
+	for _, c := range checks {
+		if err := c.fn(); err != nil {
+			return c.what + ": " + err.Error()
+		}
+	}
+	return ""
 }
 
 // Config returns the host's effective configuration.
@@ -318,7 +376,7 @@ func (h *Host) Run(ctx context.Context) error {
 
 // devices converts the inventory's snapshot into placement candidates:
 // visible GPUs and MIG instances that run work, named by their CUDA
-// ordinal, and the CPU.
+// ordinal (placement.DeviceName), and the CPU.
 func devices(s device.Snapshot) []placement.Device {
 	out := make([]placement.Device, 0, len(s.Devices))
 	for _, d := range s.Devices {
@@ -332,16 +390,20 @@ func devices(s device.Snapshot) []placement.Device {
 			FreeMiB:      float64(d.MemoryFreeBytes) / (1 << 20),
 			TotalMiB:     float64(d.MemoryTotalBytes) / (1 << 20),
 		}
+		// Names follow placement's one contract (placement.DeviceName):
+		// cuda:<CUDA ordinal> for a GPU and a MIG instance alike.
 		switch d.Kind {
 		case device.KindCPU:
-			pd.Name, pd.Kind, pd.UUID = "cpu", placement.KindCPU, ""
-		case device.KindMIG:
-			pd.Name, pd.Kind, pd.Index = fmt.Sprintf("cuda:%d", d.CUDAOrdinal), placement.KindMIG, d.CUDAOrdinal
+			pd.Name, pd.Kind, pd.UUID = placement.CPUName, placement.KindCPU, ""
 		default:
 			if d.CUDAOrdinal < 0 {
-				continue
+				continue // not visible to CUDA, or a MIG-enabled GPU: no work runs on it
 			}
-			pd.Name, pd.Kind, pd.Index, pd.MIGEnabled = fmt.Sprintf("cuda:%d", d.CUDAOrdinal), placement.KindGPU, d.CUDAOrdinal, d.MIGEnabled
+			pd.Name, pd.Ordinal, pd.Kind = placement.DeviceName(d.CUDAOrdinal), d.CUDAOrdinal, placement.KindGPU
+			if d.Kind == device.KindMIG {
+				pd.Kind = placement.KindMIG
+			}
+			pd.MIGEnabled = d.MIGEnabled
 		}
 		if pd.HealthReason == "" && !pd.Healthy {
 			pd.HealthReason = string(d.Health.State)

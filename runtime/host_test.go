@@ -17,6 +17,7 @@ import (
 	"github.com/esper/kasmina-host/contracts"
 	"github.com/esper/kasmina-host/device"
 	"github.com/esper/kasmina-host/kernels"
+	"github.com/esper/kasmina-host/runtime/failure"
 	"github.com/esper/kasmina-host/runtime/oona"
 	"github.com/esper/kasmina-host/runtime/placement"
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,6 +27,17 @@ import (
 // linearKernel writes a Linear(4→3)+ReLU kernel whose output for x is
 // relu([x0+x1, x2−x3, −x0] + [0, 0.5, −1]).
 func linearKernel(t testing.TB, id string, reqs []string) []byte {
+	t.Helper()
+	return linearKernelWith(t, id, reqs, "esper-kernel/v1")
+}
+
+// linearKernelTarget is linearKernel compiled for target.
+func linearKernelTarget(t testing.TB, id, target string) []byte {
+	t.Helper()
+	return linearKernelWith(t, id, nil, target)
+}
+
+func linearKernelWith(t testing.TB, id string, reqs []string, target string) []byte {
 	t.Helper()
 	mod := &kernels.Module{Type: "sequential", Layers: []*kernels.Module{
 		{Type: "linear", InFeatures: 4, OutFeatures: 3, Bias: true},
@@ -37,7 +49,7 @@ func linearKernel(t testing.TB, id string, reqs []string) []byte {
 	md.InputShape, md.OutputShape, md.ParameterCount = []int{4}, []int{3}, 15
 	md.DeviceRequirements = reqs
 	md.MemoryFootprintMB = 64
-	md.CompilationTarget = "esper-kernel/v1"
+	md.CompilationTarget = target
 	var buf bytes.Buffer
 	if err := kernels.WriteKernel(&buf, mod, []kernels.Tensor{
 		kernels.F32Tensor("0.weight", []int{3, 4}, w), kernels.F32Tensor("0.bias", []int{3}, b),
@@ -371,7 +383,7 @@ func TestSeedCommands(t *testing.T) {
 	}
 	// Illegal: grafting → dormant is a permanent failure.
 	err := cmd(&oona.SetSeedState{LayerName: "layer1", SeedIdx: 2, State: contracts.SeedDormant})
-	if !errors.Is(err, oona.ErrPermanent) || !errors.Is(err, contracts.ErrIllegalTransition) {
+	if !failure.ClassOf(err).Permanent() || !errors.Is(err, contracts.ErrIllegalTransition) {
 		t.Fatalf("illegal transition: %v", err)
 	}
 	if err := cmd(&oona.SetAlpha{LayerName: "layer1", SeedIdx: 2, Alpha: 0.25}); err != nil {
@@ -398,7 +410,7 @@ func TestSeedCommands(t *testing.T) {
 	if s := h.Seeds()[0]; s.State != contracts.SeedCulled || s.Kernel != "" {
 		t.Fatalf("seed after unload %+v", s)
 	}
-	if err := cmd(&oona.LoadKernel{LayerName: "layer1", SeedIdx: 3, ArtifactID: "missing"}); !errors.Is(err, oona.ErrPermanent) {
+	if err := cmd(&oona.LoadKernel{LayerName: "layer1", SeedIdx: 3, ArtifactID: "missing"}); !failure.Is(err, failure.NotFound) {
 		t.Fatalf("unknown artifact: %v", err)
 	}
 }

@@ -7,17 +7,20 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path"
 	goruntime "runtime"
 	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/esper/kasmina-host/contracts"
 	"github.com/esper/kasmina-host/kernels"
 	"github.com/esper/kasmina-host/kernels/cache"
 	"github.com/esper/kasmina-host/runtime/dispatch"
+	"github.com/esper/kasmina-host/runtime/failure"
 	"github.com/esper/kasmina-host/runtime/health"
 	"github.com/esper/kasmina-host/runtime/placement"
 )
@@ -36,7 +39,8 @@ type loaded struct {
 	observed int64                  // bytes its load was seen to take
 	meta     contracts.KernelMetadata
 	compiled *contracts.CompiledKernel // nil when loaded from a bare artifact
-	source   string
+	source   string                    // where this process read the bytes from
+	origin   string                    // where they were first loaded from, when source holds a copy
 	fallback placement.Fallback
 	loadedAt time.Time
 	breaker  *dispatch.Breaker
@@ -92,9 +96,13 @@ type LoadRequest struct {
 	// embedded metadata), else the artifact's file name.
 	Name string
 	// Data holds the artifact bytes. When nil, the artifact is fetched
-	// from Ref (or Compiled.BinaryRef) through the host's Fetcher.
+	// from Ref (or Compiled.BinaryRef) through the host's Fetcher; with
+	// Data, Ref says where the bytes were read from.
 	Data []byte
 	Ref  string
+	// Origin, when Data is a kept copy (a restore from the state
+	// directory), is the reference the kernel was first loaded from.
+	Origin string
 	// Compiled is the CompiledKernel document that points at the artifact,
 	// when there is one: its metadata's checksum is verified and its
 	// device requirements drive placement.
@@ -107,13 +115,21 @@ type LoadRequest struct {
 	SeedIdx int
 	// Replace unloads a kernel of the same name first.
 	Replace bool
+	// batch leaves calling the change hook to the caller, which calls it
+	// once for a batch of loads (LoadRepository).
+	batch bool
 }
 
 // KernelView is what the API shows of a loaded kernel.
 type KernelView struct {
-	Name           string                   `json:"name"`
-	KernelID       string                   `json:"kernel_id"`
+	Name     string `json:"name"`
+	KernelID string `json:"kernel_id"`
+	// Source is where this process read the kernel's bytes from: the
+	// reference it was loaded from, or its copy in the state directory
+	// after a restart, in which case OriginalSource is the reference it
+	// was first loaded from.
 	Source         string                   `json:"source,omitempty"`
+	OriginalSource string                   `json:"original_source,omitempty"`
 	SHA256         string                   `json:"sha256"`
 	InputShape     []int                    `json:"input_shape"`
 	OutputShape    []int                    `json:"output_shape"`
@@ -236,27 +252,37 @@ func (h *Host) Plan(md *contracts.KernelMetadata, batch int, fb *placement.Fallb
 	req := PlacementRequest(md, batch, 0, policy)
 	dec, err := h.planner.Plan(req, devices(h.inv.Snapshot()), h.ledger)
 	if err != nil {
-		return PlacementView{}, fmt.Errorf("%w: %w", ErrBadInput, err)
+		return PlacementView{}, failure.Wrap(failure.BadInput, err)
 	}
 	return ViewDecision(&dec, req, batch), nil
 }
 
-// Load loads, places and starts serving a kernel.
+// Load loads, places and starts serving a kernel. Its errors carry a
+// failure class (see classify.go); a name given in the request is checked
+// before anything is fetched. When the host has a change hook (OnChange)
+// that fails, the kernel is not kept: Load returns the hook's error and the
+// host is as it was.
 func (h *Host) Load(ctx context.Context, req LoadRequest) (KernelView, error) {
 	start := h.cfg.Now()
+	if req.Name != "" {
+		if err := validName(req.Name); err != nil {
+			return KernelView{}, err
+		}
+	}
+	if req.SeedIdx < 0 {
+		return KernelView{}, failure.Errorf(failure.BadInput, "seed_idx %d is negative", req.SeedIdx)
+	}
 	data := req.Data
 	source := req.Ref
 	if req.Compiled == nil && data == nil && source != "" && !isReference(source) {
 		if h.resolve == nil {
-			return KernelView{}, fmt.Errorf("%w: %q is neither a path nor a URL, and no kernel library (Urza) is configured", ErrBadInput, source)
+			return KernelView{}, failure.Errorf(failure.BadInput, "artifact %q is neither a path nor a URL, and no kernel library (Urza) is configured", source)
 		}
 		ck, err := h.resolve.Resolve(ctx, source)
 		if err != nil {
+			err = classify(err, failure.Unavailable)
 			h.recordFailure(req.Name, err)
-			if errors.Is(err, ErrUrzaNotFound) {
-				return KernelView{}, fmt.Errorf("%w: %w", ErrNotFound, err)
-			}
-			return KernelView{}, fmt.Errorf("%w: resolving %s: %w", ErrFetch, source, err)
+			return KernelView{}, err
 		}
 		req.Compiled = ck
 		source = ""
@@ -265,7 +291,7 @@ func (h *Host) Load(ctx context.Context, req LoadRequest) (KernelView, error) {
 	checksum := ""
 	if req.Compiled != nil {
 		if err := req.Compiled.Validate(); err != nil {
-			return KernelView{}, fmt.Errorf("%w: compiled kernel document: %w", ErrBadInput, err)
+			return KernelView{}, failure.Errorf(failure.BadInput, "compiled kernel document: %w", err)
 		}
 		md = &req.Compiled.Metadata
 		if md.Checksum != nil {
@@ -282,22 +308,29 @@ func (h *Host) Load(ctx context.Context, req LoadRequest) (KernelView, error) {
 	}
 	if data == nil {
 		if source == "" {
-			return KernelView{}, fmt.Errorf("%w: no artifact: give bytes, a reference or a document with binary_ref", ErrBadInput)
+			return KernelView{}, failure.Errorf(failure.BadInput, "no artifact: give bytes, a reference or a document with binary_ref")
 		}
 		if h.fetch == nil {
-			return KernelView{}, fmt.Errorf("%w: cannot fetch %q: no artifact source configured", ErrRefused, source)
+			return KernelView{}, failure.Errorf(failure.Refused, "cannot fetch %q: no artifact source is configured", source)
 		}
 		var err error
 		data, err = h.fetch.Fetch(ctx, source, checksum)
 		if err != nil {
+			// The sources' errors name the reference already.
+			err = classify(err, failure.Unavailable)
 			h.recordFailure(req.Name, err)
-			return KernelView{}, fmt.Errorf("%w: %s: %w", ErrFetch, source, err)
+			return KernelView{}, err
 		}
 	}
 	handle, err := h.loadCached(ctx, data, md)
 	if err != nil {
+		what := source
+		if what == "" {
+			what = "the artifact"
+		}
+		err = classify(fmt.Errorf("%s: %w", what, err), failure.Malformed)
 		h.recordFailure(req.Name, err)
-		return KernelView{}, fmt.Errorf("%w: %w", ErrRefused, err)
+		return KernelView{}, err
 	}
 	k := handle.Value().kernel
 	observed := handle.Value().observedBytes
@@ -317,17 +350,11 @@ func (h *Host) Load(ctx context.Context, req LoadRequest) (KernelView, error) {
 		meta = &m
 	}
 	if err := kernels.CheckTarget(meta); err != nil {
-		return KernelView{}, fmt.Errorf("%w: %w", ErrRefused, err)
+		return KernelView{}, classify(err, failure.Refused)
 	}
 	name := req.Name
 	if name == "" {
-		name = k.ID()
-	}
-	if name == "" {
-		return KernelView{}, fmt.Errorf("%w: the kernel has no id: give it a name", ErrBadInput)
-	}
-	if err := validName(name); err != nil {
-		return KernelView{}, fmt.Errorf("%w: %w", ErrBadInput, err)
+		name = defaultName(meta.KernelID, source, k.ID())
 	}
 	fb := h.cfg.Fallback
 	flag, _ := meta.OptimizationFlags.Get("cpu_fallback")
@@ -335,7 +362,7 @@ func (h *Host) Load(ctx context.Context, req LoadRequest) (KernelView, error) {
 		// A kernel may carry its own policy in optimization_flags.
 		f, err := placement.ParseFallback(v)
 		if err != nil {
-			return KernelView{}, fmt.Errorf("%w: optimization_flags.cpu_fallback: %w", ErrBadInput, err)
+			return KernelView{}, failure.Errorf(failure.BadInput, "kernel %q: optimization_flags.cpu_fallback: %w", name, err)
 		}
 		fb = f
 	}
@@ -348,6 +375,7 @@ func (h *Host) Load(ctx context.Context, req LoadRequest) (KernelView, error) {
 		meta:     *meta,
 		compiled: req.Compiled,
 		source:   source,
+		origin:   req.Origin,
 		fallback: fb,
 		loadedAt: h.cfg.Now(),
 		breaker:  dispatch.NewBreaker(h.cfg.BreakerThreshold, h.cfg.BreakerCooldown, h.cfg.Now),
@@ -359,49 +387,75 @@ func (h *Host) Load(ctx context.Context, req LoadRequest) (KernelView, error) {
 	}
 
 	if req.Replace {
-		if err := h.Unload(ctx, name); err != nil && !errors.Is(err, ErrNotFound) {
+		if err := h.Unload(ctx, name); err != nil && !failure.Is(err, failure.NotFound) {
 			return KernelView{}, err
 		}
 	}
 	if err := h.keepArtifact(data); err != nil {
-		return KernelView{}, fmt.Errorf("keeping the artifact for restarts: %w", err)
+		return KernelView{}, failure.Errorf(failure.Unavailable, "keeping kernel %q for restarts: %w", name, err)
 	}
 	preq := h.placementRequest(l)
 	dec, err := h.ledger.PlaceAndReserve(h.planner, name, preq, devices(h.inv.Snapshot()))
 	if err != nil {
 		if errors.Is(err, placement.ErrAlreadyReserved) {
-			return KernelView{}, fmt.Errorf("%w: a kernel named %q is already loaded", ErrRefused, name)
+			return KernelView{}, failure.Errorf(failure.Conflict, "a kernel named %q is already loaded", name)
+		}
+		if errors.Is(err, placement.ErrNoPlacement) {
+			err = failure.Errorf(failure.Refused, "kernel %q: %s", name, dec.Reason())
+		} else {
+			err = failure.Errorf(failure.BadInput, "kernel %q: %w", name, err)
 		}
 		h.recordFailure(name, err)
-		if errors.Is(err, placement.ErrNoPlacement) {
-			return KernelView{}, fmt.Errorf("%w: %s", ErrRefused, dec.Reason())
-		}
-		return KernelView{}, fmt.Errorf("%w: %w", ErrBadInput, err)
+		return KernelView{}, err
 	}
 	l.setDecision(dec)
-	l.obs.Store(h.metrics.kernel(name, dec.Device))
 
+	// Commit: serve the kernel and save, or undo both. The change lock
+	// makes the hook save the changes in the order they were made.
+	h.changeMu.Lock()
 	h.mu.Lock()
 	if _, dup := h.kernels[name]; dup {
 		h.mu.Unlock()
+		h.changeMu.Unlock()
 		h.ledger.Release(name)
-		return KernelView{}, fmt.Errorf("%w: a kernel named %q is already loaded", ErrRefused, name)
+		return KernelView{}, failure.Errorf(failure.Conflict, "a kernel named %q is already loaded", name)
 	}
 	layer, idx := req.Layer, req.SeedIdx
 	if layer == "" {
 		layer, idx = name, 0
 	}
+	undo := h.seeds.remember(seedKey{layer, idx})
 	if err := h.seeds.attach(layer, idx, name, meta.BlueprintID, h.cfg.Now()); err != nil {
 		h.mu.Unlock()
+		h.changeMu.Unlock()
 		h.ledger.Release(name)
 		return KernelView{}, err
 	}
 	l.seed = seedKey{layer, idx}
 	l.handle = handle
-	ok = true
 	h.kernels[name] = l
+	failedBefore, hadFailed := h.failed[name]
 	delete(h.failed, name)
 	h.mu.Unlock()
+	var saveErr error
+	if !req.batch { // a batch is saved by its caller, once
+		saveErr = h.saveChange()
+	}
+	if saveErr != nil {
+		h.mu.Lock()
+		delete(h.kernels, name)
+		undo.restore()
+		if hadFailed {
+			h.failed[name] = failedBefore
+		}
+		h.mu.Unlock()
+		h.changeMu.Unlock()
+		h.ledger.Release(name)
+		return KernelView{}, saveErr
+	}
+	ok = true
+	l.obs.Store(h.metrics.kernel(name, dec.Device))
+	h.changeMu.Unlock()
 
 	h.metrics.loadDuration.Observe(h.cfg.Now().Sub(start).Seconds())
 	h.metrics.setReserved(name, dec.Device, dec.EstimateMiB)
@@ -411,7 +465,6 @@ func (h *Host) Load(ctx context.Context, req LoadRequest) (KernelView, error) {
 	}
 	h.log.Info("kernel loaded", slog.String("kernel", name), slog.String("placed_on", dec.Device),
 		slog.String("executed_on", "cpu"), slog.Bool("degraded", dec.Degraded), slog.String("reason", dec.Reason()))
-	h.changed()
 	return h.view(l), nil
 }
 
@@ -434,34 +487,98 @@ func (h *Host) RecordLoadFailure(name string, err error) { h.recordFailure(name,
 
 // validName keeps model names usable in URLs and metric labels.
 func validName(name string) error {
-	if len(name) > 255 {
-		return fmt.Errorf("kernel name longer than 255 bytes")
+	if len(name) > maxNameBytes {
+		return failure.Errorf(failure.BadInput, "kernel name %q… is %d bytes, longer than %d", name[:32], len(name), maxNameBytes)
 	}
 	for _, r := range name {
 		if r < 0x20 || r == '/' || r == '?' || r == '#' || r == 0x7f {
-			return fmt.Errorf("kernel name %q: no control characters, '/', '?' or '#'", name)
+			return failure.Errorf(failure.BadInput, "kernel name %q: no control characters, '/', '?' or '#'", name)
 		}
 	}
 	return nil
 }
 
+// maxNameBytes is the longest kernel name.
+const maxNameBytes = 255
+
+// defaultName names a kernel loaded without a name: its kernel_id when that
+// is a valid name, else the last element of the reference it came from
+// (without .safetensors) made valid, else id (the artifact's own id, by
+// content hash).
+func defaultName(kernelID, ref, id string) string {
+	if kernelID != "" && validName(kernelID) == nil {
+		return kernelID
+	}
+	if n := nameFromRef(ref); n != "" {
+		return n
+	}
+	return id
+}
+
+// nameFromRef is the last path element of a reference (a path, a file://,
+// http(s):// or s3:// URL; the query dropped) without the .safetensors
+// extension, with every character a name may not hold replaced by '_' and
+// cut to maxNameBytes. It is "" when nothing is left.
+func nameFromRef(ref string) string {
+	if _, rest, ok := strings.Cut(ref, "://"); ok {
+		// Past the scheme and the host (or bucket): the path.
+		_, p, hasPath := strings.Cut(rest, "/")
+		if !hasPath {
+			return ""
+		}
+		ref = "/" + p
+	}
+	if i := strings.IndexAny(ref, "?#"); i >= 0 {
+		ref = ref[:i]
+	}
+	ref = strings.TrimRight(ref, "/")
+	base := strings.TrimSuffix(path.Base(ref), ".safetensors")
+	if base == "." || base == ".." || base == "/" || strings.HasSuffix(base, ":") {
+		return ""
+	}
+	var b strings.Builder
+	for _, r := range base {
+		if r < 0x20 || r == '/' || r == '?' || r == '#' || r == 0x7f || r == utf8.RuneError {
+			r = '_'
+		}
+		if b.Len()+utf8.RuneLen(r) > maxNameBytes {
+			break
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
 // Unload stops serving a kernel once its in-flight requests finish, detaches
-// it from its seed and releases its reservation.
+// it from its seed and releases its reservation. When the change hook
+// fails, the kernel keeps serving and Unload returns the hook's error.
 func (h *Host) Unload(ctx context.Context, name string) error {
+	h.changeMu.Lock()
 	h.mu.Lock()
 	l, ok := h.kernels[name]
 	if !ok {
 		_, failed := h.failed[name]
 		delete(h.failed, name)
 		h.mu.Unlock()
+		h.changeMu.Unlock()
 		if failed {
 			return nil
 		}
-		return fmt.Errorf("%w: kernel %q", ErrNotFound, name)
+		return failure.Errorf(failure.NotFound, "no kernel %q is loaded", name)
 	}
 	delete(h.kernels, name)
+	undo := h.seeds.remember(l.seed)
 	h.seeds.detach(l.seed, name, h.cfg.Now())
 	h.mu.Unlock()
+	if err := h.saveChange(); err != nil {
+		h.mu.Lock()
+		h.kernels[name] = l
+		undo.restore()
+		h.mu.Unlock()
+		h.changeMu.Unlock()
+		return err
+	}
+	h.changeMu.Unlock()
 	l.unloading.Store(true)
 
 	done := make(chan struct{})
@@ -478,7 +595,6 @@ func (h *Host) Unload(ctx context.Context, name string) error {
 	l.mu.Unlock()
 	h.metrics.deleteKernel(name, dev)
 	h.log.Info("kernel unloaded", slog.String("kernel", name))
-	h.changed()
 	return nil
 }
 
@@ -529,7 +645,7 @@ func (h *Host) view(l *loaded) KernelView {
 	layerID := h.seeds.layerID(l.seed.layer)
 	h.mu.RUnlock()
 	v := KernelView{
-		Name: l.name, KernelID: l.meta.KernelID, Source: l.source, SHA256: l.kernel.SHA256(),
+		Name: l.name, KernelID: l.meta.KernelID, Source: l.source, OriginalSource: l.origin, SHA256: l.kernel.SHA256(),
 		InputShape: l.kernel.InputShape(), OutputShape: l.kernel.OutputShape(), ParameterCount: l.kernel.ParameterCount(),
 		Requirements: l.meta.DeviceRequirements,
 		Placement:    ViewDecision(&dec, h.placementRequest(l), h.cfg.PlacementBatch),
@@ -653,7 +769,11 @@ func (h *Host) Replace() []Move {
 		moves = append(moves, mv)
 	}
 	if len(moves) > 0 {
-		h.changed()
+		h.changeMu.Lock()
+		if err := h.saveChange(); err != nil {
+			h.log.Error("re-placements not saved", slog.Int("moves", len(moves)), slog.Any("err", err))
+		}
+		h.changeMu.Unlock()
 	}
 	return moves
 }
@@ -679,11 +799,11 @@ func (h *Host) loadCached(ctx context.Context, data []byte, md *contracts.Kernel
 		mdSum := sha256.Sum256(md.AppendJSON(nil))
 		key += ":" + hex.EncodeToString(mdSum[:8])
 	}
-	return h.cache.GetOrLoad(ctx, key, func(ctx context.Context, _ string) (*parsed, int64, error) {
+	hd, err := h.cache.GetOrLoad(ctx, key, func(ctx context.Context, _ string) (*parsed, int64, error) {
 		before := allocatedBytes()
 		k, err := kernels.Load(data, kernels.LoadOptions{Metadata: md, Logger: h.log})
 		if err != nil {
-			return nil, 0, err
+			return nil, 0, &parseError{err}
 		}
 		observed := max(int64(allocatedBytes()-before), 0)
 		// The cache is sized by what the entry keeps (the file or the
@@ -692,7 +812,20 @@ func (h *Host) loadCached(ctx context.Context, data []byte, md *contracts.Kernel
 		size := max(int64(len(data)), 4*int64(k.ParameterCount()))
 		return &parsed{kernel: k, observedBytes: observed}, size, nil
 	})
+	// The cache's wrapping names its key (a hash): the loader's own error
+	// says what is wrong with the bytes.
+	var pe *parseError
+	if errors.As(err, &pe) {
+		err = pe.err
+	}
+	return hd, err
 }
+
+// parseError carries kernels.Load's error through the cache.
+type parseError struct{ err error }
+
+func (e *parseError) Error() string { return e.err.Error() }
+func (e *parseError) Unwrap() error { return e.err }
 
 // parsed is a cache entry: a parsed kernel and the memory its load was
 // seen to take.

@@ -4,15 +4,19 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
+	"os"
 	"path"
 	"sort"
 	"strings"
 
+	"github.com/esper/kasmina-host/internal/regularfile"
 	"github.com/esper/kasmina-host/kernels"
+	"github.com/esper/kasmina-host/runtime/failure"
 )
 
 // Repository is a directory of kernel artifacts the host serves from: every
@@ -20,23 +24,43 @@ import (
 // format: esper-kernel/v1, named by the kernel_id of its embedded
 // esper.kernel_metadata, else by its file name without the extension.
 // Other safetensors files (a golden case's io.safetensors, say) are skipped
-// with one log line each.
+// with one log line each. A *.safetensors path that cannot be opened (a
+// named pipe or another file that is not a regular one, a symbolic link
+// leading outside the directory) is listed as a failed load with the
+// reason, named by its file name.
 type Repository struct {
 	FS fs.FS
 	// Where names the repository in logs ("examples (embedded)", a path).
 	Where string
 }
 
+// OpenRepository opens the directory dir as a Repository. Its files are
+// read through os.Root, which refuses a path or a symbolic link leading
+// outside dir, and only when they are regular files, opened without
+// blocking (internal/regularfile): a named pipe among the kernels cannot
+// hang the scan. The directory stays open for the life of the process.
+func OpenRepository(dir string) (Repository, error) {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return Repository{}, fmt.Errorf("kernel directory: %w", err)
+	}
+	return Repository{FS: regularfile.FS(root), Where: dir}, nil
+}
+
 // RepoEntry is one kernel file found in a repository.
 type RepoEntry struct {
 	Name string `json:"name"`
 	Path string `json:"path"`
+	// Err is why the file could not be opened (it is then named by its
+	// file name).
+	Err error `json:"-"`
 }
 
 // Scan lists the repository's kernels, sorted by name. A file that claims
 // the format but whose header cannot be read is still listed (its load
-// will fail and say why); two files with the same name keep the first path
-// in lexical order and log the other.
+// will fail and say why), and so is one that cannot be opened, with Err
+// set; two files with the same name keep the first path in lexical order
+// and log the other.
 func (r Repository) Scan(log *slog.Logger) ([]RepoEntry, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -54,8 +78,13 @@ func (r Repository) Scan(log *slog.Logger) ([]RepoEntry, error) {
 		if d.IsDir() || !strings.HasSuffix(d.Name(), ".safetensors") {
 			return nil
 		}
-		format, id, herr := peekHeader(r.FS, p)
+		fileName := strings.TrimSuffix(path.Base(p), ".safetensors")
+		format, id, herr := r.peekHeader(p)
+		var openErr *repoOpenError
 		switch {
+		case errors.As(herr, &openErr):
+			log.Warn("kernel repository: cannot open", slog.String("path", p), slog.Any("err", herr))
+			id, herr = "", openErr.err
 		case herr != nil && format == "":
 			log.Info("kernel repository: skipping a file that is not an esper-kernel/v1 safetensors file",
 				slog.String("path", p), slog.Any("err", herr))
@@ -64,10 +93,12 @@ func (r Repository) Scan(log *slog.Logger) ([]RepoEntry, error) {
 			log.Info("kernel repository: skipping safetensors file without format esper-kernel/v1",
 				slog.String("path", p), slog.String("format", format))
 			return nil
+		default:
+			herr = nil
 		}
 		name := id
 		if name == "" {
-			name = strings.TrimSuffix(path.Base(p), ".safetensors")
+			name = fileName
 		}
 		if prev, dup := seen[name]; dup {
 			log.Warn("kernel repository: two files share a kernel name; keeping the first",
@@ -75,21 +106,43 @@ func (r Repository) Scan(log *slog.Logger) ([]RepoEntry, error) {
 			return nil
 		}
 		seen[name] = p
-		out = append(out, RepoEntry{Name: name, Path: p})
+		out = append(out, RepoEntry{Name: name, Path: p, Err: herr})
 		return nil
 	})
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, err
 }
 
+// repoOpenError marks peekHeader's failure to open a file (as opposed to
+// reading its header).
+type repoOpenError struct{ err error }
+
+func (e *repoOpenError) Error() string { return e.err.Error() }
+
+// openError describes why p could not be opened, naming it inside the
+// repository.
+func (r Repository) openError(p string, err error) error {
+	where := path.Join(r.Where, p)
+	var nr *regularfile.NotRegularError
+	switch {
+	case errors.As(err, &nr):
+		return failure.Errorf(failure.Refused, "%s is a %s, not a regular file", where, regularfile.TypeName(nr.Mode))
+	case errors.Is(err, regularfile.ErrOutsideRoot):
+		return failure.Errorf(failure.Refused, "%s leads outside the kernel directory %s", where, r.Where)
+	}
+	return classify(fmt.Errorf("opening %s: %w", where, err), failure.Unavailable)
+}
+
 // peekHeader reads only the safetensors header of p and returns its format
 // and embedded kernel id. A header that cannot be parsed returns an error
 // and format "" (not a kernel file), unless the format is visible, in
-// which case the file is a broken kernel and the loader reports why.
-func peekHeader(fsys fs.FS, p string) (format, kernelID string, err error) {
-	f, err := fsys.Open(p)
+// which case the file is a broken kernel and the loader reports why. A
+// file that cannot be opened returns a *repoOpenError. No error quotes the
+// file's bytes.
+func (r Repository) peekHeader(p string) (format, kernelID string, err error) {
+	f, err := r.FS.Open(p)
 	if err != nil {
-		return "", "", err
+		return "", "", &repoOpenError{r.openError(p, err)}
 	}
 	defer f.Close()
 	var n [8]byte
@@ -98,7 +151,7 @@ func peekHeader(fsys fs.FS, p string) (format, kernelID string, err error) {
 	}
 	size := binary.LittleEndian.Uint64(n[:])
 	if size == 0 || size > kernels.MaxHeaderBytes {
-		return "", "", fmt.Errorf("header length %d out of range", size)
+		return "", "", fmt.Errorf("the header length at byte 0 is out of range (1 to %d bytes)", kernels.MaxHeaderBytes)
 	}
 	hdr := make([]byte, size)
 	if _, err := io.ReadFull(f, hdr); err != nil {
@@ -108,7 +161,12 @@ func peekHeader(fsys fs.FS, p string) (format, kernelID string, err error) {
 		Meta map[string]any `json:"__metadata__"`
 	}
 	if err := json.Unmarshal(hdr, &h); err != nil {
-		return "", "", fmt.Errorf("header is not JSON: %w", err)
+		// The decoder's message may quote the file's bytes.
+		var syn *json.SyntaxError
+		if errors.As(err, &syn) {
+			return "", "", fmt.Errorf("the header is not JSON (syntax error at header byte %d)", syn.Offset)
+		}
+		return "", "", errors.New("the header is not a JSON object with a __metadata__ object")
 	}
 	format, _ = h.Meta[kernels.MetaFormat].(string)
 	if raw, ok := h.Meta["esper.kernel_metadata"].(string); ok {
@@ -131,7 +189,11 @@ func (h *Host) SetRepository(r Repository) {
 
 // LoadRepository scans the repository and loads every kernel in it; a
 // kernel that fails is listed (FailedLoads) with the reason and the others
-// serve. It returns how many loaded and how many failed.
+// serve. It returns how many loaded and how many failed. The change hook
+// is called once, after the scan, rather than once per kernel: the scan
+// acknowledges nothing to anyone, and a directory of many kernels would
+// otherwise write the state as many times. A failure of that one save is
+// logged (the state store reports it); the kernels keep serving.
 func (h *Host) LoadRepository(ctx context.Context) (loadedN, failedN int, err error) {
 	h.mu.RLock()
 	repo := h.repo
@@ -148,39 +210,61 @@ func (h *Host) LoadRepository(ctx context.Context) (loadedN, failedN int, err er
 		h.repoIndex[e.Name] = e.Path
 	}
 	h.mu.Unlock()
+	changed := false
+	defer func() {
+		if !changed {
+			return
+		}
+		h.changeMu.Lock()
+		defer h.changeMu.Unlock()
+		if err := h.saveChange(); err != nil {
+			h.log.Error("kernels loaded from the repository are not saved", slog.Int("kernels", loadedN), slog.Any("err", err))
+		}
+	}()
 	for _, e := range entries {
 		if ctx.Err() != nil {
 			return loadedN, failedN, ctx.Err()
+		}
+		if e.Err != nil {
+			failedN++
+			h.recordFailure(e.Name, e.Err)
+			continue
 		}
 		if _, ok := h.Kernel(e.Name); ok {
 			loadedN++ // restored from the state directory already
 			continue
 		}
-		if err := h.LoadModel(ctx, e.Name); err != nil {
+		if err := h.loadModel(ctx, e.Name, true); err != nil {
 			failedN++
 			h.log.Warn("kernel not loaded", slog.String("kernel", e.Name), slog.String("path", e.Path), slog.Any("err", err))
 			continue
 		}
 		loadedN++
+		changed = true
 	}
 	return loadedN, failedN, nil
 }
 
 // LoadModel loads (or reloads) the named kernel from the repository.
 func (h *Host) LoadModel(ctx context.Context, name string) error {
+	return h.loadModel(ctx, name, false)
+}
+
+// loadModel is LoadModel; batch leaves saving to the caller (LoadRepository).
+func (h *Host) loadModel(ctx context.Context, name string, batch bool) error {
 	h.mu.RLock()
 	repo := h.repo
 	p, ok := h.repoIndex[name]
 	h.mu.RUnlock()
 	if repo == nil || !ok {
-		return fmt.Errorf("%w: no kernel %q in the repository", ErrNotFound, name)
+		return failure.Errorf(failure.NotFound, "no kernel %q in the repository", name)
 	}
-	data, err := readCapped(repo.FS, p, h.cfg.MaxArtifactBytes)
+	data, err := repo.readCapped(p, h.cfg.MaxArtifactBytes)
 	if err != nil {
 		h.recordFailure(name, err)
-		return fmt.Errorf("%w: reading %s: %w", ErrRefused, p, err)
+		return err
 	}
-	_, err = h.Load(ctx, LoadRequest{Name: name, Data: data, Ref: path.Join(repo.Where, p), Replace: true})
+	_, err = h.Load(ctx, LoadRequest{Name: name, Data: data, Ref: path.Join(repo.Where, p), Replace: true, batch: batch})
 	if err != nil {
 		h.recordFailure(name, err)
 	}
@@ -234,6 +318,9 @@ func (h *Host) Ready() (bool, string) {
 	if !h.started.Load() {
 		return false, "loading the kernel repository"
 	}
+	if why := h.notReady(); why != "" {
+		return false, why
+	}
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	var open []string
@@ -256,21 +343,22 @@ func (h *Host) MarkStarted() { h.started.Store(true) }
 // readCapped reads a repository file, refusing it by its size before
 // reading when it is larger than limit bytes (and while reading, should it
 // grow).
-func readCapped(fsys fs.FS, p string, limit int64) ([]byte, error) {
-	f, err := fsys.Open(p)
+func (r Repository) readCapped(p string, limit int64) ([]byte, error) {
+	f, err := r.FS.Open(p)
 	if err != nil {
-		return nil, err
+		return nil, r.openError(p, err)
 	}
 	defer f.Close()
+	where := path.Join(r.Where, p)
 	if st, err := f.Stat(); err == nil && st.Size() > limit {
-		return nil, fmt.Errorf("%d bytes, over the %d-byte artifact limit", st.Size(), limit)
+		return nil, failure.Errorf(failure.TooLarge, "%s is %d bytes, over the %d-byte artifact limit", where, st.Size(), limit)
 	}
 	data, err := io.ReadAll(io.LimitReader(f, limit+1))
 	if err != nil {
-		return nil, err
+		return nil, classify(fmt.Errorf("reading %s: %w", where, err), failure.Unavailable)
 	}
 	if int64(len(data)) > limit {
-		return nil, fmt.Errorf("over the %d-byte artifact limit", limit)
+		return nil, failure.Errorf(failure.TooLarge, "%s grew past the %d-byte artifact limit while being read", where, limit)
 	}
 	return data, nil
 }

@@ -3,13 +3,14 @@ package runtime
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"math"
+	"slices"
 	"sort"
 	"time"
 
 	"github.com/esper/kasmina-host/contracts"
+	"github.com/esper/kasmina-host/runtime/failure"
 	"github.com/esper/kasmina-host/runtime/oona"
 )
 
@@ -83,17 +84,20 @@ func (r *seedRegistry) get(k seedKey, now time.Time) *seed {
 // kernel must be unloaded first.
 func (r *seedRegistry) attach(layer string, idx int, kernel, blueprintID string, now time.Time) error {
 	if idx < 0 {
-		return fmt.Errorf("%w: seed_idx %d is negative", ErrBadInput, idx)
+		return failure.Errorf(failure.BadInput, "seed_idx %d is negative", idx)
 	}
-	s := r.get(seedKey{layer, idx}, now)
-	if s.kernel != "" && s.kernel != kernel {
-		return fmt.Errorf("%w: seed %s/%d already holds kernel %q; unload it first", ErrRefused, layer, idx, s.kernel)
+	k := seedKey{layer, idx}
+	if s, ok := r.seeds[k]; ok {
+		if s.kernel != "" && s.kernel != kernel {
+			return failure.Errorf(failure.Conflict, "seed %s/%d already holds kernel %q; unload it first", layer, idx, s.kernel)
+		}
+		if s.State == contracts.SeedFossilized || s.State == contracts.SeedCulled {
+			return failure.Errorf(failure.Refused, "seed %s/%d is %s and takes no kernel", layer, idx, s.State)
+		}
 	}
-	if s.State == contracts.SeedFossilized || s.State == contracts.SeedCulled {
-		return fmt.Errorf("%w: seed %s/%d is %s and takes no kernel", ErrIllegal, layer, idx, s.State)
-	}
+	s := r.get(k, now)
 	if s.State == contracts.SeedDormant {
-		if err := s.move(contracts.SeedGerminated, "kernel "+kernel+" loaded", now); err != nil {
+		if err := s.move(k, contracts.SeedGerminated, "kernel "+kernel+" loaded", now); err != nil {
 			return err
 		}
 	}
@@ -122,14 +126,63 @@ func (r *seedRegistry) detach(k seedKey, kernel string, now time.Time) {
 	s.kernel = ""
 	s.alpha = 0
 	if s.State.CanTransitionTo(contracts.SeedCulled) {
-		_ = s.move(contracts.SeedCulled, "kernel "+kernel+" unloaded", now)
+		_ = s.move(k, contracts.SeedCulled, "kernel "+kernel+" unloaded", now)
 	}
 }
 
-func (s *seed) move(to contracts.SeedState, why string, now time.Time) error {
+// seedUndo puts back what a change did to one seed and its layer: see
+// seedRegistry.remember.
+type seedUndo struct {
+	r        *seedRegistry
+	key      seedKey
+	ptr      *seed // the seed before the change, nil when there was none
+	prev     seed  // its fields before the change
+	layerHad bool
+	next     int
+}
+
+// remember records seed k and its layer before a change, for restore.
+// Callers hold Host.mu.
+func (r *seedRegistry) remember(k seedKey) seedUndo {
+	u := seedUndo{r: r, key: k, next: r.next}
+	_, u.layerHad = r.layers[k.layer]
+	if s, ok := r.seeds[k]; ok {
+		u.ptr, u.prev = s, *s
+		u.prev.transitions = slices.Clone(s.transitions)
+	}
+	return u
+}
+
+// restore undoes the change: the seed gets back its state, kernel, alpha
+// and transitions (its signal count and latest signal, which a change does
+// not touch, stay as they are now), a seed the change created goes, and so
+// does a layer it registered. Callers hold Host.mu.
+func (u seedUndo) restore() {
+	if u.ptr == nil {
+		delete(u.r.seeds, u.key)
+	} else {
+		s := u.ptr
+		s.Seed, s.kernel, s.alpha, s.alphaSetAt, s.transitions = u.prev.Seed, u.prev.kernel, u.prev.alpha, u.prev.alphaSetAt, u.prev.transitions
+		u.r.seeds[u.key] = s
+	}
+	if !u.layerHad {
+		delete(u.r.layers, u.key.layer)
+		u.r.next = u.next
+	}
+}
+
+// move changes the seed's state under the contract's transition table; a
+// refused transition is an error of class Refused naming the seed.
+func (s *seed) move(k seedKey, to contracts.SeedState, why string, now time.Time) error {
 	from := s.State
 	if err := s.Transition(to, now); err != nil {
-		return fmt.Errorf("seed %d/%d: %w", s.LayerID, s.Position, err)
+		var te *contracts.TransitionError
+		if errors.As(err, &te) {
+			// The contract's message names the seed by its UUID: name it
+			// by layer and index, as the request did.
+			return failure.Errorf(failure.Refused, "seed %s/%d: %w: %q → %q", k.layer, k.idx, contracts.ErrIllegalTransition, te.From, te.To)
+		}
+		return failure.Errorf(failure.Refused, "seed %s/%d: %w", k.layer, k.idx, err)
 	}
 	s.transitions = append(s.transitions, Transition{At: now, From: from, To: to, Why: why})
 	if len(s.transitions) > 64 {
@@ -223,47 +276,73 @@ func (h *Host) Layers() []LayerView {
 }
 
 // RegisterLayer declares a layer this host serves (so commands for it are
-// accepted before any kernel is loaded) and returns its layer id.
-func (h *Host) RegisterLayer(name string) int {
+// accepted before any kernel is loaded) and returns its layer id. A new
+// layer is saved through the change hook; when that fails the layer is not
+// registered and the error says why.
+func (h *Host) RegisterLayer(name string) (int, error) {
+	h.changeMu.Lock()
+	defer h.changeMu.Unlock()
 	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.seeds.registerLayer(name)
+	if id, ok := h.seeds.layers[name]; ok {
+		h.mu.Unlock()
+		return id, nil
+	}
+	undo := h.seeds.remember(seedKey{layer: name, idx: -1})
+	id := h.seeds.registerLayer(name)
+	h.mu.Unlock()
+	if err := h.saveChange(); err != nil {
+		h.mu.Lock()
+		undo.restore()
+		h.mu.Unlock()
+		return -1, err
+	}
+	return id, nil
 }
 
 // SetSeedState moves a seed through its lifecycle under the contract's
-// transition table.
+// transition table. When the change hook fails, the seed keeps its state
+// and the error says why.
 func (h *Host) SetSeedState(layer string, idx int, to contracts.SeedState, why string) error {
+	return h.changeSeed(layer, idx, func(k seedKey, s *seed) error { return s.move(k, to, why, h.cfg.Now()) })
+}
+
+// SetAlpha sets a seed's blend factor, clamped to [0, 1]; while grafting
+// the ramp restarts from it. When the change hook fails, the seed keeps
+// its alpha and the error says why.
+func (h *Host) SetAlpha(layer string, idx int, alpha float64) error {
+	if math.IsNaN(alpha) {
+		return failure.Errorf(failure.BadInput, "seed %s/%d: alpha is NaN", layer, idx)
+	}
+	return h.changeSeed(layer, idx, func(_ seedKey, s *seed) error {
+		s.alpha = math.Max(0, math.Min(1, alpha))
+		s.alphaSetAt = h.cfg.Now()
+		return nil
+	})
+}
+
+// changeSeed applies change to a seed and saves it, or undoes it.
+func (h *Host) changeSeed(layer string, idx int, change func(seedKey, *seed) error) error {
+	h.changeMu.Lock()
+	defer h.changeMu.Unlock()
+	k := seedKey{layer, idx}
 	h.mu.Lock()
-	s, ok := h.seeds.seeds[seedKey{layer, idx}]
+	s, ok := h.seeds.seeds[k]
 	if !ok {
 		h.mu.Unlock()
-		return fmt.Errorf("%w: seed %s/%d", ErrNotFound, layer, idx)
+		return failure.Errorf(failure.NotFound, "no seed %s/%d", layer, idx)
 	}
-	err := s.move(to, why, h.cfg.Now())
+	undo := h.seeds.remember(k)
+	err := change(k, s)
 	h.mu.Unlock()
 	if err != nil {
 		return err
 	}
-	h.changed() // outside h.mu: the hook reads the host's state
-	return nil
-}
-
-// SetAlpha sets a seed's blend factor, clamped to [0, 1]; while grafting
-// the ramp restarts from it.
-func (h *Host) SetAlpha(layer string, idx int, alpha float64) error {
-	if math.IsNaN(alpha) {
-		return fmt.Errorf("%w: alpha is NaN", ErrBadInput)
-	}
-	h.mu.Lock()
-	s, ok := h.seeds.seeds[seedKey{layer, idx}]
-	if !ok {
+	if err := h.saveChange(); err != nil { // outside h.mu: the hook reads the host's state
+		h.mu.Lock()
+		undo.restore()
 		h.mu.Unlock()
-		return fmt.Errorf("%w: seed %s/%d", ErrNotFound, layer, idx)
+		return err
 	}
-	s.alpha = math.Max(0, math.Min(1, alpha))
-	s.alphaSetAt = h.cfg.Now()
-	h.mu.Unlock()
-	h.changed()
 	return nil
 }
 
@@ -276,18 +355,29 @@ func (h *Host) ServesLayer(name string) bool {
 	return ok
 }
 
-// HandleCommand executes a control.kasmina.commands command.
+// HandleCommand executes a control.kasmina.commands command. Its error
+// carries a failure class, which decides what the bus consumer does: a
+// permanent class (failure.Class.Permanent) dead-letters the command at
+// once, any other leaves it pending for another delivery.
+//
+// load_kernel's artifact_id is a kernel id resolved through Urza, which
+// then names the kernel, or a reference (a path, file://, http(s)://,
+// s3://), in which case the kernel is named by its kernel_id, else by the
+// reference's last path element (see LoadRequest.Name).
 func (h *Host) HandleCommand(ctx context.Context, cmd oona.Command) error {
 	log := h.log.With(slog.String("event_id", cmd.Message.EventID), slog.String("command", cmd.Payload.CommandName()))
 	var err error
 	switch p := cmd.Payload.(type) {
 	case *oona.LoadKernel:
-		name := p.ArtifactID
 		// A command redelivered after it was handled is acknowledged.
-		if v, ok := h.Kernel(name); ok && v.Layer == p.LayerName && v.SeedIdx == p.SeedIdx {
+		if h.seedHolds(seedKey{p.LayerName, p.SeedIdx}, p.ArtifactID) {
 			return nil
 		}
-		_, err = h.Load(ctx, LoadRequest{Name: name, Ref: p.ArtifactID, Layer: p.LayerName, SeedIdx: p.SeedIdx})
+		req := LoadRequest{Ref: p.ArtifactID, Layer: p.LayerName, SeedIdx: p.SeedIdx}
+		if !isReference(p.ArtifactID) {
+			req.Name = p.ArtifactID // checked before Urza is asked
+		}
+		_, err = h.Load(ctx, req)
 	case *oona.UnloadKernel:
 		h.mu.RLock()
 		s, ok := h.seeds.seeds[seedKey{p.LayerName, p.SeedIdx}]
@@ -305,15 +395,27 @@ func (h *Host) HandleCommand(ctx context.Context, cmd oona.Command) error {
 	case *oona.SetAlpha:
 		err = h.SetAlpha(p.LayerName, p.SeedIdx, p.Alpha)
 	default:
-		err = fmt.Errorf("unknown command %q", cmd.Payload.CommandName())
+		err = failure.Errorf(failure.Unsupported, "unknown command %q", cmd.Payload.CommandName())
 	}
 	if err != nil {
-		log.Warn("command failed", slog.Any("err", err))
-		if errors.Is(err, ErrRuntime) || errors.Is(err, ErrFetch) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-			return err // transient: leave it pending for another delivery
-		}
-		return oona.Permanent(err)
+		err = classify(err, failure.Internal)
+		log.Warn("command failed", slog.String("class", failure.ClassOf(err).String()), slog.Any("err", err))
+		return err
 	}
 	log.Info("command handled")
 	return nil
+}
+
+// seedHolds reports whether seed k holds the kernel that artifact (a
+// load_kernel artifact_id) names: by name (a kernel id), or by the
+// reference it was loaded from.
+func (h *Host) seedHolds(k seedKey, artifact string) bool {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	s, ok := h.seeds.seeds[k]
+	if !ok || s.kernel == "" {
+		return false
+	}
+	l, ok := h.kernels[s.kernel]
+	return ok && (l.name == artifact || l.source == artifact || l.origin == artifact)
 }

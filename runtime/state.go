@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/esper/kasmina-host/contracts"
+	"github.com/esper/kasmina-host/runtime/failure"
 	"github.com/esper/kasmina-host/runtime/placement"
 )
 
@@ -55,8 +56,14 @@ type KernelRecord struct {
 
 // ArtifactStore keeps kernel bytes by SHA-256 for restarts.
 type ArtifactStore interface {
+	// Put keeps data under sha, its SHA-256 in lowercase hex.
 	Put(sha string, data []byte) error
+	// Get returns the bytes kept under sha. Restore checks them against
+	// sha: a store need not.
 	Get(sha string) ([]byte, error)
+	// Where says where the bytes kept under sha are (a path), for the
+	// kernel's view and the logs.
+	Where(sha string) string
 }
 
 // SetArtifactStore makes every load keep its artifact's bytes in store
@@ -97,7 +104,11 @@ func (h *Host) State() State {
 		l.mu.Lock()
 		dev := l.decision.Device
 		l.mu.Unlock()
-		st.Kernels = append(st.Kernels, KernelRecord{Name: l.name, SHA256: l.kernel.SHA256(), Source: l.source,
+		src := l.source
+		if l.origin != "" {
+			src = l.origin // a restored kernel keeps the reference it was first loaded from
+		}
+		st.Kernels = append(st.Kernels, KernelRecord{Name: l.name, SHA256: l.kernel.SHA256(), Source: src,
 			Compiled: l.compiled, Layer: l.seed.layer, SeedIdx: l.seed.idx, Fallback: l.fallback.String(), Placement: dev})
 	}
 	sort.Slice(st.Seeds, func(i, j int) bool {
@@ -117,7 +128,7 @@ func (h *Host) State() State {
 // returns how many kernels were restored.
 func (h *Host) Restore(ctx context.Context, st State, store ArtifactStore) (int, error) {
 	if st.Version != StateVersion {
-		return 0, fmt.Errorf("state version %d, this host reads %d", st.Version, StateVersion)
+		return 0, failure.Errorf(failure.Malformed, "state version %d, this host reads %d", st.Version, StateVersion)
 	}
 	h.mu.Lock()
 	// Layer ids name layers on the bus: a damaged file must not give two
@@ -179,9 +190,19 @@ func (h *Host) Restore(ctx context.Context, st State, store ArtifactStore) (int,
 			return restored, ctx.Err()
 		}
 		data, err := store.Get(rec.SHA256)
+		if err == nil {
+			// The bytes must be the ones saved: a flipped bit on disk is
+			// refused, not served.
+			if sum := sha256.Sum256(data); hex.EncodeToString(sum[:]) != rec.SHA256 {
+				err = failure.Errorf(failure.Malformed, "%s is damaged: its SHA-256 is %s, it was saved as %s",
+					store.Where(rec.SHA256), hex.EncodeToString(sum[:]), rec.SHA256)
+			}
+		} else {
+			err = classify(fmt.Errorf("restoring from the state directory: %w", err), failure.Unavailable)
+		}
 		if err != nil {
-			h.recordFailure(rec.Name, fmt.Errorf("restoring from state: %w", err))
-			h.log.Warn("state: kernel not restored", slog.String("kernel", rec.Name), slog.Any("err", err))
+			h.recordFailure(rec.Name, err)
+			h.log.Error("state: kernel not restored", slog.String("kernel", rec.Name), slog.Any("err", err))
 			continue
 		}
 		var fb *placement.Fallback
@@ -192,9 +213,10 @@ func (h *Host) Restore(ctx context.Context, st State, store ArtifactStore) (int,
 		if layer == rec.Name && rec.SeedIdx == 0 {
 			layer = "" // served directly: its own seed
 		}
-		v, err := h.Load(ctx, LoadRequest{Name: rec.Name, Data: data, Ref: rec.Source, Compiled: rec.Compiled,
-			Fallback: fb, Layer: layer, SeedIdx: rec.SeedIdx})
+		v, err := h.Load(ctx, LoadRequest{Name: rec.Name, Data: data, Ref: store.Where(rec.SHA256), Origin: rec.Source,
+			Compiled: rec.Compiled, Fallback: fb, Layer: layer, SeedIdx: rec.SeedIdx})
 		if err != nil {
+			h.recordFailure(rec.Name, err)
 			h.log.Warn("state: kernel not restored", slog.String("kernel", rec.Name), slog.Any("err", err))
 			continue
 		}

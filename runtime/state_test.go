@@ -10,7 +10,9 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/esper/kasmina-host/contracts"
 )
@@ -30,6 +32,8 @@ func (s *memArtifacts) Put(sha string, data []byte) error {
 	return nil
 }
 
+func (s *memArtifacts) Where(sha string) string { return "mem:" + sha }
+
 func (s *memArtifacts) Get(sha string) ([]byte, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -46,7 +50,9 @@ func TestStateRoundTripsThroughJSON(t *testing.T) {
 	h, _, _ := newHost(t, inv, Config{})
 	h.SetArtifactStore(store)
 	ctx := context.Background()
-	h.RegisterLayer("encoder.0") // layer id 0, declared before any kernel
+	if _, err := h.RegisterLayer("encoder.0"); err != nil { // layer id 0, declared before any kernel
+		t.Fatal(err)
+	}
 	if _, err := h.Load(ctx, LoadRequest{Data: linearKernel(t, "direct", nil)}); err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +181,7 @@ func TestSeedChangesCallTheHookBeforeReturning(t *testing.T) {
 		t.Fatal(err)
 	}
 	calls := 0
-	h.OnChange(func() { calls++; _ = h.State() }) // reads the host, as the daemon's hook does
+	h.OnChange(func() error { calls++; _ = h.State(); return nil }) // reads the host, as the daemon's hook does
 	if err := h.SetSeedState("l", 0, contracts.SeedTraining, "test"); err != nil {
 		t.Fatal(err)
 	}
@@ -225,7 +231,7 @@ func FuzzRestoreState(f *testing.F) {
 			}
 		}
 		// The host still takes a new layer.
-		if id := h.RegisterLayer("fuzz.new.layer"); id < 0 {
+		if id, _ := h.RegisterLayer("fuzz.new.layer"); id < 0 {
 			t.Fatalf("new layer id %d", id)
 		}
 	})
@@ -250,11 +256,156 @@ func TestRestoreRepairsDamagedLayerIDsAndAlphas(t *testing.T) {
 	if got := fmt.Sprint(h.Layers()); got != "[{a 5 1}]" {
 		t.Errorf("layers after restore %s, want only a with id 5 (b, c, d are registered anew when used)", got)
 	}
-	if id := h.RegisterLayer("b"); id != 6 {
+	if id, _ := h.RegisterLayer("b"); id != 6 {
 		t.Errorf("b registered anew as %d, want 6", id)
 	}
 	seeds := h.Seeds()
 	if len(seeds) != 1 || seeds[0].Layer != "a" || seeds[0].Alpha != 1 {
 		t.Fatalf("seeds after restore %+v, want a/0 with alpha clamped to 1", seeds)
+	}
+}
+
+// A kernel is restored only when the bytes the store holds hash to what
+// it was saved under: a flipped byte is refused and reported, not served.
+// A restored kernel says it was read from the store, and where it was
+// first loaded from; the state it saves keeps the latter.
+func TestRestoreVerifiesArtifacts(t *testing.T) {
+	inv := openInventory(t, "dgxa100", nil)
+	store := &memArtifacts{}
+	h, _, _ := newHost(t, inv, Config{})
+	h.SetArtifactStore(store)
+	ctx := context.Background()
+	for _, name := range []string{"good", "flipped"} {
+		if _, err := h.Load(ctx, LoadRequest{Name: name, Data: linearKernel(t, name, nil), Ref: "examples (embedded)/" + name + ".safetensors"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := h.State()
+	var flippedSHA string
+	for _, k := range st.Kernels {
+		if k.Name == "flipped" {
+			flippedSHA = k.SHA256
+			store.m[k.SHA256][len(store.m[k.SHA256])-1] ^= 0x01
+		}
+	}
+
+	h2, _, _ := newHost(t, inv, Config{})
+	n, err := h2.Restore(ctx, st, store)
+	if err != nil || n != 1 {
+		t.Fatalf("restored %d (%v), want only the intact kernel", n, err)
+	}
+	if _, ok := h2.Kernel("flipped"); ok {
+		t.Fatal("a damaged artifact was restored")
+	}
+	reason := h2.FailedLoads()["flipped"]
+	if !strings.Contains(reason, "mem:"+flippedSHA+" is damaged: its SHA-256 is ") || !strings.Contains(reason, "it was saved as "+flippedSHA) {
+		t.Errorf("failed-load reason %q, want the damage named with both hashes", reason)
+	}
+	v, _ := h2.Kernel("good")
+	if v.Source != "mem:"+v.SHA256 || v.OriginalSource != "examples (embedded)/good.safetensors" {
+		t.Errorf("restored kernel: source %q, original source %q", v.Source, v.OriginalSource)
+	}
+	for _, k := range h2.State().Kernels {
+		if k.Name == "good" && k.Source != "examples (embedded)/good.safetensors" {
+			t.Errorf("the state of a restored kernel records source %q, want where it was first loaded from", k.Source)
+		}
+	}
+}
+
+// A kernel directory is read through os.Root and regular files only: a
+// named pipe is listed as a failed load naming what it is (it does not
+// hang the scan), a symbolic link that leads outside the directory is
+// refused as a file reference would be, one that stays inside is served.
+func TestRepositoryRefusesPipesAndLinksOutside(t *testing.T) {
+	parent := t.TempDir()
+	dir := filepath.Join(parent, "kernels")
+	if err := os.MkdirAll(filepath.Join(dir, "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for path, id := range map[string]string{filepath.Join(dir, "sub", "inside.safetensors"): "inside", filepath.Join(parent, "outside.safetensors"): "outside"} {
+		if err := os.WriteFile(path, linearKernel(t, id, nil), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := syscall.Mkfifo(filepath.Join(dir, "pipe.safetensors"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("../outside.safetensors", filepath.Join(dir, "escape.safetensors")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("sub/inside.safetensors", filepath.Join(dir, "link.safetensors")); err != nil {
+		t.Fatal(err)
+	}
+	repo, err := OpenRepository(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv := openInventory(t, "dgxa100", nil)
+	h, _, _ := newHost(t, inv, Config{})
+	h.SetRepository(repo)
+	var loaded, failed int
+	done := make(chan struct{})
+	go func() { defer close(done); loaded, failed, err = h.LoadRepository(context.Background()) }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("scanning a kernel directory holding a named pipe did not finish in 20 s")
+	}
+	if err != nil || loaded != 1 || failed != 2 {
+		t.Fatalf("loaded %d, failed %d, err %v; want the one kernel inside loaded, the pipe and the escape refused", loaded, failed, err)
+	}
+	if _, ok := h.Kernel("inside"); !ok {
+		t.Error("the kernel inside the directory is not served")
+	}
+	if _, ok := h.Kernel("outside"); ok {
+		t.Error("a symbolic link out of the kernel directory was followed")
+	}
+	reasons := h.FailedLoads()
+	for name, want := range map[string]string{
+		"pipe":   filepath.Join(dir, "pipe.safetensors") + " is a named pipe (FIFO), not a regular file",
+		"escape": filepath.Join(dir, "escape.safetensors") + " leads outside the kernel directory " + dir,
+	} {
+		if reasons[name] != want {
+			t.Errorf("failed load %s: %q, want %q", name, reasons[name], want)
+		}
+	}
+}
+
+// The repository scan saves once, at its end, not once per kernel; a
+// failure of that save leaves the kernels serving (the scan acknowledged
+// nothing to anyone) and is left to the state store to report.
+func TestRepositoryScanSavesOnce(t *testing.T) {
+	dir := t.TempDir()
+	for _, id := range []string{"a", "b", "c"} {
+		if err := os.WriteFile(filepath.Join(dir, id+".safetensors"), linearKernel(t, id, nil), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, fail := range []bool{false, true} {
+		repo, err := OpenRepository(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h, _, _ := newHost(t, openInventory(t, "dgxa100", nil), Config{})
+		h.SetRepository(repo)
+		var calls, kernelsSaved int
+		h.OnChange(func() error {
+			calls++
+			kernelsSaved = len(h.State().Kernels)
+			if fail {
+				return fmt.Errorf("disk full")
+			}
+			return nil
+		})
+		loaded, failed, err := h.LoadRepository(context.Background())
+		if err != nil || loaded != 3 || failed != 0 {
+			t.Fatalf("loaded %d failed %d: %v", loaded, failed, err)
+		}
+		if calls != 1 || kernelsSaved != 3 {
+			t.Errorf("failing hook %v: %d saves (the last with %d kernels), want 1 with 3", fail, calls, kernelsSaved)
+		}
+		if len(h.Kernels()) != 3 {
+			t.Errorf("failing hook %v: %d kernels serve, want 3", fail, len(h.Kernels()))
+		}
 	}
 }

@@ -3,47 +3,20 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 
 	"github.com/esper/kasmina-host/contracts"
 	"github.com/esper/kasmina-host/device"
-	"github.com/esper/kasmina-host/kernels/source"
 	"github.com/esper/kasmina-host/runtime"
 	"github.com/esper/kasmina-host/runtime/oip"
 	"github.com/esper/kasmina-host/runtime/placement"
 )
 
 // backend adapts the runtime's Host to the HTTP layer: it maps the
-// runtime's error classes onto the HTTP layer's and its views onto the
-// Open Inference Protocol's.
+// runtime's views onto the Open Inference Protocol's. The runtime's errors
+// carry their failure class (runtime/classify.go), which oip's status
+// table maps to HTTP; nothing here reclassifies them.
 type backend struct{ host *runtime.Host }
-
-// httpError classifies a runtime error for the HTTP layer.
-func httpError(err error) error {
-	if err == nil {
-		return nil
-	}
-	var class error
-	switch {
-	case errors.Is(err, runtime.ErrNotFound):
-		class = oip.ErrModelNotFound
-	case errors.Is(err, runtime.ErrBadInput), errors.Is(err, contracts.ErrIllegalTransition):
-		class = oip.ErrBadInput
-	case errors.Is(err, source.ErrInvalidRef), errors.Is(err, source.ErrUnsupportedScheme),
-		errors.Is(err, source.ErrNotAllowed), errors.Is(err, source.ErrChecksumMismatch), errors.Is(err, source.ErrTooLarge):
-		class = oip.ErrBadInput // the reference or the bytes are wrong: retrying will not help
-	case errors.Is(err, runtime.ErrQueueFull):
-		class = oip.ErrQueueFull
-	case errors.Is(err, runtime.ErrUnavailable), errors.Is(err, runtime.ErrFetch):
-		class = oip.ErrUnavailable
-	case errors.Is(err, runtime.ErrRefused):
-		class = oip.ErrBadInput
-	default:
-		return err // 500
-	}
-	return fmt.Errorf("%w: %w", class, err)
-}
 
 func (b *backend) Ready() (bool, string) { return b.host.Ready() }
 
@@ -84,7 +57,7 @@ func (b *backend) Model(name string) (oip.ModelInfo, bool) {
 func (b *backend) Infer(ctx context.Context, name string, in oip.Tensor) (oip.Tensor, oip.ExecInfo, error) {
 	res, err := b.host.Infer(ctx, name, runtime.Request{Input: in.Data, Shape: in.Shape})
 	if err != nil {
-		return oip.Tensor{}, oip.ExecInfo{}, httpError(err)
+		return oip.Tensor{}, oip.ExecInfo{}, err
 	}
 	e := res.Exec
 	return oip.Tensor{Shape: res.Shape, Data: res.Output}, oip.ExecInfo{
@@ -94,11 +67,11 @@ func (b *backend) Infer(ctx context.Context, name string, in oip.Tensor) (oip.Te
 }
 
 func (b *backend) LoadModel(ctx context.Context, name string) error {
-	return httpError(b.host.LoadModel(ctx, name))
+	return b.host.LoadModel(ctx, name)
 }
 
 func (b *backend) UnloadModel(ctx context.Context, name string) error {
-	return httpError(b.host.Unload(ctx, name))
+	return b.host.Unload(ctx, name)
 }
 
 // ModelStats serves GET /v2/models/{name}/stats.
@@ -179,9 +152,9 @@ func hostViews(h *runtime.Host, inv *device.Inventory) oip.HostViews {
 			}
 			v, err := h.Load(ctx, runtime.LoadRequest{Name: req.Name, Compiled: &ck, Layer: req.Layer,
 				SeedIdx: req.SeedIdx, Fallback: fb, Replace: req.Replace})
-			return v, httpError(err)
+			return v, err
 		},
-		UnloadKernel: func(ctx context.Context, id string) error { return httpError(h.Unload(ctx, id)) },
+		UnloadKernel: func(ctx context.Context, id string) error { return h.Unload(ctx, id) },
 		PlanPlacement: func(_ context.Context, body []byte) (any, error) {
 			var req planRequest
 			if err := json.Unmarshal(body, &req); err != nil {
@@ -213,7 +186,7 @@ func hostViews(h *runtime.Host, inv *device.Inventory) oip.HostViews {
 				return nil, err
 			}
 			v, err := h.Plan(md, req.Batch, fb)
-			return v, httpError(err)
+			return v, err
 		},
 		Seeds:         func(context.Context) (any, error) { return h.Seeds(), nil },
 		HealthSignals: func(context.Context) (any, error) { return h.LatestSignals(), nil },

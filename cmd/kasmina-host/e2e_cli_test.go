@@ -101,6 +101,57 @@ func TestPlaceCommand(t *testing.T) {
 	}
 }
 
+// TestPlaceCommandNamesMIGInstancesByCUDAOrdinal: on a MIG node the
+// instances are CUDA devices 0.. and a kernel requiring cuda:1 goes to the
+// device `devices` and `place` both call cuda:1 when it fits.
+func TestPlaceCommandNamesMIGInstancesByCUDAOrdinal(t *testing.T) {
+	raw, err := os.ReadFile(filepath.Join("..", "..", "kernels", "examples", "mlp-gelu.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(raw, &m); err != nil {
+		t.Fatal(err)
+	}
+	m["metadata"].(map[string]any)["device_requirements"] = []string{"cuda:1"}
+	doc, _ := json.Marshal(m)
+	path := filepath.Join(t.TempDir(), "cuda1.json")
+	if err := os.WriteFile(path, doc, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code := runBinaryStdout(t, nil, "place", "--kernel", path, "--simulate", "dgxa100-mig", "--json")
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	p := decodePlace(t, out)
+	if *p.Device != "cuda:1" || *p.Degraded || !strings.HasPrefix(*p.UUID, "MIG-") {
+		t.Fatalf("a kernel requiring cuda:1 on dgxa100-mig: device %q uuid %q degraded %v, want the MIG instance cuda:1\n%s", *p.Device, *p.UUID, *p.Degraded, *p.Reason)
+	}
+	devOut, errOut, code := runBinaryStdout(t, nil, "devices", "--simulate", "dgxa100-mig", "--json")
+	if code != exitOK {
+		t.Fatalf("devices: exit %d: %s", code, errOut)
+	}
+	var devs []struct {
+		UUID        string `json:"uuid"`
+		CUDAOrdinal int    `json:"cuda_ordinal"`
+	}
+	if err := json.Unmarshal([]byte(devOut), &devs); err != nil {
+		t.Fatal(err)
+	}
+	listed := false
+	for _, d := range devs {
+		if d.CUDAOrdinal == 1 {
+			listed = true
+			if d.UUID != *p.UUID {
+				t.Errorf("devices lists %s as CUDA ordinal 1, place chose %s for cuda:1", d.UUID, *p.UUID)
+			}
+		}
+	}
+	if !listed {
+		t.Errorf("devices --simulate dgxa100-mig lists no device with CUDA ordinal 1:\n%s", devOut)
+	}
+}
+
 // TestDevicesCommand runs `kasmina-host devices --json` as a user would.
 func TestDevicesCommand(t *testing.T) {
 	cases := []struct {

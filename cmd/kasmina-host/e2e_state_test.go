@@ -91,10 +91,11 @@ func TestDaemonStateSurvivesSIGKILL(t *testing.T) {
 	args := []string{"--no-examples", "--kernel-root", root}
 	d := startDaemon(t, daemonConfig{stateDir: stateDir, args: args})
 
-	// A reference that can never be fetched is the client's error.
-	for _, ref := range []string{"file://otherhost/mlp-gelu.safetensors", "../outside.safetensors", "ftp://x/y"} {
+	// A reference that can never be fetched is the client's error: 400 when
+	// it cannot be parsed or has no source, 422 when policy refuses it.
+	for ref, status := range map[string]int{"file://otherhost/mlp-gelu.safetensors": 400, "../outside.safetensors": 422, "ftp://x/y": 400} {
 		code, h, body := d.do("POST", "/v1/kernels", withRef(t, mlp, ref), nil)
-		checkJSONError(t, "binary_ref "+ref, code, h, body, 400)
+		checkJSONError(t, "binary_ref "+ref, code, h, body, status)
 	}
 
 	var kv kernelView

@@ -598,9 +598,10 @@ func TestFaultBrokenArtifactsRefused(t *testing.T) {
 		// The truncated and oversized artifacts carry a checksum that matches
 		// (truncated) or that the size cap stops before it is checked
 		// (oversized), so they are refused for what they are.
-		{"checksum mismatch", compiledKernelDoc(t, "post-checksum", "ok.safetensors", strings.Repeat("0", 64)), 400, "checksum"},
-		{"truncated artifact", compiledKernelDoc(t, "post-truncated", "truncated.safetensors", sha(seedLinear[:len(seedLinear)-100])), 400, "malformed"},
-		{"oversized artifact", compiledKernelDoc(t, "post-oversized", "oversized.safetensors", strings.Repeat("1", 64)), 400, "too large"},
+		{"missing artifact", compiledKernelDoc(t, "post-missing", "missing.safetensors", strings.Repeat("2", 64)), 404, "not found"},
+		{"checksum mismatch", compiledKernelDoc(t, "post-checksum", "ok.safetensors", strings.Repeat("0", 64)), 422, "checksum"},
+		{"truncated artifact", compiledKernelDoc(t, "post-truncated", "truncated.safetensors", sha(seedLinear[:len(seedLinear)-100])), 422, "malformed"},
+		{"oversized artifact", compiledKernelDoc(t, "post-oversized", "oversized.safetensors", strings.Repeat("1", 64)), 413, "too large"},
 		{"body beyond --max-body-bytes", bigBody, 413, "too large"},
 		{"not JSON", []byte("\x00\x01esper"), 400, ""},
 	}

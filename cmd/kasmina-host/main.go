@@ -25,6 +25,10 @@ const (
 	exitOK    = 0
 	exitFatal = 1
 	exitUsage = 2
+	// exitStateRefused: serve refuses a state file it must not overwrite
+	// (newer version, not JSON, unreadable); the same code as bad
+	// settings, which it is: --state-move-aside is the way past it.
+	exitStateRefused = 2
 )
 
 // command is one subcommand: its one-line summary and its entry point.

@@ -13,15 +13,18 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/esper/kasmina-host/device"
+	"github.com/esper/kasmina-host/internal/regularfile"
 	"github.com/esper/kasmina-host/kernels/examples"
 	"github.com/esper/kasmina-host/kernels/gemm"
 	"github.com/esper/kasmina-host/kernels/source"
 	"github.com/esper/kasmina-host/runtime"
 	"github.com/esper/kasmina-host/runtime/oip"
 	"github.com/esper/kasmina-host/runtime/oona"
+	"github.com/esper/kasmina-host/runtime/statedir"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -42,6 +45,8 @@ type serveConfig struct {
 	kernelsDir        string
 	noExamples        bool
 	stateDir          string
+	stateMoveAside    bool
+	commandTimeout    time.Duration
 	oonaURL           string
 	busFile           string
 	hostID            string
@@ -73,11 +78,13 @@ func (c *serveConfig) register(fs *flag.FlagSet, e *envFlags) {
 	e.String(&c.kernelsDir, "kernels", "KASMINA_KERNELS", "", "directory of esper-kernel/v1 files to serve (recursively); empty serves the embedded examples")
 	e.Bool(&c.noExamples, "no-examples", "KASMINA_NO_EXAMPLES", false, "with no --kernels, start with no kernels instead of the embedded examples")
 	e.String(&c.stateDir, "state-dir", "KASMINA_STATE_DIR", "", "directory where loaded kernels, seeds and placements are saved and restored from (empty: no state kept)")
+	e.Bool(&c.stateMoveAside, "state-move-aside", "KASMINA_STATE_MOVE_ASIDE", false, "when --state-dir holds a state file this build cannot read (newer version, corrupt), rename it to state.json.unreadable-<time> and start fresh instead of refusing to start")
+	e.Duration(&c.commandTimeout, "command-timeout", "KASMINA_COMMAND_TIMEOUT", oona.DefaultCommandTimeout, "deadline of one control.kasmina.commands command (a load past it is cancelled and retried)")
 	e.String(&c.oonaURL, "oona", "REDIS_URL", "", "Oona bus Redis URL (redis://, rediss://, user:password@ allowed); empty uses the embedded bus")
 	e.String(&c.busFile, "bus-file", "KASMINA_BUS_FILE", "-", "where the embedded bus writes published messages as JSON lines (- for stdout)")
 	e.String(&c.hostID, "host-id", "KASMINA_HOST_ID", defaultHostID(), "this host's name in sender ids and its consumer group")
 	e.String(&c.urzaURL, "urza", "URZA_URL", runtime.DefaultUrzaURL, "Urza's address, for resolving kernel ids in load_kernel commands")
-	e.String(&c.kernelRoot, "kernel-root", "KASMINA_KERNEL_ROOT", "", "directory file:// and path references must stay inside (default: --kernels, else the working directory)")
+	e.String(&c.kernelRoot, "kernel-root", "KASMINA_KERNEL_ROOT", "", "directory file:// and path references must stay inside (default: --kernels; with neither, file references are refused)")
 	e.String(&c.allowRefs, "allow-refs", "KASMINA_ALLOW_REFS", defaultAllowRefs, "comma-separated artifact reference patterns that may be fetched")
 	e.Bool(&c.allowLoopbackRefs, "allow-loopback-refs", "KASMINA_ALLOW_LOOPBACK_REFS", false, "let http(s) artifact references reach loopback addresses (refused by default: a command names the URL)")
 	e.String(&c.tokenFile, "auth-token-file", "KASMINA_AUTH_TOKEN_FILE", "", "file holding the bearer token required for inference and state changes")
@@ -129,6 +136,7 @@ func (c *serveConfig) check() error {
 		{"--queue-depth must be ≥ 0", c.queueDepth >= 0},
 		{"--request-timeout must be > 0", c.requestTimeout > 0},
 		{"--exit-timeout must be > 0", c.shutdownTimeout > 0},
+		{"--command-timeout must be > 0", c.commandTimeout > 0},
 		{"--signal-interval must be ≥ 10ms", c.signalInterval >= 10*time.Millisecond},
 		{"--device-refresh must be ≥ 100ms", c.refresh >= 100*time.Millisecond},
 		{"--cache-bytes must be > 0", c.cacheBytes > 0},
@@ -150,7 +158,7 @@ func (c *serveConfig) check() error {
 		return err
 	}
 	if c.tokenFile != "" {
-		b, err := os.ReadFile(c.tokenFile)
+		b, err := regularfile.ReadFile(c.tokenFile, maxSecretFileBytes)
 		if err != nil {
 			return fmt.Errorf("--auth-token-file: %w", err)
 		}
@@ -205,11 +213,20 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 	log := cfg.logger(stderr)
 	if err := serve(ctx, &cfg, log, stdout); err != nil {
+		var unreadable *statedir.UnreadableError
+		if errors.As(err, &unreadable) {
+			fmt.Fprintf(stderr, "kasmina-host serve: %v\nkasmina-host serve: refusing to start so as not to overwrite it; "+
+				"--state-move-aside (KASMINA_STATE_MOVE_ASIDE=1) renames it and starts fresh\n", err)
+			return exitStateRefused
+		}
 		log.Error("kasmina-host stopped", slog.Any("err", err))
 		return exitFatal
 	}
 	return exitOK
 }
+
+// maxSecretFileBytes caps a token or password file.
+const maxSecretFileBytes = 64 << 10
 
 // serve wires the packages together and runs until ctx ends.
 func serve(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io.Writer) error {
@@ -243,6 +260,7 @@ func serve(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io.Wr
 	busCfg.URL = cfg.oonaURL
 	busCfg.HostID = cfg.hostID
 	busCfg.EmbeddedPath = cfg.busFile
+	busCfg.Consumer.CommandTimeout = cfg.commandTimeout
 	bus, err := oona.Open(ctx, busCfg, log.With(slog.String("component", "oona")))
 	if err != nil {
 		return fmt.Errorf("opening the Oona bus: %w", err)
@@ -278,9 +296,26 @@ func serve(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io.Wr
 	host.SetFetcher(fetcher)
 	host.SetResolver(&runtime.Urza{BaseURL: cfg.urzaURL, Retries: 2})
 	if cfg.kernelsDir != "" {
-		host.SetRepository(runtime.Repository{FS: os.DirFS(cfg.kernelsDir), Where: cfg.kernelsDir})
+		repo, err := runtime.OpenRepository(cfg.kernelsDir)
+		if err != nil {
+			return fmt.Errorf("--kernels: %w", err)
+		}
+		host.SetRepository(repo)
 	} else if !cfg.noExamples {
 		host.SetRepository(runtime.Repository{FS: examples.FS, Where: "examples (embedded)"})
+	}
+
+	// State: a state file this build cannot use stops the start before
+	// anything could overwrite it.
+	var store *statedir.Store
+	var saved runtime.State
+	var haveState bool
+	if cfg.stateDir != "" {
+		if store, saved, haveState, err = openState(cfg, log, reg); err != nil {
+			return err
+		}
+		host.SetArtifactStore(store)
+		host.AddReadyCheck("state directory failing", store.Err)
 	}
 
 	// HTTP.
@@ -304,8 +339,17 @@ func serve(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io.Wr
 	// Everything below runs until ctx ends.
 	loops, stopLoops := context.WithCancel(context.Background())
 	defer stopLoops()
-	var wg sync.WaitGroup
+	var (
+		wg       sync.WaitGroup
+		loopsMu  sync.Mutex
+		stopping bool
+	)
 	goLoop := func(name string, fn func(context.Context) error) {
+		loopsMu.Lock()
+		defer loopsMu.Unlock()
+		if stopping {
+			return
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -323,34 +367,53 @@ func serve(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io.Wr
 	log.Info("listening", slog.String("addr", ln.Addr().String()), slog.Bool("token_required", cfg.token != ""))
 
 	goLoop("devices", inv.Run)
+	if store != nil {
+		goLoop("state", store.Run)
+	}
 
-	// State, then the repository: kernels restored from the state directory
-	// come back first, the repository fills in the rest.
-	var state *stateStore
-	if cfg.stateDir != "" {
-		state, err = openState(cfg.stateDir, log)
-		if err != nil {
-			return err
+	// Start-up runs beside the signal wait, so that SIGTERM ends the
+	// process within --exit-timeout even while kernels are loading. State
+	// first, then the repository: kernels restored from the state
+	// directory come back first, the repository fills in the rest.
+	started := make(chan struct{})
+	var startedOK atomic.Bool
+	go func() {
+		defer close(started)
+		if store != nil && haveState {
+			restoreState(ctx, log, host, store, saved)
 		}
-		state.restore(ctx, host)
-		host.OnChange(state.saveSoon(host))
-	}
-	loaded, failed, err := host.LoadRepository(ctx)
-	if err != nil {
-		log.Error("kernel repository", slog.Any("err", err))
-	}
-	host.MarkStarted()
-	log.Info("ready", slog.Int("kernels_loaded", loaded), slog.Int("kernels_failed", failed))
-	if state != nil {
-		state.writeThrough.Store(true) // from now on a change is saved before it is acknowledged
-		state.save(host)
-	}
-
-	goLoop("runtime", host.Run)
-	goLoop("commands", func(ctx context.Context) error { return bus.ConsumeCommands(ctx, host) })
-	goLoop("epochs", func(ctx context.Context) error {
-		return bus.ConsumeEpochs(ctx, func(_ context.Context, ev oona.EpochEvent) { host.SetEpoch(ev.Epoch) })
-	})
+		if ctx.Err() != nil {
+			return
+		}
+		if store != nil {
+			// From now on a change is saved before it is acknowledged
+			// (the repository scan below saves once, at its end).
+			store.Watch(func() any { return host.State() }, host.HoldChanges)
+			host.OnChange(store.Changed)
+		}
+		loaded, failed, err := host.LoadRepository(ctx)
+		if err != nil {
+			log.Error("kernel repository", slog.Any("err", err))
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if store != nil {
+			// The restore may have repaired what it read (layer ids,
+			// alphas): the file says what the host holds.
+			if err := store.Flush(); err != nil {
+				log.Error("state not saved", slog.Any("err", err))
+			}
+		}
+		host.MarkStarted()
+		startedOK.Store(true)
+		log.Info("ready", slog.Int("kernels_loaded", loaded), slog.Int("kernels_failed", failed))
+		goLoop("runtime", host.Run)
+		goLoop("commands", func(ctx context.Context) error { return bus.ConsumeCommands(ctx, host) })
+		goLoop("epochs", func(ctx context.Context) error {
+			return bus.ConsumeEpochs(ctx, func(_ context.Context, ev oona.EpochEvent) { host.SetEpoch(ev.Epoch) })
+		})
+	}()
 
 	var runErr error
 	select {
@@ -364,10 +427,22 @@ func serve(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io.Wr
 	if err := srv.Shutdown(drain); err != nil {
 		log.Warn("HTTP drain incomplete", slog.Any("err", err))
 	}
+	select {
+	case <-started:
+	case <-drain.Done():
+		// A load that ignores cancellation (a file system that hangs)
+		// cannot hold the process: it goes on exiting.
+		log.Warn("start-up did not finish within the exit timeout; exiting without it")
+	}
+	loopsMu.Lock()
+	stopping = true
+	loopsMu.Unlock()
 	stopLoops() // the runtime loop emits the last health signals as it stops
 	wg.Wait()
-	if state != nil {
-		state.save(host)
+	if store != nil && startedOK.Load() {
+		if err := store.Flush(); err != nil {
+			log.Error("state not saved at shutdown", slog.Any("err", err))
+		}
 	}
 	if err := bus.Close(drain); err != nil {
 		log.Warn("bus did not flush everything", slog.Any("err", err))
@@ -395,18 +470,22 @@ func newFetcher(cfg *serveConfig, log *slog.Logger) (runtime.Fetcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--allow-refs: %w", err)
 	}
+	// File references resolve inside the kernel root only; with none
+	// configured they are refused (the working directory is no root: it
+	// may be /).
+	var file source.Source = source.NoRoot{Hint: "start with --kernel-root DIR or --kernels DIR"}
 	root := cfg.kernelRoot
 	if root == "" {
 		root = cfg.kernelsDir
 	}
-	if root == "" {
-		if root, err = os.Getwd(); err != nil {
-			return nil, err
+	if root != "" {
+		f, err := source.NewFile(root, 0)
+		if err != nil {
+			return nil, fmt.Errorf("--kernel-root: %w", err)
 		}
-	}
-	file, err := source.NewFile(root, 0)
-	if err != nil {
-		return nil, fmt.Errorf("--kernel-root: %w", err)
+		file = f
+	} else {
+		log.Info("no kernel root: file:// and path references are refused (set --kernel-root or --kernels)")
 	}
 	web := source.NewHTTP(source.HTTPConfig{Logger: log, AllowLoopback: cfg.allowLoopbackRefs})
 	routes := map[string]source.Source{source.SchemeFile: file, "http": web, "https": web}

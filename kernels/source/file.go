@@ -8,7 +8,8 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"strings"
+
+	"github.com/esper/kasmina-host/internal/regularfile"
 )
 
 // File reads kernels from a directory, the kernel root. References are paths
@@ -58,18 +59,13 @@ func (f *File) Fetch(ctx context.Context, ref string) (Blob, error) {
 	if err != nil {
 		return Blob{}, err
 	}
-	file, err := f.root.Open(rel)
+	// Opened without blocking and checked with fstat: a named pipe would
+	// otherwise hold the request (and an OS thread) until a writer came.
+	file, info, err := regularfile.OpenIn(f.root, rel)
 	if err != nil {
 		return Blob{}, f.openError(ref, err)
 	}
 	defer file.Close()
-	info, err := file.Stat()
-	if err != nil {
-		return Blob{}, fmt.Errorf("kernel %s: %w", ref, err)
-	}
-	if !info.Mode().IsRegular() {
-		return Blob{}, fmt.Errorf("%w: kernel %s is not a regular file (%s)", ErrInvalidRef, ref, info.Mode().Type())
-	}
 	what := "kernel " + ref
 	data, sum, err := readCapped(file, info.Size(), f.maxBytes, what)
 	if err != nil {
@@ -98,15 +94,35 @@ func (f *File) relative(p string) (string, error) {
 }
 
 func (f *File) openError(ref string, err error) error {
-	var pe *fs.PathError
+	var nr *regularfile.NotRegularError
 	switch {
+	case errors.As(err, &nr):
+		return fmt.Errorf("%w: kernel %s is a %s, not a regular file", ErrInvalidRef, ref, regularfile.TypeName(nr.Mode))
 	case errors.Is(err, fs.ErrNotExist):
 		return fmt.Errorf("%w: %s in kernel root %s", ErrNotFound, ref, f.dir)
-	case errors.As(err, &pe) && strings.Contains(pe.Err.Error(), "escapes"):
-		// os.Root's error for a path or symlink leaving the root is not
-		// exported; its message is the stable part.
-		return fmt.Errorf("%w: %s leaves the kernel root %s: %v", ErrNotAllowed, ref, f.dir, err)
+	case errors.Is(err, regularfile.ErrOutsideRoot):
+		return fmt.Errorf("%w: %s leaves the kernel root %s", ErrNotAllowed, ref, f.dir)
 	default:
 		return fmt.Errorf("kernel %s: %w", ref, err)
 	}
+}
+
+// NoRoot is the file source of a host with no kernel root configured: it
+// refuses every path and file:// reference, saying how to configure one.
+// Without it, a relative path would resolve against whatever directory the
+// process happened to start in (/ under many init systems), and a bus
+// sender could read any file's hash and first bytes through the errors.
+type NoRoot struct {
+	// Hint says how to configure a kernel root ("start with --kernel-root
+	// DIR or --kernels DIR").
+	Hint string
+}
+
+// Fetch refuses ref.
+func (n NoRoot) Fetch(_ context.Context, ref string) (Blob, error) {
+	hint := n.Hint
+	if hint == "" {
+		hint = "configure a kernel root"
+	}
+	return Blob{}, fmt.Errorf("%w: %s: file references are refused because no kernel root is configured (%s)", ErrNotAllowed, ref, hint)
 }

@@ -8,7 +8,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 func sha(b []byte) string {
@@ -164,5 +166,39 @@ func TestFetchVerified(t *testing.T) {
 	}
 	if _, err := FetchVerified(context.Background(), f, "k.safetensors", "abc"); err == nil || errors.Is(err, ErrChecksumMismatch) {
 		t.Errorf("malformed expected checksum: %v", err)
+	}
+}
+
+// A named pipe behind a file reference is refused at once, naming what it
+// is: opening it for reading would block until a writer came, holding the
+// request and an OS thread.
+func TestFileRefusesNamedPipesWithoutBlocking(t *testing.T) {
+	_, root := kernelRoot(t)
+	if err := syscall.Mkfifo(filepath.Join(root, "pipe.safetensors"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := NewFile(root, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	done := make(chan error, 1)
+	go func() { _, err := f.Fetch(context.Background(), "pipe.safetensors"); done <- err }()
+	select {
+	case err = <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("fetching a named pipe blocked for 10 s")
+	}
+	if !errors.Is(err, ErrInvalidRef) || !strings.Contains(err.Error(), "pipe.safetensors is a named pipe (FIFO), not a regular file") {
+		t.Fatalf("error %v, want ErrInvalidRef naming the pipe", err)
+	}
+}
+
+func TestNoRootRefusesFileReferences(t *testing.T) {
+	for _, ref := range []string{"/etc/passwd", "file:///etc/passwd", "k.safetensors"} {
+		_, err := NoRoot{Hint: "start with --kernel-root DIR"}.Fetch(context.Background(), ref)
+		if !errors.Is(err, ErrNotAllowed) || !strings.Contains(err.Error(), "no kernel root is configured (start with --kernel-root DIR)") {
+			t.Errorf("%s: %v", ref, err)
+		}
 	}
 }

@@ -337,8 +337,7 @@ func TestAddrPolicy(t *testing.T) {
 
 func TestHTTPRedirects(t *testing.T) {
 	other := newServer(t, body("elsewhere"))
-	var srv *server
-	srv = newServer(t, func(w http.ResponseWriter, r *http.Request) {
+	srv := newServer(t, func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/moved":
 			http.Redirect(w, r, "/k", http.StatusFound)

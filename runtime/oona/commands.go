@@ -21,27 +21,9 @@ const (
 	CommandSetAlpha     = "set_alpha"
 )
 
-// Errors of command handling.
-var (
-	// ErrPermanent marks a handler error that retrying cannot fix (an
-	// unknown artifact, a refused transition): the entry is moved to the
-	// dead-letter stream and acknowledged. Wrap it: fmt.Errorf("%w: ...",
-	// oona.ErrPermanent) or use Permanent(err). Any other handler error is
-	// transient: the entry stays pending and is delivered again.
-	ErrPermanent = errors.New("oona: permanent command failure")
-	// ErrBadCommand is returned (wrapped, naming the field) for a payload
-	// that is not a valid command; such entries are dead-lettered.
-	ErrBadCommand = errors.New("oona: bad command")
-)
-
-// Permanent wraps err so the consumer dead-letters the command instead of
-// retrying it.
-func Permanent(err error) error {
-	if err == nil {
-		return nil
-	}
-	return fmt.Errorf("%w: %w", ErrPermanent, err)
-}
+// ErrBadCommand is returned (wrapped, naming the field) for a payload that
+// is not a valid command; such entries are dead-lettered.
+var ErrBadCommand = errors.New("oona: bad command")
 
 // CommandPayload is the typed payload of one command: *LoadKernel,
 // *UnloadKernel, *SetSeedState or *SetAlpha.
@@ -121,15 +103,19 @@ type Command struct {
 }
 
 // CommandHandler executes commands for the layers a host serves. It is
-// called from one goroutine at a time. HandleCommand must be idempotent:
-// delivery is at least once, and the event_id de-duplication is bounded.
+// called concurrently for commands of different seeds (layer_name,
+// seed_idx), and one at a time, in order, for the same seed.
+// HandleCommand must be idempotent: delivery is at least once, and the
+// event_id de-duplication is bounded.
 type CommandHandler interface {
 	// ServesLayer reports whether this host serves layerName; commands
 	// for other layers are acknowledged and counted as skipped.
 	ServesLayer(layerName string) bool
-	// HandleCommand executes cmd. nil acknowledges it; an error wrapping
-	// ErrPermanent dead-letters it; any other error leaves it pending for
-	// another delivery.
+	// HandleCommand executes cmd before ctx's deadline (the consumer's
+	// CommandTimeout). nil acknowledges it; an error whose failure class
+	// is permanent (failure.Class.Permanent) dead-letters it; any other
+	// error, an unclassified one included, leaves it pending for another
+	// delivery.
 	HandleCommand(ctx context.Context, cmd Command) error
 }
 

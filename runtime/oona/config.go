@@ -4,12 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/esper/kasmina-host/internal/regularfile"
 )
 
 // Environment variables read by ConfigFromEnv.
@@ -127,7 +128,7 @@ func (c Config) redisOptions() (*redis.Options, error) {
 		return nil, err
 	}
 	if opts.Password == "" && c.PasswordFile != "" {
-		b, err := os.ReadFile(c.PasswordFile)
+		b, err := regularfile.ReadFile(c.PasswordFile, 64<<10)
 		if err != nil {
 			return nil, fmt.Errorf("oona: reading password file %s (%s): %w", c.PasswordFile, EnvPasswordFile, err)
 		}

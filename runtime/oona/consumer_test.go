@@ -11,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/esper/kasmina-host/contracts"
+	"github.com/esper/kasmina-host/runtime/failure"
 )
 
 // recordingHandler serves the layers listed and records what it executes.
@@ -143,7 +144,7 @@ func TestConsumerHandlesSkipsDedupsAndDeadLetters(t *testing.T) {
 	h := newRecordingHandler("layer1")
 	h.fail = func(cmd Command, call int) error {
 		if p, ok := cmd.Payload.(*SetSeedState); ok && p.State == contracts.SeedFossilized {
-			return Permanent(errors.New("seed is dormant; cannot fossilize"))
+			return failure.Errorf(failure.Refused, "seed is dormant; cannot fossilize")
 		}
 		return nil
 	}

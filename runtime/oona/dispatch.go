@@ -3,11 +3,12 @@ package oona
 import (
 	"container/list"
 	"context"
-	"errors"
 	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/esper/kasmina-host/runtime/failure"
 )
 
 // ConsumerOptions tunes the command consumer. Zero fields take defaults.
@@ -26,7 +27,8 @@ type ConsumerOptions struct {
 	// Count is the XREADGROUP COUNT (default 16).
 	Count int64
 	// MinIdle is the idle time after which a pending entry is reclaimed
-	// with XAUTOCLAIM (default 60 s); it must exceed the slowest handler.
+	// with XAUTOCLAIM (default 60 s). An entry waiting or running in a
+	// lane is not handed out again, however long it takes.
 	MinIdle time.Duration
 	// JanitorInterval is how often pending entries are reclaimed and
 	// checked for too many deliveries (default 30 s).
@@ -36,6 +38,17 @@ type ConsumerOptions struct {
 	MaxDeliveries int64
 	// DedupSize bounds the LRU of handled event_ids (default 10 000).
 	DedupSize int
+	// CommandTimeout is the deadline of one command's handler (default
+	// 45 s): a load that takes longer is cancelled and counts as a
+	// transient failure (retried).
+	CommandTimeout time.Duration
+	// Lanes is how many commands for different seeds may run at once
+	// (default 8); commands for the same seed run one at a time, in
+	// order.
+	Lanes int
+	// MaxQueued bounds the commands read and not yet finished (default
+	// 256); the reader waits beyond it.
+	MaxQueued int
 	// Backoff paces reconnects (default 100 ms doubling to 5 s).
 	Backoff Backoff
 }
@@ -68,11 +81,23 @@ func (o ConsumerOptions) withDefaults(hostID string) ConsumerOptions {
 	if o.DedupSize <= 0 {
 		o.DedupSize = 10000
 	}
+	if o.CommandTimeout <= 0 {
+		o.CommandTimeout = DefaultCommandTimeout
+	}
+	if o.Lanes <= 0 {
+		o.Lanes = 8
+	}
+	if o.MaxQueued <= 0 {
+		o.MaxQueued = 256
+	}
 	if o.Backoff.Base <= 0 {
 		o.Backoff = DefaultBackoff
 	}
 	return o
 }
+
+// DefaultCommandTimeout is ConsumerOptions.CommandTimeout's default.
+const DefaultCommandTimeout = 45 * time.Second
 
 // DeadLetterStream is the default dead-letter stream of the command consumer.
 const DeadLetterStream = "control.kasmina.commands.dlq"
@@ -113,53 +138,79 @@ type dispatcher struct {
 	seen     *lru
 	counters *consumerCounters
 	logger   *slog.Logger
+	timeout  time.Duration
 }
 
-// dispatch handles one entry and returns the outcome with, for a dead
-// letter, the reason.
-func (d *dispatcher) dispatch(ctx context.Context, streamID string, fields map[string]string) (outcome, string) {
+func newDispatcher(h CommandHandler, opts ConsumerOptions, counters *consumerCounters, logger *slog.Logger) *dispatcher {
+	return &dispatcher{handler: h, seen: newLRU(opts.DedupSize), counters: counters, logger: logger, timeout: opts.CommandTimeout}
+}
+
+// decode turns an entry into a command. A malformed entry is counted and
+// logged, and its error is the dead-letter reason.
+func (d *dispatcher) decode(streamID string, fields map[string]string) (Command, error) {
 	msg, payload, err := decodeFields(fields)
 	if err == nil {
 		var p CommandPayload
 		if p, err = ParseCommand(payload); err == nil {
-			return d.run(ctx, Command{StreamID: streamID, Message: msg, Payload: p})
+			return Command{StreamID: streamID, Message: msg, Payload: p}, nil
 		}
 	}
 	d.counters.malformed.Add(1)
 	d.logger.Warn("oona: malformed command entry, dead-lettering", slog.String("stream_id", streamID), slog.String("event_id", fields[FieldEventID]), slog.Any("error", err))
-	return outcomeDeadLetter, err.Error()
+	return Command{}, err
 }
 
+// laneOf is the lane a command runs in: its seed.
+func laneOf(cmd Command) laneKey {
+	layer, seed := cmd.Payload.Target()
+	return laneKey{layer, seed}
+}
+
+// run handles one command, within the command deadline, and returns the
+// outcome with, for a dead letter or a retry, the reason. The handler's
+// error decides: a permanent failure class (failure.Class.Permanent:
+// not found, bad input, malformed, refused, conflict, too large,
+// unsupported) dead-letters the command, any other leaves it for another
+// delivery. An empty event_id is never taken for a duplicate.
 func (d *dispatcher) run(ctx context.Context, cmd Command) (outcome, string) {
 	id := cmd.Message.EventID
-	if d.seen.contains(id) {
+	if id != "" && d.seen.contains(id) {
 		d.counters.duplicates.Add(1)
 		d.logger.Debug("oona: duplicate command ignored", slog.String("event_id", id), slog.String("stream_id", cmd.StreamID))
 		return outcomeAck, ""
 	}
 	layer, seed := cmd.Payload.Target()
 	if !d.handler.ServesLayer(layer) {
-		d.seen.add(id)
+		d.remember(id)
 		d.counters.skipped.Add(1)
 		d.logger.Debug("oona: command for a layer this host does not serve", slog.String("command", cmd.Payload.CommandName()), slog.String("layer_name", layer))
 		return outcomeAck, ""
 	}
-	err := d.handler.HandleCommand(ctx, cmd)
+	hctx, cancel := context.WithTimeout(ctx, d.timeout)
+	err := d.handler.HandleCommand(hctx, cmd)
+	cancel()
 	attrs := []any{slog.String("command", cmd.Payload.CommandName()), slog.String("layer_name", layer), slog.Int("seed_idx", seed), slog.String("event_id", id), slog.String("trace_id", cmd.Message.TraceID)}
-	switch {
+	switch class := failure.ClassOf(err); {
 	case err == nil:
-		d.seen.add(id)
+		d.remember(id)
 		d.counters.handled.Add(1)
 		d.logger.Info("oona: command executed", attrs...)
 		return outcomeAck, ""
-	case errors.Is(err, ErrPermanent):
-		d.seen.add(id)
-		d.logger.Error("oona: command failed permanently, dead-lettering", append(attrs, slog.Any("error", err))...)
+	case class.Permanent():
+		d.remember(id)
+		d.logger.Error("oona: command failed permanently, dead-lettering", append(attrs, slog.String("class", class.String()), slog.Any("error", err))...)
 		return outcomeDeadLetter, err.Error()
 	default:
 		d.counters.retried.Add(1)
-		d.logger.Warn("oona: command failed, will be retried", append(attrs, slog.Any("error", err))...)
+		d.logger.Warn("oona: command failed, will be retried", append(attrs, slog.String("class", class.String()), slog.Any("error", err))...)
 		return outcomeRetry, err.Error()
+	}
+}
+
+// remember records a handled event_id; an empty one is not recorded.
+func (d *dispatcher) remember(id string) {
+	if id != "" {
+		d.seen.add(id)
 	}
 }
 

@@ -82,14 +82,21 @@
 // at "$" with MKSTREAM on first start so a new host does not replay
 // history, and resumed from its position after a restart. It handles its
 // own pending entries first, then reads new ones with XREADGROUP BLOCK.
-// Each entry is decoded, de-duplicated by event_id (bounded LRU), skipped
-// and acknowledged when the handler does not serve its layer, else passed
-// to CommandHandler.HandleCommand and acknowledged on success. A handler
-// error wrapping ErrPermanent, and any malformed entry, is copied to
+// Each entry is decoded, de-duplicated by event_id (bounded LRU; an empty
+// event_id is never taken for a duplicate), skipped and acknowledged when
+// the handler does not serve its layer, else passed to
+// CommandHandler.HandleCommand, with a deadline (CommandTimeout, 45 s by
+// default), and acknowledged on success. Commands for the same seed
+// (layer_name, seed_idx) run one at a time in the order read; commands for
+// different seeds run concurrently (Lanes, 8 by default), so a slow load
+// holds up only its own seed. A handler error whose failure class is
+// permanent (not found, bad input, malformed, refused, conflict, too
+// large, unsupported), and any malformed entry, is copied to
 // control.kasmina.commands.dlq with dlq_reason, dlq_source_id and
-// dlq_group fields, then acknowledged; any other error leaves the entry
-// pending, and a janitor (every 30 s) reclaims entries idle for 60 s with
-// XAUTOCLAIM and dead-letters those delivered 5 times. Payloads (see
+// dlq_group fields, then acknowledged; any other error (unavailable,
+// timeout, an unclassified one) leaves the entry pending, and a janitor
+// (every 30 s) reclaims entries idle for 60 s with XAUTOCLAIM and
+// dead-letters those delivered 5 times. Payloads (see
 // COMMANDS.md):
 //
 //	load_kernel     {"command": "load_kernel", "layer_name": str, "seed_idx": int ≥ 0, "artifact_id": str}

@@ -239,7 +239,9 @@ func (b *EmbeddedBus) ConsumeCommands(ctx context.Context, h CommandHandler) err
 		return errors.New("oona: ConsumeCommands: nil handler")
 	}
 	opts := b.cfg.Consumer.withDefaults(b.cfg.HostID)
-	d := &dispatcher{handler: h, seen: newLRU(opts.DedupSize), counters: &b.cons, logger: b.logger}
+	d := newDispatcher(h, opts, &b.cons, b.logger)
+	ln := newLanes(ctx, opts.Lanes, opts.MaxQueued)
+	defer ln.wait()
 	sub := b.Subscribe(contracts.TopicControlKasminaCommands, 0)
 	defer sub.Unsubscribe()
 	for {
@@ -250,22 +252,35 @@ func (b *EmbeddedBus) ConsumeCommands(ctx context.Context, h CommandHandler) err
 			if !ok {
 				return nil
 			}
-			for attempt := int64(0); ; attempt++ {
-				out, reason := d.dispatch(ctx, "", fields)
-				if out == outcomeDeadLetter {
-					b.deadLetter(fields, reason)
-				}
-				if out != outcomeRetry {
-					break
-				}
-				if attempt+1 >= opts.MaxDeliveries {
-					b.deadLetter(fields, fmt.Sprintf("delivered %d times without success: %s", attempt+1, reason))
-					break
-				}
-				if !sleepCtx(ctx, opts.Backoff.Delay(int(attempt))) {
-					return nil
-				}
+			cmd, err := d.decode("", fields)
+			if err != nil {
+				b.deadLetter(fields, err.Error())
+				continue
 			}
+			if !ln.submit(laneOf(cmd), "", func(ctx context.Context) { b.runWithRetries(ctx, d, opts, cmd, fields) }) {
+				return nil
+			}
+		}
+	}
+}
+
+// runWithRetries handles one command, retrying a transient failure with
+// backoff up to MaxDeliveries deliveries before dead-lettering it.
+func (b *EmbeddedBus) runWithRetries(ctx context.Context, d *dispatcher, opts ConsumerOptions, cmd Command, fields map[string]string) {
+	for attempt := int64(0); ; attempt++ {
+		out, reason := d.run(ctx, cmd)
+		if out == outcomeDeadLetter {
+			b.deadLetter(fields, reason)
+		}
+		if out != outcomeRetry {
+			return
+		}
+		if attempt+1 >= opts.MaxDeliveries {
+			b.deadLetter(fields, fmt.Sprintf("delivered %d times without success: %s", attempt+1, reason))
+			return
+		}
+		if !sleepCtx(ctx, opts.Backoff.Delay(int(attempt))) {
+			return
 		}
 	}
 }

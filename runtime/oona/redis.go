@@ -130,11 +130,13 @@ func (b *RedisBus) ConsumeCommands(ctx context.Context, h CommandHandler) error 
 		return errors.New("oona: ConsumeCommands: nil handler")
 	}
 	opts := b.cfg.Consumer
-	d := &dispatcher{handler: h, seen: newLRU(opts.DedupSize), counters: &b.cons, logger: b.logger}
+	d := newDispatcher(h, opts, &b.cons, b.logger)
+	ln := newLanes(ctx, opts.Lanes, opts.MaxQueued)
+	defer ln.wait()
 	stream := string(contracts.TopicControlKasminaCommands)
 	attempt := 0
 	for ctx.Err() == nil {
-		progressed, err := b.commandSession(ctx, d, opts, stream)
+		progressed, err := b.commandSession(ctx, d, ln, opts, stream)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -150,7 +152,7 @@ func (b *RedisBus) ConsumeCommands(ctx context.Context, h CommandHandler) error 
 
 // commandSession runs until an error; progressed reports whether the
 // group was reached at all (to reset the backoff).
-func (b *RedisBus) commandSession(ctx context.Context, d *dispatcher, opts ConsumerOptions, stream string) (bool, error) {
+func (b *RedisBus) commandSession(ctx context.Context, d *dispatcher, ln *lanes, opts ConsumerOptions, stream string) (bool, error) {
 	c := b.consumerClient
 	if err := c.XGroupCreateMkStream(ctx, stream, opts.Group, "$").Err(); err != nil && !redis.HasErrorPrefix(err, "BUSYGROUP") {
 		return false, fmt.Errorf("creating group %s on %s: %w", opts.Group, stream, err)
@@ -166,7 +168,7 @@ func (b *RedisBus) commandSession(ctx context.Context, d *dispatcher, opts Consu
 			break
 		}
 		for _, m := range res[0].Messages {
-			if err := b.processEntry(ctx, d, opts, stream, m); err != nil {
+			if err := b.processEntry(ctx, d, ln, opts, stream, m); err != nil {
 				return true, err
 			}
 			start = m.ID
@@ -175,7 +177,7 @@ func (b *RedisBus) commandSession(ctx context.Context, d *dispatcher, opts Consu
 	lastJanitor := time.Time{}
 	for ctx.Err() == nil {
 		if time.Since(lastJanitor) >= opts.JanitorInterval {
-			if err := b.janitor(ctx, d, opts, stream); err != nil {
+			if err := b.janitor(ctx, d, ln, opts, stream); err != nil {
 				return true, err
 			}
 			lastJanitor = time.Now()
@@ -190,7 +192,7 @@ func (b *RedisBus) commandSession(ctx context.Context, d *dispatcher, opts Consu
 		}
 		for _, s := range res {
 			for _, m := range s.Messages {
-				if err := b.processEntry(ctx, d, opts, stream, m); err != nil {
+				if err := b.processEntry(ctx, d, ln, opts, stream, m); err != nil {
 					return true, err
 				}
 			}
@@ -199,9 +201,15 @@ func (b *RedisBus) commandSession(ctx context.Context, d *dispatcher, opts Consu
 	return true, ctx.Err()
 }
 
-// processEntry dispatches one entry and acknowledges or dead-letters it.
-func (b *RedisBus) processEntry(ctx context.Context, d *dispatcher, opts ConsumerOptions, stream string, m redis.XMessage) error {
+// processEntry decodes one entry and hands it to its seed's lane, which
+// runs the handler and then acknowledges, dead-letters or leaves the entry
+// pending. A malformed entry is dead-lettered at once; an entry already in
+// a lane (reclaimed while it waits or runs) is left alone.
+func (b *RedisBus) processEntry(ctx context.Context, d *dispatcher, ln *lanes, opts ConsumerOptions, stream string, m redis.XMessage) error {
 	c := b.consumerClient
+	if ln.busy(m.ID) {
+		return nil
+	}
 	if m.Values == nil {
 		// Pending, but the stream entry is gone (trimmed or deleted).
 		b.cons.trimmed.Add(1)
@@ -209,17 +217,35 @@ func (b *RedisBus) processEntry(ctx context.Context, d *dispatcher, opts Consume
 		return c.XAck(ctx, stream, opts.Group, m.ID).Err()
 	}
 	fields := stringFields(m.Values)
-	out, reason := d.dispatch(ctx, m.ID, fields)
+	cmd, err := d.decode(m.ID, fields)
+	if err != nil {
+		return b.settle(ctx, opts, stream, fields, m.ID, outcomeDeadLetter, err.Error())
+	}
+	ln.submit(laneOf(cmd), m.ID, func(ctx context.Context) {
+		out, reason := d.run(ctx, cmd)
+		// A command that ran is settled even when shutdown has begun.
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := b.settle(sctx, opts, stream, fields, m.ID, out, reason); err != nil {
+			b.logger.Warn("oona: command entry left pending", slog.String("stream_id", m.ID), slog.Any("error", err))
+		}
+	})
+	return nil
+}
+
+// settle acknowledges an entry, after copying it to the dead-letter
+// stream for outcomeDeadLetter, or leaves it pending for outcomeRetry.
+func (b *RedisBus) settle(ctx context.Context, opts ConsumerOptions, stream string, fields map[string]string, id string, out outcome, reason string) error {
 	switch out {
 	case outcomeRetry:
 		return nil
 	case outcomeDeadLetter:
-		if err := b.deadLetter(ctx, opts, fields, m.ID, reason); err != nil {
+		if err := b.deadLetter(ctx, opts, fields, id, reason); err != nil {
 			return err
 		}
 	}
-	if err := c.XAck(ctx, stream, opts.Group, m.ID).Err(); err != nil {
-		return fmt.Errorf("XACK %s: %w", m.ID, err)
+	if err := b.consumerClient.XAck(ctx, stream, opts.Group, id).Err(); err != nil {
+		return fmt.Errorf("XACK %s: %w", id, err)
 	}
 	return nil
 }
@@ -245,14 +271,14 @@ func (b *RedisBus) deadLetter(ctx context.Context, opts ConsumerOptions, fields 
 
 // janitor dead-letters entries delivered too often and reclaims stale
 // pending entries (this host's own, after a handler failure or a crash).
-func (b *RedisBus) janitor(ctx context.Context, d *dispatcher, opts ConsumerOptions, stream string) error {
+func (b *RedisBus) janitor(ctx context.Context, d *dispatcher, ln *lanes, opts ConsumerOptions, stream string) error {
 	c := b.consumerClient
 	pend, err := c.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: stream, Group: opts.Group, Idle: opts.MinIdle, Start: "-", End: "+", Count: 100}).Result()
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return fmt.Errorf("XPENDING: %w", err)
 	}
 	for _, p := range pend {
-		if p.RetryCount < opts.MaxDeliveries {
+		if p.RetryCount < opts.MaxDeliveries || ln.busy(p.ID) {
 			continue
 		}
 		msgs, err := c.XRangeN(ctx, stream, p.ID, p.ID, 1).Result()
@@ -279,7 +305,7 @@ func (b *RedisBus) janitor(ctx context.Context, d *dispatcher, opts ConsumerOpti
 			b.logger.Warn("oona: pending command entries were trimmed before handling", slog.Int("count", len(deleted)))
 		}
 		for _, m := range msgs {
-			if err := b.processEntry(ctx, d, opts, stream, m); err != nil {
+			if err := b.processEntry(ctx, d, ln, opts, stream, m); err != nil {
 				return err
 			}
 		}

@@ -67,7 +67,7 @@ func TestWireTimestampMatchesContractJSON(t *testing.T) {
 func TestPayloadEncodingMatchesEncodingJSON(t *testing.T) {
 	values := []map[string]any{
 		{},
-		{"f": 0.1, "g": 1e-7, "h": 1e21, "i": 123456789.125, "j": -0.0, "k": float32(0.3), "l": 5e-324, "m": 1e20},
+		{"f": 0.1, "g": 1e-7, "h": 1e21, "i": 123456789.125, "j": math.Copysign(0, -1), "k": float32(0.3), "l": 5e-324, "m": 1e20},
 		{"s": "tab\t nl\n quote\" bs\\ ctl\x01 uni é ☃ \u2028 <&>", "bad": "\xff"},
 		{"n": nil, "b": true, "i": int64(-9007199254740993), "u": uint64(math.MaxUint64), "num": json.Number("12.50")},
 		{"nested": map[string]any{"z": []any{map[string]any{"a": 1}}, "a": []string{"x"}, "fl": []float64{1, 2.5}, "in": []int{1, 2}}},

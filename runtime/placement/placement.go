@@ -28,10 +28,21 @@
 //
 // # Preferences and policies
 //
+// # Device names
+//
+// One naming serves requests, decisions, views and device_requirements,
+// and is written once, in DeviceName: a device that runs work on a GPU (a
+// whole GPU, or a MIG instance) is "cuda:N", N being its CUDA ordinal, the
+// number torch.device("cuda:N") gives it in this process (under
+// CUDA_VISIBLE_DEVICES, which on a MIG node enumerates the MIG instances);
+// the CPU is "cpu". A GPU whose MIG mode is enabled runs no work itself and
+// has no ordinal. The caller building Devices (the runtime, from the
+// device inventory) sets Ordinal and Name = DeviceName(Ordinal).
+//
 // device_requirements is an ordered preference list: "cuda" (any GPU or MIG
-// instance), "cuda:N" (GPU index N), "cuda:GPU-<uuid>" or "cuda:MIG-<uuid>"
-// (one device, by UUID or a unique prefix), "cpu". An empty list means any
-// device, GPUs first. The first requirement that some device satisfies
+// instance), "cuda:N" (the GPU or MIG instance named cuda:N),
+// "cuda:GPU-<uuid>" or "cuda:MIG-<uuid>" (one device, by UUID or a unique
+// prefix), "cpu". An empty list means any device, GPUs first. The first requirement that some device satisfies
 // wins; among the devices it matches the policy picks one:
 //
 //   - BestFit (default) picks the device with the least effective free
@@ -77,16 +88,26 @@ func (k Kind) String() string {
 	return "unknown"
 }
 
+// CPUName is the CPU's device name.
+const CPUName = "cpu"
+
+// DeviceName is the name of the GPU or MIG instance with CUDA ordinal
+// ordinal: "cuda:<ordinal>" (see Device names above).
+func DeviceName(ordinal int) string { return "cuda:" + strconv.Itoa(ordinal) }
+
 // Device is one placement target, built by the caller from a device
 // snapshot. Memory is in MiB, as memory_footprint_mb is read everywhere.
 type Device struct {
-	// Name is how requests and responses refer to the device: "cuda:N" for
-	// GPU index N, "cuda:N/mig:M" for MIG instance M of GPU N, "cpu".
+	// Name is how requests and responses refer to the device:
+	// DeviceName(Ordinal) for a GPU or a MIG instance, CPUName for the
+	// CPU.
 	Name string
 	Kind Kind
-	// Index is the GPU index (for a MIG instance, its parent's index).
-	Index int
-	UUID  string
+	// Ordinal is the CUDA ordinal of a GPU or MIG instance (the N of
+	// cuda:N), -1 for a GPU that has none (MIG mode enabled); unused for
+	// the CPU.
+	Ordinal int
+	UUID    string
 	// Healthy is false for unhealthy or lost devices; HealthReason says why.
 	Healthy      bool
 	HealthReason string
@@ -416,7 +437,9 @@ func (r *requirement) matches(d *Device) bool {
 	case reqAnyGPU:
 		return d.Kind == KindGPU || d.Kind == KindMIG
 	case reqGPUIndex:
-		return d.Kind == KindGPU && d.Index == r.index
+		// cuda:N names the device with CUDA ordinal N, a whole GPU or a
+		// MIG instance alike.
+		return (d.Kind == KindGPU || d.Kind == KindMIG) && d.Ordinal == r.index
 	case reqUUID:
 		return (d.Kind == KindGPU || d.Kind == KindMIG) && len(d.UUID) >= len(r.uuid) &&
 			strings.EqualFold(d.UUID[:len(r.uuid)], r.uuid)

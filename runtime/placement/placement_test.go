@@ -14,7 +14,7 @@ func dgx() []Device {
 	out := make([]Device, 0, 9)
 	for i, f := range free {
 		out = append(out, Device{
-			Name: fmt.Sprintf("cuda:%d", i), Kind: KindGPU, Index: i,
+			Name: DeviceName(i), Kind: KindGPU, Ordinal: i,
 			UUID:    fmt.Sprintf("GPU-a100000%d-0000-4000-8000-00000000000%d", i, i),
 			Healthy: true, FreeMiB: f, TotalMiB: 40960,
 		})
@@ -39,9 +39,12 @@ func TestPlan(t *testing.T) {
 		allUnhealthy[i].HealthReason = "Xid 79: GPU has fallen off the bus"
 	}
 	mig := []Device{
-		{Name: "cuda:0", Kind: KindGPU, Index: 0, UUID: "GPU-aaaa", Healthy: true, MIGEnabled: true, FreeMiB: 40000, TotalMiB: 40960},
-		{Name: "cuda:0/mig:0", Kind: KindMIG, Index: 0, UUID: "MIG-1111", Healthy: true, FreeMiB: 9000, TotalMiB: 9856},
-		{Name: "cuda:0/mig:1", Kind: KindMIG, Index: 0, UUID: "MIG-2222", Healthy: true, FreeMiB: 19000, TotalMiB: 19968},
+		// The MIG-enabled GPU has no CUDA ordinal; its instances have 0
+		// and 1, and a whole GPU after them 2.
+		{Name: "GPU-aaaa", Kind: KindGPU, Ordinal: -1, UUID: "GPU-aaaa", Healthy: true, MIGEnabled: true, FreeMiB: 40000, TotalMiB: 40960},
+		{Name: DeviceName(0), Kind: KindMIG, Ordinal: 0, UUID: "MIG-1111", Healthy: true, FreeMiB: 9000, TotalMiB: 9856},
+		{Name: DeviceName(1), Kind: KindMIG, Ordinal: 1, UUID: "MIG-2222", Healthy: true, FreeMiB: 19000, TotalMiB: 19968},
+		{Name: DeviceName(2), Kind: KindGPU, Ordinal: 2, UUID: "GPU-bbbb", Healthy: true, FreeMiB: 3000, TotalMiB: 40960},
 		{Name: "cpu", Kind: KindCPU, Healthy: true, FreeMiB: 8000},
 	}
 	cpuOnly := []Device{{Name: "cpu", Kind: KindCPU, Healthy: true, FreeMiB: 8000}}
@@ -112,10 +115,15 @@ func TestPlan(t *testing.T) {
 			req: Request{ContractMiB: 50000}, device: "",
 			rejections: map[string]Verdict{"cuda:3": NoMemory, "cpu": NoMemory}},
 		{name: "MIG parent takes nothing, instances do", devs: mig,
-			req: Request{Requirements: []string{"cuda"}, ContractMiB: 5000}, device: "cuda:0/mig:0",
-			rejections: map[string]Verdict{"cuda:0": MIGParent}},
+			req: Request{Requirements: []string{"cuda"}, ContractMiB: 5000}, device: "cuda:0",
+			rejections: map[string]Verdict{"GPU-aaaa": MIGParent}},
 		{name: "MIG instance by uuid", devs: mig,
-			req: Request{Requirements: []string{"cuda:MIG-2222"}, ContractMiB: 5000}, device: "cuda:0/mig:1"},
+			req: Request{Requirements: []string{"cuda:MIG-2222"}, ContractMiB: 5000}, device: "cuda:1"},
+		{name: "MIG instance by its CUDA ordinal", devs: mig,
+			req: Request{Requirements: []string{"cuda:1"}, ContractMiB: 5000}, device: "cuda:1",
+			rejections: map[string]Verdict{"cuda:0": NotRequested, "cuda:2": NotRequested}},
+		{name: "whole GPU after MIG instances by its CUDA ordinal", devs: mig,
+			req: Request{Requirements: []string{"cuda:2"}, ContractMiB: 1000}, device: "cuda:2"},
 		{name: "MIG instances too small", devs: mig,
 			req: Request{Requirements: []string{"cuda"}, ContractMiB: 30000}, device: "", fallback: "no GPU has enough free memory"},
 	}

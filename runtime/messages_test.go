@@ -1,0 +1,87 @@
+package runtime
+
+import (
+	"context"
+	"math"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/esper/kasmina-host/contracts"
+	"github.com/esper/kasmina-host/runtime/failure"
+	"github.com/esper/kasmina-host/runtime/oona"
+)
+
+// Each error says its cause once, naming the input, with no class phrase
+// in front ("bad input: bad input: kernel name ..." was the old shape).
+func TestErrorMessagesNameTheInputOnce(t *testing.T) {
+	inv := openInventory(t, "dgxa100", nil)
+	h, _, _ := newHost(t, inv, Config{})
+	ctx := context.Background()
+	var resolved atomic.Int64
+	h.SetResolver(resolverFunc(func(context.Context, string) (*contracts.CompiledKernel, error) {
+		resolved.Add(1)
+		return nil, failure.Errorf(failure.NotFound, "unexpected")
+	}))
+	if _, err := h.Load(ctx, LoadRequest{Name: "k", Data: linearKernel(t, "k", nil), Layer: "l"}); err != nil {
+		t.Fatal(err)
+	}
+	cmd := func(p oona.CommandPayload) error {
+		return h.HandleCommand(ctx, oona.Command{Message: contracts.NewOonaMessage("t", "t", contracts.TopicControlKasminaCommands, nil), Payload: p})
+	}
+	for _, c := range []struct {
+		name  string
+		err   error
+		want  string
+		class failure.Class
+	}{
+		{"a name with a slash", func() error {
+			_, err := h.Load(ctx, LoadRequest{Name: "a/b", Data: linearKernel(t, "x", nil)})
+			return err
+		}(),
+			`kernel name "a/b": no control characters, '/', '?' or '#'`, failure.BadInput},
+		{"a bus kernel id that is no name", cmd(&oona.LoadKernel{LayerName: "l", SeedIdx: 1, ArtifactID: "a?b"}),
+			`kernel name "a?b": no control characters, '/', '?' or '#'`, failure.BadInput},
+		{"the same name twice", func() error {
+			_, err := h.Load(ctx, LoadRequest{Name: "k", Data: linearKernel(t, "k", nil)})
+			return err
+		}(),
+			`a kernel named "k" is already loaded`, failure.Conflict},
+		{"bytes that are no kernel", func() error {
+			_, err := h.Load(ctx, LoadRequest{Name: "text", Data: []byte("root:x:0:0:root:/root:/bin/bash\n")})
+			return err
+		}(), `the artifact: malformed kernel file: the header length at byte 0 exceeds the limit of 16777216 bytes (not a safetensors file)`, failure.Malformed},
+		{"an unknown kernel", h.Unload(ctx, "nope"), `no kernel "nope" is loaded`, failure.NotFound},
+		{"an unknown seed", h.SetSeedState("l", 9, contracts.SeedTraining, "test"), `no seed l/9`, failure.NotFound},
+		{"alpha NaN", h.SetAlpha("l", 0, math.NaN()), `seed l/0: alpha is NaN`, failure.BadInput},
+		{"an illegal transition", h.SetSeedState("l", 0, contracts.SeedFossilized, "test"),
+			`seed l/0: illegal state transition: "germinated" → "fossilized"`, failure.Refused},
+		{"a model not in the repository", h.LoadModel(ctx, "absent"), `no kernel "absent" in the repository`, failure.NotFound},
+		{"a seed that holds another kernel", func() error {
+			_, err := h.Load(ctx, LoadRequest{Name: "k2", Data: linearKernel(t, "k2", nil), Layer: "l"})
+			return err
+		}(), `seed l/0 already holds kernel "k"; unload it first`, failure.Conflict},
+	} {
+		if c.err == nil {
+			t.Errorf("%s: no error", c.name)
+			continue
+		}
+		if c.err.Error() != c.want || failure.ClassOf(c.err) != c.class {
+			t.Errorf("%s:\n got %q (%s)\nwant %q (%s)", c.name, c.err, failure.ClassOf(c.err), c.want, c.class)
+		}
+		for _, phrase := range []string{"bad input", "not found:", "kernel refused", "artifact fetch failed"} {
+			if strings.Contains(c.err.Error(), phrase) {
+				t.Errorf("%s: %q carries the class phrase %q", c.name, c.err, phrase)
+			}
+		}
+	}
+	if n := resolved.Load(); n != 0 {
+		t.Errorf("Urza was asked %d times about a name that is not valid", n)
+	}
+}
+
+type resolverFunc func(ctx context.Context, id string) (*contracts.CompiledKernel, error)
+
+func (f resolverFunc) Resolve(ctx context.Context, id string) (*contracts.CompiledKernel, error) {
+	return f(ctx, id)
+}
