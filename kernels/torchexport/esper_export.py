@@ -201,6 +201,19 @@ def module_graph(model: nn.Module, path: str = "") -> Dict[str, Any]:
     return {"type": "sequential", "layers": layers}
 
 
+def _positional(model: nn.Sequential) -> nn.Sequential:
+    """model with every Sequential's children named by position, sharing the
+    same leaf modules: the format names tensors '0.weight', '1.0.bias', while
+    a Sequential built from an OrderedDict names them 'fc.weight'."""
+    children = [(_positional(c) if type(c) is nn.Sequential else c) for c in model.children()]
+    if all(name == str(i) for i, name in enumerate(n for n, _ in model.named_children())) and \
+            all(a is b for a, b in zip(children, model.children())):
+        return model
+    out = nn.Sequential(*children)
+    out.train(model.training)
+    return out
+
+
 def _tensors(model: nn.Module, dtype: str) -> List[Tuple[str, str, List[int], bytes]]:
     """state_dict tensors in order, converted to dtype; integer buffers
     (num_batches_tracked) are left out as the format allows."""
@@ -341,10 +354,11 @@ def export_bytes(model: nn.Sequential, input_shape: Sequence[int], *, kernel_id:
     was_training = model.training
     model.eval()
     try:
+        positional = _positional(model)
         kernel_id = kernel_id or str(uuid.uuid4())
-        meta = _kernel_metadata(model, input_shape, kernel_id, blueprint_id or f"bp-{kernel_id}",
+        meta = _kernel_metadata(positional, input_shape, kernel_id, blueprint_id or f"bp-{kernel_id}",
                                 name or kernel_id, device_requirements, memory_footprint_mb)
-        tensors = _tensors(model, dtype)
+        tensors = _tensors(positional, dtype)
     finally:
         model.train(was_training)
     data = write_safetensors(tensors, {
