@@ -64,6 +64,7 @@ __all__ = [
     "write_safetensors",
     "read_safetensors",
     "write_case",
+    "write_reference",
 ]
 
 
@@ -439,6 +440,20 @@ def write_case(directory: str, model: nn.Sequential, input_shape: Sequence[int],
     kernel_id = kernel_id or os.path.basename(os.path.normpath(directory))
     kpath = os.path.join(directory, "kernel.safetensors")
     meta = export(model, kpath, input_shape, kernel_id=kernel_id, dtype=dtype)
+    write_reference(directory, model, input_shape, meta, batch=batch, seed=seed, tolerance=tolerance,
+                    dtype=dtype, binary_ref=binary_ref)
+    return meta
+
+
+def write_reference(directory: str, model: nn.Sequential, input_shape: Sequence[int], meta: Dict[str, Any], *,
+                    batch: int = 4, seed: int = 0, tolerance: float = 1e-5, dtype: str = "F32",
+                    binary_ref: Optional[str] = None) -> None:
+    """Write the rest of a golden case next to directory/kernel.safetensors,
+    a kernel made from model by whatever means (meta is what made it
+    returned): io.safetensors with model's outputs, case.json and
+    compiled_kernel.json. The converter's tests use it to check a converted
+    file against the model it was saved from."""
+    kpath = os.path.join(directory, "kernel.safetensors")
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn([batch] + list(input_shape), generator=gen, dtype=torch.float32)
     expected = _reference_output(model, dtype, x)
@@ -452,7 +467,7 @@ def write_case(directory: str, model: nn.Sequential, input_shape: Sequence[int],
     with open(os.path.join(directory, "io.safetensors"), "wb") as f:
         f.write(io)
     case = {
-        "kernel_id": kernel_id,
+        "kernel_id": meta["kernel_id"],
         "input_shape": list(x.shape),
         "output_shape": list(expected.shape),
         "tolerance": tolerance,
@@ -464,7 +479,6 @@ def write_case(directory: str, model: nn.Sequential, input_shape: Sequence[int],
     doc = compiled_kernel(meta, meta["checksum"], binary_ref or "file://" + os.path.abspath(kpath))
     with open(os.path.join(directory, "compiled_kernel.json"), "w") as f:
         json.dump(doc, f, indent=1)
-    return meta
 
 
 def selftest_models() -> Iterable[Tuple[str, nn.Sequential, List[int], str]]:
