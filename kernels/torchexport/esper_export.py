@@ -64,6 +64,7 @@ __all__ = [
     "write_safetensors",
     "read_safetensors",
     "write_case",
+    "write_reference",
 ]
 
 
@@ -199,6 +200,19 @@ def module_graph(model: nn.Module, path: str = "") -> Dict[str, Any]:
     if model._forward_hooks or model._forward_pre_hooks:
         raise UnsupportedModuleError("Sequential", path or "<root>", "forward hooks cannot be exported")
     return {"type": "sequential", "layers": layers}
+
+
+def _positional(model: nn.Sequential) -> nn.Sequential:
+    """model with every Sequential's children named by position, sharing the
+    same leaf modules: the format names tensors '0.weight', '1.0.bias', while
+    a Sequential built from an OrderedDict names them 'fc.weight'."""
+    children = [(_positional(c) if type(c) is nn.Sequential else c) for c in model.children()]
+    if all(name == str(i) for i, name in enumerate(n for n, _ in model.named_children())) and \
+            all(a is b for a, b in zip(children, model.children())):
+        return model
+    out = nn.Sequential(*children)
+    out.train(model.training)
+    return out
 
 
 def _tensors(model: nn.Module, dtype: str) -> List[Tuple[str, str, List[int], bytes]]:
@@ -341,10 +355,11 @@ def export_bytes(model: nn.Sequential, input_shape: Sequence[int], *, kernel_id:
     was_training = model.training
     model.eval()
     try:
+        positional = _positional(model)
         kernel_id = kernel_id or str(uuid.uuid4())
-        meta = _kernel_metadata(model, input_shape, kernel_id, blueprint_id or f"bp-{kernel_id}",
+        meta = _kernel_metadata(positional, input_shape, kernel_id, blueprint_id or f"bp-{kernel_id}",
                                 name or kernel_id, device_requirements, memory_footprint_mb)
-        tensors = _tensors(model, dtype)
+        tensors = _tensors(positional, dtype)
     finally:
         model.train(was_training)
     data = write_safetensors(tensors, {
@@ -425,6 +440,20 @@ def write_case(directory: str, model: nn.Sequential, input_shape: Sequence[int],
     kernel_id = kernel_id or os.path.basename(os.path.normpath(directory))
     kpath = os.path.join(directory, "kernel.safetensors")
     meta = export(model, kpath, input_shape, kernel_id=kernel_id, dtype=dtype)
+    write_reference(directory, model, input_shape, meta, batch=batch, seed=seed, tolerance=tolerance,
+                    dtype=dtype, binary_ref=binary_ref)
+    return meta
+
+
+def write_reference(directory: str, model: nn.Sequential, input_shape: Sequence[int], meta: Dict[str, Any], *,
+                    batch: int = 4, seed: int = 0, tolerance: float = 1e-5, dtype: str = "F32",
+                    binary_ref: Optional[str] = None) -> None:
+    """Write the rest of a golden case next to directory/kernel.safetensors,
+    a kernel made from model by whatever means (meta is what made it
+    returned): io.safetensors with model's outputs, case.json and
+    compiled_kernel.json. The converter's tests use it to check a converted
+    file against the model it was saved from."""
+    kpath = os.path.join(directory, "kernel.safetensors")
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn([batch] + list(input_shape), generator=gen, dtype=torch.float32)
     expected = _reference_output(model, dtype, x)
@@ -438,7 +467,7 @@ def write_case(directory: str, model: nn.Sequential, input_shape: Sequence[int],
     with open(os.path.join(directory, "io.safetensors"), "wb") as f:
         f.write(io)
     case = {
-        "kernel_id": kernel_id,
+        "kernel_id": meta["kernel_id"],
         "input_shape": list(x.shape),
         "output_shape": list(expected.shape),
         "tolerance": tolerance,
@@ -450,7 +479,6 @@ def write_case(directory: str, model: nn.Sequential, input_shape: Sequence[int],
     doc = compiled_kernel(meta, meta["checksum"], binary_ref or "file://" + os.path.abspath(kpath))
     with open(os.path.join(directory, "compiled_kernel.json"), "w") as f:
         json.dump(doc, f, indent=1)
-    return meta
 
 
 def selftest_models() -> Iterable[Tuple[str, nn.Sequential, List[int], str]]:

@@ -178,6 +178,26 @@ class Layout(unittest.TestCase):
             self.assertEqual((doc["kernel_id"], doc["blueprint_id"], doc["status"]), ("k1", "bp", "compiled"))
             json.dumps(doc)  # serialisable as is
 
+    def test_named_sequential_tensors_are_named_by_position(self):
+        # The format names child i's tensors "i.<name>"; a Sequential built
+        # from an OrderedDict names them after its keys, which the host
+        # would not find. The export must be the positional twin's, byte
+        # for byte.
+        from collections import OrderedDict
+        torch.manual_seed(3)
+        named = nn.Sequential(OrderedDict(
+            fc=nn.Linear(4, 6), act=nn.ReLU(),
+            block=nn.Sequential(OrderedDict(norm=nn.BatchNorm1d(6), out=nn.Linear(6, 2)))))
+        twin = nn.Sequential(named.fc, named.act, nn.Sequential(named.block.norm, named.block.out))
+        data, _ = ee.export_bytes(named, [4], kernel_id="k")
+        want, _ = ee.export_bytes(twin, [4], kernel_id="k")
+        _, tensors = ee.read_safetensors(data)
+        self.assertEqual(list(tensors), ["0.weight", "0.bias", "2.0.weight", "2.0.bias", "2.0.running_mean",
+                                         "2.0.running_var", "2.1.weight", "2.1.bias"])
+        self.assertEqual(data, want)
+        with self.assertRaisesRegex(ee.UnsupportedModuleError, r"^unsupported module 'LSTM' at 'block\.lstm'$"):
+            ee.module_graph(nn.Sequential(OrderedDict(fc=nn.Linear(4, 4), block=nn.Sequential(OrderedDict(lstm=nn.LSTM(4, 4))))))
+
     def test_training_mode_is_restored(self):
         model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5))
         model.train()

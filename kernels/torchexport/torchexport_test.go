@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"net/http/httptest"
@@ -135,7 +136,10 @@ func TestExportedKernelsMatchPyTorch(t *testing.T) {
 	fmt.Printf("torchexport end-to-end: %d passed, %d failed (of %d)\n", passed, len(listed.Cases)-passed, len(listed.Cases))
 }
 
-func checkCase(t *testing.T, dir string) {
+// checkCase loads a golden-layout case's kernel through the host, runs it
+// and compares with PyTorch; it returns the relative L2 error against
+// PyTorch's float64 output.
+func checkCase(t *testing.T, dir string) float64 {
 	var c caseFile
 	raw, err := os.ReadFile(filepath.Join(dir, "case.json"))
 	if err != nil {
@@ -217,18 +221,142 @@ func checkCase(t *testing.T, dir string) {
 	if !(relTorch <= c.Tolerance) {
 		t.Errorf("relative error against PyTorch float32 %.3g exceeds %.3g", relTorch, c.Tolerance)
 	}
+	return relRef
 }
 
-// TestPythonUnitChecks runs the exporter's own unit tests: refusal of
-// unsupported modules by name, byte-identical re-export of the reference
-// kernels, the sidecar's checksum.
+// convertForms are the forms test_esper_convert.py writes every model in:
+// torch.save zip and legacy, Tezzeret's compiled dict, and the TorchScript
+// twins.
+var convertForms = []string{"zip", "legacy", "tezzeret", "script", "trace"}
+
+// TestConvertedKernelsMatchPyTorch is the converter's proof: every model of
+// the exporter's set (every operation, nested and named sequentials, F16 and
+// BF16 weights) and the two modules Tezzeret's ir_to_module builds, saved in
+// every form Esper hands over and converted by esper_convert.py, loads
+// through the host and matches the original model's PyTorch output within
+// the golden tolerance.
+func TestConvertedKernelsMatchPyTorch(t *testing.T) {
+	t.Parallel()
+	py := python(t)
+	dir := t.TempDir()
+	here, _ := os.Getwd()
+	out := runPython(t, py, here, filepath.Join(here, "test_esper_convert.py"), "cases", "--out", dir)
+	var listed struct {
+		Cases, Skipped []string
+		Torch          string
+	}
+	if err := json.Unmarshal(out, &listed); err != nil || len(listed.Cases) == 0 {
+		t.Fatalf("case writer output %q: %v", out, err)
+	}
+	for _, s := range listed.Skipped {
+		fmt.Printf("torchexport converted: SKIPPED %s\n", s)
+		t.Logf("SKIPPED, NOT RUN: %s", s)
+	}
+	for _, form := range convertForms {
+		written, skipped := 0, 0
+		for _, c := range listed.Cases {
+			if strings.HasPrefix(c, form+"-") {
+				written++
+			}
+		}
+		for _, s := range listed.Skipped {
+			if strings.HasPrefix(s, form+"-") {
+				skipped++
+			}
+		}
+		if written == 0 && skipped == 0 {
+			t.Errorf("no case converts a %s file", form)
+		}
+	}
+	passed, worst, worstCase := 0, 0.0, ""
+	for _, name := range listed.Cases {
+		var rel float64
+		if ok := t.Run(name, func(t *testing.T) { rel = checkCase(t, filepath.Join(dir, name)) }); ok {
+			passed++
+			if rel > worst {
+				worst, worstCase = rel, name
+			}
+		}
+	}
+	fmt.Printf("torchexport converted (PyTorch %s): %d passed, %d failed (of %d); largest relative L2 error against PyTorch float64 %.3g (%s)\n",
+		listed.Torch, passed, len(listed.Cases)-passed, len(listed.Cases), worst, worstCase)
+}
+
+// TestConverterTurnsRefusedTorchFilesIntoKernels closes the loop the host's
+// refusal opens: the PyTorch files the kernels package refuses (its
+// committed fixtures: torch.save zip and legacy, TorchScript) name
+// kernels.Converter, which is this folder's esper_convert.py; its CLI turns
+// each into a kernel that loads and reproduces the module's float64 output.
+func TestConverterTurnsRefusedTorchFilesIntoKernels(t *testing.T) {
+	t.Parallel()
+	py := python(t)
+	here, _ := os.Getwd()
+	converter := filepath.Join(here, "esper_convert.py")
+	if !strings.HasSuffix(filepath.ToSlash(converter), kernels.Converter) {
+		t.Fatalf("the host names %s as the converter; it is at %s", kernels.Converter, converter)
+	}
+	fixtures := filepath.Join(here, "..", "testdata", "torch")
+	work := t.TempDir()
+	const reference = `import json, sys, torch
+m = torch.load(sys.argv[1], map_location="cpu").double().eval()
+x = torch.linspace(-2, 2, 12).reshape(4, 3)
+with torch.no_grad():
+    y = m(x.double())
+print(json.dumps({"input": x.flatten().tolist(), "output": y.flatten().tolist()}))
+`
+	var ref struct{ Input, Output []float64 }
+	raw := runPython(t, py, work, "-c", reference, filepath.Join(fixtures, "sequential_zip.pt"))
+	if err := json.Unmarshal(raw, &ref); err != nil || len(ref.Input) != 12 {
+		t.Fatalf("reference %q: %v", raw, err)
+	}
+	in := make([]float32, len(ref.Input))
+	for i, v := range ref.Input {
+		in[i] = float32(v)
+	}
+	for _, name := range []string{"sequential_zip.pt", "sequential_legacy.pt", "sequential_script.pt"} {
+		t.Run(name, func(t *testing.T) {
+			src := filepath.Join(fixtures, name)
+			_, err := kernels.LoadFile(src, kernels.LoadOptions{})
+			var ferr *kernels.ForeignFileError
+			if !errors.As(err, &ferr) || !strings.Contains(err.Error(), kernels.Converter) {
+				t.Fatalf("the host loaded %s with error %v, want a refusal naming %s", name, err, kernels.Converter)
+			}
+			dst := filepath.Join(work, name+".safetensors")
+			// No --input-shape: the module starts with a Linear.
+			runPython(t, py, work, converter, "--input", src, "--output", dst, "--kernel-id", "fixture-"+name)
+			k, err := kernels.LoadFile(dst, kernels.LoadOptions{})
+			if err != nil {
+				t.Fatalf("host refused the converted kernel: %v", err)
+			}
+			if fmt.Sprint(k.InputShape(), k.OutputShape()) != "[3] [2]" {
+				t.Fatalf("converted kernel maps %v to %v, want [3] to [2]", k.InputShape(), k.OutputShape())
+			}
+			out := make([]float32, 4*k.OutputSize())
+			if err := k.Run(context.Background(), in, 4, out); err != nil {
+				t.Fatal(err)
+			}
+			rel := relL2(out, ref.Output)
+			t.Logf("%s: relative L2 error %.3g against PyTorch float64", name, rel)
+			if !(rel <= 1e-5) {
+				t.Errorf("relative error %.3g against PyTorch float64 exceeds 1e-5 (got %v, want %v)", rel, out, ref.Output)
+			}
+		})
+	}
+}
+
+// TestPythonUnitChecks runs the exporter's and the converter's own unit
+// tests: refusal of unsupported modules by name and position (torch.save
+// and TorchScript), of TorchScript forwards that are not a chain and of
+// files that hold no module; byte-identical re-export of the reference
+// kernels; every form converting into the file the exporter writes for the
+// original model; Tezzeret's dict (state_dict, ir_metadata); the CLIs.
 func TestPythonUnitChecks(t *testing.T) {
 	t.Parallel()
 	py := python(t)
 	here, _ := os.Getwd()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, py, "-m", "unittest", "-v", "test_esper_export")
+	cmd := exec.CommandContext(ctx, py, "-m", "unittest", "-v", "test_esper_export", "test_esper_convert")
 	cmd.Dir = here
 	cmd.Env = append(os.Environ(), "PYTHONDONTWRITEBYTECODE=1")
 	out, err := cmd.CombinedOutput()
