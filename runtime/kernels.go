@@ -8,16 +8,19 @@ import (
 	"fmt"
 	"log/slog"
 	goruntime "runtime"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/esper/kasmina-host/contracts"
 	"github.com/esper/kasmina-host/kernels"
 	"github.com/esper/kasmina-host/kernels/cache"
 	"github.com/esper/kasmina-host/runtime/dispatch"
+	"github.com/esper/kasmina-host/runtime/failure"
 	"github.com/esper/kasmina-host/runtime/health"
 	"github.com/esper/kasmina-host/runtime/placement"
 )
@@ -52,8 +55,13 @@ type loaded struct {
 	decision   placement.Decision
 	execReason string // why execution differs from the placement ("" when it does not)
 	moves      []Move
-	unloading  atomic.Bool
-	inflight   sync.WaitGroup
+	// gate admits requests until Unload closes it; Unload returns only
+	// once the requests it admitted have left.
+	gate *gate
+	// maxBatch is the largest batch one request may have: the host's
+	// MaxBatch, lowered so that the output and activations stay within
+	// MaxOutputBytes.
+	maxBatch int
 
 	calls, failures atomic.Int64
 	shape1          []int // [1, *output_shape], shared by batch-1 results
@@ -109,7 +117,8 @@ type LoadRequest struct {
 	Replace bool
 }
 
-// KernelView is what the API shows of a loaded kernel.
+// KernelView is what the API shows of a loaded kernel. Source names the
+// artifact with its credentials redacted (source.Redact).
 type KernelView struct {
 	Name           string                   `json:"name"`
 	KernelID       string                   `json:"kernel_id"`
@@ -128,7 +137,9 @@ type KernelView struct {
 	Layer          string                   `json:"layer"`
 	LayerID        int                      `json:"layer_id"`
 	SeedIdx        int                      `json:"seed_idx"`
-	Breaker        string                   `json:"breaker"`
+	Breaker        dispatch.BreakerState    `json:"breaker"`
+	BreakerReason  string                   `json:"breaker_reason,omitempty"`
+	MaxBatch       int                      `json:"max_batch"`
 	Calls          int64                    `json:"calls"`
 	Failures       int64                    `json:"failures"`
 	Moves          []Move                   `json:"moves"`
@@ -136,6 +147,10 @@ type KernelView struct {
 	ObservedMiB    float64                  `json:"observed_load_mib"`
 	Metadata       contracts.KernelMetadata `json:"metadata"`
 	LoadedAt       time.Time                `json:"loaded_at"`
+	// Unchanged is true when Load found this kernel already loaded with
+	// the same content and target and changed nothing (HTTP answers 200,
+	// not 201).
+	Unchanged bool `json:"-"`
 }
 
 // PlacementView is a placement decision as the API and `place` show it.
@@ -248,7 +263,7 @@ func (h *Host) Load(ctx context.Context, req LoadRequest) (KernelView, error) {
 	source := req.Ref
 	if req.Compiled == nil && data == nil && source != "" && !isReference(source) {
 		if h.resolve == nil {
-			return KernelView{}, fmt.Errorf("%w: %q is neither a path nor a URL, and no kernel library (Urza) is configured", ErrBadInput, source)
+			return KernelView{}, fmt.Errorf("%w: %q is neither a path nor a URL, and no kernel library (Urza) is configured", ErrBadInput, redactRef(source))
 		}
 		ck, err := h.resolve.Resolve(ctx, source)
 		if err != nil {
@@ -256,7 +271,7 @@ func (h *Host) Load(ctx context.Context, req LoadRequest) (KernelView, error) {
 			if errors.Is(err, ErrUrzaNotFound) {
 				return KernelView{}, fmt.Errorf("%w: %w", ErrNotFound, err)
 			}
-			return KernelView{}, fmt.Errorf("%w: resolving %s: %w", ErrFetch, source, err)
+			return KernelView{}, fmt.Errorf("%w: resolving %s: %w", ErrFetch, redactRef(source), err)
 		}
 		req.Compiled = ck
 		source = ""
@@ -285,13 +300,13 @@ func (h *Host) Load(ctx context.Context, req LoadRequest) (KernelView, error) {
 			return KernelView{}, fmt.Errorf("%w: no artifact: give bytes, a reference or a document with binary_ref", ErrBadInput)
 		}
 		if h.fetch == nil {
-			return KernelView{}, fmt.Errorf("%w: cannot fetch %q: no artifact source configured", ErrRefused, source)
+			return KernelView{}, fmt.Errorf("%w: cannot fetch %q: no artifact source configured", ErrRefused, redactRef(source))
 		}
 		var err error
 		data, err = h.fetch.Fetch(ctx, source, checksum)
 		if err != nil {
 			h.recordFailure(req.Name, err)
-			return KernelView{}, fmt.Errorf("%w: %s: %w", ErrFetch, source, err)
+			return KernelView{}, fmt.Errorf("%w: %s: %w", ErrFetch, redactRef(source), err)
 		}
 	}
 	handle, err := h.loadCached(ctx, data, md)
@@ -356,6 +371,19 @@ func (h *Host) Load(ctx context.Context, req LoadRequest) (KernelView, error) {
 		shape1:   append([]int{1}, k.OutputShape()...),
 		inShape:  k.InputShape(),
 		observed: observed,
+		gate:     newGate(),
+	}
+	if l.maxBatch = min(h.cfg.MaxBatch, k.MaxBatchWithin(h.cfg.MaxOutputBytes)); l.maxBatch < 1 {
+		return KernelView{}, failure.Errorf(failure.TooLarge, "kernel %q needs %s for one sample's output and intermediate activations, over the host's limit of %s per request",
+			name, byteSize(k.RunBytes(1)), byteSize(h.cfg.MaxOutputBytes))
+	}
+	if !req.Replace {
+		if v, done, err := h.alreadyLoaded(name, l, req); done {
+			return v, err
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return KernelView{}, fmt.Errorf("loading kernel %q: %w", name, err)
 	}
 
 	if req.Replace {
@@ -370,7 +398,8 @@ func (h *Host) Load(ctx context.Context, req LoadRequest) (KernelView, error) {
 	dec, err := h.ledger.PlaceAndReserve(h.planner, name, preq, devices(h.inv.Snapshot()))
 	if err != nil {
 		if errors.Is(err, placement.ErrAlreadyReserved) {
-			return KernelView{}, fmt.Errorf("%w: a kernel named %q is already loaded", ErrRefused, name)
+			// Another load of the same name got there first.
+			return h.loadRace(name, l, req)
 		}
 		h.recordFailure(name, err)
 		if errors.Is(err, placement.ErrNoPlacement) {
@@ -382,10 +411,17 @@ func (h *Host) Load(ctx context.Context, req LoadRequest) (KernelView, error) {
 	l.obs.Store(h.metrics.kernel(name, dec.Device))
 
 	h.mu.Lock()
+	if err := ctx.Err(); err != nil {
+		// The caller's deadline passed: nothing is committed (an HTTP load
+		// answers 504 and the kernel is not loaded).
+		h.mu.Unlock()
+		h.ledger.Release(name)
+		return KernelView{}, fmt.Errorf("loading kernel %q: %w", name, err)
+	}
 	if _, dup := h.kernels[name]; dup {
 		h.mu.Unlock()
 		h.ledger.Release(name)
-		return KernelView{}, fmt.Errorf("%w: a kernel named %q is already loaded", ErrRefused, name)
+		return h.loadRace(name, l, req)
 	}
 	layer, idx := req.Layer, req.SeedIdx
 	if layer == "" {
@@ -400,7 +436,7 @@ func (h *Host) Load(ctx context.Context, req LoadRequest) (KernelView, error) {
 	l.handle = handle
 	ok = true
 	h.kernels[name] = l
-	delete(h.failed, name)
+	h.forgetFailureLocked(name)
 	h.mu.Unlock()
 
 	h.metrics.loadDuration.Observe(h.cfg.Now().Sub(start).Seconds())
@@ -419,13 +455,50 @@ func (h *Host) placementRequest(l *loaded) placement.Request {
 	return PlacementRequest(&l.meta, h.cfg.PlacementBatch, l.kernel.MemoryEstimateMiB(h.cfg.PlacementBatch), l.fallback)
 }
 
+// Bounds on what the host remembers of failed loads (the repository
+// index and /v1/kernels list them): the most recent maxFailedLoads names,
+// each reason cut to maxFailureReason bytes. A name that could never be
+// loaded (validName) is not remembered at all, so a client cannot fill
+// the index with long names.
+const (
+	maxFailedLoads   = 256
+	maxFailureReason = 1024
+)
+
 func (h *Host) recordFailure(name string, err error) {
-	if name == "" {
+	if name == "" || validName(name) != nil {
 		return
 	}
+	reason := err.Error()
+	if len(reason) > maxFailureReason {
+		cut := maxFailureReason
+		for cut > 0 && !utf8.RuneStart(reason[cut]) {
+			cut--
+		}
+		reason = reason[:cut] + "…"
+	}
 	h.mu.Lock()
-	h.failed[name] = err.Error()
-	h.mu.Unlock()
+	defer h.mu.Unlock()
+	if _, ok := h.failed[name]; ok {
+		h.forgetFailureLocked(name) // it moves to the end: the newest
+	}
+	h.failed[name] = reason
+	h.failedOrder = append(h.failedOrder, name)
+	for len(h.failedOrder) > maxFailedLoads {
+		delete(h.failed, h.failedOrder[0])
+		h.failedOrder = h.failedOrder[1:]
+	}
+}
+
+// forgetFailureLocked drops a remembered failed load; h.mu is held.
+func (h *Host) forgetFailureLocked(name string) {
+	if _, ok := h.failed[name]; !ok {
+		return
+	}
+	delete(h.failed, name)
+	if i := slices.Index(h.failedOrder, name); i >= 0 {
+		h.failedOrder = slices.Delete(h.failedOrder, i, i+1)
+	}
 }
 
 // RecordLoadFailure lists a kernel that could not be loaded (for the
@@ -452,22 +525,19 @@ func (h *Host) Unload(ctx context.Context, name string) error {
 	l, ok := h.kernels[name]
 	if !ok {
 		_, failed := h.failed[name]
-		delete(h.failed, name)
+		h.forgetFailureLocked(name)
 		h.mu.Unlock()
 		if failed {
 			return nil
 		}
-		return fmt.Errorf("%w: kernel %q", ErrNotFound, name)
+		return failure.Errorf(failure.NotFound, "no kernel %q is loaded", name)
 	}
 	delete(h.kernels, name)
 	h.seeds.detach(l.seed, name, h.cfg.Now())
 	h.mu.Unlock()
-	l.unloading.Store(true)
 
-	done := make(chan struct{})
-	go func() { l.inflight.Wait(); close(done) }()
 	select {
-	case <-done:
+	case <-l.gate.close():
 	case <-ctx.Done():
 		h.log.Warn("unload did not wait for in-flight requests", slog.String("kernel", name), slog.Any("err", ctx.Err()))
 	}
@@ -529,14 +599,14 @@ func (h *Host) view(l *loaded) KernelView {
 	layerID := h.seeds.layerID(l.seed.layer)
 	h.mu.RUnlock()
 	v := KernelView{
-		Name: l.name, KernelID: l.meta.KernelID, Source: l.source, SHA256: l.kernel.SHA256(),
+		Name: l.name, KernelID: l.meta.KernelID, Source: redactRef(l.source), SHA256: l.kernel.SHA256(),
 		InputShape: l.kernel.InputShape(), OutputShape: l.kernel.OutputShape(), ParameterCount: l.kernel.ParameterCount(),
 		Requirements: l.meta.DeviceRequirements,
 		Placement:    ViewDecision(&dec, h.placementRequest(l), h.cfg.PlacementBatch),
 		ExecutedOn:   "cpu", Executor: executorName,
 		Fallback: l.fallback.String(),
 		Layer:    l.seed.layer, LayerID: layerID, SeedIdx: l.seed.idx,
-		Breaker: l.breaker.State().String(), Calls: l.calls.Load(), Failures: l.failures.Load(),
+		Calls: l.calls.Load(), Failures: l.failures.Load(), MaxBatch: l.maxBatch,
 		Moves: moves, Memory: l.kernel.MemoryCheck(), ObservedMiB: float64(l.observed) / (1 << 20),
 		Metadata: l.meta, LoadedAt: l.loadedAt,
 	}
@@ -547,6 +617,7 @@ func (h *Host) view(l *loaded) KernelView {
 		v.Moves = []Move{}
 	}
 	v.Degraded, v.DegradedReason = degradation(&dec)
+	v.Breaker, v.BreakerReason = l.breaker.Status()
 	return v
 }
 
