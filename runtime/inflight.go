@@ -48,6 +48,3 @@ func (g *gate) close() <-chan struct{} {
 	}
 	return g.idle
 }
-
-// closed reports whether close was called.
-func (g *gate) closed() bool { return g.state.Load()&closedBit != 0 }
