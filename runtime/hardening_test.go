@@ -397,6 +397,11 @@ func TestReferencesAreShownRedacted(t *testing.T) {
 	if why := h.FailedLoads()["m"]; why == "" || strings.Contains(why, "hunter2") {
 		t.Fatalf("failed-load reason %q", why)
 	}
+	// A reference used as the kernel's name (as a bus artifact_id can be).
+	_, err = h.Load(context.Background(), LoadRequest{Name: ref, Data: data})
+	if err == nil || strings.Contains(err.Error(), "hunter2") || !strings.Contains(err.Error(), "REDACTED") {
+		t.Fatalf("invalid name message: %v", err)
+	}
 }
 
 // TestUnloadUnknownSaysItOnce: the message names the kernel once, without

@@ -512,7 +512,9 @@ func validName(name string) error {
 	}
 	for _, r := range name {
 		if r < 0x20 || r == '/' || r == '?' || r == '#' || r == 0x7f {
-			return fmt.Errorf("kernel name %q: no control characters, '/', '?' or '#'", name)
+			// A reference used as a name (a bus artifact_id) may carry
+			// credentials: the message names it redacted.
+			return fmt.Errorf("kernel name %q: no control characters, '/', '?' or '#'", redactRef(name))
 		}
 	}
 	return nil

@@ -295,7 +295,7 @@ func (s *server) readJSONBody(w http.ResponseWriter, r *http.Request, v any) err
 // readJSONDocument reads a body that must be a JSON document (empty
 // buf when the body is blank), checking its size, depth and syntax. The
 // caller releases it.
-func (s *server) readJSONDocument(w http.ResponseWriter, r *http.Request) (*body, error) {
+func (s *server) readJSONDocument(w http.ResponseWriter, r *http.Request) (body, error) {
 	body, err := s.readBody(w, r, min(s.opts.MaxBodyBytes, maxDocumentBody))
 	if err != nil {
 		return body, err
