@@ -117,13 +117,13 @@ func TestLoadErrorsAreClassified(t *testing.T) {
 		{"http://h/broken", failure.Unavailable},
 		{"/r/garbage.safetensors", failure.Malformed},
 		{"/r/torchscript.safetensors", failure.Refused},
-		{"nope", failure.NotFound},                // Urza 404
-		{"down", failure.Unavailable},             // Urza 503
-		{"garbled", failure.Malformed},            // Urza's record is not JSON
-		{"refused", failure.BadInput},             // Urza 422
-		{"a?b", failure.BadInput},                 // not a valid kernel name: refused before Urza is asked
-		{"/r/good.safetensors", 255},              // loads
-		{"/r/good.safetensors", failure.Conflict}, // a second time under the same name
+		{"nope", failure.NotFound},     // Urza 404
+		{"down", failure.Unavailable},  // Urza 503
+		{"garbled", failure.Malformed}, // Urza's record is not JSON
+		{"refused", failure.BadInput},  // Urza 422
+		{"a?b", failure.BadInput},      // not a valid kernel name: refused before Urza is asked
+		{"/r/good.safetensors", 255},   // loads
+		{"/r/good.safetensors", 255},   // a second time: the same kernel, nothing changes (as Triton)
 	} {
 		req := LoadRequest{Ref: c.ref}
 		if !isReference(c.ref) {

@@ -83,6 +83,11 @@ var (
 	ErrIllegal = contracts.ErrIllegalTransition
 )
 
+// DefaultMaxOutputBytes is Config.MaxOutputBytes's default: 64 MiB, the
+// size of the largest request body (oip.DefaultMaxBodyBytes), so that a
+// request's answer is bounded like its question.
+const DefaultMaxOutputBytes = 64 << 20
+
 // Inventory is what the runtime needs from the device inventory.
 type Inventory interface {
 	Snapshot() device.Snapshot
@@ -129,6 +134,12 @@ type Config struct {
 	SignalInterval time.Duration
 	// MaxBatch bounds the batch dimension of one request (default 4096).
 	MaxBatch int
+	// MaxOutputBytes bounds what one request may need for its output and
+	// intermediate activations, computed from the kernel's module graph
+	// for its batch before anything is allocated (default 64 MiB; negative:
+	// no limit). A request over it is refused with failure.TooLarge, and
+	// each kernel's max batch is lowered to what fits.
+	MaxOutputBytes int64
 	// GraftingRamp is how long a grafting seed's alpha takes to ramp from
 	// its value when grafting starts (or when set_alpha last set it) to 1
 	// (default 30 s; negative: alpha changes only by command).
@@ -174,6 +185,9 @@ func (c *Config) defaults() {
 	if c.MaxBatch <= 0 {
 		c.MaxBatch = 4096
 	}
+	if c.MaxOutputBytes == 0 {
+		c.MaxOutputBytes = DefaultMaxOutputBytes
+	}
 	if c.GraftingRamp == 0 {
 		c.GraftingRamp = 30 * time.Second
 	}
@@ -215,6 +229,10 @@ type Host struct {
 	repo      *Repository
 	repoIndex map[string]string
 	started   atomic.Bool
+
+	// failedOrder lists failed's names oldest first, to evict the oldest
+	// past maxFailedLoads (guarded by mu).
+	failedOrder []string
 
 	epoch atomic.Int64
 	// onChange, when set, is called after every change worth persisting;
@@ -260,6 +278,11 @@ func New(cfg Config, inv Inventory, pub Publisher, reg prometheus.Registerer) (*
 		repoIndex: make(map[string]string),
 	}
 	m.pending = h.cpu
+	if reg != nil {
+		if err := reg.Register(breakerCollector{h}); err != nil {
+			return nil, fmt.Errorf("runtime: registering breaker metrics: %w", err)
+		}
+	}
 	return h, nil
 }
 

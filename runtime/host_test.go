@@ -165,6 +165,8 @@ func TestNoGPUFallsBackDegraded(t *testing.T) {
 	}
 }
 
+// TestInferErrors: each refusal carries its class and says what is wrong
+// once, naming the kernel or the input (no "bad input: bad input: ...").
 func TestInferErrors(t *testing.T) {
 	inv := openInventory(t, "dgxa100", nil)
 	h, _, _ := newHost(t, inv, Config{MaxBatch: 8})
@@ -175,26 +177,33 @@ func TestInferErrors(t *testing.T) {
 		name  string
 		model string
 		req   Request
-		want  error
+		class failure.Class
+		msg   string
 	}{
-		{"unknown kernel", "nope", Request{Input: make([]float32, 4), Shape: []int{1, 4}}, ErrNotFound},
-		{"wrong feature size", "k", Request{Input: make([]float32, 5), Shape: []int{1, 5}}, ErrBadInput},
-		{"wrong rank", "k", Request{Input: make([]float32, 4), Shape: []int{4}}, ErrBadInput},
-		{"data shorter than shape", "k", Request{Input: make([]float32, 4), Shape: []int{2, 4}}, ErrBadInput},
-		{"batch over the cap", "k", Request{Input: make([]float32, 36), Shape: []int{9, 4}}, ErrBadInput},
-		{"zero batch", "k", Request{Input: nil, Shape: []int{0, 4}}, ErrBadInput},
-		{"default of the wrong size", "k", Request{Input: make([]float32, 4), Shape: []int{1, 4}, Default: make([]float32, 2)}, ErrBadInput},
+		{"unknown kernel", "nope", Request{Input: make([]float32, 4), Shape: []int{1, 4}}, failure.NotFound, `kernel "nope" is not loaded`},
+		{"wrong feature size", "k", Request{Input: make([]float32, 5), Shape: []int{1, 5}}, failure.BadInput, `input dimension 1 is 5; kernel "k" takes [batch, 4]`},
+		{"wrong rank", "k", Request{Input: make([]float32, 4), Shape: []int{4}}, failure.BadInput, `input has shape [4]; kernel "k" takes [batch, 4]`},
+		{"data shorter than shape", "k", Request{Input: make([]float32, 4), Shape: []int{2, 4}}, failure.BadInput, `input holds 4 values; shape [2 4] needs 8`},
+		{"batch over the cap", "k", Request{Input: make([]float32, 36), Shape: []int{9, 4}}, failure.TooLarge, `batch 9 is over the host's batch limit of 8`},
+		{"zero batch", "k", Request{Input: nil, Shape: []int{0, 4}}, failure.BadInput, `batch 0: kernel "k" needs at least one sample`},
+		{"default of the wrong size", "k", Request{Input: make([]float32, 4), Shape: []int{1, 4}, Default: make([]float32, 2)}, failure.BadInput, `default output holds 2 values; kernel "k" at batch 1 gives 3`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := h.Infer(context.Background(), tt.model, tt.req)
-			if !errors.Is(err, tt.want) {
-				t.Fatalf("err = %v, want %v", err, tt.want)
+			if got := failure.ClassOf(err); err == nil || got != tt.class {
+				t.Fatalf("err = %v (class %v), want class %v", err, got, tt.class)
+			}
+			if err.Error() != tt.msg {
+				t.Fatalf("message %q, want %q", err, tt.msg)
 			}
 		})
 	}
-	if n := testutil.ToFloat64(h.metrics.failures.WithLabelValues("k", reasonBadInput)); n != 6 {
-		t.Errorf("bad_input failures = %v, want 6", n)
+	if n := testutil.ToFloat64(h.metrics.failures.WithLabelValues("k", reasonBadInput)); n != 5 {
+		t.Errorf("bad_input failures = %v, want 5", n)
+	}
+	if n := testutil.ToFloat64(h.metrics.failures.WithLabelValues("k", reasonTooLarge)); n != 1 {
+		t.Errorf("too_large failures = %v, want 1", n)
 	}
 }
 

@@ -52,8 +52,9 @@ type Blob struct {
 	SHA256 string
 	// Size is len(Data).
 	Size int64
-	// Origin says where the bytes came from: the file's path inside the
-	// root as a file:// URL, the final URL after redirects, or s3://bucket/key.
+	// Origin says where the bytes came from, for messages: the file's path
+	// inside the root as a file:// URL, the final URL after redirects (its
+	// credentials redacted, see Redact), or s3://bucket/key.
 	Origin string
 }
 
@@ -77,7 +78,7 @@ func FetchVerified(ctx context.Context, src Source, ref, wantSHA256 string) (Blo
 	}
 	if want != "" && b.SHA256 != want {
 		return Blob{}, fmt.Errorf("%w: %s: expected sha256 %s, got %s (%d bytes from %s)",
-			ErrChecksumMismatch, ref, want, b.SHA256, b.Size, b.Origin)
+			ErrChecksumMismatch, Redact(ref), want, b.SHA256, b.Size, Redact(b.Origin))
 	}
 	return b, nil
 }
