@@ -6,6 +6,7 @@ import http.client
 import json
 import math
 import os
+import select
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -120,11 +121,13 @@ class Client:
     Connections are kept alive and reused. A ``Client`` is thread-safe:
     each request takes an idle connection from a small pool (or opens
     one) and puts it back when the answer has been read, so concurrent
-    calls from several threads each use their own connection. A request
-    that fails on a reused connection before any answer arrived (the host
-    closed it while it was idle) is sent once more on a fresh one; every
-    request the client sends can be repeated safely (loads are idempotent,
-    a repeated kept forward only keeps one more).
+    calls from several threads each use their own connection. An idle
+    connection the host has closed (its idle timeout) is noticed before
+    reuse and replaced. If one closes in the instant of reuse, before any
+    answer arrived, the request is sent once more on a fresh connection,
+    except ``set_seed_state`` (a transition applied once may be refused
+    the second time); the others can be repeated safely (loads and alphas
+    are idempotent, a repeated kept forward only keeps one more).
 
     ``token`` is sent as ``Authorization: Bearer`` on every request (the
     host needs it on write routes, and on reads with ``--auth-read``); on
@@ -205,10 +208,14 @@ class Client:
         return http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
 
     def _take(self) -> Tuple[http.client.HTTPConnection, bool]:
-        with self._lock:
-            if self._idle:
-                return self._idle.pop(), True
-        return self._new_connection(), False
+        while True:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                return self._new_connection(), False
+            if not _dropped(conn):
+                return conn, True
+            conn.close()  # the host closed it while it was idle
 
     def _give_back(self, conn: http.client.HTTPConnection) -> None:
         with self._lock:
@@ -218,8 +225,12 @@ class Client:
         conn.close()
 
     def _request(self, method: str, path: str, body: Optional[bytes] = None,
-                 headers: Optional[Mapping[str, str]] = None) -> Tuple[int, http.client.HTTPMessage, bytearray]:
-        """Sends one request; returns status, headers and the whole body."""
+                 headers: Optional[Mapping[str, str]] = None,
+                 retry: bool = True) -> Tuple[int, http.client.HTTPMessage, bytearray]:
+        """Sends one request; returns status, headers and the whole body.
+
+        ``retry``: whether the request may be sent a second time when a
+        reused connection turns out closed before any answer arrived."""
         hdrs = dict(self._headers)
         if headers:
             hdrs.update(headers)
@@ -233,7 +244,7 @@ class Client:
                 resp = conn.getresponse()
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ConnectionAbortedError) as e:
                 conn.close()
-                if reused and attempt == 0:
+                if reused and retry and attempt == 0:
                     continue  # the host closed the idle connection: once more on a fresh one
                 raise KasminaHostUnavailable(f"kasmina-host at {self.url} closed the connection: {e}") from e
             except socket.timeout as e:
@@ -291,13 +302,13 @@ class Client:
             message = http.client.responses.get(status, "error")
         return KasminaHostError(status, message, error_class=error_class, body=body)
 
-    def _json(self, method: str, path: str, doc: Any = None) -> Any:
+    def _json(self, method: str, path: str, doc: Any = None, retry: bool = True) -> Any:
         body = None
         headers = {}
         if doc is not None:
             body = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode("utf-8")
             headers["Content-Type"] = "application/json"
-        status, hdrs, data = self._request(method, path, body, headers)
+        status, hdrs, data = self._request(method, path, body, headers, retry)
         if not 200 <= status < 300:
             raise self._error(status, hdrs, data)
         try:
@@ -305,8 +316,8 @@ class Client:
         except ValueError as e:
             raise KasminaProtocolError(status, f"{method} {path}: the answer is not JSON: {e}") from None
 
-    def _outcome(self, method: str, path: str, doc: Any = None) -> Dict[str, Any]:
-        out = self._json(method, path, doc)
+    def _outcome(self, method: str, path: str, doc: Any = None, retry: bool = True) -> Dict[str, Any]:
+        out = self._json(method, path, doc, retry)
         if not isinstance(out, dict):
             raise KasminaProtocolError(200, f"{method} {path}: the outcome is not a JSON object")
         event = out.get("event_type")
@@ -374,7 +385,8 @@ class Client:
     def set_seed_state(self, layer_name: str, seed_idx: int, state: str) -> Dict[str, Any]:
         """Moves the seed through its lifecycle (``germinated``, ``training``,
         ``grafting``, ``fossilized``, ``culled``, ``dormant``)."""
-        return self._outcome("PUT", _seed_path(layer_name, seed_idx, "state"), {"state": state})
+        # Not sent twice: a transition the host applied once may be refused the second time.
+        return self._outcome("PUT", _seed_path(layer_name, seed_idx, "state"), {"state": state}, retry=False)
 
     def set_alpha(self, layer_name: str, seed_idx: int, alpha: float) -> Dict[str, Any]:
         """Sets the seed's blend weight; the host clamps it to [0, 1] and the
@@ -446,6 +458,23 @@ class Client:
                               output=resp.outputs.get("output") if x is not None else None,
                               seeds=_seeds_param(resp.parameters, 200), alpha_total=_alpha_total(resp.parameters),
                               parameters=resp.parameters)
+
+
+def _dropped(conn: http.client.HTTPConnection) -> bool:
+    """Whether an idle connection was closed by the host: an idle socket
+    that polls readable holds an EOF (or bytes nobody asked for)."""
+    sock = conn.sock
+    if sock is None:
+        return True
+    try:
+        if hasattr(select, "poll"):
+            p = select.poll()
+            p.register(sock, select.POLLIN)
+            return bool(p.poll(0))
+        r, _, _ = select.select([sock], [], [], 0)
+        return bool(r)
+    except (OSError, ValueError):
+        return True
 
 
 def _need(resp: InferResponse, name: str) -> np.ndarray:

@@ -44,3 +44,7 @@ def unix_fake() -> Iterator[Tuple[FakeHost, str]]:
             yield host, url
         finally:
             host.stop()
+
+
+if os.environ.get("KASMINA_REQUIRE_TORCH") == "1":
+    import torch  # noqa: F401  (CI: a missing PyTorch fails the run instead of skipping its tests)

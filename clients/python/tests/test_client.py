@@ -341,3 +341,90 @@ def test_client_from_env(monkeypatch, fake):
     monkeypatch.setenv("KASMINA_HOST_URL", url)
     monkeypatch.delenv("KASMINA_HOST_TOKEN", raising=False)
     assert Client.from_env().layers() == []
+
+
+class Scripted:
+    """A loopback HTTP/1.1 server that follows a script, one action per
+    request in arrival order: "ok" answers and keeps the connection, "ok+close"
+    answers then closes it, "drop" reads the request and closes without an
+    answer."""
+
+    def __init__(self, script):
+        self.script = list(script)
+        self.requests = []
+        self.connections = 0
+        self.closed = threading.Event()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while self.script:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            f = conn.makefile("rb")
+            while self.script:
+                line = f.readline()
+                if not line:
+                    break
+                headers = {}
+                while True:
+                    h = f.readline().strip()
+                    if not h:
+                        break
+                    k, _, v = h.decode().partition(":")
+                    headers[k.strip().lower()] = v.strip()
+                f.read(int(headers.get("content-length", 0)))
+                self.requests.append(line.decode().split()[1])
+                action = self.script.pop(0)
+                if action == "drop":
+                    break
+                body = b'{"event_type":"seed_state_changed"}'
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                             % (len(body), body))
+                if action == "ok+close":
+                    break
+            f.close()
+            conn.close()
+            self.closed.set()
+
+    def stop(self):
+        self.sock.close()
+
+
+def test_an_idle_connection_the_host_closed_is_not_reused():
+    srv = Scripted(["ok+close", "ok"])
+    try:
+        c = Client(srv.url, timeout=5)
+        c.set_seed_state("l", 0, "germinated")
+        assert srv.closed.wait(20)
+        c.set_seed_state("l", 0, "training")  # not retried, yet it works: the closed connection was noticed
+        assert srv.connections == 2 and len(srv.requests) == 2
+    finally:
+        srv.stop()
+
+
+def test_a_request_lost_on_a_reused_connection_is_retried_except_a_state_change():
+    srv = Scripted(["ok", "drop", "ok"])
+    try:
+        c = Client(srv.url, timeout=5)
+        c.set_alpha("l", 0, 0.5)
+        c.set_alpha("l", 0, 0.5)  # dropped on the reused connection: sent again on a fresh one
+        assert srv.requests == ["/v1/layers/l/seeds/0/alpha"] * 3 and srv.connections == 2
+    finally:
+        srv.stop()
+    srv = Scripted(["ok", "drop"])
+    try:
+        c = Client(srv.url, timeout=5)
+        c.set_seed_state("l", 0, "germinated")
+        with pytest.raises(KasminaHostUnavailable, match="closed the connection"):
+            c.set_seed_state("l", 0, "training")
+        assert len(srv.requests) == 2
+    finally:
+        srv.stop()
