@@ -131,7 +131,9 @@ class KasminaHostLayer(nn.Module):
     host: ``PUT /v1/layers/{layer_name}`` with ``num_seeds`` and the shapes
     ``[input_size]`` → ``[output_size]`` (so the host checks every kernel
     loaded into it against them); a host that is down makes the
-    constructor raise.
+    constructor raise. Declaring is idempotent: a layer the host already
+    has (a restarted training process, a second replica) keeps its seeds,
+    and this layer uses them from its first forward.
 
     ``forward(x)``: the default transform runs in PyTorch. While no seed
     of the layer is active (no kernel loaded, as far as the layer last

@@ -1,9 +1,7 @@
 """Client against the fake host: the bytes on the wire, errors, transports."""
 
 import json
-import os
 import socket
-import tempfile
 import threading
 
 import numpy as np

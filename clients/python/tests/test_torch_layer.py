@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed: the kasmina_host.torch tests cannot run")
@@ -63,6 +62,18 @@ def test_construction_declares_the_layer_with_its_shapes(fake, client):
     assert [(r.path, json.loads(r.body)) for r in put] == [
         ("/v1/layers/dense", {"num_seeds": 3, "input_shape": [6], "output_shape": [4]})]
     assert host.layers["dense"].num_seeds == 3
+
+
+def test_a_layer_the_host_already_has_keeps_its_seeds(fake, client):
+    host, _ = fake
+    client.declare_layer("dense", num_seeds=4, input_shape=[6], output_shape=[4])
+    client.load_kernel("dense", 3, "k-a")
+    client.set_alpha("dense", 3, 1.0)
+    layer = KasminaHostLayer(6, 4, layer_name="dense", client=client, sync_interval=None)
+    assert layer.has_active_seeds()
+    x = torch.randn(2, 6)
+    want = torch.from_numpy(host.kernels["k-a"].forward(x.numpy())).float()
+    torch.testing.assert_close(layer(x), want, rtol=1e-6, atol=1e-6)
 
 
 def test_no_active_seed_means_no_call_to_the_host(fake, client):
