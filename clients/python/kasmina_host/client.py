@@ -176,12 +176,13 @@ class Client:
         return f"Client({self.url!r})"
 
     # A Client is shared, not copied: modules that hold one can be deep-copied
-    # and pickled.
+    # and pickled (torch.save(model)). A pickle holds the URL, never the
+    # token: the unpickled client takes $KASMINA_HOST_TOKEN.
     def __deepcopy__(self, memo: Dict[int, Any]) -> "Client":
         return self
 
     def __reduce__(self) -> Tuple[Any, ...]:
-        return (Client, (self.url, self._token, self.timeout))
+        return (_unpickle_client, (self.url, self.timeout))
 
     def close(self) -> None:
         """Closes the idle connections (a later request opens a new one)."""
@@ -458,6 +459,10 @@ class Client:
                               output=resp.outputs.get("output") if x is not None else None,
                               seeds=_seeds_param(resp.parameters, 200), alpha_total=_alpha_total(resp.parameters),
                               parameters=resp.parameters)
+
+
+def _unpickle_client(url: str, timeout: float) -> Client:
+    return Client(url, token=os.environ.get("KASMINA_HOST_TOKEN") or None, timeout=timeout)
 
 
 def _dropped(conn: http.client.HTTPConnection) -> bool:

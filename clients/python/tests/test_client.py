@@ -426,3 +426,15 @@ def test_a_request_lost_on_a_reused_connection_is_retried_except_a_state_change(
         assert len(srv.requests) == 2
     finally:
         srv.stop()
+
+
+def test_a_pickled_client_keeps_its_url_and_never_its_token(monkeypatch):
+    import copy
+    import pickle
+    c = Client("unix:///run/k.sock", token="s3cret", timeout=7)
+    assert copy.deepcopy(c) is c
+    raw = pickle.dumps(c)
+    assert b"s3cret" not in raw
+    monkeypatch.setenv("KASMINA_HOST_TOKEN", "from-env")
+    back = pickle.loads(raw)
+    assert (back.url, back.timeout, back._headers["Authorization"]) == ("unix:///run/k.sock", 7, "Bearer from-env")
