@@ -82,6 +82,7 @@ class Case:
     module: Dict[str, Any]
     tensors: Dict[str, Tuple[str, np.ndarray]]
     x: np.ndarray  # float32 input from io.safetensors
+    expected: np.ndarray  # PyTorch's float64 output for x
     grad_output: np.ndarray  # float32, the output's shape
 
     @property
@@ -121,6 +122,7 @@ def load_cases(root: str) -> List[Case]:
         module = json.loads(meta["esper.module"]) if "esper.module" in meta else case["module"]
         io, _ = read_safetensors(os.path.join(d, "io.safetensors"))
         x = io["input"][1].astype(np.float32)
+        expected = io["expected"][1].astype(np.float64)
         go: Optional[np.ndarray] = None
         if os.path.isfile(os.path.join(d, "grad.safetensors")):
             grads, _ = read_safetensors(os.path.join(d, "grad.safetensors"))
@@ -129,7 +131,8 @@ def load_cases(root: str) -> List[Case]:
             seed = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
             go = np.random.default_rng(seed).standard_normal(case["output_shape"]).astype(np.float32)
         out.append(Case(root=root, name=name, input_shape=case["input_shape"], output_shape=case["output_shape"],
-                        tolerance=float(case["tolerance"]), module=module, tensors=tensors, x=x, grad_output=go))
+                        tolerance=float(case["tolerance"]), module=module, tensors=tensors, x=x, expected=expected,
+                        grad_output=go))
     return out
 
 

@@ -34,9 +34,9 @@ def _missing(what: str, env: str) -> None:
     pytest.skip(f"SKIPPED: {what}")
 
 
-def host_binary(tmpdir: str) -> str:
-    """The kasmina-host binary to test; skips (or fails) when there is none
-    that has the #15 host side."""
+def host_binary(tmpdir: str, unix: bool = True) -> str:
+    """The kasmina-host binary to test; skips (or fails) when there is none,
+    or (``unix``) when it lacks the #15 host side (``--listen-unix``)."""
     path = os.environ.get("KASMINA_HOST_BIN")
     if path:
         if not os.access(path, os.X_OK):
@@ -52,7 +52,7 @@ def host_binary(tmpdir: str) -> str:
         if out.returncode != 0:
             pytest.fail(f"go build ./cmd/kasmina-host failed:\n{out.stderr[-4000:]}")
     usage = subprocess.run([path, "serve", "-h"], capture_output=True, text=True, timeout=60)
-    if "listen-unix" not in usage.stdout + usage.stderr:
+    if unix and "listen-unix" not in usage.stdout + usage.stderr:
         _missing(f"{path} has no --listen-unix: the host side of #15 (layers, layer forward) is not in this build",
                  "KASMINA_REQUIRE_HOST")
     return path
@@ -72,18 +72,19 @@ def _clean_env() -> dict:
 
 
 class HostProcess:
-    """``kasmina-host serve`` on a free loopback port and a Unix socket."""
+    """``kasmina-host serve`` on a free loopback port and (``unix``) a Unix socket."""
 
-    def __init__(self, binary: str, kernels: str, args: Optional[List[str]] = None) -> None:
+    def __init__(self, binary: str, kernels: str, args: Optional[List[str]] = None, unix: bool = True) -> None:
+        self.unix = unix
         self.dir = tempfile.mkdtemp(prefix="kh-real-")
         self.socket = os.path.join(self.dir, "host.sock")
         self.bus_file = os.path.join(self.dir, "bus.jsonl")
         self.log_path = os.path.join(self.dir, "stderr.log")
         for attempt in range(4):
             self.port = free_port()
-            cmd = [binary, "serve", "--addr", f"127.0.0.1:{self.port}", "--listen-unix", self.socket,
-                   "--kernels", kernels, "--bus-file", self.bus_file, "--host-id", "pytest",
-                   "--exit-timeout", "10s"] + list(args or [])
+            cmd = [binary, "serve", "--addr", f"127.0.0.1:{self.port}", "--kernels", kernels,
+                   "--bus-file", self.bus_file, "--host-id", "pytest", "--exit-timeout", "10s"]
+            cmd += (["--listen-unix", self.socket] if unix else []) + list(args or [])
             self._log = open(self.log_path, "w")
             self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._log, env=_clean_env())
             try:
@@ -107,14 +108,15 @@ class HostProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"kasmina-host exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
-            if os.path.exists(self.socket):
+            url = f"unix://{self.socket}" if self.unix else f"http://127.0.0.1:{self.port}"
+            if not self.unix or os.path.exists(self.socket):
                 try:
-                    if Client(f"unix://{self.socket}", timeout=5).ready():
+                    if Client(url, timeout=5).ready():
                         return
                 except ConnectionError as e:
                     last = e
             time.sleep(0.05)
-        raise RuntimeError(f"kasmina-host not ready on {self.socket} within {WAIT}s ({last}):\n{self.log()[-4000:]}")
+        raise RuntimeError(f"kasmina-host not ready within {WAIT}s ({last}):\n{self.log()[-4000:]}")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
