@@ -26,6 +26,7 @@ from kasmina_host import Client
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 GOLDEN = os.path.join(REPO, "kernels", "testdata", "golden")
 WAIT = 30.0  # bound on every wait for a process to come up
+_built: Optional[str] = None  # the binary go build made this session
 
 
 def _missing(what: str, env: str) -> None:
@@ -46,11 +47,15 @@ def host_binary(tmpdir: str, unix: bool = True) -> str:
         if go is None or not os.path.isfile(os.path.join(REPO, "go.mod")):
             _missing("no kasmina-host binary: set KASMINA_HOST_BIN, or run from a checkout with Go installed",
                      "KASMINA_REQUIRE_HOST")
-        path = os.path.join(tmpdir, "kasmina-host")
-        out = subprocess.run([go, "build", "-o", path, "./cmd/kasmina-host"], cwd=REPO, capture_output=True,
-                             text=True, timeout=900)
-        if out.returncode != 0:
-            pytest.fail(f"go build ./cmd/kasmina-host failed:\n{out.stderr[-4000:]}")
+        global _built
+        if _built is None:  # once per session
+            path = os.path.join(tmpdir, "kasmina-host")
+            out = subprocess.run([go, "build", "-o", path, "./cmd/kasmina-host"], cwd=REPO, capture_output=True,
+                                 text=True, timeout=900)
+            if out.returncode != 0:
+                pytest.fail(f"go build ./cmd/kasmina-host failed:\n{out.stderr[-4000:]}")
+            _built = path
+        path = _built
     usage = subprocess.run([path, "serve", "-h"], capture_output=True, text=True, timeout=60)
     if unix and "listen-unix" not in usage.stdout + usage.stderr:
         _missing(f"{path} has no --listen-unix: the host side of #15 (layers, layer forward) is not in this build",
