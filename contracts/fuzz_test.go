@@ -73,7 +73,7 @@ func FuzzHealthSignal(f *testing.F) {
 }
 
 func FuzzCompiledKernel(f *testing.F) {
-	seedFromCorpus(f, "CompiledKernel", "bench_compiled_kernel.json")
+	seedFromCorpus(f, "CompiledKernel", "bench_compiled_kernel.json", "bench_compiled_kernel_small.json")
 	f.Fuzz(func(t *testing.T, data []byte) {
 		roundTrip(t, data, DecodeCompiledKernel, CompiledKernel.AppendJSONNew)
 	})
