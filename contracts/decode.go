@@ -250,17 +250,52 @@ func (d *decoder) openObject(path string) bool {
 // its key (valid until the next string is read) positioned at the value;
 // it returns false at '}' or on a syntax error.
 func (d *decoder) nextKey(first *bool) ([]byte, bool) {
+	if !d.keyStart(first) {
+		return nil, false
+	}
+	key, ok := d.readString()
+	if !ok || !d.keyEnd() {
+		return nil, false
+	}
+	return key, true
+}
+
+// member is nextKey for a model's object. Documents nearly always list a
+// model's fields in the reference's order, so it first compares want,
+// the quoted key expected next, with the input in place: hit means the
+// key is want and was not read. Otherwise key is the key read, valid
+// until the next string is read. ok is false at '}' or on a syntax
+// error.
+func (d *decoder) member(first *bool, want string) (hit bool, key []byte, ok bool) {
+	if !d.keyStart(first) {
+		return false, nil, false
+	}
+	if p := d.pos; len(d.data)-p >= len(want) && string(d.data[p:p+len(want)]) == want {
+		d.pos = p + len(want)
+		hit = true
+	} else if key, ok = d.readString(); !ok {
+		return false, nil, false
+	}
+	if !d.keyEnd() {
+		return false, nil, false
+	}
+	return hit, key, true
+}
+
+// keyStart steps over the ',' before a member (none before the first)
+// to the '"' of its key; it returns false at '}' or on a syntax error.
+func (d *decoder) keyStart(first *bool) bool {
 	c := d.peek()
 	if *first {
 		*first = false
 		if c == '}' {
 			d.pos++
-			return nil, false
+			return false
 		}
 	} else {
 		if c == '}' {
 			d.pos++
-			return nil, false
+			return false
 		}
 		if c != ',' {
 			if c == 0 {
@@ -268,7 +303,7 @@ func (d *decoder) nextKey(first *bool) ([]byte, bool) {
 			} else {
 				d.fail("expected ',' or '}' in object")
 			}
-			return nil, false
+			return false
 		}
 		d.sep()
 		c = d.peek()
@@ -279,23 +314,24 @@ func (d *decoder) nextKey(first *bool) ([]byte, bool) {
 		} else {
 			d.fail("expected a string key in object")
 		}
-		return nil, false
+		return false
 	}
-	key, ok := d.readString()
-	if !ok {
-		return nil, false
-	}
+	return true
+}
+
+// keyEnd steps over the ':' after a key to the start of the value.
+func (d *decoder) keyEnd() bool {
 	if d.peek() != ':' {
 		d.fail("expected ':' after object key")
-		return nil, false
+		return false
 	}
 	d.sep()
 	d.ws()
 	if d.pos >= len(d.data) {
 		d.fail("unexpected end of input, expected a value")
-		return nil, false
+		return false
 	}
-	return key, true
+	return true
 }
 
 // nextElem advances to the next array element; false at ']' or on error.

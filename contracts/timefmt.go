@@ -311,6 +311,14 @@ func appendTimestamp(dst []byte, t time.Time) []byte {
 	return append(dst, '"')
 }
 
+// appendOptTimestamp writes an Optional[datetime]: null or the time.
+func appendOptTimestamp(dst []byte, t *time.Time) []byte {
+	if t == nil {
+		return append(dst, "null"...)
+	}
+	return appendTimestamp(dst, *t)
+}
+
 // civil converts days since 1970-01-01 to a proleptic Gregorian date
 // (Howard Hinnant's days_from_civil inverse), cheaper than three
 // separate time.Time accessors.
