@@ -241,7 +241,7 @@ func (t TrainingSession) GetSessionSummary() string {
 
 // decodeList decodes a JSON array of nested models; it reports false if
 // any element had errors.
-func decodeList[T any](d *decoder, path string, dec func(*T, *decoder, string)) ([]T, bool) {
+func decodeList[T any](d *decoder, path string, dec func(*decoder, string) T) ([]T, bool) {
 	if d.peek() != '[' {
 		d.typeError(path, "input should be a valid list")
 		return nil, false
@@ -251,8 +251,7 @@ func decodeList[T any](d *decoder, path string, dec func(*T, *decoder, string)) 
 	n := len(d.errs.fields)
 	first := true
 	for i := 0; d.nextElem(&first); i++ {
-		var v T
-		dec(&v, d, join(path, strconv.Itoa(i)))
+		v := dec(d, join(path, strconv.Itoa(i)))
 		if d.syn != nil {
 			return nil, false
 		}

@@ -34,10 +34,11 @@ const (
 // seedRequired has the bit of every required field of Seed.
 const seedRequired = 1<<sdLayerID | 1<<sdPosition
 
-// seedKeys holds the quoted keys of Seed in field order, then a
-// sentinel no key matches: the decoder compares the key it expects
-// next in place before it reads and looks up one out of order.
-var seedKeys = [...]string{`"seed_id"`, `"layer_id"`, `"position"`, `"state"`, `"blueprint_id"`, `"created_at"`, `"updated_at"`, `"metadata"`, "\x00"}
+// seedKeys holds the keys of Seed as they start a member (quoted, with
+// the colon) in field order, then "", which the decoder never finds:
+// it compares the key it expects next in place before it reads and
+// looks up one out of order.
+var seedKeys = [...]string{`"seed_id":`, `"layer_id":`, `"position":`, `"state":`, `"blueprint_id":`, `"created_at":`, `"updated_at":`, `"metadata":`, ""}
 
 // seedField returns the field bit of key, or -1.
 func seedField(key []byte) int {
@@ -98,9 +99,13 @@ func (s *Seed) check(errs *fieldErrors, p string, bad uint32) {
 // DecodeSeed decodes and validates one Seed in a single pass,
 // applying the defaults of absent fields.
 func DecodeSeed(data []byte) (Seed, error) {
-	var s Seed
 	d := newDecoder("Seed", data)
-	s.decode(&d, "")
+	d.alias = true
+	s := decodeSeed(&d, "")
+	// Copy the strings that alias data, in place in this frame's s
+	// (stores to a local need no write barrier).
+	s.SeedID = d.keep(s.SeedID)
+	d.keepOpt(s.BlueprintID)
 	return s, d.finish()
 }
 
@@ -117,7 +122,10 @@ func (s *Seed) UnmarshalJSON(data []byte) error {
 // MarshalJSON encodes s in the reference's field order.
 func (s Seed) MarshalJSON() ([]byte, error) { return s.AppendJSON(nil), nil }
 
-func (s *Seed) decode(d *decoder, p string) {
+// decodeSeed decodes one Seed at path p ("" at the root). It returns
+// the value, so that its stores are to a stack frame and need no
+// write barrier.
+func decodeSeed(d *decoder, p string) (s Seed) {
 	if !d.openObject(p) {
 		return
 	}
@@ -200,6 +208,13 @@ func (s *Seed) decode(d *decoder, p string) {
 		}
 	}
 	s.check(&d.errs, p, bad|1<<sdMetadata)
+	return
+}
+
+// own copies the strings of a decoded Seed that alias the input.
+func (s *Seed) own(d *decoder) {
+	s.SeedID = d.keep(s.SeedID)
+	d.keepOpt(s.BlueprintID)
 }
 
 // AppendJSON appends s's JSON encoding to dst.
@@ -256,10 +271,11 @@ const (
 // blueprintRequired has the bit of every required field of Blueprint.
 const blueprintRequired = 1<<bpName | 1<<bpDescription | 1<<bpArchitecture | 1<<bpCreatedBy
 
-// blueprintKeys holds the quoted keys of Blueprint in field order, then a
-// sentinel no key matches: the decoder compares the key it expects
-// next in place before it reads and looks up one out of order.
-var blueprintKeys = [...]string{`"blueprint_id"`, `"name"`, `"description"`, `"state"`, `"architecture"`, `"hyperparameters"`, `"performance_metrics"`, `"created_at"`, `"updated_at"`, `"created_by"`, "\x00"}
+// blueprintKeys holds the keys of Blueprint as they start a member (quoted, with
+// the colon) in field order, then "", which the decoder never finds:
+// it compares the key it expects next in place before it reads and
+// looks up one out of order.
+var blueprintKeys = [...]string{`"blueprint_id":`, `"name":`, `"description":`, `"state":`, `"architecture":`, `"hyperparameters":`, `"performance_metrics":`, `"created_at":`, `"updated_at":`, `"created_by":`, ""}
 
 // blueprintField returns the field bit of key, or -1.
 func blueprintField(key []byte) int {
@@ -339,9 +355,16 @@ func (b *Blueprint) check(errs *fieldErrors, p string, bad uint32) {
 // DecodeBlueprint decodes and validates one Blueprint in a single pass,
 // applying the defaults of absent fields.
 func DecodeBlueprint(data []byte) (Blueprint, error) {
-	var b Blueprint
 	d := newDecoder("Blueprint", data)
-	b.decode(&d, "")
+	d.alias = true
+	b := decodeBlueprint(&d, "")
+	// Copy the strings that alias data, in place in this frame's b
+	// (stores to a local need no write barrier).
+	b.BlueprintID = d.keep(b.BlueprintID)
+	b.Name = d.keep(b.Name)
+	b.Description = d.keep(b.Description)
+	d.keepMetrics(b.PerformanceMetrics)
+	b.CreatedBy = d.keep(b.CreatedBy)
 	return b, d.finish()
 }
 
@@ -358,7 +381,10 @@ func (b *Blueprint) UnmarshalJSON(data []byte) error {
 // MarshalJSON encodes b in the reference's field order.
 func (b Blueprint) MarshalJSON() ([]byte, error) { return b.AppendJSON(nil), nil }
 
-func (b *Blueprint) decode(d *decoder, p string) {
+// decodeBlueprint decodes one Blueprint at path p ("" at the root). It returns
+// the value, so that its stores are to a stack frame and need no
+// write barrier.
+func decodeBlueprint(d *decoder, p string) (b Blueprint) {
 	if !d.openObject(p) {
 		return
 	}
@@ -460,6 +486,16 @@ func (b *Blueprint) decode(d *decoder, p string) {
 		}
 	}
 	b.check(&d.errs, p, bad|1<<bpArchitecture|1<<bpHyperparameters|1<<bpPerformanceMetrics)
+	return
+}
+
+// own copies the strings of a decoded Blueprint that alias the input.
+func (b *Blueprint) own(d *decoder) {
+	b.BlueprintID = d.keep(b.BlueprintID)
+	b.Name = d.keep(b.Name)
+	b.Description = d.keep(b.Description)
+	d.keepMetrics(b.PerformanceMetrics)
+	b.CreatedBy = d.keep(b.CreatedBy)
 }
 
 // AppendJSON appends b's JSON encoding to dst.
@@ -527,10 +563,11 @@ const (
 // kernelMetadataRequired has the bit of every required field of KernelMetadata.
 const kernelMetadataRequired = 1<<kmKernelID | 1<<kmBlueprintID | 1<<kmName | 1<<kmInputShape | 1<<kmOutputShape | 1<<kmParameterCount | 1<<kmMemoryFootprintMB
 
-// kernelMetadataKeys holds the quoted keys of KernelMetadata in field order, then a
-// sentinel no key matches: the decoder compares the key it expects
-// next in place before it reads and looks up one out of order.
-var kernelMetadataKeys = [...]string{`"kernel_id"`, `"blueprint_id"`, `"name"`, `"input_shape"`, `"output_shape"`, `"parameter_count"`, `"device_requirements"`, `"memory_footprint_mb"`, `"compilation_target"`, `"optimization_flags"`, `"performance_profile"`, `"compatibility_version"`, `"created_at"`, `"checksum"`, "\x00"}
+// kernelMetadataKeys holds the keys of KernelMetadata as they start a member (quoted, with
+// the colon) in field order, then "", which the decoder never finds:
+// it compares the key it expects next in place before it reads and
+// looks up one out of order.
+var kernelMetadataKeys = [...]string{`"kernel_id":`, `"blueprint_id":`, `"name":`, `"input_shape":`, `"output_shape":`, `"parameter_count":`, `"device_requirements":`, `"memory_footprint_mb":`, `"compilation_target":`, `"optimization_flags":`, `"performance_profile":`, `"compatibility_version":`, `"created_at":`, `"checksum":`, ""}
 
 // kernelMetadataField returns the field bit of key, or -1.
 func kernelMetadataField(key []byte) int {
@@ -611,9 +648,20 @@ func (k *KernelMetadata) check(errs *fieldErrors, p string, bad uint32) {
 // DecodeKernelMetadata decodes and validates one KernelMetadata in a single pass,
 // applying the defaults of absent fields.
 func DecodeKernelMetadata(data []byte) (KernelMetadata, error) {
-	var k KernelMetadata
 	d := newDecoder("KernelMetadata", data)
-	k.decode(&d, "")
+	d.alias = true
+	k := decodeKernelMetadata(&d, "")
+	// Copy the strings that alias data, in place in this frame's k
+	// (stores to a local need no write barrier).
+	k.KernelID = d.keep(k.KernelID)
+	k.BlueprintID = d.keep(k.BlueprintID)
+	k.Name = d.keep(k.Name)
+	d.keepStrs(k.DeviceRequirements)
+	k.CompilationTarget = d.keep(k.CompilationTarget)
+	k.OptimizationFlags.raw = d.keep(k.OptimizationFlags.raw)
+	d.keepMetrics(k.PerformanceProfile)
+	k.CompatibilityVersion = d.keep(k.CompatibilityVersion)
+	d.keepOpt(k.Checksum)
 	return k, d.finish()
 }
 
@@ -630,7 +678,10 @@ func (k *KernelMetadata) UnmarshalJSON(data []byte) error {
 // MarshalJSON encodes k in the reference's field order.
 func (k KernelMetadata) MarshalJSON() ([]byte, error) { return k.AppendJSON(nil), nil }
 
-func (k *KernelMetadata) decode(d *decoder, p string) {
+// decodeKernelMetadata decodes one KernelMetadata at path p ("" at the root). It returns
+// the value, so that its stores are to a stack frame and need no
+// write barrier.
+func decodeKernelMetadata(d *decoder, p string) (k KernelMetadata) {
 	if !d.openObject(p) {
 		return
 	}
@@ -740,6 +791,7 @@ func (k *KernelMetadata) decode(d *decoder, p string) {
 		k.CreatedAt = Now()
 	}
 	k.check(&d.errs, p, bad|1<<kmOptimizationFlags|1<<kmPerformanceProfile)
+	return
 }
 
 // AppendJSON appends k's JSON encoding to dst.
@@ -804,10 +856,11 @@ const (
 // compiledKernelRequired has the bit of every required field of CompiledKernel.
 const compiledKernelRequired = 1<<ckBlueprintID | 1<<ckBinaryRef | 1<<ckMetadata
 
-// compiledKernelKeys holds the quoted keys of CompiledKernel in field order, then a
-// sentinel no key matches: the decoder compares the key it expects
-// next in place before it reads and looks up one out of order.
-var compiledKernelKeys = [...]string{`"kernel_id"`, `"blueprint_id"`, `"binary_ref"`, `"metadata"`, `"status"`, `"validation_results"`, `"deployment_stats"`, `"created_at"`, `"last_used_at"`, "\x00"}
+// compiledKernelKeys holds the keys of CompiledKernel as they start a member (quoted, with
+// the colon) in field order, then "", which the decoder never finds:
+// it compares the key it expects next in place before it reads and
+// looks up one out of order.
+var compiledKernelKeys = [...]string{`"kernel_id":`, `"blueprint_id":`, `"binary_ref":`, `"metadata":`, `"status":`, `"validation_results":`, `"deployment_stats":`, `"created_at":`, `"last_used_at":`, ""}
 
 // compiledKernelField returns the field bit of key, or -1.
 func compiledKernelField(key []byte) int {
@@ -870,9 +923,26 @@ func (c *CompiledKernel) check(errs *fieldErrors, p string, bad uint32) {
 // DecodeCompiledKernel decodes and validates one CompiledKernel in a single pass,
 // applying the defaults of absent fields.
 func DecodeCompiledKernel(data []byte) (CompiledKernel, error) {
-	var c CompiledKernel
 	d := newDecoder("CompiledKernel", data)
-	c.decode(&d, "")
+	d.alias = true
+	c := decodeCompiledKernel(&d, "")
+	// Copy the strings that alias data, in place in this frame's c
+	// (stores to a local need no write barrier).
+	c.KernelID = d.keep(c.KernelID)
+	c.BlueprintID = d.keep(c.BlueprintID)
+	c.BinaryRef = d.keep(c.BinaryRef)
+	c.Metadata.KernelID = d.keep(c.Metadata.KernelID)
+	c.Metadata.BlueprintID = d.keep(c.Metadata.BlueprintID)
+	c.Metadata.Name = d.keep(c.Metadata.Name)
+	d.keepStrs(c.Metadata.DeviceRequirements)
+	c.Metadata.CompilationTarget = d.keep(c.Metadata.CompilationTarget)
+	c.Metadata.OptimizationFlags.raw = d.keep(c.Metadata.OptimizationFlags.raw)
+	d.keepMetrics(c.Metadata.PerformanceProfile)
+	c.Metadata.CompatibilityVersion = d.keep(c.Metadata.CompatibilityVersion)
+	d.keepOpt(c.Metadata.Checksum)
+	c.Status = d.keep(c.Status)
+	c.ValidationResults.raw = d.keep(c.ValidationResults.raw)
+	d.keepMetrics(c.DeploymentStats)
 	return c, d.finish()
 }
 
@@ -889,7 +959,10 @@ func (c *CompiledKernel) UnmarshalJSON(data []byte) error {
 // MarshalJSON encodes c in the reference's field order.
 func (c CompiledKernel) MarshalJSON() ([]byte, error) { return c.AppendJSON(nil), nil }
 
-func (c *CompiledKernel) decode(d *decoder, p string) {
+// decodeCompiledKernel decodes one CompiledKernel at path p ("" at the root). It returns
+// the value, so that its stores are to a stack frame and need no
+// write barrier.
+func decodeCompiledKernel(d *decoder, p string) (c CompiledKernel) {
 	if !d.openObject(p) {
 		return
 	}
@@ -914,8 +987,7 @@ func (c *CompiledKernel) decode(d *decoder, p string) {
 			c.BinaryRef, good = d.str(p, "binary_ref")
 		case ckMetadata:
 			n := len(d.errs.fields)
-			c.Metadata = KernelMetadata{}
-			c.Metadata.decode(d, join(p, "metadata"))
+			c.Metadata = decodeKernelMetadata(d, join(p, "metadata"))
 			good = len(d.errs.fields) == n
 		case ckStatus:
 			c.Status, good = d.str(p, "status")
@@ -973,6 +1045,7 @@ func (c *CompiledKernel) decode(d *decoder, p string) {
 		c.CreatedAt = Now()
 	}
 	c.check(&d.errs, p, bad|1<<ckMetadata|1<<ckValidationResults|1<<ckDeploymentStats)
+	return
 }
 
 // AppendJSON appends c's JSON encoding to dst.
@@ -1030,10 +1103,11 @@ const (
 // trainingSessionRequired has the bit of every required field of TrainingSession.
 const trainingSessionRequired = 1<<tsName | 1<<tsDescription | 1<<tsTrainingModelConfig | 1<<tsTrainingConfig
 
-// trainingSessionKeys holds the quoted keys of TrainingSession in field order, then a
-// sentinel no key matches: the decoder compares the key it expects
-// next in place before it reads and looks up one out of order.
-var trainingSessionKeys = [...]string{`"session_id"`, `"name"`, `"description"`, `"training_model_config"`, `"training_config"`, `"seeds"`, `"blueprints"`, `"status"`, `"created_at"`, `"updated_at"`, "\x00"}
+// trainingSessionKeys holds the keys of TrainingSession as they start a member (quoted, with
+// the colon) in field order, then "", which the decoder never finds:
+// it compares the key it expects next in place before it reads and
+// looks up one out of order.
+var trainingSessionKeys = [...]string{`"session_id":`, `"name":`, `"description":`, `"training_model_config":`, `"training_config":`, `"seeds":`, `"blueprints":`, `"status":`, `"created_at":`, `"updated_at":`, ""}
 
 // trainingSessionField returns the field bit of key, or -1.
 func trainingSessionField(key []byte) int {
@@ -1119,9 +1193,21 @@ func (t *TrainingSession) check(errs *fieldErrors, p string, bad uint32) {
 // DecodeTrainingSession decodes and validates one TrainingSession in a single pass,
 // applying the defaults of absent fields.
 func DecodeTrainingSession(data []byte) (TrainingSession, error) {
-	var t TrainingSession
 	d := newDecoder("TrainingSession", data)
-	t.decode(&d, "")
+	d.alias = true
+	t := decodeTrainingSession(&d, "")
+	// Copy the strings that alias data, in place in this frame's t
+	// (stores to a local need no write barrier).
+	t.SessionID = d.keep(t.SessionID)
+	t.Name = d.keep(t.Name)
+	t.Description = d.keep(t.Description)
+	for i := range t.Seeds {
+		t.Seeds[i].own(&d)
+	}
+	for i := range t.Blueprints {
+		t.Blueprints[i].own(&d)
+	}
+	t.Status = d.keep(t.Status)
 	return t, d.finish()
 }
 
@@ -1138,7 +1224,10 @@ func (t *TrainingSession) UnmarshalJSON(data []byte) error {
 // MarshalJSON encodes t in the reference's field order.
 func (t TrainingSession) MarshalJSON() ([]byte, error) { return t.AppendJSON(nil), nil }
 
-func (t *TrainingSession) decode(d *decoder, p string) {
+// decodeTrainingSession decodes one TrainingSession at path p ("" at the root). It returns
+// the value, so that its stores are to a stack frame and need no
+// write barrier.
+func decodeTrainingSession(d *decoder, p string) (t TrainingSession) {
 	if !d.openObject(p) {
 		return
 	}
@@ -1169,9 +1258,9 @@ func (t *TrainingSession) decode(d *decoder, p string) {
 		case tsTrainingConfig:
 			t.TrainingConfig, good = d.anyMap(p, "training_config", true)
 		case tsSeeds:
-			t.Seeds, good = decodeList(d, join(p, "seeds"), (*Seed).decode)
+			t.Seeds, good = decodeList(d, join(p, "seeds"), decodeSeed)
 		case tsBlueprints:
-			t.Blueprints, good = decodeList(d, join(p, "blueprints"), (*Blueprint).decode)
+			t.Blueprints, good = decodeList(d, join(p, "blueprints"), decodeBlueprint)
 		case tsStatus:
 			t.Status, good = d.str(p, "status")
 			t.Status = strip(t.Status)
@@ -1238,6 +1327,7 @@ func (t *TrainingSession) decode(d *decoder, p string) {
 		}
 	}
 	t.check(&d.errs, p, bad|1<<tsTrainingModelConfig|1<<tsTrainingConfig|1<<tsSeeds|1<<tsBlueprints)
+	return
 }
 
 // AppendJSON appends t's JSON encoding to dst.
@@ -1319,10 +1409,11 @@ const (
 // healthSignalRequired has the bit of every required field of HealthSignal.
 const healthSignalRequired = 1<<hsLayerID | 1<<hsSeedID | 1<<hsChunkID | 1<<hsEpoch | 1<<hsActivationVariance | 1<<hsDeadNeuronRatio | 1<<hsAvgCorrelation
 
-// healthSignalKeys holds the quoted keys of HealthSignal in field order, then a
-// sentinel no key matches: the decoder compares the key it expects
-// next in place before it reads and looks up one out of order.
-var healthSignalKeys = [...]string{`"layer_id"`, `"seed_id"`, `"chunk_id"`, `"epoch"`, `"activation_variance"`, `"dead_neuron_ratio"`, `"avg_correlation"`, `"is_ready_for_transition"`, `"health_score"`, `"execution_latency"`, `"error_count"`, `"active_seeds"`, `"total_seeds"`, `"timestamp"`, "\x00"}
+// healthSignalKeys holds the keys of HealthSignal as they start a member (quoted, with
+// the colon) in field order, then "", which the decoder never finds:
+// it compares the key it expects next in place before it reads and
+// looks up one out of order.
+var healthSignalKeys = [...]string{`"layer_id":`, `"seed_id":`, `"chunk_id":`, `"epoch":`, `"activation_variance":`, `"dead_neuron_ratio":`, `"avg_correlation":`, `"is_ready_for_transition":`, `"health_score":`, `"execution_latency":`, `"error_count":`, `"active_seeds":`, `"total_seeds":`, `"timestamp":`, ""}
 
 // healthSignalField returns the field bit of key, or -1.
 func healthSignalField(key []byte) int {
@@ -1414,9 +1505,8 @@ func (h *HealthSignal) check(errs *fieldErrors, p string, bad uint32) {
 // DecodeHealthSignal decodes and validates one HealthSignal in a single pass,
 // applying the defaults of absent fields.
 func DecodeHealthSignal(data []byte) (HealthSignal, error) {
-	var h HealthSignal
 	d := newDecoder("HealthSignal", data)
-	h.decode(&d, "")
+	h := decodeHealthSignal(&d, "")
 	return h, d.finish()
 }
 
@@ -1433,7 +1523,10 @@ func (h *HealthSignal) UnmarshalJSON(data []byte) error {
 // MarshalJSON encodes h in the reference's field order.
 func (h HealthSignal) MarshalJSON() ([]byte, error) { return h.AppendJSON(nil), nil }
 
-func (h *HealthSignal) decode(d *decoder, p string) {
+// decodeHealthSignal decodes one HealthSignal at path p ("" at the root). It returns
+// the value, so that its stores are to a stack frame and need no
+// write barrier.
+func decodeHealthSignal(d *decoder, p string) (h HealthSignal) {
 	if !d.openObject(p) {
 		return
 	}
@@ -1540,6 +1633,7 @@ func (h *HealthSignal) decode(d *decoder, p string) {
 		h.Timestamp = UnixNow()
 	}
 	h.check(&d.errs, p, bad)
+	return
 }
 
 // AppendJSON appends h's JSON encoding to dst.
@@ -1601,10 +1695,11 @@ const (
 // systemStatePacketRequired has the bit of every required field of SystemStatePacket.
 const systemStatePacketRequired = 1<<sspEpoch | 1<<sspTotalSeeds | 1<<sspActiveSeeds | 1<<sspTrainingLoss | 1<<sspValidationLoss | 1<<sspSystemLoad | 1<<sspMemoryUsage
 
-// systemStatePacketKeys holds the quoted keys of SystemStatePacket in field order, then a
-// sentinel no key matches: the decoder compares the key it expects
-// next in place before it reads and looks up one out of order.
-var systemStatePacketKeys = [...]string{`"epoch"`, `"total_seeds"`, `"active_seeds"`, `"training_loss"`, `"validation_loss"`, `"system_load"`, `"memory_usage"`, "\x00"}
+// systemStatePacketKeys holds the keys of SystemStatePacket as they start a member (quoted, with
+// the colon) in field order, then "", which the decoder never finds:
+// it compares the key it expects next in place before it reads and
+// looks up one out of order.
+var systemStatePacketKeys = [...]string{`"epoch":`, `"total_seeds":`, `"active_seeds":`, `"training_loss":`, `"validation_loss":`, `"system_load":`, `"memory_usage":`, ""}
 
 // systemStatePacketField returns the field bit of key, or -1.
 func systemStatePacketField(key []byte) int {
@@ -1664,9 +1759,8 @@ func (s *SystemStatePacket) check(errs *fieldErrors, p string, bad uint32) {
 // DecodeSystemStatePacket decodes and validates one SystemStatePacket in a single pass,
 // applying the defaults of absent fields.
 func DecodeSystemStatePacket(data []byte) (SystemStatePacket, error) {
-	var s SystemStatePacket
 	d := newDecoder("SystemStatePacket", data)
-	s.decode(&d, "")
+	s := decodeSystemStatePacket(&d, "")
 	return s, d.finish()
 }
 
@@ -1683,7 +1777,10 @@ func (s *SystemStatePacket) UnmarshalJSON(data []byte) error {
 // MarshalJSON encodes s in the reference's field order.
 func (s SystemStatePacket) MarshalJSON() ([]byte, error) { return s.AppendJSON(nil), nil }
 
-func (s *SystemStatePacket) decode(d *decoder, p string) {
+// decodeSystemStatePacket decodes one SystemStatePacket at path p ("" at the root). It returns
+// the value, so that its stores are to a stack frame and need no
+// write barrier.
+func decodeSystemStatePacket(d *decoder, p string) (s SystemStatePacket) {
 	if !d.openObject(p) {
 		return
 	}
@@ -1764,6 +1861,7 @@ func (s *SystemStatePacket) decode(d *decoder, p string) {
 		}
 	}
 	s.check(&d.errs, p, bad)
+	return
 }
 
 // AppendJSON appends s's JSON encoding to dst.
@@ -1809,10 +1907,11 @@ const (
 // adaptationDecisionRequired has the bit of every required field of AdaptationDecision.
 const adaptationDecisionRequired = 1<<adLayerName | 1<<adAdaptationType | 1<<adConfidence | 1<<adUrgency
 
-// adaptationDecisionKeys holds the quoted keys of AdaptationDecision in field order, then a
-// sentinel no key matches: the decoder compares the key it expects
-// next in place before it reads and looks up one out of order.
-var adaptationDecisionKeys = [...]string{`"layer_name"`, `"adaptation_type"`, `"confidence"`, `"urgency"`, `"metadata"`, `"timestamp"`, "\x00"}
+// adaptationDecisionKeys holds the keys of AdaptationDecision as they start a member (quoted, with
+// the colon) in field order, then "", which the decoder never finds:
+// it compares the key it expects next in place before it reads and
+// looks up one out of order.
+var adaptationDecisionKeys = [...]string{`"layer_name":`, `"adaptation_type":`, `"confidence":`, `"urgency":`, `"metadata":`, `"timestamp":`, ""}
 
 // adaptationDecisionField returns the field bit of key, or -1.
 func adaptationDecisionField(key []byte) int {
@@ -1873,9 +1972,13 @@ func (a *AdaptationDecision) check(errs *fieldErrors, p string, bad uint32) {
 // DecodeAdaptationDecision decodes and validates one AdaptationDecision in a single pass,
 // applying the defaults of absent fields.
 func DecodeAdaptationDecision(data []byte) (AdaptationDecision, error) {
-	var a AdaptationDecision
 	d := newDecoder("AdaptationDecision", data)
-	a.decode(&d, "")
+	d.alias = true
+	a := decodeAdaptationDecision(&d, "")
+	// Copy the strings that alias data, in place in this frame's a
+	// (stores to a local need no write barrier).
+	a.LayerName = d.keep(a.LayerName)
+	a.AdaptationType = d.keep(a.AdaptationType)
 	return a, d.finish()
 }
 
@@ -1892,7 +1995,10 @@ func (a *AdaptationDecision) UnmarshalJSON(data []byte) error {
 // MarshalJSON encodes a in the reference's field order.
 func (a AdaptationDecision) MarshalJSON() ([]byte, error) { return a.AppendJSON(nil), nil }
 
-func (a *AdaptationDecision) decode(d *decoder, p string) {
+// decodeAdaptationDecision decodes one AdaptationDecision at path p ("" at the root). It returns
+// the value, so that its stores are to a stack frame and need no
+// write barrier.
+func decodeAdaptationDecision(d *decoder, p string) (a AdaptationDecision) {
 	if !d.openObject(p) {
 		return
 	}
@@ -1967,6 +2073,7 @@ func (a *AdaptationDecision) decode(d *decoder, p string) {
 		a.Timestamp = UnixNow()
 	}
 	a.check(&d.errs, p, bad|1<<adMetadata)
+	return
 }
 
 // AppendJSON appends a's JSON encoding to dst.
@@ -2010,10 +2117,11 @@ const (
 // oonaMessageRequired has the bit of every required field of OonaMessage.
 const oonaMessageRequired = 1<<omSenderID | 1<<omTraceID | 1<<omTopic | 1<<omPayload
 
-// oonaMessageKeys holds the quoted keys of OonaMessage in field order, then a
-// sentinel no key matches: the decoder compares the key it expects
-// next in place before it reads and looks up one out of order.
-var oonaMessageKeys = [...]string{`"event_id"`, `"sender_id"`, `"timestamp"`, `"trace_id"`, `"topic"`, `"payload"`, "\x00"}
+// oonaMessageKeys holds the keys of OonaMessage as they start a member (quoted, with
+// the colon) in field order, then "", which the decoder never finds:
+// it compares the key it expects next in place before it reads and
+// looks up one out of order.
+var oonaMessageKeys = [...]string{`"event_id":`, `"sender_id":`, `"timestamp":`, `"trace_id":`, `"topic":`, `"payload":`, ""}
 
 // oonaMessageField returns the field bit of key, or -1.
 func oonaMessageField(key []byte) int {
@@ -2064,9 +2172,14 @@ func (o *OonaMessage) check(errs *fieldErrors, p string, bad uint32) {
 // DecodeOonaMessage decodes and validates one OonaMessage in a single pass,
 // applying the defaults of absent fields.
 func DecodeOonaMessage(data []byte) (OonaMessage, error) {
-	var o OonaMessage
 	d := newDecoder("OonaMessage", data)
-	o.decode(&d, "")
+	d.alias = true
+	o := decodeOonaMessage(&d, "")
+	// Copy the strings that alias data, in place in this frame's o
+	// (stores to a local need no write barrier).
+	o.EventID = d.keep(o.EventID)
+	o.SenderID = d.keep(o.SenderID)
+	o.TraceID = d.keep(o.TraceID)
 	return o, d.finish()
 }
 
@@ -2083,7 +2196,10 @@ func (o *OonaMessage) UnmarshalJSON(data []byte) error {
 // MarshalJSON encodes o in the reference's field order.
 func (o OonaMessage) MarshalJSON() ([]byte, error) { return o.AppendJSON(nil), nil }
 
-func (o *OonaMessage) decode(d *decoder, p string) {
+// decodeOonaMessage decodes one OonaMessage at path p ("" at the root). It returns
+// the value, so that its stores are to a stack frame and need no
+// write barrier.
+func decodeOonaMessage(d *decoder, p string) (o OonaMessage) {
 	if !d.openObject(p) {
 		return
 	}
@@ -2158,6 +2274,7 @@ func (o *OonaMessage) decode(d *decoder, p string) {
 		o.Timestamp = Now()
 	}
 	o.check(&d.errs, p, bad|1<<omPayload)
+	return
 }
 
 // AppendJSON appends o's JSON encoding to dst.
@@ -2193,10 +2310,11 @@ const (
 // blueprintSubmittedRequired has the bit of every required field of BlueprintSubmitted.
 const blueprintSubmittedRequired = 1<<bsBlueprintID | 1<<bsSubmittedBy
 
-// blueprintSubmittedKeys holds the quoted keys of BlueprintSubmitted in field order, then a
-// sentinel no key matches: the decoder compares the key it expects
-// next in place before it reads and looks up one out of order.
-var blueprintSubmittedKeys = [...]string{`"blueprint_id"`, `"submitted_by"`, "\x00"}
+// blueprintSubmittedKeys holds the keys of BlueprintSubmitted as they start a member (quoted, with
+// the colon) in field order, then "", which the decoder never finds:
+// it compares the key it expects next in place before it reads and
+// looks up one out of order.
+var blueprintSubmittedKeys = [...]string{`"blueprint_id":`, `"submitted_by":`, ""}
 
 // blueprintSubmittedField returns the field bit of key, or -1.
 func blueprintSubmittedField(key []byte) int {
@@ -2226,9 +2344,13 @@ func (b *BlueprintSubmitted) check(errs *fieldErrors, p string, bad uint32) {
 // DecodeBlueprintSubmitted decodes and validates one BlueprintSubmitted in a single pass,
 // applying the defaults of absent fields.
 func DecodeBlueprintSubmitted(data []byte) (BlueprintSubmitted, error) {
-	var b BlueprintSubmitted
 	d := newDecoder("BlueprintSubmitted", data)
-	b.decode(&d, "")
+	d.alias = true
+	b := decodeBlueprintSubmitted(&d, "")
+	// Copy the strings that alias data, in place in this frame's b
+	// (stores to a local need no write barrier).
+	b.BlueprintID = d.keep(b.BlueprintID)
+	b.SubmittedBy = d.keep(b.SubmittedBy)
 	return b, d.finish()
 }
 
@@ -2245,7 +2367,10 @@ func (b *BlueprintSubmitted) UnmarshalJSON(data []byte) error {
 // MarshalJSON encodes b in the reference's field order.
 func (b BlueprintSubmitted) MarshalJSON() ([]byte, error) { return b.AppendJSON(nil), nil }
 
-func (b *BlueprintSubmitted) decode(d *decoder, p string) {
+// decodeBlueprintSubmitted decodes one BlueprintSubmitted at path p ("" at the root). It returns
+// the value, so that its stores are to a stack frame and need no
+// write barrier.
+func decodeBlueprintSubmitted(d *decoder, p string) (b BlueprintSubmitted) {
 	if !d.openObject(p) {
 		return
 	}
@@ -2296,6 +2421,7 @@ func (b *BlueprintSubmitted) decode(d *decoder, p string) {
 		}
 	}
 	b.check(&d.errs, p, bad)
+	return
 }
 
 // AppendJSON appends b's JSON encoding to dst.

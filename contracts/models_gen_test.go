@@ -1,7 +1,9 @@
 package contracts
 
 import (
+	"bufio"
 	"bytes"
+	"encoding/json"
 	"errors"
 	"os"
 	"reflect"
@@ -68,5 +70,72 @@ func TestKeysInAnyOrderDecodeAlike(t *testing.T) {
 	var ve *ValidationError
 	if !errors.As(err, &ve) || !ve.Has("blueprint_idx") || !ve.Has("blueprint_id") {
 		t.Fatalf("err = %v; want blueprint_idx refused and blueprint_id missing", err)
+	}
+}
+
+// TestDecodedValuesOwnTheirStrings: strings point into the input while
+// a document decodes and are copied out before the decode returns, so a
+// caller reusing its buffer must not change a decoded value. Every
+// corpus document is decoded from a copy that is then overwritten.
+func TestDecodedValuesOwnTheirStrings(t *testing.T) {
+	models := map[string]func([]byte) (before, after []byte, ok bool){
+		"Seed":               scribbleCheck(DecodeSeed),
+		"Blueprint":          scribbleCheck(DecodeBlueprint),
+		"KernelMetadata":     scribbleCheck(DecodeKernelMetadata),
+		"CompiledKernel":     scribbleCheck(DecodeCompiledKernel),
+		"TrainingSession":    scribbleCheck(DecodeTrainingSession),
+		"HealthSignal":       scribbleCheck(DecodeHealthSignal),
+		"SystemStatePacket":  scribbleCheck(DecodeSystemStatePacket),
+		"AdaptationDecision": scribbleCheck(DecodeAdaptationDecision),
+		"OonaMessage":        scribbleCheck(DecodeOonaMessage),
+		"BlueprintSubmitted": scribbleCheck(DecodeBlueprintSubmitted),
+	}
+	f, err := os.Open(corpusPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 64<<20)
+	checked := map[string]int{}
+	for sc.Scan() {
+		var c corpusCase
+		if err := json.Unmarshal(sc.Bytes(), &c); err != nil {
+			t.Fatal(err)
+		}
+		check, ok := models[c.Model]
+		if !ok {
+			continue
+		}
+		before, after, ok := check(c.Input)
+		if !ok {
+			continue
+		}
+		checked[c.Model]++
+		if !bytes.Equal(before, after) {
+			t.Errorf("%s [%s]: the decoded value changed with the input buffer:\n%s\n%s", c.ID, c.Model, before, after)
+		}
+	}
+	for m := range models {
+		if checked[m] == 0 {
+			t.Errorf("no %s document decoded", m)
+		}
+	}
+}
+
+// scribbleCheck returns a function that decodes a copy of its input,
+// encodes the value, overwrites the copy and encodes the value again.
+func scribbleCheck[T interface{ AppendJSON([]byte) []byte }](dec func([]byte) (T, error)) func([]byte) ([]byte, []byte, bool) {
+	return func(data []byte) ([]byte, []byte, bool) {
+		in := bytes.Clone(data)
+		v, err := dec(in)
+		if err != nil {
+			return nil, nil, false
+		}
+		before := v.AppendJSON(nil)
+		for i := range in {
+			in[i] = '#'
+		}
+		return before, v.AppendJSON(nil), true
 	}
 }

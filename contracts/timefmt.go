@@ -132,17 +132,17 @@ func parseTimestamp(b []byte) (time.Time, string) {
 		if i < len(b) && (b[i] == '.' || b[i] == ',') {
 			i++
 			j := i
-			scale := 100000000
+			us := 0 // the first six digits; the rest are truncated
 			for i < len(b) && b[i] >= '0' && b[i] <= '9' {
 				if i-j < 6 {
-					nsec += int(b[i]-'0') * scale
-					scale /= 10
+					us = us*10 + int(b[i]-'0')
 				}
 				i++
 			}
 			if i == j {
 				return time.Time{}, "input should be a valid datetime, invalid fraction of a second"
 			}
+			nsec = us * fracScale[min(i-j, 6)]
 		}
 	}
 	if hour > 23 || minute > 59 || sec > 59 {
@@ -186,6 +186,9 @@ func parseTimestamp(b []byte) (time.Time, string) {
 	unix := daysFromCivil(year, month, day)*86400 + int64(hour*3600+minute*60+sec) - int64(off)
 	return time.Unix(unix, int64(nsec)).In(loc), ""
 }
+
+// fracScale[n] turns n digits of a fraction of a second into nanoseconds.
+var fracScale = [...]int{0, 1e8, 1e7, 1e6, 1e5, 1e4, 1e3}
 
 // daysFromCivil counts days from 1970-01-01 to a proleptic Gregorian
 // date (Howard Hinnant's algorithm); cheaper than time.Date's
