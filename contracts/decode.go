@@ -189,8 +189,8 @@ func (d *decoder) text(b []byte) string {
 	}
 	if d.alias && d.inData(unsafe.Pointer(&b[0])) {
 		if len(b) >= 16 { // identifiers, which documents repeat
-			for _, r := range d.recent {
-				if r == string(b) {
+			for i := range min(int(d.nrecent), len(d.recent)) {
+				if r := d.recent[i]; len(r) == len(b) && r == string(b) {
 					return r
 				}
 			}
@@ -227,8 +227,8 @@ func (d *decoder) keep(s string) string {
 		return s
 	}
 	if len(s) >= 16 { // text returned a repeated identifier as one alias
-		for _, k := range d.kept {
-			if unsafe.StringData(k.src) == unsafe.StringData(s) && len(k.src) == len(s) {
+		for i := range min(int(d.nkept), len(d.kept)) {
+			if k := &d.kept[i]; unsafe.StringData(k.src) == unsafe.StringData(s) && len(k.src) == len(s) {
 				return k.dst
 			}
 		}
@@ -359,11 +359,32 @@ func (d *decoder) openObject(path string) bool {
 // its key (valid until the next string is read) positioned at the value;
 // it returns false at '}' or on a syntax error.
 func (d *decoder) nextKey(first *bool) ([]byte, bool) {
-	if !d.keyStart(first) {
+	// The usual layout, `, "` (or `"` first), is stepped over in line.
+	if p := d.pos; *first && p < len(d.data) && d.data[p] == '"' {
+		*first = false
+	} else if !*first && p+2 < len(d.data) && d.data[p] == ',' && (d.data[p+1] == '"' || d.data[p+1] == ' ' && d.data[p+2] == '"') {
+		d.pos = p + 1
+		if d.data[p+1] == ' ' {
+			d.pos++
+		}
+	} else if !d.keyStart(first) {
 		return nil, false
 	}
 	key, ok := d.readString()
-	if !ok || !d.keyEnd() {
+	if !ok {
+		return nil, false
+	}
+	// And `: ` before a value.
+	if p := d.pos; p+2 < len(d.data) && d.data[p] == ':' {
+		if c := d.data[p+1]; c > ' ' {
+			d.pos = p + 1
+			return key, true
+		} else if c == ' ' && d.data[p+2] > ' ' {
+			d.pos = p + 2
+			return key, true
+		}
+	}
+	if !d.keyEnd() {
 		return nil, false
 	}
 	return key, true
