@@ -42,8 +42,8 @@ type decoder struct {
 	// latest identifiers copied from their alias to their copy.
 	recent  [4]string
 	kept    [4]keptString
-	nrecent uint8
-	nkept   uint8
+	nrecent int
+	nkept   int
 }
 
 // keptString is an identifier aliasing the input (src) and its copy.
@@ -58,10 +58,11 @@ type keptString struct{ src, dst string }
 // devices, four metrics, one optional timestamp: 248 bytes, the 256-byte
 // size class, since on a small document every byte allocated costs GC
 // time); a list that outgrows its region is moved to the heap by append
-// as usual, and a value past its region gets an allocation of its own. Every slice handed out is capped at its length (s[:n:n]),
-// so a caller's append reallocates instead of writing into a
-// neighbour's region; a value kept alive keeps its whole slab alive,
-// which for these small documents is the better trade.
+// as usual, and a value past its region gets an allocation of its own.
+// Every slice handed out is capped at its length (s[:n:n]), so a
+// caller's append reallocates instead of writing into a neighbour's
+// region; a value kept alive keeps its whole slab alive, which for these
+// small documents is the better trade.
 type slab struct {
 	ints    [8]int
 	strs    [4]string
@@ -189,7 +190,7 @@ func (d *decoder) text(b []byte) string {
 	}
 	if d.alias && d.inData(unsafe.Pointer(&b[0])) {
 		if len(b) >= 16 { // identifiers, which documents repeat
-			for i := range min(int(d.nrecent), len(d.recent)) {
+			for i := range min(d.nrecent, len(d.recent)) {
 				if r := d.recent[i]; len(r) == len(b) && r == string(b) {
 					return r
 				}
@@ -198,7 +199,7 @@ func (d *decoder) text(b []byte) string {
 		d.owed += len(b)
 		s := unsafe.String(&b[0], len(b))
 		if len(b) >= 16 {
-			d.recent[d.nrecent%uint8(len(d.recent))] = s
+			d.recent[d.nrecent%len(d.recent)] = s
 			d.nrecent++
 		}
 		return s
@@ -227,22 +228,23 @@ func (d *decoder) keep(s string) string {
 		return s
 	}
 	if len(s) >= 16 { // text returned a repeated identifier as one alias
-		for i := range min(int(d.nkept), len(d.kept)) {
+		for i := range min(d.nkept, len(d.kept)) {
 			if k := &d.kept[i]; unsafe.StringData(k.src) == unsafe.StringData(s) && len(k.src) == len(s) {
 				return k.dst
 			}
 		}
 	}
 	if cap(d.owned)-len(d.owned) < len(s) {
-		// Only if owed undercounted, which it cannot: every aliased
-		// string was counted when read.
+		// The first copy, or one owed did not count: an identifier
+		// repeated far apart is owed once but copied again when its
+		// first copy has left kept.
 		d.owned = make([]byte, 0, max(d.owed, len(s)))
 	}
 	start := len(d.owned)
 	d.owned = append(d.owned, s...)
 	dst := unsafe.String(&d.owned[start], len(s))
 	if len(s) >= 16 {
-		d.kept[d.nkept%uint8(len(d.kept))] = keptString{s, dst}
+		d.kept[d.nkept%len(d.kept)] = keptString{s, dst}
 		d.nkept++
 	}
 	return dst
@@ -1456,9 +1458,9 @@ func (d *decoder) missing(prefix, name string) {
 // and no exponent. It returns the digits as an integer, the number of
 // them after the point and the sign; the value is exactly
 // n / 10^frac, which for at most 15 digits is one correctly rounded
-// division, as parseFloatLit computes it. Any other form (or a number
-// followed by more number-like bytes) returns ok false with d.pos
-// unchanged, for the general path to read and report.
+// division, as parseFloatLit computes it. Any other form (an exponent,
+// a leading zero, more digits, none) returns ok false with d.pos
+// unchanged, for the general path to read or report.
 func (d *decoder) shortNumber() (n uint64, frac int, neg, ok bool) {
 	data := d.data
 	i := d.pos

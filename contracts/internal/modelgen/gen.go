@@ -80,7 +80,7 @@ func validate(models []Model) error {
 		}
 		names[m.Name] = true
 		switch m.Recv {
-		case "d", "p", "dst", "errs", "bad", "seen", "key", "f", "next", "first", "ok", "good", "now", "n", "st", "v", "i", "e":
+		case "d", "p", "dst", "errs", "bad", "seen", "key", "f", "next", "first", "hit", "ok", "good", "now", "n", "st", "v", "i", "e":
 			bad("receiver %q collides with a name the generated code uses", m.Recv)
 		}
 		if len(m.Fields) == 0 || len(m.Fields) > 31 {
@@ -183,8 +183,19 @@ func (m Model) mask(keep func(Field) bool) string {
 	return strings.Join(parts, " | ")
 }
 
+// model writes everything generated for m.
 func (g *gen) model(m Model) {
-	r := m.Recv
+	g.typeDecl(m)
+	g.tables(m)
+	g.validateAndCheck(m)
+	g.entryPoints(m)
+	g.decode(m)
+	g.own(m)
+	g.encode(m)
+}
+
+// typeDecl writes the struct type.
+func (g *gen) typeDecl(m Model) {
 	g.p("")
 	comment(g, m.Doc)
 	g.p("type %s struct {", m.Name)
@@ -196,7 +207,11 @@ func (g *gen) model(m Model) {
 		g.p("%s", line)
 	}
 	g.p("}")
+}
 
+// tables writes the field bits, the required mask, the expected keys and
+// the key lookup.
+func (g *gen) tables(m Model) {
 	g.p("")
 	g.p("// Field bits of %s, in the reference's field order.", m.Name)
 	g.p("const (")
@@ -232,8 +247,11 @@ func (g *gen) model(m Model) {
 	g.p("\t}")
 	g.p("\treturn -1")
 	g.p("}")
+}
 
-	// Validate and check.
+// validateAndCheck writes Validate and check.
+func (g *gen) validateAndCheck(m Model) {
+	r := m.Recv
 	g.p("")
 	if m.ValidateDoc != "" {
 		comment(g, m.ValidateDoc)
@@ -254,8 +272,11 @@ func (g *gen) model(m Model) {
 		g.check(m, f)
 	}
 	g.p("}")
+}
 
-	// Entry points.
+// entryPoints writes DecodeX, UnmarshalJSON and MarshalJSON.
+func (g *gen) entryPoints(m Model) {
+	r := m.Recv
 	g.p("")
 	g.p("// Decode%s decodes and validates one %s in a single pass,", m.Name, m.Name)
 	g.p("// applying the defaults of absent fields.")
@@ -285,14 +306,10 @@ func (g *gen) model(m Model) {
 	g.p("")
 	g.p("// MarshalJSON encodes %s in the reference's field order.", r)
 	g.p("func (%s %s) MarshalJSON() ([]byte, error) { return %s.AppendJSON(nil), nil }", r, m.Name, r)
-
-	g.decode(m)
-	g.own(m)
-	g.encode(m)
 }
 
 // holdsText reports whether a decoded m can hold strings that alias
-// the input until own copies them.
+// the input until keep copies them.
 func (g *gen) holdsText(m Model) bool {
 	for _, f := range m.Fields {
 		switch f.Kind {
