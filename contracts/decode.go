@@ -34,20 +34,30 @@ type decoder struct {
 	// passes every string it stored through keep before it returns),
 	// strings read from the input point into it until keep copies them
 	// into one allocation of the owed bytes (see text and keep).
-	alias bool
-	owed  int
-	owned []byte
+	alias  bool
+	owed   int
+	owned  []byte // the copies; nowned bytes of it are used
+	nowned int
 	// recent holds the latest identifiers read as aliases, so that one
 	// the document repeats is the same alias (owed once); kept maps the
-	// latest identifiers copied from their alias to their copy.
-	recent  [4]string
-	kept    [4]keptString
+	// latest identifiers copied from their place in the input to their
+	// copy's in owned. They hold offsets, not strings, so that updating
+	// them stores no pointers (which would need write barriers).
+	recent  [4]span
+	kept    [4]keptSpan
 	nrecent int
 	nkept   int
 }
 
-// keptString is an identifier aliasing the input (src) and its copy.
-type keptString struct{ src, dst string }
+// span is a string's place in a buffer.
+type span struct{ off, n int }
+
+// keptSpan is an identifier's place in the input and its copy's offset
+// in owned.
+type keptSpan struct {
+	src span
+	dst int
+}
 
 // slab is one allocation holding the small slices and pointed-to values
 // of a decoded document: a CompiledKernel needs two shapes, a device
@@ -190,30 +200,29 @@ func (d *decoder) text(b []byte) string {
 	}
 	if d.alias && d.inData(unsafe.Pointer(&b[0])) {
 		if len(b) >= 16 { // identifiers, which documents repeat
-			for i := range min(d.nrecent, len(d.recent)) {
-				if r := d.recent[i]; len(r) == len(b) && r == string(b) {
-					return r
+			for _, r := range d.recent[:min(d.nrecent, len(d.recent))] {
+				if r.n == len(b) && string(d.data[r.off:r.off+r.n]) == string(b) {
+					return unsafe.String(&d.data[r.off], r.n)
 				}
 			}
-		}
-		d.owed += len(b)
-		s := unsafe.String(&b[0], len(b))
-		if len(b) >= 16 {
-			d.recent[d.nrecent%len(d.recent)] = s
+			d.recent[d.nrecent%len(d.recent)] = span{d.offset(unsafe.Pointer(&b[0])), len(b)}
 			d.nrecent++
 		}
-		return s
+		d.owed += len(b)
+		return unsafe.String(&b[0], len(b))
 	}
 	return d.newString(b)
 }
 
 // inData reports whether p points into the input.
 func (d *decoder) inData(p unsafe.Pointer) bool {
-	if len(d.data) == 0 {
-		return false
-	}
-	base := uintptr(unsafe.Pointer(&d.data[0]))
-	return uintptr(p)-base < uintptr(len(d.data))
+	return len(d.data) > 0 && uint(d.offset(p)) < uint(len(d.data))
+}
+
+// offset returns p's offset from the start of the input (meaningful
+// only when p points into it).
+func (d *decoder) offset(p unsafe.Pointer) int {
+	return int(uintptr(p) - uintptr(unsafe.Pointer(unsafe.SliceData(d.data))))
 }
 
 // keep returns s, copied if it aliases the input. Every string a model's
@@ -227,27 +236,28 @@ func (d *decoder) keep(s string) string {
 	if s == "" || !d.inData(unsafe.Pointer(unsafe.StringData(s))) {
 		return s
 	}
+	src := span{d.offset(unsafe.Pointer(unsafe.StringData(s))), len(s)}
 	if len(s) >= 16 { // text returned a repeated identifier as one alias
-		for i := range min(d.nkept, len(d.kept)) {
-			if k := &d.kept[i]; unsafe.StringData(k.src) == unsafe.StringData(s) && len(k.src) == len(s) {
-				return k.dst
+		for _, k := range d.kept[:min(d.nkept, len(d.kept))] {
+			if k.src == src {
+				return unsafe.String(&d.owned[k.dst], len(s))
 			}
 		}
 	}
-	if cap(d.owned)-len(d.owned) < len(s) {
+	if len(d.owned)-d.nowned < len(s) {
 		// The first copy, or one owed did not count: an identifier
 		// repeated far apart is owed once but copied again when its
 		// first copy has left kept.
-		d.owned = make([]byte, 0, max(d.owed, len(s)))
+		d.owned = make([]byte, max(d.owed, len(s)))
+		d.nowned, d.nkept = 0, 0
 	}
-	start := len(d.owned)
-	d.owned = append(d.owned, s...)
-	dst := unsafe.String(&d.owned[start], len(s))
+	dst := d.nowned
+	d.nowned += copy(d.owned[dst:], s)
 	if len(s) >= 16 {
-		d.kept[d.nkept%len(d.kept)] = keptString{s, dst}
+		d.kept[d.nkept%len(d.kept)] = keptSpan{src, dst}
 		d.nkept++
 	}
-	return dst
+	return unsafe.String(&d.owned[dst], len(s))
 }
 
 // keepStrs keeps every element of a decoded string list in place.
