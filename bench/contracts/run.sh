@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs the contracts codec benchmarks in Go and the same work in Pydantic v2
-# side by side on this machine and prints a ratio table (Pydantic / Go).
+# side by side on this machine and prints a ratio table (Pydantic / Go):
+# a HealthSignal, the bench CompiledKernel and a small CompiledKernel
+# (required fields, a device list, two timestamps, a checksum).
 #
 #   bench/contracts/run.sh [ROUNDS]
 #
