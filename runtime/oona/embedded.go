@@ -49,13 +49,10 @@ func NewEmbeddedBus(w io.Writer, closer io.Closer, cfg Config, logger *slog.Logg
 // that must not go on the bus, and ErrClosed after Close. The message must
 // not be modified after Publish.
 func (b *EmbeddedBus) Publish(msg contracts.OonaMessage) error {
-	e, err := encodeFields(&msg)
+	e, err := encodeFields(&msg, nil)
 	if err != nil {
 		return err
 	}
-	line := msg.AppendJSON(make([]byte, 0, e.size+96))
-	e.line = line
-	e.size += len(line)
 	return b.pub.enqueue(e)
 }
 
@@ -141,7 +138,7 @@ type lineSink struct {
 func (s *lineSink) write(_ context.Context, batch []entry) []error {
 	errs := make([]error, len(batch))
 	for i := range batch {
-		if _, err := s.w.Write(batch[i].line); err != nil {
+		if _, err := s.w.WriteString(batch[i].line); err != nil {
 			errs[i] = err
 			continue
 		}

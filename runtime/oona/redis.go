@@ -56,11 +56,11 @@ func NewRedisBus(ctx context.Context, cfg Config, logger *slog.Logger) (*RedisBu
 	noDialRetries(&consOpts)
 	consOpts.ReadTimeout = cfg.Consumer.Block + 3*time.Second
 	consOpts.ClientName = "kasmina-cons-" + cfg.HostID
-	// The first probe runs before the flusher starts: the two would
-	// otherwise share the connection.
+	// A first PING, only to say in the log whether Redis is there (not
+	// the flusher's probe, which closes the client when its ctx ends).
 	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	if err := s.probe(pctx); err != nil {
+	if err := s.client.Ping(pctx).Err(); err != nil {
 		logger.Warn("oona: Redis not reachable yet; buffering and retrying", slog.String("url", cfg.RedactedURL()), slog.Any("error", err))
 	} else {
 		logger.Info("oona: connected to Redis", slog.String("url", cfg.RedactedURL()), slog.String("group", cfg.Consumer.Group))
@@ -93,7 +93,7 @@ func noDialRetries(o *redis.Options) {
 // the buffer is full the oldest message is dropped and counted. The message
 // must not be modified after Publish.
 func (b *RedisBus) Publish(msg contracts.OonaMessage) error {
-	e, err := encodeFields(&msg)
+	e, err := encodeFields(&msg, nil)
 	if err != nil {
 		return err
 	}

@@ -3,234 +3,160 @@ package oona
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
-	"sync"
 
 	"github.com/redis/go-redis/v9"
 )
 
-// redisSink XADDs each batch as one pipeline on its own RESP connection
-// (resp.go): the commands are encoded into one buffer, written with one
-// syscall, and the replies read in order. Each write or probe dials at
-// most once, so the publisher's backoff alone paces reconnects.
+// redisSink XADDs each batch as one go-redis pipeline on the publisher's
+// own client. That client is the consumer's options (TLS, ACL user and
+// password, database, timeouts: Config.redisOptions) with the publisher's
+// name and without go-redis's retries: the flusher retries, in order, with
+// its own backoff, and each of its attempts dials at most once.
 type redisSink struct {
-	opts   *redis.Options
-	name   string // CLIENT SETNAME
-	maxLen int64
+	client *redis.Client
+	maxLen any // MAXLEN's argument, or nil: never trim
 
-	mu      sync.Mutex // the flusher and NewRedisBus's first probe
-	conn    *respConn  // nil until dialled, and after any transport error
-	buf     []byte     // the last batch's commands, reused
-	maxArg  []byte     // MAXLEN's bulk string, encoded once
-	dials   int        // connections dialled, for tests
-	pending int        // batches sent whose replies are not read yet
+	// The last batch's arguments and commands, reused by the next: only
+	// the flusher writes.
+	args  []any
+	xadds []*redis.StringCmd
+	cmds  []redis.Cmder
 }
 
 func newRedisSink(opts *redis.Options, name string, maxLen int64) *redisSink {
-	s := &redisSink{opts: opts, name: name, maxLen: maxLen}
+	o := *opts
+	o.ClientName = name
+	o.MaxRetries = -1
+	noDialRetries(&o)
+	// Pipelines on the main pool, which the PING probes use too: the
+	// flusher has one batch on one connection at a time.
+	o.PipelinePoolSize = -1
+	// RESP2: an XADD's reply is the same, and go-redis then does not look
+	// for RESP3 push notifications before every reply.
+	o.Protocol = 2
+	// A deadline on ctx bounds a command too, not only ReadTimeout.
+	o.ContextTimeoutEnabled = true
+	s := &redisSink{client: redis.NewClient(&o)}
 	if maxLen > 0 {
-		s.maxArg = appendBulk(nil, strconv.FormatInt(maxLen, 10))
+		s.maxLen = strconv.FormatInt(maxLen, 10)
 	}
 	return s
 }
 
-// connect returns the open connection or dials one.
-func (s *redisSink) connect(ctx context.Context) (*respConn, error) {
-	if s.conn != nil {
-		return s.conn, nil
-	}
-	s.dials++
-	c, err := dialRESP(ctx, s.opts, s.name)
-	if err != nil {
-		return nil, err
-	}
-	s.conn = c
-	return c, nil
-}
-
-// drop closes a connection that failed: what it still holds is lost.
-func (s *redisSink) drop() {
-	if s.conn != nil {
-		_ = s.conn.close()
-		s.conn = nil
-	}
-	s.pending = 0
-}
-
-// Pre-encoded pieces of the XADD command.
+// The XADD arguments that are the same for every entry, boxed once.
 var (
-	bulkXADD   = appendBulk(nil, "XADD")
-	bulkMaxLen = append(appendBulk(nil, "MAXLEN"), appendBulk(nil, "~")...)
-	bulkStar   = appendBulk(nil, "*")
-	bulkNames  = func() (out [numFields][]byte) {
+	argXADD, argMAXLEN, argApprox, argStar any = "xadd", "maxlen", "~", "*"
+	argNames                                   = func() (out [numFields]any) {
 		for k, n := range fieldNames {
-			out[k] = appendBulk(nil, n)
+			out[k] = n
 		}
 		return out
 	}()
 )
 
+// xaddLen is the most arguments of one XADD: XADD stream MAXLEN ~ n * and
+// a name and a value per field.
+const xaddLen = 6 + 2*numFields
+
 // appendXADD appends e's XADD: XADD stream [MAXLEN ~ n] * name value ...
 // control.* streams are never trimmed: commands must not be lost to a
-// trim before a host has read them.
-func (s *redisSink) appendXADD(b []byte, e *entry) []byte {
-	trim := s.maxArg != nil && !strings.HasPrefix(e.stream, "control.")
-	n := 3 + 2*numFields
-	if trim {
-		n += 3
+// trim before a host has read them. The entry's strings go in as
+// pointers, which an interface holds without a copy (go-redis writes a
+// *string as the string); e must not change until the command is written.
+func (s *redisSink) appendXADD(args []any, e *entry) []any {
+	args = append(args, argXADD, &e.stream)
+	if s.maxLen != nil && !strings.HasPrefix(e.stream, "control.") {
+		args = append(args, argMAXLEN, argApprox, s.maxLen)
 	}
-	b = appendArrayLen(b, n)
-	b = append(b, bulkXADD...)
-	b = appendBulk(b, e.stream)
-	if trim {
-		b = append(b, bulkMaxLen...)
-		b = append(b, s.maxArg...)
-	}
-	b = append(b, bulkStar...)
+	args = append(args, argStar)
 	for k := range e.vals {
-		b = append(b, bulkNames[k]...)
-		b = appendBulk(b, e.vals[k])
+		args = append(args, argNames[k], &e.vals[k])
 	}
-	return b
+	return args
 }
 
-// send writes batch's XADDs as one pipeline; recv reads their replies.
-// Up to pipelineDepth batches are on the wire at once.
-func (s *redisSink) send(ctx context.Context, batch []entry) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	c, err := s.connect(ctx)
-	if err != nil {
-		return err
+// write sends batch as one pipeline and returns each entry's result. An
+// entry is delivered when its XADD's reply, a stream ID, was read: even
+// when the connection failed after it (go-redis then stamps the transport
+// error on every command of the pipeline), so that only the entries
+// without a reply are sent again.
+func (s *redisSink) write(ctx context.Context, batch []entry) []error {
+	defer s.closeWhenDone(ctx)()
+	if n := len(batch) * xaddLen; cap(s.args) < n {
+		s.args = make([]any, 0, n)
 	}
-	buf := s.buf[:0]
+	args, xadds, cmds := s.args[:0], s.xadds[:0], s.cmds[:0]
 	for i := range batch {
-		buf = s.appendXADD(buf, &batch[i])
+		at := len(args)
+		args = s.appendXADD(args, &batch[i])
+		x := redis.NewStringCmd(ctx, args[at:len(args):len(args)]...)
+		xadds, cmds = append(xadds, x), append(cmds, x)
 	}
-	s.buf = buf
-	if cap(s.buf) > 8<<20 {
-		s.buf = nil // one huge batch does not pin its buffer
-	}
-	stop := c.deadline(ctx)
-	err = c.write(buf)
-	if !stop() || err != nil {
-		// Some commands may have reached Redis: their retry can land
-		// twice, which the consumer's de-duplication by event_id absorbs.
-		s.drop()
-		if err == nil {
-			err = ctx.Err()
-		}
-		return err
-	}
-	s.pending++
-	return nil
-}
-
-func (s *redisSink) recv(ctx context.Context, batch []entry) []error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	pipe := s.client.Pipeline()
+	_ = pipe.BatchProcess(ctx, cmds...)
+	_, execErr := pipe.Exec(ctx)
+	defer func() {
+		// The commands are done with: keep the slices, not what they hold.
+		clear(args)
+		clear(xadds)
+		clear(cmds)
+		s.args, s.xadds, s.cmds = args[:0], xadds[:0], cmds[:0]
+	}()
 	errs := make([]error, len(batch))
-	fail := func(from int, err error) []error {
-		for i := from; i < len(errs); i++ {
-			errs[i] = err
+	for i, c := range xadds {
+		switch {
+		case c.Val() != "":
+		case c.Err() != nil:
+			errs[i] = c.Err()
+		case execErr != nil:
+			// Not sent: setting the connection up failed with a reply
+			// (WRONGPASS, or ERR for a database out of range), which
+			// go-redis does not stamp on the commands. That is no
+			// verdict on the entries, so it must not read as permanent.
+			errs[i] = fmt.Errorf("oona: setting up the Redis connection: %v", execErr)
+		default:
+			errs[i] = errNoStreamID
 		}
-		return errs
-	}
-	c := s.conn
-	if c == nil || s.pending == 0 {
-		return fail(0, errors.New("oona: Redis connection lost before the replies were read"))
-	}
-	s.pending--
-	stop := c.deadline(ctx)
-	for i := range batch {
-		err := c.skipBulk()
-		var re replyError
-		if err != nil && !errors.As(err, &re) {
-			stop()
-			s.drop()
-			return fail(i, err)
-		}
-		errs[i] = err
-	}
-	if !stop() { // ctx ended while we read: the deadline is poisoned
-		s.drop()
 	}
 	return errs
 }
 
-// abort drops the connection and the replies still owed on it.
-func (s *redisSink) abort() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.drop()
-}
+// errNoStreamID: an XADD answered without an error and without an ID.
+var errNoStreamID = errors.New("oona: XADD returned no stream ID")
 
-// write sends batch and reads its replies: the sink used synchronously.
-func (s *redisSink) write(ctx context.Context, batch []entry) []error {
-	if err := s.send(ctx, batch); err != nil {
-		errs := make([]error, len(batch))
-		for i := range errs {
-			errs[i] = err
-		}
-		return errs
-	}
-	return s.recv(ctx, batch)
-}
-
-// permanent: a reply error from the server that retrying cannot fix
-// (WRONGTYPE, a syntax error). Transport errors and the server's transient
-// states (LOADING, BUSY, OOM, READONLY, auth not yet configured) are retried.
+// permanent: an error reply that retrying cannot fix (WRONGTYPE, ERR for a
+// malformed command). Transport errors and the server's transient states
+// (LOADING, BUSY, OOM, READONLY, NOAUTH, WRONGPASS, NOPERM, ...) are
+// retried.
 func (s *redisSink) permanent(err error) bool {
-	var re replyError
+	var re redis.Error
 	if !errors.As(err, &re) {
 		return false
 	}
-	for _, code := range transientCodes {
-		if re.hasPrefix(code) {
-			return false
-		}
-	}
-	return re.hasPrefix("ERR") || re.hasPrefix("WRONGTYPE")
-}
-
-// transientCodes are error replies that retrying can outlast.
-var transientCodes = []string{
-	"LOADING", "BUSY", "OOM", "READONLY", "MASTERDOWN", "TRYAGAIN",
-	"CLUSTERDOWN", "NOAUTH", "WRONGPASS", "NOPERM", "NOREPLICAS",
+	code, _, _ := strings.Cut(re.Error(), " ")
+	return code == "ERR" || code == "WRONGTYPE"
 }
 
 // probe checks that Redis answers, dialling if needed.
 func (s *redisSink) probe(ctx context.Context) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.pending > 0 {
-		return nil // replies are owed on the connection: it is in use
-	}
-	c, err := s.connect(ctx)
-	if err != nil {
-		return err
-	}
-	stop := c.deadline(ctx)
-	defer stop()
-	if err := c.write(appendCommand(nil, "PING")); err != nil {
-		s.drop()
-		return err
-	}
-	if _, err := c.readReply(); err != nil {
-		s.drop()
-		return err
-	}
-	return nil
+	defer s.closeWhenDone(ctx)()
+	return s.client.Ping(ctx).Err()
+}
+
+// closeWhenDone closes the client when ctx ends before the returned stop
+// is called: go-redis bounds a read by ReadTimeout, not by ctx, and closing
+// the client is what interrupts one blocked on a Redis that does not
+// answer. The flusher's ctx ends only when the bus closes.
+func (s *redisSink) closeWhenDone(ctx context.Context) (stop func() bool) {
+	return context.AfterFunc(ctx, func() { _ = s.client.Close() })
 }
 
 func (s *redisSink) close() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.conn == nil {
-		return nil
+	if err := s.client.Close(); err != nil && !errors.Is(err, redis.ErrClosed) {
+		return err
 	}
-	err := s.conn.close()
-	s.conn = nil
-	return err
+	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"unicode/utf8"
 
 	"github.com/esper/kasmina-host/contracts"
@@ -151,22 +152,26 @@ func CheckWireString(field, s string) error {
 	return nil
 }
 
-// encodeFields validates msg and returns its stream entry: one field per
-// top-level message field, the payload JSON-encoded, everything else as its
-// string form (the timestamp as the contract's JSON string without quotes).
-func encodeFields(msg *contracts.OonaMessage) (entry, error) {
-	// The contract's rules for an OonaMessage, checked here in one pass
-	// with the encoding (msg.Validate walks the payload a second time):
-	// a known topic, a datetime Python can hold, a payload that is a
-	// JSON object of JSON values (finite numbers).
-	if !msg.Topic.Valid() {
-		return entry{}, fmt.Errorf("%w: topic %q is not an Oona topic", ErrInvalidMessage, msg.Topic)
+// encodeFields validates msg and returns its stream entry. The message is
+// encoded once, by its contracts: the envelope by OonaMessage.AppendJSON
+// (the timestamp and ids as the Python models write them), the payload by
+// p.AppendJSON when p is given, otherwise by the contract's encoder of
+// msg.Payload (keys sorted). That JSON is the embedded bus's line; the
+// Redis entry's timestamp (without its quotes) and payload are slices of
+// it, its ids and topic the strings given. msg.Payload is replaced when p
+// is given.
+func encodeFields(msg *contracts.OonaMessage, p Payload) (entry, error) {
+	// The contracts' rules (a known topic, a datetime Python can hold, a
+	// payload of JSON values with finite numbers), then the wire's own:
+	// ids that read back as strings.
+	if p != nil {
+		if err := p.Validate(); err != nil {
+			return entry{}, fmt.Errorf("%w: payload: %w", ErrInvalidMessage, err)
+		}
+		msg.Payload = noPayload
 	}
-	if y := msg.Timestamp.Year(); y < 1 || y > 9999 {
-		return entry{}, fmt.Errorf("%w: timestamp year %d is outside 1..9999", ErrInvalidMessage, y)
-	}
-	if msg.Payload == nil {
-		return entry{}, fmt.Errorf("%w: payload is nil, want a dictionary", ErrInvalidMessage)
+	if err := msg.Validate(); err != nil {
+		return entry{}, fmt.Errorf("%w: %w", ErrInvalidMessage, err)
 	}
 	for _, f := range [...]struct{ name, v string }{
 		{FieldEventID, msg.EventID}, {FieldSenderID, msg.SenderID}, {FieldTraceID, msg.TraceID},
@@ -175,31 +180,79 @@ func encodeFields(msg *contracts.OonaMessage) (entry, error) {
 			return entry{}, err
 		}
 	}
-	payload, err := encodePayload(msg.Payload)
-	if err != nil {
-		return entry{}, fmt.Errorf("%w: %w", ErrInvalidMessage, err)
+	buf := encodeBuffers.Get().(*[]byte)
+	defer func() {
+		if cap(*buf) <= 64<<10 { // a huge message does not pin its buffer
+			encodeBuffers.Put(buf)
+		}
+	}()
+	b := msg.AppendJSON((*buf)[:0])
+	if p != nil {
+		// The envelope ends with the empty payload and the closing brace;
+		// the payload writes itself in their place.
+		if !bytes.HasSuffix(b, []byte(`"payload":{}}`)) {
+			return entry{}, fmt.Errorf("%w: the contract's JSON of the message does not end with its payload", ErrInvalidMessage)
+		}
+		at := len(b) - 3
+		b = p.AppendJSON(b[:at])
+		if len(b) == at || b[at] != '{' {
+			return entry{}, fmt.Errorf("%w: payload %T does not write a JSON object", ErrInvalidMessage, p)
+		}
+		b = append(b, '}')
+	}
+	*buf = b
+	line := string(b)
+	ts, payload, ok := splitMessageJSON(line)
+	if !ok {
+		// Unreachable while the contract writes the fields in wire order.
+		return entry{}, fmt.Errorf("%w: the contract's JSON of the message does not have the fields %v in order", ErrInvalidMessage, fieldNames)
 	}
 	topic := string(msg.Topic)
-	e := entry{stream: topic, vals: [numFields]string{
-		msg.EventID, msg.SenderID, string(appendWireTimestamp(make([]byte, 0, 32), msg.Timestamp)), msg.TraceID, topic, payload,
-	}}
-	e.size = entrySize(&e.vals)
-	return e, nil
+	return entry{
+		stream: topic,
+		vals:   [numFields]string{msg.EventID, msg.SenderID, ts, msg.TraceID, topic, payload},
+		line:   line,
+		size:   len(line),
+	}, nil
 }
 
-// entrySize is the bytes of an entry's names and values.
-func entrySize(vals *[numFields]string) int {
-	n := 0
-	for k := range vals {
-		n += len(fieldNames[k]) + len(vals[k])
+// noPayload is the empty payload the envelope is written with when the
+// payload writes itself. It is never changed.
+var noPayload = map[string]any{}
+
+// encodeBuffers hold the encoding of one message until it is copied into
+// its entry's string.
+var encodeBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+// splitMessageJSON returns the timestamp's text and the payload's JSON from
+// an OonaMessage's contract JSON, which is written as
+// {"event_id":…,"sender_id":…,"timestamp":"…","trace_id":…,"topic":…,"payload":{…}}.
+// A quote inside an encoded string is escaped, so `,"timestamp":"` and
+// `,"payload":` occur first where the encoder wrote those keys, whatever
+// the ids hold; the payload is what follows its key up to the closing brace.
+func splitMessageJSON(line string) (ts, payload string, ok bool) {
+	const tsKey, payloadKey = `,"timestamp":"`, `,"payload":`
+	i := strings.Index(line, tsKey)
+	if i < 0 {
+		return "", "", false
 	}
-	return n
+	i += len(tsKey)
+	n := strings.IndexByte(line[i:], '"')
+	if n < 0 {
+		return "", "", false
+	}
+	ts = line[i : i+n]
+	j := strings.Index(line[i+n:], payloadKey)
+	if j < 0 || !strings.HasSuffix(line, "}") {
+		return "", "", false
+	}
+	return ts, line[i+n+j+len(payloadKey) : len(line)-1], true
 }
 
 // EncodeFields returns the stream entry fields of msg as name/value pairs in
 // wire order, exactly what the Redis publisher XADDs.
 func EncodeFields(msg contracts.OonaMessage) ([]string, error) {
-	e, err := encodeFields(&msg)
+	e, err := encodeFields(&msg, nil)
 	if err != nil {
 		return nil, err
 	}
