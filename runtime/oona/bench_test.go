@@ -95,7 +95,7 @@ func BenchmarkEncodeHealthSignal(b *testing.B) {
 	b.Run("health_signal", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			if _, err := encodeFields(ptr(newMessage(contracts.TopicTelemetrySeedHealth, benchSender, "layer7/3/kernel-0")), &sig); err != nil {
+			if _, err := encodeFields(ptr(newMessage(contracts.TopicTelemetrySeedHealth, benchSender, "layer7/3/kernel-0")), &sig, false); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -103,7 +103,7 @@ func BenchmarkEncodeHealthSignal(b *testing.B) {
 	b.Run("message", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			if _, err := encodeFields(&msg, nil); err != nil {
+			if _, err := encodeFields(&msg, nil, false); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -120,7 +120,7 @@ func TestWriteBenchEntry(t *testing.T) {
 		t.Skip("OONA_BENCH_ENTRY_OUT not set (used by bench/oona/run.sh)")
 	}
 	sig := healthSignal(7)
-	e, err := encodeFields(ptr(newMessage(contracts.TopicTelemetrySeedHealth, benchSender, "layer7/3/kernel-0")), &sig)
+	e, err := encodeFields(ptr(newMessage(contracts.TopicTelemetrySeedHealth, benchSender, "layer7/3/kernel-0")), &sig, false)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -66,8 +66,9 @@ func (o PublisherOptions) withDefaults() PublisherOptions {
 		o.Backoff.Max = DefaultBackoff.Max
 	}
 	// Keep at least half the bound for the queue so overflow always has
-	// an old, not-in-flight entry to drop.
-	if most := max(1, o.MaxBuffered/2); o.BatchSize > most {
+	// an old, not-in-flight entry to drop (pipelineDepth batches can be
+	// in flight).
+	if most := max(1, o.MaxBuffered/(2*pipelineDepth)); o.BatchSize > most {
 		o.BatchSize = most
 	}
 	return o
@@ -77,8 +78,8 @@ func (o PublisherOptions) withDefaults() PublisherOptions {
 type entry struct {
 	stream string            // the topic, which is the stream name
 	vals   [numFields]string // field values, in the order of fieldNames
-	line   string            // the message's contract JSON; the timestamp and payload values are slices of it
-	size   int               // bytes held (the JSON), for the byte bound
+	line   string            // the message's contract JSON, embedded bus only
+	size   int               // bytes of the values and the line, for the byte bound
 }
 
 // eventID is the entry's event_id, for logs.
@@ -111,6 +112,7 @@ type bufferedPublisher struct {
 	opts   PublisherOptions
 	sink   sink
 	logger *slog.Logger
+	lines  bool // entries keep their JSON line: the embedded bus writes it
 
 	mu            sync.Mutex
 	queue         entryQueue // published, not yet taken by the flusher
@@ -233,15 +235,50 @@ func (p *bufferedPublisher) signalChanged() {
 	p.changed = make(chan struct{})
 }
 
-// nextBatch returns the entries to write next: those left in flight by
-// a failed write (in order, ahead of everything queued after them) or,
-// when there are none, up to BatchSize entries moved from the queue to the
-// in-flight list. The slice aliases p.inflight; only the flusher reads or
-// changes it.
-func (p *bufferedPublisher) nextBatch() []entry {
+// pipeline is a sink that takes the next batch while it is still writing
+// the last, so that the server goes from one to the next without waiting
+// for the flusher: send hands a batch over, recv returns the results of
+// the oldest batch sent and not yet received, abort forgets every such
+// batch (its entries are sent again).
+type pipeline interface {
+	send(ctx context.Context, batch []entry) error
+	recv(ctx context.Context, batch []entry) []error
+	abort()
+}
+
+// pipelineDepth is how many batches a pipeline sink holds at once. Two
+// hide the flusher's work: while Redis works through one, the next is
+// ready to go.
+const pipelineDepth = 2
+
+// syncPipeline runs a sink that only writes synchronously as a pipeline of
+// depth one: send writes, recv hands back the results.
+type syncPipeline struct {
+	s    sink
+	errs []error
+}
+
+func (q *syncPipeline) send(ctx context.Context, batch []entry) error {
+	q.errs = q.s.write(ctx, batch)
+	return nil
+}
+
+func (q *syncPipeline) recv(context.Context, []entry) []error {
+	errs := q.errs
+	q.errs = nil
+	return errs
+}
+
+func (q *syncPipeline) abort() { q.errs = nil }
+
+// nextBatch returns the next entries to send: those in flight after the
+// first sent (left over from a failed write) or, when there are none, up
+// to BatchSize entries moved from the queue to the in-flight list. The
+// slice aliases p.inflight; only the flusher reads or changes it.
+func (p *bufferedPublisher) nextBatch(sent int) []entry {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if len(p.inflight) == 0 && p.queue.len() > 0 {
+	if len(p.inflight) == sent && p.queue.len() > 0 {
 		k := min(p.queue.len(), p.opts.BatchSize)
 		for i := 0; i < k; i++ {
 			e := p.popFront()
@@ -249,30 +286,60 @@ func (p *bufferedPublisher) nextBatch() []entry {
 			p.inflightBytes += e.size
 		}
 	}
-	return p.inflight[:len(p.inflight):len(p.inflight)]
+	end := min(len(p.inflight), sent+p.opts.BatchSize)
+	return p.inflight[sent:end:end]
 }
 
-// run is the flusher goroutine: it writes one batch at a time and settles
-// it; after a failure it backs off, probes until the sink answers, and
-// writes the entries left in flight again, in order, before any other.
+// run is the flusher goroutine. It keeps up to depth batches on the wire
+// and settles them oldest first; after a failure every batch still on the
+// wire is void (its entries are sent again, in order, once the sink
+// answers a probe).
 func (p *bufferedPublisher) run(ctx context.Context) {
 	defer close(p.done)
+	var pipe pipeline = &syncPipeline{s: p.sink}
+	depth := 1
+	if pp, ok := p.sink.(pipeline); ok {
+		pipe, depth = pp, pipelineDepth
+	}
 	attempt := 0
+	var window []int // sizes of the batches on the wire, oldest first
+	sent := 0        // entries of p.inflight on the wire: the sum of window
 	for {
-		batch := p.nextBatch()
-		if len(batch) == 0 {
-			select {
-			case <-p.wake:
-				continue
-			case <-ctx.Done():
-				return
+		var failed error
+		for len(window) < depth {
+			batch := p.nextBatch(sent)
+			if len(batch) == 0 {
+				if len(window) > 0 {
+					break // receive what is on the wire first
+				}
+				select {
+				case <-p.wake:
+					continue
+				case <-ctx.Done():
+					return
+				}
 			}
+			if err := pipe.send(ctx, batch); err != nil {
+				failed = err
+				break
+			}
+			window = append(window, len(batch))
+			sent += len(batch)
 		}
-		failed := p.settle(len(batch), p.sink.write(ctx, batch))
+		if failed == nil {
+			k := window[0]
+			errs := pipe.recv(ctx, p.inflight[:k:k])
+			window = window[1:]
+			sent -= k
+			failed = p.settle(k, errs)
+		}
 		if failed == nil {
 			attempt = 0
 			continue
 		}
+		// Whatever else is on the wire is void: send it again later.
+		pipe.abort()
+		window, sent = window[:0], 0
 		if ctx.Err() != nil {
 			return
 		}

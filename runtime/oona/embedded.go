@@ -41,7 +41,9 @@ func NewEmbeddedBus(w io.Writer, closer io.Closer, cfg Config, logger *slog.Logg
 		w = io.Discard
 	}
 	s := &lineSink{w: bufio.NewWriterSize(w, 64<<10), closer: closer, subs: make(map[string][]*subscription)}
-	return &EmbeddedBus{pub: newBufferedPublisher(cfg.Publisher, s, logger), sink: s, cfg: cfg, logger: logger}
+	pub := newBufferedPublisher(cfg.Publisher, s, logger)
+	pub.lines = true
+	return &EmbeddedBus{pub: pub, sink: s, cfg: cfg, logger: logger}
 }
 
 // Publish validates and encodes msg and queues it without blocking. It
@@ -49,11 +51,7 @@ func NewEmbeddedBus(w io.Writer, closer io.Closer, cfg Config, logger *slog.Logg
 // that must not go on the bus, and ErrClosed after Close. The message must
 // not be modified after Publish.
 func (b *EmbeddedBus) Publish(msg contracts.OonaMessage) error {
-	e, err := encodeFields(&msg, nil)
-	if err != nil {
-		return err
-	}
-	return b.pub.enqueue(e)
+	return b.pub.publish(&msg, nil)
 }
 
 // Flush waits until everything published so far is written or dropped.

@@ -93,11 +93,7 @@ func noDialRetries(o *redis.Options) {
 // the buffer is full the oldest message is dropped and counted. The message
 // must not be modified after Publish.
 func (b *RedisBus) Publish(msg contracts.OonaMessage) error {
-	e, err := encodeFields(&msg, nil)
-	if err != nil {
-		return err
-	}
-	return b.pub.enqueue(e)
+	return b.pub.publish(&msg, nil)
 }
 
 // Flush waits until everything published so far is delivered or dropped.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -15,15 +16,38 @@ import (
 // password, database, timeouts: Config.redisOptions) with the publisher's
 // name and without go-redis's retries: the flusher retries, in order, with
 // its own backoff, and each of its attempts dials at most once.
+//
+// It is a pipeline of depth pipelineDepth: send builds a batch's commands
+// on the flusher's goroutine and hands them to an executor goroutine,
+// which runs the pipelines one after the other on one connection, so that
+// Redis starts on the next batch as soon as it has answered the last one
+// instead of waiting for the flusher to settle and build it. After a batch
+// with an entry to send again, the executor fails the batches behind it
+// without sending them, so that the retry keeps their order.
 type redisSink struct {
 	client *redis.Client
 	maxLen any // MAXLEN's argument, or nil: never trim
 
-	// The last batch's arguments and commands, reused by the next: only
-	// the flusher writes.
-	args  []any
-	xadds []*redis.StringCmd
-	cmds  []redis.Cmder
+	// Owned by the flusher's goroutine.
+	pending []*flight // sent, not received, oldest first
+	free    []*flight // received, to be reused
+	flights chan *flight
+	exited  chan struct{} // closed when the executor returns; nil before it starts
+
+	broken atomic.Bool // a batch failed: fail the ones behind it unsent, until abort
+}
+
+// flight is one batch on its way: a copy of its entries (its commands
+// point into them, and the flusher's own list moves while they run), its
+// commands and, once done is closed, its results.
+type flight struct {
+	ctx     context.Context
+	entries []entry
+	args    []any
+	xadds   []*redis.StringCmd
+	cmds    []redis.Cmder
+	errs    []error
+	done    chan struct{}
 }
 
 func newRedisSink(opts *redis.Options, name string, maxLen int64) *redisSink {
@@ -78,50 +102,119 @@ func (s *redisSink) appendXADD(args []any, e *entry) []any {
 	return args
 }
 
-// write sends batch as one pipeline and returns each entry's result. An
-// entry is delivered when its XADD's reply, a stream ID, was read: even
-// when the connection failed after it (go-redis then stamps the transport
-// error on every command of the pipeline), so that only the entries
-// without a reply are sent again.
+// send builds batch's commands and queues them for the executor.
+func (s *redisSink) send(ctx context.Context, batch []entry) error {
+	var f *flight
+	if n := len(s.free); n > 0 {
+		f, s.free = s.free[n-1], s.free[:n-1]
+	} else {
+		f = &flight{}
+	}
+	f.ctx, f.done = ctx, make(chan struct{})
+	f.entries = append(f.entries[:0], batch...)
+	if n := len(batch) * xaddLen; cap(f.args) < n {
+		f.args = make([]any, 0, n)
+	}
+	f.args, f.xadds, f.cmds = f.args[:0], f.xadds[:0], f.cmds[:0]
+	for i := range f.entries {
+		at := len(f.args)
+		f.args = s.appendXADD(f.args, &f.entries[i])
+		x := redis.NewStringCmd(ctx, f.args[at:len(f.args):len(f.args)]...)
+		f.xadds, f.cmds = append(f.xadds, x), append(f.cmds, x)
+	}
+	if s.exited == nil {
+		s.flights, s.exited = make(chan *flight, pipelineDepth), make(chan struct{})
+		go s.execute()
+	}
+	s.pending = append(s.pending, f)
+	s.flights <- f
+	return nil
+}
+
+// recv waits for the oldest batch sent and returns its results.
+func (s *redisSink) recv(_ context.Context, _ []entry) []error {
+	f := s.pending[0]
+	s.pending = s.pending[1:]
+	<-f.done
+	s.release(f)
+	return f.errs
+}
+
+// abort waits out the batches still pending (the executor fails them
+// unsent once one has failed) and lets the next batch go out again.
+func (s *redisSink) abort() {
+	for _, f := range s.pending {
+		<-f.done
+		s.release(f)
+	}
+	s.pending = s.pending[:0]
+	s.broken.Store(false)
+}
+
+// release keeps f for reuse, without what its commands held.
+func (s *redisSink) release(f *flight) {
+	clear(f.entries)
+	clear(f.args)
+	clear(f.xadds)
+	clear(f.cmds)
+	s.free = append(s.free, f)
+}
+
+// write sends batch and waits for its results: the sink used on its own.
 func (s *redisSink) write(ctx context.Context, batch []entry) []error {
-	defer s.closeWhenDone(ctx)()
-	if n := len(batch) * xaddLen; cap(s.args) < n {
-		s.args = make([]any, 0, n)
+	_ = s.send(ctx, batch)
+	return s.recv(ctx, batch)
+}
+
+// execute runs the flights in the order they were sent.
+func (s *redisSink) execute() {
+	defer close(s.exited)
+	for f := range s.flights {
+		f.errs = make([]error, len(f.xadds))
+		if s.broken.Load() {
+			for i := range f.errs {
+				f.errs[i] = errNotSent
+			}
+		} else {
+			s.exec(f)
+			for _, err := range f.errs {
+				if err != nil && !s.permanent(err) {
+					s.broken.Store(true)
+					break
+				}
+			}
+		}
+		close(f.done)
 	}
-	args, xadds, cmds := s.args[:0], s.xadds[:0], s.cmds[:0]
-	for i := range batch {
-		at := len(args)
-		args = s.appendXADD(args, &batch[i])
-		x := redis.NewStringCmd(ctx, args[at:len(args):len(args)]...)
-		xadds, cmds = append(xadds, x), append(cmds, x)
-	}
+}
+
+// errNotSent: a batch behind one that failed, held back to keep the order.
+var errNotSent = errors.New("oona: not sent: an earlier batch failed")
+
+// exec runs f's pipeline and fills f.errs. An entry is delivered when its
+// XADD's reply, a stream ID, was read: even when the connection failed
+// after it (go-redis then stamps the transport error on every command of
+// the pipeline), so that only the entries without a reply are sent again.
+func (s *redisSink) exec(f *flight) {
+	defer s.closeWhenDone(f.ctx)()
 	pipe := s.client.Pipeline()
-	_ = pipe.BatchProcess(ctx, cmds...)
-	_, execErr := pipe.Exec(ctx)
-	defer func() {
-		// The commands are done with: keep the slices, not what they hold.
-		clear(args)
-		clear(xadds)
-		clear(cmds)
-		s.args, s.xadds, s.cmds = args[:0], xadds[:0], cmds[:0]
-	}()
-	errs := make([]error, len(batch))
-	for i, c := range xadds {
+	_ = pipe.BatchProcess(f.ctx, f.cmds...)
+	_, execErr := pipe.Exec(f.ctx)
+	for i, c := range f.xadds {
 		switch {
 		case c.Val() != "":
 		case c.Err() != nil:
-			errs[i] = c.Err()
+			f.errs[i] = c.Err()
 		case execErr != nil:
 			// Not sent: setting the connection up failed with a reply
 			// (WRONGPASS, or ERR for a database out of range), which
 			// go-redis does not stamp on the commands. That is no
 			// verdict on the entries, so it must not read as permanent.
-			errs[i] = fmt.Errorf("oona: setting up the Redis connection: %v", execErr)
+			f.errs[i] = fmt.Errorf("oona: setting up the Redis connection: %v", execErr)
 		default:
-			errs[i] = errNoStreamID
+			f.errs[i] = errNoStreamID
 		}
 	}
-	return errs
 }
 
 // errNoStreamID: an XADD answered without an error and without an ID.
@@ -155,6 +248,11 @@ func (s *redisSink) closeWhenDone(ctx context.Context) (stop func() bool) {
 }
 
 func (s *redisSink) close() error {
+	if s.exited != nil {
+		close(s.flights)
+		<-s.exited
+		s.exited = nil
+	}
 	if err := s.client.Close(); err != nil && !errors.Is(err, redis.ErrClosed) {
 		return err
 	}

@@ -364,11 +364,12 @@ func readCommand(br *bufio.Reader) ([]string, error) {
 }
 
 // TestPublisherResendsInOrderAfterConnectionLoss: a connection lost in the
-// middle of a batch's replies voids what was not acknowledged; after the
-// reconnect the publisher resends it, and everything after, in publish
-// order, and not what was acknowledged. Every message is delivered; the
-// duplicates are the commands the server read but the publisher got no
-// reply for.
+// middle of a batch's replies voids what was not acknowledged; the batch
+// already handed over behind it is not sent on a new connection ahead of
+// it; after the reconnect the publisher resends what was not acknowledged,
+// and everything after, in publish order, and not what was acknowledged.
+// Every message is delivered; the duplicates are the commands the server
+// read but the publisher got no reply for.
 func TestPublisherResendsInOrderAfterConnectionLoss(t *testing.T) {
 	const n, hangUp = 2000, 300 // 300: inside the second batch (at most 256 each)
 	// Everything is published while nothing listens, so that the

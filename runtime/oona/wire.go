@@ -156,11 +156,11 @@ func CheckWireString(field, s string) error {
 // encoded once, by its contracts: the envelope by OonaMessage.AppendJSON
 // (the timestamp and ids as the Python models write them), the payload by
 // p.AppendJSON when p is given, otherwise by the contract's encoder of
-// msg.Payload (keys sorted). That JSON is the embedded bus's line; the
-// Redis entry's timestamp (without its quotes) and payload are slices of
-// it, its ids and topic the strings given. msg.Payload is replaced when p
-// is given.
-func encodeFields(msg *contracts.OonaMessage, p Payload) (entry, error) {
+// msg.Payload (keys sorted). The Redis entry's timestamp (without its
+// quotes) and payload are cut out of that JSON, its ids and topic are the
+// strings given; with keepLine the entry also keeps the whole JSON, the
+// embedded bus's line. msg.Payload is replaced when p is given.
+func encodeFields(msg *contracts.OonaMessage, p Payload, keepLine bool) (entry, error) {
 	// The contracts' rules (a known topic, a datetime Python can hold, a
 	// payload of JSON values with finite numbers), then the wire's own:
 	// ids that read back as strings.
@@ -200,20 +200,58 @@ func encodeFields(msg *contracts.OonaMessage, p Payload) (entry, error) {
 		}
 		b = append(b, '}')
 	}
-	*buf = b
-	line := string(b)
-	ts, payload, ok := splitMessageJSON(line)
+	ts0, ts1, p0, ok := splitMessageJSON(b)
 	if !ok {
 		// Unreachable while the contract writes the fields in wire order.
 		return entry{}, fmt.Errorf("%w: the contract's JSON of the message does not have the fields %v in order", ErrInvalidMessage, fieldNames)
 	}
+	var e entry
+	var ts, payload string
+	if keepLine {
+		e.line = string(b)
+		ts, payload = e.line[ts0:ts1], e.line[p0:len(b)-1]
+	} else {
+		// Only the timestamp and the payload, in one string.
+		n := len(b)
+		b = append(b, b[ts0:ts1]...)
+		b = append(b, b[p0:n-1]...)
+		both := string(b[n:])
+		ts, payload = both[:ts1-ts0], both[ts1-ts0:]
+	}
+	*buf = b
 	topic := string(msg.Topic)
-	return entry{
-		stream: topic,
-		vals:   [numFields]string{msg.EventID, msg.SenderID, ts, msg.TraceID, topic, payload},
-		line:   line,
-		size:   len(line),
-	}, nil
+	e.stream = topic
+	e.vals = [numFields]string{msg.EventID, msg.SenderID, ts, msg.TraceID, topic, payload}
+	e.size = len(e.line)
+	for _, v := range e.vals {
+		e.size += len(v)
+	}
+	return e, nil
+}
+
+// splitMessageJSON returns where the timestamp's text and the payload's
+// JSON are in an OonaMessage's contract JSON, which is written as
+// {"event_id":…,"sender_id":…,"timestamp":"…","trace_id":…,"topic":…,"payload":{…}}:
+// the timestamp is b[ts0:ts1], the payload b[p0:len(b)-1]. A quote inside
+// an encoded string is escaped, so `,"timestamp":"` and `,"payload":`
+// occur first where the encoder wrote those keys, whatever the ids hold.
+func splitMessageJSON(b []byte) (ts0, ts1, p0 int, ok bool) {
+	const tsKey, payloadKey = `,"timestamp":"`, `,"payload":`
+	i := bytes.Index(b, []byte(tsKey))
+	if i < 0 {
+		return 0, 0, 0, false
+	}
+	ts0 = i + len(tsKey)
+	n := bytes.IndexByte(b[ts0:], '"')
+	if n < 0 {
+		return 0, 0, 0, false
+	}
+	ts1 = ts0 + n
+	j := bytes.Index(b[ts1:], []byte(payloadKey))
+	if j < 0 || len(b) == 0 || b[len(b)-1] != '}' {
+		return 0, 0, 0, false
+	}
+	return ts0, ts1, ts1 + j + len(payloadKey), true
 }
 
 // noPayload is the empty payload the envelope is written with when the
@@ -224,35 +262,10 @@ var noPayload = map[string]any{}
 // its entry's string.
 var encodeBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
 
-// splitMessageJSON returns the timestamp's text and the payload's JSON from
-// an OonaMessage's contract JSON, which is written as
-// {"event_id":…,"sender_id":…,"timestamp":"…","trace_id":…,"topic":…,"payload":{…}}.
-// A quote inside an encoded string is escaped, so `,"timestamp":"` and
-// `,"payload":` occur first where the encoder wrote those keys, whatever
-// the ids hold; the payload is what follows its key up to the closing brace.
-func splitMessageJSON(line string) (ts, payload string, ok bool) {
-	const tsKey, payloadKey = `,"timestamp":"`, `,"payload":`
-	i := strings.Index(line, tsKey)
-	if i < 0 {
-		return "", "", false
-	}
-	i += len(tsKey)
-	n := strings.IndexByte(line[i:], '"')
-	if n < 0 {
-		return "", "", false
-	}
-	ts = line[i : i+n]
-	j := strings.Index(line[i+n:], payloadKey)
-	if j < 0 || !strings.HasSuffix(line, "}") {
-		return "", "", false
-	}
-	return ts, line[i+n+j+len(payloadKey) : len(line)-1], true
-}
-
 // EncodeFields returns the stream entry fields of msg as name/value pairs in
 // wire order, exactly what the Redis publisher XADDs.
 func EncodeFields(msg contracts.OonaMessage) ([]string, error) {
-	e, err := encodeFields(&msg, nil)
+	e, err := encodeFields(&msg, nil, false)
 	if err != nil {
 		return nil, err
 	}
