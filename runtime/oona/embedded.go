@@ -48,8 +48,8 @@ func NewEmbeddedBus(w io.Writer, closer io.Closer, cfg Config, logger *slog.Logg
 
 // Publish validates and encodes msg and queues it without blocking. It
 // returns ErrInvalidMessage or ErrAmbiguousField (wrapped) for a message
-// that must not go on the bus, and ErrClosed after Close. The message must
-// not be modified after Publish.
+// that must not go on the bus, and ErrClosed after Close. msg is encoded
+// before Publish returns: the caller may change it afterwards.
 func (b *EmbeddedBus) Publish(msg contracts.OonaMessage) error {
 	return b.pub.publish(&msg, nil)
 }

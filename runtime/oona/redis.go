@@ -90,8 +90,8 @@ func noDialRetries(o *redis.Options) {
 // Publish validates and encodes msg and queues it for XADD without
 // blocking. It returns ErrInvalidMessage or ErrAmbiguousField (wrapped) for
 // a message that must not go on the bus, and ErrClosed after Close. When
-// the buffer is full the oldest message is dropped and counted. The message
-// must not be modified after Publish.
+// the buffer is full the oldest message is dropped and counted. msg is
+// encoded before Publish returns: the caller may change it afterwards.
 func (b *RedisBus) Publish(msg contracts.OonaMessage) error {
 	return b.pub.publish(&msg, nil)
 }
