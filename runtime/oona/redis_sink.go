@@ -136,8 +136,9 @@ func (s *redisSink) recv(_ context.Context, _ []entry) []error {
 	f := s.pending[0]
 	s.pending = s.pending[1:]
 	<-f.done
+	errs := f.errs
 	s.release(f)
-	return f.errs
+	return errs
 }
 
 // abort waits out the batches still pending (the executor fails them
@@ -240,9 +241,10 @@ func (s *redisSink) probe(ctx context.Context) error {
 }
 
 // closeWhenDone closes the client when ctx ends before the returned stop
-// is called: go-redis bounds a read by ReadTimeout, not by ctx, and closing
-// the client is what interrupts one blocked on a Redis that does not
-// answer. The flusher's ctx ends only when the bus closes.
+// is called: go-redis bounds a read by ReadTimeout and by ctx's deadline,
+// not by its cancellation, and closing the client is what interrupts one
+// blocked on a Redis that does not answer. The flusher's ctx is cancelled
+// only when the bus closes.
 func (s *redisSink) closeWhenDone(ctx context.Context) (stop func() bool) {
 	return context.AfterFunc(ctx, func() { _ = s.client.Close() })
 }
