@@ -50,6 +50,7 @@ import (
 	"github.com/esper/kasmina-host/kernels/cache"
 	"github.com/esper/kasmina-host/runtime/dispatch"
 	"github.com/esper/kasmina-host/runtime/failure"
+	"github.com/esper/kasmina-host/runtime/oona"
 	"github.com/esper/kasmina-host/runtime/placement"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -94,17 +95,11 @@ type Inventory interface {
 	Subscribe() (<-chan device.Event, func())
 }
 
-// Publisher takes messages for the bus without blocking.
+// Publisher takes messages for the bus without blocking: a new message
+// on topic from senderID, its payload written by the payload itself (the
+// runtime's are contracts.HealthSignal).
 type Publisher interface {
-	Publish(msg contracts.OonaMessage) error
-}
-
-// healthSignalPublisher is a Publisher's optional fast path for health
-// signals (oona's buses have it): the signal is encoded straight from the
-// struct, as the message NewOonaMessage(senderID, traceID,
-// TopicTelemetrySeedHealth, <its fields>) would be.
-type healthSignalPublisher interface {
-	PublishHealthSignal(senderID, traceID string, sig contracts.HealthSignal) error
+	PublishPayload(topic contracts.TopicName, senderID, traceID string, p oona.Payload) error
 }
 
 // Config configures a Host. Zero values take the defaults documented on
