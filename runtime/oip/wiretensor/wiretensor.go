@@ -189,6 +189,34 @@ func PutFP32(dst []byte, src []float32) {
 	}
 }
 
+// FP32View returns the FP32 elements of b without copying, when the
+// machine is little-endian and b is 4-byte aligned; ok is false otherwise
+// (use Decode). The view aliases b. len(b) must be a multiple of 4.
+func FP32View(b []byte) (v []float32, ok bool) {
+	if !littleEndian || len(b)%4 != 0 {
+		return nil, false
+	}
+	if len(b) == 0 {
+		return []float32{}, true
+	}
+	if uintptr(unsafe.Pointer(&b[0]))%4 != 0 {
+		return nil, false
+	}
+	return unsafe.Slice((*float32)(unsafe.Pointer(&b[0])), len(b)/4), true
+}
+
+// FP32Bytes returns src as little-endian bytes: a view of src on
+// little-endian machines, a copy elsewhere.
+func FP32Bytes(src []float32) []byte {
+	if len(src) == 0 {
+		return []byte{}
+	}
+	if littleEndian {
+		return unsafe.Slice((*byte)(unsafe.Pointer(&src[0])), 4*len(src))
+	}
+	return AppendFP32(nil, src)
+}
+
 // AppendFP32 appends src to b as little-endian FP32.
 func AppendFP32(b []byte, src []float32) []byte {
 	off := len(b)
@@ -198,21 +226,22 @@ func AppendFP32(b []byte, src []float32) []byte {
 }
 
 // CheckShape compares a request shape (batch first) with a model's
-// per-sample shape and batch limit; a nil perSample leaves the check to
+// per-sample shape and batch limit; a nil perSample leaves the shape to
 // the backend, and maxBatch 0 means no limit. A batch over the limit is
 // TooLarge (the host's limits on one request's output and activations
-// set it), any other mismatch BadInput.
+// set it), any other mismatch BadInput. shape has passed Count.
 func CheckShape(field string, shape []int64, model string, perSample []int, maxBatch int) error {
-	if perSample == nil {
-		return nil
+	if perSample != nil {
+		match := len(shape) == len(perSample)+1
+		for i := 0; match && i < len(perSample); i++ {
+			match = shape[i+1] == int64(perSample[i])
+		}
+		if !match {
+			return failure.Errorf(failure.BadInput, "%s %v does not match model %q input %v (the first dimension is the batch)", field, shape, model, append([]int{-1}, perSample...))
+		}
 	}
-	match := len(shape) == len(perSample)+1
-	for i := 0; match && i < len(perSample); i++ {
-		match = shape[i+1] == int64(perSample[i])
-	}
-	if !match {
-		return failure.Errorf(failure.BadInput, "%s %v does not match model %q input %v (the first dimension is the batch)", field, shape, model, append([]int{-1}, perSample...))
-	}
+	// A tensor of no elements can declare any batch: the limit holds
+	// whatever the shape says after it.
 	if maxBatch > 0 && shape[0] > int64(maxBatch) {
 		return failure.Errorf(failure.TooLarge, "%s: batch %d is larger than model %q's max_batch of %d", field, shape[0], model, maxBatch)
 	}

@@ -134,6 +134,35 @@ func TestFP32RoundTrip(t *testing.T) {
 	}
 }
 
+func TestFP32ViewAndBytes(t *testing.T) {
+	src := []float32{1, -2, 3.5}
+	b := FP32Bytes(src)
+	if len(b) != 12 || binary.LittleEndian.Uint32(b[4:]) != math.Float32bits(-2) {
+		t.Fatalf("FP32Bytes = %v", b)
+	}
+	buf := make([]byte, 16) // 16 bytes and more are 8-aligned; smaller may be packed
+	copy(buf, b)
+	v, ok := FP32View(buf[:12])
+	if ok && (len(v) != 3 || v[2] != 3.5) {
+		t.Fatalf("FP32View = %v", v)
+	}
+	if !littleEndian {
+		return
+	}
+	if !ok {
+		t.Fatal("an aligned view was refused")
+	}
+	if _, ok := FP32View(buf[1:13]); ok {
+		t.Fatal("a misaligned view was given")
+	}
+	if _, ok := FP32View(buf[:11]); ok {
+		t.Fatal("a view of 11 bytes was given")
+	}
+	if v, ok := FP32View(nil); !ok || len(v) != 0 {
+		t.Fatal("the empty view")
+	}
+}
+
 func TestCheckShape(t *testing.T) {
 	cases := []struct {
 		shape    []int64
@@ -147,7 +176,8 @@ func TestCheckShape(t *testing.T) {
 		{[]int64{3, 4, 1}, []int{4}, 8, failure.BadInput, false},
 		{[]int64{9, 4}, []int{4}, 8, failure.TooLarge, false},
 		{[]int64{9, 4}, []int{4}, 0, 0, true},
-		{[]int64{9, 4, 7}, nil, 1, 0, true},
+		{[]int64{1, 4, 7}, nil, 1, 0, true},
+		{[]int64{1 << 40, 0}, nil, 8, failure.TooLarge, false},
 	}
 	for _, c := range cases {
 		err := CheckShape("inputs[0].shape", c.shape, "m", c.per, c.maxBatch)
