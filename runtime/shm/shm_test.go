@@ -474,3 +474,37 @@ func newObjectF(f *testing.F, size int) (string, string) {
 	}
 	return dir, "/obj"
 }
+
+func TestParseRef(t *testing.T) {
+	s := func(v string) *string { return &v }
+	n := func(v int64) *int64 { return &v }
+	cases := []struct {
+		region       *string
+		offset, size *int64
+		want         Ref
+		ok           bool
+		err          string
+	}{
+		{nil, nil, nil, Ref{}, false, ""},
+		{s("r"), nil, n(16), Ref{"r", 0, 16}, true, ""},
+		{s("r"), n(8), n(16), Ref{"r", 8, 16}, true, ""},
+		{s("r"), n(8), nil, Ref{}, false, "shared_memory_byte_size is missing"},
+		{nil, nil, n(16), Ref{}, false, "shared_memory_byte_size without shared_memory_region"},
+		{nil, n(4), nil, Ref{}, false, "shared_memory_offset without shared_memory_region"},
+		{s(""), nil, n(16), Ref{}, false, "shared_memory_region is empty"},
+		{s("r"), nil, n(-1), Ref{}, false, "shared_memory_byte_size is negative"},
+		{s("r"), n(-1), n(1), Ref{}, false, "shared_memory_offset is negative"},
+	}
+	for _, c := range cases {
+		ref, ok, err := ParseRef("inputs[0].parameters", c.region, c.offset, c.size)
+		if c.err != "" {
+			if err == nil || !failure.Is(err, failure.BadInput) || !strings.Contains(err.Error(), c.err) || !strings.HasPrefix(err.Error(), "inputs[0].parameters") {
+				t.Errorf("case %q: error %v", c.err, err)
+			}
+			continue
+		}
+		if err != nil || ok != c.ok || ref != c.want {
+			t.Errorf("got %v, %v, %v; want %v, %v", ref, ok, err, c.want, c.ok)
+		}
+	}
+}
