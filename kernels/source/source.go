@@ -42,6 +42,10 @@ var (
 	ErrTooLarge = errors.New("kernel artifact too large")
 	// ErrChecksumMismatch: the bytes' SHA-256 differs from the expected one.
 	ErrChecksumMismatch = errors.New("kernel checksum mismatch")
+	// ErrInvalidChecksum: the expected checksum given with a reference is
+	// not a SHA-256 (the document naming the artifact is wrong, not the
+	// artifact).
+	ErrInvalidChecksum = errors.New("invalid expected checksum")
 )
 
 // Blob is a fetched artifact.
@@ -70,7 +74,7 @@ type Source interface {
 func FetchVerified(ctx context.Context, src Source, ref, wantSHA256 string) (Blob, error) {
 	want, err := normalizeSHA256(wantSHA256)
 	if err != nil {
-		return Blob{}, err
+		return Blob{}, fmt.Errorf("%w: %s: %w", ErrInvalidChecksum, Redact(ref), err)
 	}
 	b, err := src.Fetch(ctx, ref)
 	if err != nil {
