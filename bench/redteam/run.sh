@@ -90,7 +90,7 @@ RACE_BIN=$TMP/kasmina-host-race
 echo "redteam: building kasmina-host (and, beside the attacks, a -race build for attack 23)" >&2
 run_fg go -C "$ROOT" build -o "$BIN" ./cmd/kasmina-host || { echo "redteam: go build failed" >&2; exit 1; }
 if selected 23-race-infer-unload; then
-	setsid go -C "$ROOT" build -race -o "$RACE_BIN" ./cmd/kasmina-host >"$TMP/race-build.log" 2>&1 &
+	setsid -w go -C "$ROOT" build -race -o "$RACE_BIN" ./cmd/kasmina-host >"$TMP/race-build.log" 2>&1 &
 	RACE_BUILD=$!
 	PIDS+=("$RACE_BUILD")
 fi
@@ -122,6 +122,7 @@ start() {
 	done
 	echo "daemon $name did not become ready; its log:"
 	tail -20 "$log"
+	echo "fail: daemon $name did not become ready within 30 s: $(tail -1 "$log")"
 	return 1
 }
 
