@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"slices"
 	"strings"
@@ -298,6 +299,46 @@ func (k *Kernel) MemoryEstimateMiB(batch int) float64 {
 	g := k.g
 	floats := float64(g.weightFloats) + float64(batch)*float64(g.inSize+g.outSize+2*g.maxAct) + float64(g.scratch)
 	return floats * 4 / (1 << 20)
+}
+
+// ActivationSize returns the elements of one sample's largest intermediate
+// activation: the biggest tensor passed between two steps of the module
+// graph, not counting the input and the output (0 when the graph has one
+// step).
+func (k *Kernel) ActivationSize() int { return k.g.maxAct }
+
+// RunBytes returns the bytes one Run with this batch needs besides its
+// input, from the module graph's per-sample sizes: the output, the two
+// activation buffers a workspace alternates between, and the convolution
+// scratch. A caller bounds a request's memory with it before allocating
+// anything; it saturates at math.MaxInt64 instead of overflowing.
+func (k *Kernel) RunBytes(batch int) int64 {
+	g := k.g
+	if batch < 0 {
+		batch = 0
+	}
+	perSample := 4 * (int64(g.outSize) + 2*int64(g.maxAct)) // under 2^31: shapeSize caps each at 2^28
+	fixed := 4 * int64(g.scratch)
+	if perSample > 0 && int64(batch) > (math.MaxInt64-fixed)/perSample {
+		return math.MaxInt64
+	}
+	return int64(batch)*perSample + fixed
+}
+
+// MaxBatchWithin returns the largest batch whose RunBytes is at most limit
+// bytes, 0 when even one sample needs more; a limit of 0 or less means no
+// limit (math.MaxInt).
+func (k *Kernel) MaxBatchWithin(limit int64) int {
+	g := k.g
+	perSample := 4 * (int64(g.outSize) + 2*int64(g.maxAct)) // at least 4: an output has an element
+	room := limit - 4*int64(g.scratch)
+	switch {
+	case limit <= 0:
+		return math.MaxInt
+	case room < perSample:
+		return 0
+	}
+	return int(min(room/perSample, int64(math.MaxInt)))
 }
 
 // MemoryCheck returns the comparison of the estimate with the declared

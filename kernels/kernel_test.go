@@ -243,6 +243,51 @@ func TestCountsFollowPyTorch(t *testing.T) {
 	}
 }
 
+// TestRunBytesFollowsTheGraph: RunBytes counts the output, the two
+// activation buffers of the largest intermediate tensor and the conv
+// scratch, and MaxBatchWithin inverts it.
+func TestRunBytesFollowsTheGraph(t *testing.T) {
+	js := seq(
+		`{"type":"conv2d","in_channels":4,"out_channels":8,"kernel_size":[3,3],"padding":1,"groups":2}`,
+		`{"type":"batchnorm2d","num_features":8}`,
+		`{"type":"adaptive_avg_pool2d","output_size":[2,2]}`,
+		`{"type":"flatten"}`,
+		linearJSON(32, 10, true),
+	)
+	k, err := Load(testKernel(t, mustModule(t, js), []int{4, 6, 6}, 1, nil), LoadOptions{InputShape: []int{4, 6, 6}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := k.ActivationSize(); got != 8*6*6 {
+		t.Errorf("ActivationSize = %d, want the conv output's %d", got, 8*6*6)
+	}
+	scratch := int64(4/2) * 3 * 3 * 6 * 6 // one group's im2col
+	per := 4 * int64(10+2*8*6*6)
+	for _, batch := range []int{1, 7, 4096} {
+		if got, want := k.RunBytes(batch), int64(batch)*per+4*scratch; got != want {
+			t.Errorf("RunBytes(%d) = %d, want %d", batch, got, want)
+		}
+	}
+	if got := k.RunBytes(math.MaxInt); got != math.MaxInt64 {
+		t.Errorf("RunBytes(MaxInt) = %d, want saturation at MaxInt64", got)
+	}
+	cases := []struct {
+		limit int64
+		want  int
+	}{
+		{0, math.MaxInt},
+		{k.RunBytes(1) - 1, 0},
+		{k.RunBytes(1), 1},
+		{k.RunBytes(9), 9},
+		{k.RunBytes(10) - 1, 9},
+	}
+	for _, c := range cases {
+		if got := k.MaxBatchWithin(c.limit); got != c.want {
+			t.Errorf("MaxBatchWithin(%d) = %d, want %d", c.limit, got, c.want)
+		}
+	}
+}
+
 // refConv2d is a direct float64 convolution, written independently of the
 // im2col path.
 func refConv2d(x []float32, cin, h, w int, wt, bias []float32, cout, kh, kw, sh, sw, ph, pw, dh, dw, groups int) ([]float64, int, int) {

@@ -35,6 +35,7 @@ func TestClassifyTable(t *testing.T) {
 		{"Urza does not know the id", fmt.Errorf("%w: GET u: 404", ErrUrzaNotFound), failure.Unavailable, failure.NotFound, true},
 		{"unparsable reference", fmt.Errorf("%w: %q", source.ErrInvalidRef, "s3://"), failure.Unavailable, failure.BadInput, true},
 		{"unknown scheme", fmt.Errorf("%w: ftp", source.ErrUnsupportedScheme), failure.Unavailable, failure.BadInput, true},
+		{"expected checksum not a SHA-256", fmt.Errorf("%w: s3://b/k: not hex", source.ErrInvalidChecksum), failure.Unavailable, failure.BadInput, true},
 		{"reference refused by policy", fmt.Errorf("%w: outside the root", source.ErrNotAllowed), failure.Unavailable, failure.Refused, true},
 		{"not a regular file", &regularfile.NotRegularError{Path: "p", Mode: fs.ModeNamedPipe}, failure.Unavailable, failure.Refused, true},
 		{"permission denied", &fs.PathError{Op: "open", Path: "x", Err: fs.ErrPermission}, failure.Unavailable, failure.Refused, true},
@@ -117,13 +118,13 @@ func TestLoadErrorsAreClassified(t *testing.T) {
 		{"http://h/broken", failure.Unavailable},
 		{"/r/garbage.safetensors", failure.Malformed},
 		{"/r/torchscript.safetensors", failure.Refused},
-		{"nope", failure.NotFound},                // Urza 404
-		{"down", failure.Unavailable},             // Urza 503
-		{"garbled", failure.Malformed},            // Urza's record is not JSON
-		{"refused", failure.BadInput},             // Urza 422
-		{"a?b", failure.BadInput},                 // not a valid kernel name: refused before Urza is asked
-		{"/r/good.safetensors", 255},              // loads
-		{"/r/good.safetensors", failure.Conflict}, // a second time under the same name
+		{"nope", failure.NotFound},     // Urza 404
+		{"down", failure.Unavailable},  // Urza 503
+		{"garbled", failure.Malformed}, // Urza's record is not JSON
+		{"refused", failure.BadInput},  // Urza 422
+		{"a?b", failure.BadInput},      // not a valid kernel name: refused before Urza is asked
+		{"/r/good.safetensors", 255},   // loads
+		{"/r/good.safetensors", 255},   // a second time: the same kernel, nothing changes (as Triton)
 	} {
 		req := LoadRequest{Ref: c.ref}
 		if !isReference(c.ref) {

@@ -61,7 +61,7 @@ func TestLoadKernelCommandWithAReference(t *testing.T) {
 			t.Errorf("load_kernel %s: no kernel %q (kernels: %v)", ref, name, h.Kernels())
 			continue
 		}
-		if v.Layer != "layer1" || v.SeedIdx != p.SeedIdx || v.Source != ref {
+		if v.Layer != "layer1" || v.SeedIdx != p.SeedIdx || v.Source != redactRef(ref) {
 			t.Errorf("load_kernel %s: kernel %s on %s/%d from %s", ref, name, v.Layer, v.SeedIdx, v.Source)
 		}
 		if fetches[ref] != 1 {

@@ -50,6 +50,7 @@ import (
 	"github.com/esper/kasmina-host/kernels/cache"
 	"github.com/esper/kasmina-host/runtime/dispatch"
 	"github.com/esper/kasmina-host/runtime/failure"
+	"github.com/esper/kasmina-host/runtime/oona"
 	"github.com/esper/kasmina-host/runtime/placement"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -83,23 +84,22 @@ var (
 	ErrIllegal = contracts.ErrIllegalTransition
 )
 
+// DefaultMaxOutputBytes is Config.MaxOutputBytes's default: 64 MiB, the
+// size of the largest request body (oip.DefaultMaxBodyBytes), so that a
+// request's answer is bounded like its question.
+const DefaultMaxOutputBytes = 64 << 20
+
 // Inventory is what the runtime needs from the device inventory.
 type Inventory interface {
 	Snapshot() device.Snapshot
 	Subscribe() (<-chan device.Event, func())
 }
 
-// Publisher takes messages for the bus without blocking.
+// Publisher takes messages for the bus without blocking: a new message
+// on topic from senderID, its payload written by the payload itself (the
+// runtime's are contracts.HealthSignal).
 type Publisher interface {
-	Publish(msg contracts.OonaMessage) error
-}
-
-// healthSignalPublisher is a Publisher's optional fast path for health
-// signals (oona's buses have it): the signal is encoded straight from the
-// struct, as the message NewOonaMessage(senderID, traceID,
-// TopicTelemetrySeedHealth, <its fields>) would be.
-type healthSignalPublisher interface {
-	PublishHealthSignal(senderID, traceID string, sig contracts.HealthSignal) error
+	PublishPayload(topic contracts.TopicName, senderID, traceID string, p oona.Payload) error
 }
 
 // Config configures a Host. Zero values take the defaults documented on
@@ -129,6 +129,12 @@ type Config struct {
 	SignalInterval time.Duration
 	// MaxBatch bounds the batch dimension of one request (default 4096).
 	MaxBatch int
+	// MaxOutputBytes bounds what one request may need for its output and
+	// intermediate activations, computed from the kernel's module graph
+	// for its batch before anything is allocated (default 64 MiB; negative:
+	// no limit). A request over it is refused with failure.TooLarge, and
+	// each kernel's max batch is lowered to what fits.
+	MaxOutputBytes int64
 	// GraftingRamp is how long a grafting seed's alpha takes to ramp from
 	// its value when grafting starts (or when set_alpha last set it) to 1
 	// (default 30 s; negative: alpha changes only by command).
@@ -174,6 +180,9 @@ func (c *Config) defaults() {
 	if c.MaxBatch <= 0 {
 		c.MaxBatch = 4096
 	}
+	if c.MaxOutputBytes == 0 {
+		c.MaxOutputBytes = DefaultMaxOutputBytes
+	}
 	if c.GraftingRamp == 0 {
 		c.GraftingRamp = 30 * time.Second
 	}
@@ -215,6 +224,10 @@ type Host struct {
 	repo      *Repository
 	repoIndex map[string]string
 	started   atomic.Bool
+
+	// failedOrder lists failed's names oldest first, to evict the oldest
+	// past maxFailedLoads (guarded by mu).
+	failedOrder []string
 
 	epoch atomic.Int64
 	// onChange, when set, is called after every change worth persisting;
@@ -260,6 +273,11 @@ func New(cfg Config, inv Inventory, pub Publisher, reg prometheus.Registerer) (*
 		repoIndex: make(map[string]string),
 	}
 	m.pending = h.cpu
+	if reg != nil {
+		if err := reg.Register(breakerCollector{h}); err != nil {
+			return nil, fmt.Errorf("runtime: registering breaker metrics: %w", err)
+		}
+	}
 	return h, nil
 }
 

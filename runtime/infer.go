@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
 	"time"
 
 	"github.com/esper/kasmina-host/runtime/dispatch"
+	"github.com/esper/kasmina-host/runtime/failure"
 )
 
 // Request is one inference.
@@ -44,70 +46,87 @@ type ExecInfo struct {
 	ComputeTime time.Duration
 }
 
-// Failure classes, for metrics and error mapping.
+// Failure reasons, the bounded values of kasmina_inference_failures_total's
+// reason label.
 const (
 	reasonBadInput  = "bad_input"
+	reasonTooLarge  = "too_large"
 	reasonRefused   = "refused"
 	reasonRuntime   = "runtime"
 	reasonDevice    = "device"
 	reasonQueueFull = "queue_full"
+	reasonCanceled  = "canceled" // the caller went away before the kernel ran
+	reasonTimeout   = "timeout"  // the request's deadline passed before the kernel ran
 )
 
-// Infer runs the named kernel on req.Input.
+// notRunReason is the failure reason of a request whose context ended
+// before its kernel ran.
+func notRunReason(err error) string {
+	if failure.ClassOf(err) == failure.Timeout {
+		return reasonTimeout
+	}
+	return reasonCanceled
+}
+
+// Infer runs the named kernel on req.Input. Every error names the kernel
+// or the input that is wrong, once, and carries its failure class.
 func (h *Host) Infer(ctx context.Context, name string, req Request) (Result, error) {
 	h.mu.RLock()
 	l, ok := h.kernels[name]
 	h.mu.RUnlock()
 	if !ok {
-		return Result{}, fmt.Errorf("%w: kernel %q is not loaded", ErrNotFound, name)
+		return Result{}, failure.Errorf(failure.NotFound, "kernel %q is not loaded", name)
 	}
 	obs := l.obs.Load()
 	in := l.inShape
 	if len(req.Shape) != len(in)+1 {
 		obs.fail(reasonBadInput)
-		return Result{}, fmt.Errorf("%w: input has shape %v; kernel %q takes [batch %s]", ErrBadInput, req.Shape, name, dims(in))
+		return Result{}, failure.Errorf(failure.BadInput, "input has shape %v; kernel %q takes [batch%s]", req.Shape, name, dims(in))
 	}
 	for i, d := range in {
 		if req.Shape[i+1] != d {
 			obs.fail(reasonBadInput)
-			return Result{}, fmt.Errorf("%w: input dimension %d is %d, kernel %q takes [batch %s]", ErrBadInput, i+1, req.Shape[i+1], name, dims(in))
+			return Result{}, failure.Errorf(failure.BadInput, "input dimension %d is %d; kernel %q takes [batch%s]", i+1, req.Shape[i+1], name, dims(in))
 		}
 	}
 	batch := req.Shape[0]
-	if batch < 1 || batch > h.cfg.MaxBatch {
+	if batch < 1 {
 		obs.fail(reasonBadInput)
-		return Result{}, fmt.Errorf("%w: batch %d outside 1..%d", ErrBadInput, batch, h.cfg.MaxBatch)
+		return Result{}, failure.Errorf(failure.BadInput, "batch %d: kernel %q needs at least one sample", batch, name)
+	}
+	if batch > l.maxBatch {
+		obs.fail(reasonTooLarge)
+		return Result{}, h.batchTooLarge(l, batch)
 	}
 	if want := batch * l.kernel.InputSize(); len(req.Input) != want {
 		obs.fail(reasonBadInput)
-		return Result{}, fmt.Errorf("%w: input holds %d values, shape %v needs %d", ErrBadInput, len(req.Input), req.Shape, want)
+		return Result{}, failure.Errorf(failure.BadInput, "input holds %d values; shape %v needs %d", len(req.Input), req.Shape, want)
 	}
 	outN := batch * l.kernel.OutputSize()
 	if req.Default != nil && len(req.Default) != outN {
 		obs.fail(reasonBadInput)
-		return Result{}, fmt.Errorf("%w: default output holds %d values, want %d", ErrBadInput, len(req.Default), outN)
+		return Result{}, failure.Errorf(failure.BadInput, "default output holds %d values; kernel %q at batch %d gives %d", len(req.Default), name, batch, outN)
 	}
-	if l.unloading.Load() {
+	if !l.gate.enter() {
 		obs.fail(reasonRefused)
-		return Result{}, fmt.Errorf("%w: kernel %q is being unloaded", ErrUnavailable, name)
+		return Result{}, failure.Errorf(failure.Unavailable, "kernel %q is being unloaded", name)
 	}
+	defer l.gate.leave()
 	if err := l.breaker.Allow(); err != nil {
 		obs.fail(reasonRefused)
-		return Result{}, fmt.Errorf("%w: kernel %q: %w", ErrUnavailable, name, err)
+		return Result{}, fmt.Errorf("kernel %q: %w", name, err)
 	}
-	l.inflight.Add(1)
-	defer l.inflight.Done()
 
 	queued := time.Now()
 	waited, err := h.cpu.AcquireWithin(ctx, h.cfg.RequestTimeout)
 	if err != nil {
-		l.breaker.Done(false) // not the kernel's fault
+		l.breaker.Done(dispatch.NotRun) // the kernel never ran: nothing to learn
 		if errors.Is(err, dispatch.ErrQueueFull) {
 			obs.fail(reasonQueueFull)
 			return Result{}, fmt.Errorf("kernel %q: %w", name, err)
 		}
-		obs.fail(reasonRuntime)
-		return Result{}, fmt.Errorf("%w: kernel %q waited for the executor: %w", ErrRuntime, name, err)
+		obs.fail(notRunReason(err))
+		return Result{}, fmt.Errorf("kernel %q waited for the executor: %w", name, err)
 	}
 	started := queued
 	if waited {
@@ -120,17 +139,24 @@ func (h *Host) Infer(ctx context.Context, name string, req Request) (Result, err
 	out = out[:outN]
 	err = l.kernel.Run(ctx, req.Input, batch, out)
 	h.cpu.Release()
+	if err != nil && ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		// The caller went away (or its deadline passed) before the kernel
+		// ran: not the kernel's failure.
+		l.breaker.Done(dispatch.NotRun)
+		obs.fail(notRunReason(err))
+		return Result{}, fmt.Errorf("kernel %q: %w", name, err)
+	}
 	done := time.Now()
 	compute := done.Sub(started)
 	l.calls.Add(1)
 	if err != nil {
 		l.failures.Add(1)
-		l.breaker.Done(true)
+		l.breaker.Done(dispatch.Failed)
 		l.window.ObserveError(compute)
 		obs.fail(reasonRuntime)
-		return Result{}, fmt.Errorf("%w: kernel %q: %w", ErrRuntime, name, err)
+		return Result{}, failure.Errorf(failure.Internal, "kernel %q failed: %w", name, err)
 	}
-	l.breaker.Done(false)
+	l.breaker.Done(dispatch.Succeeded)
 	l.window.Observe(out, batch, compute)
 
 	l.mu.Lock()
@@ -147,6 +173,31 @@ func (h *Host) Infer(ctx context.Context, name string, req Request) (Result, err
 	return Result{Output: out, Shape: l.outShape(batch), Exec: info}, nil
 }
 
+// batchTooLarge explains why a batch is over a kernel's max_batch: the
+// host's batch limit, or the output and activations the batch needs.
+func (h *Host) batchTooLarge(l *loaded, batch int) error {
+	if batch > h.cfg.MaxBatch {
+		return failure.Errorf(failure.TooLarge, "batch %d is over the host's batch limit of %d", batch, h.cfg.MaxBatch)
+	}
+	return failure.Errorf(failure.TooLarge, "batch %d of kernel %q needs %s for its output and intermediate activations, over the host's limit of %s per request; its largest batch is %d",
+		batch, l.name, byteSize(l.kernel.RunBytes(batch)), byteSize(h.cfg.MaxOutputBytes), l.maxBatch)
+}
+
+// byteSize writes a byte count for a message: exact below 1 KiB, else in
+// the largest binary unit that keeps it at least 1, with one decimal.
+func byteSize(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d bytes", n)
+	}
+	v, i := float64(n), 0
+	for v >= unit && i < 4 {
+		v /= unit
+		i++
+	}
+	return fmt.Sprintf("%.1f %s", v, [...]string{"", "KiB", "MiB", "GiB", "TiB"}[i])
+}
+
 // blend computes out = (1 − α)·def + α·out in place.
 func blend(out, def []float32, alpha float64) {
 	a := float32(math.Max(0, math.Min(1, alpha)))
@@ -156,10 +207,11 @@ func blend(out, def []float32, alpha float64) {
 	}
 }
 
+// dims lists a per-sample shape as ", d1, d2" to follow "[batch".
 func dims(s []int) string {
-	out := ""
+	var b strings.Builder
 	for _, d := range s {
-		out += fmt.Sprintf(", %d", d)
+		fmt.Fprintf(&b, ", %d", d)
 	}
-	return out
+	return b.String()
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"path"
 	goruntime "runtime"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -56,8 +57,13 @@ type loaded struct {
 	decision   placement.Decision
 	execReason string // why execution differs from the placement ("" when it does not)
 	moves      []Move
-	unloading  atomic.Bool
-	inflight   sync.WaitGroup
+	// gate admits requests until Unload closes it; Unload returns only
+	// once the requests it admitted have left.
+	gate *gate
+	// maxBatch is the largest batch one request may have: the host's
+	// MaxBatch, lowered so that the output and activations stay within
+	// MaxOutputBytes.
+	maxBatch int
 
 	calls, failures atomic.Int64
 	shape1          []int // [1, *output_shape], shared by batch-1 results
@@ -120,7 +126,8 @@ type LoadRequest struct {
 	batch bool
 }
 
-// KernelView is what the API shows of a loaded kernel.
+// KernelView is what the API shows of a loaded kernel. Source names the
+// artifact with its credentials redacted (source.Redact).
 type KernelView struct {
 	Name     string `json:"name"`
 	KernelID string `json:"kernel_id"`
@@ -144,7 +151,9 @@ type KernelView struct {
 	Layer          string                   `json:"layer"`
 	LayerID        int                      `json:"layer_id"`
 	SeedIdx        int                      `json:"seed_idx"`
-	Breaker        string                   `json:"breaker"`
+	Breaker        dispatch.BreakerState    `json:"breaker"`
+	BreakerReason  string                   `json:"breaker_reason,omitempty"`
+	MaxBatch       int                      `json:"max_batch"`
 	Calls          int64                    `json:"calls"`
 	Failures       int64                    `json:"failures"`
 	Moves          []Move                   `json:"moves"`
@@ -152,6 +161,10 @@ type KernelView struct {
 	ObservedMiB    float64                  `json:"observed_load_mib"`
 	Metadata       contracts.KernelMetadata `json:"metadata"`
 	LoadedAt       time.Time                `json:"loaded_at"`
+	// Unchanged is true when Load found this kernel already loaded with
+	// the same content and target and changed nothing (HTTP answers 200,
+	// not 201).
+	Unchanged bool `json:"-"`
 }
 
 // PlacementView is a placement decision as the API and `place` show it.
@@ -276,7 +289,7 @@ func (h *Host) Load(ctx context.Context, req LoadRequest) (KernelView, error) {
 	source := req.Ref
 	if req.Compiled == nil && data == nil && source != "" && !isReference(source) {
 		if h.resolve == nil {
-			return KernelView{}, failure.Errorf(failure.BadInput, "artifact %q is neither a path nor a URL, and no kernel library (Urza) is configured", source)
+			return KernelView{}, failure.Errorf(failure.BadInput, "artifact %q is neither a path nor a URL, and no kernel library (Urza) is configured", redactRef(source))
 		}
 		ck, err := h.resolve.Resolve(ctx, source)
 		if err != nil {
@@ -311,7 +324,7 @@ func (h *Host) Load(ctx context.Context, req LoadRequest) (KernelView, error) {
 			return KernelView{}, failure.Errorf(failure.BadInput, "no artifact: give bytes, a reference or a document with binary_ref")
 		}
 		if h.fetch == nil {
-			return KernelView{}, failure.Errorf(failure.Refused, "cannot fetch %q: no artifact source is configured", source)
+			return KernelView{}, failure.Errorf(failure.Refused, "cannot fetch %q: no artifact source is configured", redactRef(source))
 		}
 		var err error
 		data, err = h.fetch.Fetch(ctx, source, checksum)
@@ -384,6 +397,19 @@ func (h *Host) Load(ctx context.Context, req LoadRequest) (KernelView, error) {
 		shape1:   append([]int{1}, k.OutputShape()...),
 		inShape:  k.InputShape(),
 		observed: observed,
+		gate:     newGate(),
+	}
+	if l.maxBatch = min(h.cfg.MaxBatch, k.MaxBatchWithin(h.cfg.MaxOutputBytes)); l.maxBatch < 1 {
+		return KernelView{}, failure.Errorf(failure.TooLarge, "kernel %q needs %s for one sample's output and intermediate activations, over the host's limit of %s per request",
+			name, byteSize(k.RunBytes(1)), byteSize(h.cfg.MaxOutputBytes))
+	}
+	if !req.Replace {
+		if v, done, err := h.alreadyLoaded(name, l, req); done {
+			return v, err
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return KernelView{}, fmt.Errorf("loading kernel %q: %w", name, err)
 	}
 
 	if req.Replace {
@@ -398,7 +424,8 @@ func (h *Host) Load(ctx context.Context, req LoadRequest) (KernelView, error) {
 	dec, err := h.ledger.PlaceAndReserve(h.planner, name, preq, devices(h.inv.Snapshot()))
 	if err != nil {
 		if errors.Is(err, placement.ErrAlreadyReserved) {
-			return KernelView{}, failure.Errorf(failure.Conflict, "a kernel named %q is already loaded", name)
+			// Another load of the same name got there first.
+			return h.loadRace(name, l, req)
 		}
 		if errors.Is(err, placement.ErrNoPlacement) {
 			err = failure.Errorf(failure.Refused, "kernel %q: %s", name, dec.Reason())
@@ -414,11 +441,19 @@ func (h *Host) Load(ctx context.Context, req LoadRequest) (KernelView, error) {
 	// makes the hook save the changes in the order they were made.
 	h.changeMu.Lock()
 	h.mu.Lock()
+	if err := ctx.Err(); err != nil {
+		// The caller's deadline passed: nothing is committed (an HTTP load
+		// answers 504 and the kernel is not loaded).
+		h.mu.Unlock()
+		h.changeMu.Unlock()
+		h.ledger.Release(name)
+		return KernelView{}, fmt.Errorf("loading kernel %q: %w", name, err)
+	}
 	if _, dup := h.kernels[name]; dup {
 		h.mu.Unlock()
 		h.changeMu.Unlock()
 		h.ledger.Release(name)
-		return KernelView{}, failure.Errorf(failure.Conflict, "a kernel named %q is already loaded", name)
+		return h.loadRace(name, l, req)
 	}
 	layer, idx := req.Layer, req.SeedIdx
 	if layer == "" {
@@ -435,7 +470,7 @@ func (h *Host) Load(ctx context.Context, req LoadRequest) (KernelView, error) {
 	l.handle = handle
 	h.kernels[name] = l
 	failedBefore, hadFailed := h.failed[name]
-	delete(h.failed, name)
+	h.forgetFailureLocked(name)
 	h.mu.Unlock()
 	var saveErr error
 	if !req.batch { // a batch is saved by its caller, once
@@ -447,6 +482,7 @@ func (h *Host) Load(ctx context.Context, req LoadRequest) (KernelView, error) {
 		undo.restore()
 		if hadFailed {
 			h.failed[name] = failedBefore
+			h.failedOrder = append(h.failedOrder, name)
 		}
 		h.mu.Unlock()
 		h.changeMu.Unlock()
@@ -472,13 +508,50 @@ func (h *Host) placementRequest(l *loaded) placement.Request {
 	return PlacementRequest(&l.meta, h.cfg.PlacementBatch, l.kernel.MemoryEstimateMiB(h.cfg.PlacementBatch), l.fallback)
 }
 
+// Bounds on what the host remembers of failed loads (the repository
+// index and /v1/kernels list them): the most recent maxFailedLoads names,
+// each reason cut to maxFailureReason bytes. A name that could never be
+// loaded (validName) is not remembered at all, so a client cannot fill
+// the index with long names.
+const (
+	maxFailedLoads   = 256
+	maxFailureReason = 1024
+)
+
 func (h *Host) recordFailure(name string, err error) {
-	if name == "" {
+	if name == "" || validName(name) != nil {
 		return
 	}
+	reason := err.Error()
+	if len(reason) > maxFailureReason {
+		cut := maxFailureReason
+		for cut > 0 && !utf8.RuneStart(reason[cut]) {
+			cut--
+		}
+		reason = reason[:cut] + "…"
+	}
 	h.mu.Lock()
-	h.failed[name] = err.Error()
-	h.mu.Unlock()
+	defer h.mu.Unlock()
+	if _, ok := h.failed[name]; ok {
+		h.forgetFailureLocked(name) // it moves to the end: the newest
+	}
+	h.failed[name] = reason
+	h.failedOrder = append(h.failedOrder, name)
+	for len(h.failedOrder) > maxFailedLoads {
+		delete(h.failed, h.failedOrder[0])
+		h.failedOrder = h.failedOrder[1:]
+	}
+}
+
+// forgetFailureLocked drops a remembered failed load; h.mu is held.
+func (h *Host) forgetFailureLocked(name string) {
+	if _, ok := h.failed[name]; !ok {
+		return
+	}
+	delete(h.failed, name)
+	if i := slices.Index(h.failedOrder, name); i >= 0 {
+		h.failedOrder = slices.Delete(h.failedOrder, i, i+1)
+	}
 }
 
 // RecordLoadFailure lists a kernel that could not be loaded (for the
@@ -488,11 +561,14 @@ func (h *Host) RecordLoadFailure(name string, err error) { h.recordFailure(name,
 // validName keeps model names usable in URLs and metric labels.
 func validName(name string) error {
 	if len(name) > maxNameBytes {
-		return failure.Errorf(failure.BadInput, "kernel name %q… is %d bytes, longer than %d", name[:32], len(name), maxNameBytes)
+		shown := redactRef(name) // a reference used as a name may carry credentials
+		return failure.Errorf(failure.BadInput, "kernel name %q… is %d bytes, longer than %d", shown[:min(len(shown), 32)], len(name), maxNameBytes)
 	}
 	for _, r := range name {
 		if r < 0x20 || r == '/' || r == '?' || r == '#' || r == 0x7f {
-			return failure.Errorf(failure.BadInput, "kernel name %q: no control characters, '/', '?' or '#'", name)
+			// A reference used as a name (a bus artifact_id) may carry
+			// credentials: the message names it redacted.
+			return failure.Errorf(failure.BadInput, "kernel name %q: no control characters, '/', '?' or '#'", redactRef(name))
 		}
 	}
 	return nil
@@ -558,7 +634,7 @@ func (h *Host) Unload(ctx context.Context, name string) error {
 	l, ok := h.kernels[name]
 	if !ok {
 		_, failed := h.failed[name]
-		delete(h.failed, name)
+		h.forgetFailureLocked(name)
 		h.mu.Unlock()
 		h.changeMu.Unlock()
 		if failed {
@@ -579,12 +655,9 @@ func (h *Host) Unload(ctx context.Context, name string) error {
 		return err
 	}
 	h.changeMu.Unlock()
-	l.unloading.Store(true)
 
-	done := make(chan struct{})
-	go func() { l.inflight.Wait(); close(done) }()
 	select {
-	case <-done:
+	case <-l.gate.close():
 	case <-ctx.Done():
 		h.log.Warn("unload did not wait for in-flight requests", slog.String("kernel", name), slog.Any("err", ctx.Err()))
 	}
@@ -645,14 +718,14 @@ func (h *Host) view(l *loaded) KernelView {
 	layerID := h.seeds.layerID(l.seed.layer)
 	h.mu.RUnlock()
 	v := KernelView{
-		Name: l.name, KernelID: l.meta.KernelID, Source: l.source, OriginalSource: l.origin, SHA256: l.kernel.SHA256(),
+		Name: l.name, KernelID: l.meta.KernelID, Source: redactRef(l.source), OriginalSource: redactRef(l.origin), SHA256: l.kernel.SHA256(),
 		InputShape: l.kernel.InputShape(), OutputShape: l.kernel.OutputShape(), ParameterCount: l.kernel.ParameterCount(),
 		Requirements: l.meta.DeviceRequirements,
 		Placement:    ViewDecision(&dec, h.placementRequest(l), h.cfg.PlacementBatch),
 		ExecutedOn:   "cpu", Executor: executorName,
 		Fallback: l.fallback.String(),
 		Layer:    l.seed.layer, LayerID: layerID, SeedIdx: l.seed.idx,
-		Breaker: l.breaker.State().String(), Calls: l.calls.Load(), Failures: l.failures.Load(),
+		Calls: l.calls.Load(), Failures: l.failures.Load(), MaxBatch: l.maxBatch,
 		Moves: moves, Memory: l.kernel.MemoryCheck(), ObservedMiB: float64(l.observed) / (1 << 20),
 		Metadata: l.meta, LoadedAt: l.loadedAt,
 	}
@@ -663,6 +736,7 @@ func (h *Host) view(l *loaded) KernelView {
 		v.Moves = []Move{}
 	}
 	v.Degraded, v.DegradedReason = degradation(&dec)
+	v.Breaker, v.BreakerReason = l.breaker.Status()
 	return v
 }
 

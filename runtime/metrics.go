@@ -75,7 +75,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"kernel", "device", "executor", "outcome"}),
 		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kasmina_inference_failures_total",
-			Help: "Failed inference requests by kernel and reason (bad_input, refused, runtime, device, queue_full).",
+			Help: "Failed inference requests by kernel and reason (bad_input, too_large, refused, runtime, device, queue_full, canceled, timeout).",
 		}, []string{"kernel", "reason"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "kasmina_inference_duration_seconds", Help: "Inference time from admission to result (queue plus compute).",
@@ -163,16 +163,19 @@ func (m *metrics) kernel(name, device string) *kernelObservers {
 	o := &kernelObservers{
 		success:     m.requests.WithLabelValues(name, device, executorName, "success"),
 		failedTotal: m.requests.WithLabelValues(name, device, executorName, "failure"),
-		failed:      make(map[string]prometheus.Counter, 5),
+		failed:      make(map[string]prometheus.Counter, len(failureReasons)),
 		duration:    m.duration.WithLabelValues(name, device, executorName),
 		queue:       m.queue.WithLabelValues(name),
 		compute:     m.compute.WithLabelValues(name, executorName),
 	}
-	for _, r := range []string{reasonBadInput, reasonRefused, reasonRuntime, reasonDevice, reasonQueueFull} {
+	for _, r := range failureReasons {
 		o.failed[r] = m.failures.WithLabelValues(name, r)
 	}
 	return o
 }
+
+// failureReasons are the values of the failures counter's reason label.
+var failureReasons = []string{reasonBadInput, reasonTooLarge, reasonRefused, reasonRuntime, reasonDevice, reasonQueueFull, reasonCanceled, reasonTimeout}
 
 func (m *metrics) setReserved(kernel, device string, mib float64) {
 	m.reserved.WithLabelValues(kernel, device).Set(mib * (1 << 20))
@@ -204,6 +207,30 @@ func (m *metrics) deleteKernel(kernel, device string) {
 	m.duration.DeletePartialMatch(prometheus.Labels{"kernel": kernel})
 	m.queue.DeletePartialMatch(prometheus.Labels{"kernel": kernel})
 	m.compute.DeletePartialMatch(prometheus.Labels{"kernel": kernel})
+	m.fallbacks.DeletePartialMatch(prometheus.Labels{"kernel": kernel})
+}
+
+// breakerCollector reports each loaded kernel's circuit breaker at scrape
+// time, so an unloaded kernel's series goes with it and the request path
+// pays nothing.
+type breakerCollector struct{ h *Host }
+
+var breakerOpenDesc = prometheus.NewDesc("kasmina_kernel_breaker_open",
+	"1 while the kernel's circuit breaker is open or half-open (its model readiness answers 503), else 0; the node's readiness does not depend on it.",
+	[]string{"kernel"}, nil)
+
+func (c breakerCollector) Describe(ch chan<- *prometheus.Desc) { ch <- breakerOpenDesc }
+
+func (c breakerCollector) Collect(ch chan<- prometheus.Metric) {
+	c.h.mu.RLock()
+	defer c.h.mu.RUnlock()
+	for name, l := range c.h.kernels {
+		v := 0.0
+		if l.breaker.State() != dispatch.Closed {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(breakerOpenDesc, prometheus.GaugeValue, v, name)
+	}
 }
 
 func (m *metrics) observeSignal(layer string, idx int, kernel string, s *contracts.HealthSignal, sum health.Summary) {

@@ -310,28 +310,18 @@ type ModelState struct {
 	Reason string `json:"reason,omitempty"`
 }
 
-// Ready reports whether every loaded kernel can be served somewhere. With
-// the CPU executor always present, a loaded kernel can always be served;
-// the host is not ready while a kernel's breaker is open (it cannot serve
-// it anywhere) or the start-up scan has not finished.
+// Ready reports whether the node can serve: the start-up scan has
+// finished. With the CPU executor always present, a loaded kernel can
+// always be served somewhere; one kernel whose circuit breaker is open is
+// that kernel's unreadiness (its view, its model readiness and
+// kasmina_kernel_breaker_open), never the node's, which would take every
+// other kernel on the node out of service.
 func (h *Host) Ready() (bool, string) {
 	if !h.started.Load() {
 		return false, "loading the kernel repository"
 	}
 	if why := h.notReady(); why != "" {
 		return false, why
-	}
-	h.mu.RLock()
-	defer h.mu.RUnlock()
-	var open []string
-	for name, l := range h.kernels {
-		if l.breaker.State().String() == "open" {
-			open = append(open, name)
-		}
-	}
-	if len(open) > 0 {
-		sort.Strings(open)
-		return false, "kernels failing on every executor: " + strings.Join(open, ", ")
 	}
 	return true, ""
 }

@@ -3,11 +3,12 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 
 	"github.com/esper/kasmina-host/contracts"
 	"github.com/esper/kasmina-host/device"
 	"github.com/esper/kasmina-host/runtime"
+	kdispatch "github.com/esper/kasmina-host/runtime/dispatch"
+	"github.com/esper/kasmina-host/runtime/failure"
 	"github.com/esper/kasmina-host/runtime/oip"
 	"github.com/esper/kasmina-host/runtime/placement"
 )
@@ -20,13 +21,21 @@ type backend struct{ host *runtime.Host }
 
 func (b *backend) Ready() (bool, string) { return b.host.Ready() }
 
+// modelInfo describes a loaded kernel as a model: READY, or UNAVAILABLE
+// with the reason while its circuit breaker is not closed (its inference
+// still reaches the breaker, whose probe can close it again); max_batch is
+// the kernel's own, from the host's batch and output limits.
 func (b *backend) modelInfo(v runtime.KernelView) oip.ModelInfo {
+	state, reason := oip.StateReady, ""
+	if v.Breaker != kdispatch.Closed {
+		state, reason = oip.StateUnavailable, v.BreakerReason
+	}
 	return oip.ModelInfo{
-		Name: v.Name, Version: "1", State: oip.StateReady,
+		Name: v.Name, Version: "1", State: state, Reason: reason,
 		InputShape: v.InputShape, OutputShape: v.OutputShape,
 		Placement: v.Placement.Device, Executor: v.Executor,
 		Degraded: v.Degraded, DegradedReason: v.DegradedReason,
-		MaxBatch: b.host.Config().MaxBatch,
+		MaxBatch: v.MaxBatch,
 	}
 }
 
@@ -109,7 +118,7 @@ func parseFallback(s string) (*placement.Fallback, error) {
 	}
 	fb, err := placement.ParseFallback(s)
 	if err != nil {
-		return nil, fmt.Errorf("%w: cpu_fallback: %w", oip.ErrBadInput, err)
+		return nil, failure.Errorf(failure.BadInput, "cpu_fallback: %w", err)
 	}
 	return &fb, nil
 }
@@ -129,14 +138,14 @@ func hostViews(h *runtime.Host, inv *device.Inventory) oip.HostViews {
 		Kernel: func(_ context.Context, id string) (any, error) {
 			v, ok := h.Kernel(id)
 			if !ok {
-				return nil, fmt.Errorf("%w: kernel %q is not loaded", oip.ErrModelNotFound, id)
+				return nil, failure.Errorf(failure.NotFound, "kernel %q is not loaded", id)
 			}
 			return v, nil
 		},
-		LoadKernel: func(ctx context.Context, doc []byte) (any, error) {
+		LoadKernel: func(ctx context.Context, doc []byte) (any, bool, error) {
 			var req loadKernelRequest
 			if err := json.Unmarshal(doc, &req); err != nil {
-				return nil, fmt.Errorf("%w: %w", oip.ErrBadInput, err)
+				return nil, false, failure.Errorf(failure.BadInput, "load request: %w", err)
 			}
 			raw := doc
 			if len(req.Compiled) > 0 {
@@ -144,40 +153,43 @@ func hostViews(h *runtime.Host, inv *device.Inventory) oip.HostViews {
 			}
 			ck, err := contracts.DecodeCompiledKernel(raw)
 			if err != nil {
-				return nil, fmt.Errorf("%w: %w", oip.ErrBadInput, err)
+				return nil, false, failure.Wrap(failure.BadInput, err)
 			}
 			fb, err := parseFallback(req.CPUFallback)
 			if err != nil {
-				return nil, err
+				return nil, false, err
 			}
 			v, err := h.Load(ctx, runtime.LoadRequest{Name: req.Name, Compiled: &ck, Layer: req.Layer,
 				SeedIdx: req.SeedIdx, Fallback: fb, Replace: req.Replace})
-			return v, err
+			if err != nil {
+				return nil, false, err
+			}
+			return v, !v.Unchanged, nil
 		},
 		UnloadKernel: func(ctx context.Context, id string) error { return h.Unload(ctx, id) },
 		PlanPlacement: func(_ context.Context, body []byte) (any, error) {
 			var req planRequest
 			if err := json.Unmarshal(body, &req); err != nil {
-				return nil, fmt.Errorf("%w: %w", oip.ErrBadInput, err)
+				return nil, failure.Errorf(failure.BadInput, "plan request: %w", err)
 			}
 			var md *contracts.KernelMetadata
 			switch {
 			case len(req.Compiled) > 0:
 				ck, err := contracts.DecodeCompiledKernel(req.Compiled)
 				if err != nil {
-					return nil, fmt.Errorf("%w: %w", oip.ErrBadInput, err)
+					return nil, failure.Wrap(failure.BadInput, err)
 				}
 				md = &ck.Metadata
 			case len(req.Metadata) > 0:
 				m, err := contracts.DecodeKernelMetadata(req.Metadata)
 				if err != nil {
-					return nil, fmt.Errorf("%w: %w", oip.ErrBadInput, err)
+					return nil, failure.Wrap(failure.BadInput, err)
 				}
 				md = &m
 			default:
 				got, err := readKernelDocument(body)
 				if err != nil {
-					return nil, fmt.Errorf("%w: give compiled_kernel, metadata, or a CompiledKernel document: %w", oip.ErrBadInput, err)
+					return nil, failure.Errorf(failure.BadInput, "give compiled_kernel, metadata, or a CompiledKernel document: %w", err)
 				}
 				md = got
 			}

@@ -56,9 +56,13 @@ type serveConfig struct {
 	allowLoopbackRefs bool
 	tokenFile         string
 	token             string
+	authRead          bool
 	insecure          bool
 	allowedHosts      string
 	maxBodyBytes      int64
+	bodyBudgetBytes   int64
+	bodyReadTimeout   time.Duration
+	maxOutputBytes    int64
 	maxElements       int64
 	concurrency       int
 	queueDepth        int
@@ -89,9 +93,15 @@ func (c *serveConfig) register(fs *flag.FlagSet, e *envFlags) {
 	e.Bool(&c.allowLoopbackRefs, "allow-loopback-refs", "KASMINA_ALLOW_LOOPBACK_REFS", false, "let http(s) artifact references reach loopback addresses (refused by default: a command names the URL)")
 	e.String(&c.tokenFile, "auth-token-file", "KASMINA_AUTH_TOKEN_FILE", "", "file holding the bearer token required for inference and state changes")
 	e.String(&c.token, "auth-token", "KASMINA_AUTH_TOKEN", "", "bearer token (prefer --auth-token-file: flags show in ps)")
-	e.Bool(&c.insecure, "insecure-no-auth", "KASMINA_INSECURE_NO_AUTH", false, "allow listening beyond loopback without a token")
+	e.Bool(&c.authRead, "auth-read", "KASMINA_AUTH_READ", false, "require the token on read routes too (model metadata, the repository index, /v1 views); probes and /metrics stay open")
+	e.Bool(&c.insecure, "insecure-no-auth", "KASMINA_INSECURE_NO_AUTH", false, "allow listening beyond loopback without a token (logged as a warning on every start)")
 	e.String(&c.allowedHosts, "allowed-hosts", "KASMINA_ALLOWED_HOSTS", "", "comma-separated host names accepted in Host/Origin besides loopback names")
-	e.Int64(&c.maxBodyBytes, "max-body-bytes", "KASMINA_MAX_BODY_BYTES", oip.DefaultMaxBodyBytes, "largest request body accepted")
+	e.Int64(&c.maxBodyBytes, "max-body-bytes", "KASMINA_MAX_BODY_BYTES", oip.DefaultMaxBodyBytes, "largest request body accepted (413 beyond)")
+	e.Int64(&c.bodyBudgetBytes, "body-budget-bytes", "KASMINA_BODY_BUDGET_BYTES", oip.DefaultBodyBudgetBytes,
+		"request-body bytes held at once across all connections (503 + Retry-After beyond); the default fits the DaemonSet's 2 GiB limit beside the 1 GiB kernel cache and four 64 MiB inference working sets")
+	e.Duration(&c.bodyReadTimeout, "body-read-timeout", "KASMINA_BODY_READ_TIMEOUT", oip.DefaultBodyReadTimeout, "longest a request body may take to arrive (408 beyond)")
+	e.Int64(&c.maxOutputBytes, "max-output-bytes", "KASMINA_MAX_OUTPUT_BYTES", runtime.DefaultMaxOutputBytes,
+		"largest output plus intermediate activations one inference may need, from the kernel's module graph for its batch (413 beyond; each model's max_batch follows from it)")
 	e.Int64(&c.maxElements, "max-elements", "KASMINA_MAX_ELEMENTS", 1<<26, "largest input tensor accepted, in elements")
 	e.Int(&c.concurrency, "concurrency", "KASMINA_CONCURRENCY", 0, "requests executing at once on the CPU (0: GOMAXPROCS)")
 	e.Int(&c.queueDepth, "queue-depth", "KASMINA_QUEUE_DEPTH", 256, "requests that may wait for the executor; beyond it requests get 503 at once")
@@ -131,6 +141,9 @@ func (c *serveConfig) check() error {
 		ok   bool
 	}{
 		{"--max-body-bytes must be > 0", c.maxBodyBytes > 0},
+		{"--body-budget-bytes must be ≥ --max-body-bytes", c.bodyBudgetBytes >= c.maxBodyBytes},
+		{"--body-read-timeout must be > 0", c.bodyReadTimeout > 0},
+		{"--max-output-bytes must be > 0", c.maxOutputBytes > 0},
 		{"--max-elements must be > 0", c.maxElements > 0},
 		{"--concurrency must be ≥ 0", c.concurrency >= 0},
 		{"--queue-depth must be ≥ 0", c.queueDepth >= 0},
@@ -157,6 +170,13 @@ func (c *serveConfig) check() error {
 	if _, _, err := c.placement.parse(); err != nil {
 		return err
 	}
+	if c.token != "" {
+		// Set but blank, or with whitespace inside: refused rather than
+		// taken for "no token".
+		if err := oip.CheckToken(c.token); err != nil {
+			return fmt.Errorf("--auth-token (or KASMINA_AUTH_TOKEN): %w", err)
+		}
+	}
 	if c.tokenFile != "" {
 		b, err := regularfile.ReadFile(c.tokenFile, maxSecretFileBytes)
 		if err != nil {
@@ -166,6 +186,12 @@ func (c *serveConfig) check() error {
 		if c.token == "" {
 			return fmt.Errorf("--auth-token-file %s is empty", c.tokenFile)
 		}
+		if err := oip.CheckToken(c.token); err != nil {
+			return fmt.Errorf("--auth-token-file %s: %w", c.tokenFile, err)
+		}
+	}
+	if c.authRead && c.token == "" {
+		return errors.New("--auth-read needs a token (--auth-token-file)")
 	}
 	if err := oip.CheckListen(c.addr, c.token, c.insecure); err != nil {
 		return err
@@ -233,6 +259,10 @@ func serve(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io.Wr
 	bi := readBuildInfo()
 	log.Info("kasmina-host starting", slog.String("version", bi.Version), slog.String("commit", bi.Commit),
 		slog.String("addr", cfg.addr), slog.String("host_id", cfg.hostID))
+	if !oip.IsLoopbackAddr(cfg.addr) && cfg.token == "" {
+		log.Warn("SERVING WITHOUT AUTHENTICATION beyond loopback (--insecure-no-auth): anyone who reaches this address can run inference and load, unload and replace kernels; set --auth-token-file",
+			slog.String("addr", cfg.addr))
+	}
 
 	// Devices.
 	devOpts := cfg.devices.options(log.With(slog.String("component", "device")))
@@ -283,7 +313,7 @@ func serve(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io.Wr
 	host, err := runtime.New(runtime.Config{
 		HostID: cfg.hostID, Placement: popts, Fallback: fb, PlacementBatch: cfg.placement.batch,
 		Concurrency: cfg.concurrency, QueueDepth: cfg.queueDepth, RequestTimeout: cfg.requestTimeout,
-		SignalInterval: cfg.signalInterval, CacheBytes: cfg.cacheBytes,
+		SignalInterval: cfg.signalInterval, CacheBytes: cfg.cacheBytes, MaxOutputBytes: cfg.maxOutputBytes,
 		Logger: log.With(slog.String("component", "runtime")),
 	}, inv, bus, reg)
 	if err != nil {
@@ -324,9 +354,10 @@ func serve(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io.Wr
 		return err
 	}
 	opts := oip.Options{
-		ServerName: "kasmina-host", Version: bi.Version, Token: cfg.token,
+		ServerName: "kasmina-host", Version: bi.Version, Token: cfg.token, TokenForReads: cfg.authRead,
 		Loopback: oip.IsLoopbackAddr(cfg.addr), AllowedHosts: splitList(cfg.allowedHosts),
-		MaxBodyBytes: cfg.maxBodyBytes, MaxElements: cfg.maxElements, Metrics: httpMetrics,
+		MaxBodyBytes: cfg.maxBodyBytes, BodyBudgetBytes: cfg.bodyBudgetBytes, BodyReadTimeout: cfg.bodyReadTimeout,
+		MaxElements: cfg.maxElements, Metrics: httpMetrics,
 		MetricsHandler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
 	}
 	handler := oip.NewHandler(&backend{host: host}, hostViews(host, inv), opts, log.With(slog.String("component", "http")))
@@ -364,7 +395,8 @@ func serve(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io.Wr
 			serveErr <- err
 		}
 	}()
-	log.Info("listening", slog.String("addr", ln.Addr().String()), slog.Bool("token_required", cfg.token != ""))
+	log.Info("listening", slog.String("addr", ln.Addr().String()), slog.Bool("token_required", cfg.token != ""),
+		slog.Bool("token_required_for_reads", cfg.authRead))
 
 	goLoop("devices", inv.Run)
 	if store != nil {

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	neturl "net/url"
 	"strconv"
 	"strings"
 	"syscall"
@@ -156,10 +157,10 @@ func (h *HTTP) CloseIdleConnections() { h.client.CloseIdleConnections() }
 func (h *HTTP) checkRedirect(req *http.Request, via []*http.Request) error {
 	first := via[0].URL
 	if h.cfg.MaxRedirects < 0 || len(via) > h.cfg.MaxRedirects {
-		return fmt.Errorf("%w: more than %d redirects from %s", ErrNotAllowed, max(h.cfg.MaxRedirects, 0), first)
+		return fmt.Errorf("%w: more than %d redirects from %s", ErrNotAllowed, max(h.cfg.MaxRedirects, 0), Redact(first.String()))
 	}
 	if !strings.EqualFold(req.URL.Scheme, first.Scheme) {
-		return fmt.Errorf("%w: redirect from %s to another scheme: %s", ErrNotAllowed, first, req.URL)
+		return fmt.Errorf("%w: redirect from %s to another scheme: %s", ErrNotAllowed, Redact(first.String()), Redact(req.URL.String()))
 	}
 	ref, err := ParseRef(req.URL.String())
 	if err != nil {
@@ -169,7 +170,7 @@ func (h *HTTP) checkRedirect(req *http.Request, via []*http.Request) error {
 		return h.cfg.Redirects.Check(ref)
 	}
 	if !strings.EqualFold(req.URL.Host, first.Host) {
-		return fmt.Errorf("%w: redirect from %s to another host: %s", ErrNotAllowed, first, req.URL)
+		return fmt.Errorf("%w: redirect from %s to another host: %s", ErrNotAllowed, Redact(first.String()), Redact(req.URL.String()))
 	}
 	return nil
 }
@@ -181,9 +182,9 @@ func (h *HTTP) Fetch(ctx context.Context, ref string) (Blob, error) {
 		return Blob{}, err
 	}
 	if r.Scheme != SchemeHTTP && r.Scheme != SchemeHTTPS {
-		return Blob{}, fmt.Errorf("%w: http source cannot fetch %s", ErrUnsupportedScheme, r)
+		return Blob{}, fmt.Errorf("%w: http source cannot fetch %s", ErrUnsupportedScheme, r.Redacted())
 	}
-	url := r.String()
+	url, shown := r.String(), r.Redacted()
 	ctx, cancel := context.WithTimeout(ctx, h.cfg.Timeout)
 	defer cancel()
 
@@ -199,17 +200,17 @@ func (h *HTTP) Fetch(ctx context.Context, ref string) (Blob, error) {
 		}
 		lastErr = rerr.err
 		if ctx.Err() != nil {
-			return Blob{}, fmt.Errorf("fetching %s: %w (last attempt: %w)", url, ctx.Err(), lastErr)
+			return Blob{}, fmt.Errorf("fetching %s: %w (last attempt: %w)", shown, ctx.Err(), lastErr)
 		}
 		if attempt >= h.cfg.MaxAttempts {
-			return Blob{}, fmt.Errorf("fetching %s: giving up after %d attempts: %w", url, attempt, lastErr)
+			return Blob{}, fmt.Errorf("fetching %s: giving up after %d attempts: %w", shown, attempt, lastErr)
 		}
 		wait := h.backoff(attempt, retryAfter)
 		h.cfg.Logger.LogAttrs(ctx, slog.LevelWarn, "kernel fetch failed, retrying",
-			slog.String("url", url), slog.Int("attempt", attempt),
+			slog.String("url", shown), slog.Int("attempt", attempt),
 			slog.Duration("wait", wait), slog.String("error", lastErr.Error()))
 		if err := h.cfg.Sleep(ctx, wait); err != nil {
-			return Blob{}, fmt.Errorf("fetching %s: %w (last attempt: %w)", url, err, lastErr)
+			return Blob{}, fmt.Errorf("fetching %s: %w (last attempt: %w)", shown, err, lastErr)
 		}
 	}
 }
@@ -225,7 +226,7 @@ func (h *HTTP) attempt(ctx context.Context, url string) (Blob, time.Duration, er
 	defer cancel()
 	req, err := http.NewRequestWithContext(actx, http.MethodGet, url, nil)
 	if err != nil {
-		return Blob{}, 0, fmt.Errorf("%w: %v", ErrInvalidRef, err)
+		return Blob{}, 0, fmt.Errorf("%w: %q: %v", ErrInvalidRef, Redact(url), urlErrorCause(err))
 	}
 	req.Header.Set("User-Agent", h.cfg.UserAgent)
 	resp, err := h.client.Do(req)
@@ -233,7 +234,7 @@ func (h *HTTP) attempt(ctx context.Context, url string) (Blob, time.Duration, er
 		return Blob{}, 0, classify(ctx, err)
 	}
 	defer resp.Body.Close()
-	origin := resp.Request.URL.String()
+	origin := Redact(resp.Request.URL.String()) // for messages and Blob.Origin: never the signature
 
 	switch code := resp.StatusCode; {
 	case code == http.StatusOK:
@@ -260,6 +261,10 @@ func (h *HTTP) attempt(ctx context.Context, url string) (Blob, time.Duration, er
 // failures and a timed-out attempt are; a refused address, a refused
 // redirect, and the caller's own cancellation are not.
 func classify(ctx context.Context, err error) error {
+	var ue *neturl.Error
+	if errors.As(err, &ue) {
+		ue.URL = Redact(ue.URL) // the client quotes the whole URL, presigned query included
+	}
 	switch {
 	case errors.Is(err, ErrNotAllowed), errors.Is(err, ErrInvalidRef):
 		return err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -432,4 +433,53 @@ func ExampleNewAllowList() {
 	// Output:
 	// s3://esper-artifacts/kernels/k1/kernel.safetensors true
 	// https://example.com/k false
+}
+
+// TestHTTPErrorsNeverShowSignatures: every way a presigned URL's fetch
+// can fail (404, 5xx until giving up, a redirect refused, a checksum
+// mismatch, a connection refused) names the URL without its signature,
+// and so does the log line of a retry.
+func TestHTTPErrorsNeverShowSignatures(t *testing.T) {
+	const q = "?X-Amz-Credential=AKIASECRET&X-Amz-Signature=hunter2"
+	notFound := newServer(t, status(404))
+	flaky := newServer(t, status(503))
+	redirect := newServer(t, func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "https://elsewhere.example/x"+q, http.StatusFound)
+	})
+	ok := newServer(t, body("kernel bytes"))
+	closed := httptest.NewServer(http.NotFoundHandler())
+	closedURL := closed.URL
+	closed.Close()
+
+	var logs strings.Builder
+	h := testHTTP(&sleeps{}, func(c *HTTPConfig) {
+		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	})
+	cases := []struct{ name, url, sha string }{
+		{"not found", notFound.URL + "/k" + q, ""},
+		{"server error", flaky.URL + "/k" + q, ""},
+		{"redirect", redirect.URL + "/k" + q, ""},
+		{"checksum", ok.URL + "/k" + q, strings.Repeat("0", 64)},
+		{"connection refused", closedURL + "/k" + q, ""},
+	}
+	for _, c := range cases {
+		_, err := FetchVerified(context.Background(), h, c.url, c.sha)
+		if err == nil {
+			t.Errorf("%s: fetched", c.name)
+			continue
+		}
+		if strings.Contains(err.Error(), "hunter2") || strings.Contains(err.Error(), "AKIASECRET") {
+			t.Errorf("%s: the error shows the credentials: %v", c.name, err)
+		}
+		if !strings.Contains(err.Error(), "X-Amz-Signature=REDACTED") && c.name != "redirect" {
+			t.Errorf("%s: the error does not name the URL (redacted): %v", c.name, err)
+		}
+	}
+	if strings.Contains(logs.String(), "hunter2") || !strings.Contains(logs.String(), "REDACTED") {
+		t.Errorf("retry log lines show the signature or no URL:\n%s", logs.String())
+	}
+	b, err := h.Fetch(context.Background(), ok.URL+"/k"+q)
+	if err != nil || strings.Contains(b.Origin, "hunter2") {
+		t.Errorf("Blob.Origin %q, %v", b.Origin, err)
+	}
 }

@@ -1,6 +1,7 @@
 package source
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
@@ -55,6 +56,79 @@ func (r Ref) String() string {
 	}
 }
 
+// Redacted is the reference as Redact shows it.
+func (r Ref) Redacted() string { return Redact(r.String()) }
+
+// RedactedText replaces the credentials of a reference with this text.
+const RedactedText = "REDACTED"
+
+// queryKeysShown are query parameters of presigned URLs that carry no
+// secret and help an operator read a failure (which algorithm, when it was
+// signed, how long it is valid); every other value is redacted.
+var queryKeysShown = map[string]bool{
+	"x-amz-algorithm": true, "x-amz-date": true, "x-amz-expires": true, "x-amz-signedheaders": true,
+}
+
+// Redact returns a reference as it may be shown in a view, a log line or
+// an error message, whatever the reference's form and whether or not it
+// parses: in a scheme://authority URL the userinfo before '@' becomes
+// REDACTED, every query value except a presigned URL's algorithm, date,
+// expiry and signed headers becomes REDACTED (X-Amz-Credential,
+// X-Amz-Signature, X-Amz-Security-Token, a SAS sig, a token=...), and a
+// fragment is dropped. A path or any other string without "://" is
+// returned unchanged. Every message this package builds names references
+// through it.
+func Redact(ref string) string {
+	i := strings.Index(ref, "://")
+	if i < 0 {
+		return ref
+	}
+	var b strings.Builder
+	b.Grow(len(ref))
+	b.WriteString(ref[:i+3])
+	rest := ref[i+3:]
+	end := strings.IndexAny(rest, "/?#")
+	if end < 0 {
+		end = len(rest)
+	}
+	authority := rest[:end]
+	if at := strings.LastIndexByte(authority, '@'); at >= 0 {
+		b.WriteString(RedactedText)
+		authority = authority[at:]
+	}
+	b.WriteString(authority)
+	rest = rest[end:]
+	hasFragment := false
+	if h := strings.IndexByte(rest, '#'); h >= 0 {
+		rest, hasFragment = rest[:h], true
+	}
+	path, query, hasQuery := strings.Cut(rest, "?")
+	b.WriteString(path)
+	if hasQuery {
+		b.WriteByte('?')
+		for j, kv := range strings.Split(query, "&") {
+			if j > 0 {
+				b.WriteByte('&')
+			}
+			k, _, hasValue := strings.Cut(kv, "=")
+			b.WriteString(k)
+			if !hasValue {
+				continue
+			}
+			b.WriteByte('=')
+			if key, err := url.QueryUnescape(k); err == nil && queryKeysShown[strings.ToLower(key)] {
+				b.WriteString(kv[len(k)+1:])
+			} else {
+				b.WriteString(RedactedText)
+			}
+		}
+	}
+	if hasFragment {
+		b.WriteString("#" + RedactedText)
+	}
+	return b.String()
+}
+
 const maxRefLen = 8 << 10
 
 // ParseRef parses a kernel reference: a path (relative to the kernel root, or
@@ -69,12 +143,13 @@ func ParseRef(s string) (Ref, error) {
 	if len(s) > maxRefLen {
 		return Ref{}, fmt.Errorf("%w: reference is %d bytes, at most %d allowed", ErrInvalidRef, len(s), maxRefLen)
 	}
+	shown := Redact(s) // every message names the reference without its credentials
 	if !utf8.ValidString(s) {
-		return Ref{}, fmt.Errorf("%w: reference %q is not valid UTF-8", ErrInvalidRef, s)
+		return Ref{}, fmt.Errorf("%w: reference %q is not valid UTF-8", ErrInvalidRef, shown)
 	}
 	for i, c := range s {
 		if c < 0x20 || c == 0x7f {
-			return Ref{}, fmt.Errorf("%w: reference %q has control character %#x at byte %d", ErrInvalidRef, s, c, i)
+			return Ref{}, fmt.Errorf("%w: reference %q has control character %#x at byte %d", ErrInvalidRef, shown, c, i)
 		}
 	}
 	scheme, rest, ok := splitScheme(s)
@@ -83,13 +158,13 @@ func ParseRef(s string) (Ref, error) {
 	}
 	switch scheme {
 	case SchemeS3:
-		return parseS3(s, rest)
+		return parseS3(s, shown, rest)
 	case SchemeFile:
-		return parseFileURL(s)
+		return parseFileURL(s, shown)
 	case SchemeHTTP, SchemeHTTPS:
-		return parseHTTP(s, scheme)
+		return parseHTTP(s, shown, scheme)
 	default:
-		return Ref{}, fmt.Errorf("%w: %q in %q (accepted: file, http, https, s3)", ErrUnsupportedScheme, scheme, s)
+		return Ref{}, fmt.Errorf("%w: %q in %q (accepted: file, http, https, s3)", ErrUnsupportedScheme, scheme, shown)
 	}
 }
 
@@ -110,25 +185,28 @@ func splitScheme(s string) (scheme, rest string, ok bool) {
 	return strings.ToLower(s[:i]), s[i+1:], true
 }
 
-func parseS3(s, rest string) (Ref, error) {
+func parseS3(s, shown, rest string) (Ref, error) {
 	if !strings.HasPrefix(rest, "//") {
-		return Ref{}, fmt.Errorf("%w: %q: want s3://bucket/key", ErrInvalidRef, s)
+		return Ref{}, fmt.Errorf("%w: %q: want s3://bucket/key", ErrInvalidRef, shown)
 	}
 	bucket, key, ok := strings.Cut(rest[2:], "/")
 	if !ok || key == "" {
-		return Ref{}, fmt.Errorf("%w: %q: missing object key (want s3://bucket/key)", ErrInvalidRef, s)
+		return Ref{}, fmt.Errorf("%w: %q: missing object key (want s3://bucket/key)", ErrInvalidRef, shown)
+	}
+	if strings.Contains(bucket, "@") {
+		return Ref{}, fmt.Errorf("%w: %q: credentials in the reference are refused", ErrInvalidRef, shown)
 	}
 	if err := checkBucket(bucket); err != nil {
-		return Ref{}, fmt.Errorf("%w: %q: %v", ErrInvalidRef, s, err)
+		return Ref{}, fmt.Errorf("%w: %q: %v", ErrInvalidRef, shown, err)
 	}
 	if len(key) > 1024 {
-		return Ref{}, fmt.Errorf("%w: %q: object key is %d bytes, S3 allows 1024", ErrInvalidRef, s, len(key))
+		return Ref{}, fmt.Errorf("%w: %q: object key is %d bytes, S3 allows 1024", ErrInvalidRef, shown, len(key))
 	}
 	if i := strings.IndexAny(key, "?#"); i >= 0 {
-		return Ref{}, fmt.Errorf("%w: %q: %q in the object key is refused (no versions or fragments)", ErrInvalidRef, s, key[i])
+		return Ref{}, fmt.Errorf("%w: %q: %q in the object key is refused (no versions or fragments)", ErrInvalidRef, shown, key[i])
 	}
 	if err := checkSegments(key); err != nil {
-		return Ref{}, fmt.Errorf("%w: %q: %v", ErrInvalidRef, s, err)
+		return Ref{}, fmt.Errorf("%w: %q: %v", ErrInvalidRef, shown, err)
 	}
 	return Ref{Scheme: SchemeS3, Host: bucket, Path: key}, nil
 }
@@ -169,60 +247,70 @@ func checkSegments(p string) error {
 	return nil
 }
 
-func parseFileURL(s string) (Ref, error) {
+func parseFileURL(s, shown string) (Ref, error) {
 	u, err := url.Parse(s)
 	if err != nil {
-		return Ref{}, fmt.Errorf("%w: %v", ErrInvalidRef, err)
+		return Ref{}, fmt.Errorf("%w: %q: %v", ErrInvalidRef, shown, urlErrorCause(err))
 	}
 	if u.Opaque != "" {
-		return Ref{}, fmt.Errorf("%w: %q: want file:///absolute/path", ErrInvalidRef, s)
+		return Ref{}, fmt.Errorf("%w: %q: want file:///absolute/path", ErrInvalidRef, shown)
 	}
 	if u.User != nil || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || strings.Contains(s, "#") {
-		return Ref{}, fmt.Errorf("%w: %q: file URLs take no user, query or fragment", ErrInvalidRef, s)
+		return Ref{}, fmt.Errorf("%w: %q: file URLs take no user, query or fragment", ErrInvalidRef, shown)
 	}
 	if u.Host != "" && !strings.EqualFold(u.Host, "localhost") {
-		return Ref{}, fmt.Errorf("%w: %q: file URL names host %q; only local files are read", ErrInvalidRef, s, u.Host)
+		return Ref{}, fmt.Errorf("%w: %q: file URL names host %q; only local files are read", ErrInvalidRef, shown, u.Host)
 	}
 	if !strings.HasPrefix(u.Path, "/") {
-		return Ref{}, fmt.Errorf("%w: %q: file URL has no absolute path", ErrInvalidRef, s)
+		return Ref{}, fmt.Errorf("%w: %q: file URL has no absolute path", ErrInvalidRef, shown)
 	}
 	return Ref{Scheme: SchemeFile, Path: u.Path}, nil
 }
 
-func parseHTTP(s, scheme string) (Ref, error) {
+func parseHTTP(s, shown, scheme string) (Ref, error) {
 	u, err := url.Parse(s)
 	if err != nil {
-		return Ref{}, fmt.Errorf("%w: %v", ErrInvalidRef, err)
+		return Ref{}, fmt.Errorf("%w: %q: %v", ErrInvalidRef, shown, urlErrorCause(err))
 	}
 	if u.Opaque != "" || u.Host == "" || u.Hostname() == "" {
-		return Ref{}, fmt.Errorf("%w: %q: want %s://host/path", ErrInvalidRef, s, scheme)
+		return Ref{}, fmt.Errorf("%w: %q: want %s://host/path", ErrInvalidRef, shown, scheme)
 	}
 	if u.User != nil {
-		return Ref{}, fmt.Errorf("%w: %q: credentials in the URL are refused", ErrInvalidRef, s)
+		return Ref{}, fmt.Errorf("%w: %q: credentials in the URL are refused", ErrInvalidRef, shown)
 	}
 	if u.Fragment != "" || strings.Contains(s, "#") {
-		return Ref{}, fmt.Errorf("%w: %q: fragments are refused", ErrInvalidRef, s)
+		return Ref{}, fmt.Errorf("%w: %q: fragments are refused", ErrInvalidRef, shown)
 	}
 	if p := u.Port(); p != "" {
 		n, err := strconv.Atoi(p)
 		if err != nil || n < 1 || n > 65535 {
-			return Ref{}, fmt.Errorf("%w: %q: port %q out of range", ErrInvalidRef, s, p)
+			return Ref{}, fmt.Errorf("%w: %q: port %q out of range", ErrInvalidRef, shown, p)
 		}
 	}
 	if strings.HasSuffix(u.Host, ":") {
-		return Ref{}, fmt.Errorf("%w: %q: empty port", ErrInvalidRef, s)
+		return Ref{}, fmt.Errorf("%w: %q: empty port", ErrInvalidRef, shown)
 	}
 	if err := checkSegments(u.Path); err != nil {
-		return Ref{}, fmt.Errorf("%w: %q: %v", ErrInvalidRef, s, err)
+		return Ref{}, fmt.Errorf("%w: %q: %v", ErrInvalidRef, shown, err)
 	}
 	path := u.EscapedPath()
 	if path == "" {
 		path = "/"
 	}
 	if u.ForceQuery && u.RawQuery == "" {
-		return Ref{}, fmt.Errorf("%w: %q: empty query", ErrInvalidRef, s)
+		return Ref{}, fmt.Errorf("%w: %q: empty query", ErrInvalidRef, shown)
 	}
 	return Ref{Scheme: scheme, Host: strings.ToLower(u.Host), Path: path, Query: u.RawQuery}, nil
+}
+
+// urlErrorCause is what url.Parse found wrong, without the URL its
+// *url.Error quotes (which would show credentials).
+func urlErrorCause(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
 }
 
 // AllowList says which references may be fetched. It is deny-by-default: a
@@ -310,7 +398,7 @@ func (a *AllowList) Check(ref Ref) error {
 			}
 		}
 	}
-	return fmt.Errorf("%w: %s matches no allowed scheme, host or prefix", ErrNotAllowed, ref)
+	return fmt.Errorf("%w: %s matches no allowed scheme, host or prefix", ErrNotAllowed, ref.Redacted())
 }
 
 func (r allowRule) matches(ref Ref) bool {

@@ -189,3 +189,58 @@ func FuzzParseRef(f *testing.F) {
 		}
 	})
 }
+
+func TestRedact(t *testing.T) {
+	cases := []struct{ in, want string }{
+		{"kernels/a.safetensors", "kernels/a.safetensors"},
+		{"file:///srv/k/a.safetensors", "file:///srv/k/a.safetensors"},
+		{"s3://esper-artifacts/k/a.safetensors", "s3://esper-artifacts/k/a.safetensors"},
+		{"https://h.example/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAEXAMPLE%2F20240101&X-Amz-Date=20240101T000000Z&X-Amz-Expires=900&X-Amz-SignedHeaders=host&X-Amz-Signature=deadbeef",
+			"https://h.example/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=REDACTED&X-Amz-Date=20240101T000000Z&X-Amz-Expires=900&X-Amz-SignedHeaders=host&X-Amz-Signature=REDACTED"},
+		{"https://user:pa55@h.example:8443/k", "https://REDACTED@h.example:8443/k"},
+		{"http://u:p@w@h.example?sig=abc&flag#tok=1", "http://REDACTED@h.example?sig=REDACTED&flag#REDACTED"},
+		{"https://h.example/k?token=abc&x-amz-date=1", "https://h.example/k?token=REDACTED&x-amz-date=1"},
+		{"weird://a@b", "weird://REDACTED@b"},
+	}
+	for _, c := range cases {
+		if got := Redact(c.in); got != c.want {
+			t.Errorf("Redact(%q)\n got %q\nwant %q", c.in, got, c.want)
+		}
+	}
+	r, err := ParseRef("https://h.example/k?X-Amz-Signature=deadbeef")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := r.Redacted(); strings.Contains(got, "deadbeef") || !strings.Contains(got, "X-Amz-Signature=REDACTED") {
+		t.Errorf("Ref.Redacted() = %q", got)
+	}
+}
+
+// TestParseRefErrorsNeverShowCredentials: a refused reference is named in
+// its error without the password or signature it carried.
+func TestParseRefErrorsNeverShowCredentials(t *testing.T) {
+	for _, ref := range []string{
+		"https://user:hunter2@h.example/k",
+		"http://user:hunter2@h.example:99999/k",
+		"https://h.example/k?X-Amz-Signature=hunter2#frag",
+		"s3://user:hunter2@bucket/key",
+		"file://user:hunter2@localhost/k",
+		"ftp://user:hunter2@h.example/k",
+		"https://h.example/k?X-Amz-Signature=hunter2&x=\x01",
+		"https://h.example/../k?X-Amz-Signature=hunter2",
+	} {
+		_, err := ParseRef(ref)
+		if err == nil {
+			t.Errorf("ParseRef(%q) accepted it", ref)
+			continue
+		}
+		if strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("ParseRef(%q): the error shows the secret: %v", ref, err)
+		}
+	}
+	allow, _ := NewAllowList("https://other.example")
+	r, _ := ParseRef("https://h.example/k?X-Amz-Signature=hunter2")
+	if err := allow.Check(r); err == nil || strings.Contains(err.Error(), "hunter2") {
+		t.Errorf("allow-list refusal: %v", err)
+	}
+}

@@ -50,7 +50,7 @@ func (r *Router) Fetch(ctx context.Context, ref string) (Blob, error) {
 	}
 	if err := r.allow.Check(parsed); err != nil {
 		r.log.LogAttrs(ctx, slog.LevelWarn, "kernel reference refused",
-			slog.String("ref", parsed.String()), slog.String("reason", err.Error()))
+			slog.String("ref", parsed.Redacted()), slog.String("reason", err.Error()))
 		return Blob{}, err
 	}
 	src, ok := r.sources[parsed.Scheme]
@@ -63,7 +63,7 @@ func (r *Router) Fetch(ctx context.Context, ref string) (Blob, error) {
 		return Blob{}, err
 	}
 	r.log.LogAttrs(ctx, slog.LevelDebug, "kernel fetched",
-		slog.String("ref", parsed.String()), slog.String("origin", b.Origin),
+		slog.String("ref", parsed.Redacted()), slog.String("origin", b.Origin),
 		slog.Int64("bytes", b.Size), slog.String("sha256", b.SHA256),
 		slog.Duration("took", time.Since(start)))
 	return b, nil

@@ -191,7 +191,7 @@ func (s *S3) Fetch(ctx context.Context, ref string) (Blob, error) {
 		return Blob{}, err
 	}
 	if r.Scheme != SchemeS3 {
-		return Blob{}, fmt.Errorf("%w: s3 source cannot fetch %s", ErrUnsupportedScheme, r)
+		return Blob{}, fmt.Errorf("%w: s3 source cannot fetch %s", ErrUnsupportedScheme, r.Redacted())
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()

@@ -42,6 +42,10 @@ var (
 	ErrTooLarge = errors.New("kernel artifact too large")
 	// ErrChecksumMismatch: the bytes' SHA-256 differs from the expected one.
 	ErrChecksumMismatch = errors.New("kernel checksum mismatch")
+	// ErrInvalidChecksum: the expected checksum given with a reference is
+	// not a SHA-256 (the document naming the artifact is wrong, not the
+	// artifact).
+	ErrInvalidChecksum = errors.New("invalid expected checksum")
 )
 
 // Blob is a fetched artifact.
@@ -52,8 +56,9 @@ type Blob struct {
 	SHA256 string
 	// Size is len(Data).
 	Size int64
-	// Origin says where the bytes came from: the file's path inside the
-	// root as a file:// URL, the final URL after redirects, or s3://bucket/key.
+	// Origin says where the bytes came from, for messages: the file's path
+	// inside the root as a file:// URL, the final URL after redirects (its
+	// credentials redacted, see Redact), or s3://bucket/key.
 	Origin string
 }
 
@@ -69,7 +74,7 @@ type Source interface {
 func FetchVerified(ctx context.Context, src Source, ref, wantSHA256 string) (Blob, error) {
 	want, err := normalizeSHA256(wantSHA256)
 	if err != nil {
-		return Blob{}, err
+		return Blob{}, fmt.Errorf("%w: %s: %w", ErrInvalidChecksum, Redact(ref), err)
 	}
 	b, err := src.Fetch(ctx, ref)
 	if err != nil {
@@ -77,7 +82,7 @@ func FetchVerified(ctx context.Context, src Source, ref, wantSHA256 string) (Blo
 	}
 	if want != "" && b.SHA256 != want {
 		return Blob{}, fmt.Errorf("%w: %s: expected sha256 %s, got %s (%d bytes from %s)",
-			ErrChecksumMismatch, ref, want, b.SHA256, b.Size, b.Origin)
+			ErrChecksumMismatch, Redact(ref), want, b.SHA256, b.Size, Redact(b.Origin))
 	}
 	return b, nil
 }

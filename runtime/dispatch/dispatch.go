@@ -119,9 +119,31 @@ func (s BreakerState) String() string {
 	return "closed"
 }
 
+// MarshalText writes the state as String does, so views show "open"
+// while code compares the typed value.
+func (s BreakerState) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// Outcome is what became of a request the breaker let through. Only runs
+// that happened teach the breaker anything.
+type Outcome uint8
+
+// Outcomes. The zero value is NotRun, so an outcome left unset teaches
+// the breaker nothing rather than something false.
+const (
+	// NotRun: the request never ran the kernel (its queue was full, its
+	// caller went away or its deadline passed first). A half-open breaker
+	// stays half-open and lets the next request probe.
+	NotRun Outcome = iota
+	// Succeeded: the kernel ran and returned a result.
+	Succeeded
+	// Failed: the kernel ran and failed.
+	Failed
+)
+
 // Breaker opens after Threshold consecutive failures. While open it
 // refuses requests; after Cooldown it lets one probe through (half-open);
-// the probe's success closes it, its failure opens it again.
+// the probe's success closes it, its failure opens it again, and a probe
+// that never ran hands the probe to the next request.
 type Breaker struct {
 	threshold int
 	cooldown  time.Duration
@@ -171,12 +193,13 @@ func (b *Breaker) Allow() error {
 }
 
 // Done records the outcome of a request that Allow let through. Only
-// failures of the kernel itself should count (not bad input).
-func (b *Breaker) Done(failed bool) {
+// failures of the kernel itself are Failed (not bad input, a full queue
+// or a caller that went away: those are NotRun).
+func (b *Breaker) Done(o Outcome) {
 	if b.threshold < 1 {
 		return
 	}
-	if !failed && BreakerState(b.state.Load()) == Closed {
+	if o == Succeeded && BreakerState(b.state.Load()) == Closed {
 		// Fast path: a success while closed only needs to clear a streak.
 		b.mu.Lock()
 		b.failures = 0
@@ -186,19 +209,42 @@ func (b *Breaker) Done(failed bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	state := BreakerState(b.state.Load())
-	if !failed {
+	switch o {
+	case Succeeded:
 		b.failures = 0
 		b.probing = false
 		b.state.Store(int32(Closed))
-		return
-	}
-	b.failures++
-	if state == HalfOpen || b.failures >= b.threshold {
-		b.state.Store(int32(Open))
-		b.openedAt = b.now()
-		b.probing = false
+	case Failed:
+		b.failures++
+		if state == HalfOpen || b.failures >= b.threshold {
+			b.state.Store(int32(Open))
+			b.openedAt = b.now()
+			b.probing = false
+		}
+	default: // NotRun
+		if state == HalfOpen {
+			b.probing = false // the next request probes
+		}
 	}
 }
 
 // State returns the breaker's state.
 func (b *Breaker) State() BreakerState { return BreakerState(b.state.Load()) }
+
+// Status returns the breaker's state and, unless it is closed, a sentence
+// saying why the kernel is not serving normally.
+func (b *Breaker) Status() (BreakerState, string) {
+	if b.threshold < 1 || b.State() == Closed {
+		return Closed, ""
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch st := BreakerState(b.state.Load()); st {
+	case Open:
+		wait := max(b.cooldown-b.now().Sub(b.openedAt), 0)
+		return st, fmt.Sprintf("circuit breaker open after %d consecutive failures; next probe in %s", b.failures, wait.Round(time.Millisecond))
+	case HalfOpen:
+		return st, fmt.Sprintf("circuit breaker half-open after %d consecutive failures: the next request probes the kernel", b.failures)
+	}
+	return Closed, ""
+}

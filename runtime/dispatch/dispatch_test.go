@@ -3,6 +3,7 @@ package dispatch
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -81,22 +82,22 @@ func TestLimiterBoundsConcurrency(t *testing.T) {
 func TestBreaker(t *testing.T) {
 	now := time.Unix(0, 0)
 	b := NewBreaker(3, time.Second, func() time.Time { return now })
-	step := func(failed bool) {
+	step := func(o Outcome) {
 		t.Helper()
 		if err := b.Allow(); err != nil {
 			t.Fatalf("refused while %s: %v", b.State(), err)
 		}
-		b.Done(failed)
+		b.Done(o)
 	}
-	step(true)
-	step(true)
-	step(false) // a success resets the streak
-	step(true)
-	step(true)
+	step(Failed)
+	step(Failed)
+	step(Succeeded) // a success resets the streak
+	step(Failed)
+	step(Failed)
 	if b.State() != Closed {
 		t.Fatalf("opened after 2 consecutive failures")
 	}
-	step(true)
+	step(Failed)
 	if b.State() != Open {
 		t.Fatalf("state %s after 3 consecutive failures, want open", b.State())
 	}
@@ -110,12 +111,12 @@ func TestBreaker(t *testing.T) {
 	if err := b.Allow(); !errors.Is(err, ErrBreakerOpen) {
 		t.Fatalf("second concurrent probe allowed: %v", err)
 	}
-	b.Done(true) // the probe failed: open again
+	b.Done(Failed) // the probe failed: open again
 	if b.State() != Open {
 		t.Fatalf("failed probe left state %s", b.State())
 	}
 	now = now.Add(time.Second)
-	step(false) // probe succeeds
+	step(Succeeded) // probe succeeds
 	if b.State() != Closed {
 		t.Fatalf("successful probe left state %s", b.State())
 	}
@@ -127,7 +128,48 @@ func TestBreakerDisabled(t *testing.T) {
 		if err := b.Allow(); err != nil {
 			t.Fatal(err)
 		}
-		b.Done(true)
+		b.Done(Failed)
+	}
+}
+
+// TestHalfOpenLearnsOnlyFromRuns: a probe that never ran (its queue was
+// full, its caller went away) neither closes nor reopens a half-open
+// breaker; it hands the probe to the next request. Before outcomes were
+// typed, a queue-full probe reported success and closed the breaker.
+func TestHalfOpenLearnsOnlyFromRuns(t *testing.T) {
+	now := time.Unix(0, 0)
+	b := NewBreaker(1, time.Second, func() time.Time { return now })
+	if err := b.Allow(); err != nil {
+		t.Fatal(err)
+	}
+	b.Done(Failed)
+	if st, why := b.Status(); st != Open || !strings.Contains(why, "open after 1 consecutive failures") {
+		t.Fatalf("status %s %q, want open with the failure count", st, why)
+	}
+	now = now.Add(time.Second)
+	for i := range 3 {
+		if err := b.Allow(); err != nil {
+			t.Fatalf("probe %d refused after a probe that never ran: %v", i, err)
+		}
+		b.Done(NotRun)
+		if st, _ := b.Status(); st != HalfOpen {
+			t.Fatalf("a probe that never ran left state %s, want half-open", st)
+		}
+	}
+	if err := b.Allow(); err != nil {
+		t.Fatal(err)
+	}
+	b.Done(Succeeded)
+	if st, why := b.Status(); st != Closed || why != "" {
+		t.Fatalf("a successful probe left %s %q", st, why)
+	}
+	// NotRun while closed changes nothing either.
+	b.Done(NotRun)
+	if b.State() != Closed {
+		t.Fatalf("NotRun while closed: %s", b.State())
+	}
+	if txt, _ := Open.MarshalText(); string(txt) != "open" {
+		t.Errorf("Open marshals as %q", txt)
 	}
 }
 
@@ -144,6 +186,6 @@ func BenchmarkAcquireRelease(b *testing.B) {
 			b.Fatal(err)
 		}
 		l.Release()
-		br.Done(false)
+		br.Done(Succeeded)
 	}
 }

@@ -138,14 +138,19 @@ type HostViews struct {
 	// Kernels backs GET /v1/kernels.
 	Kernels func(ctx context.Context) (any, error)
 	// LoadKernel backs POST /v1/kernels; doc is the request body, a
-	// CompiledKernel JSON document, already checked to be valid JSON.
-	LoadKernel func(ctx context.Context, doc []byte) (any, error)
+	// CompiledKernel JSON document, already checked to be valid JSON, and
+	// valid only until LoadKernel returns (its buffer is reused). created
+	// is false when the same kernel was loaded already and nothing changed
+	// (200 instead of 201). ctx carries the load deadline: a load that
+	// sees it end must commit nothing.
+	LoadKernel func(ctx context.Context, doc []byte) (view any, created bool, err error)
 	// Kernel backs GET /v1/kernels/{id}.
 	Kernel func(ctx context.Context, id string) (any, error)
 	// UnloadKernel backs DELETE /v1/kernels/{id}.
 	UnloadKernel func(ctx context.Context, id string) error
 	// PlanPlacement backs POST /v1/placement/plan (a dry run); req is the
-	// request body, already checked to be valid JSON ("{}" when empty).
+	// request body, already checked to be valid JSON ("{}" when empty),
+	// and valid only until PlanPlacement returns.
 	PlanPlacement func(ctx context.Context, req []byte) (any, error)
 	// Seeds backs GET /v1/seeds.
 	Seeds func(ctx context.Context) (any, error)

@@ -4,9 +4,10 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
-	"fmt"
 	"math"
 	"strconv"
+
+	"github.com/esper/kasmina-host/runtime/failure"
 )
 
 // Names of the single input and output tensor every kernel has.
@@ -227,7 +228,7 @@ func checkModelShape(shape []int64, m ModelInfo) error {
 		return badInput("inputs[0].shape %v does not match model %q input %v (the first dimension is the batch)", shape, m.Name, withBatch(m.InputShape))
 	}
 	if m.MaxBatch > 0 && shape[0] > int64(m.MaxBatch) {
-		return badInput("inputs[0].shape: batch %d is larger than model %q allows (%d)", shape[0], m.Name, m.MaxBatch)
+		return failure.Errorf(failure.TooLarge, "inputs[0].shape: batch %d is larger than model %q's max_batch of %d (the host's limits on the batch and on one request's output and activations)", shape[0], m.Name, m.MaxBatch)
 	}
 	return nil
 }
@@ -392,9 +393,9 @@ func checkJSONDepth(b []byte, maxDepth int) error {
 }
 
 func badInput(format string, args ...any) error {
-	return fmt.Errorf("%w: %s", ErrBadInput, fmt.Sprintf(format, args...))
+	return failure.Errorf(failure.BadInput, format, args...)
 }
 
 func unsupported(format string, args ...any) error {
-	return fmt.Errorf("%w: %s", ErrUnsupported, fmt.Sprintf(format, args...))
+	return failure.Errorf(failure.Unsupported, format, args...)
 }

@@ -15,11 +15,20 @@ import (
 // Defaults for Options fields left at their zero value.
 const (
 	DefaultMaxBodyBytes = 64 << 20 // Triton's --http-max-input-size default
-	DefaultMaxElements  = 1 << 26  // elements in one input tensor
-	DefaultMaxJSONDepth = 32       // nesting of the whole request document
-	DefaultRetryAfter   = time.Second
-	DefaultServerName   = "kasmina-host"
-	maxRank             = 8 // dimensions of one tensor
+	// DefaultBodyBudgetBytes bounds the request bodies held at once across
+	// all connections. The DaemonSet gives the host 2 GiB: 1 GiB for the
+	// parsed-kernel cache (--cache-bytes), 256 MiB for bodies (four of the
+	// largest at once), 256 MiB for inference working sets (GOMAXPROCS 4 ×
+	// 64 MiB of output and activations), and the rest for decoded tensors,
+	// answers, the bus buffer and the Go runtime.
+	DefaultBodyBudgetBytes = 256 << 20
+	DefaultBodyReadTimeout = 30 * time.Second // a whole body, from its first read
+	DefaultLoadTimeout     = WriteTimeout - 15*time.Second
+	DefaultMaxElements     = 1 << 26 // elements in one input tensor
+	DefaultMaxJSONDepth    = 32      // nesting of the whole request document
+	DefaultRetryAfter      = time.Second
+	DefaultServerName      = "kasmina-host"
+	maxRank                = 8 // dimensions of one tensor
 )
 
 // Options configures the handler. The zero value serves without a token and
@@ -28,7 +37,8 @@ type Options struct {
 	// ServerName and Version are reported by GET /v2.
 	ServerName, Version string
 	// Token, when set, is the bearer token required by inference and by
-	// every route that changes state.
+	// every route that changes state. A token that CheckToken refuses
+	// (blank, whitespace) is never matched: every guarded route answers 401.
 	Token string
 	// TokenForReads also requires the token on read-only routes (model
 	// metadata, the repository index and the /v1 views); the health routes
@@ -42,8 +52,23 @@ type Options struct {
 	// besides the loopback names. When non-empty the Host check is on even
 	// if Loopback is false.
 	AllowedHosts []string
-	// MaxBodyBytes caps a request body; larger bodies get 413.
+	// MaxBodyBytes caps a request body; larger bodies get 413. Routes
+	// that take a JSON document rather than tensors cap theirs at 1 MiB.
 	MaxBodyBytes int64
+	// BodyBudgetBytes bounds the bytes of request bodies held at once
+	// across all connections: a body that does not fit now gets 503 with
+	// Retry-After, one larger than the whole budget 413. Bodies are held
+	// as their bytes arrive, never sized by a declared Content-Length.
+	BodyBudgetBytes int64
+	// BodyReadTimeout bounds the reading of one request body, from its
+	// first read; a body that has not arrived by then gets 408 and the
+	// connection is closed.
+	BodyReadTimeout time.Duration
+	// LoadTimeout bounds a load over HTTP (POST /v1/kernels, the repository
+	// load); past it the load is cancelled, nothing is loaded, and the
+	// answer is 504. It should stay below the server's WriteTimeout so
+	// that the answer can still be written.
+	LoadTimeout time.Duration
 	// MaxElements caps the element count of one input tensor.
 	MaxElements int64
 	// MaxJSONDepth caps the nesting depth of a request's JSON document.
@@ -68,6 +93,15 @@ func (o Options) withDefaults() Options {
 	if o.MaxBodyBytes <= 0 {
 		o.MaxBodyBytes = DefaultMaxBodyBytes
 	}
+	if o.BodyBudgetBytes <= 0 {
+		o.BodyBudgetBytes = DefaultBodyBudgetBytes
+	}
+	if o.BodyReadTimeout <= 0 {
+		o.BodyReadTimeout = DefaultBodyReadTimeout
+	}
+	if o.LoadTimeout <= 0 {
+		o.LoadTimeout = DefaultLoadTimeout
+	}
 	if o.MaxElements <= 0 {
 		o.MaxElements = DefaultMaxElements
 	}
@@ -84,9 +118,10 @@ func (o Options) withDefaults() Options {
 type access int
 
 const (
-	accessOpen  access = iota // health and metrics: no guard at all
-	accessRead                // Host/Origin check; token only with TokenForReads
-	accessWrite               // Host/Origin check, cross-site refusal, token
+	accessOpen   access = iota // health probes: no guard at all
+	accessScrape               // metrics: Host/Origin check, never a token
+	accessRead                 // Host/Origin check; token only with TokenForReads
+	accessWrite                // Host/Origin check, cross-site refusal, token
 )
 
 // server holds the handler's dependencies; its methods are the routes.
@@ -97,6 +132,7 @@ type server struct {
 	log     *slog.Logger
 	mux     *http.ServeMux
 	guard   guard
+	budget  *bodyBudget
 }
 
 // NewHandler returns the HTTP API: the Open Inference Protocol routes under
@@ -114,18 +150,23 @@ func NewHandler(backend Backend, host HostViews, opts Options, logger *slog.Logg
 		log:     logger,
 		mux:     http.NewServeMux(),
 		guard:   newGuard(opts),
+		budget:  &bodyBudget{limit: opts.BodyBudgetBytes},
+	}
+	if opts.Metrics != nil {
+		s.budget.gauge = opts.Metrics.bodyHeld.Add
 	}
 	s.routes()
 	return s
 }
 
 func (s *server) routes() {
-	// Health and metrics: open for probes and scrapes.
+	// Health: open for probes. Metrics: no token for scrapers, but the
+	// Host check (a DNS-rebinding page must not read them).
 	s.handle("GET /v2/health/live", accessOpen, s.live)
 	s.handle("GET /v2/health/ready", accessOpen, s.ready)
 	if s.opts.MetricsHandler != nil {
 		mh := s.opts.MetricsHandler
-		s.handle("GET /metrics", accessOpen, func(w http.ResponseWriter, r *http.Request) error {
+		s.handle("GET /metrics", accessScrape, func(w http.ResponseWriter, r *http.Request) error {
 			mh.ServeHTTP(w, r)
 			return nil
 		})
@@ -298,13 +339,13 @@ type errorBody struct {
 // answer carries Retry-After. This is the one table from the host's error
 // classes (package failure) to HTTP.
 func statusOf(err error) (code int, retry bool) {
-	var maxBytes *http.MaxBytesError
 	var authErr *authError
+	var stalled *bodyTimeoutError
 	switch {
 	case errors.As(err, &authErr):
 		return authErr.code, false
-	case errors.As(err, &maxBytes):
-		return http.StatusRequestEntityTooLarge, false
+	case errors.As(err, &stalled):
+		return http.StatusRequestTimeout, false
 	}
 	switch failure.ClassOf(err) {
 	case failure.NotFound:

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 
+	"github.com/esper/kasmina-host/runtime/failure"
 	"github.com/esper/kasmina-host/runtime/oip"
 	"github.com/esper/kasmina-host/runtime/oip/oiptest"
 )
@@ -110,7 +111,7 @@ func TestRoutesAnswerWithTheirStatus(t *testing.T) {
 		{"index", "POST", "/v2/repository/index", "", 200, `{"name":"broken","version":"1","state":"UNAVAILABLE","reason":"sha256 mismatch in kernel.safetensors"}`},
 		{"index malformed body", "POST", "/v2/repository/index", "{", 400, "malformed JSON"},
 		{"load", "POST", "/v2/repository/models/broken/load", "{}", 200, `"state":"READY"`},
-		{"load unknown", "POST", "/v2/repository/models/nope/load", "", 404, "not in the repository"},
+		{"load unknown", "POST", "/v2/repository/models/nope/load", "", 404, `no model "nope" in the repository`},
 		{"load with config", "POST", "/v2/repository/models/double/load", `{"parameters":{"config":"{}"}}`, 501, "parameters.config"},
 		{"unload as Triton's client sends it", "POST", "/v2/repository/models/double/unload", `{"parameters":{"unload_dependents":false}}`, 200, `"state":"UNAVAILABLE"`},
 		{"unknown path", "GET", "/v3/whatever", "", 404, "no route for GET /v3/whatever"},
@@ -509,7 +510,7 @@ func TestBadInferRequestsGet4xxWithAMessage(t *testing.T) {
 		{"huge declared shape", "", jsonInfer("FP32", []int{1 << 40, 4}, "[1,2,3,4]"), nil, 400, "limit of"},
 		{"overflowing shape", "", jsonInfer("FP32", []int{1 << 62, 1 << 62, 4}, "[1]"), nil, 400, "limit of"},
 		{"shape the data cannot hold", "/v2/models/sum/infer", jsonInfer("FP32", []int{8, 2, 3}, "[1]"), nil, 400, "declares 48 elements"},
-		{"batch above the model's limit", "/v2/models/sum/infer", jsonInfer("FP32", []int{9, 2, 3}, "["+strings.Repeat("1,", 53)+"1]"), nil, 400, "batch 9"},
+		{"batch above the model's limit", "/v2/models/sum/infer", jsonInfer("FP32", []int{9, 2, 3}, "["+strings.Repeat("1,", 53)+"1]"), nil, 413, `batch 9 is larger than model "sum"'s max_batch of 8`},
 		{"negative dimension", "", jsonInfer("FP32", []int{-1, 4}, "[1,2,3,4]"), nil, 400, "negative dimension"},
 		{"too many dimensions", "", jsonInfer("FP32", []int{1, 1, 1, 1, 1, 1, 1, 1, 4}, "[1,2,3,4]"), nil, 400, "9 dimensions"},
 		{"fractional dimension", "", []byte(`{"inputs":[{"name":"input","shape":[1.5,4],"datatype":"FP32","data":[1,2,3,4]}]}`), nil, 400, "malformed"},
@@ -659,12 +660,29 @@ func TestMetricsCountRequestsPerRoute(t *testing.T) {
 	}
 }
 
-func TestMetricsRouteIsServedOpen(t *testing.T) {
+// TestMetricsRouteNeedsNoTokenButTheHostCheck: scrapers need no token,
+// even with TokenForReads, but on a loopback listener /metrics checks Host
+// and Origin like every other non-probe route, so a DNS-rebinding page
+// cannot read it (it skipped the check).
+func TestMetricsRouteNeedsNoTokenButTheHostCheck(t *testing.T) {
 	mh := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "kasmina_up 1\n") })
 	f := newFixture(t, oip.Options{Token: "s3cret", TokenForReads: true, Loopback: true, MetricsHandler: mh}, oip.HostViews{})
-	w := f.call("GET", "/metrics", nil, map[string]string{"Host": "10.0.0.7:8090"})
-	if w.Code != 200 || w.Body.String() != "kasmina_up 1\n" {
-		t.Fatalf("/metrics %d %q", w.Code, w.Body)
+	if w := f.call("GET", "/metrics", nil, nil); w.Code != 200 || w.Body.String() != "kasmina_up 1\n" {
+		t.Fatalf("/metrics on a loopback Host without a token: %d %q", w.Code, w.Body)
+	}
+	for _, hdr := range []map[string]string{
+		{"Host": "rebind.attacker.example:8090"},
+		{"Host": "10.0.0.7:8090"},
+		{"Origin": "http://rebind.attacker.example"},
+	} {
+		w := f.call("GET", "/metrics", nil, hdr)
+		if w.Code != 403 || strings.Contains(w.Body.String(), "kasmina_up") {
+			t.Fatalf("/metrics with %v: %d %q, want 403", hdr, w.Code, w.Body)
+		}
+	}
+	// Probes stay fully open: kubelet sends the pod IP as Host.
+	if w := f.call("GET", "/v2/health/live", nil, map[string]string{"Host": "10.0.0.7:8090"}); w.Code != 200 {
+		t.Fatalf("live probe: %d", w.Code)
 	}
 }
 
@@ -676,15 +694,18 @@ func TestHostViewRoutes(t *testing.T) {
 			return []map[string]any{{"uuid": "GPU-0", "free_bytes": 1 << 30}}, nil
 		},
 		Kernels: func(context.Context) (any, error) { return []string{"k1"}, nil },
-		LoadKernel: func(_ context.Context, doc []byte) (any, error) {
-			loaded = doc
+		LoadKernel: func(_ context.Context, doc []byte) (any, bool, error) {
+			loaded = bytes.Clone(doc) // doc is valid only during the call
 			if bytes.Contains(doc, []byte(`"dup"`)) {
-				return nil, fmt.Errorf("%w: kernel dup already loaded with another checksum", oip.ErrConflict)
+				return nil, false, failure.Errorf(failure.Conflict, "kernel dup already loaded with another checksum")
+			}
+			if bytes.Contains(doc, []byte(`"same"`)) {
+				return map[string]string{"kernel_id": "same", "placement": "cpu"}, false, nil
 			}
 			if !bytes.Contains(doc, []byte("kernel_id")) {
-				return nil, fmt.Errorf("%w: kernel_id: missing", oip.ErrBadInput)
+				return nil, false, failure.Errorf(failure.BadInput, "kernel_id: missing")
 			}
-			return map[string]string{"kernel_id": "k2", "placement": "cpu"}, nil
+			return map[string]string{"kernel_id": "k2", "placement": "cpu"}, true, nil
 		},
 		Kernel: func(_ context.Context, id string) (any, error) {
 			if id != "k1" {
@@ -699,7 +720,7 @@ func TestHostViewRoutes(t *testing.T) {
 			return nil
 		},
 		PlanPlacement: func(_ context.Context, req []byte) (any, error) {
-			planned = req
+			planned = bytes.Clone(req)
 			return map[string]string{"device": "cuda:0"}, nil
 		},
 		Seeds: func(context.Context) (any, error) { return []map[string]any{{"seed_id": "s0", "alpha": 0.5}}, nil },
@@ -719,6 +740,7 @@ func TestHostViewRoutes(t *testing.T) {
 		{"load kernel malformed", "POST", "/v1/kernels", `{"kernel_id":`, 400, "malformed JSON"},
 		{"load kernel empty", "POST", "/v1/kernels", ``, 400, "CompiledKernel"},
 		{"load kernel invalid", "POST", "/v1/kernels", `{"x":1}`, 400, "kernel_id: missing"},
+		{"load kernel again", "POST", "/v1/kernels", `{"kernel_id":"same"}`, 200, `"kernel_id":"same"`},
 		{"load kernel conflict", "POST", "/v1/kernels", `{"kernel_id":"dup"}`, 409, "already loaded"},
 		{"inspect kernel", "GET", "/v1/kernels/k1", "", 200, `"kernel_id":"k1"`},
 		{"inspect unknown kernel", "GET", "/v1/kernels/zz", "", 404, `kernel "zz"`},

@@ -16,6 +16,7 @@ type Metrics struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 	panics   prometheus.Counter
+	bodyHeld prometheus.Gauge
 }
 
 // NewMetrics creates the HTTP metrics and registers them on reg.
@@ -34,8 +35,12 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "kasmina_http_panics_total",
 			Help: "Panics recovered in HTTP handlers and answered with 500.",
 		}),
+		bodyHeld: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "kasmina_http_body_bytes_held",
+			Help: "Bytes of request-body buffers held now across all connections (bounded by the body budget).",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.panics} {
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.panics, m.bodyHeld} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("registering HTTP metrics: %w", err)
 		}

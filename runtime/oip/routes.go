@@ -6,11 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
+
+	"github.com/esper/kasmina-host/runtime/failure"
 )
 
 // Extensions reported by GET /v2.
@@ -25,7 +25,7 @@ func (s *server) ready(w http.ResponseWriter, r *http.Request) error {
 		if reason == "" {
 			reason = "the server is not ready"
 		}
-		return fmt.Errorf("%w: %s", ErrNotReady, reason)
+		return failure.Errorf(failure.Unavailable, "%s", reason)
 	}
 	return writeJSON(w, map[string]bool{"ready": true})
 }
@@ -71,10 +71,10 @@ func (s *server) lookup(r *http.Request) (ModelInfo, error) {
 	name := r.PathValue("name")
 	m, ok := s.backend.Model(name)
 	if !ok {
-		return m, fmt.Errorf("%w: no model named %q", ErrModelNotFound, name)
+		return m, failure.Errorf(failure.NotFound, "no model named %q", name)
 	}
 	if v := r.PathValue("version"); v != "" && v != versionOf(m) {
-		return m, fmt.Errorf("%w: model %q has no version %q (it has %q)", ErrModelNotFound, name, v, versionOf(m))
+		return m, failure.Errorf(failure.NotFound, "model %q has no version %q (it has %q)", name, v, versionOf(m))
 	}
 	return m, nil
 }
@@ -124,7 +124,7 @@ func (s *server) modelReady(w http.ResponseWriter, r *http.Request) error {
 		if reason == "" {
 			reason = "state " + m.State
 		}
-		return fmt.Errorf("%w: model %q is %s: %s", ErrNotReady, m.Name, m.State, reason)
+		return failure.Errorf(failure.Unavailable, "model %q is %s: %s", m.Name, m.State, reason)
 	}
 	return writeJSON(w, map[string]any{"name": m.Name, "ready": true})
 }
@@ -132,7 +132,7 @@ func (s *server) modelReady(w http.ResponseWriter, r *http.Request) error {
 func (s *server) modelStats(w http.ResponseWriter, r *http.Request) error {
 	sb, ok := s.backend.(StatsBackend)
 	if !ok {
-		return fmt.Errorf("%w: model statistics are not available on this host", ErrUnsupported)
+		return failure.Errorf(failure.Unsupported, "model statistics are not available on this host")
 	}
 	m, err := s.lookup(r)
 	if err != nil {
@@ -140,16 +140,10 @@ func (s *server) modelStats(w http.ResponseWriter, r *http.Request) error {
 	}
 	st, ok := sb.ModelStats(m.Name)
 	if !ok {
-		return fmt.Errorf("%w: no statistics for model %q", ErrModelNotFound, m.Name)
+		return failure.Errorf(failure.NotFound, "no statistics for model %q", m.Name)
 	}
 	return writeJSON(w, st)
 }
-
-// bufPool recycles request and response buffers of the inference route.
-var bufPool = sync.Pool{New: func() any { return new([]byte) }}
-
-// maxPooled keeps very large buffers out of the pool.
-const maxPooled = 4 << 20
 
 func (s *server) infer(w http.ResponseWriter, r *http.Request) error {
 	m, err := s.lookup(r)
@@ -160,36 +154,31 @@ func (s *server) infer(w http.ResponseWriter, r *http.Request) error {
 	if h := r.Header.Get("Inference-Header-Content-Length"); h != "" {
 		v, perr := strconv.ParseInt(strings.TrimSpace(h), 10, 64)
 		if perr != nil || v < 0 {
-			return fmt.Errorf("%w: Inference-Header-Content-Length %q is not a byte count", ErrBadInput, h)
+			return failure.Errorf(failure.BadInput, "Inference-Header-Content-Length %q is not a byte count", h)
 		}
 		headerLen = v
 	}
-	bp := bufPool.Get().(*[]byte)
-	defer func() {
-		if cap(*bp) <= maxPooled {
-			*bp = (*bp)[:0]
-			bufPool.Put(bp)
-		}
-	}()
-	body, err := s.readBody(w, r, (*bp)[:0])
-	*bp = body
+	body, err := s.readBody(w, r, s.opts.MaxBodyBytes)
+	defer body.release()
 	if err != nil {
 		return err
 	}
-	req, err := decodeInferRequest(body, headerLen, m, limits{maxElements: s.opts.MaxElements, maxJSONDepth: s.opts.MaxJSONDepth})
+	req, err := decodeInferRequest(body.buf, headerLen, m, limits{maxElements: s.opts.MaxElements, maxJSONDepth: s.opts.MaxJSONDepth})
 	if err != nil {
 		return err
 	}
+	// The runtime's errors name the model; they are answered as they are.
 	out, exec, err := s.backend.Infer(r.Context(), m.Name, req.Input)
 	if err != nil {
-		return fmt.Errorf("model %q: %w", m.Name, err)
+		return err
 	}
 	resp := inferResponse{ModelName: m.Name, ModelVersion: versionOf(m), ID: req.ID, Exec: exec, Output: out, Binary: req.BinaryOutput}
-	// The request body is no longer needed: its buffer takes the answer.
-	b, headerSize, err := encodeInferResponse(body[:0], &resp)
-	*bp = b
+	// The request body is no longer needed: its buffer takes the answer
+	// (released, and pooled when its size allows, with the body).
+	b, headerSize, err := encodeInferResponse(body.buf[:0], &resp)
+	body.buf = b
 	if err != nil {
-		return fmt.Errorf("model %q: %w", m.Name, err)
+		return fmt.Errorf("model %q: encoding the answer: %w", m.Name, err)
 	}
 	h := w.Header()
 	if headerSize >= 0 {
@@ -201,48 +190,6 @@ func (s *server) infer(w http.ResponseWriter, r *http.Request) error {
 	h.Set("Content-Length", strconv.Itoa(len(b)))
 	_, _ = w.Write(b)
 	return nil
-}
-
-// readBody reads the whole request body into buf, capped at MaxBodyBytes
-// (a larger body is a *http.MaxBytesError, answered with 413).
-func (s *server) readBody(w http.ResponseWriter, r *http.Request, buf []byte) ([]byte, error) {
-	if ce := r.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
-		return buf, fmt.Errorf("%w: Content-Encoding %q; send the body uncompressed", ErrUnsupported, ce)
-	}
-	limit := s.opts.MaxBodyBytes
-	if r.ContentLength > limit {
-		return buf, &http.MaxBytesError{Limit: limit}
-	}
-	body := http.MaxBytesReader(w, r.Body, limit)
-	if cl := r.ContentLength; cl > 0 {
-		// net/http never yields more than Content-Length bytes, so one
-		// exact read is the whole body.
-		if int64(cap(buf)) < cl {
-			buf = make([]byte, cl)
-		}
-		buf = buf[:cl]
-		if _, err := io.ReadFull(body, buf); err != nil {
-			return buf[:0], fmt.Errorf("%w: reading the request body: %v", ErrBadInput, err)
-		}
-		return buf, nil
-	}
-	for {
-		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)]
-		}
-		n, err := body.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+n]
-		if errors.Is(err, io.EOF) {
-			return buf, nil
-		}
-		if err != nil {
-			var mbe *http.MaxBytesError
-			if errors.As(err, &mbe) {
-				return buf, err
-			}
-			return buf, fmt.Errorf("%w: reading the request body: %v", ErrBadInput, err)
-		}
-	}
 }
 
 type indexRequest struct {
@@ -286,7 +233,7 @@ func (s *server) repositoryParams(w http.ResponseWriter, r *http.Request) error 
 	}
 	for k := range req.Parameters {
 		if k == "config" || strings.HasPrefix(k, "file:") {
-			return fmt.Errorf("%w: parameters.%s: loading a model from a supplied configuration or files; use POST /v1/kernels with a CompiledKernel document", ErrUnsupported, k)
+			return failure.Errorf(failure.Unsupported, "parameters.%s: loading a model from a supplied configuration or files; use POST /v1/kernels with a CompiledKernel document", k)
 		}
 	}
 	return nil
@@ -297,8 +244,11 @@ func (s *server) loadModel(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	name := r.PathValue("name")
-	if err := s.backend.LoadModel(r.Context(), name); err != nil {
-		return fmt.Errorf("loading model %q: %w", name, err)
+	err := s.withLoadDeadline(r, "loading model "+strconv.Quote(name), func(ctx context.Context) error {
+		return s.backend.LoadModel(ctx, name)
+	})
+	if err != nil {
+		return err
 	}
 	return writeJSON(w, map[string]string{"name": name, "state": StateReady})
 }
@@ -309,41 +259,58 @@ func (s *server) unloadModel(w http.ResponseWriter, r *http.Request) error {
 	}
 	name := r.PathValue("name")
 	if err := s.backend.UnloadModel(r.Context(), name); err != nil {
-		return fmt.Errorf("unloading model %q: %w", name, err)
+		return err
 	}
 	return writeJSON(w, map[string]string{"name": name, "state": StateUnavailable})
+}
+
+// withLoadDeadline runs a load under Options.LoadTimeout, shorter than the
+// server's write timeout so that the client always gets an answer: past
+// it the load's context is cancelled (the runtime commits nothing after
+// its context ends) and the answer is 504 with the reason.
+func (s *server) withLoadDeadline(r *http.Request, what string, load func(ctx context.Context) error) error {
+	ctx, cancel := context.WithTimeout(r.Context(), s.opts.LoadTimeout)
+	defer cancel()
+	err := load(ctx)
+	if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) && r.Context().Err() == nil {
+		return failure.Errorf(failure.Timeout, "%s took longer than %s and was cancelled; nothing was loaded: %w", what, s.opts.LoadTimeout, err)
+	}
+	return err
 }
 
 // readJSONBody decodes an optional JSON body into v; an empty body leaves v
 // as it is.
 func (s *server) readJSONBody(w http.ResponseWriter, r *http.Request, v any) error {
-	body, err := s.readRawJSON(w, r)
-	if err != nil || body == nil {
+	body, err := s.readJSONDocument(w, r)
+	defer body.release()
+	if err != nil || len(body.buf) == 0 {
 		return err
 	}
-	if err := json.Unmarshal(body, v); err != nil {
-		return fmt.Errorf("%w: malformed JSON body: %v", ErrBadInput, err)
+	if err := json.Unmarshal(body.buf, v); err != nil {
+		return failure.Errorf(failure.BadInput, "malformed JSON body: %v", err)
 	}
 	return nil
 }
 
-// readRawJSON reads a body that must be JSON (nil when empty), checking
-// its size, depth and syntax.
-func (s *server) readRawJSON(w http.ResponseWriter, r *http.Request) ([]byte, error) {
-	body, err := s.readBody(w, r, nil)
+// readJSONDocument reads a body that must be a JSON document (empty
+// buf when the body is blank), checking its size, depth and syntax. The
+// caller releases it.
+func (s *server) readJSONDocument(w http.ResponseWriter, r *http.Request) (body, error) {
+	body, err := s.readBody(w, r, min(s.opts.MaxBodyBytes, maxDocumentBody))
 	if err != nil {
-		return nil, err
+		return body, err
 	}
-	if len(bytes.TrimSpace(body)) == 0 {
-		return nil, nil
+	if len(bytes.TrimSpace(body.buf)) == 0 {
+		body.buf = body.buf[:0]
+		return body, nil
 	}
-	if err := checkJSONDepth(body, s.opts.MaxJSONDepth); err != nil {
-		return nil, err
+	if err := checkJSONDepth(body.buf, s.opts.MaxJSONDepth); err != nil {
+		return body, err
 	}
-	if !json.Valid(body) {
+	if !json.Valid(body.buf) {
 		var probe any
-		err := json.Unmarshal(body, &probe)
-		return nil, fmt.Errorf("%w: malformed JSON body: %v", ErrBadInput, err)
+		err := json.Unmarshal(body.buf, &probe)
+		return body, failure.Errorf(failure.BadInput, "malformed JSON body: %v", err)
 	}
 	return body, nil
 }
@@ -363,25 +330,36 @@ func (s *server) view(fn func(ctx context.Context) (any, error)) handlerFunc {
 }
 
 func errNoView(r *http.Request) error {
-	return fmt.Errorf("%w: %s %s is not available on this host", ErrUnsupported, r.Method, r.URL.Path)
+	return failure.Errorf(failure.Unsupported, "%s %s is not available on this host", r.Method, r.URL.Path)
 }
 
 func (s *server) loadKernel(w http.ResponseWriter, r *http.Request) error {
 	if s.host.LoadKernel == nil {
 		return errNoView(r)
 	}
-	doc, err := s.readRawJSON(w, r)
+	doc, err := s.readJSONDocument(w, r)
+	defer doc.release()
 	if err != nil {
 		return err
 	}
-	if doc == nil {
-		return fmt.Errorf("%w: the body must be a CompiledKernel JSON document", ErrBadInput)
+	if len(doc.buf) == 0 {
+		return failure.Errorf(failure.BadInput, "the body must be a CompiledKernel JSON document")
 	}
-	v, err := s.host.LoadKernel(r.Context(), doc)
+	var v any
+	var created bool
+	err = s.withLoadDeadline(r, "loading the kernel", func(ctx context.Context) error {
+		var err error
+		v, created, err = s.host.LoadKernel(ctx, doc.buf)
+		return err
+	})
 	if err != nil {
-		return fmt.Errorf("loading kernel: %w", err)
+		return err
 	}
-	writeJSONStatus(w, http.StatusCreated, v)
+	code := http.StatusOK // the same kernel was loaded already: nothing changed
+	if created {
+		code = http.StatusCreated
+	}
+	writeJSONStatus(w, code, v)
 	return nil
 }
 
@@ -402,7 +380,7 @@ func (s *server) unloadKernel(w http.ResponseWriter, r *http.Request) error {
 	}
 	id := r.PathValue("id")
 	if err := s.host.UnloadKernel(r.Context(), id); err != nil {
-		return fmt.Errorf("unloading kernel %q: %w", id, err)
+		return err
 	}
 	return writeJSON(w, map[string]string{"kernel_id": id, "state": "unloaded"})
 }
@@ -411,16 +389,18 @@ func (s *server) planPlacement(w http.ResponseWriter, r *http.Request) error {
 	if s.host.PlanPlacement == nil {
 		return errNoView(r)
 	}
-	req, err := s.readRawJSON(w, r)
+	req, err := s.readJSONDocument(w, r)
+	defer req.release()
 	if err != nil {
 		return err
 	}
-	if req == nil {
-		req = []byte("{}")
+	doc := req.buf
+	if len(doc) == 0 {
+		doc = []byte("{}")
 	}
-	v, err := s.host.PlanPlacement(r.Context(), req)
+	v, err := s.host.PlanPlacement(r.Context(), doc)
 	if err != nil {
-		return fmt.Errorf("planning placement: %w", err)
+		return err
 	}
 	return writeJSON(w, v)
 }

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strings"
 	"time"
+	"unicode"
 )
 
 // authError is a refusal by the guard: 401 (no or wrong token) or 403
@@ -27,12 +28,15 @@ type guard struct {
 	tokenSum      [sha256.Size]byte
 	hasToken      bool
 	tokenForReads bool
+	tokenUnusable bool // a blank token was configured: nothing matches
 	checkHost     bool
 	allowed       map[string]bool
 }
 
 func newGuard(o Options) guard {
 	g := guard{
+		// A blank token is still "a token": it is refused by CheckToken
+		// and, should a caller pass one anyway, matches no request.
 		hasToken:      o.Token != "",
 		tokenForReads: o.TokenForReads,
 		checkHost:     o.Loopback || len(o.AllowedHosts) > 0,
@@ -40,6 +44,7 @@ func newGuard(o Options) guard {
 	}
 	if g.hasToken {
 		g.tokenSum = sha256.Sum256([]byte(o.Token))
+		g.tokenUnusable = CheckToken(o.Token) != nil
 	}
 	for _, h := range o.AllowedHosts {
 		g.allowed[normalizeHost(h)] = true
@@ -64,6 +69,9 @@ func (g *guard) check(r *http.Request, a access) error {
 			}
 		}
 	}
+	if a == accessScrape {
+		return nil
+	}
 	if a == accessWrite && r.Header.Get("Sec-Fetch-Site") == "cross-site" {
 		return &authError{http.StatusForbidden, "cross-site requests may not change state or run inference"}
 	}
@@ -82,7 +90,7 @@ func (g *guard) checkToken(r *http.Request) error {
 	// Comparing fixed-size digests keeps the comparison constant-time
 	// whatever the length of the offered token.
 	sum := sha256.Sum256([]byte(strings.TrimSpace(tok)))
-	if subtle.ConstantTimeCompare(sum[:], g.tokenSum[:]) != 1 {
+	if subtle.ConstantTimeCompare(sum[:], g.tokenSum[:]) != 1 || g.tokenUnusable {
 		return &authError{http.StatusUnauthorized, "the bearer token is not valid"}
 	}
 	return nil
@@ -167,15 +175,36 @@ func IsLoopbackAddr(addr string) bool {
 	return isLoopbackName(normalizeHost(host))
 }
 
+// CheckToken refuses a bearer token that cannot protect anything: empty,
+// only whitespace, or holding whitespace or control characters (an
+// Authorization header cannot carry them intact; a token read from a file
+// has its surrounding whitespace trimmed first). It names no token bytes.
+func CheckToken(token string) error {
+	if strings.TrimSpace(token) == "" {
+		return errors.New("the bearer token is blank")
+	}
+	for i, r := range token {
+		if r <= ' ' || r == 0x7f || unicode.IsSpace(r) {
+			return fmt.Errorf("the bearer token has whitespace or a control character at byte %d", i)
+		}
+	}
+	return nil
+}
+
 // ErrInsecureListen is returned by CheckListen for a listener that is not
 // loopback-only and has neither a token nor an explicit insecure opt-out.
 var ErrInsecureListen = errors.New("listening beyond loopback needs a bearer token")
 
 // CheckListen enforces the exposure rule for a listen address: a loopback
-// address may run without a token; any other address needs one, unless
-// insecureNoAuth says the operator chose otherwise (the daemon should then
-// log a warning on every start).
+// address may run without a token; any other address needs one that
+// CheckToken accepts, unless insecureNoAuth says the operator chose
+// otherwise (the daemon should then log a warning on every start).
 func CheckListen(addr, token string, insecureNoAuth bool) error {
+	if token != "" {
+		if err := CheckToken(token); err != nil {
+			return err
+		}
+	}
 	if IsLoopbackAddr(addr) || token != "" || insecureNoAuth {
 		return nil
 	}

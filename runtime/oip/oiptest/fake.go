@@ -5,10 +5,10 @@ package oiptest
 
 import (
 	"context"
-	"fmt"
 	"slices"
 	"sync"
 
+	"github.com/esper/kasmina-host/runtime/failure"
 	"github.com/esper/kasmina-host/runtime/oip"
 )
 
@@ -24,6 +24,7 @@ type Backend struct {
 	stats      map[string]any
 	lastInput  oip.Tensor
 	inferCalls int
+	load       func(ctx context.Context, name string) error
 }
 
 type model struct {
@@ -147,9 +148,9 @@ func (b *Backend) Infer(ctx context.Context, name string, in oip.Tensor) (oip.Te
 	b.mu.Unlock()
 	switch {
 	case !ok:
-		return oip.Tensor{}, oip.ExecInfo{}, fmt.Errorf("%w: %q", oip.ErrModelNotFound, name)
+		return oip.Tensor{}, oip.ExecInfo{}, failure.Errorf(failure.NotFound, "no model %q", name)
 	case info.State != oip.StateReady:
-		return oip.Tensor{}, oip.ExecInfo{}, fmt.Errorf("%w: model %q is %s", oip.ErrNotReady, name, info.State)
+		return oip.Tensor{}, oip.ExecInfo{}, failure.Errorf(failure.Unavailable, "model %q is %s", name, info.State)
 	case ferr != nil:
 		return oip.Tensor{}, oip.ExecInfo{}, ferr
 	}
@@ -160,13 +161,28 @@ func (b *Backend) Infer(ctx context.Context, name string, in oip.Tensor) (oip.Te
 	return out, exec, err
 }
 
+// SetLoadFunc makes LoadModel call fn first and fail with its error.
+func (b *Backend) SetLoadFunc(fn func(ctx context.Context, name string) error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.load = fn
+}
+
 // LoadModel implements oip.Backend: a known model becomes READY.
 func (b *Backend) LoadModel(ctx context.Context, name string) error {
+	b.mu.Lock()
+	load := b.load
+	b.mu.Unlock()
+	if load != nil {
+		if err := load(ctx, name); err != nil {
+			return err
+		}
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	m, ok := b.models[name]
 	if !ok {
-		return fmt.Errorf("%w: %q is not in the repository", oip.ErrModelNotFound, name)
+		return failure.Errorf(failure.NotFound, "no model %q in the repository", name)
 	}
 	m.info.State, m.info.Reason = oip.StateReady, ""
 	return nil
@@ -178,7 +194,7 @@ func (b *Backend) UnloadModel(ctx context.Context, name string) error {
 	defer b.mu.Unlock()
 	m, ok := b.models[name]
 	if !ok {
-		return fmt.Errorf("%w: %q is not in the repository", oip.ErrModelNotFound, name)
+		return failure.Errorf(failure.NotFound, "no model %q in the repository", name)
 	}
 	m.info.State, m.info.Reason = oip.StateUnavailable, "unloaded"
 	return nil
