@@ -14,6 +14,9 @@ type inferResponse struct {
 	Exec                        ExecInfo
 	Output                      Tensor
 	Binary                      bool
+	// InSharedMemory: the output's values were written to a shared
+	// memory region; the answer describes the tensor without them.
+	InSharedMemory bool
 }
 
 // encodeInferResponse appends the response to dst. In binary mode it
@@ -48,6 +51,9 @@ func encodeInferResponse(dst []byte, r *inferResponse) (out []byte, headerLen in
 		b = strconv.AppendInt(b, int64(d), 10)
 	}
 	b = append(b, ']')
+	if r.InSharedMemory {
+		return append(b, "}]}"...), -1, nil
+	}
 	if r.Binary {
 		size := 4 * len(r.Output.Data)
 		b = append(b, `,"parameters":{"binary_data_size":`...)

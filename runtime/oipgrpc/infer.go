@@ -174,8 +174,11 @@ func (s *service) decodeInput(req *pb.ModelInferRequest, m oip.ModelInfo) (oip.T
 		}
 		data = make([]float32, n)
 		err = lease.Read(ref.Offset, ref.ByteSize, func(b []byte) error {
-			return wiretensor.Decode("inputs[0] in region "+strconv.Quote(ref.Region), data, b, dt)
+			return wiretensor.Decode("shared memory", data, b, dt)
 		})
+		if err != nil {
+			err = fmt.Errorf("inputs[0]: %w", err)
+		}
 	}
 	if err != nil {
 		return oip.Tensor{}, lease, err
@@ -187,24 +190,13 @@ func (s *service) decodeInput(req *pb.ModelInferRequest, m oip.ModelInfo) (oip.T
 	return oip.Tensor{Shape: shape, Data: data}, lease, nil
 }
 
-// acquire holds the region ref names for a tensor of want bytes.
+// acquire holds the region ref names for a tensor of want bytes (any
+// size up to the region's when want < 0).
 func (s *service) acquire(field string, ref shm.Ref, want int64) (*shm.Lease, error) {
-	if s.opts.SharedMemory == nil {
-		return nil, failure.Errorf(failure.Unsupported, "%s.parameters.%s: system shared memory is not enabled on this host", field, shm.ParamRegion)
-	}
-	if want >= 0 && ref.ByteSize != uint64(want) {
+	if want >= 0 && ref.ByteSize != uint64(want) && s.opts.SharedMemory != nil {
 		return nil, failure.Errorf(failure.BadInput, "%s.parameters.%s is %d bytes but the tensor needs %d", field, shm.ParamByteSize, ref.ByteSize, want)
 	}
-	lease, err := s.opts.SharedMemory.Acquire(ref.Region)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", field, err)
-	}
-	if size := lease.ByteSize(); ref.ByteSize > size || ref.Offset > size-ref.ByteSize {
-		lease.Release()
-		return nil, failure.Errorf(failure.BadInput, "%s.parameters: %s %d + %s %d run past the end of region %q (%d bytes)",
-			field, shm.ParamOffset, ref.Offset, shm.ParamByteSize, ref.ByteSize, ref.Region, size)
-	}
-	return lease, nil
+	return s.opts.SharedMemory.Hold(field, ref)
 }
 
 // fromContents reads the typed contents field of the input's datatype.

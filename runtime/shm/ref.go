@@ -1,6 +1,10 @@
 package shm
 
-import "github.com/esper/kasmina-host/runtime/failure"
+import (
+	"fmt"
+
+	"github.com/esper/kasmina-host/runtime/failure"
+)
 
 // The extension's tensor parameters, the same in both protocols.
 const (
@@ -48,4 +52,24 @@ func paramGiven(offset, byteSize *int64) string {
 		return ParamByteSize
 	}
 	return ParamOffset
+}
+
+// Hold acquires the region ref names for one request and checks that the
+// range lies inside it; field names the tensor in errors (for example
+// "inputs[0]"). A nil Registry stands for shared memory turned off:
+// Unsupported. The caller releases the lease.
+func (r *Registry) Hold(field string, ref Ref) (*Lease, error) {
+	if r == nil {
+		return nil, failure.Errorf(failure.Unsupported, "%s.parameters.%s: system shared memory is not enabled on this host", field, ParamRegion)
+	}
+	l, err := r.Acquire(ref.Region)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", field, err)
+	}
+	if size := l.ByteSize(); ref.ByteSize > size || ref.Offset > size-ref.ByteSize {
+		l.Release()
+		return nil, failure.Errorf(failure.BadInput, "%s.parameters: %s %d + %s %d run past the end of region %q (%d bytes)",
+			field, ParamOffset, ref.Offset, ParamByteSize, ref.ByteSize, ref.Region, size)
+	}
+	return l, nil
 }

@@ -508,3 +508,30 @@ func TestParseRef(t *testing.T) {
 		}
 	}
 }
+
+func TestHold(t *testing.T) {
+	dir, key := newObject(t, 4096)
+	r := New(Options{Dir: dir})
+	defer r.Close()
+	if err := r.Register("r", key, 0, 100); err != nil {
+		t.Fatal(err)
+	}
+	l, err := r.Hold("inputs[0]", Ref{"r", 36, 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Release()
+	_, err = r.Hold("inputs[0]", Ref{"r", 37, 64})
+	wantClass(t, err, failure.BadInput, `inputs[0].parameters: shared_memory_offset 37 + shared_memory_byte_size 64 run past the end of region "r" (100 bytes)`)
+	_, err = r.Hold("outputs[0]", Ref{"nope", 0, 1})
+	wantClass(t, err, failure.NotFound, `outputs[0]: no shared memory region named "nope"`)
+	var off *Registry
+	_, err = off.Hold("inputs[0]", Ref{"r", 0, 1})
+	wantClass(t, err, failure.Unsupported, "inputs[0].parameters.shared_memory_region: system shared memory is not enabled")
+	// A refused hold leaves no reference behind: unregistering unmaps.
+	g := r.regions["r"]
+	r.Unregister("r")
+	if g.ro != nil {
+		t.Fatal("a refused Hold kept the region mapped")
+	}
+}
