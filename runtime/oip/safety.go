@@ -208,5 +208,5 @@ func CheckListen(addr, token string, insecureNoAuth bool) error {
 	if IsLoopbackAddr(addr) || token != "" || insecureNoAuth {
 		return nil
 	}
-	return fmt.Errorf("%w: --addr %q is not a loopback address; set a token (--auth-token-file) or pass --insecure-no-auth", ErrInsecureListen, addr)
+	return fmt.Errorf("%w: %q is not a loopback address; set a token (--auth-token-file) or pass --insecure-no-auth", ErrInsecureListen, addr)
 }

@@ -2,6 +2,7 @@ package oipgrpc_test
 
 import (
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -32,4 +33,16 @@ func labelsMatch(labels []*dto.LabelPair, want map[string]string) bool {
 		}
 	}
 	return found == len(want)
+}
+
+// eventually waits up to 20 s for cond: grpc-go reports an RPC's end to
+// the stats handler after the client has its status, so a count may lag
+// the answer by a moment.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("not within 20 s: %s", what)
+		}
+	}
 }

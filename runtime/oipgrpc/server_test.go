@@ -4,8 +4,13 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"math"
 	"net"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -561,9 +566,9 @@ func TestLimits(t *testing.T) {
 	})
 	_, err = f.client.ModelInfer(ctx, rawInfer("widens", "FP32", []int64{1, 1}, f32(1)))
 	wantCode(t, err, codes.ResourceExhausted, "the output is 16384 bytes")
-	if n := counterValue(t, f.reg, "kasmina_grpc_requests_total", map[string]string{"method": "/inference.GRPCInferenceService/ModelInfer", "code": "ResourceExhausted"}); n != 3 {
-		t.Fatalf("ResourceExhausted ModelInfer counted %v times, want 3 (the one refused before decoding included)", n)
-	}
+	eventually(t, "ResourceExhausted ModelInfer counted 3 times (the one refused before decoding included)", func() bool {
+		return counterValue(t, f.reg, "kasmina_grpc_requests_total", map[string]string{"method": "/inference.GRPCInferenceService/ModelInfer", "code": "ResourceExhausted"}) == 3
+	})
 }
 
 func TestHealth(t *testing.T) {
@@ -718,13 +723,13 @@ func TestMetrics(t *testing.T) {
 		{"/inference.GRPCInferenceService/ModelMetadata", "NotFound"}: 1,
 		{"unknown", "Unimplemented"}:                                  2,
 	} {
-		if got := counterValue(t, f.reg, "kasmina_grpc_requests_total", map[string]string{"method": labels[0], "code": labels[1]}); got != want {
-			t.Errorf("kasmina_grpc_requests_total%v = %v, want %v", labels, got, want)
-		}
+		eventually(t, fmt.Sprintf("kasmina_grpc_requests_total%v = %v", labels, want), func() bool {
+			return counterValue(t, f.reg, "kasmina_grpc_requests_total", map[string]string{"method": labels[0], "code": labels[1]}) == want
+		})
 	}
-	if n := histogramCount(t, f.reg, "kasmina_grpc_request_duration_seconds", map[string]string{"method": infer}); n != 4 {
-		t.Errorf("latency samples for ModelInfer: %d, want 4", n)
-	}
+	eventually(t, "4 latency samples for ModelInfer", func() bool {
+		return histogramCount(t, f.reg, "kasmina_grpc_request_duration_seconds", map[string]string{"method": infer}) == 4
+	})
 	// Registering twice on one registry is an error, not a panic.
 	if _, err := oipgrpc.NewMetrics(f.reg); err == nil {
 		t.Fatal("NewMetrics registered twice")
@@ -757,4 +762,47 @@ func histogramCount(t *testing.T, reg *prometheus.Registry, name string, want ma
 		}
 	}
 	return n
+}
+
+// TestTritonGRPCClientCheck runs testdata/triton_grpc_check.py, which
+// drives this server with Triton's own Python gRPC client (and, for system
+// shared memory, its HTTP client against oip's handler on the same
+// registry), when TRITONCLIENT_SRC points at that client's source tree and
+// /usr/bin/python3 has its dependencies; otherwise it skips and says why.
+func TestTritonGRPCClientCheck(t *testing.T) {
+	src := os.Getenv("TRITONCLIENT_SRC")
+	if src == "" {
+		t.Skip("SKIPPED: TRITONCLIENT_SRC is not set; Triton's Python gRPC client was not run")
+	}
+	python := "/usr/bin/python3"
+	if out, err := exec.Command(python, "-c", "import grpc, grpc_tools, google.protobuf, numpy, rapidjson, geventhttpclient").CombinedOutput(); err != nil {
+		t.Skipf("SKIPPED: %s lacks python3-grpcio, python3-grpc-tools, python3-protobuf, python3-numpy, python3-rapidjson or python3-geventhttpclient: %s", python, out)
+	}
+	if st, err := os.Stat("/dev/shm"); err != nil || !st.IsDir() {
+		t.Skip("SKIPPED: no /dev/shm, where the client creates its shared memory")
+	}
+	reg := shm.New(shm.Options{})
+	defer reg.Close()
+	f := newFixture(t, oipgrpc.Options{Token: "s3cret", Loopback: true, SharedMemory: reg})
+	web := httptest.NewServer(oip.NewHandler(f.backend, oip.HostViews{}, oip.Options{Token: "s3cret", Loopback: true, SharedMemory: reg}, nil))
+	defer web.Close()
+	script, err := filepath.Abs("testdata/triton_grpc_check.py")
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := func(args ...string) (string, error) {
+		cmd := exec.Command(python, append([]string{script, "--url", f.addr, "--http-url", strings.TrimPrefix(web.URL, "http://"), "--token", "s3cret"}, args...)...)
+		cmd.Env = append(os.Environ(), "TRITONCLIENT_SRC="+src)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	out, err := run("--model", "double", "--input", "[[1, 2, 3, 4], [-1, 0.5, 0, 8]]", "--expected", "[[2, 4, 6, 8], [-2, 1, 0, 16]]", "--shm")
+	if err != nil || !strings.Contains(out, "PASSED") || !strings.Contains(out, "via shared memory") {
+		t.Fatalf("triton_grpc_check.py: %v\n%s", err, out)
+	}
+	t.Log(out)
+	// A wrong expectation must fail the script, or it proves nothing.
+	if out, err := run("--model", "double", "--input", "[[1, 2, 3, 4]]", "--expected", "[[1, 2, 3, 4]]"); err == nil {
+		t.Fatalf("the script passed a wrong expectation:\n%s", out)
+	}
 }
