@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/esper/kasmina-host/runtime/oip/wiretensor"
 )
 
 var fuzzModel = ModelInfo{Name: "m", InputShape: []int{4}}
@@ -172,7 +174,7 @@ func benchCase(b *testing.B, batch, width int, bin bool) (body []byte, headerLen
 	}
 	model = ModelInfo{Name: "bench", InputShape: []int{width}}
 	if bin {
-		raw := appendFloat32LE(nil, data)
+		raw := wiretensor.AppendFP32(nil, data)
 		hdr := fmt.Sprintf(`{"inputs":[{"name":"input","shape":[%d,%d],"datatype":"FP32","parameters":{"binary_data_size":%d}}],"parameters":{"binary_data_output":true}}`, batch, width, len(raw))
 		return append([]byte(hdr), raw...), int64(len(hdr)), model
 	}
