@@ -204,15 +204,14 @@ func (g *gate) check(ctx context.Context, method string) error {
 	if a == accessOpen {
 		return nil
 	}
-	md, _ := metadata.FromIncomingContext(ctx)
 	if g.checkHost {
-		authority := first(md, ":authority")
+		authority := first(ctx, ":authority")
 		if !g.hostAllowed(hostOnly(authority)) {
 			return &authError{codes.PermissionDenied, fmt.Sprintf(":authority %q is not allowed on this listener (loopback names and the configured allow-list only)", authority)}
 		}
 	}
 	if g.hasToken && (a == accessWrite || g.tokenForReads) {
-		return g.checkToken(first(md, "authorization"))
+		return g.checkToken(first(ctx, "authorization"))
 	}
 	return nil
 }
@@ -238,8 +237,10 @@ func (g *gate) hostAllowed(host string) bool {
 	return oip.IsLoopbackAddr(host) || g.allowed[host]
 }
 
-func first(md metadata.MD, key string) string {
-	if v := md.Get(key); len(v) > 0 {
+// first is the first value of an incoming metadata key, read without
+// copying the whole metadata.
+func first(ctx context.Context, key string) string {
+	if v := metadata.ValueFromIncomingContext(ctx, key); len(v) > 0 {
 		return v[0]
 	}
 	return ""
