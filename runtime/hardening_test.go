@@ -13,7 +13,7 @@ import (
 
 	"github.com/esper/kasmina-host/contracts"
 	"github.com/esper/kasmina-host/kernels"
-	"github.com/esper/kasmina-host/runtime/dispatch"
+	"github.com/esper/kasmina-host/runtime/admission"
 	"github.com/esper/kasmina-host/runtime/failure"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -168,7 +168,7 @@ func TestCallerGoneIsNotAKernelFailure(t *testing.T) {
 		}
 	}
 	v, _ := h.Kernel("k")
-	if v.Breaker != dispatch.Closed || v.Failures != 0 {
+	if v.Breaker != admission.Closed || v.Failures != 0 {
 		t.Fatalf("after 10 requests whose callers went away: breaker %s, failures %d; want closed and 0", v.Breaker, v.Failures)
 	}
 	if ok, why := h.Ready(); !ok {
@@ -205,13 +205,13 @@ func TestOpenBreakerIsTheKernelsNotTheNodes(t *testing.T) {
 		if err := br.Allow(); err != nil {
 			t.Fatal(err)
 		}
-		br.Done(dispatch.Failed)
+		br.Done(admission.Failed)
 	}
 	if ok, why := h.Ready(); !ok {
 		t.Fatalf("one kernel's open breaker made the node unready: %s", why)
 	}
 	v, _ := h.Kernel("bad")
-	if v.Breaker != dispatch.Open || !strings.Contains(v.BreakerReason, "2 consecutive failures") {
+	if v.Breaker != admission.Open || !strings.Contains(v.BreakerReason, "2 consecutive failures") {
 		t.Fatalf("view: breaker %s %q", v.Breaker, v.BreakerReason)
 	}
 	if _, err := h.Infer(ctx, "bad", Request{Input: make([]float32, 4), Shape: []int{1, 4}}); failure.ClassOf(err) != failure.Unavailable {

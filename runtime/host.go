@@ -48,7 +48,7 @@ import (
 	"github.com/esper/kasmina-host/contracts"
 	"github.com/esper/kasmina-host/device"
 	"github.com/esper/kasmina-host/kernels/cache"
-	"github.com/esper/kasmina-host/runtime/dispatch"
+	"github.com/esper/kasmina-host/runtime/admission"
 	"github.com/esper/kasmina-host/runtime/failure"
 	"github.com/esper/kasmina-host/runtime/placement"
 	"github.com/prometheus/client_golang/prometheus"
@@ -70,7 +70,7 @@ var (
 	// illegal seed transition (class Refused).
 	ErrRefused = failure.NewSentinel(failure.Refused, "kernel refused")
 	// ErrQueueFull: the executor's queue is full (class QueueFull).
-	ErrQueueFull = dispatch.ErrQueueFull
+	ErrQueueFull = admission.ErrQueueFull
 	// ErrUnavailable: not now: the kernel's circuit breaker is open or it
 	// is being unloaded, the artifact or Urza cannot be reached, the state
 	// cannot be saved (class Unavailable).
@@ -213,7 +213,7 @@ type Host struct {
 	pub     Publisher
 	planner *placement.Planner
 	ledger  *placement.Ledger
-	cpu     *dispatch.Limiter
+	cpu     *admission.Limiter
 	metrics *metrics
 	fetch   Fetcher
 	resolve Resolver
@@ -269,7 +269,7 @@ func New(cfg Config, inv Inventory, pub Publisher, reg prometheus.Registerer) (*
 		pub:       pub,
 		planner:   placement.NewPlanner(cfg.Placement),
 		ledger:    placement.NewLedger(),
-		cpu:       dispatch.NewLimiter(cfg.Concurrency, cfg.QueueDepth),
+		cpu:       admission.NewLimiter(cfg.Concurrency, cfg.QueueDepth),
 		metrics:   m,
 		kernels:   make(map[string]*loaded),
 		failed:    make(map[string]string),

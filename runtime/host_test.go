@@ -266,8 +266,13 @@ func TestGPULostWhileServing(t *testing.T) {
 	if n, _ := testutil.GatherAndCount(reg, "kasmina_replacements_total"); n == 0 {
 		t.Error("no replacement metric")
 	}
+	for _, mv := range moves {
+		if n := testutil.ToFloat64(h.metrics.replacements.WithLabelValues(mv.From, mv.To, "unhealthy")); n < 1 {
+			t.Errorf("replacements{from=%s,to=%s,reason=unhealthy} = %v", mv.From, mv.To, n)
+		}
+	}
 	if h.ledger.ReservedMiB("cuda:7") != 0 {
-		t.Errorf("reservations left on the lost GPU: %v", h.ledger.Totals())
+		t.Errorf("reservations left on the lost GPU: %v", h.ledger.ReservedMiB("cuda:7"))
 	}
 }
 
@@ -288,6 +293,9 @@ func TestMemoryPressureMovesKernels(t *testing.T) {
 	moves := h.Replace()
 	if len(moves) != 1 || moves[0].From != "cuda:7" || !strings.Contains(moves[0].Reason, "memory pressure") {
 		t.Fatalf("moves %+v", moves)
+	}
+	if n := testutil.ToFloat64(h.metrics.replacements.WithLabelValues("cuda:7", moves[0].To, "memory_pressure")); n != 1 {
+		t.Errorf("replacements{reason=memory_pressure} = %v, want 1", n)
 	}
 }
 

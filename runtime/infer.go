@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/esper/kasmina-host/runtime/dispatch"
+	"github.com/esper/kasmina-host/runtime/admission"
 	"github.com/esper/kasmina-host/runtime/failure"
 )
 
@@ -120,8 +120,8 @@ func (h *Host) Infer(ctx context.Context, name string, req Request) (Result, err
 	queued := time.Now()
 	waited, err := h.cpu.AcquireWithin(ctx, h.cfg.RequestTimeout)
 	if err != nil {
-		l.breaker.Done(dispatch.NotRun) // the kernel never ran: nothing to learn
-		if errors.Is(err, dispatch.ErrQueueFull) {
+		l.breaker.Done(admission.NotRun) // the kernel never ran: nothing to learn
+		if errors.Is(err, admission.ErrQueueFull) {
 			obs.fail(reasonQueueFull)
 			return Result{}, fmt.Errorf("kernel %q: %w", name, err)
 		}
@@ -142,7 +142,7 @@ func (h *Host) Infer(ctx context.Context, name string, req Request) (Result, err
 	if err != nil && ctx.Err() != nil && errors.Is(err, ctx.Err()) {
 		// The caller went away (or its deadline passed) before the kernel
 		// ran: not the kernel's failure.
-		l.breaker.Done(dispatch.NotRun)
+		l.breaker.Done(admission.NotRun)
 		obs.fail(notRunReason(err))
 		return Result{}, fmt.Errorf("kernel %q: %w", name, err)
 	}
@@ -151,12 +151,12 @@ func (h *Host) Infer(ctx context.Context, name string, req Request) (Result, err
 	l.calls.Add(1)
 	if err != nil {
 		l.failures.Add(1)
-		l.breaker.Done(dispatch.Failed)
+		l.breaker.Done(admission.Failed)
 		l.window.ObserveError(compute)
 		obs.fail(reasonRuntime)
 		return Result{}, failure.Errorf(failure.Internal, "kernel %q failed: %w", name, err)
 	}
-	l.breaker.Done(dispatch.Succeeded)
+	l.breaker.Done(admission.Succeeded)
 	l.window.Observe(out, batch, compute)
 
 	l.mu.Lock()

@@ -20,7 +20,7 @@ import (
 	"github.com/esper/kasmina-host/contracts"
 	"github.com/esper/kasmina-host/kernels"
 	"github.com/esper/kasmina-host/kernels/cache"
-	"github.com/esper/kasmina-host/runtime/dispatch"
+	"github.com/esper/kasmina-host/runtime/admission"
 	"github.com/esper/kasmina-host/runtime/failure"
 	"github.com/esper/kasmina-host/runtime/health"
 	"github.com/esper/kasmina-host/runtime/placement"
@@ -44,7 +44,7 @@ type loaded struct {
 	origin   string                    // where they were first loaded from, when source holds a copy
 	fallback placement.Fallback
 	loadedAt time.Time
-	breaker  *dispatch.Breaker
+	breaker  *admission.Breaker
 	window   *health.Window
 	expected time.Duration // declared latency, for the health score
 	obs      atomic.Pointer[kernelObservers]
@@ -151,7 +151,7 @@ type KernelView struct {
 	Layer          string                   `json:"layer"`
 	LayerID        int                      `json:"layer_id"`
 	SeedIdx        int                      `json:"seed_idx"`
-	Breaker        dispatch.BreakerState    `json:"breaker"`
+	Breaker        admission.BreakerState   `json:"breaker"`
 	BreakerReason  string                   `json:"breaker_reason,omitempty"`
 	MaxBatch       int                      `json:"max_batch"`
 	Calls          int64                    `json:"calls"`
@@ -205,7 +205,7 @@ func ViewDecision(d *placement.Decision, req placement.Request, batch int) Place
 		Device: d.Device, UUID: d.UUID, EstimateMiB: d.EstimateMiB, EstimateSource: d.EstimateSource,
 		ContractMiB: req.ContractMiB, FloorMiB: req.FloorMiB, Batch: batch,
 		FreeBeforeMiB: d.EffectiveFreeBeforeMiB, FreeAfterMiB: d.EffectiveFreeAfterMiB,
-		Degraded: d.Degraded, Fallback: d.Fallback, FallbackReason: d.FallbackReason,
+		Degraded: d.Degraded, Fallback: d.Fallback, FallbackReason: d.FallbackReason(),
 		Reason: d.Reason(), Candidates: make([]CandidateView, len(d.Candidates)),
 	}
 	if d.Placed() {
@@ -391,7 +391,7 @@ func (h *Host) Load(ctx context.Context, req LoadRequest) (KernelView, error) {
 		origin:   req.Origin,
 		fallback: fb,
 		loadedAt: h.cfg.Now(),
-		breaker:  dispatch.NewBreaker(h.cfg.BreakerThreshold, h.cfg.BreakerCooldown, h.cfg.Now),
+		breaker:  admission.NewBreaker(h.cfg.BreakerThreshold, h.cfg.BreakerCooldown, h.cfg.Now),
 		window:   health.NewWindow(k.OutputSize()),
 		expected: health.ExpectedLatency(meta.PerformanceProfile),
 		shape1:   append([]int{1}, k.OutputShape()...),
@@ -497,7 +497,7 @@ func (h *Host) Load(ctx context.Context, req LoadRequest) (KernelView, error) {
 	h.metrics.setReserved(name, dec.Device, dec.EstimateMiB)
 	h.metrics.observeMemory(name, dec.EstimateMiB, observed, k.MemoryCheck())
 	if dec.Fallback {
-		h.metrics.fallbacks.WithLabelValues(name, fallbackLabel(dec.FallbackReason)).Inc()
+		h.metrics.fallbacks.WithLabelValues(name, dec.Shortfall.Label()).Inc()
 	}
 	h.log.Info("kernel loaded", slog.String("kernel", name), slog.String("placed_on", dec.Device),
 		slog.String("executed_on", "cpu"), slog.Bool("degraded", dec.Degraded), slog.String("reason", dec.Reason()))
@@ -746,26 +746,11 @@ func (h *Host) view(l *loaded) KernelView {
 func degradation(d *placement.Decision) (bool, string) {
 	switch {
 	case d.Degraded:
-		return true, "fell back to the CPU: " + d.FallbackReason
+		return true, "fell back to the CPU: " + d.FallbackReason()
 	case d.Kind != placement.KindCPU && d.Device != "":
 		return true, fmt.Sprintf("placed on %s, executed on cpu because %s", d.Device, noGPUBackend)
 	}
 	return false, ""
-}
-
-// fallbackLabel turns a fallback reason into a bounded metric label.
-func fallbackLabel(reason string) string {
-	switch {
-	case strings.Contains(reason, "no GPU is visible"):
-		return "no_gpu"
-	case strings.Contains(reason, "requirements"):
-		return "requirement_not_met"
-	case strings.Contains(reason, "unhealthy"):
-		return "unhealthy"
-	case strings.Contains(reason, "memory"):
-		return "insufficient_memory"
-	}
-	return "other"
 }
 
 // Replace moves kernels off devices that can no longer hold them: devices
@@ -775,10 +760,6 @@ func fallbackLabel(reason string) string {
 // the moves made.
 func (h *Host) Replace() []Move {
 	devs := devices(h.inv.Snapshot())
-	byName := make(map[string]*placement.Device, len(devs))
-	for i := range devs {
-		byName[devs[i].Name] = &devs[i]
-	}
 	h.mu.RLock()
 	ls := make([]*loaded, 0, len(h.kernels))
 	for _, l := range h.kernels {
@@ -792,21 +773,8 @@ func (h *Host) Replace() []Move {
 		l.mu.Lock()
 		cur := l.decision
 		l.mu.Unlock()
-		d, present := byName[cur.Device]
-		var why string
-		switch {
-		case !present && cur.Device != "":
-			why = "device no longer visible"
-		case present && !d.Healthy:
-			why = "device unhealthy: " + d.HealthReason
-		case present && d.Kind != placement.KindCPU:
-			headroom := h.cfg.Placement.HeadroomMiB + h.cfg.Placement.HeadroomFraction*d.TotalMiB
-			if eff := d.FreeMiB - h.ledger.ReservedMiB(d.Name) - headroom; eff < 0 {
-				why = fmt.Sprintf("device memory pressure: %.0f MiB free − %.0f reserved − %.0f headroom < 0",
-					d.FreeMiB, h.ledger.ReservedMiB(d.Name), headroom)
-			}
-		}
-		if why == "" {
+		cause, why := h.planner.MustLeave(cur.Device, devs, h.ledger)
+		if cause == placement.Stay {
 			continue
 		}
 		// Plan without the device being left.
@@ -830,13 +798,11 @@ func (h *Host) Replace() []Move {
 			l.moves = l.moves[len(l.moves)-32:]
 		}
 		l.mu.Unlock()
-		// Update byName's view of the ledger for the next kernel: the ledger
-		// itself is already updated.
-		h.metrics.replacements.WithLabelValues(mv.From, mv.To, replacementLabel(why)).Inc()
+		h.metrics.replacements.WithLabelValues(mv.From, mv.To, cause.Label()).Inc()
 		h.metrics.moveKernel(l.name, cur.Device, dec.Device, dec.EstimateMiB)
 		l.obs.Store(h.metrics.kernel(l.name, dec.Device))
 		if dec.Fallback {
-			h.metrics.fallbacks.WithLabelValues(l.name, fallbackLabel(dec.FallbackReason)).Inc()
+			h.metrics.fallbacks.WithLabelValues(l.name, dec.Shortfall.Label()).Inc()
 		}
 		h.log.Warn("kernel re-placed", slog.String("kernel", l.name), slog.String("from", mv.From),
 			slog.String("to", mv.To), slog.String("reason", why))
@@ -850,16 +816,6 @@ func (h *Host) Replace() []Move {
 		h.changeMu.Unlock()
 	}
 	return moves
-}
-
-func replacementLabel(why string) string {
-	switch {
-	case strings.HasPrefix(why, "device unhealthy"):
-		return "unhealthy"
-	case strings.HasPrefix(why, "device no longer visible"):
-		return "invisible"
-	}
-	return "memory_pressure"
 }
 
 // loadCached parses and validates an artifact, sharing the parsed kernel

@@ -6,7 +6,7 @@ import (
 
 	"github.com/esper/kasmina-host/contracts"
 	"github.com/esper/kasmina-host/kernels"
-	"github.com/esper/kasmina-host/runtime/dispatch"
+	"github.com/esper/kasmina-host/runtime/admission"
 	"github.com/esper/kasmina-host/runtime/health"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -31,7 +31,7 @@ type metrics struct {
 	signals        *prometheus.CounterVec // layer
 	nonFinite      *prometheus.CounterVec // kernel
 	signalsInvalid prometheus.Counter
-	pending        *dispatch.Limiter
+	pending        *admission.Limiter
 }
 
 // kernelObservers are one kernel's metric children, resolved once so the
@@ -226,7 +226,7 @@ func (c breakerCollector) Collect(ch chan<- prometheus.Metric) {
 	defer c.h.mu.RUnlock()
 	for name, l := range c.h.kernels {
 		v := 0.0
-		if l.breaker.State() != dispatch.Closed {
+		if l.breaker.State() != admission.Closed {
 			v = 1
 		}
 		ch <- prometheus.MustNewConstMetric(breakerOpenDesc, prometheus.GaugeValue, v, name)

@@ -7,7 +7,7 @@ import (
 	"github.com/esper/kasmina-host/contracts"
 	"github.com/esper/kasmina-host/device"
 	"github.com/esper/kasmina-host/runtime"
-	kdispatch "github.com/esper/kasmina-host/runtime/dispatch"
+	"github.com/esper/kasmina-host/runtime/admission"
 	"github.com/esper/kasmina-host/runtime/failure"
 	"github.com/esper/kasmina-host/runtime/oip"
 	"github.com/esper/kasmina-host/runtime/placement"
@@ -27,7 +27,7 @@ func (b *backend) Ready() (bool, string) { return b.host.Ready() }
 // the kernel's own, from the host's batch and output limits.
 func (b *backend) modelInfo(v runtime.KernelView) oip.ModelInfo {
 	state, reason := oip.StateReady, ""
-	if v.Breaker != kdispatch.Closed {
+	if v.Breaker != admission.Closed {
 		state, reason = oip.StateUnavailable, v.BreakerReason
 	}
 	return oip.ModelInfo{

@@ -21,7 +21,7 @@ import (
 	"github.com/esper/kasmina-host/device"
 	"github.com/esper/kasmina-host/kernels"
 	"github.com/esper/kasmina-host/runtime"
-	kdispatch "github.com/esper/kasmina-host/runtime/dispatch"
+	"github.com/esper/kasmina-host/runtime/admission"
 	"github.com/esper/kasmina-host/runtime/oip"
 )
 
@@ -258,11 +258,11 @@ func TestOutputLimitOverHTTP(t *testing.T) {
 // answers 503), while the node stays ready.
 func TestOpenBreakerIsTheModelsReadiness(t *testing.T) {
 	b := &backend{}
-	mi := b.modelInfo(runtime.KernelView{Name: "k", Breaker: kdispatch.Open, BreakerReason: "circuit breaker open after 5 consecutive failures; next probe in 9s", MaxBatch: 8})
+	mi := b.modelInfo(runtime.KernelView{Name: "k", Breaker: admission.Open, BreakerReason: "circuit breaker open after 5 consecutive failures; next probe in 9s", MaxBatch: 8})
 	if mi.State != oip.StateUnavailable || !strings.Contains(mi.Reason, "circuit breaker open") || mi.MaxBatch != 8 {
 		t.Fatalf("model info %+v", mi)
 	}
-	if mi := b.modelInfo(runtime.KernelView{Name: "k", Breaker: kdispatch.Closed}); mi.State != oip.StateReady || mi.Reason != "" {
+	if mi := b.modelInfo(runtime.KernelView{Name: "k", Breaker: admission.Closed}); mi.State != oip.StateReady || mi.Reason != "" {
 		t.Fatalf("closed breaker: %+v", mi)
 	}
 }

@@ -1,9 +1,9 @@
-// Package dispatch bounds the work the host takes on: a Limiter per
+// Package admission decides which work the host takes on: a Limiter per
 // executor device (bounded concurrency plus a bounded queue that refuses at
 // once when full, rather than letting requests time out) and a Breaker per
 // kernel (consecutive failures open it; after a cool-down one probe request
 // is let through, and its success closes it again).
-package dispatch
+package admission
 
 import (
 	"context"
