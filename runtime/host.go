@@ -1,18 +1,20 @@
 // Package runtime is where hardware and kernels meet: it places loaded
-// kernels on devices against free memory (runtime/placement), dispatches
-// requests to an executor with bounded concurrency (runtime/dispatch),
-// keeps Esper's seeds and their state machine, computes HealthSignals from
-// what kernels really output (runtime/health) and publishes them.
+// kernels on devices against free memory (runtime/placement), admits
+// requests with bounded concurrency and a circuit breaker per kernel
+// (runtime/admission), runs them on an executor, keeps Esper's seeds and
+// their state machine, and computes HealthSignals from what kernels really
+// output (runtime/health) for the bus.
 //
 // # Placement and execution
 //
 // Every loaded kernel has a placement: the device the placement policy
-// chose for it, with a reservation in the ledger. Execution goes to the
-// backend of the placed device. The only backend built in today is the
-// CPU executor (package kernels), so a kernel placed on a GPU runs through
-// the CPU fallback path; every response, view and metric says so (placed on
-// cuda:1, executed on cpu, because no GPU backend is built in). The
-// Executor interface is where a GPU backend plugs in.
+// chose for it, with a reservation in the ledger. executorFor routes each
+// placement to an Executor. The only executor built in is the CPU's
+// (package kernels' Kernel.Run), so a kernel placed on a GPU executes on
+// the CPU; every response, view, log line and metric says so (placed on
+// cuda:1, executed on cpu, because no GPU backend is built in). A GPU
+// backend is one new Executor that executorFor returns for the placements
+// it serves.
 //
 // # Layers and seeds
 //
@@ -213,7 +215,8 @@ type Host struct {
 	pub     Publisher
 	planner *placement.Planner
 	ledger  *placement.Ledger
-	cpu     *admission.Limiter
+	// admit bounds the requests running on the CPU executor at once.
+	admit   *admission.Limiter
 	metrics *metrics
 	fetch   Fetcher
 	resolve Resolver
@@ -269,7 +272,7 @@ func New(cfg Config, inv Inventory, pub Publisher, reg prometheus.Registerer) (*
 		pub:       pub,
 		planner:   placement.NewPlanner(cfg.Placement),
 		ledger:    placement.NewLedger(),
-		cpu:       admission.NewLimiter(cfg.Concurrency, cfg.QueueDepth),
+		admit:     admission.NewLimiter(cfg.Concurrency, cfg.QueueDepth),
 		metrics:   m,
 		kernels:   make(map[string]*loaded),
 		failed:    make(map[string]string),
@@ -277,7 +280,7 @@ func New(cfg Config, inv Inventory, pub Publisher, reg prometheus.Registerer) (*
 		cache:     kc,
 		repoIndex: make(map[string]string),
 	}
-	m.pending = h.cpu
+	m.pending = h.admit
 	if reg != nil {
 		if err := reg.Register(breakerCollector{h}); err != nil {
 			return nil, fmt.Errorf("runtime: registering breaker metrics: %w", err)

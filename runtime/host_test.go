@@ -133,7 +133,7 @@ func TestLoadPlacesOnGPUAndExecutesOnCPU(t *testing.T) {
 	if res.Exec.PlacedOn != "cuda:7" || res.Exec.ExecutedOn != "cpu" || !res.Exec.Fallback {
 		t.Errorf("exec info %+v", res.Exec)
 	}
-	if got := testutil.ToFloat64(h.metrics.requests.WithLabelValues("k1", "cuda:7", executorName, "success")); got != 1 {
+	if got := testutil.ToFloat64(h.metrics.requests.WithLabelValues("k1", "cuda:7", cpu.Name(), "success")); got != 1 {
 		t.Errorf("requests metric = %v", got)
 	}
 	if n, err := testutil.GatherAndCount(reg, "kasmina_kernel_reserved_bytes"); err != nil || n != 1 {
@@ -501,15 +501,15 @@ func TestQueueFullRefusesAtOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Hold the only slot and the only queue place.
-	if err := h.cpu.Acquire(context.Background()); err != nil {
+	if err := h.admit.Acquire(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	go h.Infer(context.Background(), "k", Request{Input: make([]float32, 4), Shape: []int{1, 4}})
-	for h.cpu.Queued() != 1 {
+	for h.admit.Queued() != 1 {
 		time.Sleep(time.Millisecond)
 	}
 	_, err := h.Infer(context.Background(), "k", Request{Input: make([]float32, 4), Shape: []int{1, 4}})
-	h.cpu.Release()
+	h.admit.Release()
 	if !errors.Is(err, ErrQueueFull) {
 		t.Fatalf("err = %v, want ErrQueueFull", err)
 	}

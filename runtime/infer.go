@@ -117,8 +117,9 @@ func (h *Host) Infer(ctx context.Context, name string, req Request) (Result, err
 		return Result{}, fmt.Errorf("kernel %q: %w", name, err)
 	}
 
+	rt := l.route.Load()
 	queued := time.Now()
-	waited, err := h.cpu.AcquireWithin(ctx, h.cfg.RequestTimeout)
+	waited, err := h.admit.AcquireWithin(ctx, h.cfg.RequestTimeout)
 	if err != nil {
 		l.breaker.Done(admission.NotRun) // the kernel never ran: nothing to learn
 		if errors.Is(err, admission.ErrQueueFull) {
@@ -137,8 +138,8 @@ func (h *Host) Infer(ctx context.Context, name string, req Request) (Result, err
 		out = make([]float32, outN)
 	}
 	out = out[:outN]
-	err = l.kernel.Run(ctx, req.Input, batch, out)
-	h.cpu.Release()
+	err = rt.exec.Run(ctx, l.kernel, req.Input, batch, out)
+	h.admit.Release()
 	if err != nil && ctx.Err() != nil && errors.Is(err, ctx.Err()) {
 		// The caller went away (or its deadline passed) before the kernel
 		// ran: not the kernel's failure.
@@ -159,11 +160,9 @@ func (h *Host) Infer(ctx context.Context, name string, req Request) (Result, err
 	l.breaker.Done(admission.Succeeded)
 	l.window.Observe(out, batch, compute)
 
-	l.mu.Lock()
-	info := ExecInfo{PlacedOn: l.decision.Device, ExecutedOn: "cpu", Executor: executorName,
-		Fallback: l.execReason != "", Reason: l.execReason,
+	info := ExecInfo{PlacedOn: rt.placedOn, ExecutedOn: rt.exec.Device(), Executor: rt.exec.Name(),
+		Fallback: rt.degraded != "", Reason: rt.degraded,
 		QueueTime: started.Sub(queued), ComputeTime: compute}
-	l.mu.Unlock()
 	if req.Default != nil {
 		alpha := h.alpha(l)
 		blend(out, req.Default, alpha)

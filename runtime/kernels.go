@@ -26,12 +26,6 @@ import (
 	"github.com/esper/kasmina-host/runtime/placement"
 )
 
-// executorName names the only executor built in.
-const executorName = "cpu-f32"
-
-// noGPUBackend is the reason a GPU-placed kernel executes on the CPU.
-const noGPUBackend = "no GPU backend is built in"
-
 // loaded is one kernel the host serves.
 type loaded struct {
 	name     string
@@ -53,10 +47,12 @@ type loaded struct {
 	// directly); guarded by Host.mu.
 	seed seedKey
 
-	mu         sync.Mutex // guards decision, execReason and moves
-	decision   placement.Decision
-	execReason string // why execution differs from the placement ("" when it does not)
-	moves      []Move
+	// route is how requests run, set with the decision (setDecision) and
+	// read without a lock on the request path.
+	route    atomic.Pointer[execRoute]
+	mu       sync.Mutex // guards decision and moves
+	decision placement.Decision
+	moves    []Move
 	// gate admits requests until Unload closes it; Unload returns only
 	// once the requests it admitted have left.
 	gate *gate
@@ -70,13 +66,13 @@ type loaded struct {
 	inShape         []int // input shape without batch (read-only)
 }
 
-// setDecision records a placement and the reason execution differs from
-// it, computed once here rather than on every request.
+// setDecision records a placement and the route its requests take,
+// derived once here rather than on every request.
 func (l *loaded) setDecision(dec placement.Decision) {
-	_, why := degradation(&dec)
+	r := routeFor(&dec)
 	l.mu.Lock()
 	l.decision = dec
-	l.execReason = why
+	l.route.Store(r)
 	l.mu.Unlock()
 }
 
@@ -490,7 +486,7 @@ func (h *Host) Load(ctx context.Context, req LoadRequest) (KernelView, error) {
 		return KernelView{}, saveErr
 	}
 	ok = true
-	l.obs.Store(h.metrics.kernel(name, dec.Device))
+	l.obs.Store(h.metrics.kernel(name, dec.Device, l.route.Load().exec.Name()))
 	h.changeMu.Unlock()
 
 	h.metrics.loadDuration.Observe(h.cfg.Now().Sub(start).Seconds())
@@ -500,7 +496,7 @@ func (h *Host) Load(ctx context.Context, req LoadRequest) (KernelView, error) {
 		h.metrics.fallbacks.WithLabelValues(name, dec.Shortfall.Label()).Inc()
 	}
 	h.log.Info("kernel loaded", slog.String("kernel", name), slog.String("placed_on", dec.Device),
-		slog.String("executed_on", "cpu"), slog.Bool("degraded", dec.Degraded), slog.String("reason", dec.Reason()))
+		slog.String("executed_on", l.route.Load().exec.Device()), slog.Bool("degraded", dec.Degraded), slog.String("reason", dec.Reason()))
 	return h.view(l), nil
 }
 
@@ -712,6 +708,7 @@ func (h *Host) FailedLoads() map[string]string {
 func (h *Host) view(l *loaded) KernelView {
 	l.mu.Lock()
 	dec := l.decision
+	rt := l.route.Load()
 	moves := append([]Move(nil), l.moves...)
 	l.mu.Unlock()
 	h.mu.RLock()
@@ -722,7 +719,7 @@ func (h *Host) view(l *loaded) KernelView {
 		InputShape: l.kernel.InputShape(), OutputShape: l.kernel.OutputShape(), ParameterCount: l.kernel.ParameterCount(),
 		Requirements: l.meta.DeviceRequirements,
 		Placement:    ViewDecision(&dec, h.placementRequest(l), h.cfg.PlacementBatch),
-		ExecutedOn:   "cpu", Executor: executorName,
+		ExecutedOn:   rt.exec.Device(), Executor: rt.exec.Name(),
 		Fallback: l.fallback.String(),
 		Layer:    l.seed.layer, LayerID: layerID, SeedIdx: l.seed.idx,
 		Calls: l.calls.Load(), Failures: l.failures.Load(), MaxBatch: l.maxBatch,
@@ -735,22 +732,9 @@ func (h *Host) view(l *loaded) KernelView {
 	if v.Moves == nil {
 		v.Moves = []Move{}
 	}
-	v.Degraded, v.DegradedReason = degradation(&dec)
+	v.Degraded, v.DegradedReason = rt.degraded != "", rt.degraded
 	v.Breaker, v.BreakerReason = l.breaker.Status()
 	return v
-}
-
-// degradation says whether a kernel with this placement is served in a
-// degraded way and why: it fell back to the CPU under the degraded policy,
-// or it is placed on a GPU that executes on the CPU.
-func degradation(d *placement.Decision) (bool, string) {
-	switch {
-	case d.Degraded:
-		return true, "fell back to the CPU: " + d.FallbackReason()
-	case d.Kind != placement.KindCPU && d.Device != "":
-		return true, fmt.Sprintf("placed on %s, executed on cpu because %s", d.Device, noGPUBackend)
-	}
-	return false, ""
 }
 
 // Replace moves kernels off devices that can no longer hold them: devices
@@ -800,7 +784,7 @@ func (h *Host) Replace() []Move {
 		l.mu.Unlock()
 		h.metrics.replacements.WithLabelValues(mv.From, mv.To, cause.Label()).Inc()
 		h.metrics.moveKernel(l.name, cur.Device, dec.Device, dec.EstimateMiB)
-		l.obs.Store(h.metrics.kernel(l.name, dec.Device))
+		l.obs.Store(h.metrics.kernel(l.name, dec.Device, l.route.Load().exec.Name()))
 		if dec.Fallback {
 			h.metrics.fallbacks.WithLabelValues(l.name, dec.Shortfall.Label()).Inc()
 		}
