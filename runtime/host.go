@@ -224,10 +224,13 @@ type Host struct {
 	// artifacts keeps loaded kernels' bytes for restarts (may be nil).
 	artifacts ArtifactStore
 
+	// book holds the layers and their seeds (self-locking).
+	book *layerBook
+
 	mu      sync.RWMutex
 	kernels map[string]*loaded // by model name
 	failed  map[string]string  // model name → load error, for the repository index
-	seeds   *seedRegistry
+
 	// repo is where LoadModel reads kernels; repoIndex maps names to paths.
 	repo      *Repository
 	repoIndex map[string]string
@@ -243,6 +246,8 @@ type Host struct {
 	onChange    func() error
 	changeMu    sync.Mutex
 	readyChecks []readyCheck
+	// emitMu makes one signal emission at a time.
+	emitMu sync.Mutex
 }
 
 // New returns a host. reg may be nil (no metrics registered); pub may be
@@ -276,7 +281,7 @@ func New(cfg Config, inv Inventory, pub Publisher, reg prometheus.Registerer) (*
 		metrics:   m,
 		kernels:   make(map[string]*loaded),
 		failed:    make(map[string]string),
-		seeds:     newSeedRegistry(),
+		book:      newLayerBook(),
 		cache:     kc,
 		repoIndex: make(map[string]string),
 	}

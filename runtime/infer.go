@@ -197,6 +197,9 @@ func byteSize(n int64) string {
 	return fmt.Sprintf("%.1f %s", v, [...]string{"", "KiB", "MiB", "GiB", "TiB"}[i])
 }
 
+// alpha is the blend factor of the seed l serves, now.
+func (h *Host) alpha(l *loaded) float64 { return h.book.alpha(l.seed, h.cfg.Now(), h.cfg.GraftingRamp) }
+
 // blend computes out = (1 − α)·def + α·out in place.
 func blend(out, def []float32, alpha float64) {
 	a := float32(math.Max(0, math.Min(1, alpha)))

@@ -455,8 +455,8 @@ func (h *Host) Load(ctx context.Context, req LoadRequest) (KernelView, error) {
 	if layer == "" {
 		layer, idx = name, 0
 	}
-	undo := h.seeds.remember(seedKey{layer, idx})
-	if err := h.seeds.attach(layer, idx, name, meta.BlueprintID, h.cfg.Now()); err != nil {
+	undo, err := h.book.attach(seedKey{layer, idx}, name, meta.BlueprintID, h.cfg.Now())
+	if err != nil {
 		h.mu.Unlock()
 		h.changeMu.Unlock()
 		h.ledger.Release(name)
@@ -475,7 +475,7 @@ func (h *Host) Load(ctx context.Context, req LoadRequest) (KernelView, error) {
 	if saveErr != nil {
 		h.mu.Lock()
 		delete(h.kernels, name)
-		undo.restore()
+		undo()
 		if hadFailed {
 			h.failed[name] = failedBefore
 			h.failedOrder = append(h.failedOrder, name)
@@ -639,13 +639,12 @@ func (h *Host) Unload(ctx context.Context, name string) error {
 		return failure.Errorf(failure.NotFound, "no kernel %q is loaded", name)
 	}
 	delete(h.kernels, name)
-	undo := h.seeds.remember(l.seed)
-	h.seeds.detach(l.seed, name, h.cfg.Now())
+	undo := h.book.detach(l.seed, name, h.cfg.Now())
 	h.mu.Unlock()
 	if err := h.saveChange(); err != nil {
 		h.mu.Lock()
 		h.kernels[name] = l
-		undo.restore()
+		undo()
 		h.mu.Unlock()
 		h.changeMu.Unlock()
 		return err
@@ -711,9 +710,10 @@ func (h *Host) view(l *loaded) KernelView {
 	rt := l.route.Load()
 	moves := append([]Move(nil), l.moves...)
 	l.mu.Unlock()
-	h.mu.RLock()
-	layerID := h.seeds.layerID(l.seed.layer)
-	h.mu.RUnlock()
+	layerID, ok := h.book.layerID(l.seed.layer)
+	if !ok {
+		layerID = -1
+	}
 	v := KernelView{
 		Name: l.name, KernelID: l.meta.KernelID, Source: redactRef(l.source), OriginalSource: redactRef(l.origin), SHA256: l.kernel.SHA256(),
 		InputShape: l.kernel.InputShape(), OutputShape: l.kernel.OutputShape(), ParameterCount: l.kernel.ParameterCount(),

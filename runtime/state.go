@@ -14,11 +14,6 @@ import (
 	"github.com/esper/kasmina-host/runtime/placement"
 )
 
-// maxLayerID is the largest layer id Restore accepts from a state file:
-// ids are handed out from 0 up, and this bound keeps the next one (and the
-// layer_id of health signals) far from overflow.
-const maxLayerID = 1<<31 - 1
-
 // StateVersion is the version of the State document.
 const StateVersion = 1
 
@@ -87,14 +82,9 @@ func (h *Host) keepArtifact(data []byte) error {
 
 // State returns the host's state now.
 func (h *Host) State() State {
-	st := State{Version: StateVersion, SavedAt: h.cfg.Now().UTC(), Layers: map[string]int{}}
+	st := State{Version: StateVersion, SavedAt: h.cfg.Now().UTC()}
+	st.Layers, st.Seeds = h.book.records()
 	h.mu.RLock()
-	for name, id := range h.seeds.layers {
-		st.Layers[name] = id
-	}
-	for k, s := range h.seeds.seeds {
-		st.Seeds = append(st.Seeds, SeedRecord{Layer: k.layer, SeedIdx: k.idx, Seed: s.Seed, Alpha: s.alpha})
-	}
 	ls := make([]*loaded, 0, len(h.kernels))
 	for _, l := range h.kernels {
 		ls = append(ls, l)
@@ -111,12 +101,6 @@ func (h *Host) State() State {
 		st.Kernels = append(st.Kernels, KernelRecord{Name: l.name, SHA256: l.kernel.SHA256(), Source: src,
 			Compiled: l.compiled, Layer: l.seed.layer, SeedIdx: l.seed.idx, Fallback: l.fallback.String(), Placement: dev})
 	}
-	sort.Slice(st.Seeds, func(i, j int) bool {
-		if st.Seeds[i].Layer != st.Seeds[j].Layer {
-			return st.Seeds[i].Layer < st.Seeds[j].Layer
-		}
-		return st.Seeds[i].SeedIdx < st.Seeds[j].SeedIdx
-	})
 	sort.Slice(st.Kernels, func(i, j int) bool { return st.Kernels[i].Name < st.Kernels[j].Name })
 	return st
 }
@@ -130,59 +114,7 @@ func (h *Host) Restore(ctx context.Context, st State, store ArtifactStore) (int,
 	if st.Version != StateVersion {
 		return 0, failure.Errorf(failure.Malformed, "state version %d, this host reads %d", st.Version, StateVersion)
 	}
-	h.mu.Lock()
-	// Layer ids name layers on the bus: a damaged file must not give two
-	// layers one id. Names are taken in order, so the outcome does not
-	// depend on map iteration.
-	names := make([]string, 0, len(st.Layers))
-	for name := range st.Layers {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	taken := make(map[int]string, len(h.seeds.layers)+len(names))
-	for name, id := range h.seeds.layers {
-		taken[id] = name
-	}
-	for _, name := range names {
-		id := st.Layers[name]
-		other, dup := taken[id]
-		_, known := h.seeds.layers[name]
-		switch {
-		case id < 0 || id > maxLayerID:
-			h.log.Warn("state: layer id out of range, layer gets a new id", slog.String("layer", name), slog.Int("layer_id", id))
-			continue
-		case known:
-			continue // registered before the restore: keeps its id
-		case dup:
-			h.log.Warn("state: layer id already taken, layer gets a new id", slog.String("layer", name),
-				slog.Int("layer_id", id), slog.String("taken_by", other))
-			continue
-		}
-		taken[id] = name
-		h.seeds.layers[name] = id
-		if id >= h.seeds.next {
-			h.seeds.next = id + 1
-		}
-	}
-	for _, rec := range st.Seeds {
-		err := rec.Seed.Validate()
-		if err == nil && rec.SeedIdx < 0 {
-			err = fmt.Errorf("seed_idx %d is negative", rec.SeedIdx)
-		}
-		if err != nil {
-			h.log.Warn("state: seed not restored", slog.String("layer", rec.Layer), slog.Int("seed_idx", rec.SeedIdx), slog.Any("err", err))
-			continue
-		}
-		alpha := rec.Alpha
-		if !(alpha >= 0 && alpha <= 1) {
-			h.log.Warn("state: seed alpha outside [0, 1], clamped", slog.String("layer", rec.Layer), slog.Int("seed_idx", rec.SeedIdx), slog.Float64("alpha", alpha))
-			alpha = max(0, min(1, alpha)) // JSON holds no NaN
-		}
-		s := &seed{Seed: rec.Seed, alpha: alpha, alphaSetAt: h.cfg.Now()}
-		s.LayerID = h.seeds.registerLayer(rec.Layer)
-		h.seeds.seeds[seedKey{rec.Layer, rec.SeedIdx}] = s
-	}
-	h.mu.Unlock()
+	h.book.restore(st.Layers, st.Seeds, h.cfg.Now(), h.log)
 
 	restored := 0
 	for _, rec := range st.Kernels {
