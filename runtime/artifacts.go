@@ -27,10 +27,6 @@ type Resolver interface {
 	Resolve(ctx context.Context, id string) (*contracts.CompiledKernel, error)
 }
 
-// SetResolver sets how bare kernel ids (load_kernel's artifact_id) are
-// resolved.
-func (h *Host) SetResolver(r Resolver) { h.resolve = r }
-
 // isReference reports whether ref names an artifact directly (a URL or a
 // path) rather than a kernel id to resolve.
 func isReference(ref string) bool {

@@ -92,9 +92,7 @@ func TestLoadErrorsAreClassified(t *testing.T) {
 		"http://h/unreachable": fmt.Errorf("fetching http://h/unreachable: %w", &net.OpError{Op: "dial", Err: syscall.ECONNREFUSED}),
 		"http://h/broken":      fmt.Errorf("fetching http://h/broken: HTTP 502 Bad Gateway"),
 	}
-	h, _, _ := newHost(t, inv, Config{})
-	h.SetResolver(&Urza{BaseURL: urza.URL})
-	h.SetFetcher(fetcherFunc(func(_ context.Context, ref, _ string) ([]byte, error) {
+	h, _, _ := newHost(t, inv, Config{}, withResolver(&Urza{BaseURL: urza.URL}), withFetcher(fetcherFunc(func(_ context.Context, ref, _ string) ([]byte, error) {
 		switch ref {
 		case "/r/garbage.safetensors":
 			return []byte("root:x:0:0:root:/root:/bin/bash"), nil
@@ -104,7 +102,7 @@ func TestLoadErrorsAreClassified(t *testing.T) {
 			return good, nil
 		}
 		return nil, errs[ref]
-	}))
+	})))
 	for _, c := range []struct {
 		ref  string
 		want failure.Class
@@ -142,8 +140,7 @@ func TestLoadErrorsAreClassified(t *testing.T) {
 	}
 	// The bus takes the same decision from the same class.
 	for ref, permanent := range map[string]bool{"missing.safetensors": true, "http://h/unreachable": false, "nope": true, "down": false} {
-		err := h.HandleCommand(context.Background(), oona.Command{Message: contracts.NewOonaMessage("t", "t", contracts.TopicControlKasminaCommands, nil),
-			Payload: &oona.LoadKernel{LayerName: "l", SeedIdx: 0, ArtifactID: ref}})
+		err := handle(context.Background(), h, &oona.LoadKernel{LayerName: "l", SeedIdx: 0, ArtifactID: ref})
 		if err == nil || failure.ClassOf(err).Permanent() != permanent {
 			t.Errorf("load_kernel %s: %v (class %s), want permanent=%v", ref, err, failure.ClassOf(err), permanent)
 		}

@@ -150,7 +150,7 @@ func TestInferenceRacesUnload(t *testing.T) {
 func TestCallerGoneIsNotAKernelFailure(t *testing.T) {
 	inv := openInventory(t, "dgxa100", nil)
 	h, _, _ := newHost(t, inv, Config{BreakerThreshold: 2, Concurrency: 1, QueueDepth: 1})
-	h.MarkStarted()
+	h.started.Store(true) // as Run does after its start-up
 	if _, err := h.Load(context.Background(), LoadRequest{Data: linearKernel(t, "k", nil)}); err != nil {
 		t.Fatal(err)
 	}
@@ -191,7 +191,7 @@ func TestCallerGoneIsNotAKernelFailure(t *testing.T) {
 func TestOpenBreakerIsTheKernelsNotTheNodes(t *testing.T) {
 	inv := openInventory(t, "dgxa100", nil)
 	h, _, reg := newHost(t, inv, Config{BreakerThreshold: 2})
-	h.MarkStarted()
+	h.started.Store(true) // as Run does after its start-up
 	ctx := context.Background()
 	for _, id := range []string{"bad", "good"} {
 		if _, err := h.Load(ctx, LoadRequest{Data: linearKernel(t, id, nil)}); err != nil {
@@ -346,11 +346,10 @@ func TestLoadingTheSameKernelTwice(t *testing.T) {
 // after the steps that already watched the context.
 func TestLoadIsNotCommittedAfterItsDeadline(t *testing.T) {
 	inv := openInventory(t, "dgxa100", nil)
-	h, _, _ := newHost(t, inv, Config{})
 	data := linearKernel(t, "k", nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	h.SetArtifactStore(cancellingStore{cancel})
+	h, _, _ := newHost(t, inv, Config{}, withStore(&cancellingStore{cancel: cancel}))
 	_, err := h.Load(ctx, LoadRequest{Data: data})
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("load past its deadline: %v, want context.Canceled", err)
@@ -358,32 +357,36 @@ func TestLoadIsNotCommittedAfterItsDeadline(t *testing.T) {
 	if _, ok := h.Kernel("k"); ok {
 		t.Fatal("a load past its deadline was committed")
 	}
-	h.SetArtifactStore(nil)
 	if _, err := h.Load(context.Background(), LoadRequest{Data: data}); err != nil {
 		t.Fatalf("loading again: %v (the reservation was kept)", err)
 	}
 }
 
-// cancellingStore ends a load's context while it keeps the artifact.
-type cancellingStore struct{ cancel context.CancelFunc }
+// cancellingStore ends a load's context while it keeps the artifact, the
+// first time only.
+type cancellingStore struct {
+	memStore
+	cancel context.CancelFunc
+	once   sync.Once
+}
 
-func (s cancellingStore) Put(string, []byte) error   { s.cancel(); return nil }
-func (s cancellingStore) Get(string) ([]byte, error) { return nil, errors.New("empty") }
-func (s cancellingStore) Where(string) string        { return "nowhere" }
+func (s *cancellingStore) Put(sha string, data []byte) error {
+	s.once.Do(s.cancel)
+	return s.memStore.Put(sha, data)
+}
 
 // TestReferencesAreShownRedacted: a presigned URL's signature and a URL's
 // password appear in no view and no error message.
 func TestReferencesAreShownRedacted(t *testing.T) {
 	inv := openInventory(t, "dgxa100", nil)
-	h, _, _ := newHost(t, inv, Config{})
 	data := linearKernel(t, "k", nil)
 	const ref = "https://artifacts.example/k.safetensors?X-Amz-Credential=AKIASECRET&X-Amz-Signature=hunter2"
-	h.SetFetcher(fetcherFunc(func(_ context.Context, r, _ string) ([]byte, error) {
+	h, _, _ := newHost(t, inv, Config{}, withFetcher(fetcherFunc(func(_ context.Context, r, _ string) ([]byte, error) {
 		if strings.Contains(r, "missing") {
 			return nil, errors.New("HTTP 404")
 		}
 		return data, nil
-	}))
+	})))
 	v, err := h.Load(context.Background(), LoadRequest{Ref: ref})
 	if err != nil {
 		t.Fatal(err)

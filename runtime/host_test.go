@@ -64,9 +64,21 @@ func expected(x []float32) []float32 {
 	return []float32{r(x[0] + x[1]), r(x[2] - x[3] + 0.5), r(-x[0] - 1)}
 }
 
+// recordingPublisher is a Bus that records what is published and brings
+// no command and no epoch.
 type recordingPublisher struct {
 	mu   sync.Mutex
 	msgs []contracts.OonaMessage
+}
+
+func (p *recordingPublisher) ConsumeCommands(ctx context.Context, _ oona.CommandHandler) error {
+	<-ctx.Done()
+	return nil
+}
+
+func (p *recordingPublisher) ConsumeEpochs(ctx context.Context, _ oona.EpochFunc) error {
+	<-ctx.Done()
+	return nil
 }
 
 func (p *recordingPublisher) Publish(m contracts.OonaMessage) error {
@@ -94,15 +106,31 @@ func openInventory(t testing.TB, simulate string, vars map[string]string) *devic
 	return inv
 }
 
-func newHost(t testing.TB, inv Inventory, cfg Config) (*Host, *recordingPublisher, *prometheus.Registry) {
+// newHost returns a host on inv publishing to a recordingPublisher, with
+// a fresh registry; deps may add a fetcher, resolver, repository or store.
+func newHost(t testing.TB, inv Inventory, cfg Config, deps ...func(*Deps)) (*Host, *recordingPublisher, *prometheus.Registry) {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	pub := &recordingPublisher{}
-	h, err := New(cfg, inv, pub, reg)
+	d := Deps{Inventory: inv, Bus: pub, Registerer: reg}
+	for _, f := range deps {
+		f(&d)
+	}
+	h, err := New(cfg, d)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return h, pub, reg
+}
+
+func withFetcher(f Fetcher) func(*Deps)       { return func(d *Deps) { d.Fetcher = f } }
+func withResolver(r Resolver) func(*Deps)     { return func(d *Deps) { d.Resolver = r } }
+func withStore(s StateStore) func(*Deps)      { return func(d *Deps) { d.Store = s } }
+func withRepository(r Repository) func(*Deps) { return func(d *Deps) { d.Repository = &r } }
+
+// handle runs a bus command through the host's command consumer adapter.
+func handle(ctx context.Context, h *Host, p oona.CommandPayload) error {
+	return commandHandler{h}.HandleCommand(ctx, oona.Command{Message: contracts.NewOonaMessage("tamiyo", "t", contracts.TopicControlKasminaCommands, nil), Payload: p})
 }
 
 func TestLoadPlacesOnGPUAndExecutesOnCPU(t *testing.T) {
@@ -302,7 +330,7 @@ func TestMemoryPressureMovesKernels(t *testing.T) {
 func TestHealthSignalsPublished(t *testing.T) {
 	inv := openInventory(t, "dgxa100", nil)
 	h, pub, _ := newHost(t, inv, Config{HostID: "node-a"})
-	h.SetEpoch(12)
+	h.epoch.Store(12) // as the bus's system.events.epoch consumer does
 	if _, err := h.Load(context.Background(), LoadRequest{Data: linearKernel(t, "k", nil)}); err != nil {
 		t.Fatal(err)
 	}
@@ -357,14 +385,13 @@ func TestHealthSignalsPublished(t *testing.T) {
 
 func TestSeedCommands(t *testing.T) {
 	inv := openInventory(t, "dgxa100", nil)
-	h, _, _ := newHost(t, inv, Config{GraftingRamp: -1})
 	data := linearKernel(t, "kernel-abc", []string{"cuda"})
-	h.SetFetcher(fetcherFunc(func(_ context.Context, ref, _ string) ([]byte, error) {
+	fetch := fetcherFunc(func(_ context.Context, ref, _ string) ([]byte, error) {
 		if ref != "s3://esper-artifacts/kernels/kernel-abc/kernel.safetensors" {
 			return nil, fmt.Errorf("unexpected ref %q", ref)
 		}
 		return data, nil
-	}))
+	})
 	urza := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/api/v1/kernels/kernel-abc" {
 			http.NotFound(w, r)
@@ -375,18 +402,16 @@ func TestSeedCommands(t *testing.T) {
 			"created_at":"2026-11-24T10:00:00","updated_at":"2026-11-24T10:00:00"}`)
 	}))
 	defer urza.Close()
-	h.SetResolver(&Urza{BaseURL: urza.URL})
+	h, _, _ := newHost(t, inv, Config{GraftingRamp: -1}, withFetcher(fetch), withResolver(&Urza{BaseURL: urza.URL}))
 	ctx := context.Background()
-	cmd := func(p oona.CommandPayload) error {
-		return h.HandleCommand(ctx, oona.Command{Message: contracts.NewOonaMessage("tamiyo", "t1", contracts.TopicControlKasminaCommands, nil), Payload: p})
-	}
+	cmd := func(p oona.CommandPayload) error { return handle(ctx, h, p) }
 	if err := cmd(&oona.LoadKernel{LayerName: "layer1", SeedIdx: 2, ArtifactID: "kernel-abc"}); err != nil {
 		t.Fatal(err)
 	}
 	if err := cmd(&oona.LoadKernel{LayerName: "layer1", SeedIdx: 2, ArtifactID: "kernel-abc"}); err != nil {
 		t.Fatalf("redelivered load_kernel: %v", err)
 	}
-	if !h.ServesLayer("layer1") || h.ServesLayer("layer9") {
+	if !(commandHandler{h}).ServesLayer("layer1") || (commandHandler{h}).ServesLayer("layer9") {
 		t.Error("ServesLayer wrong")
 	}
 	seeds := h.Seeds()
@@ -672,7 +697,7 @@ func (p *fastPublisher) PublishHealthSignal(senderID, traceID string, sig contra
 func TestHealthSignalsTakeThePublishersFastPath(t *testing.T) {
 	inv := openInventory(t, "dgxa100", nil)
 	pub := &fastPublisher{}
-	h, err := New(Config{HostID: "node-a"}, inv, pub, prometheus.NewRegistry())
+	h, err := New(Config{HostID: "node-a"}, Deps{Inventory: inv, Bus: pub, Registerer: prometheus.NewRegistry()})
 	if err != nil {
 		t.Fatal(err)
 	}

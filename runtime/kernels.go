@@ -117,8 +117,8 @@ type LoadRequest struct {
 	SeedIdx int
 	// Replace unloads a kernel of the same name first.
 	Replace bool
-	// batch leaves calling the change hook to the caller, which calls it
-	// once for a batch of loads (LoadRepository).
+	// batch leaves saving the state to the caller, which saves it
+	// once for a batch of loads (the repository scan).
 	batch bool
 }
 
@@ -268,9 +268,9 @@ func (h *Host) Plan(md *contracts.KernelMetadata, batch int, fb *placement.Fallb
 
 // Load loads, places and starts serving a kernel. Its errors carry a
 // failure class (see classify.go); a name given in the request is checked
-// before anything is fetched. When the host has a change hook (OnChange)
-// that fails, the kernel is not kept: Load returns the hook's error and the
-// host is as it was.
+// before anything is fetched. When the state store cannot save the change,
+// the kernel is not kept: Load returns the store's error and the host is
+// as it was.
 func (h *Host) Load(ctx context.Context, req LoadRequest) (KernelView, error) {
 	start := h.cfg.Now()
 	if req.Name != "" {
@@ -434,7 +434,7 @@ func (h *Host) Load(ctx context.Context, req LoadRequest) (KernelView, error) {
 	l.setDecision(dec)
 
 	// Commit: serve the kernel and save, or undo both. The change lock
-	// makes the hook save the changes in the order they were made.
+	// makes the store save the changes in the order they were made.
 	h.changeMu.Lock()
 	h.mu.Lock()
 	if err := ctx.Err(); err != nil {
@@ -622,8 +622,8 @@ func nameFromRef(ref string) string {
 }
 
 // Unload stops serving a kernel once its in-flight requests finish, detaches
-// it from its seed and releases its reservation. When the change hook
-// fails, the kernel keeps serving and Unload returns the hook's error.
+// it from its seed and releases its reservation. When the state store
+// cannot save that, the kernel keeps serving and Unload returns its error.
 func (h *Host) Unload(ctx context.Context, name string) error {
 	h.changeMu.Lock()
 	h.mu.Lock()

@@ -17,19 +17,16 @@ import (
 // in front ("bad input: bad input: kernel name ..." was the old shape).
 func TestErrorMessagesNameTheInputOnce(t *testing.T) {
 	inv := openInventory(t, "dgxa100", nil)
-	h, _, _ := newHost(t, inv, Config{})
 	ctx := context.Background()
 	var resolved atomic.Int64
-	h.SetResolver(resolverFunc(func(context.Context, string) (*contracts.CompiledKernel, error) {
+	h, _, _ := newHost(t, inv, Config{}, withResolver(resolverFunc(func(context.Context, string) (*contracts.CompiledKernel, error) {
 		resolved.Add(1)
 		return nil, failure.Errorf(failure.NotFound, "unexpected")
-	}))
+	})))
 	if _, err := h.Load(ctx, LoadRequest{Name: "k", Data: linearKernel(t, "k", nil), Layer: "l"}); err != nil {
 		t.Fatal(err)
 	}
-	cmd := func(p oona.CommandPayload) error {
-		return h.HandleCommand(ctx, oona.Command{Message: contracts.NewOonaMessage("t", "t", contracts.TopicControlKasminaCommands, nil), Payload: p})
-	}
+	cmd := func(p oona.CommandPayload) error { return handle(ctx, h, p) }
 	for _, c := range []struct {
 		name  string
 		err   error

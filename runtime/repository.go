@@ -180,24 +180,15 @@ func (r Repository) peekHeader(p string) (format, kernelID string, err error) {
 	return format, kernelID, nil
 }
 
-// SetRepository sets where LoadRepository and LoadModel read kernels from.
-func (h *Host) SetRepository(r Repository) {
-	h.mu.Lock()
-	h.repo = &r
-	h.mu.Unlock()
-}
-
-// LoadRepository scans the repository and loads every kernel in it; a
-// kernel that fails is listed (FailedLoads) with the reason and the others
-// serve. It returns how many loaded and how many failed. The change hook
-// is called once, after the scan, rather than once per kernel: the scan
-// acknowledges nothing to anyone, and a directory of many kernels would
-// otherwise write the state as many times. A failure of that one save is
-// logged (the state store reports it); the kernels keep serving.
-func (h *Host) LoadRepository(ctx context.Context) (loadedN, failedN int, err error) {
-	h.mu.RLock()
+// loadRepository scans the repository and loads every kernel in it (Run's
+// start-up); a kernel that fails is listed (FailedLoads) with the reason
+// and the others serve. It returns how many loaded and how many failed.
+// The state is saved once, after the scan, rather than once per kernel:
+// the scan acknowledges nothing to anyone, and a directory of many kernels
+// would otherwise write the state as many times. A failure of that one
+// save is logged (the state store reports it); the kernels keep serving.
+func (h *Host) loadRepository(ctx context.Context) (loadedN, failedN int, err error) {
 	repo := h.repo
-	h.mu.RUnlock()
 	if repo == nil {
 		return 0, 0, nil
 	}
@@ -250,10 +241,11 @@ func (h *Host) LoadModel(ctx context.Context, name string) error {
 	return h.loadModel(ctx, name, false)
 }
 
-// loadModel is LoadModel; batch leaves saving to the caller (LoadRepository).
+// loadModel is LoadModel; batch leaves saving to the caller (the
+// repository scan).
 func (h *Host) loadModel(ctx context.Context, name string, batch bool) error {
-	h.mu.RLock()
 	repo := h.repo
+	h.mu.RLock()
 	p, ok := h.repoIndex[name]
 	h.mu.RUnlock()
 	if repo == nil || !ok {
@@ -309,26 +301,6 @@ type ModelState struct {
 	State  string `json:"state"`
 	Reason string `json:"reason,omitempty"`
 }
-
-// Ready reports whether the node can serve: the start-up scan has
-// finished. With the CPU executor always present, a loaded kernel can
-// always be served somewhere; one kernel whose circuit breaker is open is
-// that kernel's unreadiness (its view, its model readiness and
-// kasmina_kernel_breaker_open), never the node's, which would take every
-// other kernel on the node out of service.
-func (h *Host) Ready() (bool, string) {
-	if !h.started.Load() {
-		return false, "loading the kernel repository"
-	}
-	if why := h.notReady(); why != "" {
-		return false, why
-	}
-	return true, ""
-}
-
-// MarkStarted declares the start-up scan finished (readiness may turn
-// true).
-func (h *Host) MarkStarted() { h.started.Store(true) }
 
 // readCapped reads a repository file, refusing it by its size before
 // reading when it is larger than limit bytes (and while reading, should it

@@ -1,12 +1,7 @@
 package runtime
 
 import (
-	"context"
-	"log/slog"
-
 	"github.com/esper/kasmina-host/contracts"
-	"github.com/esper/kasmina-host/runtime/failure"
-	"github.com/esper/kasmina-host/runtime/oona"
 )
 
 // Seeds lists every seed, by layer id then seed index.
@@ -17,7 +12,7 @@ func (h *Host) Layers() []LayerView { return h.book.layerViews() }
 
 // RegisterLayer declares a layer this host serves (so commands for it are
 // accepted before any kernel is loaded) and returns its layer id. A new
-// layer is saved through the change hook; when that fails the layer is not
+// layer is saved in the state store; when that fails the layer is not
 // registered and the error says why.
 func (h *Host) RegisterLayer(name string) (int, error) {
 	h.changeMu.Lock()
@@ -34,7 +29,7 @@ func (h *Host) RegisterLayer(name string) (int, error) {
 }
 
 // SetSeedState moves a seed through its lifecycle under the contract's
-// transition table. When the change hook fails, the seed keeps its state
+// transition table. When the state store cannot save it, the seed keeps its state
 // and the error says why.
 func (h *Host) SetSeedState(layer string, idx int, to contracts.SeedState, why string) error {
 	h.changeMu.Lock()
@@ -44,7 +39,7 @@ func (h *Host) SetSeedState(layer string, idx int, to contracts.SeedState, why s
 }
 
 // SetAlpha sets a seed's blend factor, clamped to [0, 1]; while grafting
-// the ramp restarts from it. When the change hook fails, the seed keeps
+// the ramp restarts from it. When the state store cannot save it, the seed keeps
 // its alpha and the error says why.
 func (h *Host) SetAlpha(layer string, idx int, alpha float64) error {
 	h.changeMu.Lock()
@@ -64,70 +59,4 @@ func (h *Host) commit(undo func(), err error) error {
 		return err
 	}
 	return nil
-}
-
-// ServesLayer reports whether this host serves the layer: it has
-// registered it (a kernel was loaded into it, or it was declared).
-func (h *Host) ServesLayer(name string) bool {
-	_, ok := h.book.layerID(name)
-	return ok
-}
-
-// HandleCommand executes a control.kasmina.commands command. Its error
-// carries a failure class, which decides what the bus consumer does: a
-// permanent class (failure.Class.Permanent) dead-letters the command at
-// once, any other leaves it pending for another delivery.
-//
-// load_kernel's artifact_id is a kernel id resolved through Urza, which
-// then names the kernel, or a reference (a path, file://, http(s)://,
-// s3://), in which case the kernel is named by its kernel_id, else by the
-// reference's last path element (see LoadRequest.Name).
-func (h *Host) HandleCommand(ctx context.Context, cmd oona.Command) error {
-	log := h.log.With(slog.String("event_id", cmd.Message.EventID), slog.String("command", cmd.Payload.CommandName()))
-	var err error
-	switch p := cmd.Payload.(type) {
-	case *oona.LoadKernel:
-		// A command redelivered after it was handled is acknowledged.
-		if h.seedHolds(seedKey{p.LayerName, p.SeedIdx}, p.ArtifactID) {
-			return nil
-		}
-		req := LoadRequest{Ref: p.ArtifactID, Layer: p.LayerName, SeedIdx: p.SeedIdx}
-		if !isReference(p.ArtifactID) {
-			req.Name = p.ArtifactID // checked before Urza is asked
-		}
-		_, err = h.Load(ctx, req)
-	case *oona.UnloadKernel:
-		kernel := h.book.kernelAt(seedKey{p.LayerName, p.SeedIdx})
-		if kernel == "" {
-			return nil // nothing attached: already done
-		}
-		err = h.Unload(ctx, kernel)
-	case *oona.SetSeedState:
-		err = h.SetSeedState(p.LayerName, p.SeedIdx, p.State, "command "+cmd.Message.EventID)
-	case *oona.SetAlpha:
-		err = h.SetAlpha(p.LayerName, p.SeedIdx, p.Alpha)
-	default:
-		err = failure.Errorf(failure.Unsupported, "unknown command %q", cmd.Payload.CommandName())
-	}
-	if err != nil {
-		err = classify(err, failure.Internal)
-		log.Warn("command failed", slog.String("class", failure.ClassOf(err).String()), slog.Any("err", err))
-		return err
-	}
-	log.Info("command handled")
-	return nil
-}
-
-// seedHolds reports whether seed k holds the kernel that artifact (a
-// load_kernel artifact_id) names: by name (a kernel id), or by the
-// reference it was loaded from.
-func (h *Host) seedHolds(k seedKey, artifact string) bool {
-	kernel := h.book.kernelAt(k)
-	if kernel == "" {
-		return false
-	}
-	h.mu.RLock()
-	l, ok := h.kernels[kernel]
-	h.mu.RUnlock()
-	return ok && (l.name == artifact || l.source == artifact || l.origin == artifact)
 }

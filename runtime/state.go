@@ -61,23 +61,13 @@ type ArtifactStore interface {
 	Where(sha string) string
 }
 
-// SetArtifactStore makes every load keep its artifact's bytes in store
-// before it succeeds, so that State can be restored.
-func (h *Host) SetArtifactStore(s ArtifactStore) {
-	h.mu.Lock()
-	h.artifacts = s
-	h.mu.Unlock()
-}
-
+// keepArtifact keeps a kernel's bytes in the store for restarts.
 func (h *Host) keepArtifact(data []byte) error {
-	h.mu.RLock()
-	s := h.artifacts
-	h.mu.RUnlock()
-	if s == nil {
+	if h.store == nil {
 		return nil
 	}
 	sum := sha256.Sum256(data)
-	return s.Put(hex.EncodeToString(sum[:]), data)
+	return h.store.Put(hex.EncodeToString(sum[:]), data)
 }
 
 // State returns the host's state now.
@@ -106,14 +96,22 @@ func (h *Host) State() State {
 }
 
 // Restore brings back a saved State: the layer mapping and seeds first,
-// then each kernel from the artifact store, re-placed against the devices
-// now (a placement can differ from the one saved; the kernel's moves say
-// so). Kernels that cannot come back are listed as failed loads. It
-// returns how many kernels were restored.
-func (h *Host) Restore(ctx context.Context, st State, store ArtifactStore) (int, error) {
+// then each kernel from the state store's artifacts, re-placed against the
+// devices now (a placement can differ from the one saved; the kernel's
+// moves say so). Kernels that cannot come back are listed as failed loads.
+// It returns how many kernels were restored. Nothing is saved while it
+// runs (a state written then would record a restore half done): Run saves
+// the state once the start-up is over. Call it before Run.
+func (h *Host) Restore(ctx context.Context, st State) (int, error) {
 	if st.Version != StateVersion {
 		return 0, failure.Errorf(failure.Malformed, "state version %d, this host reads %d", st.Version, StateVersion)
 	}
+	store := h.store
+	if store == nil {
+		return 0, failure.Errorf(failure.Refused, "no state store to restore kernels from")
+	}
+	h.restoring.Store(true)
+	defer h.restoring.Store(false)
 	h.book.restore(st.Layers, st.Seeds, h.cfg.Now(), h.log)
 
 	restored := 0

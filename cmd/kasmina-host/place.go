@@ -75,7 +75,7 @@ func runPlace(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return fail(exitFatal, "%v", err)
 	}
 	defer inv.Close()
-	host, err := runtime.New(runtime.Config{Placement: opts, Fallback: fb, Logger: logger}, inv, nil, nil)
+	host, err := runtime.New(runtime.Config{Placement: opts, Fallback: fb, Logger: logger}, runtime.Deps{Inventory: inv})
 	if err != nil {
 		return fail(exitFatal, "%v", err)
 	}

@@ -217,7 +217,7 @@ func TestOutputLimitOverHTTP(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer inv.Close()
-	host, err := runtime.New(runtime.Config{MaxOutputBytes: 1 << 20, MaxBatch: 64}, inv, nil, nil)
+	host, err := runtime.New(runtime.Config{MaxOutputBytes: 1 << 20, MaxBatch: 64}, runtime.Deps{Inventory: inv})
 	if err != nil {
 		t.Fatal(err)
 	}
