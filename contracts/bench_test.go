@@ -68,6 +68,35 @@ func BenchmarkCompiledKernelEncode(b *testing.B) {
 	b.SetBytes(int64(len(buf)))
 }
 
+// BenchmarkCompiledKernelSmallDecode decodes and validates a small
+// CompiledKernel: the required fields, a device list, two timestamps
+// and a checksum, with every other field left to its default but
+// kernel_id (a kernel document always carries its identity).
+func BenchmarkCompiledKernelSmallDecode(b *testing.B) {
+	data := benchInput(b, "bench_compiled_kernel_small.json")
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := DecodeCompiledKernel(data); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkCompiledKernelSmallEncode encodes the small CompiledKernel.
+func BenchmarkCompiledKernelSmallEncode(b *testing.B) {
+	c, err := DecodeCompiledKernel(benchInput(b, "bench_compiled_kernel_small.json"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	buf := make([]byte, 0, 2048)
+	for b.Loop() {
+		buf = c.AppendJSON(buf[:0])
+	}
+	b.SetBytes(int64(len(buf)))
+}
+
 // BenchmarkHealthSignalDecodeStdlib is the encoding/json baseline (no
 // validation) the hand-written decoder is measured against.
 func BenchmarkHealthSignalDecodeStdlib(b *testing.B) {

@@ -26,10 +26,37 @@ type decoder struct {
 	errs    fieldErrors
 	syn     *SyntaxError
 	scratch []byte
-	recent  [4]string // identifiers seen in this document, reused when repeated
-	arena   []byte    // backing store of every string this decode returns
-	slab    *slab     // backing store of the document's small lists and pointers
+	arena   []byte // backing store of the strings copied as they are read
+	slab    *slab  // backing store of the document's small lists and pointers
 	used    slabUse
+
+	// With alias set (by a model's generated Decode function, which
+	// passes every string it stored through keep before it returns),
+	// strings read from the input point into it until keep copies them
+	// into one allocation of the owed bytes (see text and keep).
+	alias  bool
+	owed   int
+	owned  []byte // the copies; nowned bytes of it are used
+	nowned int
+	// recent holds the latest identifiers read as aliases, so that one
+	// the document repeats is the same alias (owed once); kept maps the
+	// latest identifiers copied from their place in the input to their
+	// copy's in owned. They hold offsets, not strings, so that updating
+	// them stores no pointers (which would need write barriers).
+	recent  [4]span
+	kept    [4]keptSpan
+	nrecent int
+	nkept   int
+}
+
+// span is a string's place in a buffer.
+type span struct{ off, n int }
+
+// keptSpan is an identifier's place in the input and its copy's offset
+// in owned.
+type keptSpan struct {
+	src span
+	dst int
 }
 
 // slab is one allocation holding the small slices and pointed-to values
@@ -37,17 +64,20 @@ type decoder struct {
 // list, two metric dicts, an optional checksum and an optional
 // timestamp, which would otherwise be seven allocations of 16 to 96
 // bytes, each costing an allocation and GC work. Its sizes cover the
-// documents the services exchange (shapes of rank <= 4, a few devices
-// and metrics); a list that outgrows its region is moved to the heap by
-// append as usual. Every slice handed out is capped at its length (s[:n:n]),
-// so a caller's append reallocates instead of writing into a
-// neighbour's region; a value kept alive keeps its whole slab alive,
-// which for these small documents is the better trade.
+// documents the services exchange (two shapes of rank <= 4, a few
+// devices, four metrics, one optional timestamp: 248 bytes, the 256-byte
+// size class, since on a small document every byte allocated costs GC
+// time); a list that outgrows its region is moved to the heap by append
+// as usual, and a value past its region gets an allocation of its own.
+// Every slice handed out is capped at its length (s[:n:n]), so a
+// caller's append reallocates instead of writing into a neighbour's
+// region; a value kept alive keeps its whole slab alive, which for these
+// small documents is the better trade.
 type slab struct {
 	ints    [8]int
 	strs    [4]string
-	metrics [6]Metric
-	times   [2]time.Time
+	metrics [4]Metric
+	times   [1]time.Time
 }
 
 // slabUse counts the elements of each slab region already handed out.
@@ -160,6 +190,97 @@ func (d *decoder) newString(b []byte) string {
 
 const firstArenaChunk = 512
 
+// text returns b, a string value just read, as a string. When the
+// decode may alias its input and b lies in it (no escapes needed
+// unescaping), the string points into the input and its bytes are owed
+// to keep; otherwise it is copied now.
+func (d *decoder) text(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	if d.alias && d.inData(unsafe.Pointer(&b[0])) {
+		if len(b) >= 16 { // identifiers, which documents repeat
+			for _, r := range d.recent[:min(d.nrecent, len(d.recent))] {
+				if r.n == len(b) && string(d.data[r.off:r.off+r.n]) == string(b) {
+					return unsafe.String(&d.data[r.off], r.n)
+				}
+			}
+			d.recent[d.nrecent%len(d.recent)] = span{d.offset(unsafe.Pointer(&b[0])), len(b)}
+			d.nrecent++
+		}
+		d.owed += len(b)
+		return unsafe.String(&b[0], len(b))
+	}
+	return d.newString(b)
+}
+
+// inData reports whether p points into the input.
+func (d *decoder) inData(p unsafe.Pointer) bool {
+	return len(d.data) > 0 && uint(d.offset(p)) < uint(len(d.data))
+}
+
+// offset returns p's offset from the start of the input (meaningful
+// only when p points into it).
+func (d *decoder) offset(p unsafe.Pointer) int {
+	return int(uintptr(p) - uintptr(unsafe.Pointer(unsafe.SliceData(d.data))))
+}
+
+// keep returns s, copied if it aliases the input. Every string a model's
+// decode stored passes through keep before the model is returned, so
+// that nothing returned points into the caller's buffer; the first copy
+// allocates the owed bytes at once, so that a document's strings cost
+// one allocation of their size. (Copying as they were read took a
+// 512-byte first chunk, mostly unused by a small document, and on a
+// small document every byte allocated costs GC time.)
+func (d *decoder) keep(s string) string {
+	if s == "" || !d.inData(unsafe.Pointer(unsafe.StringData(s))) {
+		return s
+	}
+	src := span{d.offset(unsafe.Pointer(unsafe.StringData(s))), len(s)}
+	if len(s) >= 16 { // text returned a repeated identifier as one alias
+		for _, k := range d.kept[:min(d.nkept, len(d.kept))] {
+			if k.src == src {
+				return unsafe.String(&d.owned[k.dst], len(s))
+			}
+		}
+	}
+	if len(d.owned)-d.nowned < len(s) {
+		// The first copy, or one owed did not count: an identifier
+		// repeated far apart is owed once but copied again when its
+		// first copy has left kept.
+		d.owned = make([]byte, max(d.owed, len(s)))
+		d.nowned, d.nkept = 0, 0
+	}
+	dst := d.nowned
+	d.nowned += copy(d.owned[dst:], s)
+	if len(s) >= 16 {
+		d.kept[d.nkept%len(d.kept)] = keptSpan{src, dst}
+		d.nkept++
+	}
+	return unsafe.String(&d.owned[dst], len(s))
+}
+
+// keepStrs keeps every element of a decoded string list in place.
+func (d *decoder) keepStrs(l []string) {
+	for i := range l {
+		l[i] = d.keep(l[i])
+	}
+}
+
+// keepMetrics keeps the names of decoded metrics in place.
+func (d *decoder) keepMetrics(m Metrics) {
+	for i := range m {
+		m[i].Name = d.keep(m[i].Name)
+	}
+}
+
+// keepOpt keeps the string an Optional[str] points to, in place.
+func (d *decoder) keepOpt(p *string) {
+	if p != nil {
+		*p = d.keep(*p)
+	}
+}
+
 func newDecoder(model string, data []byte) decoder {
 	return decoder{data: data, errs: fieldErrors{model: model}}
 }
@@ -250,17 +371,129 @@ func (d *decoder) openObject(path string) bool {
 // its key (valid until the next string is read) positioned at the value;
 // it returns false at '}' or on a syntax error.
 func (d *decoder) nextKey(first *bool) ([]byte, bool) {
+	// The usual layout, `, "` (or `"` first), is stepped over in line.
+	if p := d.pos; *first && p < len(d.data) && d.data[p] == '"' {
+		*first = false
+	} else if !*first && p+2 < len(d.data) && d.data[p] == ',' && (d.data[p+1] == '"' || d.data[p+1] == ' ' && d.data[p+2] == '"') {
+		d.pos = p + 1
+		if d.data[p+1] == ' ' {
+			d.pos++
+		}
+	} else if !d.keyStart(first) {
+		return nil, false
+	}
+	key, ok := d.readString()
+	if !ok {
+		return nil, false
+	}
+	// And `: ` before a value.
+	if p := d.pos; p+2 < len(d.data) && d.data[p] == ':' {
+		if c := d.data[p+1]; c > ' ' {
+			d.pos = p + 1
+			return key, true
+		} else if c == ' ' && d.data[p+2] > ' ' {
+			d.pos = p + 2
+			return key, true
+		}
+	}
+	if !d.keyEnd() {
+		return nil, false
+	}
+	return key, true
+}
+
+// member is nextKey for a model's object. Documents nearly always list a
+// model's fields in the reference's order, so it first checks whether
+// the input continues with want, the key expected next (quoted, with
+// its colon), in place: hit means the key is want's and was not read.
+// Otherwise key is the key read, valid until the next string is read.
+// ok is false at '}' or on a syntax error.
+func (d *decoder) member(first *bool, want string) (hit bool, key []byte, ok bool) {
+	if p := d.expect(*first, want); p >= 0 {
+		*first = false
+		d.pos = p
+		return true, nil, true
+	}
+	if key, ok = d.nextKey(first); !ok {
+		return false, nil, false
+	}
+	return len(want) > 3 && string(key) == want[1:len(want)-2], key, true
+}
+
+// expect returns the position of the value when the input continues
+// with the usual layout: `, ` (nothing before the first member), want,
+// an optional space and the value; else -1. Keys are short, so it
+// compares up to four eight-byte words in line (the last overlapping
+// the one before) instead of calling the runtime's general comparison.
+func (d *decoder) expect(first bool, want string) int {
+	p := d.pos
+	if uint(p) > uint(len(d.data)) {
+		return -1
+	}
+	rest := d.data[p:]
+	if !first {
+		if len(rest) < 2 || rest[0] != ',' {
+			return -1
+		}
+		if rest[1] == ' ' {
+			rest, p = rest[2:], p+2
+		} else {
+			rest, p = rest[1:], p+1
+		}
+	}
+	n := len(want)
+	if len(rest) < n+2 { // want, and a value (after a space) to follow
+		return -1
+	}
+	switch {
+	case n < 8 || n > 32:
+		if n == 0 || string(rest[:n]) != want { // "" follows the last field
+			return -1
+		}
+	case n <= 16:
+		if binary.LittleEndian.Uint64(rest) != load64(want) ||
+			binary.LittleEndian.Uint64(rest[n-8:]) != load64(want[n-8:]) {
+			return -1
+		}
+	default:
+		if binary.LittleEndian.Uint64(rest) != load64(want) ||
+			binary.LittleEndian.Uint64(rest[8:]) != load64(want[8:]) ||
+			binary.LittleEndian.Uint64(rest[n/2:]) != load64(want[n/2:]) ||
+			binary.LittleEndian.Uint64(rest[n-8:]) != load64(want[n-8:]) {
+			return -1
+		}
+	}
+	p += n
+	if c := rest[n]; c > ' ' {
+		return p
+	} else if c == ' ' && rest[n+1] > ' ' {
+		return p + 1
+	}
+	return -1
+}
+
+// load64 reads the first eight bytes of s little-endian (one load once
+// compiled).
+func load64(s string) uint64 {
+	_ = s[7]
+	return uint64(s[0]) | uint64(s[1])<<8 | uint64(s[2])<<16 | uint64(s[3])<<24 |
+		uint64(s[4])<<32 | uint64(s[5])<<40 | uint64(s[6])<<48 | uint64(s[7])<<56
+}
+
+// keyStart steps over the ',' before a member (none before the first)
+// to the '"' of its key; it returns false at '}' or on a syntax error.
+func (d *decoder) keyStart(first *bool) bool {
 	c := d.peek()
 	if *first {
 		*first = false
 		if c == '}' {
 			d.pos++
-			return nil, false
+			return false
 		}
 	} else {
 		if c == '}' {
 			d.pos++
-			return nil, false
+			return false
 		}
 		if c != ',' {
 			if c == 0 {
@@ -268,7 +501,7 @@ func (d *decoder) nextKey(first *bool) ([]byte, bool) {
 			} else {
 				d.fail("expected ',' or '}' in object")
 			}
-			return nil, false
+			return false
 		}
 		d.sep()
 		c = d.peek()
@@ -279,23 +512,24 @@ func (d *decoder) nextKey(first *bool) ([]byte, bool) {
 		} else {
 			d.fail("expected a string key in object")
 		}
-		return nil, false
+		return false
 	}
-	key, ok := d.readString()
-	if !ok {
-		return nil, false
-	}
+	return true
+}
+
+// keyEnd steps over the ':' after a key to the start of the value.
+func (d *decoder) keyEnd() bool {
 	if d.peek() != ':' {
 		d.fail("expected ':' after object key")
-		return nil, false
+		return false
 	}
 	d.sep()
 	d.ws()
 	if d.pos >= len(d.data) {
 		d.fail("unexpected end of input, expected a value")
-		return nil, false
+		return false
 	}
-	return key, true
+	return true
 }
 
 // nextElem advances to the next array element; false at ']' or on error.
@@ -349,22 +583,46 @@ const (
 
 // special8 returns, for the eight bytes packed little-endian in x, a
 // mask with the top bit of every byte that needs attention in a JSON
-// string ('"', '\\', a control byte, a byte >= 0x80) set. It uses the
-// "has zero byte" bit trick ((v-1) &^ v sets a byte's top bit where v's
-// byte is zero): borrows can only flag bytes above a genuinely special
-// one, so the lowest set bit always marks the first special byte.
-// Identifiers, checksums and references are long runs of plain bytes,
-// which this scans a word at a time instead of a byte at a time.
+// string ('"', '\\', a control byte, a byte >= 0x80) set. Subtracting 1
+// from every byte of x^c wraps a byte equal to c to 0xff, and
+// subtracting 0x20 from every byte of x wraps a control byte; a byte
+// >= 0x80 keeps its top bit through x^'"' - 1 unless it is 0xa2, which
+// x^'\\' - 1 flags. A borrow starts only at a byte that is itself
+// special, so it can only flag bytes above the first special one: the
+// lowest set bit always marks the first special byte. Identifiers,
+// checksums and references are long runs of plain bytes, which this
+// scans a word at a time instead of a byte at a time.
 func special8(x uint64) uint64 {
-	q := x ^ ('"' * ones8)
-	bs := x ^ ('\\' * ones8)
-	m := (q - ones8) &^ q
-	m |= (bs - ones8) &^ bs
-	// Top bit set where a byte is below 0x20 (and, harmlessly, where
-	// it is 0xa0 or above, which the next term flags anyway).
+	m := (x ^ '"'*ones8) - ones8
+	m |= (x ^ '\\'*ones8) - ones8
 	m |= x - 0x20*ones8
-	m |= x // bytes >= 0x80
 	return m & high8
+}
+
+// nextSpecial returns the index of the first byte at or after i that is
+// not plain inside a JSON string, or len(data): sixteen bytes at a time
+// while they remain, then eight, then one.
+func nextSpecial(data []byte, i int) int {
+	for ; i+16 <= len(data); i += 16 {
+		w := data[i : i+16]
+		m := special8(binary.LittleEndian.Uint64(w))
+		if m != 0 {
+			return i + bits.TrailingZeros64(m)>>3
+		}
+		if m = special8(binary.LittleEndian.Uint64(w[8:])); m != 0 {
+			return i + 8 + bits.TrailingZeros64(m)>>3
+		}
+	}
+	if i+8 <= len(data) {
+		if m := special8(binary.LittleEndian.Uint64(data[i:])); m != 0 {
+			return i + bits.TrailingZeros64(m)>>3
+		}
+		i += 8
+	}
+	for i < len(data) && strPlain[data[i]] {
+		i++
+	}
+	return i
 }
 
 // readString reads a JSON string at d.pos (which holds '"'). The result
@@ -375,22 +633,8 @@ func (d *decoder) readString() ([]byte, bool) {
 	data := d.data
 	high := false
 	for {
-		// Find the next byte that is not plain, a word at a time while
-		// eight bytes remain, then a byte at a time.
-		if i+8 <= len(data) {
-			m := special8(binary.LittleEndian.Uint64(data[i:]))
-			if m == 0 {
-				i += 8
-				continue
-			}
-			i += bits.TrailingZeros64(m) >> 3
-		} else {
-			for i < len(data) && strPlain[data[i]] {
-				i++
-			}
-			if i >= len(data) {
-				break
-			}
+		if i = nextSpecial(data, i); i >= len(data) {
+			break
 		}
 		c := data[i]
 		if c == '"' {
@@ -816,7 +1060,7 @@ func (d *decoder) metrics(p, name string, stripKeys bool) (Metrics, bool) {
 		if !ok {
 			break
 		}
-		key := d.newString(k)
+		key := d.text(k)
 		if stripKeys {
 			key = strip(key)
 		}
@@ -897,25 +1141,17 @@ func (d *decoder) str(prefix, name string) (string, bool) {
 	return d.intern(b), true
 }
 
-// intern returns the common constant strings of the contracts, and an
-// identifier already seen in this document (a kernel's ID repeated in its
-// metadata), without allocating; anything else is copied.
+// intern returns the common constant strings of the contracts without
+// copying them; anything else goes through text (and an identifier the
+// document repeats, such as a kernel's ID in its metadata, is copied
+// once by keep).
 func (d *decoder) intern(b []byte) string {
-	if len(b) >= 16 {
-		for _, r := range d.recent {
-			if r == string(b) {
-				return r
-			}
+	if len(b) < 16 {
+		if s, ok := constString(b); ok {
+			return s
 		}
-		s := d.newString(b)
-		copy(d.recent[1:], d.recent[:len(d.recent)-1])
-		d.recent[0] = s
-		return s
 	}
-	if s, ok := constString(b); ok {
-		return s
-	}
-	return d.newString(b)
+	return d.text(b)
 }
 
 // constString returns the common constant strings of the contracts
@@ -965,6 +1201,16 @@ const maxExactFloatInt = 1 << 63
 // int decodes an int field with Pydantic's lax rules: integers, floats
 // with no fractional part, decimal strings and booleans.
 func (d *decoder) int(prefix, name string) (int, bool) {
+	at := d.pos
+	if n, frac, neg, ok := d.shortNumber(); ok {
+		if frac == 0 {
+			if neg {
+				return -int(n), true
+			}
+			return int(n), true
+		}
+		d.pos = at // a fraction: the general path tells 5.0 from 5.5
+	}
 	c := d.data[d.pos]
 	switch {
 	case c == '-' || (c >= '0' && c <= '9'):
@@ -1059,6 +1305,19 @@ func isASCIISpace(c byte) bool {
 // booleans and decimal strings. Non-finite values are refused: the
 // reference would write them back as null, which it then rejects.
 func (d *decoder) float(prefix, name string) (float64, bool) {
+	if n, frac, neg, ok := d.shortNumber(); ok {
+		if frac == 0 { // an integer literal: "-0" is 0, as parseIntLit reads it
+			if neg {
+				return float64(-int64(n)), true
+			}
+			return float64(n), true
+		}
+		f := float64(n) / pow10tab[frac]
+		if neg {
+			f = -f
+		}
+		return f, true
+	}
 	c := d.data[d.pos]
 	switch {
 	case c == '-' || (c >= '0' && c <= '9'):
@@ -1201,6 +1460,51 @@ func (d *decoder) relocateElem(p, name string, i int) {
 // missing records a required field that was absent.
 func (d *decoder) missing(prefix, name string) {
 	d.errs.add(join(prefix, name), "field required")
+}
+
+// shortNumber reads, in one pass, the number at d.pos when it has the
+// common short form: an optional '-', an integer part without a leading
+// zero (or a single 0), an optional fraction, at most 15 digits in all
+// and no exponent. It returns the digits as an integer, the number of
+// them after the point and the sign; the value is exactly
+// n / 10^frac, which for at most 15 digits is one correctly rounded
+// division, as parseFloatLit computes it. Any other form (an exponent,
+// a leading zero, more digits, none) returns ok false with d.pos
+// unchanged, for the general path to read or report.
+func (d *decoder) shortNumber() (n uint64, frac int, neg, ok bool) {
+	data := d.data
+	i := d.pos
+	if i < len(data) && data[i] == '-' {
+		neg = true
+		i++
+	}
+	start := i
+	for i < len(data) && data[i]-'0' <= 9 {
+		n = n*10 + uint64(data[i]-'0')
+		i++
+	}
+	digits := i - start
+	if digits == 0 || (data[start] == '0' && digits > 1) {
+		return 0, 0, false, false
+	}
+	if i < len(data) && data[i] == '.' {
+		i++
+		fs := i
+		for i < len(data) && data[i]-'0' <= 9 {
+			n = n*10 + uint64(data[i]-'0')
+			i++
+		}
+		frac = i - fs
+		if frac == 0 {
+			return 0, 0, false, false
+		}
+		digits += frac
+	}
+	if digits > 15 || (i < len(data) && (data[i] == 'e' || data[i] == 'E')) {
+		return 0, 0, false, false
+	}
+	d.pos = i
+	return n, frac, neg, true
 }
 
 var pow10tab = [...]float64{1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11,

@@ -11,8 +11,18 @@
 // validates, applies defaults and generates the generated ones (UUID v4
 // identifiers, the current UTC time, unix time). Each model also has a
 // fast entry point, DecodeXxx(data) (Xxx, error), and an append-style
-// encoder, AppendJSON(dst) []byte. Decoding is a single hand-written pass
-// that scans, converts and checks at once.
+// encoder, AppendJSON(dst) []byte. Decoding is a single pass that scans,
+// converts and checks at once.
+//
+// The models' struct types, field bits, decoders, checks, encoders and
+// wrappers are generated (models_gen.go) from one spec,
+// internal/modelgen/spec.go, which names each field's JSON key, kind,
+// default and constraints; go generate rewrites the file and a test
+// fails when it is out of date. The json struct tags are not what
+// encodes or decodes: they document the wire names for readers and
+// reflection-based tools, and encoding/json calls the generated
+// MarshalJSON and UnmarshalJSON instead. To change a contract, change
+// the spec and run go generate ./contracts/.
 //
 // Decoding follows the reference's lax mode where it is cheap and clear:
 // an int field takes 5, 5.0, "5" and true; a float field takes numbers,
@@ -81,3 +91,5 @@
 // and Blueprint.Transition apply a change and stamp UpdatedAt, or return
 // a *TransitionError wrapping ErrIllegalTransition.
 package contracts
+
+//go:generate go run ./internal/modelgen/cmd/modelgen -o models_gen.go

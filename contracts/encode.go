@@ -444,10 +444,3 @@ func appendOptString(dst []byte, s *string) []byte {
 	}
 	return appendString(dst, *s)
 }
-
-// key writes `,"name":` (or without the comma for the first field).
-func key(dst []byte, name string) []byte {
-	dst = append(dst, ',', '"')
-	dst = append(dst, name...)
-	return append(dst, '"', ':')
-}

@@ -207,7 +207,7 @@ func (d *decoder) object(p, name string) (Object, bool) {
 		}
 		return Object{}, true
 	}
-	return Object{raw: d.newString(d.data[start:d.pos])}, true
+	return Object{raw: d.text(d.data[start:d.pos])}, true
 }
 
 // scanFree consumes a free-form value, checking its syntax and, like

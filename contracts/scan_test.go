@@ -59,6 +59,25 @@ func TestSpecial8FindsTheFirstSpecialByte(t *testing.T) {
 	}
 }
 
+func TestSpecial8EveryPairOfBytes(t *testing.T) {
+	// Every pair of byte values at every pair of positions: a borrow
+	// from one special byte must never flag a byte below it, nor hide it.
+	w := []byte("abcdefgh")
+	for i := 0; i < 8; i++ {
+		for j := i + 1; j < 8; j++ {
+			for a := 0; a < 256; a++ {
+				for b := 0; b < 256; b++ {
+					copy(w, "abcdefgh")
+					w[i], w[j] = byte(a), byte(b)
+					if got, want := firstSpecial8(w), firstSpecialRef(w); got != want {
+						t.Fatalf("word %q: first special byte at %d, want %d", w, got, want)
+					}
+				}
+			}
+		}
+	}
+}
+
 func TestReadStringAtEveryAlignment(t *testing.T) {
 	// A string whose special byte falls at each offset relative to the
 	// eight-byte words, near the end of the input and away from it.

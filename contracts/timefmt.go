@@ -86,6 +86,14 @@ func daysIn(year, month int) int {
 // offset of Z, z, ±HH:MM or ±HHMM, or none (naive); a bare date (naive
 // midnight); or a decimal number of unix seconds.
 func parseTimestamp(b []byte) (time.Time, string) {
+	if t, ok := parseRFC3339(b); ok {
+		return t, ""
+	}
+	return parseTimestampAny(b)
+}
+
+// parseTimestampAny is parseTimestamp for every form.
+func parseTimestampAny(b []byte) (time.Time, string) {
 	if len(b) > 0 && (b[0] == '-' || b[0] == '+' || b[0] == '.' || len(b) < 10 || (b[4] != '-')) {
 		if f, ok := unixFromString(b); ok {
 			return fromUnix(f)
@@ -132,17 +140,17 @@ func parseTimestamp(b []byte) (time.Time, string) {
 		if i < len(b) && (b[i] == '.' || b[i] == ',') {
 			i++
 			j := i
-			scale := 100000000
+			us := 0 // the first six digits; the rest are truncated
 			for i < len(b) && b[i] >= '0' && b[i] <= '9' {
 				if i-j < 6 {
-					nsec += int(b[i]-'0') * scale
-					scale /= 10
+					us = us*10 + int(b[i]-'0')
 				}
 				i++
 			}
 			if i == j {
 				return time.Time{}, "input should be a valid datetime, invalid fraction of a second"
 			}
+			nsec = us * fracScale[min(i-j, 6)]
 		}
 	}
 	if hour > 23 || minute > 59 || sec > 59 {
@@ -185,6 +193,71 @@ func parseTimestamp(b []byte) (time.Time, string) {
 	}
 	unix := daysFromCivil(year, month, day)*86400 + int64(hour*3600+minute*60+sec) - int64(off)
 	return time.Unix(unix, int64(nsec)).In(loc), ""
+}
+
+// fracScale[n] turns n digits of a fraction of a second into nanoseconds.
+var fracScale = [...]int{0, 1e8, 1e7, 1e6, 1e5, 1e4, 1e3}
+
+// parseRFC3339 is parseTimestamp's fast path for the form services
+// write, YYYY-MM-DDTHH:MM:SS with an optional fraction after '.' and a
+// "Z" or ±HH:MM offset, or none: fixed positions, no loops over the
+// date and time. It declines (ok false) anything else, including values
+// out of range, for parseTimestamp to read or report; what it accepts,
+// parseTimestamp's general path reads the same.
+func parseRFC3339(b []byte) (t time.Time, ok bool) {
+	if len(b) < 19 || b[4] != '-' || b[7] != '-' || b[10] != 'T' || b[13] != ':' || b[16] != ':' {
+		return time.Time{}, false
+	}
+	d := [...]byte{b[0] - '0', b[1] - '0', b[2] - '0', b[3] - '0', b[5] - '0', b[6] - '0', b[8] - '0', b[9] - '0',
+		b[11] - '0', b[12] - '0', b[14] - '0', b[15] - '0', b[17] - '0', b[18] - '0'}
+	for _, c := range d {
+		if c > 9 {
+			return time.Time{}, false
+		}
+	}
+	year := int(d[0])*1000 + int(d[1])*100 + int(d[2])*10 + int(d[3])
+	month, day := int(d[4])*10+int(d[5]), int(d[6])*10+int(d[7])
+	hour, minute, sec := int(d[8])*10+int(d[9]), int(d[10])*10+int(d[11]), int(d[12])*10+int(d[13])
+	if year == 0 || month < 1 || month > 12 || day < 1 || day > daysIn(year, month) ||
+		hour > 23 || minute > 59 || sec > 59 {
+		return time.Time{}, false
+	}
+	i, nsec := 19, 0
+	if i < len(b) && b[i] == '.' {
+		i++
+		j, us := i, 0
+		for i < len(b) && b[i]-'0' <= 9 {
+			if i-j < 6 {
+				us = us*10 + int(b[i]-'0')
+			}
+			i++
+		}
+		if i == j {
+			return time.Time{}, false
+		}
+		nsec = us * fracScale[min(i-j, 6)]
+	}
+	loc, off := Naive, 0
+	switch rest := b[i:]; {
+	case len(rest) == 0:
+	case len(rest) == 1 && rest[0] == 'Z':
+		loc = time.UTC
+	case len(rest) == 6 && (rest[0] == '+' || rest[0] == '-') && rest[3] == ':':
+		h0, h1, m0, m1 := rest[1]-'0', rest[2]-'0', rest[4]-'0', rest[5]-'0'
+		oh, om := int(h0)*10+int(h1), int(m0)*10+int(m1)
+		if h0 > 9 || h1 > 9 || m0 > 9 || m1 > 9 || oh > 23 || om > 59 {
+			return time.Time{}, false
+		}
+		off = oh*3600 + om*60
+		if rest[0] == '-' {
+			off = -off
+		}
+		loc = zoneFor(off)
+	default:
+		return time.Time{}, false
+	}
+	unix := daysFromCivil(year, month, day)*86400 + int64(hour*3600+minute*60+sec) - int64(off)
+	return time.Unix(unix, int64(nsec)).In(loc), true
 }
 
 // daysFromCivil counts days from 1970-01-01 to a proleptic Gregorian
@@ -309,6 +382,14 @@ func appendTimestamp(dst []byte, t time.Time) []byte {
 	dst = append(dst, '"')
 	dst = appendTimestampRaw(dst, t)
 	return append(dst, '"')
+}
+
+// appendOptTimestamp writes an Optional[datetime]: null or the time.
+func appendOptTimestamp(dst []byte, t *time.Time) []byte {
+	if t == nil {
+		return append(dst, "null"...)
+	}
+	return appendTimestamp(dst, *t)
 }
 
 // civil converts days since 1970-01-01 to a proleptic Gregorian date

@@ -1,6 +1,8 @@
 package contracts
 
 import (
+	"fmt"
+	"math/rand/v2"
 	"testing"
 	"time"
 )
@@ -62,5 +64,35 @@ func TestCheckTimeAtTheEdgesOfPythonsRange(t *testing.T) {
 		if ok := len(errs.fields) == 0; ok != tc.ok {
 			t.Errorf("%v: accepted %v, want %v (%v)", tc.t, ok, tc.ok, errs.fields)
 		}
+	}
+}
+
+// TestRFC3339FastPathMatchesTheGeneralParser: whatever parseRFC3339
+// accepts, parseTimestampAny reads to the same instant, offset and
+// naivety; random timestamps near the canonical form, valid and not.
+func TestRFC3339FastPathMatchesTheGeneralParser(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	zones := []string{"", "Z", "z", "+00:00", "+02:00", "-05:30", "+14:00", "-23:59", "+24:00", "+02:60", "+0200", "+02", "Zx"}
+	fracs := []string{"", ".5", ".123456", ".1234567891", ".", ",5", ".12a"}
+	accepted := 0
+	for range 200000 {
+		s := fmt.Sprintf("%04d-%02d-%02dT%02d:%02d:%02d%s%s", r.IntN(10000), r.IntN(14), r.IntN(33), r.IntN(25), r.IntN(61), r.IntN(61),
+			fracs[r.IntN(len(fracs))], zones[r.IntN(len(zones))])
+		b := []byte(s)
+		if r.IntN(8) == 0 { // a stray byte anywhere
+			b[r.IntN(len(b))] = "0123456789-T:+Z. x"[r.IntN(18)]
+		}
+		fast, ok := parseRFC3339(b)
+		if !ok {
+			continue
+		}
+		accepted++
+		slow, reason := parseTimestampAny(b)
+		if reason != "" || !fast.Equal(slow) || fast.Location() != slow.Location() || IsNaive(fast) != IsNaive(slow) {
+			t.Fatalf("%s: fast path %v (%v), general %v (%v) %q", b, fast, fast.Location(), slow, slow.Location(), reason)
+		}
+	}
+	if accepted < 10000 {
+		t.Fatalf("the fast path accepted only %d timestamps", accepted)
 	}
 }

@@ -97,18 +97,12 @@ type Inventory interface {
 	Subscribe() (<-chan device.Event, func())
 }
 
-// Publisher takes messages for the bus without blocking (the publishing
-// half of Bus).
+// Publisher takes messages for the bus without blocking: a new message
+// on topic from senderID, its payload written by the payload itself (the
+// runtime's are contracts.HealthSignal). It is the publishing half of
+// Bus.
 type Publisher interface {
-	Publish(msg contracts.OonaMessage) error
-}
-
-// healthSignalPublisher is a Publisher's optional fast path for health
-// signals (oona's buses have it): the signal is encoded straight from the
-// struct, as the message NewOonaMessage(senderID, traceID,
-// TopicTelemetrySeedHealth, <its fields>) would be.
-type healthSignalPublisher interface {
-	PublishHealthSignal(senderID, traceID string, sig contracts.HealthSignal) error
+	PublishPayload(topic contracts.TopicName, senderID, traceID string, p oona.Payload) error
 }
 
 // Config configures a Host. Zero values take the defaults documented on

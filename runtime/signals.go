@@ -52,13 +52,7 @@ func (h *Host) EmitSignals() []contracts.HealthSignal {
 		out = append(out, sig)
 		h.metrics.observeSignal(l.seed.layer, l.seed.idx, l.name, &sig, sum)
 		if h.pub != nil {
-			var err error
-			if fast, ok := h.pub.(healthSignalPublisher); ok {
-				err = fast.PublishHealthSignal(h.senderID(), traceID(l.seed.layer, l.seed.idx, l.name), sig)
-			} else {
-				err = h.pub.Publish(contracts.NewOonaMessage(h.senderID(), traceID(l.seed.layer, l.seed.idx, l.name),
-					contracts.TopicTelemetrySeedHealth, signalPayload(&sig)))
-			}
+			err := h.pub.PublishPayload(contracts.TopicTelemetrySeedHealth, h.senderID(), traceID(l.seed.layer, l.seed.idx, l.name), &sig)
 			if err != nil {
 				h.log.Warn("health signal not published", slog.String("kernel", l.name), slog.Any("err", err))
 			}
@@ -78,25 +72,4 @@ func (h *Host) senderID() string { return "kasmina-host." + h.cfg.HostID }
 // "<layer name>/<seed index>/<kernel>".
 func traceID(layer string, idx int, kernel string) string {
 	return layer + "/" + strconv.Itoa(idx) + "/" + kernel
-}
-
-// signalPayload is the HealthSignal as the bus payload: exactly the
-// contract's fields (the Python model forbids extras).
-func signalPayload(s *contracts.HealthSignal) map[string]any {
-	return map[string]any{
-		"layer_id":                s.LayerID,
-		"seed_id":                 s.SeedID,
-		"chunk_id":                s.ChunkID,
-		"epoch":                   s.Epoch,
-		"activation_variance":     s.ActivationVariance,
-		"dead_neuron_ratio":       s.DeadNeuronRatio,
-		"avg_correlation":         s.AvgCorrelation,
-		"is_ready_for_transition": s.IsReadyForTransition,
-		"health_score":            s.HealthScore,
-		"execution_latency":       s.ExecutionLatency,
-		"error_count":             s.ErrorCount,
-		"active_seeds":            s.ActiveSeeds,
-		"total_seeds":             s.TotalSeeds,
-		"timestamp":               s.Timestamp,
-	}
 }

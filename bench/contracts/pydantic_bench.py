@@ -29,7 +29,8 @@ def best_ns(fn, repeat=15, min_time=0.05):
 
 def main():
     cases = [("HealthSignal", HealthSignal, "bench_health_signal.json"),
-             ("CompiledKernel", CompiledKernel, "bench_compiled_kernel.json")]
+             ("CompiledKernel", CompiledKernel, "bench_compiled_kernel.json"),
+             ("CompiledKernelSmall", CompiledKernel, "bench_compiled_kernel_small.json")]
     for name, model, fname in cases:
         with open(os.path.join(TESTDATA, fname), "rb") as f:
             data = f.read()

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs the contracts codec benchmarks in Go and the same work in Pydantic v2
-# side by side on this machine and prints a ratio table (Pydantic / Go).
+# side by side on this machine and prints a ratio table (Pydantic / Go):
+# a HealthSignal, the bench CompiledKernel and a small CompiledKernel
+# (required fields, a device list, two timestamps, a checksum).
 #
 #   bench/contracts/run.sh [ROUNDS]
 #
@@ -21,7 +23,7 @@ trap 'rm -rf "$tmp"' EXIT
 (cd "$root" && go test -c -o "$tmp/contracts.test" ./contracts/)
 for ((i = 1; i <= rounds; i++)); do
 	(cd "$root/contracts" && "$tmp/contracts.test" -test.run '^$' \
-		-test.bench '^Benchmark(HealthSignal|CompiledKernel)(Decode|Encode)$' \
+		-test.bench '^Benchmark(HealthSignal|CompiledKernel|CompiledKernelSmall)(Decode|Encode)$' \
 		-test.benchtime 50ms -test.count 15) | awk '/^Benchmark/ {sub(/-[0-9]+$/, "", $1); print $1, $3}' >>"$tmp/go.txt"
 	"$python" "$here/pydantic_bench.py" >>"$tmp/py.txt"
 done

@@ -8,16 +8,21 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/esper/kasmina-host/contracts"
 )
 
+// benchSender is the sender_id of the benchmarks' messages, as the
+// runtime writes it.
+const benchSender = "kasmina-host.test-node"
+
 // BenchmarkPublisherRedis measures health signals per second through the
 // publisher (encode, buffer, pipelined XADD, acknowledged) into a local
-// redis-server without persistence: health_signal is PublishHealthSignal,
-// the path the runtime takes; message is Publish with a map payload.
+// redis-server without persistence. health_signal is the runtime's path:
+// PublishPayload of the signal (a fresh event id and timestamp, the
+// payload written by HealthSignal.AppendJSON); message is Publish of
+// messages built beforehand with the signal's fields as a map payload.
 // OONA_BENCH_REDIS=host:port uses a server already running
 // (bench/oona/run.sh runs redis-benchmark against the same one); otherwise
 // the benchmark starts its own.
@@ -27,13 +32,12 @@ func BenchmarkPublisherRedis(b *testing.B) {
 		srv := startRedis(b, "--appendonly", "no")
 		addr = srv.addr()
 	}
-	const senderID = "kasmina-host.test-node"
 	sigs := make([]contracts.HealthSignal, 1024)
 	traces := make([]string, len(sigs))
 	msgs := make([]contracts.OonaMessage, len(sigs))
 	for i := range sigs {
 		sigs[i] = healthSignal(i)
-		traces[i] = "telemetry-" + strconv.Itoa(i)
+		traces[i] = "layer" + strconv.Itoa(i%12) + "/" + strconv.Itoa(i%4) + "/kernel-" + strconv.Itoa(i%7)
 		msgs[i] = healthMessage(b, i)
 	}
 	for _, c := range []struct {
@@ -41,7 +45,8 @@ func BenchmarkPublisherRedis(b *testing.B) {
 		publish func(bus *RedisBus, i int) error
 	}{
 		{"health_signal", func(bus *RedisBus, i int) error {
-			return bus.PublishHealthSignal(senderID, traces[i%len(sigs)], sigs[i%len(sigs)])
+			k := i % len(sigs)
+			return bus.PublishPayload(contracts.TopicTelemetrySeedHealth, benchSender, traces[k], &sigs[k])
 		}},
 		{"message", func(bus *RedisBus, i int) error { return bus.Publish(msgs[i%len(msgs)]) }},
 	} {
@@ -80,15 +85,17 @@ func BenchmarkPublisherRedis(b *testing.B) {
 	}
 }
 
-// BenchmarkEncodeHealthSignal is the encoding cost of one health signal on
-// the fast path and through a map payload.
+// BenchmarkEncodeHealthSignal is the caller's cost of publishing one
+// health signal before the bus: health_signal as the runtime publishes it
+// (PublishPayload), message as Publish of a message built beforehand with
+// a map payload.
 func BenchmarkEncodeHealthSignal(b *testing.B) {
 	sig := healthSignal(7)
 	msg := healthMessage(b, 7)
 	b.Run("health_signal", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			if _, err := encodeHealthSignal(eventIDs.newID(), contracts.Now(), "kasmina-host.test-node", "telemetry-7", &sig); err != nil {
+			if _, err := encodeFields(ptr(newMessage(contracts.TopicTelemetrySeedHealth, benchSender, "layer7/3/kernel-0")), &sig, false); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -96,7 +103,7 @@ func BenchmarkEncodeHealthSignal(b *testing.B) {
 	b.Run("message", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			if _, err := encodeFields(&msg); err != nil {
+			if _, err := encodeFields(&msg, nil, false); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -104,16 +111,16 @@ func BenchmarkEncodeHealthSignal(b *testing.B) {
 }
 
 // TestWriteBenchEntry writes the wire fields of one health signal as the
-// runtime publishes it (PublishHealthSignal), NUL-separated, to
-// $OONA_BENCH_ENTRY_OUT, so bench/oona/run.sh can make redis-benchmark XADD
-// an entry of the same size. Skipped otherwise.
+// runtime publishes it, NUL-separated, to $OONA_BENCH_ENTRY_OUT, so
+// bench/oona/run.sh can make redis-benchmark XADD an entry of the same
+// size. Skipped otherwise.
 func TestWriteBenchEntry(t *testing.T) {
 	out := os.Getenv("OONA_BENCH_ENTRY_OUT")
 	if out == "" {
 		t.Skip("OONA_BENCH_ENTRY_OUT not set (used by bench/oona/run.sh)")
 	}
 	sig := healthSignal(7)
-	e, err := encodeHealthSignal(uuid.New(), contracts.Now(), "kasmina-host.test-node", "telemetry-7", &sig)
+	e, err := encodeFields(ptr(newMessage(contracts.TopicTelemetrySeedHealth, benchSender, "layer7/3/kernel-0")), &sig, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,3 +128,6 @@ func TestWriteBenchEntry(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// ptr returns a pointer to a copy of v.
+func ptr[T any](v T) *T { return &v }

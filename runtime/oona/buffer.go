@@ -78,8 +78,8 @@ func (o PublisherOptions) withDefaults() PublisherOptions {
 type entry struct {
 	stream string            // the topic, which is the stream name
 	vals   [numFields]string // field values, in the order of fieldNames
-	size   int               // bytes of names and values, for the byte bound
-	line   []byte            // the JSON line, embedded bus only
+	line   string            // the message's contract JSON, embedded bus only
+	size   int               // bytes of the values and the line, for the byte bound
 }
 
 // eventID is the entry's event_id, for logs.
@@ -112,6 +112,7 @@ type bufferedPublisher struct {
 	opts   PublisherOptions
 	sink   sink
 	logger *slog.Logger
+	lines  bool // entries keep their JSON line: the embedded bus writes it
 
 	mu            sync.Mutex
 	queue         entryQueue // published, not yet taken by the flusher
@@ -234,20 +235,20 @@ func (p *bufferedPublisher) signalChanged() {
 	p.changed = make(chan struct{})
 }
 
-// pipeline is a sink that can have more than one batch on the wire, so the
-// server works on one batch while the next is already in its socket
-// buffer: send writes a batch, recv reads the results of the oldest batch
-// sent and not yet received, abort forgets every such batch (dropping the
-// connection they were sent on).
+// pipeline is a sink that takes the next batch while it is still writing
+// the last, so that the server goes from one to the next without waiting
+// for the flusher: send hands a batch over, recv returns the results of
+// the oldest batch sent and not yet received, abort forgets every such
+// batch (its entries are sent again).
 type pipeline interface {
 	send(ctx context.Context, batch []entry) error
 	recv(ctx context.Context, batch []entry) []error
 	abort()
 }
 
-// pipelineDepth is how many batches a pipeline sink keeps on the wire.
-// Two hide the round trip: while Redis works through one, the next waits
-// in its socket buffer.
+// pipelineDepth is how many batches a pipeline sink holds at once. Two
+// hide the flusher's work: while Redis works through one, the next is
+// ready to go.
 const pipelineDepth = 2
 
 // syncPipeline runs a sink that only writes synchronously as a pipeline of

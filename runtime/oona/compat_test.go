@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/esper/kasmina-host/contracts"
 )
 
 // TestPythonReadsHostSignalsAndSendsCommand runs testdata/oona_compat.py
@@ -45,15 +47,27 @@ func TestPythonReadsHostSignalsAndSendsCommand(t *testing.T) {
 	stop := startConsumer(t, bus, h)
 	defer stop()
 
-	// Half through Publish (a map payload), half through the fast path the
-	// runtime takes for health signals.
+	// A third as the runtime publishes health signals (PublishPayload: the
+	// signal's own JSON), a third through Publish with a map payload
+	// (integers as ints), a third with the map decoded from JSON (every
+	// number a float64, which the contract's encoder writes as 3.0 where
+	// the field is an int).
 	const n = 200
 	for i := range n {
 		var err error
-		if i%2 == 0 {
+		switch i % 3 {
+		case 0:
+			sig := healthSignal(i)
+			err = bus.PublishPayload(contracts.TopicTelemetrySeedHealth, "kasmina-host.test-node", "layer1/"+strconv.Itoa(i%4)+"/k", &sig)
+		case 1:
 			err = bus.Publish(healthMessage(t, i))
-		} else {
-			err = bus.PublishHealthSignal("kasmina-host.test-node", "telemetry-"+strconv.Itoa(i), healthSignal(i))
+		case 2:
+			msg, sig := healthMessage(t, i), healthSignal(i)
+			msg.Payload = nil
+			if err := json.Unmarshal(sig.AppendJSON(nil), &msg.Payload); err != nil {
+				t.Fatal(err)
+			}
+			err = bus.Publish(msg)
 		}
 		if err != nil {
 			t.Fatal(err)

@@ -20,54 +20,67 @@
 //
 // One stream per topic, named by the topic string. One entry per
 // OonaMessage with one field per top-level field, in this order: event_id,
-// sender_id, timestamp, trace_id, topic, payload. The payload is JSON
-// (compact, keys sorted, numbers as encoding/json writes them); the other
-// fields are their string form, the timestamp being the contract's JSON
-// timestamp without quotes ("2026-03-01T12:30:45.123456Z"). The Python
-// reader json.loads every field and keeps the raw string only when that
-// fails, so Publish refuses (ErrAmbiguousField, naming the field) an
-// event_id, sender_id or trace_id whose text parses as JSON ("42", "true",
-// "null", "NaN", `"x"`, "[1]"), and ids that are not UTF-8. Reading
-// (DecodeFields) is lenient where Python is not: string fields stay
-// strings, a JSON-quoted string is unquoted, and the timestamp may use a
-// space instead of 'T' (str(datetime)).
+// sender_id, timestamp, trace_id, topic, payload. The payload is compact
+// JSON as its contract writes it (a map with its keys sorted, a typed
+// payload such as a HealthSignal in its fields' order; numbers as the
+// Python models write them, 0.1 and 3.0); the other fields are their string
+// form, the timestamp being the contract's JSON timestamp without quotes
+// ("2026-03-01T12:30:45.123456Z"). The Python reader json.loads every field
+// and keeps the raw string only when that fails, so Publish refuses
+// (ErrAmbiguousField, naming the field) an event_id, sender_id or trace_id
+// whose text parses as JSON ("42", "true", "null", "NaN", `"x"`, "[1]"),
+// and ids that are not UTF-8. Reading (DecodeFields) is lenient where
+// Python is not: string fields stay strings, a JSON-quoted string is
+// unquoted, and the timestamp may use a space instead of 'T'
+// (str(datetime)).
 //
 // # Publishing
 //
-// PublishHealthSignal is the fast path for the host's most frequent
-// message: it writes the same entry as Publish of
-// NewOonaMessage(sender, trace, telemetry.seed.health, <the signal's
-// fields>), validated by HealthSignal.Validate, with the payload encoded
-// from the struct (HealthSignal.AppendJSON: the contract's field order and
-// number spelling, which the Python reader's json.loads does not care
-// about) instead of through a map; the runtime uses it when its publisher
-// has it. Event ids come from a pool of crypto/rand bytes refilled 4 KiB
-// at a time, so an entry costs one allocation to encode.
+// Every message is encoded once, on the caller's goroutine, by its
+// contracts: the envelope by contracts.OonaMessage.AppendJSON (ids,
+// topic and the timestamp as the Python models write them) and the payload
+// by its own encoder. PublishPayload publishes a new message (a fresh
+// event_id from a pool of crypto/rand ids, the current time) whose payload
+// writes its own JSON and checks itself (a Payload:
+// contracts.HealthSignal, through HealthSignal.AppendJSON and Validate);
+// it is the runtime's one way to publish its health signals. Publish
+// publishes a whole OonaMessage, its map payload encoded by the contract's
+// encoder (keys sorted) and checked by OonaMessage.Validate. The Redis
+// entry's timestamp and payload are cut out of that JSON; the embedded
+// bus writes the JSON itself as its line.
 //
-// Publish validates and encodes the message on the caller's goroutine and
-// queues it in a bounded buffer (10 000 messages and 16 MiB by default, a
-// list of 512-entry blocks, so growing never copies under the lock); it
-// never waits for the bus. One flusher goroutine writes batches of up to
-// 256 entries as one pipeline of XADDs (XADD ... MAXLEN ~ 100000 on every
-// stream but control.*), keeping two batches on the wire so that Redis
-// works through one while the next waits in its socket buffer. The
-// publisher's connection speaks RESP2 itself (resp.go: the commands of a
-// batch appended into one buffer and written with one syscall, the replies
-// parsed off a bufio.Reader); go-redis, which the consumer uses, boxed
-// every argument and took more of the flusher's time than Redis spent on
-// the XADDs. It honours the URL's TLS, ACL user and password, database and
-// the dial/read/write timeouts. When Redis is unreachable the flusher
-// backs off (100 ms doubling to 5 s, full jitter), probes with PING, and
-// then resends in order everything not acknowledged (the batch that
-// failed and the one behind it), so a write whose reply was lost can land
-// twice: consumers de-duplicate by event_id. Each retry is one dial, so
-// the retries counter follows the backoff schedule. Beyond the bound the
-// oldest buffered message is dropped and counted (reason overflow); Close
-// counts what its deadline
-// left behind (reason shutdown); entries Redis refuses for good (WRONGTYPE)
-// are dropped with reason permanent_error. Stats satisfy
-// Published == Delivered + Dropped + Buffered. NewCollector/RegisterMetrics
-// export kasmina_bus_messages_published_total{topic},
+// Publish and PublishPayload queue the entry in a bounded buffer (10 000
+// messages and 16 MiB by default, a list of 512-entry blocks, so growing
+// never copies under the lock) and never wait for the bus. One flusher
+// goroutine takes batches of up to 256 entries; the Redis bus writes each
+// as one go-redis pipeline of XADDs (XADD ... MAXLEN ~ 100000 on every
+// stream but control.*) on its own client, built from the same options as
+// the consumer's (ParseURL and Config.redisOptions: the URL's TLS, ACL
+// user and password or KASMINA_REDIS_PASSWORD_FILE, database and
+// timeouts), named with CLIENT SETNAME kasmina-pub-<host id>, speaking
+// RESP2 and with go-redis's own retries off. The flusher builds the next
+// batch's commands while an executor goroutine runs the last one, and the
+// executor runs them back to back on one connection, so Redis does not
+// wait for the flusher between batches; one batch is on the wire at a
+// time, which keeps each stream in publish order. An entry is delivered
+// when its reply (a stream ID) was read, even if the connection failed
+// after it; entries Redis refuses for good (WRONGTYPE, ERR) are dropped
+// with reason permanent_error, the others of the pipeline are unaffected.
+// When a batch has an entry to send again (a lost connection, LOADING,
+// OOM, a connection Redis refused to set up), the executor fails the
+// batch behind it unsent, and the flusher backs off (100 ms doubling to
+// 5 s, full jitter), probes with PING, and then resends in order
+// everything not acknowledged, so a write whose reply was lost can land
+// twice: consumers de-duplicate by event_id. Each probe dials at most once
+// (after 16 failed dials in a row, go-redis's pool fails fast and redials
+// on its own once a second until Redis answers), so the retries counter
+// follows the backoff schedule. Beyond the bound the oldest buffered
+// message is dropped and counted (reason overflow); Close counts what its
+// deadline left behind (reason shutdown), closing the client so that a
+// write blocked on a Redis that does not answer ends with it. Stats
+// satisfy Published == Delivered + Dropped + Buffered.
+// NewCollector/RegisterMetrics export
+// kasmina_bus_messages_published_total{topic},
 // kasmina_bus_messages_delivered_total{topic},
 // kasmina_bus_messages_dropped_total{topic,reason},
 // kasmina_bus_buffer_messages, kasmina_bus_buffer_bytes,

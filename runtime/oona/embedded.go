@@ -41,22 +41,17 @@ func NewEmbeddedBus(w io.Writer, closer io.Closer, cfg Config, logger *slog.Logg
 		w = io.Discard
 	}
 	s := &lineSink{w: bufio.NewWriterSize(w, 64<<10), closer: closer, subs: make(map[string][]*subscription)}
-	return &EmbeddedBus{pub: newBufferedPublisher(cfg.Publisher, s, logger), sink: s, cfg: cfg, logger: logger}
+	pub := newBufferedPublisher(cfg.Publisher, s, logger)
+	pub.lines = true
+	return &EmbeddedBus{pub: pub, sink: s, cfg: cfg, logger: logger}
 }
 
 // Publish validates and encodes msg and queues it without blocking. It
 // returns ErrInvalidMessage or ErrAmbiguousField (wrapped) for a message
-// that must not go on the bus, and ErrClosed after Close. The message must
-// not be modified after Publish.
+// that must not go on the bus, and ErrClosed after Close. msg is encoded
+// before Publish returns: the caller may change it afterwards.
 func (b *EmbeddedBus) Publish(msg contracts.OonaMessage) error {
-	e, err := encodeFields(&msg)
-	if err != nil {
-		return err
-	}
-	line := msg.AppendJSON(make([]byte, 0, e.size+96))
-	e.line = line
-	e.size += len(line)
-	return b.pub.enqueue(e)
+	return b.pub.publish(&msg, nil)
 }
 
 // Flush waits until everything published so far is written or dropped.
@@ -141,7 +136,7 @@ type lineSink struct {
 func (s *lineSink) write(_ context.Context, batch []entry) []error {
 	errs := make([]error, len(batch))
 	for i := range batch {
-		if _, err := s.w.Write(batch[i].line); err != nil {
+		if _, err := s.w.WriteString(batch[i].line); err != nil {
 			errs[i] = err
 			continue
 		}

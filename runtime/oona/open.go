@@ -15,10 +15,8 @@ import (
 type Bus interface {
 	// Publish queues msg without blocking.
 	Publish(msg contracts.OonaMessage) error
-	// PublishHealthSignal queues a telemetry.seed.health message carrying
-	// sig without blocking: Publish's fast path for the host's most
-	// frequent message.
-	PublishHealthSignal(senderID, traceID string, sig contracts.HealthSignal) error
+	// PublishPayload queues a new message carrying p without blocking.
+	PublishPayload(topic contracts.TopicName, senderID, traceID string, p Payload) error
 	// Flush waits until everything published so far is delivered or dropped.
 	Flush(ctx context.Context) error
 	// Close flushes until ctx ends and releases the bus.

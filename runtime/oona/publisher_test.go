@@ -95,13 +95,19 @@ var implementations = []struct {
 				if !bytes.Equal(cut(line), cut(canon)) || len(cut(line)) == 0 {
 					t.Fatalf("embedded bus line\n%s\ndoes not start as the contract's JSON of its message\n%s", line, canon)
 				}
-				fields, err := EncodeFields(msg)
-				if err != nil {
+				// The fields a reader sees: the strings, and the payload's
+				// JSON as the line holds it.
+				var env map[string]json.RawMessage
+				if err := json.Unmarshal(sc.Bytes(), &env); err != nil {
 					t.Fatal(err)
 				}
-				m := map[string]string{}
-				for i := 0; i < len(fields); i += 2 {
-					m[fields[i]] = fields[i+1]
+				m := map[string]string{FieldPayload: string(env[FieldPayload])}
+				for _, name := range fieldNames[:numFields-1] {
+					var v string
+					if err := json.Unmarshal(env[name], &v); err != nil {
+						t.Fatalf("field %s of %s: %v", name, sc.Bytes(), err)
+					}
+					m[name] = v
 				}
 				res = append(res, m)
 			}
@@ -203,13 +209,28 @@ func TestPublisherRefusesStringFieldsThatReadBackAsJSON(t *testing.T) {
 }
 
 func TestPublisherRefusesInvalidMessagesAndPublishAfterClose(t *testing.T) {
+	cases := []struct {
+		name, names string
+		set         func(*contracts.OonaMessage)
+	}{
+		{"unknown topic", "topic", func(m *contracts.OonaMessage) { m.Topic = "telemetry.nope" }},
+		{"NaN in the payload", "payload.health_score", func(m *contracts.OonaMessage) { m.Payload["health_score"] = math.NaN() }},
+		{"infinity nested in the payload", "payload.stats.variance", func(m *contracts.OonaMessage) {
+			m.Payload["stats"] = map[string]any{"variance": math.Inf(1)}
+		}},
+		{"no payload", "payload", func(m *contracts.OonaMessage) { m.Payload = nil }},
+		{"sender not UTF-8", FieldSenderID, func(m *contracts.OonaMessage) { m.SenderID = "s\xff" }},
+		{"year 10000", "timestamp", func(m *contracts.OonaMessage) { m.Timestamp = m.Timestamp.AddDate(8000, 0, 0) }},
+	}
 	for _, impl := range implementations {
 		t.Run(impl.name, func(t *testing.T) {
 			b := impl.open(t)
-			bad := healthMessage(t, 1)
-			bad.Topic = "telemetry.nope"
-			if err := b.bus.Publish(bad); !errors.Is(err, ErrInvalidMessage) {
-				t.Fatalf("Publish with unknown topic = %v, want ErrInvalidMessage", err)
+			for _, c := range cases {
+				bad := healthMessage(t, 1)
+				c.set(&bad)
+				if err := b.bus.Publish(bad); !errors.Is(err, ErrInvalidMessage) || !strings.Contains(err.Error(), c.names) {
+					t.Errorf("%s: Publish = %v, want ErrInvalidMessage naming %s", c.name, err, c.names)
+				}
 			}
 			if err := b.bus.Publish(healthMessage(t, 2)); err != nil {
 				t.Fatal(err)
@@ -275,13 +296,14 @@ func TestCollectorExportsCountersByTopic(t *testing.T) {
 	}
 }
 
-// TestPublishHealthSignalWritesWhatPublishWrites checks the fast path
-// against Publish on both buses: the same fields in the same order, the
-// payload exactly the HealthSignal's fields with the same values (key order
-// and number spelling may differ; the Python reader json.loads it), ids and
-// timestamps that decode, and the embedded bus's JSON line the same
-// message as the stream entry.
-func TestPublishHealthSignalWritesWhatPublishWrites(t *testing.T) {
+// TestPublishPayloadWritesThePayloadsOwnJSON: on both buses, a health
+// signal published as the runtime publishes it (PublishPayload) is an
+// entry whose payload is the signal's own JSON (HealthSignal.AppendJSON)
+// byte for byte, whose envelope is the contract's (the embedded bus's
+// line, checked by readBack, and the timestamp text), with a fresh
+// version 4 event id and the publish time; Publish of the same fields as a
+// map writes the same values.
+func TestPublishPayloadWritesThePayloadsOwnJSON(t *testing.T) {
 	for _, impl := range implementations {
 		t.Run(impl.name, func(t *testing.T) {
 			b := impl.open(t)
@@ -289,13 +311,11 @@ func TestPublishHealthSignalWritesWhatPublishWrites(t *testing.T) {
 			sigs := make([]contracts.HealthSignal, n)
 			for i := range n {
 				sigs[i] = healthSignal(i)
-				if err := b.bus.PublishHealthSignal("kasmina-host.test-node", "layer1/"+strconv.Itoa(i%4)+"/k", sigs[i]); err != nil {
-					t.Fatalf("PublishHealthSignal %d: %v", i, err)
+				if err := b.bus.PublishPayload(contracts.TopicTelemetrySeedHealth, "kasmina-host.test-node", "layer1/"+strconv.Itoa(i%4)+"/k", &sigs[i]); err != nil {
+					t.Fatalf("PublishPayload %d: %v", i, err)
 				}
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-			defer cancel()
-			if err := b.bus.Flush(ctx); err != nil {
+			if err := b.bus.Flush(testCtx(t)); err != nil {
 				t.Fatal(err)
 			}
 			got := b.readBack(t, string(contracts.TopicTelemetrySeedHealth))
@@ -307,12 +327,15 @@ func TestPublishHealthSignalWritesWhatPublishWrites(t *testing.T) {
 				if len(fields) != numFields {
 					t.Fatalf("entry %d has fields %v, want exactly %v", i, fields, fieldNames)
 				}
+				if want := string(sigs[i].AppendJSON(nil)); fields[FieldPayload] != want {
+					t.Fatalf("entry %d payload %s, want the signal's own JSON %s", i, fields[FieldPayload], want)
+				}
 				msg, err := DecodeFields(fields)
 				if err != nil {
 					t.Fatalf("entry %d does not decode: %v", i, err)
 				}
-				if _, err := uuid.Parse(msg.EventID); err != nil || ids[msg.EventID] {
-					t.Fatalf("entry %d event_id %q is not a fresh UUID", i, msg.EventID)
+				if id, err := uuid.Parse(msg.EventID); err != nil || id.Version() != 4 || ids[msg.EventID] {
+					t.Fatalf("entry %d event_id %q is not a fresh version 4 UUID", i, msg.EventID)
 				}
 				ids[msg.EventID] = true
 				if msg.SenderID != "kasmina-host.test-node" || msg.TraceID != "layer1/"+strconv.Itoa(i%4)+"/k" || msg.Topic != contracts.TopicTelemetrySeedHealth {
@@ -321,25 +344,24 @@ func TestPublishHealthSignalWritesWhatPublishWrites(t *testing.T) {
 				if time.Since(msg.Timestamp) > time.Minute || msg.Timestamp.Location() != time.UTC {
 					t.Fatalf("entry %d timestamp %v is not the publish time in UTC", i, msg.Timestamp)
 				}
-				// The payload is the HealthSignal: the contract decodes it
-				// back to the same value, and it holds the same keys and
-				// values as the map payload Publish would write.
-				sig, err := contracts.DecodeHealthSignal([]byte(fields[FieldPayload]))
-				if err != nil || sig != sigs[i] {
-					t.Fatalf("entry %d payload %s decodes to %+v (%v), want %+v", i, fields[FieldPayload], sig, err, sigs[i])
+				var env map[string]json.RawMessage
+				if err := json.Unmarshal(msg.AppendJSON(nil), &env); err != nil {
+					t.Fatal(err)
 				}
+				if `"`+fields[FieldTimestamp]+`"` != string(env[FieldTimestamp]) {
+					t.Fatalf("entry %d timestamp %s; the contract writes %s", i, fields[FieldTimestamp], env[FieldTimestamp])
+				}
+				// The same fields as a map, through Publish's encoder,
+				// are the same values (keys sorted instead).
 				var fast, slow map[string]any
-				if err := json.Unmarshal([]byte(fields[FieldPayload]), &fast); err != nil {
+				asMap := healthMessage(t, i)
+				asMap.Payload = healthPayload(&sigs[i])
+				mapFields, err := EncodeFields(asMap)
+				if err != nil {
 					t.Fatal(err)
 				}
-				want := healthMessage(t, i)
-				want.Payload["timestamp"] = sig.Timestamp
-				wantFields, _ := EncodeFields(want)
-				if err := json.Unmarshal([]byte(wantFields[2*5+1]), &slow); err != nil {
-					t.Fatal(err)
-				}
-				if !reflect.DeepEqual(fast, slow) {
-					t.Fatalf("entry %d payload %v, Publish would write %v", i, fast, slow)
+				if json.Unmarshal([]byte(fields[FieldPayload]), &fast) != nil || json.Unmarshal([]byte(mapFields[2*5+1]), &slow) != nil || !reflect.DeepEqual(fast, slow) {
+					t.Fatalf("entry %d payload %v; as a map it is %v", i, fast, slow)
 				}
 			}
 			if s := b.bus.Stats(); s.Published != n || s.Delivered != n {
@@ -349,7 +371,7 @@ func TestPublishHealthSignalWritesWhatPublishWrites(t *testing.T) {
 	}
 }
 
-func TestPublishHealthSignalRefusesWhatPublishRefuses(t *testing.T) {
+func TestPublishPayloadRefusesWhatTheContractRefuses(t *testing.T) {
 	for _, impl := range implementations {
 		t.Run(impl.name, func(t *testing.T) {
 			b := impl.open(t)
@@ -359,19 +381,21 @@ func TestPublishHealthSignalRefusesWhatPublishRefuses(t *testing.T) {
 			negative.LayerID = -1
 			for _, c := range []struct {
 				name, sender, trace string
+				topic               contracts.TopicName
 				sig                 contracts.HealthSignal
 				want                error
 				names               string
 			}{
-				{"numeric sender", "42", "t", healthSignal(1), ErrAmbiguousField, FieldSenderID},
-				{"boolean trace", "s", "true", healthSignal(1), ErrAmbiguousField, FieldTraceID},
-				{"sender not UTF-8", "s\xff", "t", healthSignal(1), ErrInvalidMessage, FieldSenderID},
-				{"NaN health score", "s", "t", nan, ErrInvalidMessage, "health_score"},
-				{"negative layer", "s", "t", negative, ErrInvalidMessage, "layer_id"},
+				{"numeric sender", "42", "t", contracts.TopicTelemetrySeedHealth, healthSignal(1), ErrAmbiguousField, FieldSenderID},
+				{"boolean trace", "s", "true", contracts.TopicTelemetrySeedHealth, healthSignal(1), ErrAmbiguousField, FieldTraceID},
+				{"sender not UTF-8", "s\xff", "t", contracts.TopicTelemetrySeedHealth, healthSignal(1), ErrInvalidMessage, FieldSenderID},
+				{"NaN health score", "s", "t", contracts.TopicTelemetrySeedHealth, nan, ErrInvalidMessage, "health_score"},
+				{"negative layer", "s", "t", contracts.TopicTelemetrySeedHealth, negative, ErrInvalidMessage, "layer_id"},
+				{"unknown topic", "s", "t", "telemetry.nope", healthSignal(1), ErrInvalidMessage, "topic"},
 			} {
-				err := b.bus.PublishHealthSignal(c.sender, c.trace, c.sig)
+				err := b.bus.PublishPayload(c.topic, c.sender, c.trace, &c.sig)
 				if !errors.Is(err, c.want) || !strings.Contains(err.Error(), c.names) {
-					t.Errorf("%s: PublishHealthSignal = %v, want %v naming %s", c.name, err, c.want, c.names)
+					t.Errorf("%s: PublishPayload = %v, want %v naming %s", c.name, err, c.want, c.names)
 				}
 			}
 			if s := b.bus.Stats(); s.Published != 0 {
@@ -380,18 +404,20 @@ func TestPublishHealthSignalRefusesWhatPublishRefuses(t *testing.T) {
 			if err := b.bus.Close(testCtx(t)); err != nil {
 				t.Fatal(err)
 			}
-			if err := b.bus.PublishHealthSignal("s", "t", healthSignal(1)); !errors.Is(err, ErrClosed) {
-				t.Fatalf("PublishHealthSignal after Close = %v, want ErrClosed", err)
+			sig := healthSignal(1)
+			if err := b.bus.PublishPayload(contracts.TopicTelemetrySeedHealth, "s", "t", &sig); !errors.Is(err, ErrClosed) {
+				t.Fatalf("PublishPayload after Close = %v, want ErrClosed", err)
 			}
 		})
 	}
 }
 
 // TestEventIDsAreDistinctVersion4UUIDs: the pooled event ids are RFC 4122
-// version 4 UUIDs, distinct across goroutines and pool refills.
+// version 4 UUIDs in canonical form, distinct across goroutines and pool
+// refills.
 func TestEventIDsAreDistinctVersion4UUIDs(t *testing.T) {
-	const goroutines, each = 4, 3000 // several refills of the 256-id pool
-	ids := make(chan uuid.UUID, goroutines*each)
+	const goroutines, each = 4, 3000 // many refills of the pool
+	ids := make(chan string, goroutines*each)
 	var wg sync.WaitGroup
 	for range goroutines {
 		wg.Go(func() {
@@ -402,17 +428,15 @@ func TestEventIDsAreDistinctVersion4UUIDs(t *testing.T) {
 	}
 	wg.Wait()
 	close(ids)
-	seen := make(map[uuid.UUID]bool, goroutines*each)
+	seen := make(map[string]bool, goroutines*each)
 	for id := range ids {
-		if id.Version() != 4 || id.Variant() != uuid.RFC4122 {
-			t.Fatalf("%s: version %d variant %s", id, id.Version(), id.Variant())
+		u, err := uuid.Parse(id)
+		if err != nil || u.Version() != 4 || u.Variant() != uuid.RFC4122 || u.String() != id {
+			t.Fatalf("%q: %v, version %d variant %s", id, err, u.Version(), u.Variant())
 		}
 		if seen[id] {
 			t.Fatalf("%s handed out twice", id)
 		}
 		seen[id] = true
-		if back, err := uuid.Parse(id.String()); err != nil || back != id {
-			t.Fatalf("%s does not parse back: %v", id, err)
-		}
 	}
 }

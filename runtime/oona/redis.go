@@ -56,11 +56,11 @@ func NewRedisBus(ctx context.Context, cfg Config, logger *slog.Logger) (*RedisBu
 	noDialRetries(&consOpts)
 	consOpts.ReadTimeout = cfg.Consumer.Block + 3*time.Second
 	consOpts.ClientName = "kasmina-cons-" + cfg.HostID
-	// The first probe runs before the flusher starts: the two would
-	// otherwise share the connection.
+	// A first PING, only to say in the log whether Redis is there (not
+	// the flusher's probe, which closes the client when its ctx ends).
 	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	if err := s.probe(pctx); err != nil {
+	if err := s.client.Ping(pctx).Err(); err != nil {
 		logger.Warn("oona: Redis not reachable yet; buffering and retrying", slog.String("url", cfg.RedactedURL()), slog.Any("error", err))
 	} else {
 		logger.Info("oona: connected to Redis", slog.String("url", cfg.RedactedURL()), slog.String("group", cfg.Consumer.Group))
@@ -90,14 +90,10 @@ func noDialRetries(o *redis.Options) {
 // Publish validates and encodes msg and queues it for XADD without
 // blocking. It returns ErrInvalidMessage or ErrAmbiguousField (wrapped) for
 // a message that must not go on the bus, and ErrClosed after Close. When
-// the buffer is full the oldest message is dropped and counted. The message
-// must not be modified after Publish.
+// the buffer is full the oldest message is dropped and counted. msg is
+// encoded before Publish returns: the caller may change it afterwards.
 func (b *RedisBus) Publish(msg contracts.OonaMessage) error {
-	e, err := encodeFields(&msg)
-	if err != nil {
-		return err
-	}
-	return b.pub.enqueue(e)
+	return b.pub.publish(&msg, nil)
 }
 
 // Flush waits until everything published so far is delivered or dropped.

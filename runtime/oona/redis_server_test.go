@@ -3,7 +3,6 @@ package oona
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -133,16 +132,33 @@ func healthSignal(i int) contracts.HealthSignal {
 	return h
 }
 
-// healthMessage returns a telemetry.seed.health message carrying a real
-// HealthSignal as its payload, built as a map the way Publish takes it.
+// healthMessage returns a telemetry.seed.health message carrying the i-th
+// HealthSignal as its payload, built as the runtime builds it.
 func healthMessage(t testing.TB, i int) contracts.OonaMessage {
 	t.Helper()
 	h := healthSignal(i)
-	var payload map[string]any
-	if err := json.Unmarshal(h.AppendJSON(nil), &payload); err != nil {
-		t.Fatal(err)
+	return contracts.NewOonaMessage("kasmina-host.test-node", "telemetry-"+strconv.Itoa(i), contracts.TopicTelemetrySeedHealth, healthPayload(&h))
+}
+
+// healthPayload is the runtime's payload of a health signal (package
+// runtime's signalPayload): exactly the contract's fields.
+func healthPayload(s *contracts.HealthSignal) map[string]any {
+	return map[string]any{
+		"layer_id":                s.LayerID,
+		"seed_id":                 s.SeedID,
+		"chunk_id":                s.ChunkID,
+		"epoch":                   s.Epoch,
+		"activation_variance":     s.ActivationVariance,
+		"dead_neuron_ratio":       s.DeadNeuronRatio,
+		"avg_correlation":         s.AvgCorrelation,
+		"is_ready_for_transition": s.IsReadyForTransition,
+		"health_score":            s.HealthScore,
+		"execution_latency":       s.ExecutionLatency,
+		"error_count":             s.ErrorCount,
+		"active_seeds":            s.ActiveSeeds,
+		"total_seeds":             s.TotalSeeds,
+		"timestamp":               s.Timestamp,
 	}
-	return contracts.NewOonaMessage("kasmina-host.test-node", "telemetry-"+strconv.Itoa(i), contracts.TopicTelemetrySeedHealth, payload)
 }
 
 // testWait bounds every wait in this package's tests, so that a

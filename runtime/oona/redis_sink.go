@@ -3,234 +3,260 @@ package oona
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
-	"sync"
+	"sync/atomic"
 
 	"github.com/redis/go-redis/v9"
 )
 
-// redisSink XADDs each batch as one pipeline on its own RESP connection
-// (resp.go): the commands are encoded into one buffer, written with one
-// syscall, and the replies read in order. Each write or probe dials at
-// most once, so the publisher's backoff alone paces reconnects.
+// redisSink XADDs each batch as one go-redis pipeline on the publisher's
+// own client. That client is the consumer's options (TLS, ACL user and
+// password, database, timeouts: Config.redisOptions) with the publisher's
+// name and without go-redis's retries: the flusher retries, in order, with
+// its own backoff, and each of its attempts dials at most once.
+//
+// It is a pipeline of depth pipelineDepth: send builds a batch's commands
+// on the flusher's goroutine and hands them to an executor goroutine,
+// which runs the pipelines one after the other on one connection, so that
+// Redis starts on the next batch as soon as it has answered the last one
+// instead of waiting for the flusher to settle and build it. After a batch
+// with an entry to send again, the executor fails the batches behind it
+// without sending them, so that the retry keeps their order.
 type redisSink struct {
-	opts   *redis.Options
-	name   string // CLIENT SETNAME
-	maxLen int64
+	client *redis.Client
+	maxLen any // MAXLEN's argument, or nil: never trim
 
-	mu      sync.Mutex // the flusher and NewRedisBus's first probe
-	conn    *respConn  // nil until dialled, and after any transport error
-	buf     []byte     // the last batch's commands, reused
-	maxArg  []byte     // MAXLEN's bulk string, encoded once
-	dials   int        // connections dialled, for tests
-	pending int        // batches sent whose replies are not read yet
+	// Owned by the flusher's goroutine.
+	pending []*flight // sent, not received, oldest first
+	free    []*flight // received, to be reused
+	flights chan *flight
+	exited  chan struct{} // closed when the executor returns; nil before it starts
+
+	broken atomic.Bool // a batch failed: fail the ones behind it unsent, until abort
+}
+
+// flight is one batch on its way: a copy of its entries (its commands
+// point into them, and the flusher's own list moves while they run), its
+// commands and, once done is closed, its results.
+type flight struct {
+	ctx     context.Context
+	entries []entry
+	args    []any
+	xadds   []*redis.StringCmd
+	cmds    []redis.Cmder
+	errs    []error
+	done    chan struct{}
 }
 
 func newRedisSink(opts *redis.Options, name string, maxLen int64) *redisSink {
-	s := &redisSink{opts: opts, name: name, maxLen: maxLen}
+	o := *opts
+	o.ClientName = name
+	o.MaxRetries = -1
+	noDialRetries(&o)
+	// Pipelines on the main pool, which the PING probes use too: the
+	// flusher has one batch on one connection at a time.
+	o.PipelinePoolSize = -1
+	// RESP2: an XADD's reply is the same, and go-redis then does not look
+	// for RESP3 push notifications before every reply.
+	o.Protocol = 2
+	// A deadline on ctx bounds a command too, not only ReadTimeout.
+	o.ContextTimeoutEnabled = true
+	s := &redisSink{client: redis.NewClient(&o)}
 	if maxLen > 0 {
-		s.maxArg = appendBulk(nil, strconv.FormatInt(maxLen, 10))
+		s.maxLen = strconv.FormatInt(maxLen, 10)
 	}
 	return s
 }
 
-// connect returns the open connection or dials one.
-func (s *redisSink) connect(ctx context.Context) (*respConn, error) {
-	if s.conn != nil {
-		return s.conn, nil
-	}
-	s.dials++
-	c, err := dialRESP(ctx, s.opts, s.name)
-	if err != nil {
-		return nil, err
-	}
-	s.conn = c
-	return c, nil
-}
-
-// drop closes a connection that failed: what it still holds is lost.
-func (s *redisSink) drop() {
-	if s.conn != nil {
-		_ = s.conn.close()
-		s.conn = nil
-	}
-	s.pending = 0
-}
-
-// Pre-encoded pieces of the XADD command.
+// The XADD arguments that are the same for every entry, boxed once.
 var (
-	bulkXADD   = appendBulk(nil, "XADD")
-	bulkMaxLen = append(appendBulk(nil, "MAXLEN"), appendBulk(nil, "~")...)
-	bulkStar   = appendBulk(nil, "*")
-	bulkNames  = func() (out [numFields][]byte) {
+	argXADD, argMAXLEN, argApprox, argStar any = "xadd", "maxlen", "~", "*"
+	argNames                                   = func() (out [numFields]any) {
 		for k, n := range fieldNames {
-			out[k] = appendBulk(nil, n)
+			out[k] = n
 		}
 		return out
 	}()
 )
 
+// xaddLen is the most arguments of one XADD: XADD stream MAXLEN ~ n * and
+// a name and a value per field.
+const xaddLen = 6 + 2*numFields
+
 // appendXADD appends e's XADD: XADD stream [MAXLEN ~ n] * name value ...
 // control.* streams are never trimmed: commands must not be lost to a
-// trim before a host has read them.
-func (s *redisSink) appendXADD(b []byte, e *entry) []byte {
-	trim := s.maxArg != nil && !strings.HasPrefix(e.stream, "control.")
-	n := 3 + 2*numFields
-	if trim {
-		n += 3
+// trim before a host has read them. The entry's strings go in as
+// pointers, which an interface holds without a copy (go-redis writes a
+// *string as the string); e must not change until the command is written.
+func (s *redisSink) appendXADD(args []any, e *entry) []any {
+	args = append(args, argXADD, &e.stream)
+	if s.maxLen != nil && !strings.HasPrefix(e.stream, "control.") {
+		args = append(args, argMAXLEN, argApprox, s.maxLen)
 	}
-	b = appendArrayLen(b, n)
-	b = append(b, bulkXADD...)
-	b = appendBulk(b, e.stream)
-	if trim {
-		b = append(b, bulkMaxLen...)
-		b = append(b, s.maxArg...)
-	}
-	b = append(b, bulkStar...)
+	args = append(args, argStar)
 	for k := range e.vals {
-		b = append(b, bulkNames[k]...)
-		b = appendBulk(b, e.vals[k])
+		args = append(args, argNames[k], &e.vals[k])
 	}
-	return b
+	return args
 }
 
-// send writes batch's XADDs as one pipeline; recv reads their replies.
-// Up to pipelineDepth batches are on the wire at once.
+// send builds batch's commands and queues them for the executor.
 func (s *redisSink) send(ctx context.Context, batch []entry) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	c, err := s.connect(ctx)
-	if err != nil {
-		return err
+	var f *flight
+	if n := len(s.free); n > 0 {
+		f, s.free = s.free[n-1], s.free[:n-1]
+	} else {
+		f = &flight{}
 	}
-	buf := s.buf[:0]
-	for i := range batch {
-		buf = s.appendXADD(buf, &batch[i])
+	f.ctx, f.done = ctx, make(chan struct{})
+	f.entries = append(f.entries[:0], batch...)
+	if n := len(batch) * xaddLen; cap(f.args) < n {
+		f.args = make([]any, 0, n)
 	}
-	s.buf = buf
-	if cap(s.buf) > 8<<20 {
-		s.buf = nil // one huge batch does not pin its buffer
+	f.args, f.xadds, f.cmds = f.args[:0], f.xadds[:0], f.cmds[:0]
+	for i := range f.entries {
+		at := len(f.args)
+		f.args = s.appendXADD(f.args, &f.entries[i])
+		x := redis.NewStringCmd(ctx, f.args[at:len(f.args):len(f.args)]...)
+		f.xadds, f.cmds = append(f.xadds, x), append(f.cmds, x)
 	}
-	stop := c.deadline(ctx)
-	err = c.write(buf)
-	if !stop() || err != nil {
-		// Some commands may have reached Redis: their retry can land
-		// twice, which the consumer's de-duplication by event_id absorbs.
-		s.drop()
-		if err == nil {
-			err = ctx.Err()
-		}
-		return err
+	if s.exited == nil {
+		s.flights, s.exited = make(chan *flight, pipelineDepth), make(chan struct{})
+		go s.execute()
 	}
-	s.pending++
+	s.pending = append(s.pending, f)
+	s.flights <- f
 	return nil
 }
 
-func (s *redisSink) recv(ctx context.Context, batch []entry) []error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	errs := make([]error, len(batch))
-	fail := func(from int, err error) []error {
-		for i := from; i < len(errs); i++ {
-			errs[i] = err
-		}
-		return errs
-	}
-	c := s.conn
-	if c == nil || s.pending == 0 {
-		return fail(0, errors.New("oona: Redis connection lost before the replies were read"))
-	}
-	s.pending--
-	stop := c.deadline(ctx)
-	for i := range batch {
-		err := c.skipBulk()
-		var re replyError
-		if err != nil && !errors.As(err, &re) {
-			stop()
-			s.drop()
-			return fail(i, err)
-		}
-		errs[i] = err
-	}
-	if !stop() { // ctx ended while we read: the deadline is poisoned
-		s.drop()
-	}
+// recv waits for the oldest batch sent and returns its results.
+func (s *redisSink) recv(_ context.Context, _ []entry) []error {
+	f := s.pending[0]
+	s.pending = s.pending[1:]
+	<-f.done
+	errs := f.errs
+	s.release(f)
 	return errs
 }
 
-// abort drops the connection and the replies still owed on it.
+// abort waits out the batches still pending (the executor fails them
+// unsent once one has failed) and lets the next batch go out again.
 func (s *redisSink) abort() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.drop()
+	for _, f := range s.pending {
+		<-f.done
+		s.release(f)
+	}
+	s.pending = s.pending[:0]
+	s.broken.Store(false)
 }
 
-// write sends batch and reads its replies: the sink used synchronously.
+// release keeps f for reuse, without what its commands held.
+func (s *redisSink) release(f *flight) {
+	clear(f.entries)
+	clear(f.args)
+	clear(f.xadds)
+	clear(f.cmds)
+	s.free = append(s.free, f)
+}
+
+// write sends batch and waits for its results: the sink used on its own.
 func (s *redisSink) write(ctx context.Context, batch []entry) []error {
-	if err := s.send(ctx, batch); err != nil {
-		errs := make([]error, len(batch))
-		for i := range errs {
-			errs[i] = err
-		}
-		return errs
-	}
+	_ = s.send(ctx, batch)
 	return s.recv(ctx, batch)
 }
 
-// permanent: a reply error from the server that retrying cannot fix
-// (WRONGTYPE, a syntax error). Transport errors and the server's transient
-// states (LOADING, BUSY, OOM, READONLY, auth not yet configured) are retried.
+// execute runs the flights in the order they were sent.
+func (s *redisSink) execute() {
+	defer close(s.exited)
+	for f := range s.flights {
+		f.errs = make([]error, len(f.xadds))
+		if s.broken.Load() {
+			for i := range f.errs {
+				f.errs[i] = errNotSent
+			}
+		} else {
+			s.exec(f)
+			for _, err := range f.errs {
+				if err != nil && !s.permanent(err) {
+					s.broken.Store(true)
+					break
+				}
+			}
+		}
+		close(f.done)
+	}
+}
+
+// errNotSent: a batch behind one that failed, held back to keep the order.
+var errNotSent = errors.New("oona: not sent: an earlier batch failed")
+
+// exec runs f's pipeline and fills f.errs. An entry is delivered when its
+// XADD's reply, a stream ID, was read: even when the connection failed
+// after it (go-redis then stamps the transport error on every command of
+// the pipeline), so that only the entries without a reply are sent again.
+func (s *redisSink) exec(f *flight) {
+	defer s.closeWhenDone(f.ctx)()
+	pipe := s.client.Pipeline()
+	_ = pipe.BatchProcess(f.ctx, f.cmds...)
+	_, execErr := pipe.Exec(f.ctx)
+	for i, c := range f.xadds {
+		switch {
+		case c.Val() != "":
+		case c.Err() != nil:
+			f.errs[i] = c.Err()
+		case execErr != nil:
+			// Not sent: setting the connection up failed with a reply
+			// (WRONGPASS, or ERR for a database out of range), which
+			// go-redis does not stamp on the commands. That is no
+			// verdict on the entries, so it must not read as permanent.
+			f.errs[i] = fmt.Errorf("oona: setting up the Redis connection: %v", execErr)
+		default:
+			f.errs[i] = errNoStreamID
+		}
+	}
+}
+
+// errNoStreamID: an XADD answered without an error and without an ID.
+var errNoStreamID = errors.New("oona: XADD returned no stream ID")
+
+// permanent: an error reply that retrying cannot fix (WRONGTYPE, ERR for a
+// malformed command). Transport errors and the server's transient states
+// (LOADING, BUSY, OOM, READONLY, NOAUTH, WRONGPASS, NOPERM, ...) are
+// retried.
 func (s *redisSink) permanent(err error) bool {
-	var re replyError
+	var re redis.Error
 	if !errors.As(err, &re) {
 		return false
 	}
-	for _, code := range transientCodes {
-		if re.hasPrefix(code) {
-			return false
-		}
-	}
-	return re.hasPrefix("ERR") || re.hasPrefix("WRONGTYPE")
-}
-
-// transientCodes are error replies that retrying can outlast.
-var transientCodes = []string{
-	"LOADING", "BUSY", "OOM", "READONLY", "MASTERDOWN", "TRYAGAIN",
-	"CLUSTERDOWN", "NOAUTH", "WRONGPASS", "NOPERM", "NOREPLICAS",
+	code, _, _ := strings.Cut(re.Error(), " ")
+	return code == "ERR" || code == "WRONGTYPE"
 }
 
 // probe checks that Redis answers, dialling if needed.
 func (s *redisSink) probe(ctx context.Context) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.pending > 0 {
-		return nil // replies are owed on the connection: it is in use
-	}
-	c, err := s.connect(ctx)
-	if err != nil {
-		return err
-	}
-	stop := c.deadline(ctx)
-	defer stop()
-	if err := c.write(appendCommand(nil, "PING")); err != nil {
-		s.drop()
-		return err
-	}
-	if _, err := c.readReply(); err != nil {
-		s.drop()
-		return err
-	}
-	return nil
+	defer s.closeWhenDone(ctx)()
+	return s.client.Ping(ctx).Err()
+}
+
+// closeWhenDone closes the client when ctx ends before the returned stop
+// is called: go-redis bounds a read by ReadTimeout and by ctx's deadline,
+// not by its cancellation, and closing the client is what interrupts one
+// blocked on a Redis that does not answer. The flusher's ctx is cancelled
+// only when the bus closes.
+func (s *redisSink) closeWhenDone(ctx context.Context) (stop func() bool) {
+	return context.AfterFunc(ctx, func() { _ = s.client.Close() })
 }
 
 func (s *redisSink) close() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.conn == nil {
-		return nil
+	if s.exited != nil {
+		close(s.flights)
+		<-s.exited
+		s.exited = nil
 	}
-	err := s.conn.close()
-	s.conn = nil
-	return err
+	if err := s.client.Close(); err != nil && !errors.Is(err, redis.ErrClosed) {
+		return err
+	}
+	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"unicode/utf8"
 
 	"github.com/esper/kasmina-host/contracts"
@@ -151,22 +152,26 @@ func CheckWireString(field, s string) error {
 	return nil
 }
 
-// encodeFields validates msg and returns its stream entry: one field per
-// top-level message field, the payload JSON-encoded, everything else as its
-// string form (the timestamp as the contract's JSON string without quotes).
-func encodeFields(msg *contracts.OonaMessage) (entry, error) {
-	// The contract's rules for an OonaMessage, checked here in one pass
-	// with the encoding (msg.Validate walks the payload a second time):
-	// a known topic, a datetime Python can hold, a payload that is a
-	// JSON object of JSON values (finite numbers).
-	if !msg.Topic.Valid() {
-		return entry{}, fmt.Errorf("%w: topic %q is not an Oona topic", ErrInvalidMessage, msg.Topic)
+// encodeFields validates msg and returns its stream entry. The message is
+// encoded once, by its contracts: the envelope by OonaMessage.AppendJSON
+// (the timestamp and ids as the Python models write them), the payload by
+// p.AppendJSON when p is given, otherwise by the contract's encoder of
+// msg.Payload (keys sorted). The Redis entry's timestamp (without its
+// quotes) and payload are cut out of that JSON, its ids and topic are the
+// strings given; with keepLine the entry also keeps the whole JSON, the
+// embedded bus's line. msg.Payload is replaced when p is given.
+func encodeFields(msg *contracts.OonaMessage, p Payload, keepLine bool) (entry, error) {
+	// The contracts' rules (a known topic, a datetime Python can hold, a
+	// payload of JSON values with finite numbers), then the wire's own:
+	// ids that read back as strings.
+	if p != nil {
+		if err := p.Validate(); err != nil {
+			return entry{}, fmt.Errorf("%w: payload: %w", ErrInvalidMessage, err)
+		}
+		msg.Payload = noPayload
 	}
-	if y := msg.Timestamp.Year(); y < 1 || y > 9999 {
-		return entry{}, fmt.Errorf("%w: timestamp year %d is outside 1..9999", ErrInvalidMessage, y)
-	}
-	if msg.Payload == nil {
-		return entry{}, fmt.Errorf("%w: payload is nil, want a dictionary", ErrInvalidMessage)
+	if err := msg.Validate(); err != nil {
+		return entry{}, fmt.Errorf("%w: %w", ErrInvalidMessage, err)
 	}
 	for _, f := range [...]struct{ name, v string }{
 		{FieldEventID, msg.EventID}, {FieldSenderID, msg.SenderID}, {FieldTraceID, msg.TraceID},
@@ -175,31 +180,92 @@ func encodeFields(msg *contracts.OonaMessage) (entry, error) {
 			return entry{}, err
 		}
 	}
-	payload, err := encodePayload(msg.Payload)
-	if err != nil {
-		return entry{}, fmt.Errorf("%w: %w", ErrInvalidMessage, err)
+	buf := encodeBuffers.Get().(*[]byte)
+	defer func() {
+		if cap(*buf) <= 64<<10 { // a huge message does not pin its buffer
+			encodeBuffers.Put(buf)
+		}
+	}()
+	b := msg.AppendJSON((*buf)[:0])
+	if p != nil {
+		// The envelope ends with the empty payload and the closing brace;
+		// the payload writes itself in their place.
+		if !bytes.HasSuffix(b, []byte(`"payload":{}}`)) {
+			return entry{}, fmt.Errorf("%w: the contract's JSON of the message does not end with its payload", ErrInvalidMessage)
+		}
+		at := len(b) - 3
+		b = p.AppendJSON(b[:at])
+		if len(b) == at || b[at] != '{' {
+			return entry{}, fmt.Errorf("%w: payload %T does not write a JSON object", ErrInvalidMessage, p)
+		}
+		b = append(b, '}')
 	}
+	ts0, ts1, p0, ok := splitMessageJSON(b)
+	if !ok {
+		// Unreachable while the contract writes the fields in wire order.
+		return entry{}, fmt.Errorf("%w: the contract's JSON of the message does not have the fields %v in order", ErrInvalidMessage, fieldNames)
+	}
+	var e entry
+	var ts, payload string
+	if keepLine {
+		e.line = string(b)
+		ts, payload = e.line[ts0:ts1], e.line[p0:len(b)-1]
+	} else {
+		// Only the timestamp and the payload, in one string.
+		n := len(b)
+		b = append(b, b[ts0:ts1]...)
+		b = append(b, b[p0:n-1]...)
+		both := string(b[n:])
+		ts, payload = both[:ts1-ts0], both[ts1-ts0:]
+	}
+	*buf = b
 	topic := string(msg.Topic)
-	e := entry{stream: topic, vals: [numFields]string{
-		msg.EventID, msg.SenderID, string(appendWireTimestamp(make([]byte, 0, 32), msg.Timestamp)), msg.TraceID, topic, payload,
-	}}
-	e.size = entrySize(&e.vals)
+	e.stream = topic
+	e.vals = [numFields]string{msg.EventID, msg.SenderID, ts, msg.TraceID, topic, payload}
+	e.size = len(e.line)
+	for _, v := range e.vals {
+		e.size += len(v)
+	}
 	return e, nil
 }
 
-// entrySize is the bytes of an entry's names and values.
-func entrySize(vals *[numFields]string) int {
-	n := 0
-	for k := range vals {
-		n += len(fieldNames[k]) + len(vals[k])
+// splitMessageJSON returns where the timestamp's text and the payload's
+// JSON are in an OonaMessage's contract JSON, which is written as
+// {"event_id":…,"sender_id":…,"timestamp":"…","trace_id":…,"topic":…,"payload":{…}}:
+// the timestamp is b[ts0:ts1], the payload b[p0:len(b)-1]. A quote inside
+// an encoded string is escaped, so `,"timestamp":"` and `,"payload":`
+// occur first where the encoder wrote those keys, whatever the ids hold.
+func splitMessageJSON(b []byte) (ts0, ts1, p0 int, ok bool) {
+	const tsKey, payloadKey = `,"timestamp":"`, `,"payload":`
+	i := bytes.Index(b, []byte(tsKey))
+	if i < 0 {
+		return 0, 0, 0, false
 	}
-	return n
+	ts0 = i + len(tsKey)
+	n := bytes.IndexByte(b[ts0:], '"')
+	if n < 0 {
+		return 0, 0, 0, false
+	}
+	ts1 = ts0 + n
+	j := bytes.Index(b[ts1:], []byte(payloadKey))
+	if j < 0 || len(b) == 0 || b[len(b)-1] != '}' {
+		return 0, 0, 0, false
+	}
+	return ts0, ts1, ts1 + j + len(payloadKey), true
 }
+
+// noPayload is the empty payload the envelope is written with when the
+// payload writes itself. It is never changed.
+var noPayload = map[string]any{}
+
+// encodeBuffers hold the encoding of one message until it is copied into
+// its entry's string.
+var encodeBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
 
 // EncodeFields returns the stream entry fields of msg as name/value pairs in
 // wire order, exactly what the Redis publisher XADDs.
 func EncodeFields(msg contracts.OonaMessage) ([]string, error) {
-	e, err := encodeFields(&msg)
+	e, err := encodeFields(&msg, nil, false)
 	if err != nil {
 		return nil, err
 	}

@@ -1,14 +1,11 @@
 package oona
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
-	"math"
 	"reflect"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/esper/kasmina-host/contracts"
 )
@@ -39,67 +36,37 @@ func TestEncodeFieldsWritesOneFieldPerMessageFieldInOrder(t *testing.T) {
 	}
 }
 
-func TestWireTimestampMatchesContractJSON(t *testing.T) {
-	for _, ts := range []time.Time{
-		time.Date(2026, 11, 24, 10, 0, 0, 0, time.UTC),
-		time.Date(2026, 11, 24, 10, 0, 0, 123456000, time.UTC),
-		time.Date(2026, 1, 2, 3, 4, 5, 600000000, time.FixedZone("", 2*3600)),
-		time.Date(2026, 1, 2, 3, 4, 5, 0, time.FixedZone("", -(5*3600+30*60))),
-		time.Date(2026, 1, 2, 3, 4, 5, 7000, contracts.Naive),
-		time.Date(1, 1, 1, 0, 0, 0, 1000, time.UTC),
-		time.Date(9999, 12, 31, 23, 59, 59, 999999000, time.UTC),
-		time.Date(2026, 3, 9, 7, 8, 9, 500, time.UTC), // under a microsecond
-		time.Date(2026, 10, 19, 20, 30, 40, 100000, time.UTC),
-		time.Unix(1795000000, 123456789).UTC(),
+// TestEncodeFieldsIdsCannotMoveTheSplit: the timestamp and the payload
+// are cut out of the contract's JSON of the message; ids that hold the
+// text of those keys (escaped by the encoder) do not move the cut.
+func TestEncodeFieldsIdsCannotMoveTheSplit(t *testing.T) {
+	for _, id := range []string{
+		`x","timestamp":"2000-01-01T00:00:00Z`,
+		`x,"payload":{"a":1}`,
+		`,"timestamp":"`,
+		`a\",\"payload\":{}}`,
+		"trace \u2028 ☃,\"payload\":",
 	} {
-		msg := contracts.OonaMessage{EventID: "e-x", SenderID: "s", TraceID: "t", Topic: contracts.TopicSystemEventsEpoch, Timestamp: ts, Payload: map[string]any{}}
-		var env map[string]json.RawMessage
-		if err := json.Unmarshal(msg.AppendJSON(nil), &env); err != nil {
-			t.Fatal(err)
-		}
-		want := strings.Trim(string(env["timestamp"]), `"`)
-		if got := string(appendWireTimestamp(nil, ts)); got != want {
-			t.Errorf("timestamp %v: wire %q, contract %q", ts, got, want)
-		}
-	}
-}
-
-func TestPayloadEncodingMatchesEncodingJSON(t *testing.T) {
-	values := []map[string]any{
-		{},
-		{"f": 0.1, "g": 1e-7, "h": 1e21, "i": 123456789.125, "j": math.Copysign(0, -1), "k": float32(0.3), "l": 5e-324, "m": 1e20},
-		{"s": "tab\t nl\n quote\" bs\\ ctl\x01 uni é ☃ \u2028 <&>", "bad": "\xff"},
-		{"n": nil, "b": true, "i": int64(-9007199254740993), "u": uint64(math.MaxUint64), "num": json.Number("12.50")},
-		{"nested": map[string]any{"z": []any{map[string]any{"a": 1}}, "a": []string{"x"}, "fl": []float64{1, 2.5}, "in": []int{1, 2}}},
-		{"struct": struct {
-			A int `json:"a"`
-		}{7}},
-	}
-	for _, v := range values {
-		got, err := encodePayload(v)
+		msg := contracts.NewOonaMessage(id, id, contracts.TopicTelemetrySeedHealth, map[string]any{"payload": map[string]any{"payload": "}"}, "timestamp": `","timestamp":"`})
+		msg.EventID = id
+		fields, err := EncodeFields(msg)
 		if err != nil {
-			t.Fatalf("%v: %v", v, err)
+			t.Fatalf("%q: %v", id, err)
 		}
-		var want bytes.Buffer
-		enc := json.NewEncoder(&want)
-		enc.SetEscapeHTML(false)
-		if err := enc.Encode(v); err != nil {
-			t.Fatal(err)
+		m := map[string]string{}
+		for i := 0; i < len(fields); i += 2 {
+			m[fields[i]] = fields[i+1]
 		}
-		if got != strings.TrimSuffix(want.String(), "\n") {
-			t.Errorf("payload %v:\n got  %s\n want %s", v, got, want.String())
+		if m[FieldEventID] != id || m[FieldSenderID] != id || m[FieldTraceID] != id {
+			t.Fatalf("%q: ids written as %q", id, fields)
 		}
-	}
-}
-
-func TestPayloadRefusesNonFiniteNumbersNamingTheKey(t *testing.T) {
-	_, err := encodePayload(map[string]any{"stats": map[string]any{"variance": math.NaN()}})
-	if err == nil || !strings.Contains(err.Error(), "payload.stats.variance") {
-		t.Fatalf("err = %v, want one naming payload.stats.variance", err)
-	}
-	msg := contracts.NewOonaMessage("s-1", "t-1", contracts.TopicTelemetrySeedHealth, map[string]any{"x": math.Inf(1)})
-	if _, err := EncodeFields(msg); !errors.Is(err, ErrInvalidMessage) {
-		t.Fatalf("EncodeFields = %v, want ErrInvalidMessage", err)
+		if want := `{"payload":{"payload":"}"},"timestamp":"\",\"timestamp\":\""}`; m[FieldPayload] != want {
+			t.Fatalf("%q: payload %s, want %s", id, m[FieldPayload], want)
+		}
+		back, err := DecodeFields(m)
+		if err != nil || back.EventID != id || !back.Timestamp.Equal(msg.Timestamp) {
+			t.Fatalf("%q: decodes to %+v, %v", id, back, err)
+		}
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"math/big"
 	"net"
@@ -22,66 +23,69 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/esper/kasmina-host/contracts"
 )
 
-// respReader returns a respConn reading the given server bytes.
-func respReader(s string) *respConn {
-	return &respConn{br: bufio.NewReaderSize(strings.NewReader(s), 128)}
-}
-
-func TestRESPRepliesOfXADD(t *testing.T) {
-	tests := []struct {
-		name, in string
-		reply    bool   // a replyError (the server's word about one command)
-		proto    bool   // errProtocol: the connection is unusable
-		text     string // part of the error text
-	}{
-		{"entry id", "$15\r\n1700000000000-0\r\n", false, false, ""},
-		{"error reply", "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n", true, false, "WRONGTYPE"},
-		{"nil", "$-1\r\n", true, false, "no entry ID"},
-		{"empty id", "$0\r\n\r\n", true, false, "no entry ID"},
-		{"simple string", "+OK\r\n", false, false, ""},
-		{"integer", ":1\r\n", false, true, "unexpected reply type ':'"},
-		{"array", "*1\r\n$1\r\na\r\n", false, true, "unexpected reply type '*'"},
-		{"bad length", "$x1\r\nab\r\n", false, true, `bulk length "x1"`},
-		{"huge length", "$999999999999\r\n", false, true, "bulk length"},
-		{"no CRLF after bulk", "$2\r\nabXY", false, true, "not terminated by CRLF"},
-		{"bare LF", "$2\nab\r\n", false, true, "not terminated by CRLF"},
-		{"line too long", "-" + strings.Repeat("E", 300) + "\r\n", false, true, "longer than"},
-		{"truncated", "$10\r\nabc", false, false, "EOF"},
-		{"empty", "", false, false, "EOF"},
+func TestAppendXADDArguments(t *testing.T) {
+	// args are the strings go-redis writes: a string or what a *string
+	// points to.
+	args := func(a []any) []string {
+		var out []string
+		for _, v := range a {
+			switch v := v.(type) {
+			case string:
+				out = append(out, v)
+			case *string:
+				out = append(out, *v)
+			default:
+				t.Fatalf("argument %#v is neither a string nor a *string", v)
+			}
+		}
+		return out
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			err := respReader(tc.in).skipBulk()
-			var re replyError
-			if got := errors.As(err, &re); got != tc.reply {
-				t.Errorf("skipBulk(%q) = %v: reply error %v, want %v", tc.in, err, got, tc.reply)
-			}
-			if got := errors.Is(err, errProtocol); got != tc.proto {
-				t.Errorf("skipBulk(%q) = %v: protocol error %v, want %v", tc.in, err, got, tc.proto)
-			}
-			if tc.text == "" && err != nil || tc.text != "" && (err == nil || !strings.Contains(err.Error(), tc.text)) {
-				t.Errorf("skipBulk(%q) = %v, want an error containing %q", tc.in, err, tc.text)
-			}
-		})
+	s := &redisSink{maxLen: "1000"}
+	e := entry{stream: "telemetry.seed.health", vals: [numFields]string{"id", "sender", "ts", "", "telemetry.seed.health", "{\"a\":\"b\r\n\"}"}}
+	want := []string{"xadd", "telemetry.seed.health", "maxlen", "~", "1000", "*",
+		"event_id", "id", "sender_id", "sender", "timestamp", "ts", "trace_id", "", "topic", "telemetry.seed.health", "payload", "{\"a\":\"b\r\n\"}"}
+	if got := args(s.appendXADD(nil, &e)); fmt.Sprintf("%q", got) != fmt.Sprintf("%q", want) || len(got) != xaddLen {
+		t.Fatalf("XADD arguments\n%q\nwant\n%q", got, want)
+	}
+	e.stream = "control.kasmina.commands" // never trimmed
+	if got := args(s.appendXADD(nil, &e)); len(got) != xaddLen-3 || got[1] != e.stream || got[2] != "*" {
+		t.Fatalf("control stream XADD = %q", got)
+	}
+	s.maxLen = nil // MaxLen < 0: nothing is trimmed
+	e.stream = "telemetry.seed.health"
+	if got := args(s.appendXADD(nil, &e)); len(got) != xaddLen-3 || got[2] != "*" {
+		t.Fatalf("XADD without MAXLEN = %q", got)
 	}
 }
 
-func TestRESPReplyClassification(t *testing.T) {
+// replyErr is an error reply as go-redis returns it (a redis.Error).
+type replyErr string
+
+func (e replyErr) Error() string { return string(e) }
+func (replyErr) RedisError()     {}
+
+func TestReplyClassification(t *testing.T) {
 	s := &redisSink{}
 	for _, tc := range []struct {
 		err       error
 		permanent bool
 	}{
-		{replyError("WRONGTYPE Operation against a key holding the wrong kind of value"), true},
-		{replyError("ERR wrong number of arguments for 'xadd' command"), true},
-		{replyError("OOM command not allowed when used memory > 'maxmemory'."), false},
-		{replyError("LOADING Redis is loading the dataset in memory"), false},
-		{replyError("NOAUTH Authentication required."), false},
-		{replyError("READONLY You can't write against a read only replica."), false},
-		{replyError("ERRANT not an ERR code"), false},
-		{errors.New("oona: reading from Redis: EOF"), false},
+		{replyErr("WRONGTYPE Operation against a key holding the wrong kind of value"), true},
+		{replyErr("ERR wrong number of arguments for 'xadd' command"), true},
+		{fmt.Errorf("XADD: %w", replyErr("WRONGTYPE Operation against a key holding the wrong kind of value")), true},
+		{replyErr("OOM command not allowed when used memory > 'maxmemory'."), false},
+		{replyErr("LOADING Redis is loading the dataset in memory"), false},
+		{replyErr("NOAUTH Authentication required."), false},
+		{replyErr("WRONGPASS invalid username-password pair or user is disabled."), false},
+		{replyErr("READONLY You can't write against a read only replica."), false},
+		{replyErr("ERRANT not an ERR code"), false},
+		{errors.New("ERR looks like a reply but is not one"), false},
+		{io.EOF, false},
+		{redis.ErrClosed, false},
 		{context.DeadlineExceeded, false},
 	} {
 		if got := s.permanent(tc.err); got != tc.permanent {
@@ -90,45 +94,60 @@ func TestRESPReplyClassification(t *testing.T) {
 	}
 }
 
-// FuzzRESPReply: no server reply makes the reader panic, read past what it
-// was given, or call a malformed reply anything but an error.
-func FuzzRESPReply(f *testing.F) {
-	for _, s := range []string{"$15\r\n1700000000000-0\r\n", "-ERR x\r\n", "$-1\r\n", "+OK\r\n", ":12\r\n", "$3\r\nab", "$\r\n", "*-1\r\n"} {
-		f.Add(s)
+// TestRedisBusDropsWhatRedisRefusesForGood: an XADD on a key of another
+// type (WRONGTYPE) is dropped with reason permanent_error, and the entries
+// around it in the same pipeline are delivered, in order.
+func TestRedisBusDropsWhatRedisRefusesForGood(t *testing.T) {
+	srv := startRedis(t)
+	rc := redis.NewClient(&redis.Options{Addr: srv.addr()})
+	defer rc.Close()
+	ctx := testCtx(t)
+	if err := rc.Set(ctx, string(contracts.TopicSystemEventsEpoch), "not a stream", 0).Err(); err != nil {
+		t.Fatal(err)
 	}
-	f.Fuzz(func(t *testing.T, in string) {
-		if err := respReader(in).skipBulk(); err == nil {
-			// Accepted: a non-empty bulk or simple string, fully framed.
-			if !(strings.HasPrefix(in, "$") || strings.HasPrefix(in, "+")) || !strings.Contains(in, "\r\n") {
-				t.Fatalf("skipBulk accepted %q", in)
-			}
+	bus, err := NewRedisBus(ctx, srv.testConfig("wrongtype-node"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeBus(t, bus)
+	var want []string
+	for i := range 6 {
+		msg := healthMessage(t, i)
+		if i%3 == 0 { // the first of the pipeline among them
+			msg = contracts.NewOonaMessage("s", "t", contracts.TopicSystemEventsEpoch, map[string]any{"epoch": i})
+		} else {
+			want = append(want, msg.EventID)
 		}
-		text, err := respReader(in).readReply()
-		if err == nil && !strings.Contains(in, text) {
-			t.Fatalf("readReply(%q) = %q, which it was not given", in, text)
+		if err := bus.Publish(msg); err != nil {
+			t.Fatal(err)
 		}
-	})
+	}
+	if err := bus.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st := bus.Stats()
+	if st.DroppedByReason[DropPermanent] != 2 || st.Delivered != 4 || st.Buffered != 0 || st.Retries != 0 {
+		t.Fatalf("stats %+v, want 2 dropped (permanent_error), 4 delivered, no retry", st)
+	}
+	if got := st.Topics[string(contracts.TopicSystemEventsEpoch)].DroppedByReason[DropPermanent]; got != 2 {
+		t.Fatalf("system.events.epoch dropped %d for good, want 2", got)
+	}
+	entries, err := rc.XRange(ctx, string(contracts.TopicTelemetrySeedHealth), "-", "+").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range entries {
+		got = append(got, e.Values[FieldEventID].(string))
+	}
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("stream holds %v, want %v", got, want)
+	}
 }
 
-func TestAppendXADDIsWhatRedisParses(t *testing.T) {
-	s := newRedisSink(nil, "", 1000)
-	e := entry{stream: "telemetry.seed.health", vals: [numFields]string{"id", "sender", "ts", "", "telemetry.seed.health", "{\"a\":\"b\r\n\"}"}} // raw CR LF: bulk strings are length-framed
-	got := string(s.appendXADD(nil, &e))
-	want := "*18\r\n$4\r\nXADD\r\n$21\r\ntelemetry.seed.health\r\n$6\r\nMAXLEN\r\n$1\r\n~\r\n$4\r\n1000\r\n$1\r\n*\r\n" +
-		"$8\r\nevent_id\r\n$2\r\nid\r\n$9\r\nsender_id\r\n$6\r\nsender\r\n$9\r\ntimestamp\r\n$2\r\nts\r\n" +
-		"$8\r\ntrace_id\r\n$0\r\n\r\n$5\r\ntopic\r\n$21\r\ntelemetry.seed.health\r\n$7\r\npayload\r\n$11\r\n{\"a\":\"b\r\n\"}\r\n"
-	if got != want {
-		t.Fatalf("XADD encoded as\n%q\nwant\n%q", got, want)
-	}
-	e.stream = "control.kasmina.commands" // never trimmed
-	if got := string(s.appendXADD(nil, &e)); strings.Contains(got, "MAXLEN") || !strings.HasPrefix(got, "*15\r\n") {
-		t.Fatalf("control stream XADD = %q", got)
-	}
-}
-
-// TestPublisherConnectionTLSDatabaseAndName: the publisher's own RESP
-// connection does TLS (rediss://), selects the URL's database and names
-// itself in CLIENT LIST, against a real redis-server with a TLS port.
+// TestPublisherConnectionTLSDatabaseAndName: the publisher's client does
+// TLS (rediss://), selects the URL's database and names itself in CLIENT
+// LIST, against a real redis-server with a TLS port.
 func TestPublisherConnectionTLSDatabaseAndName(t *testing.T) {
 	srv := startRedis(t) // plain port, to look at what the TLS client wrote
 	dir := t.TempDir()
@@ -182,14 +201,11 @@ func TestPublisherConnectionTLSDatabaseAndName(t *testing.T) {
 	// A server certificate the client does not trust is refused.
 	opts.TLSConfig.RootCAs = x509.NewCertPool()
 	bad := newRedisSink(opts, "", 0)
-	if err := bad.probe(ctx); err == nil || !strings.Contains(err.Error(), "TLS handshake") {
-		t.Fatalf("probe with an untrusted certificate = %v, want a TLS handshake error", err)
+	defer bad.close()
+	if err := bad.probe(ctx); err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("probe with an untrusted certificate = %v, want a certificate error", err)
 	}
 }
-
-// writeTestCerts writes a CA and a server certificate for localhost and
-// 127.0.0.1 into dir (ca.pem, server.pem, server.key) and returns a pool
-// trusting the CA.
 func writeTestCerts(t *testing.T, dir string) *x509.CertPool {
 	t.Helper()
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -238,11 +254,10 @@ func writeTestCerts(t *testing.T, dir string) *x509.CertPool {
 	return pool
 }
 
-// fakeRedis is a RESP server for the publisher's connection: it records the
+// fakeRedis is a RESP2 server for the publisher's client: it records the
 // event_id of every XADD it reads, per connection, and answers them until
 // the first connection carrying XADDs has answered hangUpAfter of them,
 // when it closes that connection without answering the rest it read.
-// That connection sends no XADD reply before it has read a 257th XADD.
 type fakeRedis struct {
 	ln          net.Listener
 	hangUpAfter int
@@ -292,6 +307,8 @@ func (f *fakeRedis) serve(c net.Conn, idx int) {
 			return
 		}
 		switch strings.ToUpper(args[0]) {
+		case "HELLO": // a RESP2-only server: go-redis falls back
+			bw.WriteString("-ERR unknown command 'HELLO'\r\n")
 		case "PING":
 			bw.WriteString("+PONG\r\n")
 		case "XADD":
@@ -315,10 +332,7 @@ func (f *fakeRedis) serve(c net.Conn, idx int) {
 		default:
 			bw.WriteString("+OK\r\n")
 		}
-		// The first connection holds its replies until it has read into
-		// the second batch: a publisher that waited for the first batch's
-		// replies before sending the second would time out here.
-		if br.Buffered() == 0 && !(f.isFirst(idx) && answered <= 256) {
+		if br.Buffered() == 0 {
 			bw.Flush()
 		}
 	}
@@ -349,13 +363,14 @@ func readCommand(br *bufio.Reader) ([]string, error) {
 	return args, nil
 }
 
-// TestPipelinedPublisherResendsInOrderAfterConnectionLoss: with two
-// batches on the wire, a connection lost in the middle of the second
-// batch's replies voids what was not acknowledged; after the reconnect the
-// publisher resends it, and everything after, in publish order. Every
-// message is delivered; the duplicates are the commands the server read
-// but the publisher got no reply for.
-func TestPipelinedPublisherResendsInOrderAfterConnectionLoss(t *testing.T) {
+// TestPublisherResendsInOrderAfterConnectionLoss: a connection lost in the
+// middle of a batch's replies voids what was not acknowledged; the batch
+// already handed over behind it is not sent on a new connection ahead of
+// it; after the reconnect the publisher resends what was not acknowledged,
+// and everything after, in publish order, and not what was acknowledged.
+// Every message is delivered; the duplicates are the commands the server
+// read but the publisher got no reply for.
+func TestPublisherResendsInOrderAfterConnectionLoss(t *testing.T) {
 	const n, hangUp = 2000, 300 // 300: past the first batch (at most 256)
 	// Everything is published while nothing listens, so that the
 	// batches are full once the server is there.
@@ -386,21 +401,20 @@ func TestPipelinedPublisherResendsInOrderAfterConnectionLoss(t *testing.T) {
 	}
 	fake.mu.Lock()
 	defer fake.mu.Unlock()
-	if len(fake.conns) < 2 {
+	if len(fake.conns) < 2 || fake.first < 0 || fake.first+1 >= len(fake.conns) {
 		t.Fatalf("%d connections: the hang-up did not happen", len(fake.conns))
 	}
 	first := fake.conns[fake.first]
 	if len(first) <= hangUp {
-		t.Fatalf("first connection read %d commands, want more than %d (two batches on the wire)", len(first), hangUp)
+		t.Fatalf("first connection read %d commands, want more than %d", len(first), hangUp)
 	}
 	// The order the server saw, each id at its first arrival, is the
-	// publish order, and the resend starts at the first unanswered one.
-	// The resend starts at the first entry whose reply the publisher did
-	// not read: at most the first unanswered one, and within the batch
-	// that holds it, so no more than a batch (256) before it. (Closing a
-	// socket with unread input resets it, so replies the server wrote can
-	// be lost in transit; and the first batch can be short when the
-	// flusher took it before everything was published.)
+	// publish order, and the resend starts at the first entry whose reply
+	// the publisher did not read: the first unanswered one, or an earlier
+	// one of the same batch, so no more than a batch (256) before it.
+	// (Closing a socket with unread input resets it, so replies the server
+	// wrote can be lost in transit; and the first batch can be short when
+	// the flusher took it before everything was published.)
 	index := make(map[string]int, n)
 	for i, id := range want {
 		index[id] = i
@@ -432,8 +446,7 @@ func TestPipelinedPublisherResendsInOrderAfterConnectionLoss(t *testing.T) {
 }
 
 // TestRedisBusOverUnixSocket: a unix:// URL with a database reaches Redis
-// through its socket, for the publisher's own connection and for the
-// consumer's go-redis client alike.
+// through its socket, for the publisher's client and the consumer's alike.
 func TestRedisBusOverUnixSocket(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "redis.sock")
 	srv := startRedis(t, "--unixsocket", sock, "--unixsocketperm", "700")
@@ -448,5 +461,89 @@ func TestRedisBusOverUnixSocket(t *testing.T) {
 	}
 	if err := bus.consumerClient.Ping(ctx).Err(); err != nil {
 		t.Fatalf("consumer client over the unix socket: %v", err)
+	}
+}
+
+// TestRedisBusKeepsWhatItCannotSendForAConfigurationError: a connection
+// Redis refuses to set up with an ERR reply (here SELECT of a database it
+// does not have) says nothing about the messages: they stay buffered and
+// are retried, not dropped as refused for good.
+func TestRedisBusKeepsWhatItCannotSendForAConfigurationError(t *testing.T) {
+	srv := startRedis(t)
+	cfg := srv.testConfig("db99-node")
+	cfg.URL = "redis://" + srv.addr() + "/99"
+	cfg.Publisher.Backoff = Backoff{Base: time.Millisecond, Max: 5 * time.Millisecond}
+	bus, err := NewRedisBus(context.Background(), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		defer cancel()
+		_ = bus.Close(ctx)
+	}()
+	if err := bus.Publish(healthMessage(t, 1)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a few retries", func() bool { return bus.Stats().Retries >= 3 })
+	if s := bus.Stats(); s.Buffered != 1 || s.Dropped != 0 || s.Delivered != 0 {
+		t.Fatalf("stats %+v, want the message kept buffered", s)
+	}
+}
+
+// TestCloseDoesNotWaitForARedisThatDoesNotAnswer: Close gives up at its
+// deadline even while the flusher waits on a server that accepted the
+// connection and never answers (the read timeout here is an hour).
+func TestCloseDoesNotWaitForARedisThatDoesNotAnswer(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var mu sync.Mutex
+	var conns []net.Conn
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			go io.Copy(io.Discard, c) // reads everything, answers nothing
+		}
+	}()
+	cfg := Config{URL: "redis://" + ln.Addr().String() + "/0?read_timeout=1h&write_timeout=1h", HostID: "mute"}
+	bus, err := NewRedisBus(context.Background(), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.Publish(healthMessage(t, 1)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the server to have a connection", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(conns) > 0
+	})
+	closed := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer cancel()
+		closed <- bus.Close(ctx)
+	}()
+	if err := recv(t, closed, "Close to return"); !errors.Is(err, ErrFlushTimeout) {
+		t.Fatalf("Close = %v, want ErrFlushTimeout", err)
+	}
+	if s := bus.Stats(); s.DroppedByReason[DropShutdown] != 1 {
+		t.Fatalf("stats %+v, want the message dropped at shutdown", s)
 	}
 }
