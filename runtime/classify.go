@@ -72,7 +72,7 @@ func classOf(err error, def failure.Class) failure.Class {
 	case is(source.ErrNotAllowed, regularfile.ErrNotRegular, kernels.ErrTargetNotExecutable,
 		contracts.ErrIllegalTransition, fs.ErrPermission):
 		return failure.Refused
-	case is(source.ErrChecksumMismatch, kernels.ErrChecksumMismatch, kernels.ErrMalformed, kernels.ErrMetadataMismatch):
+	case is(kernels.ErrChecksumMismatch, kernels.ErrMalformed, kernels.ErrMetadataMismatch):
 		return failure.Malformed
 	case is(source.ErrTooLarge, regularfile.ErrTooLarge):
 		return failure.TooLarge

@@ -40,7 +40,7 @@ func TestClassifyTable(t *testing.T) {
 		{"permission denied", &fs.PathError{Op: "open", Path: "x", Err: fs.ErrPermission}, failure.Unavailable, failure.Refused, true},
 		{"torchscript", fmt.Errorf("k: %w", kernels.ErrTargetNotExecutable), failure.Malformed, failure.Refused, true},
 		{"illegal transition", &contracts.TransitionError{Machine: "seed", From: "dormant", To: "fossilized"}, failure.Internal, failure.Refused, true},
-		{"fetched checksum mismatch", fmt.Errorf("%w: want a got b", source.ErrChecksumMismatch), failure.Unavailable, failure.Malformed, true},
+		{"fetched checksum mismatch", fmt.Errorf("%w: want a got b", kernels.ErrChecksumMismatch), failure.Unavailable, failure.Malformed, true},
 		{"metadata checksum mismatch", fmt.Errorf("%w: a b", kernels.ErrChecksumMismatch), failure.Malformed, failure.Malformed, true},
 		{"malformed kernel file", fmt.Errorf("%w: header", kernels.ErrMalformed), failure.Internal, failure.Malformed, true},
 		{"metadata disagrees", fmt.Errorf("%w: shape", kernels.ErrMetadataMismatch), failure.Internal, failure.Malformed, true},

@@ -284,6 +284,8 @@ type Host struct {
 
 	started atomic.Bool
 	epoch   atomic.Int64
+	// loads numbers loads, for their reservations' keys.
+	loads atomic.Uint64
 	// changeMu serialises changes with their save (it is taken before mu),
 	// so the store sees them one at a time, in the order they were made.
 	changeMu sync.Mutex
@@ -427,9 +429,9 @@ func (h *Host) Run(ctx context.Context) error {
 				events = nil
 				continue
 			}
-			h.Replace()
+			h.replan()
 		case <-tick.C:
-			h.Replace()
+			h.replan()
 			h.EmitSignals()
 			if h.store != nil && h.store.Err() != nil {
 				_ = h.saveNow() // the store logs the outcome

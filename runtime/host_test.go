@@ -3,6 +3,8 @@ package runtime
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
@@ -16,6 +18,7 @@ import (
 	"github.com/esper/kasmina-host/contracts"
 	"github.com/esper/kasmina-host/device"
 	"github.com/esper/kasmina-host/kernels"
+	"github.com/esper/kasmina-host/kernels/source"
 	"github.com/esper/kasmina-host/runtime/failure"
 	"github.com/esper/kasmina-host/runtime/oona"
 	"github.com/esper/kasmina-host/runtime/placement"
@@ -282,7 +285,7 @@ func TestGPULostWhileServing(t *testing.T) {
 	if err := inv.Refresh(ctx); err != nil {
 		t.Fatal(err)
 	}
-	moves := h.Replace()
+	moves := h.replan()
 	time.Sleep(20 * time.Millisecond)
 	close(stop)
 	wg.Wait()
@@ -325,7 +328,7 @@ func TestMemoryPressureMovesKernels(t *testing.T) {
 	if err := inv.Refresh(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	moves := h.Replace()
+	moves := h.replan()
 	if len(moves) != 1 || moves[0].From != "cuda:7" || !strings.Contains(moves[0].Reason, "memory pressure") {
 		t.Fatalf("moves %+v", moves)
 	}
@@ -503,13 +506,16 @@ func TestUrzaShapes(t *testing.T) {
 	}))
 	defer srv.Close()
 	u := &Urza{BaseURL: srv.URL}
-	ck, err := u.Resolve(context.Background(), "doc")
-	if err != nil || ck.BinaryRef != "s3://b/k9" || ck.Metadata.ParameterCount != 15 {
-		t.Fatalf("document shape: %+v %v", ck, err)
+	r, err := u.Resolve(context.Background(), "doc")
+	if err != nil || r.Compiled.BinaryRef != "s3://b/k9" || r.Compiled.Metadata.ParameterCount != 15 || r.MetadataFrom != FromDocument || r.Status != "validated" {
+		t.Fatalf("document shape: %+v %v", r, err)
 	}
-	ck, err = u.Resolve(context.Background(), "flat")
-	if err != nil || ck.BinaryRef != "s3://b/flat" || ck.KernelID != "flat" {
-		t.Fatalf("flat shape: %+v %v", ck, err)
+	r, err = u.Resolve(context.Background(), "flat")
+	if err != nil || r.Compiled.BinaryRef != "s3://b/flat" || r.Compiled.KernelID != "flat" || r.MetadataFrom != FromArtifact || r.Status != "validated" {
+		t.Fatalf("flat shape: %+v %v", r, err)
+	}
+	if _, ok := r.Compiled.ValidationResults.Get("metadata_from"); ok {
+		t.Error("the flat record is still marked in the contract's validation_results")
 	}
 	if _, err := u.Resolve(context.Background(), "broken"); err == nil || !strings.Contains(err.Error(), "kernel_binary_ref") {
 		t.Fatalf("broken record: %v", err)
@@ -545,8 +551,15 @@ func TestQueueFullRefusesAtOnce(t *testing.T) {
 
 type fetcherFunc func(ctx context.Context, ref, sha string) ([]byte, error)
 
-func (f fetcherFunc) Fetch(ctx context.Context, ref, sha string) ([]byte, error) {
-	return f(ctx, ref, sha)
+// Fetch returns what f returns as a source does: with the digest of the
+// bytes, computed as they were read.
+func (f fetcherFunc) Fetch(ctx context.Context, ref, sha string) (source.Blob, error) {
+	b, err := f(ctx, ref, sha)
+	if err != nil {
+		return source.Blob{}, err
+	}
+	sum := sha256.Sum256(b)
+	return source.Blob{Data: b, SHA256: hex.EncodeToString(sum[:]), Size: int64(len(b)), Origin: ref}, nil
 }
 
 // BenchmarkDispatchOverhead compares Host.Infer (lookup, shape checks,
@@ -601,7 +614,7 @@ func TestGPULostMovesPinnedKernelToCPU(t *testing.T) {
 	if err := inv.Refresh(ctx); err != nil {
 		t.Fatal(err)
 	}
-	moves := h.Replace()
+	moves := h.replan()
 	if len(moves) != 1 || moves[0].To != "cpu" {
 		t.Fatalf("moves %+v", moves)
 	}
@@ -657,10 +670,11 @@ func FuzzParseUrzaRecord(f *testing.F) {
 	f.Add([]byte(`{"id":"broken"}`))
 	f.Add([]byte(`{"binary_ref":"x","metadata":null}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
-		ck, err := parseUrzaRecord("requested", body)
+		r, err := parseUrzaRecord("requested", body)
 		if err != nil {
 			return
 		}
+		ck := r.Compiled
 		if ck.BinaryRef == "" {
 			t.Fatalf("accepted %q without a binary reference", body)
 		}

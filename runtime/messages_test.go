@@ -19,9 +19,9 @@ func TestErrorMessagesNameTheInputOnce(t *testing.T) {
 	inv := openInventory(t, "dgxa100", nil)
 	ctx := context.Background()
 	var resolved atomic.Int64
-	h, _, _ := newHost(t, inv, Config{}, withResolver(resolverFunc(func(context.Context, string) (*contracts.CompiledKernel, error) {
+	h, _, _ := newHost(t, inv, Config{}, withResolver(resolverFunc(func(context.Context, string) (Resolved, error) {
 		resolved.Add(1)
-		return nil, failure.Errorf(failure.NotFound, "unexpected")
+		return Resolved{}, failure.Errorf(failure.NotFound, "unexpected")
 	})))
 	if _, err := h.Load(ctx, LoadRequest{Name: "k", Data: linearKernel(t, "k", nil), Layer: "l"}); err != nil {
 		t.Fatal(err)
@@ -82,8 +82,8 @@ func TestErrorMessagesNameTheInputOnce(t *testing.T) {
 	}
 }
 
-type resolverFunc func(ctx context.Context, id string) (*contracts.CompiledKernel, error)
+type resolverFunc func(ctx context.Context, id string) (Resolved, error)
 
-func (f resolverFunc) Resolve(ctx context.Context, id string) (*contracts.CompiledKernel, error) {
+func (f resolverFunc) Resolve(ctx context.Context, id string) (Resolved, error) {
 	return f(ctx, id)
 }

@@ -2,8 +2,6 @@ package runtime
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"sort"
@@ -39,14 +37,17 @@ type SeedRecord struct {
 
 // KernelRecord is one loaded kernel in the State.
 type KernelRecord struct {
-	Name      string                    `json:"name"`
-	SHA256    string                    `json:"sha256"`
-	Source    string                    `json:"source,omitempty"`
-	Compiled  *contracts.CompiledKernel `json:"compiled,omitempty"`
-	Layer     string                    `json:"layer"`
-	SeedIdx   int                       `json:"seed_idx"`
-	Fallback  string                    `json:"cpu_fallback"`
-	Placement string                    `json:"placement"`
+	Name     string                    `json:"name"`
+	SHA256   string                    `json:"sha256"`
+	Source   string                    `json:"source,omitempty"`
+	Compiled *contracts.CompiledKernel `json:"compiled,omitempty"`
+	// MetadataFrom is "artifact" when Compiled is Urza's flat record
+	// (LoadRequest.MetadataFrom); omitted for the document's metadata.
+	MetadataFrom MetadataSource `json:"metadata_from,omitempty"`
+	Layer        string         `json:"layer"`
+	SeedIdx      int            `json:"seed_idx"`
+	Fallback     string         `json:"cpu_fallback"`
+	Placement    string         `json:"placement"`
 }
 
 // ArtifactStore keeps kernel bytes by SHA-256 for restarts.
@@ -59,15 +60,6 @@ type ArtifactStore interface {
 	// Where says where the bytes kept under sha are (a path), for the
 	// kernel's view and the logs.
 	Where(sha string) string
-}
-
-// keepArtifact keeps a kernel's bytes in the store for restarts.
-func (h *Host) keepArtifact(data []byte) error {
-	if h.store == nil {
-		return nil
-	}
-	sum := sha256.Sum256(data)
-	return h.store.Put(hex.EncodeToString(sum[:]), data)
 }
 
 // State returns the host's state now.
@@ -89,7 +81,7 @@ func (h *Host) State() State {
 			src = l.origin // a restored kernel keeps the reference it was first loaded from
 		}
 		st.Kernels = append(st.Kernels, KernelRecord{Name: l.name, SHA256: l.kernel.SHA256(), Source: src,
-			Compiled: l.compiled, Layer: l.seed.layer, SeedIdx: l.seed.idx, Fallback: l.fallback.String(), Placement: dev})
+			Compiled: l.compiled, MetadataFrom: l.metadataFrom, Layer: l.seed.layer, SeedIdx: l.seed.idx, Fallback: l.fallback.String(), Placement: dev})
 	}
 	sort.Slice(st.Kernels, func(i, j int) bool { return st.Kernels[i].Name < st.Kernels[j].Name })
 	return st
@@ -122,10 +114,10 @@ func (h *Host) Restore(ctx context.Context, st State) (int, error) {
 		data, err := store.Get(rec.SHA256)
 		if err == nil {
 			// The bytes must be the ones saved: a flipped bit on disk is
-			// refused, not served.
-			if sum := sha256.Sum256(data); hex.EncodeToString(sum[:]) != rec.SHA256 {
+			// refused, not served. This digest is the load's one.
+			if sum := orDigest("", data); sum != rec.SHA256 {
 				err = failure.Errorf(failure.Malformed, "%s is damaged: its SHA-256 is %s, it was saved as %s",
-					store.Where(rec.SHA256), hex.EncodeToString(sum[:]), rec.SHA256)
+					store.Where(rec.SHA256), sum, rec.SHA256)
 			}
 		} else {
 			err = classify(fmt.Errorf("restoring from the state directory: %w", err), failure.Unavailable)
@@ -143,8 +135,8 @@ func (h *Host) Restore(ctx context.Context, st State) (int, error) {
 		if layer == rec.Name && rec.SeedIdx == 0 {
 			layer = "" // served directly: its own seed
 		}
-		v, err := h.Load(ctx, LoadRequest{Name: rec.Name, Data: data, Ref: store.Where(rec.SHA256), Origin: rec.Source,
-			Compiled: rec.Compiled, Fallback: fb, Layer: layer, SeedIdx: rec.SeedIdx})
+		v, err := h.Load(ctx, LoadRequest{Name: rec.Name, Data: data, sha256: rec.SHA256, Ref: store.Where(rec.SHA256), Origin: rec.Source,
+			Compiled: rec.Compiled, MetadataFrom: metadataFrom(rec), Fallback: fb, Layer: layer, SeedIdx: rec.SeedIdx})
 		if err != nil {
 			h.recordFailure(rec.Name, err)
 			h.log.Warn("state: kernel not restored", slog.String("kernel", rec.Name), slog.Any("err", err))
@@ -157,4 +149,17 @@ func (h *Host) Restore(ctx context.Context, st State) (int, error) {
 		restored++
 	}
 	return restored, nil
+}
+
+// metadataFrom is where a saved kernel's metadata comes from. State files
+// written before MetadataFrom existed marked Urza's flat record inside the
+// document, as validation_results.metadata_from = "artifact": that marker
+// is read here, and only here, so that such kernels still restore.
+func metadataFrom(rec KernelRecord) MetadataSource {
+	if rec.MetadataFrom == FromDocument && rec.Compiled != nil {
+		if v, _ := rec.Compiled.ValidationResults.Get("metadata_from"); v == "artifact" {
+			return FromArtifact
+		}
+	}
+	return rec.MetadataFrom
 }

@@ -468,12 +468,8 @@ func newFetcher(cfg *serveConfig, log *slog.Logger) (runtime.Fetcher, error) {
 // fetcher adapts a source.Source to the runtime's Fetcher.
 type fetcher struct{ src source.Source }
 
-func (f fetcher) Fetch(ctx context.Context, ref, sha string) ([]byte, error) {
-	b, err := source.FetchVerified(ctx, f.src, ref, sha)
-	if err != nil {
-		return nil, err
-	}
-	return b.Data, nil
+func (f fetcher) Fetch(ctx context.Context, ref, sha string) (source.Blob, error) {
+	return source.FetchVerified(ctx, f.src, ref, sha)
 }
 
 var _ fs.FS = examples.FS
