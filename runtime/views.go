@@ -1,6 +1,8 @@
 package runtime
 
 import (
+	"encoding/json"
+	"fmt"
 	"time"
 
 	"github.com/esper/kasmina-host/contracts"
@@ -202,3 +204,26 @@ func (h *Host) view(l *loaded) KernelView {
 
 // CacheStats returns the parsed-kernel cache's counters.
 func (h *Host) CacheStats() cache.Stats { return h.cache.Stats() }
+
+// MetadataOf reads a CompiledKernel document, or a bare KernelMetadata
+// document, and returns its metadata (for a dry run of placement).
+func MetadataOf(doc []byte) (*contracts.KernelMetadata, error) {
+	var probe struct {
+		Metadata json.RawMessage `json:"metadata"`
+	}
+	if err := json.Unmarshal(doc, &probe); err != nil {
+		return nil, fmt.Errorf("not a JSON object: %w", err)
+	}
+	if len(probe.Metadata) > 0 {
+		ck, err := contracts.DecodeCompiledKernel(doc)
+		if err != nil {
+			return nil, err
+		}
+		return &ck.Metadata, nil
+	}
+	md, err := contracts.DecodeKernelMetadata(doc)
+	if err != nil {
+		return nil, err
+	}
+	return &md, nil
+}

@@ -340,7 +340,7 @@ func serve(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io.Wr
 		MaxElements: cfg.maxElements, Metrics: httpMetrics,
 		MetricsHandler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
 	}
-	handler := oip.NewHandler(&backend{host: host}, hostViews(host, inv), opts, log.With(slog.String("component", "http")))
+	handler := oip.NewHandler(oip.HostBackend(host), oip.HostViewsFor(host, inv), opts, log.With(slog.String("component", "http")))
 	ln, err := net.Listen("tcp", cfg.addr)
 	if err != nil {
 		return fmt.Errorf("--addr %s: %w", cfg.addr, err)

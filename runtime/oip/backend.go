@@ -6,9 +6,11 @@
 // The package owns routing, request decoding and validation, response
 // encoding, the mapping from error classes to status codes, bearer-token
 // authorisation, DNS-rebinding protection and the HTTP request metrics. What
-// is served comes from two small boundaries the runtime implements: Backend
-// (models and inference) and HostViews (the /v1 JSON views). The routes are
-// documented in API.md beside this file.
+// is served comes from two small boundaries: Backend (models and inference)
+// and HostViews (the /v1 JSON views). HostBackend and HostViewsFor (host.go)
+// implement them over a runtime.Host (oip imports the runtime; the runtime
+// never imports oip); tests of the HTTP layer alone use oiptest's fake.
+// The routes are documented in API.md beside this file.
 package oip
 
 import (
@@ -19,8 +21,8 @@ import (
 )
 
 // Backend is what the HTTP layer needs from the host. Errors returned by its
-// methods carry their class through the sentinel errors of this package,
-// wrapped with %w; any other error is answered with 500.
+// methods carry their failure class (package failure), which statusOf maps
+// to HTTP; an unclassified error is answered with 500.
 type Backend interface {
 	// Ready reports whether the server can serve every loaded model
 	// somewhere (CPU included); reason explains a false answer.

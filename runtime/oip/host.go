@@ -1,4 +1,4 @@
-package main
+package oip
 
 import (
 	"context"
@@ -9,28 +9,33 @@ import (
 	"github.com/esper/kasmina-host/runtime"
 	"github.com/esper/kasmina-host/runtime/admission"
 	"github.com/esper/kasmina-host/runtime/failure"
-	"github.com/esper/kasmina-host/runtime/oip"
 	"github.com/esper/kasmina-host/runtime/placement"
 )
 
-// backend adapts the runtime's Host to the HTTP layer: it maps the
-// runtime's views onto the Open Inference Protocol's. The runtime's errors
-// carry their failure class (runtime/classify.go), which oip's status
-// table maps to HTTP; nothing here reclassifies them.
-type backend struct{ host *runtime.Host }
+// HostBackend serves a runtime.Host over the Open Inference Protocol: the
+// host's kernels are the models, its repository index the model
+// repository. The runtime's errors carry their failure class, which the
+// status table (statusOf) maps to HTTP; nothing here reclassifies them.
+// The Backend returned is also a StatsBackend.
+func HostBackend(h *runtime.Host) Backend { return &hostBackend{h: h} }
 
-func (b *backend) Ready() (bool, string) { return b.host.Ready() }
+// hostBackend is HostBackend's Backend.
+type hostBackend struct{ h *runtime.Host }
+
+var _ StatsBackend = (*hostBackend)(nil)
+
+func (b *hostBackend) Ready() (bool, string) { return b.h.Ready() }
 
 // modelInfo describes a loaded kernel as a model: READY, or UNAVAILABLE
 // with the reason while its circuit breaker is not closed (its inference
 // still reaches the breaker, whose probe can close it again); max_batch is
 // the kernel's own, from the host's batch and output limits.
-func (b *backend) modelInfo(v runtime.KernelView) oip.ModelInfo {
-	state, reason := oip.StateReady, ""
+func modelInfo(v runtime.KernelView) ModelInfo {
+	state, reason := StateReady, ""
 	if v.Breaker != admission.Closed {
-		state, reason = oip.StateUnavailable, v.BreakerReason
+		state, reason = StateUnavailable, v.BreakerReason
 	}
-	return oip.ModelInfo{
+	return ModelInfo{
 		Name: v.Name, Version: "1", State: state, Reason: reason,
 		InputShape: v.InputShape, OutputShape: v.OutputShape,
 		Placement: v.Placement.Device, Executor: v.Executor,
@@ -39,58 +44,64 @@ func (b *backend) modelInfo(v runtime.KernelView) oip.ModelInfo {
 	}
 }
 
-func (b *backend) Models() []oip.ModelInfo {
-	var out []oip.ModelInfo
-	for _, st := range b.host.RepositoryIndex() {
-		if v, ok := b.host.Kernel(st.Name); ok {
-			out = append(out, b.modelInfo(v))
+func (b *hostBackend) Models() []ModelInfo {
+	var out []ModelInfo
+	for _, st := range b.h.RepositoryIndex() {
+		if v, ok := b.h.Kernel(st.Name); ok {
+			out = append(out, modelInfo(v))
 			continue
 		}
-		out = append(out, oip.ModelInfo{Name: st.Name, Version: "1", State: st.State, Reason: st.Reason})
+		out = append(out, ModelInfo{Name: st.Name, Version: "1", State: st.State, Reason: st.Reason})
 	}
 	return out
 }
 
-func (b *backend) Model(name string) (oip.ModelInfo, bool) {
-	if v, ok := b.host.Kernel(name); ok {
-		return b.modelInfo(v), true
+func (b *hostBackend) Model(name string) (ModelInfo, bool) {
+	if v, ok := b.h.Kernel(name); ok {
+		return modelInfo(v), true
 	}
-	for _, st := range b.host.RepositoryIndex() {
+	for _, st := range b.h.RepositoryIndex() {
 		if st.Name == name {
-			return oip.ModelInfo{Name: name, Version: "1", State: st.State, Reason: st.Reason}, true
+			return ModelInfo{Name: name, Version: "1", State: st.State, Reason: st.Reason}, true
 		}
 	}
-	return oip.ModelInfo{}, false
+	return ModelInfo{}, false
 }
 
-func (b *backend) Infer(ctx context.Context, name string, in oip.Tensor) (oip.Tensor, oip.ExecInfo, error) {
-	res, err := b.host.Infer(ctx, name, runtime.Request{Input: in.Data, Shape: in.Shape})
+func (b *hostBackend) Infer(ctx context.Context, name string, in Tensor) (Tensor, ExecInfo, error) {
+	res, err := b.h.Infer(ctx, name, runtime.Request{Input: in.Data, Shape: in.Shape})
 	if err != nil {
-		return oip.Tensor{}, oip.ExecInfo{}, err
+		return Tensor{}, ExecInfo{}, err
 	}
 	e := res.Exec
-	return oip.Tensor{Shape: res.Shape, Data: res.Output}, oip.ExecInfo{
+	return Tensor{Shape: res.Shape, Data: res.Output}, ExecInfo{
 		PlacedOn: e.PlacedOn, ExecutedOn: e.ExecutedOn, Executor: e.Executor, Fallback: e.Fallback,
 		Reason: e.Reason, QueueTime: e.QueueTime, ComputeTime: e.ComputeTime,
 	}, nil
 }
 
-func (b *backend) LoadModel(ctx context.Context, name string) error {
-	return b.host.LoadModel(ctx, name)
+func (b *hostBackend) LoadModel(ctx context.Context, name string) error {
+	return b.h.LoadModel(ctx, name)
 }
 
-func (b *backend) UnloadModel(ctx context.Context, name string) error {
-	return b.host.Unload(ctx, name)
+func (b *hostBackend) UnloadModel(ctx context.Context, name string) error {
+	return b.h.Unload(ctx, name)
 }
 
 // ModelStats serves GET /v2/models/{name}/stats.
-func (b *backend) ModelStats(name string) (any, bool) {
-	v, ok := b.host.Kernel(name)
+func (b *hostBackend) ModelStats(name string) (any, bool) {
+	v, ok := b.h.Kernel(name)
 	if !ok {
 		return nil, false
 	}
 	return map[string]any{"name": v.Name, "calls": v.Calls, "failures": v.Failures, "breaker": v.Breaker,
 		"placement": v.Placement.Device, "executed_on": v.ExecutedOn, "moves": v.Moves}, true
+}
+
+// Snapshotter gives the device inventory's latest snapshot
+// (device.Inventory is one).
+type Snapshotter interface {
+	Snapshot() device.Snapshot
 }
 
 // loadKernelRequest is the body of POST /v1/kernels: a CompiledKernel
@@ -112,6 +123,7 @@ type planRequest struct {
 	CPUFallback string          `json:"cpu_fallback"`
 }
 
+// parseFallback reads a request's cpu_fallback ("" leaves the host's).
 func parseFallback(s string) (*placement.Fallback, error) {
 	if s == "" {
 		return nil, nil
@@ -123,9 +135,10 @@ func parseFallback(s string) (*placement.Fallback, error) {
 	return &fb, nil
 }
 
-// hostViews serves the host's own /v1 routes.
-func hostViews(h *runtime.Host, inv *device.Inventory) oip.HostViews {
-	return oip.HostViews{
+// HostViewsFor serves the host's own /v1 routes from a runtime.Host and
+// the device inventory.
+func HostViewsFor(h *runtime.Host, inv Snapshotter) HostViews {
+	return HostViews{
 		Devices: func(context.Context) (any, error) {
 			s := inv.Snapshot()
 			return map[string]any{"source": s.Source, "driver_version": s.DriverVersion,
@@ -187,7 +200,7 @@ func hostViews(h *runtime.Host, inv *device.Inventory) oip.HostViews {
 				}
 				md = &m
 			default:
-				got, err := readKernelDocument(body)
+				got, err := runtime.MetadataOf(body)
 				if err != nil {
 					return nil, failure.Errorf(failure.BadInput, "give compiled_kernel, metadata, or a CompiledKernel document: %w", err)
 				}
@@ -197,8 +210,7 @@ func hostViews(h *runtime.Host, inv *device.Inventory) oip.HostViews {
 			if err != nil {
 				return nil, err
 			}
-			v, err := h.Plan(md, req.Batch, fb)
-			return v, err
+			return h.Plan(md, req.Batch, fb)
 		},
 		Seeds:         func(context.Context) (any, error) { return h.Seeds(), nil },
 		HealthSignals: func(context.Context) (any, error) { return h.LatestSignals(), nil },
