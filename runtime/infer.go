@@ -68,15 +68,80 @@ func notRunReason(err error) string {
 	return reasonCanceled
 }
 
-// Infer runs the named kernel on req.Input. Every error names the kernel
-// or the input that is wrong, once, and carries its failure class.
-func (h *Host) Infer(ctx context.Context, name string, req Request) (Result, error) {
+// Model is a loaded kernel as inference sees it: a handle that a front end
+// looks up once (Host.Model), checks a request against (shapes, largest
+// batch) and runs (Infer), without a view of the kernel being built per
+// request. The handle stays usable after the kernel is unloaded or
+// replaced: its inference is then refused (Unavailable) or, for requests
+// already admitted, finishes on the kernel it names.
+type Model struct {
+	h *Host
+	l *loaded
+}
+
+// Model returns the loaded kernel named name, or false. It allocates
+// nothing.
+func (h *Host) Model(name string) (*Model, bool) {
 	h.mu.RLock()
 	l, ok := h.kernels[name]
 	h.mu.RUnlock()
 	if !ok {
+		return nil, false
+	}
+	return &l.model, true
+}
+
+// Name is the model's name.
+func (m *Model) Name() string { return m.l.name }
+
+// InputShape is the per-sample input shape (without the batch). It is
+// shared: the caller must not modify it.
+func (m *Model) InputShape() []int { return m.l.inShape }
+
+// OutputShape is the per-sample output shape (without the batch). It is
+// shared: the caller must not modify it.
+func (m *Model) OutputShape() []int { return m.l.shape1[1:] }
+
+// MaxBatch is the largest batch one request may have.
+func (m *Model) MaxBatch() int { return m.l.maxBatch }
+
+// Serving says how a model is served now.
+type Serving struct {
+	// PlacedOn is the device the model is placed on; ExecutedOn the one
+	// its executor, Executor, runs on.
+	PlacedOn, ExecutedOn, Executor string
+	// Degraded says why the model is not served as its requirements ask
+	// ("" when it is): it fell back to the CPU, or its placement's
+	// executor runs elsewhere.
+	Degraded string
+	// Breaker is its circuit breaker's state; BreakerReason says why the
+	// model is not serving normally while it is not closed.
+	Breaker       admission.BreakerState
+	BreakerReason string
+}
+
+// Serving says how the model is served now. It allocates only while the
+// breaker is not closed (for its reason).
+func (m *Model) Serving() Serving {
+	rt := m.l.route.Load()
+	s := Serving{PlacedOn: rt.placedOn, ExecutedOn: rt.exec.Device(), Executor: rt.exec.Name(), Degraded: rt.degraded}
+	s.Breaker, s.BreakerReason = m.l.breaker.Status()
+	return s
+}
+
+// Infer runs the named kernel on req.Input: Model, then Model.Infer.
+func (h *Host) Infer(ctx context.Context, name string, req Request) (Result, error) {
+	m, ok := h.Model(name)
+	if !ok {
 		return Result{}, failure.Errorf(failure.NotFound, "kernel %q is not loaded", name)
 	}
+	return m.Infer(ctx, req)
+}
+
+// Infer runs the model on req.Input. Every error names the kernel or the
+// input that is wrong, once, and carries its failure class.
+func (m *Model) Infer(ctx context.Context, req Request) (Result, error) {
+	h, l, name := m.h, m.l, m.l.name
 	obs := l.obs.Load()
 	in := l.inShape
 	if len(req.Shape) != len(in)+1 {

@@ -62,6 +62,10 @@ type loaded struct {
 	// MaxOutputBytes.
 	maxBatch int
 
+	// model is the kernel's inference handle (Host.Model hands out its
+	// address, so a lookup allocates nothing).
+	model Model
+
 	calls, failures atomic.Int64
 	shape1          []int // [1, *output_shape], shared by batch-1 results
 	inShape         []int // input shape without batch (read-only)

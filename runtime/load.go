@@ -381,6 +381,7 @@ func (h *Host) describe(req *LoadRequest, art artifact, hd *cache.Handle[*parsed
 		seed:         seed,
 		gate:         newGate(),
 	}
+	l.model = Model{h: h, l: l}
 	if l.maxBatch = min(h.cfg.MaxBatch, k.MaxBatchWithin(h.cfg.MaxOutputBytes)); l.maxBatch < 1 {
 		return nil, failure.Errorf(failure.TooLarge, "kernel %q needs %s for one sample's output and intermediate activations, over the host's limit of %s per request",
 			name, byteSize(k.RunBytes(1)), byteSize(h.cfg.MaxOutputBytes))

@@ -31,9 +31,11 @@ type Backend interface {
 	Models() []ModelInfo
 	// Model returns one model's description, or false when the name is unknown.
 	Model(name string) (ModelInfo, bool)
-	// Infer runs the model on one FP32 tensor named "input" and returns the
-	// tensor named "output" together with where and how it was executed.
-	Infer(ctx context.Context, name string, in Tensor) (out Tensor, info ExecInfo, err error)
+	// Infer runs model m, as Model described it (so that the model is
+	// looked up once per request: see ModelInfo.Handle), on one FP32
+	// tensor named "input" and returns the tensor named "output" together
+	// with where and how it was executed.
+	Infer(ctx context.Context, m ModelInfo, in Tensor) (out Tensor, info ExecInfo, err error)
 	// LoadModel loads (or reloads) a model from the host's repository.
 	LoadModel(ctx context.Context, name string) error
 	// UnloadModel unloads a model; the repository index still lists it.
@@ -90,6 +92,11 @@ type ModelInfo struct {
 	// MaxBatch bounds the batch dimension; 0 means no limit beyond the
 	// element cap of Options.
 	MaxBatch int
+	// Handle is the backend's own reference to the model, set by Model
+	// and handed back to Infer with the rest of the ModelInfo, so that an
+	// inference looks its model up once. The HTTP layer never reads it;
+	// nil is allowed (Infer then finds the model by Name).
+	Handle any
 }
 
 // ExecInfo tells where one inference ran. The HTTP layer returns it in the

@@ -26,29 +26,37 @@ var _ StatsBackend = (*hostBackend)(nil)
 
 func (b *hostBackend) Ready() (bool, string) { return b.h.Ready() }
 
-// modelInfo describes a loaded kernel as a model: READY, or UNAVAILABLE
-// with the reason while its circuit breaker is not closed (its inference
-// still reaches the breaker, whose probe can close it again); max_batch is
-// the kernel's own, from the host's batch and output limits.
-func modelInfo(v runtime.KernelView) ModelInfo {
-	state, reason := StateReady, ""
-	if v.Breaker != admission.Closed {
-		state, reason = StateUnavailable, v.BreakerReason
-	}
+// modelInfo describes a loaded kernel as a model, from its inference
+// handle (no view of the kernel is built: this runs on every request):
+// READY, or UNAVAILABLE with the reason while its circuit breaker is not
+// closed (its inference still reaches the breaker, whose probe can close
+// it again); max_batch is the kernel's own, from the host's batch and
+// output limits. The handle rides along for Infer.
+func modelInfo(m *runtime.Model) ModelInfo {
+	s := m.Serving()
+	state, reason := modelState(s.Breaker, s.BreakerReason)
 	return ModelInfo{
-		Name: v.Name, Version: "1", State: state, Reason: reason,
-		InputShape: v.InputShape, OutputShape: v.OutputShape,
-		Placement: v.Placement.Device, Executor: v.Executor,
-		Degraded: v.Degraded, DegradedReason: v.DegradedReason,
-		MaxBatch: v.MaxBatch,
+		Name: m.Name(), Version: "1", State: state, Reason: reason,
+		InputShape: m.InputShape(), OutputShape: m.OutputShape(),
+		Placement: s.PlacedOn, Executor: s.Executor,
+		Degraded: s.Degraded != "", DegradedReason: s.Degraded,
+		MaxBatch: m.MaxBatch(), Handle: m,
 	}
+}
+
+// modelState is a loaded model's state given its breaker's.
+func modelState(b admission.BreakerState, why string) (state, reason string) {
+	if b != admission.Closed {
+		return StateUnavailable, why
+	}
+	return StateReady, ""
 }
 
 func (b *hostBackend) Models() []ModelInfo {
 	var out []ModelInfo
 	for _, st := range b.h.RepositoryIndex() {
-		if v, ok := b.h.Kernel(st.Name); ok {
-			out = append(out, modelInfo(v))
+		if m, ok := b.h.Model(st.Name); ok {
+			out = append(out, modelInfo(m))
 			continue
 		}
 		out = append(out, ModelInfo{Name: st.Name, Version: "1", State: st.State, Reason: st.Reason})
@@ -57,8 +65,8 @@ func (b *hostBackend) Models() []ModelInfo {
 }
 
 func (b *hostBackend) Model(name string) (ModelInfo, bool) {
-	if v, ok := b.h.Kernel(name); ok {
-		return modelInfo(v), true
+	if m, ok := b.h.Model(name); ok {
+		return modelInfo(m), true
 	}
 	for _, st := range b.h.RepositoryIndex() {
 		if st.Name == name {
@@ -68,8 +76,16 @@ func (b *hostBackend) Model(name string) (ModelInfo, bool) {
 	return ModelInfo{}, false
 }
 
-func (b *hostBackend) Infer(ctx context.Context, name string, in Tensor) (Tensor, ExecInfo, error) {
-	res, err := b.h.Infer(ctx, name, runtime.Request{Input: in.Data, Shape: in.Shape})
+// Infer runs the model Model found (its handle), or finds it by name.
+func (b *hostBackend) Infer(ctx context.Context, mi ModelInfo, in Tensor) (Tensor, ExecInfo, error) {
+	req := runtime.Request{Input: in.Data, Shape: in.Shape}
+	var res runtime.Result
+	var err error
+	if m, ok := mi.Handle.(*runtime.Model); ok {
+		res, err = m.Infer(ctx, req)
+	} else {
+		res, err = b.h.Infer(ctx, mi.Name, req)
+	}
 	if err != nil {
 		return Tensor{}, ExecInfo{}, err
 	}

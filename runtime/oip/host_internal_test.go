@@ -4,7 +4,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/esper/kasmina-host/runtime"
 	"github.com/esper/kasmina-host/runtime/admission"
 )
 
@@ -12,11 +11,17 @@ import (
 // an UNAVAILABLE model with the breaker's reason (its own readiness
 // answers 503), while the node stays ready.
 func TestOpenBreakerIsTheModelsReadiness(t *testing.T) {
-	mi := modelInfo(runtime.KernelView{Name: "k", Breaker: admission.Open, BreakerReason: "circuit breaker open after 5 consecutive failures; next probe in 9s", MaxBatch: 8})
-	if mi.State != StateUnavailable || !strings.Contains(mi.Reason, "circuit breaker open") || mi.MaxBatch != 8 {
-		t.Fatalf("model info %+v", mi)
-	}
-	if mi := modelInfo(runtime.KernelView{Name: "k", Breaker: admission.Closed}); mi.State != StateReady || mi.Reason != "" {
-		t.Fatalf("closed breaker: %+v", mi)
+	for _, c := range []struct {
+		breaker       admission.BreakerState
+		why           string
+		state, reason string
+	}{
+		{admission.Open, "circuit breaker open after 5 consecutive failures; next probe in 9s", StateUnavailable, "circuit breaker open after 5 consecutive failures; next probe in 9s"},
+		{admission.HalfOpen, "circuit breaker half-open after 5 consecutive failures: the next request probes the kernel", StateUnavailable, "circuit breaker half-open after 5 consecutive failures: the next request probes the kernel"},
+		{admission.Closed, "", StateReady, ""},
+	} {
+		if state, reason := modelState(c.breaker, c.why); state != c.state || reason != c.reason || !strings.Contains(reason, "circuit breaker") != (c.breaker == admission.Closed) {
+			t.Errorf("breaker %s: %s %q, want %s %q", c.breaker, state, reason, c.state, c.reason)
+		}
 	}
 }

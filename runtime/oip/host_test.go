@@ -112,7 +112,11 @@ func TestHostBackendModels(t *testing.T) {
 	want := oip.ModelInfo{Name: "k", Version: "1", State: oip.StateReady, InputShape: []int{4}, OutputShape: []int{3},
 		Placement: "cuda:7", Executor: "cpu-f32", Degraded: true,
 		DegradedReason: "placed on cuda:7, executed on cpu because no GPU backend is built in", MaxBatch: 16}
-	if !ok || fmt.Sprintf("%+v", m) != fmt.Sprintf("%+v", want) {
+	if h, _ := m.Handle.(*runtime.Model); !ok || h == nil || h.Name() != "k" {
+		t.Fatalf("model k has no handle: %+v", m)
+	}
+	m.Handle = nil
+	if fmt.Sprintf("%+v", m) != fmt.Sprintf("%+v", want) {
 		t.Fatalf("model k:\n got %+v\nwant %+v", m, want)
 	}
 	bad, ok := f.backend.Model("bad")
@@ -139,7 +143,11 @@ func TestHostBackendInfer(t *testing.T) {
 	if _, err := f.host.Load(ctx, runtime.LoadRequest{Data: linearKernel(t, "k")}); err != nil {
 		t.Fatal(err)
 	}
-	out, exec, err := f.backend.Infer(ctx, "k", oip.Tensor{Shape: []int{2, 4}, Data: []float32{1, 2, 3, -4, 0, 0, 0, 0}})
+	m, ok := f.backend.Model("k")
+	if !ok {
+		t.Fatal("no model k")
+	}
+	out, exec, err := f.backend.Infer(ctx, m, oip.Tensor{Shape: []int{2, 4}, Data: []float32{1, 2, 3, -4, 0, 0, 0, 0}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,12 +158,20 @@ func TestHostBackendInfer(t *testing.T) {
 		!strings.Contains(exec.Reason, "no GPU backend") {
 		t.Errorf("exec %+v", exec)
 	}
-	if _, _, err := f.backend.Infer(ctx, "nope", oip.Tensor{Shape: []int{1, 4}, Data: make([]float32, 4)}); failure.ClassOf(err) != failure.NotFound {
+	if _, _, err := f.backend.Infer(ctx, oip.ModelInfo{Name: "nope"}, oip.Tensor{Shape: []int{1, 4}, Data: make([]float32, 4)}); failure.ClassOf(err) != failure.NotFound {
 		t.Errorf("unknown model: %v", err)
 	}
 	st, ok := f.backend.(oip.StatsBackend).ModelStats("k")
 	if b, _ := json.Marshal(st); !ok || !bytes.Contains(b, []byte(`"calls":1`)) || !bytes.Contains(b, []byte(`"breaker":"closed"`)) {
 		t.Errorf("stats %s", b)
+	}
+	// A handle outlives its kernel: the kernel unloaded, its inference is
+	// refused, not run on freed state.
+	if err := f.host.Unload(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := f.backend.Infer(ctx, m, oip.Tensor{Shape: []int{1, 4}, Data: make([]float32, 4)}); failure.ClassOf(err) != failure.Unavailable {
+		t.Errorf("a handle to an unloaded kernel: %v (%s), want Unavailable", err, failure.ClassOf(err))
 	}
 }
 
