@@ -124,7 +124,7 @@ func TestSlowArtifactHoldsUpOnlyItsSeed(t *testing.T) {
 	defer bus.Close(context.Background())
 	h, _, _ := newHost(t, inv, Config{GraftingRamp: -1}, withFetcher(fetch), func(d *Deps) { d.Bus = bus })
 	for _, l := range []string{"a", "b"} {
-		if _, err := h.RegisterLayer(l); err != nil {
+		if _, err := declareLayer(h, l); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -203,7 +203,7 @@ func TestChangesThatCannotBeSavedAreUndone(t *testing.T) {
 	if _, err := h.Load(ctx, LoadRequest{Name: "kept", Data: linearKernel(t, "kept", []string{"cuda"}), Layer: "enc", SeedIdx: 1}); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.SetAlpha("enc", 1, 0.3); err != nil {
+	if err := setAlpha(h, "enc", 1, 0.3); err != nil {
 		t.Fatal(err)
 	}
 	before := snapshot(h)
@@ -223,9 +223,9 @@ func TestChangesThatCannotBeSavedAreUndone(t *testing.T) {
 	_, err = h.Load(ctx, LoadRequest{Name: "direct", Data: linearKernel(t, "direct", nil)})
 	checkRefused("a direct load", err)
 	checkRefused("an unload", h.Unload(ctx, "kept"))
-	checkRefused("a seed state change", h.SetSeedState("enc", 1, contracts.SeedTraining, "test"))
-	checkRefused("an alpha change", h.SetAlpha("enc", 1, 0.9))
-	_, err = h.RegisterLayer("newlayer")
+	checkRefused("a seed state change", setSeedState(h, "enc", 1, contracts.SeedTraining, "test"))
+	checkRefused("an alpha change", setAlpha(h, "enc", 1, 0.9))
+	_, err = declareLayer(h, "newlayer")
 	checkRefused("a new layer", err)
 	// The kernel whose unload was refused still serves.
 	if _, err := h.Infer(ctx, "kept", Request{Input: make([]float32, 4), Shape: []int{1, 4}}); err != nil {
@@ -233,7 +233,7 @@ func TestChangesThatCannotBeSavedAreUndone(t *testing.T) {
 	}
 	// Nothing refused left a reservation, a layer id or a name behind.
 	store.setFailure(nil)
-	if id, err := h.RegisterLayer("newlayer"); err != nil || id != 1 {
+	if id, err := declareLayer(h, "newlayer"); err != nil || id != 1 {
 		t.Errorf("the first layer registered after the refusals got id %d (%v), want 1", id, err)
 	}
 	v, err := h.Load(ctx, LoadRequest{Name: "new", Data: linearKernel(t, "new", []string{"cuda"}), Layer: "dec", SeedIdx: 0})

@@ -273,10 +273,10 @@ func TestFailedLoadsAreBounded(t *testing.T) {
 	h, _, _ := newHost(t, inv, Config{})
 	long := errors.New(strings.Repeat("é", 4000))
 	for i := range 3000 {
-		h.RecordLoadFailure(fmt.Sprintf("k%04d", i), long)
+		h.recordFailure(fmt.Sprintf("k%04d", i), long)
 	}
-	h.RecordLoadFailure(strings.Repeat("n", 10000), long)
-	failed := h.FailedLoads()
+	h.recordFailure(strings.Repeat("n", 10000), long)
+	failed := failedLoads(h)
 	if len(failed) != maxFailedLoads {
 		t.Fatalf("%d failed loads remembered, want %d", len(failed), maxFailedLoads)
 	}
@@ -291,20 +291,20 @@ func TestFailedLoadsAreBounded(t *testing.T) {
 			t.Fatalf("unbounded entry: name %d bytes, reason %d bytes", len(name), len(why))
 		}
 	}
-	if n := len(h.RepositoryIndex()); n != maxFailedLoads {
+	if n := len(h.Models()); n != maxFailedLoads {
 		t.Errorf("repository index has %d entries, want %d", n, maxFailedLoads)
 	}
 	// A failure recorded again moves to the newest end; one cleared by
 	// unload frees its slot.
-	h.RecordLoadFailure("k2744", long)
-	h.RecordLoadFailure("fresh", long)
-	if _, ok := h.FailedLoads()["k2744"]; !ok {
+	h.recordFailure("k2744", long)
+	h.recordFailure("fresh", long)
+	if _, ok := failedLoads(h)["k2744"]; !ok {
 		t.Error("a re-recorded failure was evicted as if it were old")
 	}
 	if err := h.Unload(context.Background(), "fresh"); err != nil {
 		t.Fatal(err)
 	}
-	if n := len(h.FailedLoads()); n != maxFailedLoads-1 {
+	if n := len(failedLoads(h)); n != maxFailedLoads-1 {
 		t.Errorf("after unloading a failed name: %d remembered, want %d", n, maxFailedLoads-1)
 	}
 }
@@ -398,7 +398,7 @@ func TestReferencesAreShownRedacted(t *testing.T) {
 	if err == nil || strings.Contains(err.Error(), "hunter2") {
 		t.Fatalf("fetch failure message: %v", err)
 	}
-	if why := h.FailedLoads()["m"]; why == "" || strings.Contains(why, "hunter2") {
+	if why := failedLoads(h)["m"]; why == "" || strings.Contains(why, "hunter2") {
 		t.Fatalf("failed-load reason %q", why)
 	}
 	// A reference used as the kernel's name (as a bus artifact_id can be).

@@ -51,39 +51,9 @@ import (
 	"github.com/esper/kasmina-host/device"
 	"github.com/esper/kasmina-host/kernels/cache"
 	"github.com/esper/kasmina-host/runtime/admission"
-	"github.com/esper/kasmina-host/runtime/failure"
 	"github.com/esper/kasmina-host/runtime/oona"
 	"github.com/esper/kasmina-host/runtime/placement"
 	"github.com/prometheus/client_golang/prometheus"
-)
-
-// Sentinels for errors.Is. Every error a Host method returns carries a
-// failure class (see classify.go); a sentinel matches every error of its
-// class, whichever cause made it, so errors.Is(err, ErrNotFound) is
-// failure.Is(err, failure.NotFound). New code returns failure.Errorf
-// rather than wrapping a sentinel, whose phrase would prefix the message.
-var (
-	// ErrNotFound: no kernel, seed or artifact by that name (class NotFound).
-	ErrNotFound = failure.NewSentinel(failure.NotFound, "not found")
-	// ErrBadInput: the request is wrong: a tensor that does not fit the
-	// kernel, a name, a reference (class BadInput).
-	ErrBadInput = failure.NewSentinel(failure.BadInput, "bad input")
-	// ErrRefused: the kernel cannot be loaded or executed here: a
-	// reference policy refuses, a non-executable target, no placement, an
-	// illegal seed transition (class Refused).
-	ErrRefused = failure.NewSentinel(failure.Refused, "kernel refused")
-	// ErrQueueFull: the executor's queue is full (class QueueFull).
-	ErrQueueFull = admission.ErrQueueFull
-	// ErrUnavailable: not now: the kernel's circuit breaker is open or it
-	// is being unloaded, the artifact or Urza cannot be reached, the state
-	// cannot be saved (class Unavailable).
-	ErrUnavailable = failure.NewSentinel(failure.Unavailable, "kernel unavailable")
-	// ErrRuntime: the executor failed while running the kernel (class
-	// Internal).
-	ErrRuntime = failure.NewSentinel(failure.Internal, "runtime failure")
-	// ErrIllegal: a seed transition the contract's state machine forbids;
-	// such errors also have class Refused.
-	ErrIllegal = contracts.ErrIllegalTransition
 )
 
 // DefaultMaxOutputBytes is Config.MaxOutputBytes's default: 64 MiB, the
@@ -419,7 +389,7 @@ func (h *Host) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			wg.Wait()
-			h.EmitSignals() // the last window is not lost on shutdown
+			h.emitSignals() // the last window is not lost on shutdown
 			if err := h.saveNow(); err != nil {
 				h.log.Error("state not saved at shutdown", slog.Any("err", err))
 			}
@@ -432,7 +402,7 @@ func (h *Host) Run(ctx context.Context) error {
 			h.replan()
 		case <-tick.C:
 			h.replan()
-			h.EmitSignals()
+			h.emitSignals()
 			if h.store != nil && h.store.Err() != nil {
 				_ = h.saveNow() // the store logs the outcome
 			}

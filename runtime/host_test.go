@@ -138,6 +138,36 @@ func withResolver(r Resolver) func(*Deps)     { return func(d *Deps) { d.Resolve
 func withStore(s StateStore) func(*Deps)      { return func(d *Deps) { d.Store = s } }
 func withRepository(r Repository) func(*Deps) { return func(d *Deps) { d.Repository = &r } }
 
+// declareLayer, setSeedState and setAlpha are the Apply of the ops.
+func declareLayer(h *Host, name string) (int, error) {
+	o, err := h.Apply(context.Background(), DeclareLayer{Layer: name})
+	if err != nil {
+		return -1, err
+	}
+	return o.LayerID, nil
+}
+
+func setSeedState(h *Host, layer string, idx int, to contracts.SeedState, why string) error {
+	_, err := h.Apply(context.Background(), SetSeedState{Layer: layer, SeedIdx: idx, State: to, Why: why})
+	return err
+}
+
+func setAlpha(h *Host, layer string, idx int, alpha float64) error {
+	_, err := h.Apply(context.Background(), SetAlpha{Layer: layer, SeedIdx: idx, Alpha: alpha})
+	return err
+}
+
+// failedLoads maps the kernels whose last load failed to the reason.
+func failedLoads(h *Host) map[string]string {
+	out := map[string]string{}
+	for _, st := range h.Models() {
+		if st.Status == ModelFailed {
+			out[st.Name] = st.Reason
+		}
+	}
+	return out
+}
+
 // handle runs a bus command through the host's command consumer adapter.
 func handle(ctx context.Context, h *Host, p oona.CommandPayload) error {
 	return commandHandler{h}.HandleCommand(ctx, oona.Command{Message: contracts.NewOonaMessage("tamiyo", "t", contracts.TopicControlKasminaCommands, nil), Payload: p})
@@ -195,10 +225,10 @@ func TestNoGPUFallsBackDegraded(t *testing.T) {
 	_ = reg
 	deny := placement.FallbackDeny
 	_, err = h.Load(context.Background(), LoadRequest{Name: "k2", Data: linearKernel(t, "k2", []string{"cuda"}), Fallback: &deny})
-	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "denied") {
+	if !failure.Is(err, failure.Refused) || !strings.Contains(err.Error(), "denied") {
 		t.Fatalf("deny policy: %v", err)
 	}
-	if _, ok := h.FailedLoads()["k2"]; !ok {
+	if _, ok := failedLoads(h)["k2"]; !ok {
 		t.Error("refused kernel not listed as failed")
 	}
 }
@@ -344,7 +374,7 @@ func TestHealthSignalsPublished(t *testing.T) {
 	if _, err := h.Load(context.Background(), LoadRequest{Data: linearKernel(t, "k", nil)}); err != nil {
 		t.Fatal(err)
 	}
-	if sigs := h.EmitSignals(); len(sigs) != 0 {
+	if sigs := h.emitSignals(); len(sigs) != 0 {
 		t.Fatalf("signals without any call: %v", sigs)
 	}
 	for i := 0; i < 10; i++ {
@@ -353,7 +383,7 @@ func TestHealthSignalsPublished(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	sigs := h.EmitSignals()
+	sigs := h.emitSignals()
 	if len(sigs) != 1 {
 		t.Fatalf("%d signals", len(sigs))
 	}
@@ -379,12 +409,12 @@ func TestHealthSignalsPublished(t *testing.T) {
 	if back != s {
 		t.Errorf("payload %+v != signal %+v", back, s)
 	}
-	if len(h.LatestSignals()) != 1 {
+	if len(h.Signals()) != 1 {
 		t.Error("latest signal not kept")
 	}
 	// The next window has its own chunk id.
 	h.Infer(context.Background(), "k", Request{Input: make([]float32, 4), Shape: []int{1, 4}})
-	if sigs := h.EmitSignals(); len(sigs) != 1 || sigs[0].ChunkID != 1 {
+	if sigs := h.emitSignals(); len(sigs) != 1 || sigs[0].ChunkID != 1 {
 		t.Errorf("second window: %+v", sigs)
 	}
 }
@@ -471,7 +501,7 @@ func TestGraftingRampsAlpha(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, st := range []contracts.SeedState{contracts.SeedTraining, contracts.SeedGrafting} {
-		if err := h.SetSeedState("l", 0, st, "test"); err != nil {
+		if err := setSeedState(h, "l", 0, st, "test"); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -544,8 +574,8 @@ func TestQueueFullRefusesAtOnce(t *testing.T) {
 	}
 	_, err := h.Infer(context.Background(), "k", Request{Input: make([]float32, 4), Shape: []int{1, 4}})
 	h.admit.Release()
-	if !errors.Is(err, ErrQueueFull) {
-		t.Fatalf("err = %v, want ErrQueueFull", err)
+	if !failure.Is(err, failure.QueueFull) || err.Error() != `kernel "k": queue full: 1 running, 1 waiting` {
+		t.Fatalf("err = %v, want QueueFull naming the kernel and the limits", err)
 	}
 }
 
@@ -655,7 +685,7 @@ func TestDirectKernelReloads(t *testing.T) {
 	if n := len(h.Seeds()); n != 1 {
 		t.Errorf("%d seeds after reloads, want 1", n)
 	}
-	if st := h.CacheStats(); st.Hits < 2 {
+	if st := h.Stats().Cache; st.Hits < 2 {
 		t.Errorf("reloads of the same bytes should hit the parsed-kernel cache: %+v", st)
 	}
 }
@@ -707,7 +737,7 @@ func TestHealthSignalsReachTheBusAsTheContractsSignal(t *testing.T) {
 	if _, err := h.Infer(context.Background(), "k", Request{Input: []float32{1, 2, 3, 4}, Shape: []int{1, 4}}); err != nil {
 		t.Fatal(err)
 	}
-	sigs := h.EmitSignals()
+	sigs := h.emitSignals()
 	if len(sigs) != 1 {
 		t.Fatalf("%d signals", len(sigs))
 	}

@@ -173,6 +173,11 @@ func (m *Model) Infer(ctx context.Context, req Request) (Result, error) {
 		return Result{}, failure.Errorf(failure.BadInput, "default output holds %d values; kernel %q at batch %d gives %d", len(req.Default), name, batch, outN)
 	}
 	if !l.gate.enter() {
+		// The kernel left the table since this handle was found: replaced
+		// (the replacement takes the request) or unloaded.
+		if now, ok := h.Model(name); ok && now.l != l {
+			return now.Infer(ctx, req)
+		}
 		obs.fail(reasonRefused)
 		return Result{}, failure.Errorf(failure.Unavailable, "kernel %q is being unloaded", name)
 	}
@@ -187,7 +192,7 @@ func (m *Model) Infer(ctx context.Context, req Request) (Result, error) {
 	waited, err := h.admit.AcquireWithin(ctx, h.cfg.RequestTimeout)
 	if err != nil {
 		l.breaker.Done(admission.NotRun) // the kernel never ran: nothing to learn
-		if errors.Is(err, admission.ErrQueueFull) {
+		if failure.Is(err, failure.QueueFull) {
 			obs.fail(reasonQueueFull)
 			return Result{}, fmt.Errorf("kernel %q: %w", name, err)
 		}

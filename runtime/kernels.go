@@ -142,10 +142,6 @@ func (h *Host) forgetFailureLocked(name string) {
 	}
 }
 
-// RecordLoadFailure lists a kernel that could not be loaded (for the
-// repository index), with the reason.
-func (h *Host) RecordLoadFailure(name string, err error) { h.recordFailure(name, err) }
-
 // validName keeps model names usable in URLs and metric labels.
 func validName(name string) error {
 	if len(name) > maxNameBytes {
@@ -274,15 +270,4 @@ func (h *Host) Kernel(name string) (KernelView, bool) {
 		return KernelView{}, false
 	}
 	return h.view(l), true
-}
-
-// FailedLoads lists the kernels that could not be loaded, with the reason.
-func (h *Host) FailedLoads() map[string]string {
-	h.mu.RLock()
-	defer h.mu.RUnlock()
-	out := make(map[string]string, len(h.failed))
-	for k, v := range h.failed {
-		out[k] = v
-	}
-	return out
 }

@@ -181,7 +181,7 @@ func TestLoadHashesTheArtifactOnce(t *testing.T) {
 	if _, err := h.Load(context.Background(), LoadRequest{Name: "k2", Ref: "/r/k.safetensors"}); err != nil {
 		t.Fatal(err)
 	}
-	if st := h.CacheStats(); st.Hits != 1 {
+	if st := h.Stats().Cache; st.Hits != 1 {
 		t.Errorf("cache %+v: the second load of the same digest should hit", st)
 	}
 	if st := h.State(); st.Kernels[0].SHA256 != streamed {
@@ -253,7 +253,7 @@ func TestLoadSteps(t *testing.T) {
 	})
 	t.Run("parse", func(t *testing.T) {
 		art := artifact{data: data, sha256: digest}
-		before := h.CacheStats()
+		before := h.Stats().Cache
 		a, err := h.parse(ctx, art, nil)
 		if err != nil {
 			t.Fatal(err)
@@ -264,7 +264,7 @@ func TestLoadSteps(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer b.Release()
-		if a.Value() != b.Value() || h.CacheStats().Hits != before.Hits+1 {
+		if a.Value() != b.Value() || h.Stats().Cache.Hits != before.Hits+1 {
 			t.Errorf("the same digest parsed twice")
 		}
 		md := a.Value().kernel.Metadata()
@@ -348,7 +348,7 @@ func TestFlatRecordsSurviveARestart(t *testing.T) {
 		}
 		h2, _, _ := newHost(t, inv, Config{}, withStore(store))
 		if n, err := h2.Restore(context.Background(), st); err != nil || n != 1 {
-			t.Fatalf("%s state: restored %d: %v (%v)", name, n, err, h2.FailedLoads())
+			t.Fatalf("%s state: restored %d: %v (%v)", name, n, err, failedLoads(h2))
 		}
 		if v, _ := h2.Kernel("k"); v.Metadata.ParameterCount != 15 {
 			t.Errorf("%s state: the restored kernel is described by %+v, want the artifact's metadata", name, v.Metadata)

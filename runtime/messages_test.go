@@ -54,9 +54,9 @@ func TestErrorMessagesNameTheInputOnce(t *testing.T) {
 			return err
 		}(), `the artifact: malformed kernel file: the header length at byte 0 exceeds the limit of 16777216 bytes (not a safetensors file)`, failure.Malformed},
 		{"an unknown kernel", h.Unload(ctx, "nope"), `no kernel "nope" is loaded`, failure.NotFound},
-		{"an unknown seed", h.SetSeedState("l", 9, contracts.SeedTraining, "test"), `no seed l/9`, failure.NotFound},
-		{"alpha NaN", h.SetAlpha("l", 0, math.NaN()), `seed l/0: alpha is NaN`, failure.BadInput},
-		{"an illegal transition", h.SetSeedState("l", 0, contracts.SeedFossilized, "test"),
+		{"an unknown seed", setSeedState(h, "l", 9, contracts.SeedTraining, "test"), `no seed l/9`, failure.NotFound},
+		{"alpha NaN", setAlpha(h, "l", 0, math.NaN()), `seed l/0: alpha is NaN`, failure.BadInput},
+		{"an illegal transition", setSeedState(h, "l", 0, contracts.SeedFossilized, "test"),
 			`seed l/0: illegal state transition: "germinated" → "fossilized"`, failure.Refused},
 		{"a model not in the repository", h.LoadModel(ctx, "absent"), `no kernel "absent" in the repository`, failure.NotFound},
 		{"a seed that holds another kernel", func() error {

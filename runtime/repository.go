@@ -181,7 +181,7 @@ func (r Repository) peekHeader(p string) (format, kernelID string, err error) {
 }
 
 // loadRepository scans the repository and loads every kernel in it (Run's
-// start-up); a kernel that fails is listed (FailedLoads) with the reason
+// start-up); a kernel that fails is listed (Models) with the reason
 // and the others serve. It returns how many loaded and how many failed.
 // The state is saved once, after the scan, rather than once per kernel:
 // the scan acknowledges nothing to anyone, and a directory of many kernels
@@ -263,9 +263,11 @@ func (h *Host) loadModel(ctx context.Context, name string, batch bool) error {
 	return err
 }
 
-// RepositoryIndex lists every kernel the host knows: the repository's,
-// loaded or not, and kernels loaded from elsewhere.
-func (h *Host) RepositoryIndex() []ModelState {
+// Models lists every kernel the host knows, sorted by name: loaded (from
+// the repository or elsewhere), in the repository but not loaded, or whose
+// last load failed, with the reason. It is the repository index of the
+// model repository API.
+func (h *Host) Models() []ModelState {
 	h.mu.RLock()
 	names := map[string]bool{}
 	for n := range h.repoIndex {
@@ -282,11 +284,11 @@ func (h *Host) RepositoryIndex() []ModelState {
 		st := ModelState{Name: n}
 		switch _, loaded := h.kernels[n]; {
 		case loaded:
-			st.State = "READY"
+			st.Status = ModelLoaded
 		case h.failed[n] != "":
-			st.State, st.Reason = "UNAVAILABLE", h.failed[n]
+			st.Status, st.Reason = ModelFailed, h.failed[n]
 		default:
-			st.State, st.Reason = "UNAVAILABLE", "unloaded"
+			st.Status = ModelUnloaded
 		}
 		out = append(out, st)
 	}
@@ -295,12 +297,26 @@ func (h *Host) RepositoryIndex() []ModelState {
 	return out
 }
 
-// ModelState is one repository index entry.
+// ModelState is one kernel the host knows (Models).
 type ModelState struct {
-	Name   string `json:"name"`
-	State  string `json:"state"`
-	Reason string `json:"reason,omitempty"`
+	Name   string
+	Status ModelStatus
+	// Reason is why the last load failed (ModelFailed).
+	Reason string
 }
+
+// ModelStatus is where a kernel the host knows stands.
+type ModelStatus uint8
+
+// Model statuses.
+const (
+	// ModelLoaded: loaded and serving.
+	ModelLoaded ModelStatus = iota
+	// ModelUnloaded: in the repository, not loaded.
+	ModelUnloaded
+	// ModelFailed: its last load failed.
+	ModelFailed
+)
 
 // readCapped reads a repository file, refusing it by its size before
 // reading when it is larger than limit bytes (and while reading, should it

@@ -132,7 +132,7 @@ func TestRunConsumesCommandsAndEpochs(t *testing.T) {
 	if _, err := h.Infer(context.Background(), "k", Request{Input: make([]float32, 4), Shape: []int{1, 4}}); err != nil {
 		t.Fatal(err)
 	}
-	if sigs := h.EmitSignals(); len(sigs) != 1 || sigs[0].Epoch != 7 {
+	if sigs := h.emitSignals(); len(sigs) != 1 || sigs[0].Epoch != 7 {
 		t.Fatalf("signals %+v, want one at epoch 7", sigs)
 	}
 }

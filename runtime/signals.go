@@ -9,10 +9,10 @@ import (
 	"github.com/esper/kasmina-host/runtime/health"
 )
 
-// EmitSignals turns every seed window that saw calls into a HealthSignal,
+// emitSignals turns every seed window that saw calls into a HealthSignal,
 // keeps it as the seed's latest and publishes it. It returns the signals
 // emitted. Run calls it every SignalInterval.
-func (h *Host) EmitSignals() []contracts.HealthSignal {
+func (h *Host) emitSignals() []contracts.HealthSignal {
 	now := h.cfg.Now()
 	epoch := int(h.epoch.Load())
 
@@ -61,8 +61,8 @@ func (h *Host) EmitSignals() []contracts.HealthSignal {
 	return out
 }
 
-// LatestSignals returns each seed's latest signal, by layer id then seed.
-func (h *Host) LatestSignals() []contracts.HealthSignal { return h.book.latestSignals() }
+// Signals returns each seed's latest health signal, by layer id then seed.
+func (h *Host) Signals() []contracts.HealthSignal { return h.book.latestSignals() }
 
 // senderID is the OonaMessage sender_id for this host. It starts with a
 // letter, so Python's json.loads never turns it into another type.

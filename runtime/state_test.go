@@ -85,7 +85,7 @@ func TestStateRoundTripsThroughJSON(t *testing.T) {
 	store := &memStore{}
 	h, _, _ := newHost(t, inv, Config{}, withStore(store))
 	ctx := context.Background()
-	if _, err := h.RegisterLayer("encoder.0"); err != nil { // layer id 0, declared before any kernel
+	if _, err := declareLayer(h, "encoder.0"); err != nil { // layer id 0, declared before any kernel
 		t.Fatal(err)
 	}
 	if _, err := h.Load(ctx, LoadRequest{Data: linearKernel(t, "direct", nil)}); err != nil {
@@ -95,11 +95,11 @@ func TestStateRoundTripsThroughJSON(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, st := range []contracts.SeedState{contracts.SeedTraining, contracts.SeedGrafting} {
-		if err := h.SetSeedState("encoder.1", 3, st, "test"); err != nil {
+		if err := setSeedState(h, "encoder.1", 3, st, "test"); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := h.SetAlpha("encoder.1", 3, 0.4); err != nil {
+	if err := setAlpha(h, "encoder.1", 3, 0.4); err != nil {
 		t.Fatal(err)
 	}
 	raw, err := json.Marshal(h.State())
@@ -143,7 +143,7 @@ func TestStateRoundTripsThroughJSON(t *testing.T) {
 	if n, _ := h3.Restore(ctx, st); n != 2 {
 		t.Fatalf("restored %d", n)
 	}
-	if _, ok := h3.FailedLoads()["lost"]; !ok {
+	if _, ok := failedLoads(h3)["lost"]; !ok {
 		t.Error("missing artifact not reported")
 	}
 }
@@ -201,7 +201,7 @@ func TestRepositoryRefusesOversizedFilesBeforeReading(t *testing.T) {
 	if err != nil || loaded != 1 || failed != 1 {
 		t.Fatalf("loaded %d failed %d err %v", loaded, failed, err)
 	}
-	if reason := h.FailedLoads()["big"]; !strings.Contains(reason, "artifact limit") {
+	if reason := failedLoads(h)["big"]; !strings.Contains(reason, "artifact limit") {
 		t.Fatalf("oversized file reason %q", reason)
 	}
 }
@@ -216,13 +216,13 @@ func TestSeedChangesAreSavedBeforeReturning(t *testing.T) {
 		t.Fatal(err)
 	}
 	before, _ := store.saved()
-	if err := h.SetSeedState("l", 0, contracts.SeedTraining, "test"); err != nil {
+	if err := setSeedState(h, "l", 0, contracts.SeedTraining, "test"); err != nil {
 		t.Fatal(err)
 	}
 	if n, st := store.saved(); n != before+1 || len(st.Seeds) != 1 || st.Seeds[0].Seed.State != contracts.SeedTraining {
 		t.Fatalf("after the state change: %d saves (want %d), last saved %+v", n, before+1, st.Seeds)
 	}
-	if err := h.SetAlpha("l", 0, 0.5); err != nil {
+	if err := setAlpha(h, "l", 0, 0.5); err != nil {
 		t.Fatal(err)
 	}
 	if n, st := store.saved(); n != before+2 || st.Seeds[0].Alpha != 0.5 {
@@ -268,7 +268,7 @@ func FuzzRestoreState(f *testing.F) {
 			}
 		}
 		// The host still takes a new layer.
-		if id, _ := h.RegisterLayer("fuzz.new.layer"); id < 0 {
+		if id, _ := declareLayer(h, "fuzz.new.layer"); id < 0 {
 			t.Fatalf("new layer id %d", id)
 		}
 	})
@@ -293,7 +293,7 @@ func TestRestoreRepairsDamagedLayerIDsAndAlphas(t *testing.T) {
 	if got := fmt.Sprint(h.Layers()); got != "[{a 5 1}]" {
 		t.Errorf("layers after restore %s, want only a with id 5 (b, c, d are registered anew when used)", got)
 	}
-	if id, _ := h.RegisterLayer("b"); id != 6 {
+	if id, _ := declareLayer(h, "b"); id != 6 {
 		t.Errorf("b registered anew as %d, want 6", id)
 	}
 	seeds := h.Seeds()
@@ -333,7 +333,7 @@ func TestRestoreVerifiesArtifacts(t *testing.T) {
 	if _, ok := h2.Kernel("flipped"); ok {
 		t.Fatal("a damaged artifact was restored")
 	}
-	reason := h2.FailedLoads()["flipped"]
+	reason := failedLoads(h2)["flipped"]
 	if !strings.Contains(reason, "mem:"+flippedSHA+" is damaged: its SHA-256 is ") || !strings.Contains(reason, "it was saved as "+flippedSHA) {
 		t.Errorf("failed-load reason %q, want the damage named with both hashes", reason)
 	}
@@ -395,7 +395,7 @@ func TestRepositoryRefusesPipesAndLinksOutside(t *testing.T) {
 	if _, ok := h.Kernel("outside"); ok {
 		t.Error("a symbolic link out of the kernel directory was followed")
 	}
-	reasons := h.FailedLoads()
+	reasons := failedLoads(h)
 	for name, want := range map[string]string{
 		"pipe":   filepath.Join(dir, "pipe.safetensors") + " is a named pipe (FIFO), not a regular file",
 		"escape": filepath.Join(dir, "escape.safetensors") + " leads outside the kernel directory " + dir,

@@ -202,8 +202,14 @@ func (h *Host) view(l *loaded) KernelView {
 	return v
 }
 
-// CacheStats returns the parsed-kernel cache's counters.
-func (h *Host) CacheStats() cache.Stats { return h.cache.Stats() }
+// Stats are the host's counters.
+type Stats struct {
+	// Cache is the cache of parsed kernels'.
+	Cache cache.Stats
+}
+
+// Stats returns the host's counters.
+func (h *Host) Stats() Stats { return Stats{Cache: h.cache.Stats()} }
 
 // MetadataOf reads a CompiledKernel document, or a bare KernelMetadata
 // document, and returns its metadata (for a dry run of placement).

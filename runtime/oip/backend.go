@@ -16,8 +16,6 @@ package oip
 import (
 	"context"
 	"time"
-
-	"github.com/esper/kasmina-host/runtime/failure"
 )
 
 // Backend is what the HTTP layer needs from the host. Errors returned by its
@@ -117,30 +115,10 @@ type ExecInfo struct {
 	QueueTime, ComputeTime time.Duration
 }
 
-// Error classes. The runtime wraps them with %w; the HTTP layer maps each to
-// its status code and always answers {"error": "..."}.
-var (
-	// ErrModelNotFound: unknown model or kernel (404).
-	ErrModelNotFound = failure.NewSentinel(failure.NotFound, "model not found")
-	// ErrBadInput: the request's tensor or document is wrong (400).
-	ErrBadInput = failure.NewSentinel(failure.BadInput, "bad input")
-	// ErrUnavailable: no executor or device can serve the request now (503).
-	ErrUnavailable = failure.NewSentinel(failure.Unavailable, "unavailable")
-	// ErrQueueFull: admission control refused the request (503).
-	ErrQueueFull = failure.NewSentinel(failure.QueueFull, "queue full")
-	// ErrNotReady: the model or server is not ready yet (503).
-	ErrNotReady = failure.NewSentinel(failure.Unavailable, "not ready")
-	// ErrUnsupported: a datatype or feature the host does not support (501).
-	ErrUnsupported = failure.NewSentinel(failure.Unsupported, "unsupported")
-	// ErrConflict: the request conflicts with the current state, such as
-	// loading a kernel id that is already loaded with other content (409).
-	ErrConflict = failure.NewSentinel(failure.Conflict, "conflict")
-)
-
 // HostViews supplies the host's own JSON endpoints under /v1. Each field is
 // optional: a nil field makes its route answer 501. Every function returns a
-// value that is encoded as JSON, or an error classified by this package's
-// sentinel errors.
+// value that is encoded as JSON, or an error whose failure class statusOf
+// maps to HTTP.
 type HostViews struct {
 	// Devices backs GET /v1/devices.
 	Devices func(ctx context.Context) (any, error)

@@ -52,14 +52,25 @@ func modelState(b admission.BreakerState, why string) (state, reason string) {
 	return StateReady, ""
 }
 
+// notLoaded describes a kernel the host knows but does not serve: in the
+// repository and not loaded (or unloaded since Models listed it), or whose
+// load failed (with the reason).
+func notLoaded(st runtime.ModelState) ModelInfo {
+	reason := st.Reason
+	if st.Status != runtime.ModelFailed {
+		reason = "unloaded"
+	}
+	return ModelInfo{Name: st.Name, Version: "1", State: StateUnavailable, Reason: reason}
+}
+
 func (b *hostBackend) Models() []ModelInfo {
 	var out []ModelInfo
-	for _, st := range b.h.RepositoryIndex() {
+	for _, st := range b.h.Models() {
 		if m, ok := b.h.Model(st.Name); ok {
 			out = append(out, modelInfo(m))
 			continue
 		}
-		out = append(out, ModelInfo{Name: st.Name, Version: "1", State: st.State, Reason: st.Reason})
+		out = append(out, notLoaded(st))
 	}
 	return out
 }
@@ -68,9 +79,9 @@ func (b *hostBackend) Model(name string) (ModelInfo, bool) {
 	if m, ok := b.h.Model(name); ok {
 		return modelInfo(m), true
 	}
-	for _, st := range b.h.RepositoryIndex() {
+	for _, st := range b.h.Models() {
 		if st.Name == name {
-			return ModelInfo{Name: name, Version: "1", State: st.State, Reason: st.Reason}, true
+			return notLoaded(st), true
 		}
 	}
 	return ModelInfo{}, false
@@ -162,7 +173,13 @@ func HostViewsFor(h *runtime.Host, inv Snapshotter) HostViews {
 				"taken_at": s.TakenAt}, nil
 		},
 		Kernels: func(context.Context) (any, error) {
-			return map[string]any{"kernels": h.Kernels(), "failed": h.FailedLoads(), "cache": h.CacheStats()}, nil
+			failed := map[string]string{}
+			for _, st := range h.Models() {
+				if st.Status == runtime.ModelFailed {
+					failed[st.Name] = st.Reason
+				}
+			}
+			return map[string]any{"kernels": h.Kernels(), "failed": failed, "cache": h.Stats().Cache}, nil
 		},
 		Kernel: func(_ context.Context, id string) (any, error) {
 			v, ok := h.Kernel(id)
@@ -229,7 +246,7 @@ func HostViewsFor(h *runtime.Host, inv Snapshotter) HostViews {
 			return h.Plan(md, req.Batch, fb)
 		},
 		Seeds:         func(context.Context) (any, error) { return h.Seeds(), nil },
-		HealthSignals: func(context.Context) (any, error) { return h.LatestSignals(), nil },
+		HealthSignals: func(context.Context) (any, error) { return h.Signals(), nil },
 		Layers:        func(context.Context) (any, error) { return h.Layers(), nil },
 	}
 }
