@@ -58,8 +58,8 @@ func isReference(ref string) bool {
 	return false
 }
 
-// ErrUrzaNotFound is wrapped when Urza does not know the kernel id.
-var ErrUrzaNotFound = errors.New("kernel not found in Urza")
+// errUrzaNotFound is wrapped when Urza does not know the kernel id.
+var errUrzaNotFound = errors.New("kernel not found in Urza")
 
 // Resolve's errors carry a failure class: NotFound for an id Urza does not
 // know (404), BadInput for one it refuses (another 4xx), Malformed for a
@@ -144,7 +144,7 @@ func (u *Urza) get(ctx context.Context, client *http.Client, endpoint string) ([
 	}
 	switch code := resp.StatusCode; {
 	case code == http.StatusNotFound:
-		return nil, failure.Errorf(failure.NotFound, "%w: GET %s: 404", ErrUrzaNotFound, endpoint)
+		return nil, failure.Errorf(failure.NotFound, "%w: GET %s: 404", errUrzaNotFound, endpoint)
 	case code >= 400 && code < 500 && code != http.StatusRequestTimeout && code != http.StatusTooManyRequests:
 		return nil, failure.Errorf(failure.BadInput, "Urza refused GET %s: %s", endpoint, resp.Status)
 	case code != http.StatusOK:

@@ -65,7 +65,7 @@ func classOf(err error, def failure.Class) failure.Class {
 		return failure.Timeout
 	case is(context.Canceled):
 		return failure.Canceled
-	case is(source.ErrNotFound, ErrUrzaNotFound, fs.ErrNotExist):
+	case is(source.ErrNotFound, errUrzaNotFound, fs.ErrNotExist):
 		return failure.NotFound
 	case is(source.ErrInvalidRef, source.ErrUnsupportedScheme):
 		return failure.BadInput

@@ -32,7 +32,7 @@ func TestClassifyTable(t *testing.T) {
 	}{
 		{"artifact not found", fmt.Errorf("%w: k in kernel root /r", source.ErrNotFound), failure.Unavailable, failure.NotFound, true},
 		{"file missing", &fs.PathError{Op: "open", Path: "x", Err: fs.ErrNotExist}, failure.Unavailable, failure.NotFound, true},
-		{"Urza does not know the id", fmt.Errorf("%w: GET u: 404", ErrUrzaNotFound), failure.Unavailable, failure.NotFound, true},
+		{"Urza does not know the id", fmt.Errorf("%w: GET u: 404", errUrzaNotFound), failure.Unavailable, failure.NotFound, true},
 		{"unparsable reference", fmt.Errorf("%w: %q", source.ErrInvalidRef, "s3://"), failure.Unavailable, failure.BadInput, true},
 		{"unknown scheme", fmt.Errorf("%w: ftp", source.ErrUnsupportedScheme), failure.Unavailable, failure.BadInput, true},
 		{"reference refused by policy", fmt.Errorf("%w: outside the root", source.ErrNotAllowed), failure.Unavailable, failure.Refused, true},

@@ -550,10 +550,10 @@ func TestUrzaShapes(t *testing.T) {
 	if _, err := u.Resolve(context.Background(), "broken"); err == nil || !strings.Contains(err.Error(), "kernel_binary_ref") {
 		t.Fatalf("broken record: %v", err)
 	}
-	if _, err := u.Resolve(context.Background(), "gone"); !errors.Is(err, ErrUrzaNotFound) {
+	if _, err := u.Resolve(context.Background(), "gone"); !errors.Is(err, errUrzaNotFound) {
 		t.Fatalf("404: %v", err)
 	}
-	if _, err := u.Resolve(context.Background(), "flaky"); err == nil || errors.Is(err, ErrUrzaNotFound) {
+	if _, err := u.Resolve(context.Background(), "flaky"); err == nil || errors.Is(err, errUrzaNotFound) {
 		t.Fatalf("503: %v", err)
 	}
 }

@@ -47,25 +47,25 @@ func OpenRepository(dir string) (Repository, error) {
 	return Repository{FS: regularfile.FS(root), Where: dir}, nil
 }
 
-// RepoEntry is one kernel file found in a repository.
-type RepoEntry struct {
-	Name string `json:"name"`
-	Path string `json:"path"`
+// repoEntry is one kernel file found in a repository.
+type repoEntry struct {
+	Name string
+	Path string
 	// Err is why the file could not be opened (it is then named by its
 	// file name).
-	Err error `json:"-"`
+	Err error
 }
 
-// Scan lists the repository's kernels, sorted by name. A file that claims
+// scan lists the repository's kernels, sorted by name. A file that claims
 // the format but whose header cannot be read is still listed (its load
 // will fail and say why), and so is one that cannot be opened, with Err
 // set; two files with the same name keep the first path in lexical order
 // and log the other.
-func (r Repository) Scan(log *slog.Logger) ([]RepoEntry, error) {
+func (r Repository) scan(log *slog.Logger) ([]repoEntry, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	var out []RepoEntry
+	var out []repoEntry
 	seen := map[string]string{}
 	err := fs.WalkDir(r.FS, ".", func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -106,7 +106,7 @@ func (r Repository) Scan(log *slog.Logger) ([]RepoEntry, error) {
 			return nil
 		}
 		seen[name] = p
-		out = append(out, RepoEntry{Name: name, Path: p, Err: herr})
+		out = append(out, repoEntry{Name: name, Path: p, Err: herr})
 		return nil
 	})
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
@@ -192,7 +192,7 @@ func (h *Host) loadRepository(ctx context.Context) (loadedN, failedN int, err er
 	if repo == nil {
 		return 0, 0, nil
 	}
-	entries, err := repo.Scan(h.log)
+	entries, err := repo.scan(h.log)
 	if err != nil {
 		return 0, 0, fmt.Errorf("scanning %s: %w", repo.Where, err)
 	}

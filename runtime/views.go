@@ -94,8 +94,8 @@ type CandidateView struct {
 	EffectiveFreeMiB float64 `json:"effective_free_mib"`
 }
 
-// ViewDecision renders a decision for the API.
-func ViewDecision(d *placement.Decision, req placement.Request, batch int) PlacementView {
+// viewDecision renders a decision for the API.
+func viewDecision(d *placement.Decision, req placement.Request, batch int) PlacementView {
 	v := PlacementView{
 		Device: d.Device, UUID: d.UUID, EstimateMiB: d.EstimateMiB, EstimateSource: d.EstimateSource,
 		ContractMiB: req.ContractMiB, FloorMiB: req.FloorMiB, Batch: batch,
@@ -114,14 +114,14 @@ func ViewDecision(d *placement.Decision, req placement.Request, batch int) Place
 	return v
 }
 
-// PlacementRequest builds the placement request for a kernel's metadata at
+// placementRequestFor builds the placement request for a kernel's metadata at
 // a batch size. floorMiB is the loaded module's weights-plus-activations
 // estimate; without a loaded module (a dry run from a document) it is
 // parameter_count float32 weights plus float32 input and output
 // activations for the batch.
-func PlacementRequest(md *contracts.KernelMetadata, batch int, floorMiB float64, fb placement.Fallback) placement.Request {
+func placementRequestFor(md *contracts.KernelMetadata, batch int, floorMiB float64, fb placement.Fallback) placement.Request {
 	if floorMiB <= 0 {
-		floorMiB = DocumentFloorMiB(md, batch)
+		floorMiB = documentFloorMiB(md, batch)
 	}
 	return placement.Request{
 		Kernel:       md.KernelID,
@@ -132,9 +132,9 @@ func PlacementRequest(md *contracts.KernelMetadata, batch int, floorMiB float64,
 	}
 }
 
-// DocumentFloorMiB is the memory floor knowable from metadata alone:
+// documentFloorMiB is the memory floor knowable from metadata alone:
 // float32 weights plus the batch's float32 input and output.
-func DocumentFloorMiB(md *contracts.KernelMetadata, batch int) float64 {
+func documentFloorMiB(md *contracts.KernelMetadata, batch int) float64 {
 	prod := func(s []int) float64 {
 		p := 1.0
 		for _, v := range s {
@@ -157,16 +157,16 @@ func (h *Host) Plan(md *contracts.KernelMetadata, batch int, fb *placement.Fallb
 	if fb != nil {
 		policy = *fb
 	}
-	req := PlacementRequest(md, batch, 0, policy)
+	req := placementRequestFor(md, batch, 0, policy)
 	dec, err := h.planner.Plan(req, devices(h.inv.Snapshot()), h.ledger)
 	if err != nil {
 		return PlacementView{}, failure.Wrap(failure.BadInput, err)
 	}
-	return ViewDecision(&dec, req, batch), nil
+	return viewDecision(&dec, req, batch), nil
 }
 
 func (h *Host) placementRequest(l *loaded) placement.Request {
-	return PlacementRequest(&l.meta, h.cfg.PlacementBatch, l.kernel.MemoryEstimateMiB(h.cfg.PlacementBatch), l.fallback)
+	return placementRequestFor(&l.meta, h.cfg.PlacementBatch, l.kernel.MemoryEstimateMiB(h.cfg.PlacementBatch), l.fallback)
 }
 
 func (h *Host) view(l *loaded) KernelView {
@@ -183,7 +183,7 @@ func (h *Host) view(l *loaded) KernelView {
 		Name: l.name, KernelID: l.meta.KernelID, Source: redactRef(l.source), OriginalSource: redactRef(l.origin), SHA256: l.kernel.SHA256(),
 		InputShape: l.kernel.InputShape(), OutputShape: l.kernel.OutputShape(), ParameterCount: l.kernel.ParameterCount(),
 		Requirements: l.meta.DeviceRequirements,
-		Placement:    ViewDecision(&dec, h.placementRequest(l), h.cfg.PlacementBatch),
+		Placement:    viewDecision(&dec, h.placementRequest(l), h.cfg.PlacementBatch),
 		ExecutedOn:   rt.exec.Device(), Executor: rt.exec.Name(),
 		Fallback: l.fallback.String(),
 		Layer:    l.seed.layer, LayerID: layerID, SeedIdx: l.seed.idx,

@@ -229,9 +229,6 @@ type Planner struct {
 // NewPlanner returns a planner with the given options.
 func NewPlanner(opts Options) *Planner { return &Planner{opts: opts} }
 
-// Options returns the planner's options.
-func (p *Planner) Options() Options { return p.opts }
-
 // Verdict classifies a candidate.
 type Verdict uint8
 
@@ -537,16 +534,6 @@ func parseRequirement(s string) (requirement, error) {
 		return r, fmt.Errorf("%w %q: want cuda, cuda:N, cuda:GPU-<uuid>, cuda:MIG-<uuid> or cpu", ErrBadRequirement, s)
 	}
 	return r, nil
-}
-
-// ParseRequirements checks a device_requirements list.
-func ParseRequirements(reqs []string) error {
-	for _, s := range reqs {
-		if _, err := parseRequirement(s); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 func (r *requirement) matches(d *Device) bool {
