@@ -5,6 +5,26 @@
 // their state machine, and computes HealthSignals from what kernels really
 // output (runtime/health) for the bus.
 //
+// # The Host
+//
+// New takes what the host works with (Deps: the device inventory, the
+// bus, artifact sources, Urza, the kernel repository, the state store);
+// Run starts it (the repository scan) and runs its loops. Its flows, each
+// in its own file:
+//
+//	Load            resolve → fetch → parse → describe → place → register (load.go)
+//	Model, Infer    the request path: one lookup, admission, the executor,
+//	                the health window (infer.go)
+//	Apply           every operation on a layer or a seed, from the bus's
+//	                commands (commands.go) or a front end (seeds.go)
+//	replan          re-placement on device health and memory pressure (replan.go)
+//	emitSignals     health signals (signals.go)
+//	State, Restore  the state saved and brought back (state.go)
+//
+// Every change is saved in the state store before it is acknowledged, or
+// refused and undone. Errors carry a class of package failure, given once
+// where the cause is known (classify.go).
+//
 // # Placement and execution
 //
 // Every loaded kernel has a placement: the device the placement policy
