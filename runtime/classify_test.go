@@ -35,6 +35,7 @@ func TestClassifyTable(t *testing.T) {
 		{"Urza does not know the id", fmt.Errorf("%w: GET u: 404", errUrzaNotFound), failure.Unavailable, failure.NotFound, true},
 		{"unparsable reference", fmt.Errorf("%w: %q", source.ErrInvalidRef, "s3://"), failure.Unavailable, failure.BadInput, true},
 		{"unknown scheme", fmt.Errorf("%w: ftp", source.ErrUnsupportedScheme), failure.Unavailable, failure.BadInput, true},
+		{"expected checksum not a SHA-256", fmt.Errorf("%w: s3://b/k: not hex", source.ErrInvalidChecksum), failure.Unavailable, failure.BadInput, true},
 		{"reference refused by policy", fmt.Errorf("%w: outside the root", source.ErrNotAllowed), failure.Unavailable, failure.Refused, true},
 		{"not a regular file", &regularfile.NotRegularError{Path: "p", Mode: fs.ModeNamedPipe}, failure.Unavailable, failure.Refused, true},
 		{"permission denied", &fs.PathError{Op: "open", Path: "x", Err: fs.ErrPermission}, failure.Unavailable, failure.Refused, true},

@@ -42,6 +42,10 @@ var (
 	ErrNotFound = errors.New("kernel artifact not found")
 	// ErrTooLarge: the artifact is larger than the configured cap.
 	ErrTooLarge = errors.New("kernel artifact too large")
+	// ErrInvalidChecksum: the expected checksum given with a reference is
+	// not a SHA-256 (the document naming the artifact is wrong, not the
+	// artifact).
+	ErrInvalidChecksum = errors.New("invalid expected checksum")
 )
 
 // A fetched artifact whose SHA-256 differs from the expected one is
@@ -74,7 +78,7 @@ type Source interface {
 func FetchVerified(ctx context.Context, src Source, ref, wantSHA256 string) (Blob, error) {
 	want, err := normalizeSHA256(wantSHA256)
 	if err != nil {
-		return Blob{}, err
+		return Blob{}, fmt.Errorf("%w: %s: %w", ErrInvalidChecksum, Redact(ref), err)
 	}
 	b, err := src.Fetch(ctx, ref)
 	if err != nil {
