@@ -3,13 +3,14 @@ package oip
 import (
 	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/esper/kasmina-host/runtime/failure"
 )
 
 var fuzzModel = ModelInfo{Name: "m", InputShape: []int{4}}
@@ -20,7 +21,7 @@ var fuzzLimits = limits{maxElements: 1 << 16, maxJSONDepth: DefaultMaxJSONDepth}
 // refusal is classified.
 func checkDecoded(t *testing.T, d decodedRequest, err error) {
 	if err != nil {
-		if !errors.Is(err, ErrBadInput) && !errors.Is(err, ErrUnsupported) {
+		if c := failure.ClassOf(err); c != failure.BadInput && c != failure.Unsupported {
 			t.Fatalf("unclassified error: %v", err)
 		}
 		return
