@@ -66,14 +66,14 @@ func classOf(err error, def failure.Class) failure.Class {
 		return failure.Timeout
 	case is(context.Canceled):
 		return failure.Canceled
-	case is(source.ErrNotFound, ErrUrzaNotFound, fs.ErrNotExist):
+	case is(source.ErrNotFound, errUrzaNotFound, fs.ErrNotExist):
 		return failure.NotFound
 	case is(source.ErrNotAllowed, regularfile.ErrNotRegular, kernels.ErrTargetNotExecutable,
 		contracts.ErrIllegalTransition, fs.ErrPermission):
 		return failure.Refused // before BadInput: a refused file is also an invalid reference
 	case is(source.ErrInvalidRef, source.ErrUnsupportedScheme, source.ErrInvalidChecksum):
 		return failure.BadInput
-	case is(source.ErrChecksumMismatch, kernels.ErrChecksumMismatch, kernels.ErrMalformed, kernels.ErrMetadataMismatch):
+	case is(kernels.ErrChecksumMismatch, kernels.ErrMalformed, kernels.ErrMetadataMismatch):
 		return failure.Malformed
 	case is(source.ErrTooLarge, regularfile.ErrTooLarge):
 		return failure.TooLarge

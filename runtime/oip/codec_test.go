@@ -3,7 +3,6 @@ package oip
 import (
 	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -11,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/esper/kasmina-host/runtime/failure"
 	"github.com/esper/kasmina-host/runtime/oip/wiretensor"
 )
 
@@ -22,7 +22,7 @@ var fuzzLimits = limits{maxElements: 1 << 16, maxJSONDepth: DefaultMaxJSONDepth}
 // refusal is classified.
 func checkDecoded(t *testing.T, d decodedRequest, err error) {
 	if err != nil {
-		if !errors.Is(err, ErrBadInput) && !errors.Is(err, ErrUnsupported) {
+		if c := failure.ClassOf(err); c != failure.BadInput && c != failure.Unsupported {
 			t.Fatalf("unclassified error: %v", err)
 		}
 		return

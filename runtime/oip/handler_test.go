@@ -584,12 +584,12 @@ func TestBackendErrorsMapToStatusCodes(t *testing.T) {
 		want  int
 		retry bool
 	}{
-		{"queue full", fmt.Errorf("kernel double: %w", oip.ErrQueueFull), 503, true},
-		{"no executor", fmt.Errorf("%w: no executor for cuda:0", oip.ErrUnavailable), 503, true},
-		{"not ready", oip.ErrNotReady, 503, true},
-		{"bad input from the runtime", fmt.Errorf("%w: NaN budget", oip.ErrBadInput), 400, false},
-		{"unsupported", fmt.Errorf("%w: op gelu", oip.ErrUnsupported), 501, false},
-		{"not found", oip.ErrModelNotFound, 404, false},
+		{"queue full", fmt.Errorf("kernel double: %w", failure.Errorf(failure.QueueFull, "queue full: 4 running, 256 waiting")), 503, true},
+		{"no executor", failure.Errorf(failure.Unavailable, "no executor for cuda:0"), 503, true},
+		{"not ready", failure.Errorf(failure.Unavailable, "not ready"), 503, true},
+		{"bad input from the runtime", failure.Errorf(failure.BadInput, "NaN budget"), 400, false},
+		{"unsupported", failure.Errorf(failure.Unsupported, "op gelu"), 501, false},
+		{"not found", failure.Errorf(failure.NotFound, "model double not found"), 404, false},
 		{"executor fault", errors.New("sgemm: segfault"), 500, false},
 		{"deadline", context.DeadlineExceeded, 504, false},
 	}
@@ -714,13 +714,13 @@ func TestHostViewRoutes(t *testing.T) {
 		},
 		Kernel: func(_ context.Context, id string) (any, error) {
 			if id != "k1" {
-				return nil, fmt.Errorf("%w: kernel %q", oip.ErrModelNotFound, id)
+				return nil, failure.Errorf(failure.NotFound, "kernel %q is not loaded", id)
 			}
 			return map[string]string{"kernel_id": "k1"}, nil
 		},
 		UnloadKernel: func(_ context.Context, id string) error {
 			if id != "k1" {
-				return fmt.Errorf("%w: kernel %q", oip.ErrModelNotFound, id)
+				return failure.Errorf(failure.NotFound, "kernel %q is not loaded", id)
 			}
 			return nil
 		},
@@ -730,7 +730,7 @@ func TestHostViewRoutes(t *testing.T) {
 		},
 		Seeds: func(context.Context) (any, error) { return []map[string]any{{"seed_id": "s0", "alpha": 0.5}}, nil },
 		HealthSignals: func(context.Context) (any, error) {
-			return nil, fmt.Errorf("%w: bus not started", oip.ErrUnavailable)
+			return nil, failure.Errorf(failure.Unavailable, "bus not started")
 		},
 		Layers: func(context.Context) (any, error) { return []string{}, nil },
 	}

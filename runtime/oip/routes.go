@@ -179,7 +179,7 @@ func (s *server) infer(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	// The runtime's errors name the model; they are answered as they are.
-	out, exec, err := s.backend.Infer(r.Context(), m.Name, req.Input)
+	out, exec, err := s.backend.Infer(r.Context(), m, req.Input)
 	if err != nil {
 		return err
 	}

@@ -8,8 +8,9 @@ import (
 
 // Backend is what the gRPC front end needs from the host. It is the HTTP
 // front end's boundary too (oip.Backend has the same methods), so one
-// adapter over the runtime serves both protocols. Errors carry their class
-// (package failure); an unclassified error is INTERNAL.
+// adapter over the runtime, oip.HostBackend, serves both protocols and a
+// change of the runtime's API is absorbed in one place. Errors carry their
+// class (package failure); an unclassified error is INTERNAL.
 type Backend interface {
 	// Ready reports whether the server can serve every loaded model;
 	// reason explains a false answer.
@@ -19,9 +20,10 @@ type Backend interface {
 	// Model returns one model's description, or false when the name is
 	// unknown.
 	Model(name string) (oip.ModelInfo, bool)
-	// Infer runs the model on one FP32 tensor and returns its output
-	// together with where and how it ran.
-	Infer(ctx context.Context, name string, in oip.Tensor) (oip.Tensor, oip.ExecInfo, error)
+	// Infer runs model m, as Model described it (its Handle spares a
+	// second lookup), on one FP32 tensor and returns its output together
+	// with where and how it ran.
+	Infer(ctx context.Context, m oip.ModelInfo, in oip.Tensor) (oip.Tensor, oip.ExecInfo, error)
 	// LoadModel loads (or reloads) a model from the host's repository.
 	LoadModel(ctx context.Context, name string) error
 	// UnloadModel unloads a model; the repository index still lists it.

@@ -45,7 +45,7 @@ func (s *service) ModelInfer(ctx context.Context, req *pb.ModelInferRequest) (*p
 			return nil, err
 		}
 	}
-	out, exec, err := s.backend.Infer(ctx, m.Name, in)
+	out, exec, err := s.backend.Infer(ctx, m, in)
 	if err != nil {
 		return nil, fmt.Errorf("model %q: %w", m.Name, err)
 	}
