@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -181,9 +182,18 @@ func le(v []float32) []byte {
 // percentile beside the mean.
 func timed(b *testing.B, bytesPerOp int64, do func() error) {
 	b.Helper()
-	if err := do(); err != nil { // warm the connection
-		b.Fatal(err)
+	// Warm the connection, the server's pools and this process's code
+	// paths: the first sub-benchmark of a process would otherwise pay
+	// for all of them.
+	for range 20 {
+		if err := do(); err != nil {
+			b.Fatal(err)
+		}
 	}
+	// Every sub-benchmark starts from a collected heap: the megabyte
+	// rows leave garbage that would otherwise land on whichever row runs
+	// next.
+	runtime.GC()
 	b.SetBytes(bytesPerOp)
 	b.ReportAllocs()
 	var lat []time.Duration
