@@ -2,14 +2,10 @@ package oipgrpc
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"strconv"
-	"strings"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -100,32 +96,22 @@ type gate struct {
 	served        map[string]bool
 	log           *slog.Logger
 	metrics       *Metrics
-	tokenSum      [sha256.Size]byte
-	hasToken      bool
+	bearer        oip.Bearer
 	tokenForReads bool
-	checkHost     bool
-	allowed       map[string]bool
+	hosts         oip.HostCheck
 	retryAfterMS  string
 }
 
 func newGate(o Options, log *slog.Logger) *gate {
-	g := &gate{
+	return &gate{
 		served:        map[string]bool{},
 		log:           log,
 		metrics:       o.Metrics,
-		hasToken:      o.Token != "",
+		bearer:        oip.NewBearer(o.Token),
 		tokenForReads: o.TokenForReads,
-		checkHost:     o.Loopback || len(o.AllowedHosts) > 0,
-		allowed:       map[string]bool{},
+		hosts:         oip.NewHostCheck(o.Loopback, o.AllowedHosts),
 		retryAfterMS:  strconv.FormatInt(o.RetryAfter.Milliseconds(), 10),
 	}
-	if g.hasToken {
-		g.tokenSum = sha256.Sum256([]byte(o.Token))
-	}
-	for _, h := range o.AllowedHosts {
-		g.allowed[normalizeHost(h)] = true
-	}
-	return g
 }
 
 func (g *gate) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
@@ -204,37 +190,20 @@ func (g *gate) check(ctx context.Context, method string) error {
 	if a == accessOpen {
 		return nil
 	}
-	if g.checkHost {
-		authority := first(ctx, ":authority")
-		if !g.hostAllowed(hostOnly(authority)) {
+	if g.hosts.On() {
+		if authority := first(ctx, ":authority"); !g.hosts.Allows(authority) {
 			return &authError{codes.PermissionDenied, fmt.Sprintf(":authority %q is not allowed on this listener (loopback names and the configured allow-list only)", authority)}
 		}
 	}
-	if g.hasToken && (a == accessWrite || g.tokenForReads) {
-		return g.checkToken(first(ctx, "authorization"))
+	if g.bearer.Set() && (a == accessWrite || g.tokenForReads) {
+		switch err := g.bearer.Verify(first(ctx, "authorization")); {
+		case errors.Is(err, oip.ErrNoBearer):
+			return &authError{codes.Unauthenticated, "this RPC needs authorization: Bearer <token> metadata"}
+		case err != nil:
+			return &authError{codes.Unauthenticated, err.Error()}
+		}
 	}
 	return nil
-}
-
-func (g *gate) checkToken(h string) error {
-	scheme, tok, ok := strings.Cut(h, " ")
-	if h == "" || !ok || !strings.EqualFold(scheme, "Bearer") {
-		return &authError{codes.Unauthenticated, "this RPC needs authorization: Bearer <token> metadata"}
-	}
-	// Fixed-size digests keep the comparison constant-time whatever the
-	// length of the offered token.
-	sum := sha256.Sum256([]byte(strings.TrimSpace(tok)))
-	if subtle.ConstantTimeCompare(sum[:], g.tokenSum[:]) != 1 {
-		return &authError{codes.Unauthenticated, "the bearer token is not valid"}
-	}
-	return nil
-}
-
-func (g *gate) hostAllowed(host string) bool {
-	if host == "" {
-		return false
-	}
-	return oip.IsLoopbackAddr(host) || g.allowed[host]
 }
 
 // first is the first value of an incoming metadata key, read without
@@ -244,19 +213,4 @@ func first(ctx context.Context, key string) string {
 		return v[0]
 	}
 	return ""
-}
-
-// hostOnly strips the port from an authority and normalizes the name.
-func hostOnly(hostport string) string {
-	if h, _, err := net.SplitHostPort(hostport); err == nil {
-		return normalizeHost(h)
-	}
-	return normalizeHost(hostport)
-}
-
-func normalizeHost(h string) string {
-	h = strings.ToLower(strings.TrimSpace(h))
-	h = strings.TrimSuffix(h, ".")
-	h = strings.TrimPrefix(h, "[")
-	return strings.TrimSuffix(h, "]")
 }

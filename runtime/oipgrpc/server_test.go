@@ -488,6 +488,12 @@ func TestAuth(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// A token oip.CheckToken refuses (the daemon will not start with one)
+	// matches nothing, even when offered verbatim, as over HTTP.
+	unusable := newFixture(t, oipgrpc.Options{Token: "two words"})
+	_, err = unusable.client.ModelInfer(withToken(ctx, "two words"), rawInfer("double", "FP32", []int64{1, 4}, f32(1, 2, 3, 4)))
+	wantCode(t, err, codes.Unauthenticated, "not valid")
+
 	// TokenForReads guards the reads; the probes stay open.
 	g := newFixture(t, oipgrpc.Options{Token: "s3cret", TokenForReads: true})
 	for name, call := range map[string]func(context.Context) error{
