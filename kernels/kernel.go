@@ -51,6 +51,11 @@ type LoadOptions struct {
 	InputShape []int
 	// Logger receives the memory-estimate comparison; nil discards.
 	Logger *slog.Logger
+	// SHA256 is the lowercase hex SHA-256 of the file's bytes when the
+	// caller has it already (an artifact source computes it while
+	// streaming them): Load then does not hash the bytes again. It must be
+	// their digest; empty, Load computes it.
+	SHA256 string
 }
 
 // MemoryCheck compares the loader's own memory estimate with the declared
@@ -158,8 +163,13 @@ func Load(data []byte, opts LoadOptions) (*Kernel, error) {
 	if err := CheckTarget(opts.Metadata); err != nil {
 		return nil, err
 	}
-	sum := sha256.Sum256(data)
-	digest := hex.EncodeToString(sum[:])
+	digest := opts.SHA256
+	if digest == "" {
+		sum := sha256.Sum256(data)
+		digest = hex.EncodeToString(sum[:])
+	} else if b, err := hex.DecodeString(digest); err != nil || len(b) != sha256.Size || hex.EncodeToString(b) != digest {
+		return nil, fmt.Errorf("LoadOptions.SHA256 %q is not a lowercase hex SHA-256", digest)
+	}
 	if md := opts.Metadata; md != nil && md.Checksum != nil && *md.Checksum != "" {
 		if want := strings.ToLower(*md.Checksum); want != digest {
 			return nil, fmt.Errorf("%w: file SHA-256 is %s, KernelMetadata.checksum is %s", ErrChecksumMismatch, digest, *md.Checksum)

@@ -193,6 +193,30 @@ func TestLoadVerifiesMetadata(t *testing.T) {
 	}
 }
 
+// A digest the caller computed while reading the bytes is taken as it is
+// (Load does not hash again): it is the kernel's SHA256, what its checksum
+// is compared with, and must look like a SHA-256.
+func TestLoadTakesTheCallersDigest(t *testing.T) {
+	m := mustModule(t, seq(linearJSON(8, 4, true)))
+	data := testKernel(t, m, []int{8}, 1, &KernelMetadata{KernelID: "k1", MemoryFootprintMB: 1})
+	sum := sha256.Sum256(data)
+	good := hex.EncodeToString(sum[:])
+	streamed := strings.Repeat("ab", 32) // not data's: proves Load did not hash
+	k, err := Load(data, LoadOptions{SHA256: streamed})
+	if err != nil || k.SHA256() != streamed {
+		t.Fatalf("Load with the caller's digest: SHA256 %q, %v; want %q", k.SHA256(), err, streamed)
+	}
+	md := &KernelMetadata{InputShape: []int{8}, OutputShape: []int{4}, ParameterCount: 36, Checksum: &good, CompilationTarget: "safetensors"}
+	if _, err := Load(data, LoadOptions{Metadata: md, SHA256: streamed}); !errors.Is(err, ErrChecksumMismatch) {
+		t.Fatalf("checksum against the caller's digest: %v, want ErrChecksumMismatch", err)
+	}
+	for _, bad := range []string{"abc", strings.ToUpper(good), good + "00"} {
+		if _, err := Load(data, LoadOptions{SHA256: bad}); err == nil || !strings.Contains(err.Error(), "LoadOptions.SHA256") {
+			t.Errorf("digest %q: %v, want it refused", bad, err)
+		}
+	}
+}
+
 func TestLoadRefusesEmbeddedTorchscriptButReadMetadataReadsIt(t *testing.T) {
 	m := mustModule(t, seq(linearJSON(2, 2, false)))
 	data := testKernel(t, m, []int{2}, 1, &KernelMetadata{KernelID: "ts", CompilationTarget: "torchscript"})

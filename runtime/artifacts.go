@@ -12,24 +12,41 @@ import (
 	"time"
 
 	"github.com/esper/kasmina-host/contracts"
+	"github.com/esper/kasmina-host/kernels/source"
 	"github.com/esper/kasmina-host/runtime/failure"
 )
 
-// Fetcher fetches artifact bytes from a reference (a path, file://,
-// http(s):// or s3:// URL), verifying the SHA-256 when one is given.
+// Fetcher fetches an artifact from a reference (a path, file://,
+// http(s):// or s3:// URL), verifying its SHA-256 when one is given. The
+// Blob's SHA256 is the digest of its bytes, computed while they are read:
+// the host uses it for the checksum, the cache of parsed kernels and the
+// state store, and hashes the bytes itself only when it is empty.
 type Fetcher interface {
-	Fetch(ctx context.Context, ref, sha256 string) ([]byte, error)
+	Fetch(ctx context.Context, ref, sha256 string) (source.Blob, error)
 }
 
 // Resolver turns a kernel id into the CompiledKernel document that points
 // at its artifact (Urza's GET /api/v1/kernels/{id}).
 type Resolver interface {
-	Resolve(ctx context.Context, id string) (*contracts.CompiledKernel, error)
+	Resolve(ctx context.Context, id string) (Resolved, error)
 }
 
-// SetResolver sets how bare kernel ids (load_kernel's artifact_id) are
-// resolved.
-func (h *Host) SetResolver(r Resolver) { h.resolve = r }
+// Resolved is what a Resolver knows of a kernel id.
+type Resolved struct {
+	// Compiled points at the artifact (binary_ref).
+	Compiled *contracts.CompiledKernel
+	// MetadataFrom says whether Compiled's metadata describes the kernel
+	// (a CompiledKernel record) or only carries its ids and checksum, the
+	// artifact's embedded metadata describing it (Urza's flat record).
+	MetadataFrom MetadataSource
+	// Status is the library's status of the kernel ("" when it gives
+	// none), for example Urza's "validated".
+	Status string
+}
+
+// redactRef names an artifact reference without its credentials, for
+// views, logs and messages.
+func redactRef(ref string) string { return source.Redact(ref) }
 
 // isReference reports whether ref names an artifact directly (a URL or a
 // path) rather than a kernel id to resolve.
@@ -41,8 +58,8 @@ func isReference(ref string) bool {
 	return false
 }
 
-// ErrUrzaNotFound is wrapped when Urza does not know the kernel id.
-var ErrUrzaNotFound = errors.New("kernel not found in Urza")
+// errUrzaNotFound is wrapped when Urza does not know the kernel id.
+var errUrzaNotFound = errors.New("kernel not found in Urza")
 
 // Resolve's errors carry a failure class: NotFound for an id Urza does not
 // know (404), BadInput for one it refuses (another 4xx), Malformed for a
@@ -77,11 +94,11 @@ type urzaRecord struct {
 	Checksum        string `json:"checksum"`
 }
 
-// Resolve fetches the kernel's record and returns a CompiledKernel. Urza's
-// flat record carries no KernelMetadata: the document then holds only the
-// ids, the status and the binary reference, and the artifact's embedded
-// metadata describes the kernel.
-func (u *Urza) Resolve(ctx context.Context, id string) (*contracts.CompiledKernel, error) {
+// Resolve fetches the kernel's record and returns its CompiledKernel.
+// Urza's flat record carries no KernelMetadata: the document then holds
+// only the ids, the checksum and the binary reference, and MetadataFrom is
+// FromArtifact: the artifact's embedded metadata describes the kernel.
+func (u *Urza) Resolve(ctx context.Context, id string) (Resolved, error) {
 	base := u.BaseURL
 	if base == "" {
 		base = DefaultUrzaURL
@@ -100,12 +117,12 @@ func (u *Urza) Resolve(ctx context.Context, id string) (*contracts.CompiledKerne
 		}
 		select {
 		case <-ctx.Done():
-			return nil, classify(fmt.Errorf("resolving kernel id %q through Urza: %w", id, ctx.Err()), failure.Canceled)
+			return Resolved{}, classify(fmt.Errorf("resolving kernel id %q through Urza: %w", id, ctx.Err()), failure.Canceled)
 		case <-time.After(time.Duration(100<<attempt) * time.Millisecond):
 		}
 	}
 	if err != nil {
-		return nil, err
+		return Resolved{}, err
 	}
 	return parseUrzaRecord(id, body)
 }
@@ -127,7 +144,7 @@ func (u *Urza) get(ctx context.Context, client *http.Client, endpoint string) ([
 	}
 	switch code := resp.StatusCode; {
 	case code == http.StatusNotFound:
-		return nil, failure.Errorf(failure.NotFound, "%w: GET %s: 404", ErrUrzaNotFound, endpoint)
+		return nil, failure.Errorf(failure.NotFound, "%w: GET %s: 404", errUrzaNotFound, endpoint)
 	case code >= 400 && code < 500 && code != http.StatusRequestTimeout && code != http.StatusTooManyRequests:
 		return nil, failure.Errorf(failure.BadInput, "Urza refused GET %s: %s", endpoint, resp.Status)
 	case code != http.StatusOK:
@@ -136,24 +153,24 @@ func (u *Urza) get(ctx context.Context, client *http.Client, endpoint string) ([
 	return body, nil
 }
 
-func parseUrzaRecord(id string, body []byte) (*contracts.CompiledKernel, error) {
+func parseUrzaRecord(id string, body []byte) (Resolved, error) {
 	var rec urzaRecord
 	if err := json.Unmarshal(body, &rec); err != nil {
-		return nil, failure.Errorf(failure.Malformed, "Urza's record of kernel %q is not JSON: %w", id, err)
+		return Resolved{}, failure.Errorf(failure.Malformed, "Urza's record of kernel %q is not JSON: %w", id, err)
 	}
 	if len(rec.Metadata) > 0 && string(rec.Metadata) != "null" {
 		ck, err := contracts.DecodeCompiledKernel(body)
 		if err != nil {
-			return nil, failure.Errorf(failure.Malformed, "Urza's record of kernel %q: %w", id, err)
+			return Resolved{}, failure.Errorf(failure.Malformed, "Urza's record of kernel %q: %w", id, err)
 		}
-		return &ck, nil
+		return Resolved{Compiled: &ck, Status: rec.Status}, nil
 	}
 	ref := rec.KernelBinaryRef
 	if ref == "" {
 		ref = rec.BinaryRef
 	}
 	if ref == "" {
-		return nil, failure.Errorf(failure.Malformed, "Urza's record of kernel %q has neither binary_ref nor kernel_binary_ref", id)
+		return Resolved{}, failure.Errorf(failure.Malformed, "Urza's record of kernel %q has neither binary_ref nor kernel_binary_ref", id)
 	}
 	kid := rec.ID
 	if kid == "" {
@@ -166,8 +183,7 @@ func parseUrzaRecord(id string, body []byte) (*contracts.CompiledKernel, error) 
 	}
 	ck := contracts.NewCompiledKernel(rec.BlueprintID, ref, md)
 	ck.KernelID = kid
-	// The flat record has no metadata: mark it so Load takes the artifact's
-	// embedded metadata instead.
-	ck.ValidationResults = contracts.ObjectFrom(map[string]any{"urza_status": rec.Status, "metadata_from": "artifact"})
-	return &ck, nil
+	// The flat record has no metadata: the artifact's embedded metadata
+	// describes the kernel.
+	return Resolved{Compiled: &ck, MetadataFrom: FromArtifact, Status: rec.Status}, nil
 }

@@ -22,7 +22,8 @@ import (
 //
 //	cause                                              class        HTTP  bus
 //	artifact or Urza id not found                      NotFound     404   dead letter
-//	reference that cannot be parsed, unknown scheme    BadInput     400   dead letter
+//	reference that cannot be parsed, unknown scheme,
+//	  an expected checksum that is not a SHA-256       BadInput     400   dead letter
 //	reference refused by policy, a non-regular file,
 //	  a target never executed, an illegal transition   Refused      422   dead letter
 //	checksum mismatch, malformed kernel file or
@@ -65,14 +66,14 @@ func classOf(err error, def failure.Class) failure.Class {
 		return failure.Timeout
 	case is(context.Canceled):
 		return failure.Canceled
-	case is(source.ErrNotFound, ErrUrzaNotFound, fs.ErrNotExist):
+	case is(source.ErrNotFound, errUrzaNotFound, fs.ErrNotExist):
 		return failure.NotFound
-	case is(source.ErrInvalidRef, source.ErrUnsupportedScheme):
-		return failure.BadInput
 	case is(source.ErrNotAllowed, regularfile.ErrNotRegular, kernels.ErrTargetNotExecutable,
 		contracts.ErrIllegalTransition, fs.ErrPermission):
-		return failure.Refused
-	case is(source.ErrChecksumMismatch, kernels.ErrChecksumMismatch, kernels.ErrMalformed, kernels.ErrMetadataMismatch):
+		return failure.Refused // before BadInput: a refused file is also an invalid reference
+	case is(source.ErrInvalidRef, source.ErrUnsupportedScheme, source.ErrInvalidChecksum):
+		return failure.BadInput
+	case is(kernels.ErrChecksumMismatch, kernels.ErrMalformed, kernels.ErrMetadataMismatch):
 		return failure.Malformed
 	case is(source.ErrTooLarge, regularfile.ErrTooLarge):
 		return failure.TooLarge

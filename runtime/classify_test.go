@@ -32,15 +32,16 @@ func TestClassifyTable(t *testing.T) {
 	}{
 		{"artifact not found", fmt.Errorf("%w: k in kernel root /r", source.ErrNotFound), failure.Unavailable, failure.NotFound, true},
 		{"file missing", &fs.PathError{Op: "open", Path: "x", Err: fs.ErrNotExist}, failure.Unavailable, failure.NotFound, true},
-		{"Urza does not know the id", fmt.Errorf("%w: GET u: 404", ErrUrzaNotFound), failure.Unavailable, failure.NotFound, true},
+		{"Urza does not know the id", fmt.Errorf("%w: GET u: 404", errUrzaNotFound), failure.Unavailable, failure.NotFound, true},
 		{"unparsable reference", fmt.Errorf("%w: %q", source.ErrInvalidRef, "s3://"), failure.Unavailable, failure.BadInput, true},
 		{"unknown scheme", fmt.Errorf("%w: ftp", source.ErrUnsupportedScheme), failure.Unavailable, failure.BadInput, true},
+		{"expected checksum not a SHA-256", fmt.Errorf("%w: s3://b/k: not hex", source.ErrInvalidChecksum), failure.Unavailable, failure.BadInput, true},
 		{"reference refused by policy", fmt.Errorf("%w: outside the root", source.ErrNotAllowed), failure.Unavailable, failure.Refused, true},
 		{"not a regular file", &regularfile.NotRegularError{Path: "p", Mode: fs.ModeNamedPipe}, failure.Unavailable, failure.Refused, true},
 		{"permission denied", &fs.PathError{Op: "open", Path: "x", Err: fs.ErrPermission}, failure.Unavailable, failure.Refused, true},
 		{"torchscript", fmt.Errorf("k: %w", kernels.ErrTargetNotExecutable), failure.Malformed, failure.Refused, true},
 		{"illegal transition", &contracts.TransitionError{Machine: "seed", From: "dormant", To: "fossilized"}, failure.Internal, failure.Refused, true},
-		{"fetched checksum mismatch", fmt.Errorf("%w: want a got b", source.ErrChecksumMismatch), failure.Unavailable, failure.Malformed, true},
+		{"fetched checksum mismatch", fmt.Errorf("%w: want a got b", kernels.ErrChecksumMismatch), failure.Unavailable, failure.Malformed, true},
 		{"metadata checksum mismatch", fmt.Errorf("%w: a b", kernels.ErrChecksumMismatch), failure.Malformed, failure.Malformed, true},
 		{"malformed kernel file", fmt.Errorf("%w: header", kernels.ErrMalformed), failure.Internal, failure.Malformed, true},
 		{"metadata disagrees", fmt.Errorf("%w: shape", kernels.ErrMetadataMismatch), failure.Internal, failure.Malformed, true},
@@ -92,9 +93,7 @@ func TestLoadErrorsAreClassified(t *testing.T) {
 		"http://h/unreachable": fmt.Errorf("fetching http://h/unreachable: %w", &net.OpError{Op: "dial", Err: syscall.ECONNREFUSED}),
 		"http://h/broken":      fmt.Errorf("fetching http://h/broken: HTTP 502 Bad Gateway"),
 	}
-	h, _, _ := newHost(t, inv, Config{})
-	h.SetResolver(&Urza{BaseURL: urza.URL})
-	h.SetFetcher(fetcherFunc(func(_ context.Context, ref, _ string) ([]byte, error) {
+	h, _, _ := newHost(t, inv, Config{}, withResolver(&Urza{BaseURL: urza.URL}), withFetcher(fetcherFunc(func(_ context.Context, ref, _ string) ([]byte, error) {
 		switch ref {
 		case "/r/garbage.safetensors":
 			return []byte("root:x:0:0:root:/root:/bin/bash"), nil
@@ -104,7 +103,7 @@ func TestLoadErrorsAreClassified(t *testing.T) {
 			return good, nil
 		}
 		return nil, errs[ref]
-	}))
+	})))
 	for _, c := range []struct {
 		ref  string
 		want failure.Class
@@ -142,8 +141,7 @@ func TestLoadErrorsAreClassified(t *testing.T) {
 	}
 	// The bus takes the same decision from the same class.
 	for ref, permanent := range map[string]bool{"missing.safetensors": true, "http://h/unreachable": false, "nope": true, "down": false} {
-		err := h.HandleCommand(context.Background(), oona.Command{Message: contracts.NewOonaMessage("t", "t", contracts.TopicControlKasminaCommands, nil),
-			Payload: &oona.LoadKernel{LayerName: "l", SeedIdx: 0, ArtifactID: ref}})
+		err := handle(context.Background(), h, &oona.LoadKernel{LayerName: "l", SeedIdx: 0, ArtifactID: ref})
 		if err == nil || failure.ClassOf(err).Permanent() != permanent {
 			t.Errorf("load_kernel %s: %v (class %s), want permanent=%v", ref, err, failure.ClassOf(err), permanent)
 		}

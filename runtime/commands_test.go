@@ -23,7 +23,6 @@ func command(p oona.CommandPayload) oona.Command {
 // reference's last path element; a redelivery is acknowledged.
 func TestLoadKernelCommandWithAReference(t *testing.T) {
 	inv := openInventory(t, "dgxa100", nil)
-	h, _, _ := newHost(t, inv, Config{})
 	kernelsByRef := map[string][]byte{
 		"models/team/k1.safetensors":                         linearKernel(t, "k1", nil),
 		"file:///srv/kernels/sub/k2.safetensors":             linearKernel(t, "k2", nil),
@@ -32,7 +31,7 @@ func TestLoadKernelCommandWithAReference(t *testing.T) {
 	}
 	fetches := map[string]int{}
 	var mu sync.Mutex
-	h.SetFetcher(fetcherFunc(func(_ context.Context, ref, _ string) ([]byte, error) {
+	h, _, _ := newHost(t, inv, Config{}, withFetcher(fetcherFunc(func(_ context.Context, ref, _ string) ([]byte, error) {
 		mu.Lock()
 		defer mu.Unlock()
 		fetches[ref]++
@@ -40,7 +39,7 @@ func TestLoadKernelCommandWithAReference(t *testing.T) {
 			return b, nil
 		}
 		return nil, fmt.Errorf("unexpected ref %q", ref)
-	}))
+	})))
 	want := map[string]string{
 		"models/team/k1.safetensors":                         "k1",
 		"file:///srv/kernels/sub/k2.safetensors":             "k2",
@@ -52,7 +51,7 @@ func TestLoadKernelCommandWithAReference(t *testing.T) {
 		p := &oona.LoadKernel{LayerName: "layer1", SeedIdx: seed, ArtifactID: ref}
 		seed++
 		for delivery := range 2 {
-			if err := h.HandleCommand(context.Background(), command(p)); err != nil {
+			if err := (commandHandler{h}).HandleCommand(context.Background(), command(p)); err != nil {
 				t.Fatalf("load_kernel %s (delivery %d): %v", ref, delivery+1, err)
 			}
 		}
@@ -98,13 +97,13 @@ func TestNameFromRef(t *testing.T) {
 
 // Commands for different seeds run while a slow artifact is being fetched
 // for another; the slow load gets the command deadline; the commands for
-// its seed wait for it and then run in order.
+// its seed wait for it and then run in order. The commands come through
+// the bus that Host.Run consumes.
 func TestSlowArtifactHoldsUpOnlyItsSeed(t *testing.T) {
 	inv := openInventory(t, "dgxa100", nil)
-	h, _, _ := newHost(t, inv, Config{GraftingRamp: -1})
 	release := make(chan struct{})
 	started := make(chan time.Duration, 1)
-	h.SetFetcher(fetcherFunc(func(ctx context.Context, ref, _ string) ([]byte, error) {
+	fetch := fetcherFunc(func(ctx context.Context, ref, _ string) ([]byte, error) {
 		if ref == "http://slow.svc/slow.safetensors" {
 			dl, ok := ctx.Deadline()
 			if !ok {
@@ -119,18 +118,19 @@ func TestSlowArtifactHoldsUpOnlyItsSeed(t *testing.T) {
 			return linearKernel(t, "slow", nil), nil
 		}
 		return linearKernel(t, strings.TrimSuffix(strings.TrimPrefix(ref, "/r/"), ".safetensors"), nil), nil
-	}))
+	})
 	const timeout = time.Minute
 	bus := oona.NewEmbeddedBus(nil, nil, oona.Config{HostID: "h", Consumer: oona.ConsumerOptions{CommandTimeout: timeout}}, nil)
 	defer bus.Close(context.Background())
+	h, _, _ := newHost(t, inv, Config{GraftingRamp: -1}, withFetcher(fetch), func(d *Deps) { d.Bus = bus })
 	for _, l := range []string{"a", "b"} {
-		if _, err := h.RegisterLayer(l); err != nil {
+		if _, err := declareLayer(h, l); err != nil {
 			t.Fatal(err)
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- bus.ConsumeCommands(ctx, h) }()
+	go func() { done <- h.Run(ctx) }()
 	defer func() { cancel(); <-done }()
 	publish := func(p oona.CommandPayload) {
 		m, err := oona.CommandMessage("tamiyo", "t", p)
@@ -193,28 +193,22 @@ func TestSlowArtifactHoldsUpOnlyItsSeed(t *testing.T) {
 	}
 }
 
-// A change the hook cannot save is refused with an Unavailable error
-// naming the hook's error, and undone: the host is as it was.
+// A change the store cannot save is refused with an Unavailable error
+// naming the store's error, and undone: the host is as it was.
 func TestChangesThatCannotBeSavedAreUndone(t *testing.T) {
 	inv := openInventory(t, "dgxa100", nil)
-	h, _, _ := newHost(t, inv, Config{GraftingRamp: -1})
+	store := &memStore{}
+	h, _, _ := newHost(t, inv, Config{GraftingRamp: -1}, withStore(store))
 	ctx := context.Background()
 	if _, err := h.Load(ctx, LoadRequest{Name: "kept", Data: linearKernel(t, "kept", []string{"cuda"}), Layer: "enc", SeedIdx: 1}); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.SetAlpha("enc", 1, 0.3); err != nil {
+	if err := setAlpha(h, "enc", 1, 0.3); err != nil {
 		t.Fatal(err)
 	}
 	before := snapshot(h)
 	reservedBefore := h.Kernels()[0].Placement.Candidates
-	failing := true
-	h.OnChange(func() error {
-		_ = h.State() // the hook reads the host, as the daemon's does
-		if failing {
-			return fmt.Errorf("state directory /s: writing state.json: no space left on device")
-		}
-		return nil
-	})
+	store.setFailure(fmt.Errorf("state directory /s: writing state.json: no space left on device"))
 	checkRefused := func(what string, err error) {
 		t.Helper()
 		if !failure.Is(err, failure.Unavailable) || !strings.Contains(err.Error(), "no space left on device") {
@@ -229,17 +223,17 @@ func TestChangesThatCannotBeSavedAreUndone(t *testing.T) {
 	_, err = h.Load(ctx, LoadRequest{Name: "direct", Data: linearKernel(t, "direct", nil)})
 	checkRefused("a direct load", err)
 	checkRefused("an unload", h.Unload(ctx, "kept"))
-	checkRefused("a seed state change", h.SetSeedState("enc", 1, contracts.SeedTraining, "test"))
-	checkRefused("an alpha change", h.SetAlpha("enc", 1, 0.9))
-	_, err = h.RegisterLayer("newlayer")
+	checkRefused("a seed state change", setSeedState(h, "enc", 1, contracts.SeedTraining, "test"))
+	checkRefused("an alpha change", setAlpha(h, "enc", 1, 0.9))
+	_, err = declareLayer(h, "newlayer")
 	checkRefused("a new layer", err)
 	// The kernel whose unload was refused still serves.
 	if _, err := h.Infer(ctx, "kept", Request{Input: make([]float32, 4), Shape: []int{1, 4}}); err != nil {
 		t.Errorf("kept after a refused unload: %v", err)
 	}
 	// Nothing refused left a reservation, a layer id or a name behind.
-	failing = false
-	if id, err := h.RegisterLayer("newlayer"); err != nil || id != 1 {
+	store.setFailure(nil)
+	if id, err := declareLayer(h, "newlayer"); err != nil || id != 1 {
 		t.Errorf("the first layer registered after the refusals got id %d (%v), want 1", id, err)
 	}
 	v, err := h.Load(ctx, LoadRequest{Name: "new", Data: linearKernel(t, "new", []string{"cuda"}), Layer: "dec", SeedIdx: 0})

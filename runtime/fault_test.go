@@ -346,11 +346,9 @@ func TestFaultAllGPUsLostFallsBackToCPU(t *testing.T) {
 	if degraded != len(names) {
 		t.Errorf("%d kernels marked degraded, want %d", degraded, len(names))
 	}
-	if tot := h.ledger.Totals(); len(tot) > 0 {
-		for d, mib := range tot {
-			if d != "cpu" && mib != 0 {
-				t.Errorf("%.0f MiB still reserved on lost %s", mib, d)
-			}
+	for i := range r.uuids {
+		if mib := h.ledger.ReservedMiB(fmt.Sprintf("cuda:%d", i)); mib != 0 {
+			t.Errorf("%.0f MiB still reserved on lost cuda:%d", mib, i)
 		}
 	}
 }

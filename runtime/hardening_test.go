@@ -13,7 +13,7 @@ import (
 
 	"github.com/esper/kasmina-host/contracts"
 	"github.com/esper/kasmina-host/kernels"
-	"github.com/esper/kasmina-host/runtime/dispatch"
+	"github.com/esper/kasmina-host/runtime/admission"
 	"github.com/esper/kasmina-host/runtime/failure"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -150,7 +150,7 @@ func TestInferenceRacesUnload(t *testing.T) {
 func TestCallerGoneIsNotAKernelFailure(t *testing.T) {
 	inv := openInventory(t, "dgxa100", nil)
 	h, _, _ := newHost(t, inv, Config{BreakerThreshold: 2, Concurrency: 1, QueueDepth: 1})
-	h.MarkStarted()
+	h.started.Store(true) // as Run does after its start-up
 	if _, err := h.Load(context.Background(), LoadRequest{Data: linearKernel(t, "k", nil)}); err != nil {
 		t.Fatal(err)
 	}
@@ -168,7 +168,7 @@ func TestCallerGoneIsNotAKernelFailure(t *testing.T) {
 		}
 	}
 	v, _ := h.Kernel("k")
-	if v.Breaker != dispatch.Closed || v.Failures != 0 {
+	if v.Breaker != admission.Closed || v.Failures != 0 {
 		t.Fatalf("after 10 requests whose callers went away: breaker %s, failures %d; want closed and 0", v.Breaker, v.Failures)
 	}
 	if ok, why := h.Ready(); !ok {
@@ -191,7 +191,7 @@ func TestCallerGoneIsNotAKernelFailure(t *testing.T) {
 func TestOpenBreakerIsTheKernelsNotTheNodes(t *testing.T) {
 	inv := openInventory(t, "dgxa100", nil)
 	h, _, reg := newHost(t, inv, Config{BreakerThreshold: 2})
-	h.MarkStarted()
+	h.started.Store(true) // as Run does after its start-up
 	ctx := context.Background()
 	for _, id := range []string{"bad", "good"} {
 		if _, err := h.Load(ctx, LoadRequest{Data: linearKernel(t, id, nil)}); err != nil {
@@ -205,13 +205,13 @@ func TestOpenBreakerIsTheKernelsNotTheNodes(t *testing.T) {
 		if err := br.Allow(); err != nil {
 			t.Fatal(err)
 		}
-		br.Done(dispatch.Failed)
+		br.Done(admission.Failed)
 	}
 	if ok, why := h.Ready(); !ok {
 		t.Fatalf("one kernel's open breaker made the node unready: %s", why)
 	}
 	v, _ := h.Kernel("bad")
-	if v.Breaker != dispatch.Open || !strings.Contains(v.BreakerReason, "2 consecutive failures") {
+	if v.Breaker != admission.Open || !strings.Contains(v.BreakerReason, "2 consecutive failures") {
 		t.Fatalf("view: breaker %s %q", v.Breaker, v.BreakerReason)
 	}
 	if _, err := h.Infer(ctx, "bad", Request{Input: make([]float32, 4), Shape: []int{1, 4}}); failure.ClassOf(err) != failure.Unavailable {
@@ -273,10 +273,10 @@ func TestFailedLoadsAreBounded(t *testing.T) {
 	h, _, _ := newHost(t, inv, Config{})
 	long := errors.New(strings.Repeat("é", 4000))
 	for i := range 3000 {
-		h.RecordLoadFailure(fmt.Sprintf("k%04d", i), long)
+		h.recordFailure(fmt.Sprintf("k%04d", i), long)
 	}
-	h.RecordLoadFailure(strings.Repeat("n", 10000), long)
-	failed := h.FailedLoads()
+	h.recordFailure(strings.Repeat("n", 10000), long)
+	failed := failedLoads(h)
 	if len(failed) != maxFailedLoads {
 		t.Fatalf("%d failed loads remembered, want %d", len(failed), maxFailedLoads)
 	}
@@ -291,20 +291,20 @@ func TestFailedLoadsAreBounded(t *testing.T) {
 			t.Fatalf("unbounded entry: name %d bytes, reason %d bytes", len(name), len(why))
 		}
 	}
-	if n := len(h.RepositoryIndex()); n != maxFailedLoads {
+	if n := len(h.Models()); n != maxFailedLoads {
 		t.Errorf("repository index has %d entries, want %d", n, maxFailedLoads)
 	}
 	// A failure recorded again moves to the newest end; one cleared by
 	// unload frees its slot.
-	h.RecordLoadFailure("k2744", long)
-	h.RecordLoadFailure("fresh", long)
-	if _, ok := h.FailedLoads()["k2744"]; !ok {
+	h.recordFailure("k2744", long)
+	h.recordFailure("fresh", long)
+	if _, ok := failedLoads(h)["k2744"]; !ok {
 		t.Error("a re-recorded failure was evicted as if it were old")
 	}
 	if err := h.Unload(context.Background(), "fresh"); err != nil {
 		t.Fatal(err)
 	}
-	if n := len(h.FailedLoads()); n != maxFailedLoads-1 {
+	if n := len(failedLoads(h)); n != maxFailedLoads-1 {
 		t.Errorf("after unloading a failed name: %d remembered, want %d", n, maxFailedLoads-1)
 	}
 }
@@ -346,11 +346,10 @@ func TestLoadingTheSameKernelTwice(t *testing.T) {
 // after the steps that already watched the context.
 func TestLoadIsNotCommittedAfterItsDeadline(t *testing.T) {
 	inv := openInventory(t, "dgxa100", nil)
-	h, _, _ := newHost(t, inv, Config{})
 	data := linearKernel(t, "k", nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	h.SetArtifactStore(cancellingStore{cancel})
+	h, _, _ := newHost(t, inv, Config{}, withStore(&cancellingStore{cancel: cancel}))
 	_, err := h.Load(ctx, LoadRequest{Data: data})
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("load past its deadline: %v, want context.Canceled", err)
@@ -358,32 +357,36 @@ func TestLoadIsNotCommittedAfterItsDeadline(t *testing.T) {
 	if _, ok := h.Kernel("k"); ok {
 		t.Fatal("a load past its deadline was committed")
 	}
-	h.SetArtifactStore(nil)
 	if _, err := h.Load(context.Background(), LoadRequest{Data: data}); err != nil {
 		t.Fatalf("loading again: %v (the reservation was kept)", err)
 	}
 }
 
-// cancellingStore ends a load's context while it keeps the artifact.
-type cancellingStore struct{ cancel context.CancelFunc }
+// cancellingStore ends a load's context while it keeps the artifact, the
+// first time only.
+type cancellingStore struct {
+	memStore
+	cancel context.CancelFunc
+	once   sync.Once
+}
 
-func (s cancellingStore) Put(string, []byte) error   { s.cancel(); return nil }
-func (s cancellingStore) Get(string) ([]byte, error) { return nil, errors.New("empty") }
-func (s cancellingStore) Where(string) string        { return "nowhere" }
+func (s *cancellingStore) Put(sha string, data []byte) error {
+	s.once.Do(s.cancel)
+	return s.memStore.Put(sha, data)
+}
 
 // TestReferencesAreShownRedacted: a presigned URL's signature and a URL's
 // password appear in no view and no error message.
 func TestReferencesAreShownRedacted(t *testing.T) {
 	inv := openInventory(t, "dgxa100", nil)
-	h, _, _ := newHost(t, inv, Config{})
 	data := linearKernel(t, "k", nil)
 	const ref = "https://artifacts.example/k.safetensors?X-Amz-Credential=AKIASECRET&X-Amz-Signature=hunter2"
-	h.SetFetcher(fetcherFunc(func(_ context.Context, r, _ string) ([]byte, error) {
+	h, _, _ := newHost(t, inv, Config{}, withFetcher(fetcherFunc(func(_ context.Context, r, _ string) ([]byte, error) {
 		if strings.Contains(r, "missing") {
 			return nil, errors.New("HTTP 404")
 		}
 		return data, nil
-	}))
+	})))
 	v, err := h.Load(context.Background(), LoadRequest{Ref: ref})
 	if err != nil {
 		t.Fatal(err)
@@ -395,7 +398,7 @@ func TestReferencesAreShownRedacted(t *testing.T) {
 	if err == nil || strings.Contains(err.Error(), "hunter2") {
 		t.Fatalf("fetch failure message: %v", err)
 	}
-	if why := h.FailedLoads()["m"]; why == "" || strings.Contains(why, "hunter2") {
+	if why := failedLoads(h)["m"]; why == "" || strings.Contains(why, "hunter2") {
 		t.Fatalf("failed-load reason %q", why)
 	}
 	// A reference used as the kernel's name (as a bus artifact_id can be).

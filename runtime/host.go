@@ -1,18 +1,40 @@
 // Package runtime is where hardware and kernels meet: it places loaded
-// kernels on devices against free memory (runtime/placement), dispatches
-// requests to an executor with bounded concurrency (runtime/dispatch),
-// keeps Esper's seeds and their state machine, computes HealthSignals from
-// what kernels really output (runtime/health) and publishes them.
+// kernels on devices against free memory (runtime/placement), admits
+// requests with bounded concurrency and a circuit breaker per kernel
+// (runtime/admission), runs them on an executor, keeps Esper's seeds and
+// their state machine, and computes HealthSignals from what kernels really
+// output (runtime/health) for the bus.
+//
+// # The Host
+//
+// New takes what the host works with (Deps: the device inventory, the
+// bus, artifact sources, Urza, the kernel repository, the state store);
+// Run starts it (the repository scan) and runs its loops. Its flows, each
+// in its own file:
+//
+//	Load            resolve → fetch → parse → describe → place → register (load.go)
+//	Model, Infer    the request path: one lookup, admission, the executor,
+//	                the health window (infer.go)
+//	Apply           every operation on a layer or a seed, from the bus's
+//	                commands (commands.go) or a front end (seeds.go)
+//	replan          re-placement on device health and memory pressure (replan.go)
+//	emitSignals     health signals (signals.go)
+//	State, Restore  the state saved and brought back (state.go)
+//
+// Every change is saved in the state store before it is acknowledged, or
+// refused and undone. Errors carry a class of package failure, given once
+// where the cause is known (classify.go).
 //
 // # Placement and execution
 //
 // Every loaded kernel has a placement: the device the placement policy
-// chose for it, with a reservation in the ledger. Execution goes to the
-// backend of the placed device. The only backend built in today is the
-// CPU executor (package kernels), so a kernel placed on a GPU runs through
-// the CPU fallback path; every response, view and metric says so (placed on
-// cuda:1, executed on cpu, because no GPU backend is built in). The
-// Executor interface is where a GPU backend plugs in.
+// chose for it, with a reservation in the ledger. executorFor routes each
+// placement to an Executor. The only executor built in is the CPU's
+// (package kernels' Kernel.Run), so a kernel placed on a GPU executes on
+// the CPU; every response, view, log line and metric says so (placed on
+// cuda:1, executed on cpu, because no GPU backend is built in). A GPU
+// backend is one new Executor that executorFor returns for the placements
+// it serves.
 //
 // # Layers and seeds
 //
@@ -48,40 +70,10 @@ import (
 	"github.com/esper/kasmina-host/contracts"
 	"github.com/esper/kasmina-host/device"
 	"github.com/esper/kasmina-host/kernels/cache"
-	"github.com/esper/kasmina-host/runtime/dispatch"
-	"github.com/esper/kasmina-host/runtime/failure"
+	"github.com/esper/kasmina-host/runtime/admission"
 	"github.com/esper/kasmina-host/runtime/oona"
 	"github.com/esper/kasmina-host/runtime/placement"
 	"github.com/prometheus/client_golang/prometheus"
-)
-
-// Sentinels for errors.Is. Every error a Host method returns carries a
-// failure class (see classify.go); a sentinel matches every error of its
-// class, whichever cause made it, so errors.Is(err, ErrNotFound) is
-// failure.Is(err, failure.NotFound). New code returns failure.Errorf
-// rather than wrapping a sentinel, whose phrase would prefix the message.
-var (
-	// ErrNotFound: no kernel, seed or artifact by that name (class NotFound).
-	ErrNotFound = failure.NewSentinel(failure.NotFound, "not found")
-	// ErrBadInput: the request is wrong: a tensor that does not fit the
-	// kernel, a name, a reference (class BadInput).
-	ErrBadInput = failure.NewSentinel(failure.BadInput, "bad input")
-	// ErrRefused: the kernel cannot be loaded or executed here: a
-	// reference policy refuses, a non-executable target, no placement, an
-	// illegal seed transition (class Refused).
-	ErrRefused = failure.NewSentinel(failure.Refused, "kernel refused")
-	// ErrQueueFull: the executor's queue is full (class QueueFull).
-	ErrQueueFull = dispatch.ErrQueueFull
-	// ErrUnavailable: not now: the kernel's circuit breaker is open or it
-	// is being unloaded, the artifact or Urza cannot be reached, the state
-	// cannot be saved (class Unavailable).
-	ErrUnavailable = failure.NewSentinel(failure.Unavailable, "kernel unavailable")
-	// ErrRuntime: the executor failed while running the kernel (class
-	// Internal).
-	ErrRuntime = failure.NewSentinel(failure.Internal, "runtime failure")
-	// ErrIllegal: a seed transition the contract's state machine forbids;
-	// such errors also have class Refused.
-	ErrIllegal = contracts.ErrIllegalTransition
 )
 
 // DefaultMaxOutputBytes is Config.MaxOutputBytes's default: 64 MiB, the
@@ -97,7 +89,8 @@ type Inventory interface {
 
 // Publisher takes messages for the bus without blocking: a new message
 // on topic from senderID, its payload written by the payload itself (the
-// runtime's are contracts.HealthSignal).
+// runtime's are contracts.HealthSignal). It is the publishing half of
+// Bus.
 type Publisher interface {
 	PublishPayload(topic contracts.TopicName, senderID, traceID string, p oona.Payload) error
 }
@@ -200,50 +193,106 @@ func (c *Config) defaults() {
 	}
 }
 
-// Host is the node's runtime. Create it with New, start its loops with Run.
+// Deps are what a Host works with. Inventory is required; the rest may be
+// nil.
+type Deps struct {
+	// Inventory gives device snapshots and health events.
+	Inventory Inventory
+	// Bus publishes health signals and brings commands and epochs, which
+	// Run consumes. Without one, signals are kept (the latest per seed)
+	// but not published, and no command arrives.
+	Bus Bus
+	// Fetcher fetches artifacts by reference (paths, URLs). Without one,
+	// only artifacts given as bytes can be loaded.
+	Fetcher Fetcher
+	// Resolver resolves bare kernel ids (load_kernel's artifact_id)
+	// through Urza.
+	Resolver Resolver
+	// Repository is where the start-up scan (Run) and LoadModel read
+	// kernels: the --kernels directory or the embedded examples.
+	Repository *Repository
+	// Store keeps the State and the loaded kernels' bytes across
+	// restarts: every change is saved before it is acknowledged, and a
+	// change that cannot be saved is refused and undone.
+	Store StateStore
+	// Registerer receives the host's metrics (none registered when nil).
+	Registerer prometheus.Registerer
+}
+
+// Bus is what the host needs from the Oona bus: a publisher for its health
+// signals, and consumers of control.kasmina.commands and
+// system.events.epoch that Run starts once the host is ready.
+type Bus interface {
+	Publisher
+	ConsumeCommands(ctx context.Context, h oona.CommandHandler) error
+	ConsumeEpochs(ctx context.Context, fn oona.EpochFunc) error
+}
+
+// StateStore keeps the host's State and its kernels' bytes (statedir's
+// Store is one). A store need not lock: the host calls Save with its
+// change lock held.
+type StateStore interface {
+	ArtifactStore
+	// Save writes doc, the host's State, before it returns; an error
+	// makes the host refuse and undo the change doc records.
+	Save(doc any) error
+	// Err says why the store's last write failed, nil after a successful
+	// one. While it fails the host is not ready, and Run writes the state
+	// again every SignalInterval until a write succeeds.
+	Err() error
+}
+
+// Host is the node's runtime. Create it with New, start it with Run.
 type Host struct {
 	cfg     Config
 	log     *slog.Logger
 	inv     Inventory
-	pub     Publisher
+	bus     Bus
+	pub     Publisher // bus's publishing half; nil without a bus
 	planner *placement.Planner
 	ledger  *placement.Ledger
-	cpu     *dispatch.Limiter
+	// admit bounds the requests running on the CPU executor at once.
+	admit   *admission.Limiter
 	metrics *metrics
 	fetch   Fetcher
 	resolve Resolver
+	repo    *Repository
+	store   StateStore
 	cache   *cache.Cache[*parsed]
-	// artifacts keeps loaded kernels' bytes for restarts (may be nil).
-	artifacts ArtifactStore
+
+	// book holds the layers and their seeds (self-locking).
+	book *layerBook
 
 	mu      sync.RWMutex
 	kernels map[string]*loaded // by model name
 	failed  map[string]string  // model name → load error, for the repository index
-	seeds   *seedRegistry
-	// repo is where LoadModel reads kernels; repoIndex maps names to paths.
-	repo      *Repository
-	repoIndex map[string]string
-	started   atomic.Bool
-
 	// failedOrder lists failed's names oldest first, to evict the oldest
-	// past maxFailedLoads (guarded by mu).
+	// past maxFailedLoads.
 	failedOrder []string
+	// repoIndex maps the repository's kernel names to their paths.
+	repoIndex map[string]string
 
-	epoch atomic.Int64
-	// onChange, when set, is called after every change worth persisting;
-	// changeMu serialises changes with their call (it is taken before mu).
-	onChange    func() error
-	changeMu    sync.Mutex
-	readyChecks []readyCheck
+	started atomic.Bool
+	epoch   atomic.Int64
+	// loads numbers loads, for their reservations' keys.
+	loads atomic.Uint64
+	// changeMu serialises changes with their save (it is taken before mu),
+	// so the store sees them one at a time, in the order they were made.
+	changeMu sync.Mutex
+	// restoring holds saves back while Restore runs: a state written then
+	// would record a restore half done.
+	restoring atomic.Bool
+	// emitMu makes one signal emission at a time.
+	emitMu sync.Mutex
 }
 
-// New returns a host. reg may be nil (no metrics registered); pub may be
-// nil (signals are only kept, not published).
-func New(cfg Config, inv Inventory, pub Publisher, reg prometheus.Registerer) (*Host, error) {
+// New returns a host working with deps.
+func New(cfg Config, deps Deps) (*Host, error) {
 	cfg.defaults()
-	if inv == nil {
+	if deps.Inventory == nil {
 		return nil, errors.New("runtime: an inventory is required")
 	}
+	reg := deps.Registerer
 	m, err := newMetrics(reg)
 	if err != nil {
 		return nil, fmt.Errorf("runtime: registering metrics: %w", err)
@@ -260,19 +309,26 @@ func New(cfg Config, inv Inventory, pub Publisher, reg prometheus.Registerer) (*
 	h := &Host{
 		cfg:       cfg,
 		log:       cfg.Logger,
-		inv:       inv,
-		pub:       pub,
+		inv:       deps.Inventory,
+		bus:       deps.Bus,
 		planner:   placement.NewPlanner(cfg.Placement),
 		ledger:    placement.NewLedger(),
-		cpu:       dispatch.NewLimiter(cfg.Concurrency, cfg.QueueDepth),
+		admit:     admission.NewLimiter(cfg.Concurrency, cfg.QueueDepth),
 		metrics:   m,
+		fetch:     deps.Fetcher,
+		resolve:   deps.Resolver,
+		repo:      deps.Repository,
+		store:     deps.Store,
+		cache:     kc,
+		book:      newLayerBook(),
 		kernels:   make(map[string]*loaded),
 		failed:    make(map[string]string),
-		seeds:     newSeedRegistry(),
-		cache:     kc,
 		repoIndex: make(map[string]string),
 	}
-	m.pending = h.cpu
+	if deps.Bus != nil {
+		h.pub = deps.Bus
+	}
+	m.pending = h.admit
 	if reg != nil {
 		if err := reg.Register(breakerCollector{h}); err != nil {
 			return nil, fmt.Errorf("runtime: registering breaker metrics: %w", err)
@@ -281,92 +337,70 @@ func New(cfg Config, inv Inventory, pub Publisher, reg prometheus.Registerer) (*
 	return h, nil
 }
 
-// SetFetcher sets where artifact references (paths, URLs, Urza ids) are
-// resolved. Without one, only artifacts given as bytes can be loaded.
-func (h *Host) SetFetcher(f Fetcher) { h.fetch = f }
-
-// OnChange registers fn, called after every change of loaded kernels,
-// seeds, layers or placements (the daemon saves its state there). It is
-// called with the host's change lock held, so changes reach it one at a
-// time in the order they were made, and it may read the host (State). An
-// error from fn refuses the change: Load, Unload, SetSeedState, SetAlpha
-// and RegisterLayer undo what they changed and return an error of class
-// Unavailable naming fn's error, so nothing is acknowledged that was not
-// saved. A re-placement (Replace) cannot be undone; its save error is
-// logged.
-func (h *Host) OnChange(fn func() error) {
-	h.mu.Lock()
-	h.onChange = fn
-	h.mu.Unlock()
-}
-
-// HoldChanges runs fn while no change can be made, so that what fn reads
-// of the host (State) is not a change half made: a state store writes the
-// state this way outside a change (a retry, shutdown).
-func (h *Host) HoldChanges(fn func() error) error {
-	h.changeMu.Lock()
-	defer h.changeMu.Unlock()
-	return fn()
-}
-
-// saveChange calls the change hook; the caller holds changeMu.
-func (h *Host) saveChange() error {
-	h.mu.RLock()
-	fn := h.onChange
-	h.mu.RUnlock()
-	if fn == nil {
-		return nil
-	}
-	if err := fn(); err != nil {
-		return failure.Errorf(failure.Unavailable, "the change was undone because the state could not be saved: %w", err)
-	}
-	return nil
-}
-
-// AddReadyCheck adds a condition to readiness: while fn returns an error,
-// Ready reports the host not ready, naming what and the error (the daemon
-// checks its state store this way).
-func (h *Host) AddReadyCheck(what string, fn func() error) {
-	h.mu.Lock()
-	h.readyChecks = append(h.readyChecks, readyCheck{what, fn})
-	h.mu.Unlock()
-}
-
-// readyCheck is one AddReadyCheck condition.
-type readyCheck struct {
-	what string
-	fn   func() error
-}
-
-// notReady returns the first failing ready check's reason, or "".
-func (h *Host) notReady() string {
-	h.mu.RLock()
-	checks := h.readyChecks
-	h.mu.RUnlock()
-	for _, c := range checks {
-		if err := c.fn(); err != nil {
-			return c.what + ": " + err.Error()
-		}
-	}
-	return ""
-}
-
 // Config returns the host's effective configuration.
 func (h *Host) Config() Config { return h.cfg }
 
-// SetEpoch records the training epoch reported on system.events.epoch.
-func (h *Host) SetEpoch(epoch int64) {
-	if epoch >= 0 {
-		h.epoch.Store(epoch)
+// Ready reports whether the node can serve: the start-up scan has
+// finished and the state store (if any) writes. With the CPU executor
+// always present, a loaded kernel can always be served somewhere; one
+// kernel whose circuit breaker is open is that kernel's unreadiness (its
+// view, its model readiness and kasmina_kernel_breaker_open), never the
+// node's, which would take every other kernel on the node out of service.
+func (h *Host) Ready() (bool, string) {
+	if !h.started.Load() {
+		return false, "loading the kernel repository"
 	}
+	if h.store != nil {
+		if err := h.store.Err(); err != nil {
+			return false, "state directory failing: " + err.Error()
+		}
+	}
+	return true, ""
 }
 
-// Epoch returns the latest training epoch.
-func (h *Host) Epoch() int64 { return h.epoch.Load() }
-
-// Run runs the host's loops until ctx ends: re-placement on device health
-// changes and memory pressure, and health signal emission.
+// Run starts the host and runs it until ctx ends. It loads the
+// repository's kernels (those a Restore brought back stay as they are),
+// saves the state once, turns ready, and then runs the host's loops:
+// re-placement on device health changes and memory pressure, health
+// signal emission every SignalInterval, the bus's command and epoch
+// consumers, and retries of a failing state store. When ctx ends it waits
+// for the consumers, emits the last signals and saves the state.
 func (h *Host) Run(ctx context.Context) error {
+	loaded, failed, err := h.loadRepository(ctx)
+	if err != nil {
+		h.log.Error("kernel repository", slog.Any("err", err))
+	}
+	if ctx.Err() != nil {
+		return nil
+	}
+	// The restore may have repaired what it read (layer ids, alphas): the
+	// state saved says what the host holds.
+	if err := h.saveNow(); err != nil {
+		h.log.Error("state not saved", slog.Any("err", err))
+	}
+	h.started.Store(true)
+	h.log.Info("ready", slog.Int("kernels_loaded", loaded), slog.Int("kernels_failed", failed))
+
+	var wg sync.WaitGroup
+	if h.bus != nil {
+		consume := func(loop string, fn func(context.Context) error) {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := fn(ctx); err != nil && !errors.Is(err, context.Canceled) {
+					h.log.Error("loop stopped", slog.String("loop", loop), slog.Any("err", err))
+				}
+			}()
+		}
+		consume("commands", func(ctx context.Context) error { return h.bus.ConsumeCommands(ctx, commandHandler{h}) })
+		consume("epochs", func(ctx context.Context) error {
+			return h.bus.ConsumeEpochs(ctx, func(_ context.Context, ev oona.EpochEvent) {
+				if ev.Epoch >= 0 {
+					h.epoch.Store(ev.Epoch)
+				}
+			})
+		})
+	}
 	events, cancel := h.inv.Subscribe()
 	defer cancel()
 	tick := time.NewTicker(h.cfg.SignalInterval)
@@ -374,20 +408,24 @@ func (h *Host) Run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
-			h.EmitSignals() // the last window is not lost on shutdown
+			wg.Wait()
+			h.emitSignals() // the last window is not lost on shutdown
+			if err := h.saveNow(); err != nil {
+				h.log.Error("state not saved at shutdown", slog.Any("err", err))
+			}
 			return nil
-		case ev, ok := <-events:
+		case _, ok := <-events:
 			if !ok {
 				events = nil
 				continue
 			}
-			h.log.Info("device health changed", slog.String("uuid", ev.Device.UUID),
-				slog.String("from", string(ev.Previous.State)), slog.String("to", string(ev.Device.Health.State)),
-				slog.String("reason", ev.Device.Health.Reason))
-			h.Replace()
+			h.replan()
 		case <-tick.C:
-			h.Replace()
-			h.EmitSignals()
+			h.replan()
+			h.emitSignals()
+			if h.store != nil && h.store.Err() != nil {
+				_ = h.saveNow() // the store logs the outcome
+			}
 		}
 	}
 }

@@ -3,6 +3,8 @@ package runtime
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
@@ -16,6 +18,7 @@ import (
 	"github.com/esper/kasmina-host/contracts"
 	"github.com/esper/kasmina-host/device"
 	"github.com/esper/kasmina-host/kernels"
+	"github.com/esper/kasmina-host/kernels/source"
 	"github.com/esper/kasmina-host/runtime/failure"
 	"github.com/esper/kasmina-host/runtime/oona"
 	"github.com/esper/kasmina-host/runtime/placement"
@@ -63,9 +66,21 @@ func expected(x []float32) []float32 {
 	return []float32{r(x[0] + x[1]), r(x[2] - x[3] + 0.5), r(-x[0] - 1)}
 }
 
+// recordingPublisher is a Bus that records what is published and brings
+// no command and no epoch.
 type recordingPublisher struct {
 	mu   sync.Mutex
 	msgs []published
+}
+
+func (p *recordingPublisher) ConsumeCommands(ctx context.Context, _ oona.CommandHandler) error {
+	<-ctx.Done()
+	return nil
+}
+
+func (p *recordingPublisher) ConsumeEpochs(ctx context.Context, _ oona.EpochFunc) error {
+	<-ctx.Done()
+	return nil
 }
 
 // published is one message a recordingPublisher took, its payload as the
@@ -101,15 +116,61 @@ func openInventory(t testing.TB, simulate string, vars map[string]string) *devic
 	return inv
 }
 
-func newHost(t testing.TB, inv Inventory, cfg Config) (*Host, *recordingPublisher, *prometheus.Registry) {
+// newHost returns a host on inv publishing to a recordingPublisher, with
+// a fresh registry; deps may add a fetcher, resolver, repository or store.
+func newHost(t testing.TB, inv Inventory, cfg Config, deps ...func(*Deps)) (*Host, *recordingPublisher, *prometheus.Registry) {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	pub := &recordingPublisher{}
-	h, err := New(cfg, inv, pub, reg)
+	d := Deps{Inventory: inv, Bus: pub, Registerer: reg}
+	for _, f := range deps {
+		f(&d)
+	}
+	h, err := New(cfg, d)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return h, pub, reg
+}
+
+func withFetcher(f Fetcher) func(*Deps)       { return func(d *Deps) { d.Fetcher = f } }
+func withResolver(r Resolver) func(*Deps)     { return func(d *Deps) { d.Resolver = r } }
+func withStore(s StateStore) func(*Deps)      { return func(d *Deps) { d.Store = s } }
+func withRepository(r Repository) func(*Deps) { return func(d *Deps) { d.Repository = &r } }
+
+// declareLayer, setSeedState and setAlpha are the Apply of the ops.
+func declareLayer(h *Host, name string) (int, error) {
+	o, err := h.Apply(context.Background(), DeclareLayer{Layer: name})
+	if err != nil {
+		return -1, err
+	}
+	return o.LayerID, nil
+}
+
+func setSeedState(h *Host, layer string, idx int, to contracts.SeedState, why string) error {
+	_, err := h.Apply(context.Background(), SetSeedState{Layer: layer, SeedIdx: idx, State: to, Why: why})
+	return err
+}
+
+func setAlpha(h *Host, layer string, idx int, alpha float64) error {
+	_, err := h.Apply(context.Background(), SetAlpha{Layer: layer, SeedIdx: idx, Alpha: alpha})
+	return err
+}
+
+// failedLoads maps the kernels whose last load failed to the reason.
+func failedLoads(h *Host) map[string]string {
+	out := map[string]string{}
+	for _, st := range h.Models() {
+		if st.Status == ModelFailed {
+			out[st.Name] = st.Reason
+		}
+	}
+	return out
+}
+
+// handle runs a bus command through the host's command consumer adapter.
+func handle(ctx context.Context, h *Host, p oona.CommandPayload) error {
+	return commandHandler{h}.HandleCommand(ctx, oona.Command{Message: contracts.NewOonaMessage("tamiyo", "t", contracts.TopicControlKasminaCommands, nil), Payload: p})
 }
 
 func TestLoadPlacesOnGPUAndExecutesOnCPU(t *testing.T) {
@@ -140,7 +201,7 @@ func TestLoadPlacesOnGPUAndExecutesOnCPU(t *testing.T) {
 	if res.Exec.PlacedOn != "cuda:7" || res.Exec.ExecutedOn != "cpu" || !res.Exec.Fallback {
 		t.Errorf("exec info %+v", res.Exec)
 	}
-	if got := testutil.ToFloat64(h.metrics.requests.WithLabelValues("k1", "cuda:7", executorName, "success")); got != 1 {
+	if got := testutil.ToFloat64(h.metrics.requests.WithLabelValues("k1", "cuda:7", cpu.Name(), "success")); got != 1 {
 		t.Errorf("requests metric = %v", got)
 	}
 	if n, err := testutil.GatherAndCount(reg, "kasmina_kernel_reserved_bytes"); err != nil || n != 1 {
@@ -164,10 +225,10 @@ func TestNoGPUFallsBackDegraded(t *testing.T) {
 	_ = reg
 	deny := placement.FallbackDeny
 	_, err = h.Load(context.Background(), LoadRequest{Name: "k2", Data: linearKernel(t, "k2", []string{"cuda"}), Fallback: &deny})
-	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "denied") {
+	if !failure.Is(err, failure.Refused) || !strings.Contains(err.Error(), "denied") {
 		t.Fatalf("deny policy: %v", err)
 	}
-	if _, ok := h.FailedLoads()["k2"]; !ok {
+	if _, ok := failedLoads(h)["k2"]; !ok {
 		t.Error("refused kernel not listed as failed")
 	}
 }
@@ -254,7 +315,7 @@ func TestGPULostWhileServing(t *testing.T) {
 	if err := inv.Refresh(ctx); err != nil {
 		t.Fatal(err)
 	}
-	moves := h.Replace()
+	moves := h.replan()
 	time.Sleep(20 * time.Millisecond)
 	close(stop)
 	wg.Wait()
@@ -273,8 +334,13 @@ func TestGPULostWhileServing(t *testing.T) {
 	if n, _ := testutil.GatherAndCount(reg, "kasmina_replacements_total"); n == 0 {
 		t.Error("no replacement metric")
 	}
+	for _, mv := range moves {
+		if n := testutil.ToFloat64(h.metrics.replacements.WithLabelValues(mv.From, mv.To, "unhealthy")); n < 1 {
+			t.Errorf("replacements{from=%s,to=%s,reason=unhealthy} = %v", mv.From, mv.To, n)
+		}
+	}
 	if h.ledger.ReservedMiB("cuda:7") != 0 {
-		t.Errorf("reservations left on the lost GPU: %v", h.ledger.Totals())
+		t.Errorf("reservations left on the lost GPU: %v", h.ledger.ReservedMiB("cuda:7"))
 	}
 }
 
@@ -292,20 +358,23 @@ func TestMemoryPressureMovesKernels(t *testing.T) {
 	if err := inv.Refresh(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	moves := h.Replace()
+	moves := h.replan()
 	if len(moves) != 1 || moves[0].From != "cuda:7" || !strings.Contains(moves[0].Reason, "memory pressure") {
 		t.Fatalf("moves %+v", moves)
+	}
+	if n := testutil.ToFloat64(h.metrics.replacements.WithLabelValues("cuda:7", moves[0].To, "memory_pressure")); n != 1 {
+		t.Errorf("replacements{reason=memory_pressure} = %v, want 1", n)
 	}
 }
 
 func TestHealthSignalsPublished(t *testing.T) {
 	inv := openInventory(t, "dgxa100", nil)
 	h, pub, _ := newHost(t, inv, Config{HostID: "node-a"})
-	h.SetEpoch(12)
+	h.epoch.Store(12) // as the bus's system.events.epoch consumer does
 	if _, err := h.Load(context.Background(), LoadRequest{Data: linearKernel(t, "k", nil)}); err != nil {
 		t.Fatal(err)
 	}
-	if sigs := h.EmitSignals(); len(sigs) != 0 {
+	if sigs := h.emitSignals(); len(sigs) != 0 {
 		t.Fatalf("signals without any call: %v", sigs)
 	}
 	for i := 0; i < 10; i++ {
@@ -314,7 +383,7 @@ func TestHealthSignalsPublished(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	sigs := h.EmitSignals()
+	sigs := h.emitSignals()
 	if len(sigs) != 1 {
 		t.Fatalf("%d signals", len(sigs))
 	}
@@ -340,26 +409,25 @@ func TestHealthSignalsPublished(t *testing.T) {
 	if back != s {
 		t.Errorf("payload %+v != signal %+v", back, s)
 	}
-	if len(h.LatestSignals()) != 1 {
+	if len(h.Signals()) != 1 {
 		t.Error("latest signal not kept")
 	}
 	// The next window has its own chunk id.
 	h.Infer(context.Background(), "k", Request{Input: make([]float32, 4), Shape: []int{1, 4}})
-	if sigs := h.EmitSignals(); len(sigs) != 1 || sigs[0].ChunkID != 1 {
+	if sigs := h.emitSignals(); len(sigs) != 1 || sigs[0].ChunkID != 1 {
 		t.Errorf("second window: %+v", sigs)
 	}
 }
 
 func TestSeedCommands(t *testing.T) {
 	inv := openInventory(t, "dgxa100", nil)
-	h, _, _ := newHost(t, inv, Config{GraftingRamp: -1})
 	data := linearKernel(t, "kernel-abc", []string{"cuda"})
-	h.SetFetcher(fetcherFunc(func(_ context.Context, ref, _ string) ([]byte, error) {
+	fetch := fetcherFunc(func(_ context.Context, ref, _ string) ([]byte, error) {
 		if ref != "s3://esper-artifacts/kernels/kernel-abc/kernel.safetensors" {
 			return nil, fmt.Errorf("unexpected ref %q", ref)
 		}
 		return data, nil
-	}))
+	})
 	urza := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/api/v1/kernels/kernel-abc" {
 			http.NotFound(w, r)
@@ -370,18 +438,16 @@ func TestSeedCommands(t *testing.T) {
 			"created_at":"2026-11-24T10:00:00","updated_at":"2026-11-24T10:00:00"}`)
 	}))
 	defer urza.Close()
-	h.SetResolver(&Urza{BaseURL: urza.URL})
+	h, _, _ := newHost(t, inv, Config{GraftingRamp: -1}, withFetcher(fetch), withResolver(&Urza{BaseURL: urza.URL}))
 	ctx := context.Background()
-	cmd := func(p oona.CommandPayload) error {
-		return h.HandleCommand(ctx, oona.Command{Message: contracts.NewOonaMessage("tamiyo", "t1", contracts.TopicControlKasminaCommands, nil), Payload: p})
-	}
+	cmd := func(p oona.CommandPayload) error { return handle(ctx, h, p) }
 	if err := cmd(&oona.LoadKernel{LayerName: "layer1", SeedIdx: 2, ArtifactID: "kernel-abc"}); err != nil {
 		t.Fatal(err)
 	}
 	if err := cmd(&oona.LoadKernel{LayerName: "layer1", SeedIdx: 2, ArtifactID: "kernel-abc"}); err != nil {
 		t.Fatalf("redelivered load_kernel: %v", err)
 	}
-	if !h.ServesLayer("layer1") || h.ServesLayer("layer9") {
+	if !(commandHandler{h}).ServesLayer("layer1") || (commandHandler{h}).ServesLayer("layer9") {
 		t.Error("ServesLayer wrong")
 	}
 	seeds := h.Seeds()
@@ -435,7 +501,7 @@ func TestGraftingRampsAlpha(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, st := range []contracts.SeedState{contracts.SeedTraining, contracts.SeedGrafting} {
-		if err := h.SetSeedState("l", 0, st, "test"); err != nil {
+		if err := setSeedState(h, "l", 0, st, "test"); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -470,21 +536,24 @@ func TestUrzaShapes(t *testing.T) {
 	}))
 	defer srv.Close()
 	u := &Urza{BaseURL: srv.URL}
-	ck, err := u.Resolve(context.Background(), "doc")
-	if err != nil || ck.BinaryRef != "s3://b/k9" || ck.Metadata.ParameterCount != 15 {
-		t.Fatalf("document shape: %+v %v", ck, err)
+	r, err := u.Resolve(context.Background(), "doc")
+	if err != nil || r.Compiled.BinaryRef != "s3://b/k9" || r.Compiled.Metadata.ParameterCount != 15 || r.MetadataFrom != FromDocument || r.Status != "validated" {
+		t.Fatalf("document shape: %+v %v", r, err)
 	}
-	ck, err = u.Resolve(context.Background(), "flat")
-	if err != nil || ck.BinaryRef != "s3://b/flat" || ck.KernelID != "flat" {
-		t.Fatalf("flat shape: %+v %v", ck, err)
+	r, err = u.Resolve(context.Background(), "flat")
+	if err != nil || r.Compiled.BinaryRef != "s3://b/flat" || r.Compiled.KernelID != "flat" || r.MetadataFrom != FromArtifact || r.Status != "validated" {
+		t.Fatalf("flat shape: %+v %v", r, err)
+	}
+	if _, ok := r.Compiled.ValidationResults.Get("metadata_from"); ok {
+		t.Error("the flat record is still marked in the contract's validation_results")
 	}
 	if _, err := u.Resolve(context.Background(), "broken"); err == nil || !strings.Contains(err.Error(), "kernel_binary_ref") {
 		t.Fatalf("broken record: %v", err)
 	}
-	if _, err := u.Resolve(context.Background(), "gone"); !errors.Is(err, ErrUrzaNotFound) {
+	if _, err := u.Resolve(context.Background(), "gone"); !errors.Is(err, errUrzaNotFound) {
 		t.Fatalf("404: %v", err)
 	}
-	if _, err := u.Resolve(context.Background(), "flaky"); err == nil || errors.Is(err, ErrUrzaNotFound) {
+	if _, err := u.Resolve(context.Background(), "flaky"); err == nil || errors.Is(err, errUrzaNotFound) {
 		t.Fatalf("503: %v", err)
 	}
 }
@@ -496,24 +565,31 @@ func TestQueueFullRefusesAtOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Hold the only slot and the only queue place.
-	if err := h.cpu.Acquire(context.Background()); err != nil {
+	if err := h.admit.Acquire(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	go h.Infer(context.Background(), "k", Request{Input: make([]float32, 4), Shape: []int{1, 4}})
-	for h.cpu.Queued() != 1 {
+	for h.admit.Queued() != 1 {
 		time.Sleep(time.Millisecond)
 	}
 	_, err := h.Infer(context.Background(), "k", Request{Input: make([]float32, 4), Shape: []int{1, 4}})
-	h.cpu.Release()
-	if !errors.Is(err, ErrQueueFull) {
-		t.Fatalf("err = %v, want ErrQueueFull", err)
+	h.admit.Release()
+	if !failure.Is(err, failure.QueueFull) || err.Error() != `kernel "k": queue full: 1 running, 1 waiting` {
+		t.Fatalf("err = %v, want QueueFull naming the kernel and the limits", err)
 	}
 }
 
 type fetcherFunc func(ctx context.Context, ref, sha string) ([]byte, error)
 
-func (f fetcherFunc) Fetch(ctx context.Context, ref, sha string) ([]byte, error) {
-	return f(ctx, ref, sha)
+// Fetch returns what f returns as a source does: with the digest of the
+// bytes, computed as they were read.
+func (f fetcherFunc) Fetch(ctx context.Context, ref, sha string) (source.Blob, error) {
+	b, err := f(ctx, ref, sha)
+	if err != nil {
+		return source.Blob{}, err
+	}
+	sum := sha256.Sum256(b)
+	return source.Blob{Data: b, SHA256: hex.EncodeToString(sum[:]), Size: int64(len(b)), Origin: ref}, nil
 }
 
 // BenchmarkDispatchOverhead compares Host.Infer (lookup, shape checks,
@@ -568,7 +644,7 @@ func TestGPULostMovesPinnedKernelToCPU(t *testing.T) {
 	if err := inv.Refresh(ctx); err != nil {
 		t.Fatal(err)
 	}
-	moves := h.Replace()
+	moves := h.replan()
 	if len(moves) != 1 || moves[0].To != "cpu" {
 		t.Fatalf("moves %+v", moves)
 	}
@@ -609,7 +685,7 @@ func TestDirectKernelReloads(t *testing.T) {
 	if n := len(h.Seeds()); n != 1 {
 		t.Errorf("%d seeds after reloads, want 1", n)
 	}
-	if st := h.CacheStats(); st.Hits < 2 {
+	if st := h.Stats().Cache; st.Hits < 2 {
 		t.Errorf("reloads of the same bytes should hit the parsed-kernel cache: %+v", st)
 	}
 }
@@ -624,10 +700,11 @@ func FuzzParseUrzaRecord(f *testing.F) {
 	f.Add([]byte(`{"id":"broken"}`))
 	f.Add([]byte(`{"binary_ref":"x","metadata":null}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
-		ck, err := parseUrzaRecord("requested", body)
+		r, err := parseUrzaRecord("requested", body)
 		if err != nil {
 			return
 		}
+		ck := r.Compiled
 		if ck.BinaryRef == "" {
 			t.Fatalf("accepted %q without a binary reference", body)
 		}
@@ -650,7 +727,7 @@ func TestHealthSignalsReachTheBusAsTheContractsSignal(t *testing.T) {
 	bus := oona.NewEmbeddedBus(nil, nil, oona.Config{HostID: "node-a"}, nil)
 	defer bus.Close(context.Background())
 	sub := bus.Subscribe(contracts.TopicTelemetrySeedHealth, 0)
-	h, err := New(Config{HostID: "node-a"}, inv, bus, prometheus.NewRegistry())
+	h, err := New(Config{HostID: "node-a"}, Deps{Inventory: inv, Bus: bus, Registerer: prometheus.NewRegistry()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -660,7 +737,7 @@ func TestHealthSignalsReachTheBusAsTheContractsSignal(t *testing.T) {
 	if _, err := h.Infer(context.Background(), "k", Request{Input: []float32{1, 2, 3, 4}, Shape: []int{1, 4}}); err != nil {
 		t.Fatal(err)
 	}
-	sigs := h.EmitSignals()
+	sigs := h.emitSignals()
 	if len(sigs) != 1 {
 		t.Fatalf("%d signals", len(sigs))
 	}

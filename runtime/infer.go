@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/esper/kasmina-host/runtime/dispatch"
+	"github.com/esper/kasmina-host/runtime/admission"
 	"github.com/esper/kasmina-host/runtime/failure"
 )
 
@@ -68,15 +68,80 @@ func notRunReason(err error) string {
 	return reasonCanceled
 }
 
-// Infer runs the named kernel on req.Input. Every error names the kernel
-// or the input that is wrong, once, and carries its failure class.
-func (h *Host) Infer(ctx context.Context, name string, req Request) (Result, error) {
+// Model is a loaded kernel as inference sees it: a handle that a front end
+// looks up once (Host.Model), checks a request against (shapes, largest
+// batch) and runs (Infer), without a view of the kernel being built per
+// request. The handle stays usable after the kernel is unloaded or
+// replaced: its inference is then refused (Unavailable) or, for requests
+// already admitted, finishes on the kernel it names.
+type Model struct {
+	h *Host
+	l *loaded
+}
+
+// Model returns the loaded kernel named name, or false. It allocates
+// nothing.
+func (h *Host) Model(name string) (*Model, bool) {
 	h.mu.RLock()
 	l, ok := h.kernels[name]
 	h.mu.RUnlock()
 	if !ok {
+		return nil, false
+	}
+	return &l.model, true
+}
+
+// Name is the model's name.
+func (m *Model) Name() string { return m.l.name }
+
+// InputShape is the per-sample input shape (without the batch). It is
+// shared: the caller must not modify it.
+func (m *Model) InputShape() []int { return m.l.inShape }
+
+// OutputShape is the per-sample output shape (without the batch). It is
+// shared: the caller must not modify it.
+func (m *Model) OutputShape() []int { return m.l.shape1[1:] }
+
+// MaxBatch is the largest batch one request may have.
+func (m *Model) MaxBatch() int { return m.l.maxBatch }
+
+// Serving says how a model is served now.
+type Serving struct {
+	// PlacedOn is the device the model is placed on; ExecutedOn the one
+	// its executor, Executor, runs on.
+	PlacedOn, ExecutedOn, Executor string
+	// Degraded says why the model is not served as its requirements ask
+	// ("" when it is): it fell back to the CPU, or its placement's
+	// executor runs elsewhere.
+	Degraded string
+	// Breaker is its circuit breaker's state; BreakerReason says why the
+	// model is not serving normally while it is not closed.
+	Breaker       admission.BreakerState
+	BreakerReason string
+}
+
+// Serving says how the model is served now. It allocates only while the
+// breaker is not closed (for its reason).
+func (m *Model) Serving() Serving {
+	rt := m.l.route.Load()
+	s := Serving{PlacedOn: rt.placedOn, ExecutedOn: rt.exec.Device(), Executor: rt.exec.Name(), Degraded: rt.degraded}
+	s.Breaker, s.BreakerReason = m.l.breaker.Status()
+	return s
+}
+
+// Infer runs the named kernel on req.Input: Model, then Model.Infer.
+func (h *Host) Infer(ctx context.Context, name string, req Request) (Result, error) {
+	m, ok := h.Model(name)
+	if !ok {
 		return Result{}, failure.Errorf(failure.NotFound, "kernel %q is not loaded", name)
 	}
+	return m.Infer(ctx, req)
+}
+
+// Infer runs the model on req.Input. Every error names the kernel or the
+// input that is wrong, once, and carries its failure class.
+func (m *Model) Infer(ctx context.Context, req Request) (Result, error) {
+	h, l, name := m.h, m.l, m.l.name
 	obs := l.obs.Load()
 	in := l.inShape
 	if len(req.Shape) != len(in)+1 {
@@ -108,6 +173,11 @@ func (h *Host) Infer(ctx context.Context, name string, req Request) (Result, err
 		return Result{}, failure.Errorf(failure.BadInput, "default output holds %d values; kernel %q at batch %d gives %d", len(req.Default), name, batch, outN)
 	}
 	if !l.gate.enter() {
+		// The kernel left the table since this handle was found: replaced
+		// (the replacement takes the request) or unloaded.
+		if now, ok := h.Model(name); ok && now.l != l {
+			return now.Infer(ctx, req)
+		}
 		obs.fail(reasonRefused)
 		return Result{}, failure.Errorf(failure.Unavailable, "kernel %q is being unloaded", name)
 	}
@@ -117,11 +187,12 @@ func (h *Host) Infer(ctx context.Context, name string, req Request) (Result, err
 		return Result{}, fmt.Errorf("kernel %q: %w", name, err)
 	}
 
+	rt := l.route.Load()
 	queued := time.Now()
-	waited, err := h.cpu.AcquireWithin(ctx, h.cfg.RequestTimeout)
+	waited, err := h.admit.AcquireWithin(ctx, h.cfg.RequestTimeout)
 	if err != nil {
-		l.breaker.Done(dispatch.NotRun) // the kernel never ran: nothing to learn
-		if errors.Is(err, dispatch.ErrQueueFull) {
+		l.breaker.Done(admission.NotRun) // the kernel never ran: nothing to learn
+		if failure.Is(err, failure.QueueFull) {
 			obs.fail(reasonQueueFull)
 			return Result{}, fmt.Errorf("kernel %q: %w", name, err)
 		}
@@ -137,12 +208,12 @@ func (h *Host) Infer(ctx context.Context, name string, req Request) (Result, err
 		out = make([]float32, outN)
 	}
 	out = out[:outN]
-	err = l.kernel.Run(ctx, req.Input, batch, out)
-	h.cpu.Release()
+	err = rt.exec.Run(ctx, l.kernel, req.Input, batch, out)
+	h.admit.Release()
 	if err != nil && ctx.Err() != nil && errors.Is(err, ctx.Err()) {
 		// The caller went away (or its deadline passed) before the kernel
 		// ran: not the kernel's failure.
-		l.breaker.Done(dispatch.NotRun)
+		l.breaker.Done(admission.NotRun)
 		obs.fail(notRunReason(err))
 		return Result{}, fmt.Errorf("kernel %q: %w", name, err)
 	}
@@ -151,19 +222,17 @@ func (h *Host) Infer(ctx context.Context, name string, req Request) (Result, err
 	l.calls.Add(1)
 	if err != nil {
 		l.failures.Add(1)
-		l.breaker.Done(dispatch.Failed)
+		l.breaker.Done(admission.Failed)
 		l.window.ObserveError(compute)
 		obs.fail(reasonRuntime)
 		return Result{}, failure.Errorf(failure.Internal, "kernel %q failed: %w", name, err)
 	}
-	l.breaker.Done(dispatch.Succeeded)
+	l.breaker.Done(admission.Succeeded)
 	l.window.Observe(out, batch, compute)
 
-	l.mu.Lock()
-	info := ExecInfo{PlacedOn: l.decision.Device, ExecutedOn: "cpu", Executor: executorName,
-		Fallback: l.execReason != "", Reason: l.execReason,
+	info := ExecInfo{PlacedOn: rt.placedOn, ExecutedOn: rt.exec.Device(), Executor: rt.exec.Name(),
+		Fallback: rt.degraded != "", Reason: rt.degraded,
 		QueueTime: started.Sub(queued), ComputeTime: compute}
-	l.mu.Unlock()
 	if req.Default != nil {
 		alpha := h.alpha(l)
 		blend(out, req.Default, alpha)
@@ -197,6 +266,9 @@ func byteSize(n int64) string {
 	}
 	return fmt.Sprintf("%.1f %s", v, [...]string{"", "KiB", "MiB", "GiB", "TiB"}[i])
 }
+
+// alpha is the blend factor of the seed l serves, now.
+func (h *Host) alpha(l *loaded) float64 { return h.book.alpha(l.seed, h.cfg.Now(), h.cfg.GraftingRamp) }
 
 // blend computes out = (1 − α)·def + α·out in place.
 func blend(out, def []float32, alpha float64) {

@@ -17,19 +17,16 @@ import (
 // in front ("bad input: bad input: kernel name ..." was the old shape).
 func TestErrorMessagesNameTheInputOnce(t *testing.T) {
 	inv := openInventory(t, "dgxa100", nil)
-	h, _, _ := newHost(t, inv, Config{})
 	ctx := context.Background()
 	var resolved atomic.Int64
-	h.SetResolver(resolverFunc(func(context.Context, string) (*contracts.CompiledKernel, error) {
+	h, _, _ := newHost(t, inv, Config{}, withResolver(resolverFunc(func(context.Context, string) (Resolved, error) {
 		resolved.Add(1)
-		return nil, failure.Errorf(failure.NotFound, "unexpected")
-	}))
+		return Resolved{}, failure.Errorf(failure.NotFound, "unexpected")
+	})))
 	if _, err := h.Load(ctx, LoadRequest{Name: "k", Data: linearKernel(t, "k", nil), Layer: "l"}); err != nil {
 		t.Fatal(err)
 	}
-	cmd := func(p oona.CommandPayload) error {
-		return h.HandleCommand(ctx, oona.Command{Message: contracts.NewOonaMessage("t", "t", contracts.TopicControlKasminaCommands, nil), Payload: p})
-	}
+	cmd := func(p oona.CommandPayload) error { return handle(ctx, h, p) }
 	for _, c := range []struct {
 		name  string
 		err   error
@@ -57,9 +54,9 @@ func TestErrorMessagesNameTheInputOnce(t *testing.T) {
 			return err
 		}(), `the artifact: malformed kernel file: the header length at byte 0 exceeds the limit of 16777216 bytes (not a safetensors file)`, failure.Malformed},
 		{"an unknown kernel", h.Unload(ctx, "nope"), `no kernel "nope" is loaded`, failure.NotFound},
-		{"an unknown seed", h.SetSeedState("l", 9, contracts.SeedTraining, "test"), `no seed l/9`, failure.NotFound},
-		{"alpha NaN", h.SetAlpha("l", 0, math.NaN()), `seed l/0: alpha is NaN`, failure.BadInput},
-		{"an illegal transition", h.SetSeedState("l", 0, contracts.SeedFossilized, "test"),
+		{"an unknown seed", setSeedState(h, "l", 9, contracts.SeedTraining, "test"), `no seed l/9`, failure.NotFound},
+		{"alpha NaN", setAlpha(h, "l", 0, math.NaN()), `seed l/0: alpha is NaN`, failure.BadInput},
+		{"an illegal transition", setSeedState(h, "l", 0, contracts.SeedFossilized, "test"),
 			`seed l/0: illegal state transition: "germinated" → "fossilized"`, failure.Refused},
 		{"a model not in the repository", h.LoadModel(ctx, "absent"), `no kernel "absent" in the repository`, failure.NotFound},
 		{"a seed that holds another kernel", func() error {
@@ -85,8 +82,8 @@ func TestErrorMessagesNameTheInputOnce(t *testing.T) {
 	}
 }
 
-type resolverFunc func(ctx context.Context, id string) (*contracts.CompiledKernel, error)
+type resolverFunc func(ctx context.Context, id string) (Resolved, error)
 
-func (f resolverFunc) Resolve(ctx context.Context, id string) (*contracts.CompiledKernel, error) {
+func (f resolverFunc) Resolve(ctx context.Context, id string) (Resolved, error) {
 	return f(ctx, id)
 }

@@ -6,7 +6,7 @@ import (
 
 	"github.com/esper/kasmina-host/contracts"
 	"github.com/esper/kasmina-host/kernels"
-	"github.com/esper/kasmina-host/runtime/dispatch"
+	"github.com/esper/kasmina-host/runtime/admission"
 	"github.com/esper/kasmina-host/runtime/health"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -31,7 +31,7 @@ type metrics struct {
 	signals        *prometheus.CounterVec // layer
 	nonFinite      *prometheus.CounterVec // kernel
 	signalsInvalid prometheus.Counter
-	pending        *dispatch.Limiter
+	pending        *admission.Limiter
 }
 
 // kernelObservers are one kernel's metric children, resolved once so the
@@ -135,7 +135,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.replacements, m.reserved, m.estimateError, m.observedMemory, m.declaredError, m.loadDuration, m.seedHealth, m.signals, m.nonFinite, m.signalsInvalid,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "kasmina_pending_requests", Help: "Requests waiting for an executor slot.",
-			ConstLabels: prometheus.Labels{"executor": executorName},
+			ConstLabels: prometheus.Labels{"executor": cpu.Name()},
 		}, func() float64 {
 			if m.pending == nil {
 				return 0
@@ -144,7 +144,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "kasmina_running_requests", Help: "Requests holding an executor slot.",
-			ConstLabels: prometheus.Labels{"executor": executorName},
+			ConstLabels: prometheus.Labels{"executor": cpu.Name()},
 		}, func() float64 {
 			if m.pending == nil {
 				return 0
@@ -159,14 +159,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	return m, nil
 }
 
-func (m *metrics) kernel(name, device string) *kernelObservers {
+// kernel resolves one kernel's metric children: placed on device, run by
+// the executor named executor.
+func (m *metrics) kernel(name, device, executor string) *kernelObservers {
 	o := &kernelObservers{
-		success:     m.requests.WithLabelValues(name, device, executorName, "success"),
-		failedTotal: m.requests.WithLabelValues(name, device, executorName, "failure"),
+		success:     m.requests.WithLabelValues(name, device, executor, "success"),
+		failedTotal: m.requests.WithLabelValues(name, device, executor, "failure"),
 		failed:      make(map[string]prometheus.Counter, len(failureReasons)),
-		duration:    m.duration.WithLabelValues(name, device, executorName),
+		duration:    m.duration.WithLabelValues(name, device, executor),
 		queue:       m.queue.WithLabelValues(name),
-		compute:     m.compute.WithLabelValues(name, executorName),
+		compute:     m.compute.WithLabelValues(name, executor),
 	}
 	for _, r := range failureReasons {
 		o.failed[r] = m.failures.WithLabelValues(name, r)
@@ -226,7 +228,7 @@ func (c breakerCollector) Collect(ch chan<- prometheus.Metric) {
 	defer c.h.mu.RUnlock()
 	for name, l := range c.h.kernels {
 		v := 0.0
-		if l.breaker.State() != dispatch.Closed {
+		if l.breaker.State() != admission.Closed {
 			v = 1
 		}
 		ch <- prometheus.MustNewConstMetric(breakerOpenDesc, prometheus.GaugeValue, v, name)

@@ -47,25 +47,25 @@ func OpenRepository(dir string) (Repository, error) {
 	return Repository{FS: regularfile.FS(root), Where: dir}, nil
 }
 
-// RepoEntry is one kernel file found in a repository.
-type RepoEntry struct {
-	Name string `json:"name"`
-	Path string `json:"path"`
+// repoEntry is one kernel file found in a repository.
+type repoEntry struct {
+	Name string
+	Path string
 	// Err is why the file could not be opened (it is then named by its
 	// file name).
-	Err error `json:"-"`
+	Err error
 }
 
-// Scan lists the repository's kernels, sorted by name. A file that claims
+// scan lists the repository's kernels, sorted by name. A file that claims
 // the format but whose header cannot be read is still listed (its load
 // will fail and say why), and so is one that cannot be opened, with Err
 // set; two files with the same name keep the first path in lexical order
 // and log the other.
-func (r Repository) Scan(log *slog.Logger) ([]RepoEntry, error) {
+func (r Repository) scan(log *slog.Logger) ([]repoEntry, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	var out []RepoEntry
+	var out []repoEntry
 	seen := map[string]string{}
 	err := fs.WalkDir(r.FS, ".", func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -106,7 +106,7 @@ func (r Repository) Scan(log *slog.Logger) ([]RepoEntry, error) {
 			return nil
 		}
 		seen[name] = p
-		out = append(out, RepoEntry{Name: name, Path: p, Err: herr})
+		out = append(out, repoEntry{Name: name, Path: p, Err: herr})
 		return nil
 	})
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
@@ -180,28 +180,19 @@ func (r Repository) peekHeader(p string) (format, kernelID string, err error) {
 	return format, kernelID, nil
 }
 
-// SetRepository sets where LoadRepository and LoadModel read kernels from.
-func (h *Host) SetRepository(r Repository) {
-	h.mu.Lock()
-	h.repo = &r
-	h.mu.Unlock()
-}
-
-// LoadRepository scans the repository and loads every kernel in it; a
-// kernel that fails is listed (FailedLoads) with the reason and the others
-// serve. It returns how many loaded and how many failed. The change hook
-// is called once, after the scan, rather than once per kernel: the scan
-// acknowledges nothing to anyone, and a directory of many kernels would
-// otherwise write the state as many times. A failure of that one save is
-// logged (the state store reports it); the kernels keep serving.
-func (h *Host) LoadRepository(ctx context.Context) (loadedN, failedN int, err error) {
-	h.mu.RLock()
+// loadRepository scans the repository and loads every kernel in it (Run's
+// start-up); a kernel that fails is listed (Models) with the reason
+// and the others serve. It returns how many loaded and how many failed.
+// The state is saved once, after the scan, rather than once per kernel:
+// the scan acknowledges nothing to anyone, and a directory of many kernels
+// would otherwise write the state as many times. A failure of that one
+// save is logged (the state store reports it); the kernels keep serving.
+func (h *Host) loadRepository(ctx context.Context) (loadedN, failedN int, err error) {
 	repo := h.repo
-	h.mu.RUnlock()
 	if repo == nil {
 		return 0, 0, nil
 	}
-	entries, err := repo.Scan(h.log)
+	entries, err := repo.scan(h.log)
 	if err != nil {
 		return 0, 0, fmt.Errorf("scanning %s: %w", repo.Where, err)
 	}
@@ -250,10 +241,11 @@ func (h *Host) LoadModel(ctx context.Context, name string) error {
 	return h.loadModel(ctx, name, false)
 }
 
-// loadModel is LoadModel; batch leaves saving to the caller (LoadRepository).
+// loadModel is LoadModel; batch leaves saving to the caller (the
+// repository scan).
 func (h *Host) loadModel(ctx context.Context, name string, batch bool) error {
-	h.mu.RLock()
 	repo := h.repo
+	h.mu.RLock()
 	p, ok := h.repoIndex[name]
 	h.mu.RUnlock()
 	if repo == nil || !ok {
@@ -271,9 +263,11 @@ func (h *Host) loadModel(ctx context.Context, name string, batch bool) error {
 	return err
 }
 
-// RepositoryIndex lists every kernel the host knows: the repository's,
-// loaded or not, and kernels loaded from elsewhere.
-func (h *Host) RepositoryIndex() []ModelState {
+// Models lists every kernel the host knows, sorted by name: loaded (from
+// the repository or elsewhere), in the repository but not loaded, or whose
+// last load failed, with the reason. It is the repository index of the
+// model repository API.
+func (h *Host) Models() []ModelState {
 	h.mu.RLock()
 	names := map[string]bool{}
 	for n := range h.repoIndex {
@@ -290,11 +284,11 @@ func (h *Host) RepositoryIndex() []ModelState {
 		st := ModelState{Name: n}
 		switch _, loaded := h.kernels[n]; {
 		case loaded:
-			st.State = "READY"
+			st.Status = ModelLoaded
 		case h.failed[n] != "":
-			st.State, st.Reason = "UNAVAILABLE", h.failed[n]
+			st.Status, st.Reason = ModelFailed, h.failed[n]
 		default:
-			st.State, st.Reason = "UNAVAILABLE", "unloaded"
+			st.Status = ModelUnloaded
 		}
 		out = append(out, st)
 	}
@@ -303,32 +297,26 @@ func (h *Host) RepositoryIndex() []ModelState {
 	return out
 }
 
-// ModelState is one repository index entry.
+// ModelState is one kernel the host knows (Models).
 type ModelState struct {
-	Name   string `json:"name"`
-	State  string `json:"state"`
-	Reason string `json:"reason,omitempty"`
+	Name   string
+	Status ModelStatus
+	// Reason is why the last load failed (ModelFailed).
+	Reason string
 }
 
-// Ready reports whether the node can serve: the start-up scan has
-// finished. With the CPU executor always present, a loaded kernel can
-// always be served somewhere; one kernel whose circuit breaker is open is
-// that kernel's unreadiness (its view, its model readiness and
-// kasmina_kernel_breaker_open), never the node's, which would take every
-// other kernel on the node out of service.
-func (h *Host) Ready() (bool, string) {
-	if !h.started.Load() {
-		return false, "loading the kernel repository"
-	}
-	if why := h.notReady(); why != "" {
-		return false, why
-	}
-	return true, ""
-}
+// ModelStatus is where a kernel the host knows stands.
+type ModelStatus uint8
 
-// MarkStarted declares the start-up scan finished (readiness may turn
-// true).
-func (h *Host) MarkStarted() { h.started.Store(true) }
+// Model statuses.
+const (
+	// ModelLoaded: loaded and serving.
+	ModelLoaded ModelStatus = iota
+	// ModelUnloaded: in the repository, not loaded.
+	ModelUnloaded
+	// ModelFailed: its last load failed.
+	ModelFailed
+)
 
 // readCapped reads a repository file, refusing it by its size before
 // reading when it is larger than limit bytes (and while reading, should it

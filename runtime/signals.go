@@ -9,10 +9,10 @@ import (
 	"github.com/esper/kasmina-host/runtime/health"
 )
 
-// EmitSignals turns every seed window that saw calls into a HealthSignal,
+// emitSignals turns every seed window that saw calls into a HealthSignal,
 // keeps it as the seed's latest and publishes it. It returns the signals
 // emitted. Run calls it every SignalInterval.
-func (h *Host) EmitSignals() []contracts.HealthSignal {
+func (h *Host) emitSignals() []contracts.HealthSignal {
 	now := h.cfg.Now()
 	epoch := int(h.epoch.Load())
 
@@ -25,35 +25,29 @@ func (h *Host) EmitSignals() []contracts.HealthSignal {
 	sort.Slice(ls, func(i, j int) bool { return ls[i].name < ls[j].name })
 
 	var out []contracts.HealthSignal
+	h.emitMu.Lock() // one emitter at a time: chunk ids are read, then advanced
+	defer h.emitMu.Unlock()
 	for _, l := range ls {
-		h.mu.Lock()
-		s, ok := h.seeds.seeds[l.seed]
-		if !ok || s.kernel != l.name {
-			h.mu.Unlock()
+		bi, ok := h.book.signalInputs(l.seed, l.name)
+		if !ok {
 			continue
 		}
-		active, total := h.layerCountsLocked(l.seed.layer)
 		in := health.Inputs{
-			LayerID: s.LayerID, SeedIdx: l.seed.idx, ChunkID: s.signals, Epoch: epoch,
-			ActiveSeeds: active, TotalSeeds: total, State: s.State, ExpectedLatency: l.expected, Now: now,
+			LayerID: bi.layerID, SeedIdx: l.seed.idx, ChunkID: bi.chunkID, Epoch: epoch,
+			ActiveSeeds: bi.active, TotalSeeds: max(bi.total, 1), State: bi.state, ExpectedLatency: l.expected, Now: now,
 		}
 		sig, sum, ok := l.window.Signal(in)
 		if !ok {
-			h.mu.Unlock()
 			continue
 		}
 		if err := sig.Validate(); err != nil {
 			// A signal the contract refuses would be refused by every
 			// consumer too: log it loudly rather than publish it.
-			h.mu.Unlock()
 			h.log.Error("health signal fails the contract; not published", slog.String("kernel", l.name), slog.Any("err", err))
 			h.metrics.signalsInvalid.Inc()
 			continue
 		}
-		s.signals++
-		latest := sig
-		s.latest = &latest
-		h.mu.Unlock()
+		h.book.signalled(l.seed, l.name, sig)
 
 		out = append(out, sig)
 		h.metrics.observeSignal(l.seed.layer, l.seed.idx, l.name, &sig, sum)
@@ -67,39 +61,8 @@ func (h *Host) EmitSignals() []contracts.HealthSignal {
 	return out
 }
 
-// layerCountsLocked counts a layer's seeds and its active ones (training or
-// grafting, as Seed.is_active says). The caller holds h.mu.
-func (h *Host) layerCountsLocked(layer string) (active, total int) {
-	for k, s := range h.seeds.seeds {
-		if k.layer != layer {
-			continue
-		}
-		total++
-		if s.IsActive() {
-			active++
-		}
-	}
-	return active, max(total, 1)
-}
-
-// LatestSignals returns each seed's latest signal, by layer id then seed.
-func (h *Host) LatestSignals() []contracts.HealthSignal {
-	h.mu.RLock()
-	defer h.mu.RUnlock()
-	var out []contracts.HealthSignal
-	for _, s := range h.seeds.seeds {
-		if s.latest != nil {
-			out = append(out, *s.latest)
-		}
-	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].LayerID != out[j].LayerID {
-			return out[i].LayerID < out[j].LayerID
-		}
-		return out[i].SeedID < out[j].SeedID
-	})
-	return out
-}
+// Signals returns each seed's latest health signal, by layer id then seed.
+func (h *Host) Signals() []contracts.HealthSignal { return h.book.latestSignals() }
 
 // senderID is the OonaMessage sender_id for this host. It starts with a
 // letter, so Python's json.loads never turns it into another type.

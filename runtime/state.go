@@ -2,8 +2,6 @@ package runtime
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"sort"
@@ -13,11 +11,6 @@ import (
 	"github.com/esper/kasmina-host/runtime/failure"
 	"github.com/esper/kasmina-host/runtime/placement"
 )
-
-// maxLayerID is the largest layer id Restore accepts from a state file:
-// ids are handed out from 0 up, and this bound keeps the next one (and the
-// layer_id of health signals) far from overflow.
-const maxLayerID = 1<<31 - 1
 
 // StateVersion is the version of the State document.
 const StateVersion = 1
@@ -44,14 +37,17 @@ type SeedRecord struct {
 
 // KernelRecord is one loaded kernel in the State.
 type KernelRecord struct {
-	Name      string                    `json:"name"`
-	SHA256    string                    `json:"sha256"`
-	Source    string                    `json:"source,omitempty"`
-	Compiled  *contracts.CompiledKernel `json:"compiled,omitempty"`
-	Layer     string                    `json:"layer"`
-	SeedIdx   int                       `json:"seed_idx"`
-	Fallback  string                    `json:"cpu_fallback"`
-	Placement string                    `json:"placement"`
+	Name     string                    `json:"name"`
+	SHA256   string                    `json:"sha256"`
+	Source   string                    `json:"source,omitempty"`
+	Compiled *contracts.CompiledKernel `json:"compiled,omitempty"`
+	// MetadataFrom is "artifact" when Compiled is Urza's flat record
+	// (LoadRequest.MetadataFrom); omitted for the document's metadata.
+	MetadataFrom MetadataSource `json:"metadata_from,omitempty"`
+	Layer        string         `json:"layer"`
+	SeedIdx      int            `json:"seed_idx"`
+	Fallback     string         `json:"cpu_fallback"`
+	Placement    string         `json:"placement"`
 }
 
 // ArtifactStore keeps kernel bytes by SHA-256 for restarts.
@@ -66,35 +62,11 @@ type ArtifactStore interface {
 	Where(sha string) string
 }
 
-// SetArtifactStore makes every load keep its artifact's bytes in store
-// before it succeeds, so that State can be restored.
-func (h *Host) SetArtifactStore(s ArtifactStore) {
-	h.mu.Lock()
-	h.artifacts = s
-	h.mu.Unlock()
-}
-
-func (h *Host) keepArtifact(data []byte) error {
-	h.mu.RLock()
-	s := h.artifacts
-	h.mu.RUnlock()
-	if s == nil {
-		return nil
-	}
-	sum := sha256.Sum256(data)
-	return s.Put(hex.EncodeToString(sum[:]), data)
-}
-
 // State returns the host's state now.
 func (h *Host) State() State {
-	st := State{Version: StateVersion, SavedAt: h.cfg.Now().UTC(), Layers: map[string]int{}}
+	st := State{Version: StateVersion, SavedAt: h.cfg.Now().UTC()}
+	st.Layers, st.Seeds = h.book.records()
 	h.mu.RLock()
-	for name, id := range h.seeds.layers {
-		st.Layers[name] = id
-	}
-	for k, s := range h.seeds.seeds {
-		st.Seeds = append(st.Seeds, SeedRecord{Layer: k.layer, SeedIdx: k.idx, Seed: s.Seed, Alpha: s.alpha})
-	}
 	ls := make([]*loaded, 0, len(h.kernels))
 	for _, l := range h.kernels {
 		ls = append(ls, l)
@@ -109,80 +81,30 @@ func (h *Host) State() State {
 			src = l.origin // a restored kernel keeps the reference it was first loaded from
 		}
 		st.Kernels = append(st.Kernels, KernelRecord{Name: l.name, SHA256: l.kernel.SHA256(), Source: src,
-			Compiled: l.compiled, Layer: l.seed.layer, SeedIdx: l.seed.idx, Fallback: l.fallback.String(), Placement: dev})
+			Compiled: l.compiled, MetadataFrom: l.metadataFrom, Layer: l.seed.layer, SeedIdx: l.seed.idx, Fallback: l.fallback.String(), Placement: dev})
 	}
-	sort.Slice(st.Seeds, func(i, j int) bool {
-		if st.Seeds[i].Layer != st.Seeds[j].Layer {
-			return st.Seeds[i].Layer < st.Seeds[j].Layer
-		}
-		return st.Seeds[i].SeedIdx < st.Seeds[j].SeedIdx
-	})
 	sort.Slice(st.Kernels, func(i, j int) bool { return st.Kernels[i].Name < st.Kernels[j].Name })
 	return st
 }
 
 // Restore brings back a saved State: the layer mapping and seeds first,
-// then each kernel from the artifact store, re-placed against the devices
-// now (a placement can differ from the one saved; the kernel's moves say
-// so). Kernels that cannot come back are listed as failed loads. It
-// returns how many kernels were restored.
-func (h *Host) Restore(ctx context.Context, st State, store ArtifactStore) (int, error) {
+// then each kernel from the state store's artifacts, re-placed against the
+// devices now (a placement can differ from the one saved; the kernel's
+// moves say so). Kernels that cannot come back are listed as failed loads.
+// It returns how many kernels were restored. Nothing is saved while it
+// runs (a state written then would record a restore half done): Run saves
+// the state once the start-up is over. Call it before Run.
+func (h *Host) Restore(ctx context.Context, st State) (int, error) {
 	if st.Version != StateVersion {
 		return 0, failure.Errorf(failure.Malformed, "state version %d, this host reads %d", st.Version, StateVersion)
 	}
-	h.mu.Lock()
-	// Layer ids name layers on the bus: a damaged file must not give two
-	// layers one id. Names are taken in order, so the outcome does not
-	// depend on map iteration.
-	names := make([]string, 0, len(st.Layers))
-	for name := range st.Layers {
-		names = append(names, name)
+	store := h.store
+	if store == nil {
+		return 0, failure.Errorf(failure.Refused, "no state store to restore kernels from")
 	}
-	sort.Strings(names)
-	taken := make(map[int]string, len(h.seeds.layers)+len(names))
-	for name, id := range h.seeds.layers {
-		taken[id] = name
-	}
-	for _, name := range names {
-		id := st.Layers[name]
-		other, dup := taken[id]
-		_, known := h.seeds.layers[name]
-		switch {
-		case id < 0 || id > maxLayerID:
-			h.log.Warn("state: layer id out of range, layer gets a new id", slog.String("layer", name), slog.Int("layer_id", id))
-			continue
-		case known:
-			continue // registered before the restore: keeps its id
-		case dup:
-			h.log.Warn("state: layer id already taken, layer gets a new id", slog.String("layer", name),
-				slog.Int("layer_id", id), slog.String("taken_by", other))
-			continue
-		}
-		taken[id] = name
-		h.seeds.layers[name] = id
-		if id >= h.seeds.next {
-			h.seeds.next = id + 1
-		}
-	}
-	for _, rec := range st.Seeds {
-		err := rec.Seed.Validate()
-		if err == nil && rec.SeedIdx < 0 {
-			err = fmt.Errorf("seed_idx %d is negative", rec.SeedIdx)
-		}
-		if err != nil {
-			h.log.Warn("state: seed not restored", slog.String("layer", rec.Layer), slog.Int("seed_idx", rec.SeedIdx), slog.Any("err", err))
-			continue
-		}
-		alpha := rec.Alpha
-		if !(alpha >= 0 && alpha <= 1) {
-			h.log.Warn("state: seed alpha outside [0, 1], clamped", slog.String("layer", rec.Layer), slog.Int("seed_idx", rec.SeedIdx), slog.Float64("alpha", alpha))
-			alpha = max(0, min(1, alpha)) // JSON holds no NaN
-		}
-		s := &seed{Seed: rec.Seed, alpha: alpha, alphaSetAt: h.cfg.Now()}
-		s.LayerID = h.seeds.registerLayer(rec.Layer)
-		h.seeds.seeds[seedKey{rec.Layer, rec.SeedIdx}] = s
-	}
-	h.mu.Unlock()
+	h.restoring.Store(true)
+	defer h.restoring.Store(false)
+	h.book.restore(st.Layers, st.Seeds, h.cfg.Now(), h.log)
 
 	restored := 0
 	for _, rec := range st.Kernels {
@@ -192,10 +114,10 @@ func (h *Host) Restore(ctx context.Context, st State, store ArtifactStore) (int,
 		data, err := store.Get(rec.SHA256)
 		if err == nil {
 			// The bytes must be the ones saved: a flipped bit on disk is
-			// refused, not served.
-			if sum := sha256.Sum256(data); hex.EncodeToString(sum[:]) != rec.SHA256 {
+			// refused, not served. This digest is the load's one.
+			if sum := orDigest("", data); sum != rec.SHA256 {
 				err = failure.Errorf(failure.Malformed, "%s is damaged: its SHA-256 is %s, it was saved as %s",
-					store.Where(rec.SHA256), hex.EncodeToString(sum[:]), rec.SHA256)
+					store.Where(rec.SHA256), sum, rec.SHA256)
 			}
 		} else {
 			err = classify(fmt.Errorf("restoring from the state directory: %w", err), failure.Unavailable)
@@ -213,8 +135,8 @@ func (h *Host) Restore(ctx context.Context, st State, store ArtifactStore) (int,
 		if layer == rec.Name && rec.SeedIdx == 0 {
 			layer = "" // served directly: its own seed
 		}
-		v, err := h.Load(ctx, LoadRequest{Name: rec.Name, Data: data, Ref: store.Where(rec.SHA256), Origin: rec.Source,
-			Compiled: rec.Compiled, Fallback: fb, Layer: layer, SeedIdx: rec.SeedIdx})
+		v, err := h.Load(ctx, LoadRequest{Name: rec.Name, Data: data, sha256: rec.SHA256, Ref: store.Where(rec.SHA256), Origin: rec.Source,
+			Compiled: rec.Compiled, MetadataFrom: metadataFrom(rec), Fallback: fb, Layer: layer, SeedIdx: rec.SeedIdx})
 		if err != nil {
 			h.recordFailure(rec.Name, err)
 			h.log.Warn("state: kernel not restored", slog.String("kernel", rec.Name), slog.Any("err", err))
@@ -227,4 +149,17 @@ func (h *Host) Restore(ctx context.Context, st State, store ArtifactStore) (int,
 		restored++
 	}
 	return restored, nil
+}
+
+// metadataFrom is where a saved kernel's metadata comes from. State files
+// written before MetadataFrom existed marked Urza's flat record inside the
+// document, as validation_results.metadata_from = "artifact": that marker
+// is read here, and only here, so that such kernels still restore.
+func metadataFrom(rec KernelRecord) MetadataSource {
+	if rec.MetadataFrom == FromDocument && rec.Compiled != nil {
+		if v, _ := rec.Compiled.ValidationResults.Get("metadata_from"); v == "artifact" {
+			return FromArtifact
+		}
+	}
+	return rec.MetadataFrom
 }

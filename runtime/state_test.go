@@ -17,12 +17,48 @@ import (
 	"github.com/esper/kasmina-host/contracts"
 )
 
-type memArtifacts struct {
-	mu sync.Mutex
-	m  map[string][]byte
+// memStore is a StateStore in memory: it keeps artifacts, counts Save
+// calls and keeps the last State given to Save; setFailure makes Save
+// fail with an error until it is cleared.
+type memStore struct {
+	mu    sync.Mutex
+	m     map[string][]byte
+	calls int
+	last  State
+	fail  error
+	err   error
 }
 
-func (s *memArtifacts) Put(sha string, data []byte) error {
+func (s *memStore) Save(doc any) error {
+	st := doc.(State)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.calls++
+	s.last = st
+	s.err = s.fail
+	return s.fail
+}
+
+func (s *memStore) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
+
+func (s *memStore) setFailure(err error) {
+	s.mu.Lock()
+	s.fail = err
+	s.mu.Unlock()
+}
+
+// saved returns how many times Save was called and the last State given.
+func (s *memStore) saved() (int, State) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.calls, s.last
+}
+
+func (s *memStore) Put(sha string, data []byte) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.m == nil {
@@ -32,9 +68,9 @@ func (s *memArtifacts) Put(sha string, data []byte) error {
 	return nil
 }
 
-func (s *memArtifacts) Where(sha string) string { return "mem:" + sha }
+func (s *memStore) Where(sha string) string { return "mem:" + sha }
 
-func (s *memArtifacts) Get(sha string) ([]byte, error) {
+func (s *memStore) Get(sha string) ([]byte, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	d, ok := s.m[sha]
@@ -46,11 +82,10 @@ func (s *memArtifacts) Get(sha string) ([]byte, error) {
 
 func TestStateRoundTripsThroughJSON(t *testing.T) {
 	inv := openInventory(t, "dgxa100", nil)
-	store := &memArtifacts{}
-	h, _, _ := newHost(t, inv, Config{})
-	h.SetArtifactStore(store)
+	store := &memStore{}
+	h, _, _ := newHost(t, inv, Config{}, withStore(store))
 	ctx := context.Background()
-	if _, err := h.RegisterLayer("encoder.0"); err != nil { // layer id 0, declared before any kernel
+	if _, err := declareLayer(h, "encoder.0"); err != nil { // layer id 0, declared before any kernel
 		t.Fatal(err)
 	}
 	if _, err := h.Load(ctx, LoadRequest{Data: linearKernel(t, "direct", nil)}); err != nil {
@@ -60,11 +95,11 @@ func TestStateRoundTripsThroughJSON(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, st := range []contracts.SeedState{contracts.SeedTraining, contracts.SeedGrafting} {
-		if err := h.SetSeedState("encoder.1", 3, st, "test"); err != nil {
+		if err := setSeedState(h, "encoder.1", 3, st, "test"); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := h.SetAlpha("encoder.1", 3, 0.4); err != nil {
+	if err := setAlpha(h, "encoder.1", 3, 0.4); err != nil {
 		t.Fatal(err)
 	}
 	raw, err := json.Marshal(h.State())
@@ -77,8 +112,8 @@ func TestStateRoundTripsThroughJSON(t *testing.T) {
 	}
 
 	// A new host (a restart) with an empty ledger gets everything back.
-	h2, _, _ := newHost(t, inv, Config{GraftingRamp: -1})
-	n, err := h2.Restore(ctx, st, store)
+	h2, _, _ := newHost(t, inv, Config{GraftingRamp: -1}, withStore(store))
+	n, err := h2.Restore(ctx, st)
 	if err != nil || n != 2 {
 		t.Fatalf("restored %d kernels, err %v", n, err)
 	}
@@ -104,11 +139,11 @@ func TestStateRoundTripsThroughJSON(t *testing.T) {
 	}
 	// A kernel whose bytes are gone is listed as failed, the rest come back.
 	st.Kernels = append(st.Kernels, KernelRecord{Name: "lost", SHA256: "00", Layer: "lost"})
-	h3, _, _ := newHost(t, inv, Config{})
-	if n, _ := h3.Restore(ctx, st, store); n != 2 {
+	h3, _, _ := newHost(t, inv, Config{}, withStore(store))
+	if n, _ := h3.Restore(ctx, st); n != 2 {
 		t.Fatalf("restored %d", n)
 	}
-	if _, ok := h3.FailedLoads()["lost"]; !ok {
+	if _, ok := failedLoads(h3)["lost"]; !ok {
 		t.Error("missing artifact not reported")
 	}
 }
@@ -161,35 +196,37 @@ func TestRepositoryRefusesOversizedFilesBeforeReading(t *testing.T) {
 		t.Fatal(err)
 	}
 	inv := openInventory(t, "dgxa100", nil)
-	h, _, _ := newHost(t, inv, Config{MaxArtifactBytes: int64(len(big) - 1)})
-	h.SetRepository(Repository{FS: os.DirFS(dir), Where: dir})
-	loaded, failed, err := h.LoadRepository(context.Background())
+	h, _, _ := newHost(t, inv, Config{MaxArtifactBytes: int64(len(big) - 1)}, withRepository(Repository{FS: os.DirFS(dir), Where: dir}))
+	loaded, failed, err := h.loadRepository(context.Background())
 	if err != nil || loaded != 1 || failed != 1 {
 		t.Fatalf("loaded %d failed %d err %v", loaded, failed, err)
 	}
-	if reason := h.FailedLoads()["big"]; !strings.Contains(reason, "artifact limit") {
+	if reason := failedLoads(h)["big"]; !strings.Contains(reason, "artifact limit") {
 		t.Fatalf("oversized file reason %q", reason)
 	}
 }
 
-// Seed changes reach the change hook before they return, so a daemon that
-// saves its state there has saved them when a command is acknowledged.
-func TestSeedChangesCallTheHookBeforeReturning(t *testing.T) {
+// Seed changes reach the state store before they return, so what a
+// command acknowledges has been saved.
+func TestSeedChangesAreSavedBeforeReturning(t *testing.T) {
 	inv := openInventory(t, "dgxa100", nil)
-	h, _, _ := newHost(t, inv, Config{})
+	store := &memStore{}
+	h, _, _ := newHost(t, inv, Config{}, withStore(store))
 	if _, err := h.Load(context.Background(), LoadRequest{Data: linearKernel(t, "k", nil), Layer: "l"}); err != nil {
 		t.Fatal(err)
 	}
-	calls := 0
-	h.OnChange(func() error { calls++; _ = h.State(); return nil }) // reads the host, as the daemon's hook does
-	if err := h.SetSeedState("l", 0, contracts.SeedTraining, "test"); err != nil {
+	before, _ := store.saved()
+	if err := setSeedState(h, "l", 0, contracts.SeedTraining, "test"); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.SetAlpha("l", 0, 0.5); err != nil {
+	if n, st := store.saved(); n != before+1 || len(st.Seeds) != 1 || st.Seeds[0].Seed.State != contracts.SeedTraining {
+		t.Fatalf("after the state change: %d saves (want %d), last saved %+v", n, before+1, st.Seeds)
+	}
+	if err := setAlpha(h, "l", 0, 0.5); err != nil {
 		t.Fatal(err)
 	}
-	if calls != 2 {
-		t.Fatalf("hook called %d times before the changes returned, want 2", calls)
+	if n, st := store.saved(); n != before+2 || st.Seeds[0].Alpha != 0.5 {
+		t.Fatalf("after the alpha change: %d saves (want %d), last saved %+v", n, before+2, st.Seeds)
 	}
 }
 
@@ -202,7 +239,7 @@ func FuzzRestoreState(f *testing.F) {
 	kernel := linearKernel(f, "k", nil)
 	sum := sha256.Sum256(kernel)
 	sha := hex.EncodeToString(sum[:])
-	store := &memArtifacts{m: map[string][]byte{sha: kernel}}
+	store := &memStore{m: map[string][]byte{sha: kernel}}
 	f.Add([]byte(`{"version":1,"layers":{"encoder.0":0,"encoder.1":1},"seeds":[{"layer":"encoder.1","seed_idx":3,"seed":{"layer_id":1,"position":3,"state":"grafting","blueprint_id":null},"alpha":0.4}],"kernels":[{"name":"k","sha256":"` + sha + `","layer":"encoder.1","seed_idx":3,"cpu_fallback":"allow","placement":"cpu"}]}`))
 	f.Add([]byte(`{"version":1,"layers":{"a":5,"b":5,"c":-1,"d":9223372036854775807},"seeds":[{"layer":"x","seed_idx":-2,"alpha":7}]}`))
 	f.Add([]byte(`{"version":1,"seeds":[{"layer":"a","seed_idx":0,"seed":{"layer_id":0,"position":0,"state":"dormant"},"alpha":-3}]}`))
@@ -211,8 +248,8 @@ func FuzzRestoreState(f *testing.F) {
 		if err := json.Unmarshal(data, &st); err != nil {
 			return // the daemon renames an undecodable file and starts fresh
 		}
-		h, _, _ := newHost(t, inv, Config{GraftingRamp: -1})
-		if _, err := h.Restore(context.Background(), st, store); err != nil {
+		h, _, _ := newHost(t, inv, Config{GraftingRamp: -1}, withStore(store))
+		if _, err := h.Restore(context.Background(), st); err != nil {
 			return
 		}
 		ids := map[int]string{}
@@ -226,12 +263,12 @@ func FuzzRestoreState(f *testing.F) {
 			ids[l.LayerID] = l.Name
 		}
 		for _, s := range h.Seeds() {
-			if s.SeedIdx < 0 || !(s.Alpha >= 0 && s.Alpha <= 1) || !h.ServesLayer(s.Layer) {
-				t.Fatalf("restored seed %+v (layer served: %v)", s, h.ServesLayer(s.Layer))
+			if s.SeedIdx < 0 || !(s.Alpha >= 0 && s.Alpha <= 1) || !(commandHandler{h}).ServesLayer(s.Layer) {
+				t.Fatalf("restored seed %+v (layer served: %v)", s, (commandHandler{h}).ServesLayer(s.Layer))
 			}
 		}
 		// The host still takes a new layer.
-		if id, _ := h.RegisterLayer("fuzz.new.layer"); id < 0 {
+		if id, _ := declareLayer(h, "fuzz.new.layer"); id < 0 {
 			t.Fatalf("new layer id %d", id)
 		}
 	})
@@ -243,20 +280,20 @@ func FuzzRestoreState(f *testing.F) {
 // negative index dropped.
 func TestRestoreRepairsDamagedLayerIDsAndAlphas(t *testing.T) {
 	inv := openInventory(t, "dgxa100", map[string]string{"CUDA_VISIBLE_DEVICES": ""})
-	h, _, _ := newHost(t, inv, Config{GraftingRamp: -1})
+	h, _, _ := newHost(t, inv, Config{GraftingRamp: -1}, withStore(&memStore{}))
 	var st State
 	if err := json.Unmarshal([]byte(`{"version":1,"layers":{"b":5,"a":5,"c":-1,"d":9223372036854775807},
 		"seeds":[{"layer":"a","seed_idx":0,"seed":{"layer_id":5,"position":0,"state":"dormant"},"alpha":7},
 		         {"layer":"b","seed_idx":-1,"seed":{"layer_id":5,"position":0,"state":"dormant"},"alpha":0.5}]}`), &st); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := h.Restore(context.Background(), st, &memArtifacts{}); err != nil {
+	if _, err := h.Restore(context.Background(), st); err != nil {
 		t.Fatal(err)
 	}
 	if got := fmt.Sprint(h.Layers()); got != "[{a 5 1}]" {
 		t.Errorf("layers after restore %s, want only a with id 5 (b, c, d are registered anew when used)", got)
 	}
-	if id, _ := h.RegisterLayer("b"); id != 6 {
+	if id, _ := declareLayer(h, "b"); id != 6 {
 		t.Errorf("b registered anew as %d, want 6", id)
 	}
 	seeds := h.Seeds()
@@ -271,9 +308,8 @@ func TestRestoreRepairsDamagedLayerIDsAndAlphas(t *testing.T) {
 // first loaded from; the state it saves keeps the latter.
 func TestRestoreVerifiesArtifacts(t *testing.T) {
 	inv := openInventory(t, "dgxa100", nil)
-	store := &memArtifacts{}
-	h, _, _ := newHost(t, inv, Config{})
-	h.SetArtifactStore(store)
+	store := &memStore{}
+	h, _, _ := newHost(t, inv, Config{}, withStore(store))
 	ctx := context.Background()
 	for _, name := range []string{"good", "flipped"} {
 		if _, err := h.Load(ctx, LoadRequest{Name: name, Data: linearKernel(t, name, nil), Ref: "examples (embedded)/" + name + ".safetensors"}); err != nil {
@@ -289,15 +325,15 @@ func TestRestoreVerifiesArtifacts(t *testing.T) {
 		}
 	}
 
-	h2, _, _ := newHost(t, inv, Config{})
-	n, err := h2.Restore(ctx, st, store)
+	h2, _, _ := newHost(t, inv, Config{}, withStore(store))
+	n, err := h2.Restore(ctx, st)
 	if err != nil || n != 1 {
 		t.Fatalf("restored %d (%v), want only the intact kernel", n, err)
 	}
 	if _, ok := h2.Kernel("flipped"); ok {
 		t.Fatal("a damaged artifact was restored")
 	}
-	reason := h2.FailedLoads()["flipped"]
+	reason := failedLoads(h2)["flipped"]
 	if !strings.Contains(reason, "mem:"+flippedSHA+" is damaged: its SHA-256 is ") || !strings.Contains(reason, "it was saved as "+flippedSHA) {
 		t.Errorf("failed-load reason %q, want the damage named with both hashes", reason)
 	}
@@ -341,11 +377,10 @@ func TestRepositoryRefusesPipesAndLinksOutside(t *testing.T) {
 		t.Fatal(err)
 	}
 	inv := openInventory(t, "dgxa100", nil)
-	h, _, _ := newHost(t, inv, Config{})
-	h.SetRepository(repo)
+	h, _, _ := newHost(t, inv, Config{}, withRepository(repo))
 	var loaded, failed int
 	done := make(chan struct{})
-	go func() { defer close(done); loaded, failed, err = h.LoadRepository(context.Background()) }()
+	go func() { defer close(done); loaded, failed, err = h.loadRepository(context.Background()) }()
 	select {
 	case <-done:
 	case <-time.After(20 * time.Second):
@@ -360,7 +395,7 @@ func TestRepositoryRefusesPipesAndLinksOutside(t *testing.T) {
 	if _, ok := h.Kernel("outside"); ok {
 		t.Error("a symbolic link out of the kernel directory was followed")
 	}
-	reasons := h.FailedLoads()
+	reasons := failedLoads(h)
 	for name, want := range map[string]string{
 		"pipe":   filepath.Join(dir, "pipe.safetensors") + " is a named pipe (FIFO), not a regular file",
 		"escape": filepath.Join(dir, "escape.safetensors") + " leads outside the kernel directory " + dir,
@@ -386,21 +421,17 @@ func TestRepositoryScanSavesOnce(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		h, _, _ := newHost(t, openInventory(t, "dgxa100", nil), Config{})
-		h.SetRepository(repo)
-		var calls, kernelsSaved int
-		h.OnChange(func() error {
-			calls++
-			kernelsSaved = len(h.State().Kernels)
-			if fail {
-				return fmt.Errorf("disk full")
-			}
-			return nil
-		})
-		loaded, failed, err := h.LoadRepository(context.Background())
+		store := &memStore{}
+		if fail {
+			store.setFailure(fmt.Errorf("disk full"))
+		}
+		h, _, _ := newHost(t, openInventory(t, "dgxa100", nil), Config{}, withRepository(repo), withStore(store))
+		loaded, failed, err := h.loadRepository(context.Background())
 		if err != nil || loaded != 3 || failed != 0 {
 			t.Fatalf("loaded %d failed %d: %v", loaded, failed, err)
 		}
+		calls, last := store.saved()
+		kernelsSaved := len(last.Kernels)
 		if calls != 1 || kernelsSaved != 3 {
 			t.Errorf("failing hook %v: %d saves (the last with %d kernels), want 1 with 3", fail, calls, kernelsSaved)
 		}

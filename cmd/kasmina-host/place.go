@@ -11,7 +11,6 @@ import (
 	"os"
 	"text/tabwriter"
 
-	"github.com/esper/kasmina-host/contracts"
 	"github.com/esper/kasmina-host/runtime"
 )
 
@@ -65,7 +64,7 @@ func runPlace(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	if err != nil {
 		return fail(exitFatal, "%v", err)
 	}
-	md, err := readKernelDocument(data)
+	md, err := runtime.MetadataOf(data)
 	if err != nil {
 		return fail(exitFatal, "%s: %v", *kernelPath, err)
 	}
@@ -75,7 +74,7 @@ func runPlace(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return fail(exitFatal, "%v", err)
 	}
 	defer inv.Close()
-	host, err := runtime.New(runtime.Config{Placement: opts, Fallback: fb, Logger: logger}, inv, nil, nil)
+	host, err := runtime.New(runtime.Config{Placement: opts, Fallback: fb, Logger: logger}, runtime.Deps{Inventory: inv})
 	if err != nil {
 		return fail(exitFatal, "%v", err)
 	}
@@ -114,27 +113,4 @@ func runPlace(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 	tw.Flush()
 	return code
-}
-
-// readKernelDocument reads a CompiledKernel document, or a bare
-// KernelMetadata document, and returns its metadata.
-func readKernelDocument(data []byte) (*contracts.KernelMetadata, error) {
-	var probe struct {
-		Metadata json.RawMessage `json:"metadata"`
-	}
-	if err := json.Unmarshal(data, &probe); err != nil {
-		return nil, fmt.Errorf("not a JSON object: %w", err)
-	}
-	if len(probe.Metadata) > 0 {
-		ck, err := contracts.DecodeCompiledKernel(data)
-		if err != nil {
-			return nil, err
-		}
-		return &ck.Metadata, nil
-	}
-	md, err := contracts.DecodeKernelMetadata(data)
-	if err != nil {
-		return nil, err
-	}
-	return &md, nil
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/esper/kasmina-host/kernels"
 	"github.com/esper/kasmina-host/kernels/gemm"
+	"github.com/esper/kasmina-host/kernels/source"
 	"github.com/esper/kasmina-host/runtime"
 )
 
@@ -149,11 +150,11 @@ func loadKernel(ctx context.Context, ref string, log *slog.Logger) (*kernels.Ker
 		if err != nil {
 			return nil, err
 		}
-		var data []byte
-		if data, err = f.Fetch(ctx, ref, ""); err != nil {
+		var b source.Blob
+		if b, err = f.Fetch(ctx, ref, ""); err != nil {
 			return nil, err
 		}
-		k, err = kernels.Load(data, kernels.LoadOptions{Logger: log})
+		k, err = kernels.Load(b.Data, kernels.LoadOptions{Logger: log, SHA256: b.SHA256})
 	} else {
 		k, err = kernels.LoadFile(ref, kernels.LoadOptions{Logger: log})
 	}

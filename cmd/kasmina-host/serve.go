@@ -12,8 +12,6 @@ import (
 	"net/http"
 	"os"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/esper/kasmina-host/device"
@@ -23,6 +21,7 @@ import (
 	"github.com/esper/kasmina-host/kernels/source"
 	"github.com/esper/kasmina-host/runtime"
 	"github.com/esper/kasmina-host/runtime/oip"
+	"github.com/esper/kasmina-host/runtime/oipgrpc"
 	"github.com/esper/kasmina-host/runtime/oona"
 	"github.com/esper/kasmina-host/runtime/statedir"
 	"github.com/prometheus/client_golang/prometheus"
@@ -42,6 +41,8 @@ const defaultAllowRefs = "file,s3://esper-artifacts/,http://*,https://*"
 // environment variables.
 type serveConfig struct {
 	addr              string
+	grpcAddr          string
+	noSharedMemory    bool
 	kernelsDir        string
 	noExamples        bool
 	stateDir          string
@@ -79,6 +80,8 @@ type serveConfig struct {
 
 func (c *serveConfig) register(fs *flag.FlagSet, e *envFlags) {
 	e.String(&c.addr, "addr", "KASMINA_ADDR", DefaultAddr, "HTTP listen address; beyond loopback a token is required")
+	e.String(&c.grpcAddr, "grpc-addr", "KASMINA_GRPC_ADDR", oipgrpc.DefaultAddr, "gRPC listen address (the Open Inference Protocol's inference.GRPCInferenceService and grpc.health.v1); empty disables; beyond loopback a token is required")
+	e.Bool(&c.noSharedMemory, "no-shared-memory", "KASMINA_NO_SHARED_MEMORY", false, "turn off Triton's system shared memory extension (on by default: a client that may run inference may then have the host read and write POSIX shared memory objects it can open)")
 	e.String(&c.kernelsDir, "kernels", "KASMINA_KERNELS", "", "directory of esper-kernel/v1 files to serve (recursively); empty serves the embedded examples")
 	e.Bool(&c.noExamples, "no-examples", "KASMINA_NO_EXAMPLES", false, "with no --kernels, start with no kernels instead of the embedded examples")
 	e.String(&c.stateDir, "state-dir", "KASMINA_STATE_DIR", "", "directory where loaded kernels, seeds and placements are saved and restored from (empty: no state kept)")
@@ -128,6 +131,11 @@ func defaultHostID() string {
 func (c *serveConfig) check() error {
 	if _, _, err := net.SplitHostPort(c.addr); err != nil {
 		return fmt.Errorf("--addr %q: %w", c.addr, err)
+	}
+	if c.grpcAddr != "" {
+		if _, _, err := net.SplitHostPort(c.grpcAddr); err != nil {
+			return fmt.Errorf("--grpc-addr %q: %w", c.grpcAddr, err)
+		}
 	}
 	if c.logFormat != "text" && c.logFormat != "json" {
 		return fmt.Errorf("--log-format %q: want text or json", c.logFormat)
@@ -194,7 +202,12 @@ func (c *serveConfig) check() error {
 		return errors.New("--auth-read needs a token (--auth-token-file)")
 	}
 	if err := oip.CheckListen(c.addr, c.token, c.insecure); err != nil {
-		return err
+		return fmt.Errorf("--addr: %w", err)
+	}
+	if c.grpcAddr != "" {
+		if err := oip.CheckListen(c.grpcAddr, c.token, c.insecure); err != nil {
+			return fmt.Errorf("--grpc-addr: %w", err)
+		}
 	}
 	return nil
 }
@@ -259,9 +272,11 @@ func serve(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io.Wr
 	bi := readBuildInfo()
 	log.Info("kasmina-host starting", slog.String("version", bi.Version), slog.String("commit", bi.Commit),
 		slog.String("addr", cfg.addr), slog.String("host_id", cfg.hostID))
-	if !oip.IsLoopbackAddr(cfg.addr) && cfg.token == "" {
-		log.Warn("SERVING WITHOUT AUTHENTICATION beyond loopback (--insecure-no-auth): anyone who reaches this address can run inference and load, unload and replace kernels; set --auth-token-file",
-			slog.String("addr", cfg.addr))
+	for _, addr := range []string{cfg.addr, cfg.grpcAddr} {
+		if addr != "" && !oip.IsLoopbackAddr(addr) && cfg.token == "" {
+			log.Warn("SERVING WITHOUT AUTHENTICATION beyond loopback (--insecure-no-auth): anyone who reaches this address can run inference and load, unload and replace kernels; set --auth-token-file",
+				slog.String("addr", addr))
+		}
 	}
 
 	// Devices.
@@ -272,17 +287,11 @@ func serve(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io.Wr
 		return fmt.Errorf("opening the device inventory: %w", err)
 	}
 	defer inv.Close()
-	snap := inv.Snapshot()
-	var visible []string
-	for _, d := range snap.Visible() {
-		visible = append(visible, d.Label()+"="+d.UUID)
-	}
-	log.Info("devices", slog.String("source", snap.Source), slog.String("visible", strings.Join(visible, " ")))
 
 	// Metrics.
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	registerBuildInfo(reg, bi, snap.Source)
+	registerBuildInfo(reg, bi, inv.Snapshot().Source)
 	reg.MustRegister(device.NewCollector(inv))
 
 	// Bus.
@@ -298,54 +307,42 @@ func serve(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io.Wr
 	if err := oona.RegisterMetrics(reg, bus); err != nil {
 		return fmt.Errorf("registering bus metrics: %w", err)
 	}
-	if busCfg.URL == "" {
-		where := cfg.busFile
-		if where == "-" || where == "" {
-			where = "stdout"
+
+	// State: a state file this build cannot use stops the start before
+	// anything could overwrite it.
+	deps := runtime.Deps{Inventory: inv, Bus: bus, Resolver: &runtime.Urza{BaseURL: cfg.urzaURL, Retries: 2}, Registerer: reg}
+	var saved runtime.State
+	var haveState bool
+	if cfg.stateDir != "" {
+		var store *statedir.Store
+		if store, saved, haveState, err = openState(cfg, log, reg); err != nil {
+			return err
 		}
-		log.Info("no Redis configured: embedded bus writes messages as JSON lines", slog.String("to", where))
-	} else {
-		log.Info("Oona bus on Redis", slog.String("url", busCfg.RedactedURL()))
+		deps.Store = store
 	}
 
 	// Runtime.
+	if deps.Fetcher, err = newFetcher(cfg, log); err != nil {
+		return err
+	}
+	if cfg.kernelsDir != "" {
+		repo, err := runtime.OpenRepository(cfg.kernelsDir)
+		if err != nil {
+			return fmt.Errorf("--kernels: %w", err)
+		}
+		deps.Repository = &repo
+	} else if !cfg.noExamples {
+		deps.Repository = &runtime.Repository{FS: examples.FS, Where: "examples (embedded)"}
+	}
 	popts, fb, _ := cfg.placement.parse() // check() refused a bad one already
 	host, err := runtime.New(runtime.Config{
 		HostID: cfg.hostID, Placement: popts, Fallback: fb, PlacementBatch: cfg.placement.batch,
 		Concurrency: cfg.concurrency, QueueDepth: cfg.queueDepth, RequestTimeout: cfg.requestTimeout,
 		SignalInterval: cfg.signalInterval, CacheBytes: cfg.cacheBytes, MaxOutputBytes: cfg.maxOutputBytes,
 		Logger: log.With(slog.String("component", "runtime")),
-	}, inv, bus, reg)
+	}, deps)
 	if err != nil {
 		return err
-	}
-	fetcher, err := newFetcher(cfg, log)
-	if err != nil {
-		return err
-	}
-	host.SetFetcher(fetcher)
-	host.SetResolver(&runtime.Urza{BaseURL: cfg.urzaURL, Retries: 2})
-	if cfg.kernelsDir != "" {
-		repo, err := runtime.OpenRepository(cfg.kernelsDir)
-		if err != nil {
-			return fmt.Errorf("--kernels: %w", err)
-		}
-		host.SetRepository(repo)
-	} else if !cfg.noExamples {
-		host.SetRepository(runtime.Repository{FS: examples.FS, Where: "examples (embedded)"})
-	}
-
-	// State: a state file this build cannot use stops the start before
-	// anything could overwrite it.
-	var store *statedir.Store
-	var saved runtime.State
-	var haveState bool
-	if cfg.stateDir != "" {
-		if store, saved, haveState, err = openState(cfg, log, reg); err != nil {
-			return err
-		}
-		host.SetArtifactStore(store)
-		host.AddReadyCheck("state directory failing", store.Err)
 	}
 
 	// HTTP.
@@ -353,98 +350,73 @@ func serve(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io.Wr
 	if err != nil {
 		return err
 	}
+	shmRegistry := sharedMemory(cfg)
+	if shmRegistry != nil {
+		// After both front ends have drained: no request holds a region.
+		defer shmRegistry.Close()
+	}
+	be := oip.HostBackend(host) // the gRPC front end serves it too
 	opts := oip.Options{
 		ServerName: "kasmina-host", Version: bi.Version, Token: cfg.token, TokenForReads: cfg.authRead,
 		Loopback: oip.IsLoopbackAddr(cfg.addr), AllowedHosts: splitList(cfg.allowedHosts),
 		MaxBodyBytes: cfg.maxBodyBytes, BodyBudgetBytes: cfg.bodyBudgetBytes, BodyReadTimeout: cfg.bodyReadTimeout,
-		MaxElements: cfg.maxElements, Metrics: httpMetrics,
+		MaxElements: cfg.maxElements, Metrics: httpMetrics, SharedMemory: shmRegistry,
 		MetricsHandler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
 	}
-	handler := oip.NewHandler(&backend{host: host}, hostViews(host, inv), opts, log.With(slog.String("component", "http")))
+	handler := oip.NewHandler(be, oip.HostViewsFor(host, inv), opts, log.With(slog.String("component", "http")))
 	ln, err := net.Listen("tcp", cfg.addr)
 	if err != nil {
 		return fmt.Errorf("--addr %s: %w", cfg.addr, err)
 	}
 	srv := oip.NewServer(cfg.addr, handler, log.With(slog.String("component", "http")))
+	grpcSrv, err := startGRPC(cfg, be, bi.Version, shmRegistry, reg, log.With(slog.String("component", "grpc")))
+	if err != nil {
+		ln.Close()
+		return err
+	}
 
-	// Everything below runs until ctx ends.
+	// Everything below runs until ctx ends; the loops (the device watch
+	// and the host) stop once the HTTP server has drained.
 	loops, stopLoops := context.WithCancel(context.Background())
 	defer stopLoops()
-	var (
-		wg       sync.WaitGroup
-		loopsMu  sync.Mutex
-		stopping bool
-	)
-	goLoop := func(name string, fn func(context.Context) error) {
-		loopsMu.Lock()
-		defer loopsMu.Unlock()
-		if stopping {
-			return
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := fn(loops); err != nil && !errors.Is(err, context.Canceled) {
-				log.Error("loop stopped", slog.String("loop", name), slog.Any("err", err))
-			}
-		}()
-	}
-	serveErr := make(chan error, 1)
+	serveErr := make(chan error, 2)
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			serveErr <- err
 		}
 	}()
+	grpcSrv.serve(serveErr)
 	log.Info("listening", slog.String("addr", ln.Addr().String()), slog.Bool("token_required", cfg.token != ""),
 		slog.Bool("token_required_for_reads", cfg.authRead))
-
-	goLoop("devices", inv.Run)
-	if store != nil {
-		goLoop("state", store.Run)
+	if grpcSrv != nil {
+		log.Info("listening for gRPC", slog.String("grpc_addr", grpcSrv.addr), slog.Bool("shared_memory", shmRegistry != nil))
 	}
 
-	// Start-up runs beside the signal wait, so that SIGTERM ends the
-	// process within --exit-timeout even while kernels are loading. State
-	// first, then the repository: kernels restored from the state
-	// directory come back first, the repository fills in the rest.
-	started := make(chan struct{})
-	var startedOK atomic.Bool
+	devicesDone := make(chan struct{})
 	go func() {
-		defer close(started)
-		if store != nil && haveState {
-			restoreState(ctx, log, host, store, saved)
+		defer close(devicesDone)
+		if err := inv.Run(loops); err != nil && !errors.Is(err, context.Canceled) {
+			log.Error("loop stopped", slog.String("loop", "devices"), slog.Any("err", err))
+		}
+	}()
+
+	// The host starts beside the signal wait, so that SIGTERM ends the
+	// process within --exit-timeout even while kernels are loading. State
+	// first, then the host's own start-up (the repository scan): kernels
+	// restored from the state directory come back first, the repository
+	// fills in the rest.
+	hostDone := make(chan struct{})
+	go func() {
+		defer close(hostDone)
+		if haveState {
+			restoreState(ctx, log, host, saved)
 		}
 		if ctx.Err() != nil {
 			return
 		}
-		if store != nil {
-			// From now on a change is saved before it is acknowledged
-			// (the repository scan below saves once, at its end).
-			store.Watch(func() any { return host.State() }, host.HoldChanges)
-			host.OnChange(store.Changed)
+		if err := host.Run(loops); err != nil {
+			log.Error("loop stopped", slog.String("loop", "runtime"), slog.Any("err", err))
 		}
-		loaded, failed, err := host.LoadRepository(ctx)
-		if err != nil {
-			log.Error("kernel repository", slog.Any("err", err))
-		}
-		if ctx.Err() != nil {
-			return
-		}
-		if store != nil {
-			// The restore may have repaired what it read (layer ids,
-			// alphas): the file says what the host holds.
-			if err := store.Flush(); err != nil {
-				log.Error("state not saved", slog.Any("err", err))
-			}
-		}
-		host.MarkStarted()
-		startedOK.Store(true)
-		log.Info("ready", slog.Int("kernels_loaded", loaded), slog.Int("kernels_failed", failed))
-		goLoop("runtime", host.Run)
-		goLoop("commands", func(ctx context.Context) error { return bus.ConsumeCommands(ctx, host) })
-		goLoop("epochs", func(ctx context.Context) error {
-			return bus.ConsumeEpochs(ctx, func(_ context.Context, ev oona.EpochEvent) { host.SetEpoch(ev.Epoch) })
-		})
 	}()
 
 	var runErr error
@@ -452,30 +424,27 @@ func serve(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io.Wr
 	case <-ctx.Done():
 		log.Info("shutting down: draining requests", slog.Duration("exit_timeout", cfg.shutdownTimeout))
 	case runErr = <-serveErr:
-		log.Error("HTTP server failed", slog.Any("err", runErr))
+		log.Error("server failed", slog.Any("err", runErr))
 	}
 	drain, cancel := context.WithTimeout(context.Background(), cfg.shutdownTimeout)
 	defer cancel()
+	grpcDrained := make(chan error, 1)
+	go func() { grpcDrained <- grpcSrv.shutdown(drain) }()
 	if err := srv.Shutdown(drain); err != nil {
 		log.Warn("HTTP drain incomplete", slog.Any("err", err))
 	}
+	if err := <-grpcDrained; err != nil {
+		log.Warn("gRPC drain incomplete", slog.Any("err", err))
+	}
+	stopLoops() // the host emits the last health signals and saves its state as it stops
 	select {
-	case <-started:
+	case <-hostDone:
 	case <-drain.Done():
 		// A load that ignores cancellation (a file system that hangs)
 		// cannot hold the process: it goes on exiting.
-		log.Warn("start-up did not finish within the exit timeout; exiting without it")
+		log.Warn("the host did not stop within the exit timeout (a load ignoring cancellation); exiting without it")
 	}
-	loopsMu.Lock()
-	stopping = true
-	loopsMu.Unlock()
-	stopLoops() // the runtime loop emits the last health signals as it stops
-	wg.Wait()
-	if store != nil && startedOK.Load() {
-		if err := store.Flush(); err != nil {
-			log.Error("state not saved at shutdown", slog.Any("err", err))
-		}
-	}
+	<-devicesDone
 	if err := bus.Close(drain); err != nil {
 		log.Warn("bus did not flush everything", slog.Any("err", err))
 	}
@@ -536,12 +505,8 @@ func newFetcher(cfg *serveConfig, log *slog.Logger) (runtime.Fetcher, error) {
 // fetcher adapts a source.Source to the runtime's Fetcher.
 type fetcher struct{ src source.Source }
 
-func (f fetcher) Fetch(ctx context.Context, ref, sha string) ([]byte, error) {
-	b, err := source.FetchVerified(ctx, f.src, ref, sha)
-	if err != nil {
-		return nil, err
-	}
-	return b.Data, nil
+func (f fetcher) Fetch(ctx context.Context, ref, sha string) (source.Blob, error) {
+	return source.FetchVerified(ctx, f.src, ref, sha)
 }
 
 var _ fs.FS = examples.FS

@@ -21,7 +21,6 @@ import (
 	"github.com/esper/kasmina-host/device"
 	"github.com/esper/kasmina-host/kernels"
 	"github.com/esper/kasmina-host/runtime"
-	kdispatch "github.com/esper/kasmina-host/runtime/dispatch"
 	"github.com/esper/kasmina-host/runtime/oip"
 )
 
@@ -217,14 +216,14 @@ func TestOutputLimitOverHTTP(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer inv.Close()
-	host, err := runtime.New(runtime.Config{MaxOutputBytes: 1 << 20, MaxBatch: 64}, inv, nil, nil)
+	host, err := runtime.New(runtime.Config{MaxOutputBytes: 1 << 20, MaxBatch: 64}, runtime.Deps{Inventory: inv})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := host.Load(context.Background(), runtime.LoadRequest{Data: wideKernelFile(t, "wide", 1<<16)}); err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(oip.NewHandler(&backend{host: host}, hostViews(host, inv), oip.Options{}, nil))
+	srv := httptest.NewServer(oip.NewHandler(oip.HostBackend(host), oip.HostViewsFor(host, inv), oip.Options{}, nil))
 	defer srv.Close()
 
 	resp, err := http.Get(srv.URL + "/v2/models/wide")
@@ -250,19 +249,5 @@ func TestOutputLimitOverHTTP(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 413 || !strings.Contains(string(msg), "max_batch of 4") {
 		t.Fatalf("batch 5: %d %s, want 413 naming the limit", resp.StatusCode, msg)
-	}
-}
-
-// TestOpenBreakerIsTheModelsReadiness: a kernel whose breaker is open is
-// an UNAVAILABLE model with the breaker's reason (its own readiness
-// answers 503), while the node stays ready.
-func TestOpenBreakerIsTheModelsReadiness(t *testing.T) {
-	b := &backend{}
-	mi := b.modelInfo(runtime.KernelView{Name: "k", Breaker: kdispatch.Open, BreakerReason: "circuit breaker open after 5 consecutive failures; next probe in 9s", MaxBatch: 8})
-	if mi.State != oip.StateUnavailable || !strings.Contains(mi.Reason, "circuit breaker open") || mi.MaxBatch != 8 {
-		t.Fatalf("model info %+v", mi)
-	}
-	if mi := b.modelInfo(runtime.KernelView{Name: "k", Breaker: kdispatch.Closed}); mi.State != oip.StateReady || mi.Reason != "" {
-		t.Fatalf("closed breaker: %+v", mi)
 	}
 }

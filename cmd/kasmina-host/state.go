@@ -43,8 +43,8 @@ func openState(cfg *serveConfig, log *slog.Logger, reg prometheus.Registerer) (s
 }
 
 // restoreState brings back what the state file records.
-func restoreState(ctx context.Context, log *slog.Logger, host *runtime.Host, store *statedir.Store, st runtime.State) {
-	n, err := host.Restore(ctx, st, store)
+func restoreState(ctx context.Context, log *slog.Logger, host *runtime.Host, st runtime.State) {
+	n, err := host.Restore(ctx, st)
 	if err != nil {
 		log.Error("restoring state", slog.Any("err", err))
 	}

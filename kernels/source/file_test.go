@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/esper/kasmina-host/kernels"
 )
 
 func sha(b []byte) string {
@@ -155,7 +157,7 @@ func TestFetchVerified(t *testing.T) {
 	}
 	wrong := sha([]byte("other"))
 	b, err := FetchVerified(context.Background(), f, "k.safetensors", wrong)
-	if !errors.Is(err, ErrChecksumMismatch) {
+	if !errors.Is(err, kernels.ErrChecksumMismatch) {
 		t.Fatalf("err = %v, want ErrChecksumMismatch", err)
 	}
 	if !strings.Contains(err.Error(), good) || !strings.Contains(err.Error(), wrong) {
@@ -164,7 +166,7 @@ func TestFetchVerified(t *testing.T) {
 	if b.Data != nil {
 		t.Error("mismatched bytes were returned")
 	}
-	if _, err := FetchVerified(context.Background(), f, "k.safetensors", "abc"); err == nil || errors.Is(err, ErrChecksumMismatch) {
+	if _, err := FetchVerified(context.Background(), f, "k.safetensors", "abc"); err == nil || errors.Is(err, kernels.ErrChecksumMismatch) {
 		t.Errorf("malformed expected checksum: %v", err)
 	}
 }

@@ -20,6 +20,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+
+	"github.com/esper/kasmina-host/kernels"
 )
 
 // DefaultMaxBytes is the size cap used when a source's MaxBytes is zero.
@@ -40,9 +42,15 @@ var (
 	ErrNotFound = errors.New("kernel artifact not found")
 	// ErrTooLarge: the artifact is larger than the configured cap.
 	ErrTooLarge = errors.New("kernel artifact too large")
-	// ErrChecksumMismatch: the bytes' SHA-256 differs from the expected one.
-	ErrChecksumMismatch = errors.New("kernel checksum mismatch")
+	// ErrInvalidChecksum: the expected checksum given with a reference is
+	// not a SHA-256 (the document naming the artifact is wrong, not the
+	// artifact).
+	ErrInvalidChecksum = errors.New("invalid expected checksum")
 )
+
+// A fetched artifact whose SHA-256 differs from the expected one is
+// refused with kernels.ErrChecksumMismatch, the loader's own: one error
+// for one cause, wherever the checksum is compared.
 
 // Blob is a fetched artifact.
 type Blob struct {
@@ -65,12 +73,12 @@ type Source interface {
 
 // FetchVerified fetches ref from src and, when wantSHA256 is not empty,
 // checks the bytes against it (lowercase or uppercase hex). A difference is
-// an error wrapping ErrChecksumMismatch that names both hashes; the bytes are
+// an error wrapping kernels.ErrChecksumMismatch that names both hashes; the bytes are
 // not returned.
 func FetchVerified(ctx context.Context, src Source, ref, wantSHA256 string) (Blob, error) {
 	want, err := normalizeSHA256(wantSHA256)
 	if err != nil {
-		return Blob{}, err
+		return Blob{}, fmt.Errorf("%w: %s: %w", ErrInvalidChecksum, Redact(ref), err)
 	}
 	b, err := src.Fetch(ctx, ref)
 	if err != nil {
@@ -78,7 +86,7 @@ func FetchVerified(ctx context.Context, src Source, ref, wantSHA256 string) (Blo
 	}
 	if want != "" && b.SHA256 != want {
 		return Blob{}, fmt.Errorf("%w: %s: expected sha256 %s, got %s (%d bytes from %s)",
-			ErrChecksumMismatch, Redact(ref), want, b.SHA256, b.Size, Redact(b.Origin))
+			kernels.ErrChecksumMismatch, Redact(ref), want, b.SHA256, b.Size, Redact(b.Origin))
 	}
 	return b, nil
 }

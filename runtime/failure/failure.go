@@ -97,10 +97,9 @@ func (c Class) Permanent() bool {
 
 // Error is an error with a class.
 type Error struct {
-	Class    Class
-	msg      string
-	err      error
-	sentinel bool
+	Class Class
+	msg   string
+	err   error
 }
 
 // Error returns the message, without the class.
@@ -113,13 +112,6 @@ func (e *Error) Error() string {
 
 // Unwrap returns the wrapped error, if any.
 func (e *Error) Unwrap() error { return e.err }
-
-// Is matches a sentinel (NewSentinel) of the same class, so a package can
-// keep class-wide sentinels for errors.Is.
-func (e *Error) Is(target error) bool {
-	t, ok := target.(*Error)
-	return ok && t.sentinel && t.Class == e.Class
-}
 
 // Errorf builds an error of class c. The format may wrap another error
 // with %w; the message is exactly the formatted text.
@@ -135,12 +127,6 @@ func Wrap(c Class, err error) error {
 	}
 	return &Error{Class: c, err: err}
 }
-
-// NewSentinel returns a sentinel of class c for errors.Is checks:
-// errors.Is(err, s) is true for any error of class c, whichever package
-// made it. Its message is phrase. New code returns Errorf or Wrap rather
-// than wrapping a sentinel, whose phrase would prefix the message.
-func NewSentinel(c Class, phrase string) error { return &Error{Class: c, msg: phrase, sentinel: true} }
 
 // ClassOf returns the class of err: that of the outermost *Error in its
 // chain; else Timeout or Canceled for the context errors; else Internal.

@@ -6,21 +6,21 @@
 // The package owns routing, request decoding and validation, response
 // encoding, the mapping from error classes to status codes, bearer-token
 // authorisation, DNS-rebinding protection and the HTTP request metrics. What
-// is served comes from two small boundaries the runtime implements: Backend
-// (models and inference) and HostViews (the /v1 JSON views). The routes are
-// documented in API.md beside this file.
+// is served comes from two small boundaries: Backend (models and inference)
+// and HostViews (the /v1 JSON views). HostBackend and HostViewsFor (host.go)
+// implement them over a runtime.Host (oip imports the runtime; the runtime
+// never imports oip); tests of the HTTP layer alone use oiptest's fake.
+// The routes are documented in API.md beside this file.
 package oip
 
 import (
 	"context"
 	"time"
-
-	"github.com/esper/kasmina-host/runtime/failure"
 )
 
 // Backend is what the HTTP layer needs from the host. Errors returned by its
-// methods carry their class through the sentinel errors of this package,
-// wrapped with %w; any other error is answered with 500.
+// methods carry their failure class (package failure), which statusOf maps
+// to HTTP; an unclassified error is answered with 500.
 type Backend interface {
 	// Ready reports whether the server can serve every loaded model
 	// somewhere (CPU included); reason explains a false answer.
@@ -29,9 +29,11 @@ type Backend interface {
 	Models() []ModelInfo
 	// Model returns one model's description, or false when the name is unknown.
 	Model(name string) (ModelInfo, bool)
-	// Infer runs the model on one FP32 tensor named "input" and returns the
-	// tensor named "output" together with where and how it was executed.
-	Infer(ctx context.Context, name string, in Tensor) (out Tensor, info ExecInfo, err error)
+	// Infer runs model m, as Model described it (so that the model is
+	// looked up once per request: see ModelInfo.Handle), on one FP32
+	// tensor named "input" and returns the tensor named "output" together
+	// with where and how it was executed.
+	Infer(ctx context.Context, m ModelInfo, in Tensor) (out Tensor, info ExecInfo, err error)
 	// LoadModel loads (or reloads) a model from the host's repository.
 	LoadModel(ctx context.Context, name string) error
 	// UnloadModel unloads a model; the repository index still lists it.
@@ -88,6 +90,11 @@ type ModelInfo struct {
 	// MaxBatch bounds the batch dimension; 0 means no limit beyond the
 	// element cap of Options.
 	MaxBatch int
+	// Handle is the backend's own reference to the model, set by Model
+	// and handed back to Infer with the rest of the ModelInfo, so that an
+	// inference looks its model up once. The HTTP layer never reads it;
+	// nil is allowed (Infer then finds the model by Name).
+	Handle any
 }
 
 // ExecInfo tells where one inference ran. The HTTP layer returns it in the
@@ -108,30 +115,10 @@ type ExecInfo struct {
 	QueueTime, ComputeTime time.Duration
 }
 
-// Error classes. The runtime wraps them with %w; the HTTP layer maps each to
-// its status code and always answers {"error": "..."}.
-var (
-	// ErrModelNotFound: unknown model or kernel (404).
-	ErrModelNotFound = failure.NewSentinel(failure.NotFound, "model not found")
-	// ErrBadInput: the request's tensor or document is wrong (400).
-	ErrBadInput = failure.NewSentinel(failure.BadInput, "bad input")
-	// ErrUnavailable: no executor or device can serve the request now (503).
-	ErrUnavailable = failure.NewSentinel(failure.Unavailable, "unavailable")
-	// ErrQueueFull: admission control refused the request (503).
-	ErrQueueFull = failure.NewSentinel(failure.QueueFull, "queue full")
-	// ErrNotReady: the model or server is not ready yet (503).
-	ErrNotReady = failure.NewSentinel(failure.Unavailable, "not ready")
-	// ErrUnsupported: a datatype or feature the host does not support (501).
-	ErrUnsupported = failure.NewSentinel(failure.Unsupported, "unsupported")
-	// ErrConflict: the request conflicts with the current state, such as
-	// loading a kernel id that is already loaded with other content (409).
-	ErrConflict = failure.NewSentinel(failure.Conflict, "conflict")
-)
-
 // HostViews supplies the host's own JSON endpoints under /v1. Each field is
 // optional: a nil field makes its route answer 501. Every function returns a
-// value that is encoded as JSON, or an error classified by this package's
-// sentinel errors.
+// value that is encoded as JSON, or an error whose failure class statusOf
+// maps to HTTP.
 type HostViews struct {
 	// Devices backs GET /v1/devices.
 	Devices func(ctx context.Context) (any, error)

@@ -525,7 +525,12 @@ func TestBadInferRequestsGet4xxWithAMessage(t *testing.T) {
 		{"two inputs", "", []byte(`{"inputs":[{"name":"input","shape":[1],"datatype":"FP32","data":[1]},{"name":"input","shape":[1],"datatype":"FP32","data":[1]}]}`), nil, 400, "exactly one input"},
 		{"unknown output", "", []byte(`{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}],"outputs":[{"name":"logits"}]}`), nil, 400, `unknown output "logits"`},
 		{"classification", "", []byte(`{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}],"outputs":[{"name":"output","parameters":{"classification":2}}]}`), nil, 501, "classification"},
-		{"shared memory", "", []byte(`{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","parameters":{"shared_memory_region":"r"}}]}`), nil, 501, "shared-memory"},
+		{"shared memory off", "", []byte(`{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","parameters":{"shared_memory_region":"r","shared_memory_byte_size":16}}]}`), nil, 501, "system shared memory is not enabled"},
+		{"shared memory size missing", "", []byte(`{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","parameters":{"shared_memory_region":"r"}}]}`), nil, 400, "shared_memory_byte_size is missing"},
+		{"shared memory and data", "", []byte(`{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[1,2,3,4],"parameters":{"shared_memory_region":"r","shared_memory_byte_size":16}}]}`), nil, 400, "give its values once"},
+		{"shared memory size wrong", "", []byte(`{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","parameters":{"shared_memory_region":"r","shared_memory_byte_size":12}}]}`), nil, 400, "shared_memory_byte_size is 12 bytes but shape [1 4] of FP32 needs 16"},
+		{"shared memory region not a string", "", []byte(`{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","parameters":{"shared_memory_region":7,"shared_memory_byte_size":16}}]}`), nil, 400, "shared_memory_region"},
+		{"shared memory output off", "", []byte(`{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}],"outputs":[{"name":"output","parameters":{"shared_memory_region":"o","shared_memory_byte_size":16}}]}`), nil, 501, "outputs[0].parameters.shared_memory_region: system shared memory is not enabled"},
 		{"too deep", "", deep, nil, 400, "nested deeper than 32"},
 		{"binary body shorter than declared", "", shortBody, map[string]string{"Inference-Header-Content-Length": okLen}, 400, "runs past the end of the body"},
 		{"binary body longer than declared", "", longBody, map[string]string{"Inference-Header-Content-Length": okLen}, 400, "bytes after the JSON header but the binary inputs account for 16"},
@@ -579,12 +584,12 @@ func TestBackendErrorsMapToStatusCodes(t *testing.T) {
 		want  int
 		retry bool
 	}{
-		{"queue full", fmt.Errorf("kernel double: %w", oip.ErrQueueFull), 503, true},
-		{"no executor", fmt.Errorf("%w: no executor for cuda:0", oip.ErrUnavailable), 503, true},
-		{"not ready", oip.ErrNotReady, 503, true},
-		{"bad input from the runtime", fmt.Errorf("%w: NaN budget", oip.ErrBadInput), 400, false},
-		{"unsupported", fmt.Errorf("%w: op gelu", oip.ErrUnsupported), 501, false},
-		{"not found", oip.ErrModelNotFound, 404, false},
+		{"queue full", fmt.Errorf("kernel double: %w", failure.Errorf(failure.QueueFull, "queue full: 4 running, 256 waiting")), 503, true},
+		{"no executor", failure.Errorf(failure.Unavailable, "no executor for cuda:0"), 503, true},
+		{"not ready", failure.Errorf(failure.Unavailable, "not ready"), 503, true},
+		{"bad input from the runtime", failure.Errorf(failure.BadInput, "NaN budget"), 400, false},
+		{"unsupported", failure.Errorf(failure.Unsupported, "op gelu"), 501, false},
+		{"not found", failure.Errorf(failure.NotFound, "model double not found"), 404, false},
 		{"executor fault", errors.New("sgemm: segfault"), 500, false},
 		{"deadline", context.DeadlineExceeded, 504, false},
 	}
@@ -709,13 +714,13 @@ func TestHostViewRoutes(t *testing.T) {
 		},
 		Kernel: func(_ context.Context, id string) (any, error) {
 			if id != "k1" {
-				return nil, fmt.Errorf("%w: kernel %q", oip.ErrModelNotFound, id)
+				return nil, failure.Errorf(failure.NotFound, "kernel %q is not loaded", id)
 			}
 			return map[string]string{"kernel_id": "k1"}, nil
 		},
 		UnloadKernel: func(_ context.Context, id string) error {
 			if id != "k1" {
-				return fmt.Errorf("%w: kernel %q", oip.ErrModelNotFound, id)
+				return failure.Errorf(failure.NotFound, "kernel %q is not loaded", id)
 			}
 			return nil
 		},
@@ -725,7 +730,7 @@ func TestHostViewRoutes(t *testing.T) {
 		},
 		Seeds: func(context.Context) (any, error) { return []map[string]any{{"seed_id": "s0", "alpha": 0.5}}, nil },
 		HealthSignals: func(context.Context) (any, error) {
-			return nil, fmt.Errorf("%w: bus not started", oip.ErrUnavailable)
+			return nil, failure.Errorf(failure.Unavailable, "bus not started")
 		},
 		Layers: func(context.Context) (any, error) { return []string{}, nil },
 	}

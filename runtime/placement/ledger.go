@@ -3,7 +3,6 @@ package placement
 import (
 	"errors"
 	"fmt"
-	"sort"
 	"sync"
 )
 
@@ -14,13 +13,6 @@ var ErrNoPlacement = errors.New("no device can take the kernel")
 // ErrAlreadyReserved is returned when a key already holds a reservation.
 var ErrAlreadyReserved = errors.New("kernel already holds a reservation")
 
-// Reservation is one promise of memory on a device.
-type Reservation struct {
-	Key    string  `json:"key"`
-	Device string  `json:"device"`
-	MiB    float64 `json:"mib"`
-}
-
 // Ledger records what the host has promised per device, so that concurrent
 // placements never overcommit.
 //
@@ -28,32 +20,30 @@ type Reservation struct {
 //
 // A reservation covers the gap between a kernel being placed and its memory
 // showing up as used in NVML. While a reservation is outstanding, admission
-// subtracts it from NVML's live free memory. Once a backend has really
-// allocated the kernel's memory on the device (NVML's used memory now counts
-// it), the backend calls Settle and the reservation stops being subtracted,
-// so the same bytes are not counted twice; the entry is kept so that unload
-// and re-placement know what the kernel holds. Release removes the entry on
-// unload. Today's only backend is the CPU, which allocates nothing on GPUs:
-// reservations on GPUs stay outstanding until unload, which is the
-// conservative choice (the host never promises memory it cannot see).
+// subtracts it from NVML's live free memory. Today's only executor is the
+// CPU's, which allocates nothing on GPUs, so reservations on GPUs stay
+// outstanding until the kernel leaves the device: the conservative choice
+// (the host never promises memory it cannot see). A GPU executor that
+// really allocates will have to stop subtracting a reservation once NVML
+// counts its memory as used, so that the same bytes are not counted twice.
 type Ledger struct {
 	mu      sync.Mutex
 	byDev   map[string]float64 // outstanding MiB per device
-	entries map[string]entry
+	entries map[string]reservation
 }
 
-type entry struct {
-	Reservation
-	settled bool
+// reservation is one promise of memory on a device.
+type reservation struct {
+	device string
+	mib    float64
 }
 
 // NewLedger returns an empty ledger.
 func NewLedger() *Ledger {
-	return &Ledger{byDev: make(map[string]float64), entries: make(map[string]entry)}
+	return &Ledger{byDev: make(map[string]float64), entries: make(map[string]reservation)}
 }
 
-// ReservedMiB returns the outstanding reservations on device. The caller
-// must not hold l.mu; use reservedLocked inside the ledger.
+// ReservedMiB returns the outstanding reservations on device.
 func (l *Ledger) ReservedMiB(device string) float64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -86,7 +76,7 @@ func (l *Ledger) placeLocked(p *Planner, key string, req Request, devices []Devi
 	if !dec.Placed() {
 		return dec, ErrNoPlacement
 	}
-	l.entries[key] = entry{Reservation: Reservation{Key: key, Device: dec.Device, MiB: dec.EstimateMiB}}
+	l.entries[key] = reservation{device: dec.Device, mib: dec.EstimateMiB}
 	l.byDev[dec.Device] += dec.EstimateMiB
 	return dec, nil
 }
@@ -105,25 +95,9 @@ func (l *Ledger) Move(p *Planner, key string, req Request, devices []Device) (De
 	if err != nil && had {
 		// Put the old reservation back: a failed move changes nothing.
 		l.entries[key] = old
-		if !old.settled {
-			l.byDev[old.Device] += old.MiB
-		}
+		l.byDev[old.device] += old.mib
 	}
 	return dec, err
-}
-
-// Settle marks key's memory as really allocated on its device (NVML now
-// counts it as used), so it is no longer subtracted from live free memory.
-func (l *Ledger) Settle(key string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	e, ok := l.entries[key]
-	if !ok || e.settled {
-		return
-	}
-	e.settled = true
-	l.entries[key] = e
-	l.subtract(e.Device, e.MiB)
 }
 
 // Release removes key's reservation (on unload). It reports whether there
@@ -140,64 +114,11 @@ func (l *Ledger) releaseLocked(key string) bool {
 		return false
 	}
 	delete(l.entries, key)
-	if !e.settled {
-		l.subtract(e.Device, e.MiB)
+	v := l.byDev[e.device] - e.mib
+	if v < 1e-9 {
+		delete(l.byDev, e.device)
+	} else {
+		l.byDev[e.device] = v
 	}
 	return true
-}
-
-func (l *Ledger) subtract(device string, mib float64) {
-	v := l.byDev[device] - mib
-	if v < 1e-9 {
-		delete(l.byDev, device)
-		return
-	}
-	l.byDev[device] = v
-}
-
-// Lookup returns key's reservation.
-func (l *Ledger) Lookup(key string) (Reservation, bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	e, ok := l.entries[key]
-	return e.Reservation, ok
-}
-
-// Reservations lists every reservation, sorted by device then key.
-func (l *Ledger) Reservations() []Reservation {
-	l.mu.Lock()
-	out := make([]Reservation, 0, len(l.entries))
-	for _, e := range l.entries {
-		out = append(out, e.Reservation)
-	}
-	l.mu.Unlock()
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].Device != out[j].Device {
-			return out[i].Device < out[j].Device
-		}
-		return out[i].Key < out[j].Key
-	})
-	return out
-}
-
-// OnDevice lists the reservations held on device, sorted by key.
-func (l *Ledger) OnDevice(device string) []Reservation {
-	var out []Reservation
-	for _, r := range l.Reservations() {
-		if r.Device == device {
-			out = append(out, r)
-		}
-	}
-	return out
-}
-
-// Totals returns the outstanding MiB per device.
-func (l *Ledger) Totals() map[string]float64 {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	out := make(map[string]float64, len(l.byDev))
-	for k, v := range l.byDev {
-		out[k] = v
-	}
-	return out
 }

@@ -62,6 +62,7 @@ package placement
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -228,9 +229,6 @@ type Planner struct {
 // NewPlanner returns a planner with the given options.
 func NewPlanner(opts Options) *Planner { return &Planner{opts: opts} }
 
-// Options returns the planner's options.
-func (p *Planner) Options() Options { return p.opts }
-
 // Verdict classifies a candidate.
 type Verdict uint8
 
@@ -307,10 +305,12 @@ type Decision struct {
 	EffectiveFreeBeforeMiB float64
 	EffectiveFreeAfterMiB  float64
 	// Degraded is set when the kernel asked for a GPU and fell back to the
-	// CPU under FallbackDegraded. FallbackReason says why it fell back.
-	Degraded       bool
-	Fallback       bool
-	FallbackReason string
+	// CPU under FallbackDegraded. Shortfall says why no GPU took it (also
+	// when nothing did), Denied that its policy refused the CPU.
+	Degraded  bool
+	Fallback  bool
+	Shortfall Shortfall
+	Denied    bool
 	// Requirement is the requirement that was satisfied.
 	Requirement string
 	Candidates  []Candidate
@@ -319,13 +319,131 @@ type Decision struct {
 // Placed reports whether a device was found.
 func (d *Decision) Placed() bool { return d.Device != "" }
 
+// FallbackReason says in words why a kernel that asked for a GPU got none
+// ("" when it got one or asked for none).
+func (d *Decision) FallbackReason() string {
+	if d.Shortfall == NoShortfall {
+		return ""
+	}
+	if d.Denied {
+		return d.Shortfall.String() + " and CPU fallback is denied"
+	}
+	return d.Shortfall.String()
+}
+
+// Shortfall says why no GPU took a kernel whose requirements name only
+// GPUs. Metric labels come from it (Label), messages from String.
+type Shortfall uint8
+
+// Shortfalls, from the first that applies.
+const (
+	// NoShortfall: a GPU took the kernel, or it did not ask for one.
+	NoShortfall Shortfall = iota
+	// NoGPUVisible: the host sees no GPU at all.
+	NoGPUVisible
+	// RequirementNotMet: no GPU meets the kernel's device requirements.
+	RequirementNotMet
+	// AllUnhealthy: every GPU that meets them is unhealthy.
+	AllUnhealthy
+	// InsufficientMemory: none of the healthy ones has room.
+	InsufficientMemory
+)
+
+// String says the shortfall in words.
+func (s Shortfall) String() string {
+	switch s {
+	case NoGPUVisible:
+		return "no GPU is visible"
+	case RequirementNotMet:
+		return "no GPU meets the kernel's device requirements"
+	case AllUnhealthy:
+		return "every GPU that meets the requirements is unhealthy"
+	case InsufficientMemory:
+		return "no GPU has enough free memory"
+	}
+	return ""
+}
+
+// Label is the shortfall as a bounded metric label value.
+func (s Shortfall) Label() string {
+	switch s {
+	case NoGPUVisible:
+		return "no_gpu"
+	case RequirementNotMet:
+		return "requirement_not_met"
+	case AllUnhealthy:
+		return "unhealthy"
+	case InsufficientMemory:
+		return "insufficient_memory"
+	}
+	return "none"
+}
+
+// MoveReason says why a kernel must leave the device it is placed on.
+// Metric labels come from it (Label); MustLeave says it in words too.
+type MoveReason uint8
+
+// Move reasons.
+const (
+	// Stay: the device can still hold the kernel.
+	Stay MoveReason = iota
+	// DeviceGone: the device is no longer visible.
+	DeviceGone
+	// DeviceUnhealthy: the device turned unhealthy.
+	DeviceUnhealthy
+	// MemoryPressure: the device's live free memory dropped below what the
+	// host has reserved on it plus headroom.
+	MemoryPressure
+)
+
+// Label is the reason as a bounded metric label value.
+func (r MoveReason) Label() string {
+	switch r {
+	case DeviceGone:
+		return "invisible"
+	case DeviceUnhealthy:
+		return "unhealthy"
+	case MemoryPressure:
+		return "memory_pressure"
+	}
+	return "none"
+}
+
+// MustLeave says whether a kernel placed on the device named device must
+// leave it, given the devices now and the host's reservations, and why in
+// words: the device is gone or unhealthy, or (a GPU) its live free memory
+// no longer covers the reservations on it plus headroom.
+func (p *Planner) MustLeave(device string, devices []Device, reserved Reservations) (MoveReason, string) {
+	i := slices.IndexFunc(devices, func(d Device) bool { return d.Name == device })
+	if i < 0 {
+		return DeviceGone, "device no longer visible"
+	}
+	d := &devices[i]
+	switch {
+	case !d.Healthy:
+		return DeviceUnhealthy, "device unhealthy: " + d.HealthReason
+	case d.Kind == KindCPU:
+		return Stay, ""
+	}
+	res := 0.0
+	if reserved != nil {
+		res = reserved.ReservedMiB(d.Name)
+	}
+	headroom := p.opts.HeadroomMiB + p.opts.HeadroomFraction*d.TotalMiB
+	if d.FreeMiB-res-headroom < 0 {
+		return MemoryPressure, fmt.Sprintf("device memory pressure: %.0f MiB free − %.0f reserved − %.0f headroom < 0",
+			d.FreeMiB, res, headroom)
+	}
+	return Stay, ""
+}
+
 // Reason says in words why the decision came out as it did.
 func (d *Decision) Reason() string {
 	var b strings.Builder
 	if !d.Placed() {
 		b.WriteString("no device can take the kernel: ")
-		if d.FallbackReason != "" {
-			b.WriteString(d.FallbackReason)
+		if why := d.FallbackReason(); why != "" {
+			b.WriteString(why)
 			b.WriteString("; ")
 		}
 		first := true
@@ -352,7 +470,7 @@ func (d *Decision) Reason() string {
 		d.EstimateMiB, d.EstimateSource, d.EffectiveFreeBeforeMiB, d.EffectiveFreeAfterMiB)
 	if d.Fallback {
 		b.WriteString("; fell back to the CPU because ")
-		b.WriteString(d.FallbackReason)
+		b.WriteString(d.FallbackReason())
 		if d.Degraded {
 			b.WriteString(" (degraded)")
 		}
@@ -416,16 +534,6 @@ func parseRequirement(s string) (requirement, error) {
 		return r, fmt.Errorf("%w %q: want cuda, cuda:N, cuda:GPU-<uuid>, cuda:MIG-<uuid> or cpu", ErrBadRequirement, s)
 	}
 	return r, nil
-}
-
-// ParseRequirements checks a device_requirements list.
-func ParseRequirements(reqs []string) error {
-	for _, s := range reqs {
-		if _, err := parseRequirement(s); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 func (r *requirement) matches(d *Device) bool {
@@ -558,10 +666,8 @@ func (p *Planner) PlanInto(dec *Decision, req Request, devices []Device, reserve
 	}
 	if chosen < 0 {
 		if gpuOnly {
-			dec.FallbackReason = gpuShortfall(anyGPU, anyGPUMatched, anyHealthyGPU)
-			if req.Fallback == FallbackDeny {
-				dec.FallbackReason += " and CPU fallback is denied"
-			}
+			dec.Shortfall = gpuShortfall(anyGPU, anyGPUMatched, anyHealthyGPU)
+			dec.Denied = req.Fallback == FallbackDeny
 		}
 		return nil
 	}
@@ -586,21 +692,21 @@ func (p *Planner) PlanInto(dec *Decision, req Request, devices []Device, reserve
 	dec.EffectiveFreeAfterMiB = c.EffectiveFreeMiB - est
 	if d.Kind == KindCPU && gpuOnly {
 		dec.Fallback = true
-		dec.FallbackReason = gpuShortfall(anyGPU, anyGPUMatched, anyHealthyGPU)
+		dec.Shortfall = gpuShortfall(anyGPU, anyGPUMatched, anyHealthyGPU)
 		dec.Degraded = req.Fallback == FallbackDegraded
 	}
 	return nil
 }
 
-// gpuShortfall names why no GPU took a kernel that asked for one.
-func gpuShortfall(anyGPU, anyMatched, anyHealthy bool) string {
+// gpuShortfall says why no GPU took a kernel that asked for one.
+func gpuShortfall(anyGPU, anyMatched, anyHealthy bool) Shortfall {
 	switch {
 	case !anyGPU:
-		return "no GPU is visible"
+		return NoGPUVisible
 	case !anyMatched:
-		return "no GPU meets the kernel's device requirements"
+		return RequirementNotMet
 	case !anyHealthy:
-		return "every GPU that meets the requirements is unhealthy"
+		return AllUnhealthy
 	}
-	return "no GPU has enough free memory"
+	return InsufficientMemory
 }

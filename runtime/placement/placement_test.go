@@ -57,6 +57,7 @@ func TestPlan(t *testing.T) {
 		device     string
 		degraded   bool
 		fallback   string // substring of FallbackReason
+		shortfall  Shortfall
 		estSource  string
 		rejections map[string]Verdict
 	}{
@@ -69,9 +70,9 @@ func TestPlan(t *testing.T) {
 			req: Request{Requirements: []string{"cuda:2"}, ContractMiB: 4000}, device: "cuda:2"},
 		{name: "one MiB over exact fit falls back", devs: dgx(),
 			req: Request{Requirements: []string{"cuda:2"}, ContractMiB: 4001}, device: "cpu", degraded: true,
-			fallback: "no GPU has enough free memory", rejections: map[string]Verdict{"cuda:2": NoMemory}},
+			fallback: "no GPU has enough free memory", shortfall: InsufficientMemory, rejections: map[string]Verdict{"cuda:2": NoMemory}},
 		{name: "headroom counts", opts: Options{HeadroomMiB: 1}, devs: dgx(),
-			req: Request{Requirements: []string{"cuda:2"}, ContractMiB: 4000}, device: "cpu", degraded: true},
+			req: Request{Requirements: []string{"cuda:2"}, ContractMiB: 4000}, device: "cpu", degraded: true, shortfall: InsufficientMemory},
 		{name: "headroom fraction of total counts", opts: Options{HeadroomFraction: 0.5}, devs: dgx(),
 			req: Request{Requirements: []string{"cuda"}, ContractMiB: 10000}, device: "cuda:3",
 			rejections: map[string]Verdict{"cuda:0": NoMemory}},
@@ -98,19 +99,19 @@ func TestPlan(t *testing.T) {
 			rejections: map[string]Verdict{"cuda:5": Unhealthy}},
 		{name: "all unhealthy falls back degraded", devs: allUnhealthy,
 			req: Request{Requirements: []string{"cuda"}, ContractMiB: 100}, device: "cpu", degraded: true,
-			fallback: "unhealthy"},
+			fallback: "unhealthy", shortfall: AllUnhealthy},
 		{name: "no GPU visible falls back degraded", devs: cpuOnly,
 			req: Request{Requirements: []string{"cuda"}, ContractMiB: 100}, device: "cpu", degraded: true,
-			fallback: "no GPU is visible"},
+			fallback: "no GPU is visible", shortfall: NoGPUVisible},
 		{name: "requirement not met falls back", devs: dgx(),
 			req: Request{Requirements: []string{"cuda:9"}, ContractMiB: 100}, device: "cpu", degraded: true,
-			fallback: "no GPU meets"},
+			fallback: "no GPU meets", shortfall: RequirementNotMet},
 		{name: "allow falls back without degradation", devs: cpuOnly,
 			req: Request{Requirements: []string{"cuda"}, ContractMiB: 100, Fallback: FallbackAllow}, device: "cpu",
-			fallback: "no GPU is visible"},
+			fallback: "no GPU is visible", shortfall: NoGPUVisible},
 		{name: "deny refuses", devs: cpuOnly,
 			req: Request{Requirements: []string{"cuda"}, ContractMiB: 100, Fallback: FallbackDeny}, device: "",
-			fallback: "denied", rejections: map[string]Verdict{"cpu": NotRequested}},
+			fallback: "no GPU is visible and CPU fallback is denied", shortfall: NoGPUVisible, rejections: map[string]Verdict{"cpu": NotRequested}},
 		{name: "too big for everything", devs: dgx(),
 			req: Request{ContractMiB: 50000}, device: "",
 			rejections: map[string]Verdict{"cuda:3": NoMemory, "cpu": NoMemory}},
@@ -125,7 +126,7 @@ func TestPlan(t *testing.T) {
 		{name: "whole GPU after MIG instances by its CUDA ordinal", devs: mig,
 			req: Request{Requirements: []string{"cuda:2"}, ContractMiB: 1000}, device: "cuda:2"},
 		{name: "MIG instances too small", devs: mig,
-			req: Request{Requirements: []string{"cuda"}, ContractMiB: 30000}, device: "", fallback: "no GPU has enough free memory"},
+			req: Request{Requirements: []string{"cuda"}, ContractMiB: 30000}, device: "", fallback: "no GPU has enough free memory", shortfall: InsufficientMemory},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -139,8 +140,11 @@ func TestPlan(t *testing.T) {
 			if dec.Degraded != tt.degraded {
 				t.Errorf("degraded = %v, want %v", dec.Degraded, tt.degraded)
 			}
-			if !strings.Contains(dec.FallbackReason, tt.fallback) {
-				t.Errorf("fallback reason %q does not mention %q", dec.FallbackReason, tt.fallback)
+			if !strings.Contains(dec.FallbackReason(), tt.fallback) {
+				t.Errorf("fallback reason %q does not mention %q", dec.FallbackReason(), tt.fallback)
+			}
+			if dec.Shortfall != tt.shortfall {
+				t.Errorf("shortfall %v (%s), want %v", dec.Shortfall, dec.Shortfall.Label(), tt.shortfall)
 			}
 			if tt.estSource != "" && dec.EstimateSource != tt.estSource {
 				t.Errorf("estimate source = %q, want %q", dec.EstimateSource, tt.estSource)
@@ -198,18 +202,17 @@ func TestLedgerReservationsReduceEffectiveFree(t *testing.T) {
 	if _, err := l.PlaceAndReserve(p, "k0", req, devs); !errors.Is(err, ErrAlreadyReserved) {
 		t.Fatalf("double reservation: %v", err)
 	}
-	l.Settle("k0") // the backend allocated it: NVML's free now shows it
-	if got := l.ReservedMiB("cuda:0"); got != 4000 {
-		t.Fatalf("after settle reserved %v, want 4000", got)
-	}
 	if !l.Release("k1") || l.Release("k1") {
 		t.Fatal("release should succeed once")
 	}
-	if got := l.ReservedMiB("cuda:0"); got != 0 {
-		t.Fatalf("after release reserved %v, want 0", got)
+	if got := l.ReservedMiB("cuda:0"); got != 4000 {
+		t.Fatalf("after one release reserved %v, want 4000", got)
 	}
-	if !l.Release("k0") || len(l.Reservations()) != 0 {
-		t.Fatal("settled entry should still be releasable")
+	if !l.Release("k0") || l.ReservedMiB("cuda:0") != 0 {
+		t.Fatalf("after both releases reserved %v, want 0", l.ReservedMiB("cuda:0"))
+	}
+	if _, err := l.PlaceAndReserve(p, "k0", req, devs); err != nil {
+		t.Fatalf("a released key places again: %v", err)
 	}
 }
 
@@ -228,7 +231,7 @@ func TestLedgerMove(t *testing.T) {
 		t.Fatalf("move to %q %v", dec.Device, err)
 	}
 	if l.ReservedMiB("cuda:5") != 0 || l.ReservedMiB("cuda:1") != 7000 {
-		t.Fatalf("totals after move: %v", l.Totals())
+		t.Fatalf("after the move: %v MiB on cuda:5, %v on cuda:1", l.ReservedMiB("cuda:5"), l.ReservedMiB("cuda:1"))
 	}
 	// A move that finds nothing keeps the old reservation.
 	req.Fallback = FallbackDeny
@@ -236,8 +239,40 @@ func TestLedgerMove(t *testing.T) {
 	if _, err := l.Move(p, "k", req, lost); !errors.Is(err, ErrNoPlacement) {
 		t.Fatalf("impossible move: %v", err)
 	}
-	if r, ok := l.Lookup("k"); !ok || r.Device != "cuda:1" || l.ReservedMiB("cuda:1") != 7000 {
-		t.Fatalf("failed move changed the ledger: %+v %v", r, l.Totals())
+	if l.ReservedMiB("cuda:1") != 7000 || len(l.entries) != 1 || l.entries["k"].device != "cuda:1" {
+		t.Fatalf("failed move changed the ledger: %+v, %v MiB on cuda:1", l.entries, l.ReservedMiB("cuda:1"))
+	}
+}
+
+// MustLeave names why a kernel leaves its device, typed for metric labels
+// and in words for moves.
+func TestMustLeave(t *testing.T) {
+	p := NewPlanner(Options{HeadroomMiB: 1000})
+	l := NewLedger()
+	devs := dgx()
+	if _, err := l.PlaceAndReserve(p, "k", Request{Requirements: []string{"cuda:2"}, ContractMiB: 2500}, devs); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name   string
+		device string
+		devs   []Device
+		want   MoveReason
+		label  string
+		why    string
+	}{
+		{"healthy with room", "cuda:0", devs, Stay, "none", ""},
+		{"the CPU stays", "cpu", devs, Stay, "none", ""},
+		{"gone", "cuda:9", devs, DeviceGone, "invisible", "device no longer visible"},
+		{"unhealthy", "cuda:5", withDevice(devs, "cuda:5", func(d *Device) { d.Healthy = false; d.HealthReason = "Xid 79" }),
+			DeviceUnhealthy, "unhealthy", "device unhealthy: Xid 79"},
+		{"reservations over free memory", "cuda:2", withDevice(devs, "cuda:2", func(d *Device) { d.FreeMiB = 3000 }),
+			MemoryPressure, "memory_pressure", "device memory pressure: 3000 MiB free − 2500 reserved − 1000 headroom < 0"},
+	} {
+		got, why := p.MustLeave(c.device, c.devs, l)
+		if got != c.want || got.Label() != c.label || why != c.why {
+			t.Errorf("%s: %v %q %q, want %v %q %q", c.name, got, got.Label(), why, c.want, c.label, c.why)
+		}
 	}
 }
 

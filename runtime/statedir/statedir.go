@@ -8,18 +8,18 @@
 // old one, then the directory is synced, so a crash leaves the old file or
 // the new one, never a torn one.
 //
-// The host calls Changed (its change hook) after every change, with its
-// change lock held: Changed writes before it returns and returns the
-// write's error, which makes the host refuse and undo the change, so
-// nothing is acknowledged that was not saved. (The host coalesces the
-// many loads of its start-up scan into one call.) Nothing is written
-// before Watch connects the host, which the daemon does once the restore
-// from this directory is complete.
+// The host (runtime.Host, whose StateStore this is) calls Save after every
+// change, with its change lock held: Save writes before it returns and
+// returns the write's error, which makes the host refuse and undo the
+// change, so nothing is acknowledged that was not saved. The host
+// coalesces the many loads of its start-up scan into one Save, and saves
+// nothing while it restores from this directory (runtime.Host.Restore): a
+// state written then would record a restore half done.
 //
-// While writes fail, Err says why (the daemon's readiness shows it), the
+// While writes fail, Err says why (the host's readiness shows it, and the
+// host saves again every signal interval until a write succeeds), and the
 // failures are counted (kasmina_state_save_failures_total) and flagged
-// (kasmina_state_store_failing), and Run retries every RetryInterval until
-// a write succeeds.
+// (kasmina_state_store_failing).
 //
 // A state file that cannot be used (unreadable, not JSON, a version this
 // build does not read) is never overwritten: Read returns an
@@ -28,8 +28,7 @@
 package statedir
 
 import (
-	"context"
-	"crypto/sha256"
+	"bytes"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -52,33 +51,23 @@ const (
 	ArtifactsDir = "artifacts"
 )
 
-// Defaults for Options fields left at zero.
-const (
-	DefaultRetryInterval = time.Second
-	// DefaultMaxArtifactBytes caps what Get reads back (the artifact
-	// sources cap fetches at 256 MiB).
-	DefaultMaxArtifactBytes = 1 << 30
-)
+// DefaultMaxArtifactBytes caps what Get reads back unless Options say
+// otherwise (the artifact sources cap fetches at 256 MiB).
+const DefaultMaxArtifactBytes = 1 << 30
 
 // Options tune a Store. Zero values take the defaults.
 type Options struct {
 	// Logger receives save failures and recoveries (default: discard).
 	Logger *slog.Logger
-	// RetryInterval is how often Run retries a failed write.
-	RetryInterval time.Duration
 	// MaxArtifactBytes caps an artifact read back by Get.
 	MaxArtifactBytes int64
 }
 
-// Store is a state directory. Create it with Open and connect it to the
-// host with Watch.
+// Store is a state directory. Create it with Open.
 type Store struct {
 	dir  string
 	opts Options
 	log  *slog.Logger
-
-	// watched holds what Watch connected: nil before.
-	watched atomic.Pointer[watch]
 
 	mu      sync.Mutex            // serialises writes of state.json
 	lastErr atomic.Pointer[error] // nil after a successful write
@@ -91,9 +80,6 @@ type Store struct {
 func Open(dir string, opts Options) (*Store, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
-	}
-	if opts.RetryInterval <= 0 {
-		opts.RetryInterval = DefaultRetryInterval
 	}
 	if opts.MaxArtifactBytes <= 0 {
 		opts.MaxArtifactBytes = DefaultMaxArtifactBytes
@@ -136,20 +122,20 @@ func (s *Store) artifactPath(sha string) (string, error) {
 	return filepath.Join(s.dir, ArtifactsDir, sha+".kernel"), nil
 }
 
-// Where returns the path an artifact is kept at (runtime.ArtifactStore).
+// Where returns the path an artifact is kept at (runtime.StateStore).
 func (s *Store) Where(sha string) string {
 	return filepath.Join(s.dir, ArtifactsDir, sha+".kernel")
 }
 
-// Put keeps an artifact's bytes under their SHA-256 (runtime.ArtifactStore).
+// Put keeps an artifact's bytes under their SHA-256 (runtime.StateStore).
 // A failure counts as a failed write: the load that needed it is refused.
 func (s *Store) Put(sha string, data []byte) error {
 	p, err := s.artifactPath(sha)
 	if err != nil {
 		return err
 	}
-	if kept, err := regularfile.ReadFile(p, int64(len(data))); err == nil && sha256.Sum256(kept) == sha256.Sum256(data) {
-		return nil // content-addressed: already kept, and intact
+	if kept, err := regularfile.ReadFile(p, int64(len(data))); err == nil && bytes.Equal(kept, data) {
+		return nil // already kept, and intact (its name is the hash of data)
 	}
 	if err := writeAtomic(p, data); err != nil {
 		err = fmt.Errorf("state directory %s: keeping artifact %s: %w", s.dir, sha, err)
@@ -159,7 +145,7 @@ func (s *Store) Put(sha string, data []byte) error {
 	return nil
 }
 
-// Get returns a kept artifact's bytes (runtime.ArtifactStore). It reads
+// Get returns a kept artifact's bytes (runtime.StateStore). It reads
 // only a regular file; the host checks the bytes against sha.
 func (s *Store) Get(sha string) ([]byte, error) {
 	p, err := s.artifactPath(sha)
@@ -253,42 +239,9 @@ func (s *Store) MoveAside() (string, error) {
 	return to, nil
 }
 
-// watch is what Watch connects: state returns the document to write;
-// lock runs a function with no change half made (the host's change lock).
-type watch struct {
-	state func() any
-	lock  func(func() error) error
-}
-
-// Watch connects the store to what it saves: state returns the document
-// (the host's State) and lock runs a function with no change half made
-// (the host's change lock), for writes that do not come from a change (a
-// retry, Flush). Until Watch is called nothing is written: connect it once
-// the host holds everything the state file recorded, so that no write can
-// record a restore half done.
-func (s *Store) Watch(state func() any, lock func(func() error) error) {
-	s.watched.Store(&watch{state: state, lock: lock})
-}
-
-// Changed is the host's change hook: it is called with the host's change
-// lock held, writes the state now and returns the write's error.
-func (s *Store) Changed() error {
-	w := s.watched.Load()
-	if w == nil {
-		return nil
-	}
-	return s.save(w.state())
-}
-
-// Flush writes the state now, under the host's change lock. Before Watch
-// it writes nothing.
-func (s *Store) Flush() error {
-	w := s.watched.Load()
-	if w == nil {
-		return nil
-	}
-	return w.lock(func() error { return s.save(w.state()) })
-}
+// Save writes doc as the state file, atomically, before it returns, and
+// returns the write's error (runtime.StateStore).
+func (s *Store) Save(doc any) error { return s.save(doc) }
 
 // Err returns why the last write failed, or nil after a successful one.
 func (s *Store) Err() error {
@@ -296,24 +249,6 @@ func (s *Store) Err() error {
 		return *p
 	}
 	return nil
-}
-
-// Run retries a failed write every RetryInterval until ctx ends, so that
-// the store recovers (and the host turns ready again) once the directory
-// is writable, even when no change comes.
-func (s *Store) Run(ctx context.Context) error {
-	t := time.NewTicker(s.opts.RetryInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-			if s.Err() != nil {
-				_ = s.Flush() // save logs the outcome
-			}
-		}
-	}
 }
 
 // save writes doc as the state file and records the outcome.

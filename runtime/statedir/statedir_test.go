@@ -1,16 +1,15 @@
 package statedir
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -25,30 +24,13 @@ type doc struct {
 	Kernels []string `json:"kernels"`
 }
 
-// host is a stand-in for the runtime's Host: a document behind a change
-// lock.
-type host struct {
-	mu  sync.Mutex
-	doc doc
-}
-
-func (h *host) state() any { return h.doc }
-
-func (h *host) hold(fn func() error) error {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return fn()
-}
-
-func openStore(t *testing.T, dir string) (*Store, *host) {
+func openStore(t *testing.T, dir string) *Store {
 	t.Helper()
-	s, err := Open(dir, Options{RetryInterval: 10 * time.Millisecond})
+	s, err := Open(dir, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &host{doc: doc{Version: 1}}
-	s.Watch(h.state, h.hold)
-	return s, h
+	return s
 }
 
 func readDoc(t *testing.T, s *Store) doc {
@@ -60,26 +42,13 @@ func readDoc(t *testing.T, s *Store) doc {
 	return d
 }
 
-// waitUntil polls cond for up to 20 s.
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 20 s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
-// A change is written before Changed returns, and a write that fails is
-// returned (so the host refuses the change), counted, flagged and retried
-// until the directory is writable again.
-func TestChangedWritesAndReturnsFailuresAndRecovers(t *testing.T) {
+// A state is written before Save returns, and a write that fails is
+// returned (so the host refuses the change), counted and flagged until a
+// write succeeds again.
+func TestSaveWritesAndReturnsFailuresAndRecovers(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "state")
-	s, h := openStore(t, dir)
-	h.doc.Kernels = []string{"a"}
-	if err := s.Changed(); err != nil {
+	s := openStore(t, dir)
+	if err := s.Save(doc{Version: 1, Kernels: []string{"a"}}); err != nil {
 		t.Fatal(err)
 	}
 	if d := readDoc(t, s); strings.Join(d.Kernels, ",") != "a" {
@@ -94,10 +63,9 @@ func TestChangedWritesAndReturnsFailuresAndRecovers(t *testing.T) {
 	if err := os.WriteFile(dir, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	h.doc.Kernels = []string{"a", "b"}
-	err := s.Changed()
+	err := s.Save(doc{Version: 1, Kernels: []string{"a", "b"}})
 	if err == nil || !strings.Contains(err.Error(), "state directory "+dir+": writing state.json") {
-		t.Fatalf("Changed on a broken directory: %v, want the write error naming the directory", err)
+		t.Fatalf("Save on a broken directory: %v, want the write error naming the directory", err)
 	}
 	if s.Err() == nil {
 		t.Error("Err is nil while writes fail")
@@ -112,21 +80,21 @@ func TestChangedWritesAndReturnsFailuresAndRecovers(t *testing.T) {
 		t.Errorf("kasmina_state_save_failures_total = %v, want 2 (the state and the artifact)", got)
 	}
 
-	// Repaired: Run writes again without waiting for a change.
+	// Repaired: the next save (the host retries) writes, and clears Err.
 	if err := os.Remove(dir); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Rename(dir+".away", dir); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = s.Run(ctx) }()
-	waitUntil(t, "the store recovering", func() bool { return s.Err() == nil })
-	cancel()
-	<-done
+	if s.Err() == nil {
+		t.Error("Err cleared before a write succeeded")
+	}
+	if err := s.Save(doc{Version: 1, Kernels: []string{"a", "b"}}); err != nil || s.Err() != nil {
+		t.Fatalf("Save on the repaired directory: %v, Err %v", err, s.Err())
+	}
 	if d := readDoc(t, s); strings.Join(d.Kernels, ",") != "a,b" {
-		t.Errorf("state after recovery: %+v, want the host's state now", d)
+		t.Errorf("state after recovery: %+v, want the last state saved", d)
 	}
 	if got := testutil.ToFloat64(s.failing); got != 0 {
 		t.Errorf("kasmina_state_store_failing = %v after recovery, want 0", got)
@@ -156,7 +124,7 @@ func TestReadRefusesUnusableStateFiles(t *testing.T) {
 			0, "is a named pipe (FIFO), not a regular file"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			s, _ := openStore(t, t.TempDir())
+			s := openStore(t, t.TempDir())
 			if err := c.write(s.Path()); err != nil {
 				t.Fatal(err)
 			}
@@ -202,7 +170,7 @@ func TestReadRefusesUnusableStateFiles(t *testing.T) {
 // Artifacts are kept by content hash and read back only from regular
 // files; a damaged copy is written again by the next Put of those bytes.
 func TestArtifacts(t *testing.T) {
-	s, _ := openStore(t, t.TempDir())
+	s := openStore(t, t.TempDir())
 	data := []byte("kernel bytes")
 	sum := sha256.Sum256(data)
 	sha := hex.EncodeToString(sum[:])
@@ -235,20 +203,26 @@ func TestArtifacts(t *testing.T) {
 	}
 }
 
-// A write leaves no temporary file behind and the document is whole JSON.
+// A write leaves no temporary file behind and the document is whole JSON,
+// whatever the saves running at once (the host serialises its own; Save
+// serialises the writes too).
 func TestWritesAreWholeAndLeaveNoTemporaryFiles(t *testing.T) {
-	s, h := openStore(t, t.TempDir())
-	var writes atomic.Int64
+	s := openStore(t, t.TempDir())
+	var mu sync.Mutex
+	var kernels []string
 	var wg sync.WaitGroup
 	for i := range 8 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_ = h.hold(func() error {
-				h.doc.Kernels = append(h.doc.Kernels, string(rune('a'+i)))
-				writes.Add(1)
-				return s.Changed()
-			})
+			mu.Lock()
+			kernels = append(kernels, string(rune('a'+i)))
+			d := doc{Version: 1, Kernels: slices.Clone(kernels)}
+			err := s.Save(d)
+			mu.Unlock()
+			if err != nil {
+				t.Error(err)
+			}
 		}()
 	}
 	wg.Wait()
@@ -265,41 +239,5 @@ func TestWritesAreWholeAndLeaveNoTemporaryFiles(t *testing.T) {
 		if strings.Contains(e.Name(), ".tmp-") {
 			t.Errorf("temporary file left behind: %s", e.Name())
 		}
-	}
-}
-
-// Until Watch connects the host, nothing is written: not by Changed, not
-// by Flush, not by Run retrying after a failed artifact write (during a
-// restore the host holds only part of what the state file records).
-func TestNothingIsWrittenBeforeWatch(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "state")
-	s, err := Open(dir, Options{RetryInterval: time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(s.Path(), []byte(`{"version":1,"kernels":["restoring"]}`), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Changed(); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	// A failed artifact write makes the store retry.
-	if err := os.RemoveAll(filepath.Join(dir, ArtifactsDir)); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, ArtifactsDir), nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Put(strings.Repeat("ab", 32), []byte("k")); err == nil || s.Err() == nil {
-		t.Fatalf("Put on a broken artifacts directory: %v, Err %v", err, s.Err())
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-	defer cancel()
-	_ = s.Run(ctx)
-	if d := readDoc(t, s); strings.Join(d.Kernels, ",") != "restoring" {
-		t.Errorf("the state file was written before Watch: %+v", d)
 	}
 }

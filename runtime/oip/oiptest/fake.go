@@ -131,7 +131,8 @@ func (b *Backend) Model(name string) (oip.ModelInfo, bool) {
 }
 
 // Infer implements oip.Backend.
-func (b *Backend) Infer(ctx context.Context, name string, in oip.Tensor) (oip.Tensor, oip.ExecInfo, error) {
+func (b *Backend) Infer(ctx context.Context, mi oip.ModelInfo, in oip.Tensor) (oip.Tensor, oip.ExecInfo, error) {
+	name := mi.Name
 	b.mu.Lock()
 	m, ok := b.models[name]
 	if ok {

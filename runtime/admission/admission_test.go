@@ -1,4 +1,4 @@
-package dispatch
+package admission
 
 import (
 	"context"
@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/esper/kasmina-host/runtime/failure"
 )
 
 func TestLimiterRefusesWhenQueueFull(t *testing.T) {
@@ -22,8 +24,8 @@ func TestLimiterRefusesWhenQueueFull(t *testing.T) {
 	for l.Queued() != 1 {
 		time.Sleep(time.Millisecond)
 	}
-	if err := l.Acquire(ctx); !errors.Is(err, ErrQueueFull) {
-		t.Fatalf("third waiter: %v, want ErrQueueFull", err)
+	if err := l.Acquire(ctx); !failure.Is(err, failure.QueueFull) || err.Error() != "queue full: 2 running, 1 waiting" {
+		t.Fatalf("third waiter: %v, want QueueFull naming the limits", err)
 	}
 	l.Release()
 	if err := <-waiting; err != nil {
@@ -101,14 +103,14 @@ func TestBreaker(t *testing.T) {
 	if b.State() != Open {
 		t.Fatalf("state %s after 3 consecutive failures, want open", b.State())
 	}
-	if err := b.Allow(); !errors.Is(err, ErrBreakerOpen) {
+	if err := b.Allow(); !failure.Is(err, failure.Unavailable) || err.Error() != "circuit breaker open after 3 consecutive failures; next probe in 1s" {
 		t.Fatalf("open breaker allowed a request: %v", err)
 	}
 	now = now.Add(time.Second)
 	if err := b.Allow(); err != nil {
 		t.Fatalf("no probe after cool-down: %v", err)
 	}
-	if err := b.Allow(); !errors.Is(err, ErrBreakerOpen) {
+	if err := b.Allow(); !failure.Is(err, failure.Unavailable) || err.Error() != "circuit breaker open: a probe request is running" {
 		t.Fatalf("second concurrent probe allowed: %v", err)
 	}
 	b.Done(Failed) // the probe failed: open again

@@ -1,9 +1,9 @@
-// Package dispatch bounds the work the host takes on: a Limiter per
+// Package admission decides which work the host takes on: a Limiter per
 // executor device (bounded concurrency plus a bounded queue that refuses at
 // once when full, rather than letting requests time out) and a Breaker per
 // kernel (consecutive failures open it; after a cool-down one probe request
 // is let through, and its success closes it again).
-package dispatch
+package admission
 
 import (
 	"context"
@@ -14,13 +14,6 @@ import (
 
 	"github.com/esper/kasmina-host/runtime/failure"
 )
-
-// ErrQueueFull is returned when a device's queue is full: the request is
-// refused at once so the client can retry elsewhere or later.
-var ErrQueueFull = failure.NewSentinel(failure.QueueFull, "queue full")
-
-// ErrBreakerOpen is returned while a kernel's circuit breaker is open.
-var ErrBreakerOpen = failure.NewSentinel(failure.Unavailable, "circuit breaker open")
 
 // Limiter runs at most Concurrency requests at a time and lets at most
 // QueueDepth more wait for a slot.
@@ -44,9 +37,10 @@ func NewLimiter(concurrency, depth int) *Limiter {
 }
 
 // Acquire takes a slot, waiting in the queue if every slot is busy. It
-// fails at once with ErrQueueFull when the queue is full, and with the
-// context's error if ctx ends while waiting. On success the caller must
-// call Release.
+// fails at once with an error of class failure.QueueFull when the queue is
+// full (the client can retry elsewhere or later), and with the context's
+// error if ctx ends while waiting. On success the caller must call
+// Release.
 func (l *Limiter) Acquire(ctx context.Context) error {
 	select {
 	case l.slots <- struct{}{}:
@@ -56,7 +50,7 @@ func (l *Limiter) Acquire(ctx context.Context) error {
 	}
 	if l.queued.Add(1) > l.depth {
 		l.queued.Add(-1)
-		return fmt.Errorf("%w: %d running, %d waiting", ErrQueueFull, cap(l.slots), l.depth)
+		return failure.Errorf(failure.QueueFull, "queue full: %d running, %d waiting", cap(l.slots), l.depth)
 	}
 	defer l.queued.Add(-1)
 	select {
@@ -178,14 +172,14 @@ func (b *Breaker) Allow() error {
 		return nil
 	case Open:
 		if wait := b.cooldown - b.now().Sub(b.openedAt); wait > 0 {
-			return fmt.Errorf("%w after %d consecutive failures; next probe in %s", ErrBreakerOpen, b.failures, wait.Round(time.Millisecond))
+			return failure.Errorf(failure.Unavailable, "circuit breaker open after %d consecutive failures; next probe in %s", b.failures, wait.Round(time.Millisecond))
 		}
 		b.state.Store(int32(HalfOpen))
 		b.probing = true
 		return nil
 	default: // half-open: one probe at a time
 		if b.probing {
-			return fmt.Errorf("%w: a probe request is running", ErrBreakerOpen)
+			return failure.Errorf(failure.Unavailable, "circuit breaker open: a probe request is running")
 		}
 		b.probing = true
 		return nil

@@ -1,4 +1,4 @@
-package main
+package oip
 
 import (
 	"context"
@@ -7,90 +7,128 @@ import (
 	"github.com/esper/kasmina-host/contracts"
 	"github.com/esper/kasmina-host/device"
 	"github.com/esper/kasmina-host/runtime"
-	kdispatch "github.com/esper/kasmina-host/runtime/dispatch"
+	"github.com/esper/kasmina-host/runtime/admission"
 	"github.com/esper/kasmina-host/runtime/failure"
-	"github.com/esper/kasmina-host/runtime/oip"
 	"github.com/esper/kasmina-host/runtime/placement"
 )
 
-// backend adapts the runtime's Host to the HTTP layer: it maps the
-// runtime's views onto the Open Inference Protocol's. The runtime's errors
-// carry their failure class (runtime/classify.go), which oip's status
-// table maps to HTTP; nothing here reclassifies them.
-type backend struct{ host *runtime.Host }
+// HostBackend serves a runtime.Host over the Open Inference Protocol: the
+// host's kernels are the models, its repository index the model
+// repository. The runtime's errors carry their failure class, which the
+// status table (statusOf) maps to HTTP; nothing here reclassifies them.
+// The Backend returned is also a StatsBackend.
+func HostBackend(h *runtime.Host) Backend { return &hostBackend{h: h} }
 
-func (b *backend) Ready() (bool, string) { return b.host.Ready() }
+// hostBackend is HostBackend's Backend.
+type hostBackend struct{ h *runtime.Host }
 
-// modelInfo describes a loaded kernel as a model: READY, or UNAVAILABLE
-// with the reason while its circuit breaker is not closed (its inference
-// still reaches the breaker, whose probe can close it again); max_batch is
-// the kernel's own, from the host's batch and output limits.
-func (b *backend) modelInfo(v runtime.KernelView) oip.ModelInfo {
-	state, reason := oip.StateReady, ""
-	if v.Breaker != kdispatch.Closed {
-		state, reason = oip.StateUnavailable, v.BreakerReason
-	}
-	return oip.ModelInfo{
-		Name: v.Name, Version: "1", State: state, Reason: reason,
-		InputShape: v.InputShape, OutputShape: v.OutputShape,
-		Placement: v.Placement.Device, Executor: v.Executor,
-		Degraded: v.Degraded, DegradedReason: v.DegradedReason,
-		MaxBatch: v.MaxBatch,
+var _ StatsBackend = (*hostBackend)(nil)
+
+func (b *hostBackend) Ready() (bool, string) { return b.h.Ready() }
+
+// modelInfo describes a loaded kernel as a model, from its inference
+// handle (no view of the kernel is built: this runs on every request):
+// READY, or UNAVAILABLE with the reason while its circuit breaker is not
+// closed (its inference still reaches the breaker, whose probe can close
+// it again); max_batch is the kernel's own, from the host's batch and
+// output limits. The handle rides along for Infer.
+func modelInfo(m *runtime.Model) ModelInfo {
+	s := m.Serving()
+	state, reason := modelState(s.Breaker, s.BreakerReason)
+	return ModelInfo{
+		Name: m.Name(), Version: "1", State: state, Reason: reason,
+		InputShape: m.InputShape(), OutputShape: m.OutputShape(),
+		Placement: s.PlacedOn, Executor: s.Executor,
+		Degraded: s.Degraded != "", DegradedReason: s.Degraded,
+		MaxBatch: m.MaxBatch(), Handle: m,
 	}
 }
 
-func (b *backend) Models() []oip.ModelInfo {
-	var out []oip.ModelInfo
-	for _, st := range b.host.RepositoryIndex() {
-		if v, ok := b.host.Kernel(st.Name); ok {
-			out = append(out, b.modelInfo(v))
+// modelState is a loaded model's state given its breaker's.
+func modelState(b admission.BreakerState, why string) (state, reason string) {
+	if b != admission.Closed {
+		return StateUnavailable, why
+	}
+	return StateReady, ""
+}
+
+// notLoaded describes a kernel the host knows but does not serve: in the
+// repository and not loaded (or unloaded since Models listed it), or whose
+// load failed (with the reason).
+func notLoaded(st runtime.ModelState) ModelInfo {
+	reason := st.Reason
+	if st.Status != runtime.ModelFailed {
+		reason = "unloaded"
+	}
+	return ModelInfo{Name: st.Name, Version: "1", State: StateUnavailable, Reason: reason}
+}
+
+func (b *hostBackend) Models() []ModelInfo {
+	var out []ModelInfo
+	for _, st := range b.h.Models() {
+		if m, ok := b.h.Model(st.Name); ok {
+			out = append(out, modelInfo(m))
 			continue
 		}
-		out = append(out, oip.ModelInfo{Name: st.Name, Version: "1", State: st.State, Reason: st.Reason})
+		out = append(out, notLoaded(st))
 	}
 	return out
 }
 
-func (b *backend) Model(name string) (oip.ModelInfo, bool) {
-	if v, ok := b.host.Kernel(name); ok {
-		return b.modelInfo(v), true
+func (b *hostBackend) Model(name string) (ModelInfo, bool) {
+	if m, ok := b.h.Model(name); ok {
+		return modelInfo(m), true
 	}
-	for _, st := range b.host.RepositoryIndex() {
+	for _, st := range b.h.Models() {
 		if st.Name == name {
-			return oip.ModelInfo{Name: name, Version: "1", State: st.State, Reason: st.Reason}, true
+			return notLoaded(st), true
 		}
 	}
-	return oip.ModelInfo{}, false
+	return ModelInfo{}, false
 }
 
-func (b *backend) Infer(ctx context.Context, name string, in oip.Tensor) (oip.Tensor, oip.ExecInfo, error) {
-	res, err := b.host.Infer(ctx, name, runtime.Request{Input: in.Data, Shape: in.Shape})
+// Infer runs the model Model found (its handle), or finds it by name.
+func (b *hostBackend) Infer(ctx context.Context, mi ModelInfo, in Tensor) (Tensor, ExecInfo, error) {
+	req := runtime.Request{Input: in.Data, Shape: in.Shape}
+	var res runtime.Result
+	var err error
+	if m, ok := mi.Handle.(*runtime.Model); ok {
+		res, err = m.Infer(ctx, req)
+	} else {
+		res, err = b.h.Infer(ctx, mi.Name, req)
+	}
 	if err != nil {
-		return oip.Tensor{}, oip.ExecInfo{}, err
+		return Tensor{}, ExecInfo{}, err
 	}
 	e := res.Exec
-	return oip.Tensor{Shape: res.Shape, Data: res.Output}, oip.ExecInfo{
+	return Tensor{Shape: res.Shape, Data: res.Output}, ExecInfo{
 		PlacedOn: e.PlacedOn, ExecutedOn: e.ExecutedOn, Executor: e.Executor, Fallback: e.Fallback,
 		Reason: e.Reason, QueueTime: e.QueueTime, ComputeTime: e.ComputeTime,
 	}, nil
 }
 
-func (b *backend) LoadModel(ctx context.Context, name string) error {
-	return b.host.LoadModel(ctx, name)
+func (b *hostBackend) LoadModel(ctx context.Context, name string) error {
+	return b.h.LoadModel(ctx, name)
 }
 
-func (b *backend) UnloadModel(ctx context.Context, name string) error {
-	return b.host.Unload(ctx, name)
+func (b *hostBackend) UnloadModel(ctx context.Context, name string) error {
+	return b.h.Unload(ctx, name)
 }
 
 // ModelStats serves GET /v2/models/{name}/stats.
-func (b *backend) ModelStats(name string) (any, bool) {
-	v, ok := b.host.Kernel(name)
+func (b *hostBackend) ModelStats(name string) (any, bool) {
+	v, ok := b.h.Kernel(name)
 	if !ok {
 		return nil, false
 	}
 	return map[string]any{"name": v.Name, "calls": v.Calls, "failures": v.Failures, "breaker": v.Breaker,
 		"placement": v.Placement.Device, "executed_on": v.ExecutedOn, "moves": v.Moves}, true
+}
+
+// Snapshotter gives the device inventory's latest snapshot
+// (device.Inventory is one).
+type Snapshotter interface {
+	Snapshot() device.Snapshot
 }
 
 // loadKernelRequest is the body of POST /v1/kernels: a CompiledKernel
@@ -112,6 +150,7 @@ type planRequest struct {
 	CPUFallback string          `json:"cpu_fallback"`
 }
 
+// parseFallback reads a request's cpu_fallback ("" leaves the host's).
 func parseFallback(s string) (*placement.Fallback, error) {
 	if s == "" {
 		return nil, nil
@@ -123,9 +162,10 @@ func parseFallback(s string) (*placement.Fallback, error) {
 	return &fb, nil
 }
 
-// hostViews serves the host's own /v1 routes.
-func hostViews(h *runtime.Host, inv *device.Inventory) oip.HostViews {
-	return oip.HostViews{
+// HostViewsFor serves the host's own /v1 routes from a runtime.Host and
+// the device inventory.
+func HostViewsFor(h *runtime.Host, inv Snapshotter) HostViews {
+	return HostViews{
 		Devices: func(context.Context) (any, error) {
 			s := inv.Snapshot()
 			return map[string]any{"source": s.Source, "driver_version": s.DriverVersion,
@@ -133,7 +173,13 @@ func hostViews(h *runtime.Host, inv *device.Inventory) oip.HostViews {
 				"taken_at": s.TakenAt}, nil
 		},
 		Kernels: func(context.Context) (any, error) {
-			return map[string]any{"kernels": h.Kernels(), "failed": h.FailedLoads(), "cache": h.CacheStats()}, nil
+			failed := map[string]string{}
+			for _, st := range h.Models() {
+				if st.Status == runtime.ModelFailed {
+					failed[st.Name] = st.Reason
+				}
+			}
+			return map[string]any{"kernels": h.Kernels(), "failed": failed, "cache": h.Stats().Cache}, nil
 		},
 		Kernel: func(_ context.Context, id string) (any, error) {
 			v, ok := h.Kernel(id)
@@ -187,7 +233,7 @@ func hostViews(h *runtime.Host, inv *device.Inventory) oip.HostViews {
 				}
 				md = &m
 			default:
-				got, err := readKernelDocument(body)
+				got, err := runtime.MetadataOf(body)
 				if err != nil {
 					return nil, failure.Errorf(failure.BadInput, "give compiled_kernel, metadata, or a CompiledKernel document: %w", err)
 				}
@@ -197,11 +243,10 @@ func hostViews(h *runtime.Host, inv *device.Inventory) oip.HostViews {
 			if err != nil {
 				return nil, err
 			}
-			v, err := h.Plan(md, req.Batch, fb)
-			return v, err
+			return h.Plan(md, req.Batch, fb)
 		},
 		Seeds:         func(context.Context) (any, error) { return h.Seeds(), nil },
-		HealthSignals: func(context.Context) (any, error) { return h.LatestSignals(), nil },
+		HealthSignals: func(context.Context) (any, error) { return h.Signals(), nil },
 		Layers:        func(context.Context) (any, error) { return h.Layers(), nil },
 	}
 }
