@@ -44,8 +44,10 @@ type layerSeed struct {
 
 // layerSeeds returns the seeds of layer that hold a kernel, by index, and
 // whether the layer is served as a layer: the book has seeds for it other
-// than a directly served kernel's own (layer = kernel name, seed 0). It
-// is the one place the layer forward reads the book.
+// than a directly served kernel's own (layer = kernel name, seed 0),
+// which stays in the book without its kernel when that kernel is
+// unloaded or fails to come back at a restart. It is the one place the
+// layer forward reads the book.
 func (b *layerBook) layerSeeds(layer string, now time.Time, ramp time.Duration) ([]layerSeed, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -58,8 +60,8 @@ func (b *layerBook) layerSeeds(layer string, now time.Time, ramp time.Duration) 
 		if k.layer != layer {
 			continue
 		}
-		if k.idx != 0 || s.kernel != layer {
-			isLayer = true
+		if k.idx != 0 || (s.kernel != "" && s.kernel != layer) {
+			isLayer = true // not (only) a directly served kernel's own seed
 		}
 		if s.kernel != "" {
 			out = append(out, layerSeed{idx: k.idx, kernel: s.kernel, state: s.State, alpha: s.effectiveAlpha(now, ramp)})

@@ -347,7 +347,7 @@ func TestKeptForwardMatchesOneCall(t *testing.T) {
 // and its alpha changed: the backward is still the forward's.
 func TestSwapBetweenForwardAndBackward(t *testing.T) {
 	h := newLayerHost(t, Config{})
-	buildLayer(t, h, "L", map[int]seedSpec{0: {"ka", 0.5, contracts.SeedGerminated}})
+	buildLayer(t, h, "L", map[int]seedSpec{1: {"ka", 0.5, contracts.SeedGerminated}})
 	ctx := context.Background()
 	x, def, g := layerInputs()
 	before, err := h.Infer(ctx, "L", Request{Input: x, Shape: []int{2, 4}, Default: def, GradOutput: g})
@@ -358,10 +358,10 @@ func TestSwapBetweenForwardAndBackward(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := h.Load(ctx, LoadRequest{Data: tanhKernel(t, "L.ka.0", refs["kb"]), Name: "L.ka.0", Layer: "L", SeedIdx: 0, Replace: true}); err != nil {
+	if _, err := h.Load(ctx, LoadRequest{Data: tanhKernel(t, "L.ka.1", refs["kb"]), Name: "L.ka.1", Layer: "L", SeedIdx: 1, Replace: true}); err != nil {
 		t.Fatal(err)
 	}
-	if err := setAlpha(h, "L", 0, 0.9); err != nil {
+	if err := setAlpha(h, "L", 1, 0.9); err != nil {
 		t.Fatal(err)
 	}
 	after, err := h.Infer(ctx, "L", Request{Input: x, Shape: []int{2, 4}, Default: def, GradOutput: g})
@@ -384,7 +384,7 @@ func TestSwapBetweenForwardAndBackward(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := h.Unload(ctx, "L.ka.0"); err != nil {
+	if err := h.Unload(ctx, "L.ka.1"); err != nil {
 		t.Fatal(err)
 	}
 	back2, err := h.Infer(ctx, "L", Request{GradOutput: g, ForwardID: fwd2.Blend.ForwardID})
