@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -238,18 +239,25 @@ func TestDeployManifestMatchesBinary(t *testing.T) {
 	if mounted(env["KASMINA_STATE_DIR"]) == "" {
 		t.Errorf("KASMINA_STATE_DIR %q is not a mounted volume (the root filesystem is read-only)", env["KASMINA_STATE_DIR"])
 	}
-	_, port, err := net.SplitHostPort(env["KASMINA_ADDR"])
-	if err != nil {
-		t.Fatalf("KASMINA_ADDR %q: %v", env["KASMINA_ADDR"], err)
-	}
-	portName := ""
-	for _, p := range c.Ports {
-		if strconv.Itoa(p.ContainerPort) == port {
-			portName = p.Name
+	portName, port := "", ""
+	for _, key := range []string{"KASMINA_GRPC_ADDR", "KASMINA_ADDR"} {
+		_, p, err := net.SplitHostPort(env[key])
+		port = p // KASMINA_ADDR's, last, for the probes below
+		if err != nil {
+			t.Fatalf("%s %q: %v", key, env[key], err)
 		}
-	}
-	if portName == "" {
-		t.Errorf("no containerPort for KASMINA_ADDR's port %s", port)
+		name := ""
+		for _, cp := range c.Ports {
+			if strconv.Itoa(cp.ContainerPort) == port {
+				name = cp.Name
+			}
+		}
+		if name == "" {
+			t.Errorf("no containerPort for %s's port %s", key, port)
+		}
+		if key == "KASMINA_ADDR" {
+			portName = name
+		}
 	}
 	if exit, err := time.ParseDuration(env["KASMINA_EXIT_TIMEOUT"]); err != nil || time.Duration(pod.TerminationGracePeriodSeconds)*time.Second <= exit {
 		t.Errorf("terminationGracePeriodSeconds %d must exceed KASMINA_EXIT_TIMEOUT %q", pod.TerminationGracePeriodSeconds, env["KASMINA_EXIT_TIMEOUT"])
@@ -285,7 +293,7 @@ func TestDeployManifestMatchesBinary(t *testing.T) {
 	var extra []string
 	for k, v := range env {
 		switch k {
-		case "REDIS_URL", "KASMINA_ADDR", "KASMINA_STATE_DIR", "KASMINA_HOST_ID", "KASMINA_EXIT_TIMEOUT":
+		case "REDIS_URL", "KASMINA_ADDR", "KASMINA_GRPC_ADDR", "KASMINA_STATE_DIR", "KASMINA_HOST_ID", "KASMINA_EXIT_TIMEOUT":
 			continue // the test harness sets these
 		case "KASMINA_AUTH_TOKEN_FILE":
 			v = tokenFile
@@ -370,8 +378,11 @@ func TestDockerfileMatchesBinary(t *testing.T) {
 	if env["NVIDIA_DRIVER_CAPABILITIES"] != "utility" {
 		t.Errorf("NVIDIA_DRIVER_CAPABILITIES=%q, want utility", env["NVIDIA_DRIVER_CAPABILITIES"])
 	}
-	if _, port, err := net.SplitHostPort(env["KASMINA_ADDR"]); err != nil || port != expose {
-		t.Errorf("EXPOSE %q but KASMINA_ADDR=%q", expose, env["KASMINA_ADDR"])
+	exposed := strings.Fields(expose)
+	for _, key := range []string{"KASMINA_ADDR", "KASMINA_GRPC_ADDR"} {
+		if _, port, err := net.SplitHostPort(env[key]); err != nil || !slices.Contains(exposed, port) {
+			t.Errorf("EXPOSE %q but %s=%q", expose, key, env[key])
+		}
 	}
 	if env["KASMINA_AUTH_TOKEN_FILE"] == "" {
 		t.Error("the image listens beyond loopback: it needs KASMINA_AUTH_TOKEN_FILE")

@@ -276,6 +276,9 @@ func TestDaemonBadSettingsExit2(t *testing.T) {
 		{"boolean from the environment", []string{"KASMINA_NO_EXAMPLES=perhaps"}, nil, "KASMINA_NO_EXAMPLES"},
 		{"unknown flag", nil, []string{"--bogus"}, "bogus"},
 		{"stray argument", nil, []string{"extra"}, "extra"},
+		{"gRPC address", nil, []string{"--grpc-addr", "nonsense"}, "--grpc-addr"},
+		{"gRPC address from the environment", []string{"KASMINA_GRPC_ADDR=:x:"}, nil, "--grpc-addr"},
+		{"gRPC beyond loopback without a token", nil, []string{"--grpc-addr", "0.0.0.0:0"}, "--grpc-addr: listening beyond loopback needs a bearer token"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -39,6 +39,10 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	// serve listens for gRPC on 127.0.0.1:8471 by default: tests that run
+	// it in this process take a free port instead (cleanEnv does the same
+	// for the binary), so that they neither collide nor need the port.
+	os.Setenv("KASMINA_GRPC_ADDR", "127.0.0.1:0")
 	dir, err := os.MkdirTemp("", "kasmina-e2e-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
@@ -100,6 +104,7 @@ type daemon struct {
 	t        *testing.T
 	cmd      *exec.Cmd
 	addr     string // host:port to dial
+	grpcAddr string // host:port of the gRPC listener
 	base     string // http://addr
 	stateDir string
 	busFile  string
@@ -145,15 +150,17 @@ func startDaemon(t *testing.T, cfg daemonConfig) *daemon {
 		listen = "127.0.0.1"
 	}
 	for attempt := 0; ; attempt++ {
-		port := freePort(t)
+		port, grpcPort := freePort(t), freePort(t)
 		d := &daemon{
 			t: t, addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), stateDir: cfg.stateDir,
-			busFile: filepath.Join(t.TempDir(), "bus.jsonl"), token: cfg.token,
+			grpcAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(grpcPort)),
+			busFile:  filepath.Join(t.TempDir(), "bus.jsonl"), token: cfg.token,
 			stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{}),
 			client: &http.Client{Timeout: 30 * time.Second},
 		}
 		d.base = "http://" + d.addr
 		args := append([]string{"serve", "--addr", net.JoinHostPort(listen, strconv.Itoa(port)),
+			"--grpc-addr", net.JoinHostPort(listen, strconv.Itoa(grpcPort)),
 			"--state-dir", cfg.stateDir, "--bus-file", d.busFile, "--host-id", "e2e", "--exit-timeout", "10s"}, cfg.args...)
 		d.cmd = exec.Command(bin, args...)
 		d.cmd.Env = append(cleanEnv(), cfg.env...)
@@ -193,7 +200,9 @@ func cleanEnv() []string {
 		}
 		out = append(out, kv)
 	}
-	return out
+	// A free port rather than the default 8471 (a later
+	// KASMINA_GRPC_ADDR in a test's env, or the flag, wins).
+	return append(out, "KASMINA_GRPC_ADDR=127.0.0.1:0")
 }
 
 func (d *daemon) waitReady(limit time.Duration) error {
@@ -236,7 +245,7 @@ func (d *daemon) stop() {
 	if code := d.cmd.ProcessState.ExitCode(); code != 0 {
 		d.t.Fatalf("exit code %d after SIGTERM, want 0\nstderr:\n%s", code, logs)
 	}
-	for _, bad := range []string{"HTTP drain incomplete", "bus did not flush everything", "loop stopped", "panic"} {
+	for _, bad := range []string{"HTTP drain incomplete", "gRPC drain incomplete", "bus did not flush everything", "loop stopped", "panic"} {
 		if strings.Contains(logs, bad) {
 			d.t.Errorf("shutdown log has %q:\n%s", bad, tail(logs, 4000))
 		}

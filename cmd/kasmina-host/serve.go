@@ -21,6 +21,7 @@ import (
 	"github.com/esper/kasmina-host/kernels/source"
 	"github.com/esper/kasmina-host/runtime"
 	"github.com/esper/kasmina-host/runtime/oip"
+	"github.com/esper/kasmina-host/runtime/oipgrpc"
 	"github.com/esper/kasmina-host/runtime/oona"
 	"github.com/esper/kasmina-host/runtime/statedir"
 	"github.com/prometheus/client_golang/prometheus"
@@ -41,6 +42,8 @@ const defaultAllowRefs = "file,s3://esper-artifacts/,http://*,https://*"
 type serveConfig struct {
 	addr              string
 	listenUnix        string
+	grpcAddr          string
+	noSharedMemory    bool
 	kernelsDir        string
 	noExamples        bool
 	stateDir          string
@@ -82,6 +85,8 @@ type serveConfig struct {
 func (c *serveConfig) register(fs *flag.FlagSet, e *envFlags) {
 	e.String(&c.addr, "addr", "KASMINA_ADDR", DefaultAddr, "HTTP listen address; beyond loopback a token is required")
 	e.String(&c.listenUnix, "listen-unix", "KASMINA_LISTEN_UNIX", "", "also serve the HTTP API on a Unix socket at this path, mode 0660, for a training process on this node: the file mode is the permission (no token, no Host check on it); a stale socket is replaced, any other file refused")
+	e.String(&c.grpcAddr, "grpc-addr", "KASMINA_GRPC_ADDR", oipgrpc.DefaultAddr, "gRPC listen address (the Open Inference Protocol's inference.GRPCInferenceService and grpc.health.v1); empty disables; beyond loopback a token is required")
+	e.Bool(&c.noSharedMemory, "no-shared-memory", "KASMINA_NO_SHARED_MEMORY", false, "turn off Triton's system shared memory extension (on by default: a client that may run inference may then have the host read and write POSIX shared memory objects it can open)")
 	e.String(&c.kernelsDir, "kernels", "KASMINA_KERNELS", "", "directory of esper-kernel/v1 files to serve (recursively); empty serves the embedded examples")
 	e.Bool(&c.noExamples, "no-examples", "KASMINA_NO_EXAMPLES", false, "with no --kernels, start with no kernels instead of the embedded examples")
 	e.String(&c.stateDir, "state-dir", "KASMINA_STATE_DIR", "", "directory where loaded kernels, seeds and placements are saved and restored from (empty: no state kept)")
@@ -134,6 +139,11 @@ func defaultHostID() string {
 func (c *serveConfig) check() error {
 	if _, _, err := net.SplitHostPort(c.addr); err != nil {
 		return fmt.Errorf("--addr %q: %w", c.addr, err)
+	}
+	if c.grpcAddr != "" {
+		if _, _, err := net.SplitHostPort(c.grpcAddr); err != nil {
+			return fmt.Errorf("--grpc-addr %q: %w", c.grpcAddr, err)
+		}
 	}
 	if c.logFormat != "text" && c.logFormat != "json" {
 		return fmt.Errorf("--log-format %q: want text or json", c.logFormat)
@@ -203,7 +213,12 @@ func (c *serveConfig) check() error {
 		return errors.New("--auth-read needs a token (--auth-token-file)")
 	}
 	if err := oip.CheckListen(c.addr, c.token, c.insecure); err != nil {
-		return err
+		return fmt.Errorf("--addr: %w", err)
+	}
+	if c.grpcAddr != "" {
+		if err := oip.CheckListen(c.grpcAddr, c.token, c.insecure); err != nil {
+			return fmt.Errorf("--grpc-addr: %w", err)
+		}
 	}
 	return nil
 }
@@ -268,9 +283,11 @@ func serve(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io.Wr
 	bi := readBuildInfo()
 	log.Info("kasmina-host starting", slog.String("version", bi.Version), slog.String("commit", bi.Commit),
 		slog.String("addr", cfg.addr), slog.String("host_id", cfg.hostID))
-	if !oip.IsLoopbackAddr(cfg.addr) && cfg.token == "" {
-		log.Warn("SERVING WITHOUT AUTHENTICATION beyond loopback (--insecure-no-auth): anyone who reaches this address can run inference and load, unload and replace kernels; set --auth-token-file",
-			slog.String("addr", cfg.addr))
+	for _, addr := range []string{cfg.addr, cfg.grpcAddr} {
+		if addr != "" && !oip.IsLoopbackAddr(addr) && cfg.token == "" {
+			log.Warn("SERVING WITHOUT AUTHENTICATION beyond loopback (--insecure-no-auth): anyone who reaches this address can run inference and load, unload and replace kernels; set --auth-token-file",
+				slog.String("addr", addr))
+		}
 	}
 
 	// Devices.
@@ -345,14 +362,20 @@ func serve(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io.Wr
 	if err != nil {
 		return err
 	}
+	shmRegistry := sharedMemory(cfg)
+	if shmRegistry != nil {
+		// After both front ends have drained: no request holds a region.
+		defer shmRegistry.Close()
+	}
+	be := oip.HostBackend(host) // the gRPC front end serves it too
 	opts := oip.Options{
 		ServerName: "kasmina-host", Version: bi.Version, Token: cfg.token, TokenForReads: cfg.authRead,
 		Loopback: oip.IsLoopbackAddr(cfg.addr), AllowedHosts: splitList(cfg.allowedHosts),
 		MaxBodyBytes: cfg.maxBodyBytes, BodyBudgetBytes: cfg.bodyBudgetBytes, BodyReadTimeout: cfg.bodyReadTimeout,
-		MaxElements: cfg.maxElements, Metrics: httpMetrics,
+		MaxElements: cfg.maxElements, Metrics: httpMetrics, SharedMemory: shmRegistry,
 		MetricsHandler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
 	}
-	handler := oip.NewHandler(oip.HostBackend(host), oip.HostViewsFor(host, inv), opts, log.With(slog.String("component", "http")))
+	handler := oip.NewHandler(be, oip.HostViewsFor(host, inv), opts, log.With(slog.String("component", "http")))
 	ln, err := net.Listen("tcp", cfg.addr)
 	if err != nil {
 		return fmt.Errorf("--addr %s: %w", cfg.addr, err)
@@ -365,17 +388,26 @@ func serve(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io.Wr
 			return fmt.Errorf("--listen-unix: %w", err)
 		}
 	}
+	grpcSrv, err := startGRPC(cfg, be, bi.Version, shmRegistry, reg, log.With(slog.String("component", "grpc")))
+	if err != nil {
+		ln.Close()
+		if unixLn != nil {
+			unixLn.Close()
+		}
+		return err
+	}
 
 	// Everything below runs until ctx ends; the loops (the device watch
 	// and the host) stop once the HTTP server has drained.
 	loops, stopLoops := context.WithCancel(context.Background())
 	defer stopLoops()
-	serveErr := make(chan error, 2) // one per listener
+	serveErr := make(chan error, 3) // one per listener
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			serveErr <- err
 		}
 	}()
+	grpcSrv.serve(serveErr)
 	log.Info("listening", slog.String("addr", ln.Addr().String()), slog.Bool("token_required", cfg.token != ""),
 		slog.Bool("token_required_for_reads", cfg.authRead))
 	if unixLn != nil {
@@ -386,6 +418,9 @@ func serve(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io.Wr
 		}()
 		log.Info("listening", slog.String("unix", cfg.listenUnix), slog.String("mode", oip.UnixSocketMode.String()),
 			slog.Bool("token_required", false))
+	}
+	if grpcSrv != nil {
+		log.Info("listening for gRPC", slog.String("grpc_addr", grpcSrv.addr), slog.Bool("shared_memory", shmRegistry != nil))
 	}
 
 	devicesDone := make(chan struct{})
@@ -420,12 +455,17 @@ func serve(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io.Wr
 	case <-ctx.Done():
 		log.Info("shutting down: draining requests", slog.Duration("exit_timeout", cfg.shutdownTimeout))
 	case runErr = <-serveErr:
-		log.Error("HTTP server failed", slog.Any("err", runErr))
+		log.Error("server failed", slog.Any("err", runErr))
 	}
 	drain, cancel := context.WithTimeout(context.Background(), cfg.shutdownTimeout)
 	defer cancel()
+	grpcDrained := make(chan error, 1)
+	go func() { grpcDrained <- grpcSrv.shutdown(drain) }()
 	if err := srv.Shutdown(drain); err != nil {
 		log.Warn("HTTP drain incomplete", slog.Any("err", err))
+	}
+	if err := <-grpcDrained; err != nil {
+		log.Warn("gRPC drain incomplete", slog.Any("err", err))
 	}
 	stopLoops() // the host emits the last health signals and saves its state as it stops
 	select {

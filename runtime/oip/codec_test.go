@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/esper/kasmina-host/runtime/failure"
+	"github.com/esper/kasmina-host/runtime/oip/wiretensor"
 )
 
 var fuzzModel = ModelInfo{Name: "m", InputShape: []int{4}}
@@ -30,7 +31,14 @@ func checkDecoded(t *testing.T, d decodedRequest, err error) {
 	for _, s := range d.Input.Shape {
 		n *= s
 	}
-	if n != len(d.Input.Data) {
+	switch {
+	case d.InputShm != nil:
+		// The values are read from the region later, for exactly the
+		// bytes the shape needs.
+		if d.Input.Data != nil || d.InputShm.ByteSize != uint64(n*d.InputType.Size()) {
+			t.Fatalf("accepted shape %v of %v in %d bytes of shared memory (and %d values)", d.Input.Shape, d.InputType, d.InputShm.ByteSize, len(d.Input.Data))
+		}
+	case n != len(d.Input.Data):
 		t.Fatalf("accepted shape %v with %d values", d.Input.Shape, len(d.Input.Data))
 	}
 	if len(d.Input.Shape) != 2 || d.Input.Shape[1] != 4 {
@@ -50,6 +58,7 @@ func FuzzDecodeInferJSON(f *testing.F) {
 		`{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[1e39,"a",null,{}]}]}`,
 		`[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]`,
 		`{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}],"x":"\"[[[["}`,
+		`{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","parameters":{"shared_memory_region":"r","shared_memory_byte_size":16,"shared_memory_offset":8}}],"outputs":[{"name":"output","parameters":{"shared_memory_region":"o","shared_memory_byte_size":16}}]}`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -82,34 +91,6 @@ func FuzzDecodeInferBinary(f *testing.F) {
 		d, err := decodeInferRequest(body, hl, fuzzModel, fuzzLimits)
 		checkDecoded(t, d, err)
 	})
-}
-
-func TestHalfToFloat32IsExactForEveryValue(t *testing.T) {
-	for h := 0; h < 1<<16; h++ {
-		got := halfToFloat32(uint16(h))
-		exp := (h >> 10) & 0x1f
-		mant := h & 0x3ff
-		var want float64
-		switch {
-		case exp == 0x1f && mant == 0:
-			want = math.Inf(1)
-		case exp == 0x1f:
-			if got == got {
-				t.Fatalf("%#04x: got %v, want NaN", h, got)
-			}
-			continue
-		case exp == 0:
-			want = math.Ldexp(float64(mant), -24)
-		default:
-			want = math.Ldexp(float64(mant|0x400), exp-25)
-		}
-		if h&0x8000 != 0 {
-			want = -want
-		}
-		if float64(got) != want || math.Signbit(float64(got)) != (h&0x8000 != 0) {
-			t.Fatalf("%#04x: got %v, want %v", h, got, want)
-		}
-	}
 }
 
 func TestJSONOutputRoundTripsEveryFloat32Exactly(t *testing.T) {
@@ -193,7 +174,7 @@ func benchCase(b *testing.B, batch, width int, bin bool) (body []byte, headerLen
 	}
 	model = ModelInfo{Name: "bench", InputShape: []int{width}}
 	if bin {
-		raw := appendFloat32LE(nil, data)
+		raw := wiretensor.AppendFP32(nil, data)
 		hdr := fmt.Sprintf(`{"inputs":[{"name":"input","shape":[%d,%d],"datatype":"FP32","parameters":{"binary_data_size":%d}}],"parameters":{"binary_data_output":true}}`, batch, width, len(raw))
 		return append([]byte(hdr), raw...), int64(len(hdr)), model
 	}

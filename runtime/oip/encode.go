@@ -1,11 +1,12 @@
 package oip
 
 import (
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"math"
 	"strconv"
+
+	"github.com/esper/kasmina-host/runtime/oip/wiretensor"
 )
 
 // inferResponse carries what encodeInferResponse writes.
@@ -14,6 +15,9 @@ type inferResponse struct {
 	Exec                        ExecInfo
 	Output                      Tensor
 	Binary                      bool
+	// InSharedMemory: the output's values were written to a shared
+	// memory region; the answer describes the tensor without them.
+	InSharedMemory bool
 }
 
 // encodeInferResponse appends the response to dst. In binary mode it
@@ -48,13 +52,16 @@ func encodeInferResponse(dst []byte, r *inferResponse) (out []byte, headerLen in
 		b = strconv.AppendInt(b, int64(d), 10)
 	}
 	b = append(b, ']')
+	if r.InSharedMemory {
+		return append(b, "}]}"...), -1, nil
+	}
 	if r.Binary {
 		size := 4 * len(r.Output.Data)
 		b = append(b, `,"parameters":{"binary_data_size":`...)
 		b = strconv.AppendInt(b, int64(size), 10)
 		b = append(b, "}}]}"...)
 		headerLen = len(b) - len(dst)
-		b = appendFloat32LE(b, r.Output.Data)
+		b = wiretensor.AppendFP32(b, r.Output.Data)
 		return b, headerLen, nil
 	}
 	b = append(b, `,"data":[`...)
@@ -92,15 +99,6 @@ func appendExecParams(b []byte, e ExecInfo) []byte {
 		b = strconv.AppendInt(b, e.ComputeTime.Nanoseconds(), 10)
 	}
 	return append(b, '}')
-}
-
-func appendFloat32LE(b []byte, data []float32) []byte {
-	off := len(b)
-	b = append(b, make([]byte, 4*len(data))...)
-	for i, v := range data {
-		binary.LittleEndian.PutUint32(b[off+4*i:], math.Float32bits(v))
-	}
-	return b
 }
 
 func appendFloat32JSON(b []byte, v float32) []byte {

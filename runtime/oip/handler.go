@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/esper/kasmina-host/runtime/failure"
+	"github.com/esper/kasmina-host/runtime/shm"
 )
 
 // Defaults for Options fields left at their zero value.
@@ -28,7 +29,6 @@ const (
 	DefaultMaxJSONDepth    = 32      // nesting of the whole request document
 	DefaultRetryAfter      = time.Second
 	DefaultServerName      = "kasmina-host"
-	maxRank                = 8 // dimensions of one tensor
 )
 
 // Options configures the handler. The zero value serves without a token and
@@ -81,6 +81,11 @@ type Options struct {
 	// MetricsHandler, when set, is served open at GET /metrics (for example
 	// promhttp.HandlerFor on the daemon's registry).
 	MetricsHandler http.Handler
+	// SharedMemory, when set, serves Triton's system shared memory
+	// extension on this registry (shared with the gRPC front end): its
+	// routes under /v2/systemsharedmemory and tensors named by
+	// shared_memory_region. When nil those answer 501.
+	SharedMemory *shm.Registry
 }
 
 func (o Options) withDefaults() Options {
@@ -184,6 +189,13 @@ func (s *server) routes() {
 	// Inference.
 	s.handle("POST /v2/models/{name}/infer", accessWrite, s.infer)
 	s.handle("POST /v2/models/{name}/versions/{version}/infer", accessWrite, s.infer)
+
+	// System shared memory extension.
+	s.handle("GET /v2/systemsharedmemory/status", accessRead, s.shmStatus)
+	s.handle("GET /v2/systemsharedmemory/region/{region}/status", accessRead, s.shmStatus)
+	s.handle("POST /v2/systemsharedmemory/region/{region}/register", accessWrite, s.shmRegister)
+	s.handle("POST /v2/systemsharedmemory/region/{region}/unregister", accessWrite, s.shmUnregister)
+	s.handle("POST /v2/systemsharedmemory/unregister", accessWrite, s.shmUnregister)
 
 	// Model repository extension.
 	s.handle("POST /v2/repository/index", accessRead, s.repositoryIndex)

@@ -13,8 +13,14 @@ import (
 	"github.com/esper/kasmina-host/runtime/failure"
 )
 
-// Extensions reported by GET /v2.
-var extensions = []string{"binary_tensor_data", "model_repository", "statistics"}
+// extensions reported by GET /v2.
+func (s *server) extensions() []string {
+	ext := []string{"binary_tensor_data", "model_repository", "statistics"}
+	if s.opts.SharedMemory != nil {
+		ext = append(ext, "system_shared_memory")
+	}
+	return ext
+}
 
 func (s *server) live(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, map[string]bool{"live": true})
@@ -37,7 +43,7 @@ type serverMetadata struct {
 }
 
 func (s *server) serverMetadata(w http.ResponseWriter, r *http.Request) error {
-	return writeJSON(w, serverMetadata{Name: s.opts.ServerName, Version: s.opts.Version, Extensions: extensions})
+	return writeJSON(w, serverMetadata{Name: s.opts.ServerName, Version: s.opts.Version, Extensions: s.extensions()})
 }
 
 type tensorMetadata struct {
@@ -167,12 +173,21 @@ func (s *server) infer(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	tensors, err := s.holdTensors(&req, m)
+	defer tensors.release()
+	if err != nil {
+		return err
+	}
 	// The runtime's errors name the model; they are answered as they are.
 	out, exec, err := s.backend.Infer(r.Context(), m, req.Input)
 	if err != nil {
 		return err
 	}
-	resp := inferResponse{ModelName: m.Name, ModelVersion: versionOf(m), ID: req.ID, Exec: exec, Output: out, Binary: req.BinaryOutput}
+	if err := tensors.writeOutput(out); err != nil {
+		return err
+	}
+	resp := inferResponse{ModelName: m.Name, ModelVersion: versionOf(m), ID: req.ID, Exec: exec, Output: out,
+		Binary: req.BinaryOutput, InSharedMemory: tensors.out != nil}
 	// The request body is no longer needed: its buffer takes the answer
 	// (released, and pooled when its size allows, with the body).
 	b, headerSize, err := encodeInferResponse(body.buf[:0], &resp)

@@ -25,31 +25,13 @@ func (e *authError) Error() string { return e.msg }
 
 // guard enforces the bearer token and the Host/Origin allow-list.
 type guard struct {
-	tokenSum      [sha256.Size]byte
-	hasToken      bool
+	bearer        Bearer
 	tokenForReads bool
-	tokenUnusable bool // a blank token was configured: nothing matches
-	checkHost     bool
-	allowed       map[string]bool
+	hosts         HostCheck
 }
 
 func newGuard(o Options) guard {
-	g := guard{
-		// A blank token is still "a token": it is refused by CheckToken
-		// and, should a caller pass one anyway, matches no request.
-		hasToken:      o.Token != "",
-		tokenForReads: o.TokenForReads,
-		checkHost:     o.Loopback || len(o.AllowedHosts) > 0,
-		allowed:       map[string]bool{},
-	}
-	if g.hasToken {
-		g.tokenSum = sha256.Sum256([]byte(o.Token))
-		g.tokenUnusable = CheckToken(o.Token) != nil
-	}
-	for _, h := range o.AllowedHosts {
-		g.allowed[normalizeHost(h)] = true
-	}
-	return g
+	return guard{bearer: NewBearer(o.Token), tokenForReads: o.TokenForReads, hosts: NewHostCheck(o.Loopback, o.AllowedHosts)}
 }
 
 // check returns nil when r may reach a route of access class a. A
@@ -59,14 +41,13 @@ func (g *guard) check(r *http.Request, a access) error {
 	if a == accessOpen || onUnixSocket(r.Context()) {
 		return nil
 	}
-	if g.checkHost {
-		host := hostOnly(r.Host)
-		if !g.hostAllowed(host) {
+	if g.hosts.On() {
+		if !g.hosts.Allows(r.Host) {
 			return &authError{http.StatusForbidden, fmt.Sprintf("Host %q is not allowed on this listener (loopback names and the configured allow-list only)", r.Host)}
 		}
 		if origin := r.Header.Get("Origin"); origin != "" {
 			u, err := url.Parse(origin)
-			if origin == "null" || err != nil || u.Host == "" || !g.hostAllowed(hostOnly(u.Host)) {
+			if origin == "null" || err != nil || u.Host == "" || !g.hosts.Allows(u.Host) {
 				return &authError{http.StatusForbidden, fmt.Sprintf("Origin %q is not allowed on this listener", origin)}
 			}
 		}
@@ -77,35 +58,93 @@ func (g *guard) check(r *http.Request, a access) error {
 	if a == accessWrite && r.Header.Get("Sec-Fetch-Site") == "cross-site" {
 		return &authError{http.StatusForbidden, "cross-site requests may not change state or run inference"}
 	}
-	if g.hasToken && (a == accessWrite || g.tokenForReads) {
-		return g.checkToken(r)
+	if g.bearer.Set() && (a == accessWrite || g.tokenForReads) {
+		switch err := g.bearer.Verify(r.Header.Get("Authorization")); {
+		case errors.Is(err, ErrNoBearer):
+			return &authError{http.StatusUnauthorized, "this route needs an Authorization: Bearer token"}
+		case err != nil:
+			return &authError{http.StatusUnauthorized, err.Error()}
+		}
 	}
 	return nil
 }
 
-func (g *guard) checkToken(r *http.Request) error {
-	h := r.Header.Get("Authorization")
-	scheme, tok, ok := strings.Cut(h, " ")
-	if h == "" || !ok || !strings.EqualFold(scheme, "Bearer") {
-		return &authError{http.StatusUnauthorized, "this route needs an Authorization: Bearer token"}
+// Errors of Bearer.Verify; each front end answers them with its own
+// status (HTTP 401, gRPC UNAUTHENTICATED).
+var (
+	ErrNoBearer    = errors.New("no bearer token")
+	ErrWrongBearer = errors.New("the bearer token is not valid")
+)
+
+// Bearer is the bearer-token rule of both front ends (HTTP's Authorization
+// header, gRPC's authorization metadata): one place that compares tokens.
+type Bearer struct {
+	sum      [sha256.Size]byte
+	set      bool
+	unusable bool // a blank token was configured: nothing matches
+}
+
+// NewBearer returns the rule for token; an empty token requires nothing.
+// A token CheckToken refuses (blank, whitespace) is still a token: it
+// matches no request.
+func NewBearer(token string) Bearer {
+	b := Bearer{set: token != ""}
+	if b.set {
+		b.sum = sha256.Sum256([]byte(token))
+		b.unusable = CheckToken(token) != nil
+	}
+	return b
+}
+
+// Set reports whether a token is configured.
+func (b Bearer) Set() bool { return b.set }
+
+// Verify checks an Authorization value ("Bearer <token>", the scheme in
+// any case): nil when it carries the token, ErrNoBearer when it is not a
+// bearer credential, ErrWrongBearer otherwise.
+func (b Bearer) Verify(authorization string) error {
+	scheme, tok, ok := strings.Cut(authorization, " ")
+	if authorization == "" || !ok || !strings.EqualFold(scheme, "Bearer") {
+		return ErrNoBearer
 	}
 	// Comparing fixed-size digests keeps the comparison constant-time
 	// whatever the length of the offered token.
 	sum := sha256.Sum256([]byte(strings.TrimSpace(tok)))
-	if subtle.ConstantTimeCompare(sum[:], g.tokenSum[:]) != 1 || g.tokenUnusable {
-		return &authError{http.StatusUnauthorized, "the bearer token is not valid"}
+	if subtle.ConstantTimeCompare(sum[:], b.sum[:]) != 1 || b.unusable {
+		return ErrWrongBearer
 	}
 	return nil
 }
 
-func (g *guard) hostAllowed(host string) bool {
+// HostCheck is the DNS-rebinding rule of both front ends: on a loopback
+// listener, or with an allow-list, the host a request names (HTTP's Host
+// and Origin, gRPC's :authority) must be a loopback name or allowed.
+type HostCheck struct {
+	on      bool
+	allowed map[string]bool
+}
+
+// NewHostCheck returns the rule for a listener: on when loopback is true
+// or allowedHosts is not empty.
+func NewHostCheck(loopback bool, allowedHosts []string) HostCheck {
+	c := HostCheck{on: loopback || len(allowedHosts) > 0, allowed: map[string]bool{}}
+	for _, h := range allowedHosts {
+		c.allowed[normalizeHost(h)] = true
+	}
+	return c
+}
+
+// On reports whether the rule applies to this listener.
+func (c HostCheck) On() bool { return c.on }
+
+// Allows reports whether hostport (with or without a port) names
+// localhost, 127.0.0.0/8, ::1 or an allowed host.
+func (c HostCheck) Allows(hostport string) bool {
+	host := hostOnly(hostport)
 	if host == "" {
 		return false
 	}
-	if isLoopbackName(host) {
-		return true
-	}
-	return g.allowed[host]
+	return isLoopbackName(host) || c.allowed[host]
 }
 
 // hostOnly strips the port from a Host header or URL host and normalizes
@@ -213,5 +252,5 @@ func CheckListen(addr, token string, insecureNoAuth bool) error {
 	if IsLoopbackAddr(addr) || token != "" || insecureNoAuth {
 		return nil
 	}
-	return fmt.Errorf("%w: --addr %q is not a loopback address; set a token (--auth-token-file) or pass --insecure-no-auth", ErrInsecureListen, addr)
+	return fmt.Errorf("%w: %q is not a loopback address; set a token (--auth-token-file) or pass --insecure-no-auth", ErrInsecureListen, addr)
 }

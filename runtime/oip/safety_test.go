@@ -170,3 +170,43 @@ func TestCheckListenNeedsATokenBeyondLoopback(t *testing.T) {
 		}
 	}
 }
+
+// TestBearerAndHostCheck: the two rules both front ends share.
+func TestBearerAndHostCheck(t *testing.T) {
+	b := oip.NewBearer("s3cret")
+	for header, want := range map[string]error{
+		"Bearer s3cret":   nil,
+		"bearer s3cret":   nil,
+		"Bearer  s3cret ": nil,
+		"":                oip.ErrNoBearer,
+		"s3cret":          oip.ErrNoBearer,
+		"Basic s3cret":    oip.ErrNoBearer,
+		"Bearer s3cret2":  oip.ErrWrongBearer,
+		"Bearer ":         oip.ErrWrongBearer,
+	} {
+		if err := b.Verify(header); !errors.Is(err, want) || (want == nil) != (err == nil) {
+			t.Errorf("Verify(%q) = %v, want %v", header, err, want)
+		}
+	}
+	if oip.NewBearer("").Set() || !b.Set() {
+		t.Error("Set() does not say whether a token is configured")
+	}
+	// A blank token is a token that matches nothing, not "no token".
+	blank := oip.NewBearer(" ")
+	if !blank.Set() || blank.Verify("Bearer  ") == nil || blank.Verify("Bearer") == nil {
+		t.Error("a blank token matched a request")
+	}
+
+	h := oip.NewHostCheck(true, []string{"Kasmina.Local."})
+	for hostport, want := range map[string]bool{
+		"localhost:8470": true, "127.9.9.9": true, "[::1]:1": true, "kasmina.local": true, "KASMINA.LOCAL:8471": true,
+		"evil.example": false, "": false, "127.0.0.1.nip.io:80": false,
+	} {
+		if got := h.Allows(hostport); got != want {
+			t.Errorf("Allows(%q) = %v, want %v", hostport, got, want)
+		}
+	}
+	if !h.On() || oip.NewHostCheck(false, nil).On() || !oip.NewHostCheck(false, []string{"x"}).On() {
+		t.Error("On() does not follow loopback and the allow-list")
+	}
+}

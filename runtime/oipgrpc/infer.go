@@ -1,0 +1,344 @@
+package oipgrpc
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+
+	"github.com/esper/kasmina-host/runtime/failure"
+	"github.com/esper/kasmina-host/runtime/oip"
+	"github.com/esper/kasmina-host/runtime/oip/wiretensor"
+	pb "github.com/esper/kasmina-host/runtime/oipgrpc/inferencepb"
+	"github.com/esper/kasmina-host/runtime/shm"
+)
+
+// ModelInfer runs one inference. Every kernel has one FP32 input named
+// "input" and one output named "output". The input's values come from
+// exactly one of raw_input_contents[0] (what Triton's client sends),
+// contents (fp32_contents, or fp64_contents for FP64) or a shared memory
+// region; the output goes to raw_output_contents[0], or to the region its
+// requested output names.
+func (s *service) ModelInfer(ctx context.Context, req *pb.ModelInferRequest) (*pb.ModelInferResponse, error) {
+	m, err := s.lookup(req.GetModelName(), req.GetModelVersion())
+	if err != nil {
+		return nil, err
+	}
+	in, held, err := s.decodeInput(req, m)
+	defer held.Release()
+	if err != nil {
+		return nil, err
+	}
+	outRef, outLease, err := s.requestedOutput(req)
+	defer outLease.Release()
+	if err != nil {
+		return nil, err
+	}
+	// The output size is known before running when the model declares
+	// its shape: a region too small or an answer too large is refused
+	// before any work.
+	if m.OutputShape != nil {
+		n := int64(in.Shape[0])
+		for _, d := range m.OutputShape {
+			n *= int64(d)
+		}
+		if err := s.checkOutput(n, outRef, outLease); err != nil {
+			return nil, err
+		}
+	}
+	out, exec, err := s.backend.Infer(ctx, m, in)
+	if err != nil {
+		return nil, fmt.Errorf("model %q: %w", m.Name, err)
+	}
+	if err := checkOutputTensor(out); err != nil {
+		return nil, fmt.Errorf("model %q: %w", m.Name, err)
+	}
+	if err := s.checkOutput(int64(len(out.Data)), outRef, outLease); err != nil {
+		return nil, err
+	}
+	resp := &pb.ModelInferResponse{
+		ModelName:    m.Name,
+		ModelVersion: versionOf(m),
+		Id:           req.GetId(),
+		Parameters:   execParams(exec),
+		Outputs:      []*pb.ModelInferResponse_InferOutputTensor{{Name: oip.OutputName, Datatype: "FP32", Shape: int64s(out.Shape)}},
+	}
+	if outLease != nil {
+		err := outLease.Write(outRef.Offset, 4*uint64(len(out.Data)), func(b []byte) error {
+			wiretensor.PutFP32(b, out.Data)
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("outputs[0]: %w", err)
+		}
+		return resp, nil
+	}
+	resp.RawOutputContents = [][]byte{wiretensor.FP32Bytes(out.Data)}
+	return resp, nil
+}
+
+// checkOutput refuses an output of n FP32 values that cannot be delivered:
+// larger than the region named for it, or than an answer may be.
+func (s *service) checkOutput(n int64, ref shm.Ref, lease *shm.Lease) error {
+	size := 4 * n
+	if lease != nil {
+		if uint64(size) > ref.ByteSize {
+			return failure.Errorf(failure.BadInput, "outputs[0].parameters.%s is %d bytes but the output needs %d", shm.ParamByteSize, ref.ByteSize, size)
+		}
+		return nil
+	}
+	// The answer's other fields take a few hundred bytes at most.
+	if size > int64(s.opts.MaxSendBytes)-4096 {
+		return failure.Errorf(failure.TooLarge, "the output is %d bytes, more than this server sends in one answer (%d); ask for a smaller batch or use system shared memory", size, s.opts.MaxSendBytes)
+	}
+	return nil
+}
+
+// checkOutputTensor guards the answer against a backend that returned a
+// shape and values that disagree.
+func checkOutputTensor(t oip.Tensor) error {
+	n := 1
+	for _, d := range t.Shape {
+		n *= d
+	}
+	if len(t.Shape) == 0 || n != len(t.Data) {
+		return fmt.Errorf("backend returned output with shape %v and %d values", t.Shape, len(t.Data))
+	}
+	return nil
+}
+
+// decodeInput checks the request's input against the model and returns it
+// as FP32, with the lease of the region it was read from (nil when it came
+// in the message; a nil lease's Release does nothing).
+func (s *service) decodeInput(req *pb.ModelInferRequest, m oip.ModelInfo) (oip.Tensor, *shm.Lease, error) {
+	inputs := req.GetInputs()
+	if len(inputs) != 1 {
+		return oip.Tensor{}, nil, failure.Errorf(failure.BadInput, "inputs: expected exactly one input named %q, got %d", oip.InputName, len(inputs))
+	}
+	in := inputs[0]
+	if in.GetName() != oip.InputName {
+		return oip.Tensor{}, nil, failure.Errorf(failure.BadInput, "inputs[0].name: unknown input %q; model %q takes one input named %q", in.GetName(), m.Name, oip.InputName)
+	}
+	dt, err := wiretensor.ParseDatatype("inputs[0].datatype", in.GetDatatype())
+	if err != nil {
+		return oip.Tensor{}, nil, err
+	}
+	n, err := wiretensor.Count("inputs[0].shape", in.GetShape(), s.opts.MaxElements)
+	if err != nil {
+		return oip.Tensor{}, nil, err
+	}
+	if err := wiretensor.CheckShape("inputs[0].shape", in.GetShape(), m.Name, m.InputShape, m.MaxBatch); err != nil {
+		return oip.Tensor{}, nil, err
+	}
+	ref, inShm, err := parseRef("inputs[0].parameters", in.GetParameters())
+	if err != nil {
+		return oip.Tensor{}, nil, err
+	}
+	raw := req.GetRawInputContents()
+	contents := in.GetContents()
+	sources := 0
+	for _, given := range []bool{len(raw) > 0, contents != nil, inShm} {
+		if given {
+			sources++
+		}
+	}
+	switch {
+	case len(raw) > 1:
+		return oip.Tensor{}, nil, failure.Errorf(failure.BadInput, "raw_input_contents: %d entries for one input", len(raw))
+	case sources > 1:
+		return oip.Tensor{}, nil, failure.Errorf(failure.BadInput, "inputs[0]: give its values once: in raw_input_contents, in contents or in a shared memory region")
+	case sources == 0:
+		return oip.Tensor{}, nil, failure.Errorf(failure.BadInput, "inputs[0]: no values (raw_input_contents, contents or shared memory parameters)")
+	}
+	want := wiretensor.ByteSize(n, dt)
+	var data []float32
+	var lease *shm.Lease
+	switch {
+	case len(raw) == 1:
+		if int64(len(raw[0])) != want {
+			return oip.Tensor{}, nil, failure.Errorf(failure.BadInput, "raw_input_contents[0] is %d bytes but shape %v of %s needs %d", len(raw[0]), in.GetShape(), dt, want)
+		}
+		// The message's bytes are this request's own: FP32 is used where
+		// it lies when the machine and the alignment allow.
+		if dt == wiretensor.FP32 {
+			data, _ = wiretensor.FP32View(raw[0])
+		}
+		if data == nil {
+			data = make([]float32, n)
+			err = wiretensor.Decode("raw_input_contents[0]", data, raw[0], dt)
+		}
+	case contents != nil:
+		data, err = fromContents(contents, dt, n)
+	default:
+		if lease, err = s.acquire("inputs[0]", ref, want); err != nil {
+			return oip.Tensor{}, nil, err
+		}
+		data = make([]float32, n)
+		err = lease.Read(ref.Offset, ref.ByteSize, func(b []byte) error {
+			return wiretensor.Decode("shared memory", data, b, dt)
+		})
+		if err != nil {
+			err = fmt.Errorf("inputs[0]: %w", err)
+		}
+	}
+	if err != nil {
+		return oip.Tensor{}, lease, err
+	}
+	shape := make([]int, len(in.GetShape()))
+	for i, d := range in.GetShape() {
+		shape[i] = int(d)
+	}
+	return oip.Tensor{Shape: shape, Data: data}, lease, nil
+}
+
+// acquire holds the region ref names for a tensor of want bytes (any
+// size up to the region's when want < 0).
+func (s *service) acquire(field string, ref shm.Ref, want int64) (*shm.Lease, error) {
+	if want >= 0 && ref.ByteSize != uint64(want) && s.opts.SharedMemory != nil {
+		return nil, failure.Errorf(failure.BadInput, "%s.parameters.%s is %d bytes but the tensor needs %d", field, shm.ParamByteSize, ref.ByteSize, want)
+	}
+	return s.opts.SharedMemory.Hold(field, ref)
+}
+
+// fromContents reads the typed contents field of the input's datatype.
+// FP16 and BF16 have none: they travel in raw_input_contents.
+func fromContents(c *pb.InferTensorContents, dt wiretensor.Datatype, n int64) ([]float32, error) {
+	others := len(c.GetBoolContents()) + len(c.GetIntContents()) + len(c.GetInt64Contents()) + len(c.GetUintContents()) +
+		len(c.GetUint64Contents()) + len(c.GetBytesContents())
+	var data []float32
+	switch dt {
+	case wiretensor.FP32:
+		others += len(c.GetFp64Contents())
+		if int64(len(c.GetFp32Contents())) != n {
+			return nil, failure.Errorf(failure.BadInput, "inputs[0].contents.fp32_contents holds %d values but its shape declares %d", len(c.GetFp32Contents()), n)
+		}
+		data = c.GetFp32Contents()
+	case wiretensor.FP64:
+		others += len(c.GetFp32Contents())
+		if int64(len(c.GetFp64Contents())) != n {
+			return nil, failure.Errorf(failure.BadInput, "inputs[0].contents.fp64_contents holds %d values but its shape declares %d", len(c.GetFp64Contents()), n)
+		}
+		data = make([]float32, n)
+		if err := wiretensor.NarrowFP64("inputs[0].contents.fp64_contents", data, c.GetFp64Contents()); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, failure.Errorf(failure.BadInput, "inputs[0].contents: %s has no contents field; send it in raw_input_contents", dt)
+	}
+	if others > 0 {
+		return nil, failure.Errorf(failure.BadInput, "inputs[0].contents: values in a field other than the one of datatype %s", dt)
+	}
+	return data, nil
+}
+
+// requestedOutput checks the requested outputs (none, or "output") and
+// holds the region the output goes to, if one is named.
+func (s *service) requestedOutput(req *pb.ModelInferRequest) (shm.Ref, *shm.Lease, error) {
+	var ref shm.Ref
+	var lease *shm.Lease
+	for i, o := range req.GetOutputs() {
+		if o.GetName() != oip.OutputName {
+			return ref, lease, failure.Errorf(failure.BadInput, "outputs[%d].name: unknown output %q; the model has one output named %q", i, o.GetName(), oip.OutputName)
+		}
+		if _, ok := o.GetParameters()["classification"]; ok {
+			return ref, lease, failure.Errorf(failure.Unsupported, "outputs[%d].parameters.classification: the classification extension is not supported", i)
+		}
+		field := fmt.Sprintf("outputs[%d]", i)
+		r, ok, err := parseRef(field+".parameters", o.GetParameters())
+		if err != nil || !ok {
+			if err != nil {
+				return ref, lease, err
+			}
+			continue
+		}
+		if lease != nil {
+			return ref, lease, failure.Errorf(failure.BadInput, "%s: the output is requested twice in shared memory", field)
+		}
+		if lease, err = s.acquire(field, r, -1); err != nil {
+			return ref, nil, err
+		}
+		if !lease.Writable() {
+			return ref, lease, failure.Errorf(failure.Refused, "%s.parameters.%s: region %q is read-only to the host", field, shm.ParamRegion, r.Region)
+		}
+		ref = r
+	}
+	return ref, lease, nil
+}
+
+// parseRef reads the shared memory parameters of a tensor; a parameter of
+// the wrong type is refused, naming it.
+func parseRef(field string, params map[string]*pb.InferParameter) (shm.Ref, bool, error) {
+	if len(params) == 0 {
+		return shm.Ref{}, false, nil
+	}
+	var region *string
+	var offset, size *int64
+	if p, ok := params[shm.ParamRegion]; ok {
+		v, isString := p.GetParameterChoice().(*pb.InferParameter_StringParam)
+		if !isString {
+			return shm.Ref{}, false, failure.Errorf(failure.BadInput, "%s.%s must be a string_param", field, shm.ParamRegion)
+		}
+		region = &v.StringParam
+	}
+	for _, f := range [...]struct {
+		name string
+		dst  **int64
+	}{{shm.ParamOffset, &offset}, {shm.ParamByteSize, &size}} {
+		p, ok := params[f.name]
+		if !ok {
+			continue
+		}
+		v, err := int64Param(field+"."+f.name, p)
+		if err != nil {
+			return shm.Ref{}, false, err
+		}
+		*f.dst = &v
+	}
+	return shm.ParseRef(field, region, offset, size)
+}
+
+// int64Param accepts an int64_param, or a uint64_param that fits.
+func int64Param(field string, p *pb.InferParameter) (int64, error) {
+	switch v := p.GetParameterChoice().(type) {
+	case *pb.InferParameter_Int64Param:
+		return v.Int64Param, nil
+	case *pb.InferParameter_Uint64Param:
+		if v.Uint64Param <= 1<<63-1 {
+			return int64(v.Uint64Param), nil
+		}
+		return 0, failure.Errorf(failure.BadInput, "%s: %d is too large", field, v.Uint64Param)
+	}
+	return 0, failure.Errorf(failure.BadInput, "%s must be an int64_param", field)
+}
+
+// execParams says where the request ran, so that a fallback is never
+// silent, with the names the HTTP answer uses.
+func execParams(e oip.ExecInfo) map[string]*pb.InferParameter {
+	p := map[string]*pb.InferParameter{
+		"placed_on":   {ParameterChoice: &pb.InferParameter_StringParam{StringParam: e.PlacedOn}},
+		"executed_on": {ParameterChoice: &pb.InferParameter_StringParam{StringParam: e.ExecutedOn}},
+		"executor":    {ParameterChoice: &pb.InferParameter_StringParam{StringParam: e.Executor}},
+		"fallback":    {ParameterChoice: &pb.InferParameter_BoolParam{BoolParam: e.Fallback}},
+	}
+	if e.Reason != "" {
+		p["fallback_reason"] = &pb.InferParameter{ParameterChoice: &pb.InferParameter_StringParam{StringParam: e.Reason}}
+	}
+	if e.QueueTime > 0 {
+		p["queue_ns"] = &pb.InferParameter{ParameterChoice: &pb.InferParameter_Int64Param{Int64Param: e.QueueTime.Nanoseconds()}}
+	}
+	if e.ComputeTime > 0 {
+		p["compute_ns"] = &pb.InferParameter{ParameterChoice: &pb.InferParameter_Int64Param{Int64Param: e.ComputeTime.Nanoseconds()}}
+	}
+	return p
+}
+
+func int64s(s []int) []int64 {
+	out := make([]int64, len(s))
+	for i, d := range s {
+		out[i] = int64(d)
+	}
+	return out
+}
+
+func itoa(v int64) string { return strconv.FormatInt(v, 10) }
+
+func boolString(b bool) string { return strconv.FormatBool(b) }
