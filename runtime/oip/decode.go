@@ -166,22 +166,23 @@ func decodeInferRequest(body []byte, headerLen int64, model ModelInfo, lim limit
 	for i := range req.Inputs {
 		in := &req.Inputs[i]
 		role := roleOf(in.Name)
-		field := "inputs[" + strconv.Itoa(i) + "]"
+		f := &inputFields[i] // checkInputNames let at most numInputRoles through
+		field := f.base
 		w := &out.Inputs[role]
 		w.Given, w.Field = true, field
-		dt, err := wiretensor.ParseDatatype(field+".datatype", in.Datatype)
+		dt, err := wiretensor.ParseDatatype(f.datatype, in.Datatype)
 		if err != nil {
 			return out, err
 		}
-		n, err := wiretensor.Count(field+".shape", in.Shape, lim.maxElements)
+		n, err := wiretensor.Count(f.shape, in.Shape, lim.maxElements)
 		if err != nil {
 			return out, err
 		}
-		if err := checkInputShape(field, in.Name, in.Shape, model, req.Inputs); err != nil {
+		if err := checkInputShape(f, in.Name, in.Shape, model, req.Inputs); err != nil {
 			return out, err
 		}
 		w.Type = dt
-		ref, inShm, err := in.Parameters.ref(field + ".parameters")
+		ref, inShm, err := in.Parameters.ref(f.params)
 		if err != nil {
 			return out, err
 		}
@@ -197,7 +198,8 @@ func decodeInferRequest(body []byte, headerLen int64, model ModelInfo, lim limit
 				return out, badInput("%s.parameters.%s is %d bytes but shape %v of %s needs %d", field, shm.ParamByteSize, ref.ByteSize, in.Shape, dt, want)
 			}
 			anyShm = true
-			w.Shm = &ref
+			inShmRef := ref // a copy: ref itself stays off the heap
+			w.Shm = &inShmRef
 		case in.Parameters.BinaryDataSize != nil:
 			size := *in.Parameters.BinaryDataSize
 			switch {
@@ -220,7 +222,7 @@ func decodeInferRequest(body []byte, headerLen int64, model ModelInfo, lim limit
 			if !hasJSONData {
 				return out, badInput("%s: no data, no parameters.binary_data_size and no shared memory region", field)
 			}
-			if data, err = decodeJSONData(field+".data", in.Data, n, max(1, len(in.Shape)), dt); err != nil {
+			if data, err = decodeJSONData(f.data, in.Data, n, max(1, len(in.Shape)), dt); err != nil {
 				return out, err
 			}
 		}
@@ -290,6 +292,18 @@ func (d *decodedRequest) layerParams(p *requestParams, model ModelInfo) error {
 	return nil
 }
 
+// inputField names inputs[i] and its fields in errors, without building
+// the strings per request.
+type inputField struct{ base, datatype, shape, params, data string }
+
+func newInputField(i int) inputField {
+	b := "inputs[" + strconv.Itoa(i) + "]"
+	return inputField{b, b + ".datatype", b + ".shape", b + ".parameters", b + ".data"}
+}
+
+// inputFields are the names of every input a request may have.
+var inputFields = [numInputRoles]inputField{newInputField(0), newInputField(1), newInputField(2)}
+
 // roleOf is the role of a checked input name.
 func roleOf(name string) int {
 	for r, n := range inputNames {
@@ -331,9 +345,9 @@ func checkInputNames(inputs []requestInput, model ModelInfo, kept bool) error {
 
 // checkInputShape checks one input's shape (batch first) against the
 // model: a kernel's input, or a layer's tensor by name.
-func checkInputShape(field, name string, shape []int64, model ModelInfo, all []requestInput) error {
+func checkInputShape(f *inputField, name string, shape []int64, model ModelInfo, all []requestInput) error {
 	if !model.Layer {
-		return wiretensor.CheckShape(field+".shape", shape, model.Name, model.InputShape, model.MaxBatch)
+		return wiretensor.CheckShape(f.shape, shape, model.Name, model.InputShape, model.MaxBatch)
 	}
 	batch := int64(-1)
 	for _, in := range all {
@@ -341,7 +355,7 @@ func checkInputShape(field, name string, shape []int64, model ModelInfo, all []r
 			batch = in.Shape[0]
 		}
 	}
-	return CheckLayerInput(field, name, shape, model, batch)
+	return CheckLayerInput(f.base, name, shape, model, batch)
 }
 
 // CheckLayerInput checks the shape (batch first) of layer model's input
@@ -368,16 +382,16 @@ func CheckLayerInput(field, name string, shape []int64, model ModelInfo, inputBa
 // any) and, when batch ≥ 0, the batch of the request's input. The error
 // names the tensor and the dimension that is wrong.
 func checkLayerShape(field, name string, shape []int64, layer string, want []int, batch int64) error {
-	full := "[batch" + dims(want) + "]"
+	full := func() string { return "[batch" + dims(want) + "]" } // for the errors
 	if want != nil && len(shape) != len(want)+1 {
-		return badInput("%s (%q).shape %v has %d dimensions; layer %q takes %s", field, name, shape, len(shape), layer, full)
+		return badInput("%s (%q).shape %v has %d dimensions; layer %q takes %s", field, name, shape, len(shape), layer, full())
 	}
 	if batch >= 0 && len(shape) > 0 && shape[0] != batch {
 		return badInput("%s (%q).shape[0] is %d but the batch of %q is %d", field, name, shape[0], InputName, batch)
 	}
 	for i, d := range want {
 		if shape[i+1] != int64(d) {
-			return badInput("%s (%q).shape[%d] is %d where layer %q takes %d (%s)", field, name, i+1, shape[i+1], layer, d, full)
+			return badInput("%s (%q).shape[%d] is %d where layer %q takes %d (%s)", field, name, i+1, shape[i+1], layer, d, full())
 		}
 	}
 	return nil
