@@ -20,7 +20,8 @@ import (
 )
 
 // layerServer is a gRPC server over a real host whose layer "L" has the
-// golden kernel g in seed 0 at alpha 0.5 and seed 1 at alpha 0.25.
+// golden kernel g in seed 0 at alpha 0.5 and seed 1 at alpha 0.25, and
+// which serves g directly as "direct".
 func layerServer(t *testing.T, g *oiptest.Golden) pb.GRPCInferenceServiceClient {
 	t.Helper()
 	inv, err := device.Open(context.Background(), device.Options{Simulate: "dgxa100"})
@@ -44,6 +45,9 @@ func layerServer(t *testing.T, g *oiptest.Golden) pb.GRPCInferenceServiceClient 
 		if _, err := h.Apply(ctx, runtime.SetAlpha{Layer: "L", SeedIdx: idx, Alpha: alpha}); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if _, err := h.Load(ctx, runtime.LoadRequest{Data: g.Kernel, Name: "direct"}); err != nil {
+		t.Fatal(err)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -168,6 +172,19 @@ func TestLayerModelInfer(t *testing.T) {
 		RawInputContents: [][]byte{f32(g.Input...), make([]byte, 4*bad[0]*bad[1])},
 	})
 	wantCode(t, err, codes.InvalidArgument, `inputs[1] ("default").shape[1]`)
+
+	// A kernel served directly refuses the layer's parameters and inputs.
+	_, err = c.ModelInfer(ctx, &pb.ModelInferRequest{
+		ModelName: "direct", Inputs: []*pb.ModelInferRequest_InferInputTensor{in("input", g.InputShape)},
+		RawInputContents: [][]byte{f32(g.Input...)},
+		Parameters:       map[string]*pb.InferParameter{"keep_forward": {ParameterChoice: &pb.InferParameter_BoolParam{BoolParam: true}}},
+	})
+	wantCode(t, err, codes.InvalidArgument, "parameters.keep_forward")
+	_, err = c.ModelInfer(ctx, &pb.ModelInferRequest{
+		ModelName: "direct", Inputs: []*pb.ModelInferRequest_InferInputTensor{in("input", g.InputShape), in("default", g.OutShape)},
+		RawInputContents: [][]byte{f32(g.Input...), f32(def...)},
+	})
+	wantCode(t, err, codes.InvalidArgument, "inputs")
 
 	md, err := c.ModelMetadata(ctx, &pb.ModelMetadataRequest{Name: "L"})
 	if err != nil {
