@@ -67,8 +67,8 @@ func TestRestoreSavesNothingUntilRunStarts(t *testing.T) {
 	stop := runHost(t, h2)
 	waitFor(t, "the host to turn ready", func() bool { ok, _ := h2.Ready(); return ok })
 	n, saved := store2.saved()
-	if n != 1 || len(saved.Kernels) != 2 || len(saved.Seeds) != 2 {
-		t.Fatalf("after the start-up: %d saves, the last with %d kernels and %d seeds; want 1 with 2 and 2", n, len(saved.Kernels), len(saved.Seeds))
+	if n != 1 || len(saved.Kernels) != 2 || len(saved.Seeds) != DefaultNumSeeds {
+		t.Fatalf("after the start-up: %d saves, the last with %d kernels and %d seeds; want 1 with 2 and %d (the layer's slots)", n, len(saved.Kernels), len(saved.Seeds), DefaultNumSeeds)
 	}
 	stop()
 	if n, _ := store2.saved(); n != 2 {
@@ -127,7 +127,7 @@ func TestRunConsumesCommandsAndEpochs(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 		s := h.Seeds()
-		return len(s) == 1 && s[0].Alpha == 0.25
+		return len(s) == DefaultNumSeeds && s[0].Alpha == 0.25
 	})
 	if _, err := h.Infer(context.Background(), "k", Request{Input: make([]float32, 4), Shape: []int{1, 4}}); err != nil {
 		t.Fatal(err)
