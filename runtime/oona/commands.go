@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"reflect"
 	"slices"
 	"strings"
 
@@ -191,25 +192,26 @@ type CommandHandler interface {
 }
 
 // commandHead is every member a command payload may have, in any of the
-// shapes ParseCommand reads.
+// shapes ParseCommand reads. The numbers are read by number, which names
+// the member when one is not a number.
 type commandHead struct {
-	Command   *string      `json:"command"`
-	LayerName *string      `json:"layer_name"`
-	SeedIdx   *json.Number `json:"seed_idx"`
-	SeedIndex *json.Number `json:"seed_index"`
-	Artifact  *string      `json:"artifact_id"`
-	KernelID  *string      `json:"kernel_id"`
-	State     *string      `json:"state"`
-	Alpha     *json.Number `json:"alpha"`
+	Command   *string         `json:"command"`
+	LayerName *string         `json:"layer_name"`
+	SeedIdx   json.RawMessage `json:"seed_idx"`
+	SeedIndex json.RawMessage `json:"seed_index"`
+	Artifact  *string         `json:"artifact_id"`
+	KernelID  *string         `json:"kernel_id"`
+	State     *string         `json:"state"`
+	Alpha     json.RawMessage `json:"alpha"`
 	// Ids: command_id, or the phase-3 plan's decision_id.
 	CommandID  *string `json:"command_id"`
 	DecisionID *string `json:"decision_id"`
 	// The HLD's KasminaControlCommand.
-	TargetLayerID    *json.Number `json:"target_layer_id"`
-	TargetSeedID     *json.Number `json:"target_seed_id"`
-	KernelArtifactID *string      `json:"kernel_artifact_id"`
-	GraftingStrategy *string      `json:"grafting_strategy"`
-	SelectedForTags  []string     `json:"selected_for_tags"`
+	TargetLayerID    json.RawMessage `json:"target_layer_id"`
+	TargetSeedID     json.RawMessage `json:"target_seed_id"`
+	KernelArtifactID *string         `json:"kernel_artifact_id"`
+	GraftingStrategy *string         `json:"grafting_strategy"`
+	SelectedForTags  []string        `json:"selected_for_tags"`
 }
 
 // ParseCommand decodes a command payload (the JSON object in the payload
@@ -222,9 +224,11 @@ type commandHead struct {
 // a command are ignored, as Pydantic does by default.
 func ParseCommand(payload []byte) (CommandPayload, error) {
 	var head commandHead
-	dec := json.NewDecoder(bytes.NewReader(payload))
-	dec.UseNumber()
-	if err := dec.Decode(&head); err != nil {
+	if err := json.Unmarshal(payload, &head); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) && te.Field != "" {
+			return nil, fmt.Errorf("%w: payload.%s is a JSON %s, want a %s", ErrBadCommand, te.Field, te.Value, jsonKind(te.Type.Kind()))
+		}
 		return nil, fmt.Errorf("%w: payload: %w", ErrBadCommand, err)
 	}
 	if head.Command == nil {
@@ -248,16 +252,24 @@ func ParseCommand(payload []byte) (CommandPayload, error) {
 	if head.LayerName == nil || strings.TrimSpace(*head.LayerName) == "" {
 		return nil, fmt.Errorf("%w: payload.layer_name missing or empty", ErrBadCommand)
 	}
-	idx := head.SeedIdx
+	idx, err := number("seed_idx", head.SeedIdx)
+	if err != nil {
+		return nil, err
+	}
+	index, err := number("seed_index", head.SeedIndex)
+	if err != nil {
+		return nil, err
+	}
+	member := "seed_idx"
 	if idx == nil {
-		idx = head.SeedIndex
-	} else if head.SeedIndex != nil && head.SeedIndex.String() != idx.String() {
-		return nil, fmt.Errorf("%w: payload.seed_idx %s and payload.seed_index %s differ", ErrBadCommand, idx, head.SeedIndex)
+		idx, member = index, "seed_index"
+	} else if index != nil && index.String() != idx.String() {
+		return nil, fmt.Errorf("%w: payload.seed_idx %s and payload.seed_index %s differ", ErrBadCommand, idx, index)
 	}
 	if idx == nil {
 		return nil, fmt.Errorf("%w: payload.seed_idx missing", ErrBadCommand)
 	}
-	seed, err := nonNegativeInt("seed_idx", *idx)
+	seed, err := nonNegativeInt(member, *idx)
 	if err != nil {
 		return nil, err
 	}
@@ -284,12 +296,16 @@ func ParseCommand(payload []byte) (CommandPayload, error) {
 		}
 		return &SetSeedState{LayerName: layer, SeedIdx: seed, State: st, ID: id}, nil
 	default: // CommandSetAlpha
-		if head.Alpha == nil {
+		alpha, err := number("alpha", head.Alpha)
+		if err != nil {
+			return nil, err
+		}
+		if alpha == nil {
 			return nil, fmt.Errorf("%w: payload.alpha missing", ErrBadCommand)
 		}
-		a, err := head.Alpha.Float64()
+		a, err := alpha.Float64()
 		if err != nil || math.IsNaN(a) || math.IsInf(a, 0) {
-			return nil, fmt.Errorf("%w: payload.alpha %s is not a finite number", ErrBadCommand, head.Alpha.String())
+			return nil, fmt.Errorf("%w: payload.alpha %s is not a finite number", ErrBadCommand, alpha.String())
 		}
 		return &SetAlpha{LayerName: layer, SeedIdx: seed, Alpha: a, ID: id}, nil
 	}
@@ -297,17 +313,25 @@ func ParseCommand(payload []byte) (CommandPayload, error) {
 
 // parseControl reads the HLD's KasminaControlCommand.
 func parseControl(head *commandHead, id string) (CommandPayload, error) {
-	if head.TargetLayerID == nil {
-		return nil, fmt.Errorf("%w: payload.target_layer_id missing", ErrBadCommand)
-	}
-	if head.TargetSeedID == nil {
-		return nil, fmt.Errorf("%w: payload.target_seed_id missing", ErrBadCommand)
-	}
-	layer, err := nonNegativeInt("target_layer_id", *head.TargetLayerID)
+	layerID, err := number("target_layer_id", head.TargetLayerID)
 	if err != nil {
 		return nil, err
 	}
-	seed, err := nonNegativeInt("target_seed_id", *head.TargetSeedID)
+	seedID, err := number("target_seed_id", head.TargetSeedID)
+	if err != nil {
+		return nil, err
+	}
+	if layerID == nil {
+		return nil, fmt.Errorf("%w: payload.target_layer_id missing", ErrBadCommand)
+	}
+	if seedID == nil {
+		return nil, fmt.Errorf("%w: payload.target_seed_id missing", ErrBadCommand)
+	}
+	layer, err := nonNegativeInt("target_layer_id", *layerID)
+	if err != nil {
+		return nil, err
+	}
+	seed, err := nonNegativeInt("target_seed_id", *seedID)
 	if err != nil {
 		return nil, err
 	}
@@ -322,6 +346,36 @@ func parseControl(head *commandHead, id string) (CommandPayload, error) {
 		return nil, fmt.Errorf("%w: payload.kernel_artifact_id missing or empty", ErrBadCommand)
 	}
 	return c, nil
+}
+
+// number reads a numeric member, nil when it is absent or null; a
+// member of another JSON type is refused, naming it.
+func number(member string, raw json.RawMessage) (*json.Number, error) {
+	if raw == nil || string(raw) == "null" {
+		return nil, nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return nil, fmt.Errorf("%w: payload.%s: %w", ErrBadCommand, member, err)
+	}
+	n, ok := v.(json.Number)
+	if !ok {
+		return nil, fmt.Errorf("%w: payload.%s %s is not a number", ErrBadCommand, member, truncate(string(raw), 40))
+	}
+	return &n, nil
+}
+
+// jsonKind names what a Go kind is in JSON, for messages.
+func jsonKind(k reflect.Kind) string {
+	switch k {
+	case reflect.String:
+		return "string"
+	case reflect.Slice:
+		return "list"
+	}
+	return k.String()
 }
 
 // either returns the string of one of two members that mean the same

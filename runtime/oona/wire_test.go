@@ -172,7 +172,12 @@ func TestParseCommandNamesTheWrongField(t *testing.T) {
 		{`{"command": "load_kernel", "layer_name": "l", "seed_idx": 1.5, "artifact_id": "a"}`, "payload.seed_idx 1.5"},
 		{`{"command": "load_kernel", "layer_name": "l", "seed_idx": 0}`, "payload.artifact_id"},
 		{`{"command": "set_seed_state", "layer_name": "l", "seed_idx": 0, "state": "sleeping"}`, `payload.state "sleeping"`},
-		{`{"command": "set_alpha", "layer_name": "l", "seed_idx": 0, "alpha": "half"}`, "payload"},
+		{`{"command": "set_alpha", "layer_name": "l", "seed_idx": 0, "alpha": "half"}`, `payload.alpha "half" is not a number`},
+		{`{"command": "load_kernel", "layer_name": "l", "seed_index": "two", "kernel_id": "k"}`, `payload.seed_index "two" is not a number`},
+		{`{"command": "load_kernel", "layer_name": "l", "seed_index": 1.5, "kernel_id": "k"}`, `payload.seed_index 1.5 is not an integer`},
+		{`{"command": "load_kernel", "layer_name": 5, "seed_idx": 0, "artifact_id": "k"}`, `payload.layer_name is a JSON number, want a string`},
+		{`{"command": "request_germination", "target_layer_id": [1], "target_seed_id": 0, "kernel_artifact_id": "k"}`, `payload.target_layer_id [1] is not a number`},
+		{`{"command": "request_germination", "target_layer_id": 1, "target_seed_id": 0, "kernel_artifact_id": "k", "selected_for_tags": "x"}`, `payload.selected_for_tags is a JSON string, want a list`},
 		{`{"command": "set_alpha", "layer_name": "l", "seed_idx": 0, "alpha": 1e400}`, "payload.alpha 1e400 is not a finite number"},
 		{`{"command": "set_alpha", "layer_name": "l", "seed_idx": 0}`, "payload.alpha missing"},
 	}
