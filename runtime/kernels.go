@@ -24,6 +24,9 @@ import (
 // loaded is one kernel the host serves.
 type loaded struct {
 	name string
+	// base is what name was derived from for a seed's kernel when the
+	// load named none (seedKernelName), "" otherwise.
+	base string
 	// key names its reservation in the ledger: unique to this load, so
 	// that a kernel replacing another of its name is placed before the
 	// other lets its reservation go.

@@ -406,13 +406,14 @@ func (h *Host) describe(req *LoadRequest, art artifact, hd *cache.Handle[*parsed
 		return nil, classify(err, failure.Refused)
 	}
 	seed := seedKey{req.Layer, req.SeedIdx}
-	name := req.Name
+	name, base := req.Name, ""
 	if name == "" {
 		name = req.base
 		if name == "" {
 			name = defaultName(meta.KernelID, art.source, k.ID())
 		}
 		if seed.layer != "" {
+			base = name
 			name = h.seedKernelName(name, seed)
 		}
 	}
@@ -442,6 +443,7 @@ func (h *Host) describe(req *LoadRequest, art artifact, hd *cache.Handle[*parsed
 	}
 	l := &loaded{
 		name:         name,
+		base:         base,
 		key:          name + "#" + strconv.FormatUint(h.loads.Add(1), 10),
 		kernel:       k,
 		handle:       hd,
@@ -517,7 +519,14 @@ func (h *Host) register(ctx context.Context, l *loaded, req LoadRequest, start t
 		// answers 504 and the kernel is not loaded).
 		return abort(fmt.Errorf("loading kernel %q: %w", name, err))
 	}
-	same := h.kernels[name]                   // the kernel of this name, wherever it serves
+	same := h.kernels[name] // the kernel of this name, wherever it serves
+	if same != nil && l.base != "" && same.seed != l.seed {
+		// The name was derived for this seed, and another seed's load of
+		// the same artifact registered it since: this kernel takes the
+		// name of its own seed rather than move the other.
+		name = h.seedKernelNameLocked(l.base, l.seed)
+		l.name, same = name, h.kernels[name]
+	}
 	cur := h.kernels[h.book.kernelAt(l.seed)] // the kernel the seed holds
 	if same != nil && !req.Replace {
 		// Another load of the same name got there first.
@@ -605,8 +614,13 @@ func (h *Host) register(ctx context.Context, l *loaded, req LoadRequest, start t
 // name could not be part of a model name).
 func (h *Host) seedKernelName(base string, k seedKey) string {
 	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.seedKernelNameLocked(base, k)
+}
+
+// seedKernelNameLocked is seedKernelName with h.mu held.
+func (h *Host) seedKernelNameLocked(base string, k seedKey) string {
 	other, taken := h.kernels[base]
-	h.mu.RUnlock()
 	if !taken || other.seed == k {
 		return base
 	}

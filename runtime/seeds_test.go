@@ -3,6 +3,8 @@ package runtime
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -134,5 +136,59 @@ func TestApplyPublishesOutcomeEvents(t *testing.T) {
 	if alpha["event_type"] != "seed_alpha_changed" || alpha["alpha"] != 1.0 || alpha["clamped"] != true ||
 		alpha["command_event_id"] == "" || alpha["command_event_id"] != pub.msgs[2].trace {
 		t.Errorf("alpha event %v (trace %s): a fresh event id, the trace too", alpha, pub.msgs[2].trace)
+	}
+}
+
+// One artifact loaded into several seeds at once (commands for different
+// seeds run concurrently): each seed keeps its own kernel, none takes
+// another's by the name both derived before either registered.
+func TestConcurrentLoadsOfOneArtifactKeepTheirSeeds(t *testing.T) {
+	inv := openInventory(t, "dgxa100", nil)
+	data := linearKernel(t, "k", nil)
+	// The three fetches of a round meet before any returns: every load
+	// names its kernel before any registers.
+	var (
+		mu      sync.Mutex
+		arrived int
+		met     = sync.NewCond(&mu)
+	)
+	fetch := fetcherFunc(func(context.Context, string, string) ([]byte, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		arrived++
+		round := (arrived + 2) / 3
+		met.Broadcast()
+		for arrived < 3*round {
+			met.Wait()
+		}
+		return data, nil
+	})
+	h, _, _ := newHost(t, inv, Config{GraftingRamp: -1}, withFetcher(fetch))
+	ctx := context.Background()
+	for round := range 10 {
+		layer := fmt.Sprint("l", round)
+		if _, err := h.Apply(ctx, DeclareLayer{Layer: layer, Spec: LayerSpec{NumSeeds: 3}}); err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		for i := range 3 {
+			wg.Go(func() {
+				if _, err := h.Apply(ctx, LoadKernel{Layer: layer, SeedIdx: i, Artifact: "/r/k.safetensors"}); err != nil {
+					t.Errorf("%s/%d: %v", layer, i, err)
+				}
+			})
+		}
+		wg.Wait()
+		v, _ := h.Layer(layer)
+		names := map[string]bool{}
+		for _, s := range v.Seeds {
+			if s.Kernel == nil || len(s.History) != 0 || names[*s.Kernel] {
+				t.Fatalf("round %d: seed %d holds %v, history %+v; want a kernel of its own", round, s.SeedIdx, s.Kernel, s.History)
+			}
+			names[*s.Kernel] = true
+			if _, ok := h.Kernel(*s.Kernel); !ok {
+				t.Fatalf("round %d: seed %d's kernel %s is not served", round, s.SeedIdx, *s.Kernel)
+			}
+		}
 	}
 }
