@@ -158,6 +158,10 @@ type Config struct {
 	// RequireChecksum refuses a kernel id Urza resolves to a record with
 	// no SHA-256 (instead of pinning the first bytes loaded for the id).
 	RequireChecksum bool
+	// Layers are declarations Run applies first, after a Restore and
+	// before the repository scan and the bus (the --layers file). One the
+	// host refuses is logged as an error; the others apply.
+	Layers []DeclareLayer
 	// Logger receives the host's logs (default: discard).
 	Logger *slog.Logger
 	// Now is the clock (default time.Now).
@@ -381,14 +385,23 @@ func (h *Host) Ready() (bool, string) {
 	return true, ""
 }
 
-// Run starts the host and runs it until ctx ends. It loads the
-// repository's kernels (those a Restore brought back stay as they are),
+// Run starts the host and runs it until ctx ends. It applies
+// Config.Layers, loads the repository's kernels (those a Restore brought back stay as they are),
 // saves the state once, turns ready, and then runs the host's loops:
 // re-placement on device health changes and memory pressure, health
 // signal emission every SignalInterval, the bus's command and epoch
 // consumers, and retries of a failing state store. When ctx ends it waits
 // for the consumers, emits the last signals and saves the state.
 func (h *Host) Run(ctx context.Context) error {
+	for _, d := range h.cfg.Layers {
+		o, err := h.Apply(ctx, d)
+		if err != nil {
+			h.log.Error("layer declaration refused", slog.String("layer", d.Layer), slog.String("declared_by", d.By.String()), slog.Any("err", err))
+			continue
+		}
+		h.log.Info("layer declared", slog.String("layer", d.Layer), slog.Int("layer_id", o.LayerID), slog.String("declared_by", d.By.String()),
+			slog.Bool("unchanged", o.Unchanged))
+	}
 	loaded, failed, err := h.loadRepository(ctx)
 	if err != nil {
 		h.log.Error("kernel repository", slog.Any("err", err))
