@@ -191,4 +191,21 @@ func TestConcurrentLoadsOfOneArtifactKeepTheirSeeds(t *testing.T) {
 			}
 		}
 	}
+	// One parsed kernel in the cache, one reservation per seed.
+	if st := h.cache.Stats(); st.Entries != 1 {
+		t.Errorf("%d parsed kernels cached for one artifact, want 1", st.Entries)
+	}
+	ks := h.Kernels()
+	var want, reserved float64
+	devs := map[string]bool{}
+	for _, k := range ks {
+		want += k.Placement.EstimateMiB
+		devs[k.Placement.Device] = true
+	}
+	for d := range devs {
+		reserved += h.ledger.ReservedMiB(d)
+	}
+	if len(ks) != 30 || reserved != want || want == 0 {
+		t.Errorf("%d kernels, %v MiB reserved, want 30 and %v", len(ks), reserved, want)
+	}
 }

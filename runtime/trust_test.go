@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"archive/zip"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -247,5 +248,37 @@ func TestUrzaPinsFirstBytes(t *testing.T) {
 	}
 	if p := h2.State().Pins; len(p) != 2 || p["j"] != sha(other) || p["k"] != sha(good) {
 		t.Errorf("pins %v", p)
+	}
+}
+
+// A Tezzeret artifact (torch.save's zip) behind an Urza record is refused
+// for good, saying what it is and how to convert it, in the error and in
+// the outcome event's failure_reason.
+func TestUrzaTezzeretArtifactRefused(t *testing.T) {
+	var zbuf bytes.Buffer
+	zw := zip.NewWriter(&zbuf)
+	for _, name := range []string{"model/data.pkl", "model/version", "model/data/0"} {
+		w, err := zw.Create(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprint(w, "x")
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	h, urza, b := trustFixture(t, Config{}, nil)
+	urza.set("tz", flatRecord("tz", "validated", ""))
+	b.put(objectRef("tz"), zbuf.Bytes())
+	o, err := h.Apply(context.Background(), LoadKernel{Layer: "layer1", SeedIdx: 0, Artifact: "tz"})
+	if failure.ClassOf(err) != failure.Malformed || !strings.Contains(fmt.Sprint(err), "a PyTorch torch.save archive (zip)") ||
+		!strings.Contains(fmt.Sprint(err), kernels.Converter) {
+		t.Fatalf("a torch.save zip: %v (%s)", err, failure.ClassOf(err))
+	}
+	if o.Event != KernelLoadFailed || o.FailureReason != err.Error() {
+		t.Errorf("outcome %+v", o)
+	}
+	if p := h.State().Pins; len(p) != 0 {
+		t.Errorf("a refused artifact pinned: %v", p)
 	}
 }
