@@ -38,13 +38,24 @@
 //
 // # Layers and seeds
 //
-// HealthSignal.layer_id is an integer while commands name layers by
-// layer_name. The host gives each layer name it registers the next free
-// integer, starting at 0, in registration order, and keeps the mapping for
-// the life of the state directory (it is saved with the rest of the state),
-// so a controller maps signals back to layers with GET /v1/layers. A kernel
-// served directly (not through load_kernel) stands as a seed of its own:
-// layer name = kernel name, seed index 0.
+// A layer is declared by its owner (DeclareLayer: PUT /v1/layers, the
+// --layers file), by a command for an unknown layer with
+// Config.AcceptAllLayers, or implicitly by a kernel loaded into it
+// directly. Its id, the layer_id of its health signals, is the declared
+// one, else LayerIDOf its name (FNV-1a): the same on every host, so that
+// signals of different hosts never share an id for different layers. A
+// layer has num_seeds slots; each slot holds one seed. Loading a kernel
+// into a dormant seed germinates it; into a seed that holds one, swaps
+// it (requests already running finish on the old kernel); unloading
+// culls the seed, which stays in the slot's history, and leaves a fresh
+// dormant seed. One artifact may serve any number of seeds: the parsed
+// kernel is shared through the cache, each seed has its own reservation.
+// A kernel served directly (not through a seed) stands as a seed of its
+// own: layer name = kernel name, one slot.
+//
+// Every control operation goes through Apply and returns an Outcome, the
+// same for the bus and the front ends; the seed operations publish it as
+// an outcome event on telemetry.seed.health (outcome.go).
 //
 // # Health signals
 //
@@ -148,6 +159,18 @@ type Config struct {
 	KeptForwards     int
 	KeptForwardBytes int64
 	KeptForwardTTL   time.Duration
+	// AcceptAllLayers makes a command for a layer nobody declared declare
+	// it (DefaultNumSeeds slots, declared by "command") instead of being
+	// skipped: for a single host on the bus. With several hosts on one
+	// bus each declares the layers it owns and skips the others'.
+	AcceptAllLayers bool
+	// RequireChecksum refuses a kernel id Urza resolves to a record with
+	// no SHA-256 (instead of pinning the first bytes loaded for the id).
+	RequireChecksum bool
+	// Layers are declarations Run applies first, after a Restore and
+	// before the repository scan and the bus (the --layers file). One the
+	// host refuses is logged as an error; the others apply.
+	Layers []DeclareLayer
 	// Logger receives the host's logs (default: discard).
 	Logger *slog.Logger
 	// Now is the clock (default time.Now).
@@ -292,6 +315,10 @@ type Host struct {
 	// repoIndex maps the repository's kernel names to their paths.
 	repoIndex map[string]string
 
+	// pins holds the SHA-256 first loaded for each Urza id that came
+	// without a checksum.
+	pins pins
+
 	started atomic.Bool
 	epoch   atomic.Int64
 	// loads numbers loads, for their reservations' keys.
@@ -382,14 +409,23 @@ func (h *Host) Ready() (bool, string) {
 	return true, ""
 }
 
-// Run starts the host and runs it until ctx ends. It loads the
-// repository's kernels (those a Restore brought back stay as they are),
+// Run starts the host and runs it until ctx ends. It applies
+// Config.Layers, loads the repository's kernels (those a Restore brought back stay as they are),
 // saves the state once, turns ready, and then runs the host's loops:
 // re-placement on device health changes and memory pressure, health
 // signal emission every SignalInterval, the bus's command and epoch
 // consumers, and retries of a failing state store. When ctx ends it waits
 // for the consumers, emits the last signals and saves the state.
 func (h *Host) Run(ctx context.Context) error {
+	for _, d := range h.cfg.Layers {
+		o, err := h.Apply(ctx, d)
+		if err != nil {
+			h.log.Error("layer declaration refused", slog.String("layer", d.Layer), slog.String("declared_by", d.By.String()), slog.Any("err", err))
+			continue
+		}
+		h.log.Info("layer declared", slog.String("layer", d.Layer), slog.Int("layer_id", o.LayerID), slog.String("declared_by", d.By.String()),
+			slog.Bool("unchanged", o.Unchanged))
+	}
 	loaded, failed, err := h.loadRepository(ctx)
 	if err != nil {
 		h.log.Error("kernel repository", slog.Any("err", err))
@@ -418,11 +454,7 @@ func (h *Host) Run(ctx context.Context) error {
 		}
 		consume("commands", func(ctx context.Context) error { return h.bus.ConsumeCommands(ctx, commandHandler{h}) })
 		consume("epochs", func(ctx context.Context) error {
-			return h.bus.ConsumeEpochs(ctx, func(_ context.Context, ev oona.EpochEvent) {
-				if ev.Epoch >= 0 {
-					h.epoch.Store(ev.Epoch)
-				}
-			})
+			return h.bus.ConsumeEpochs(ctx, func(_ context.Context, ev oona.EpochEvent) { h.setEpoch(ev.Epoch) })
 		})
 	}
 	events, cancel := h.inv.Subscribe()
@@ -492,4 +524,16 @@ func devices(s device.Snapshot) []placement.Device {
 		out = append(out, pd)
 	}
 	return out
+}
+
+// setEpoch takes the epoch a system.events.epoch event announced and
+// saves it with the state (a restart starts from it).
+func (h *Host) setEpoch(epoch int64) {
+	if epoch < 0 || h.epoch.Swap(epoch) == epoch {
+		return
+	}
+	h.log.Info("epoch", slog.Int64("epoch", epoch))
+	if err := h.saveNow(); err != nil {
+		h.log.Error("epoch not saved", slog.Int64("epoch", epoch), slog.Any("err", err))
+	}
 }

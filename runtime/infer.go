@@ -165,7 +165,7 @@ func (m *Model) Name() string {
 }
 
 // InputShape is the per-sample input shape (without the batch), nil for a
-// layer whose seeds hold no kernel yet. It is shared: the caller must not
+// layer whose seeds hold no kernel yet and that declares no shapes. It is shared: the caller must not
 // modify it.
 func (m *Model) InputShape() []int {
 	if m.layer != nil {
@@ -175,7 +175,7 @@ func (m *Model) InputShape() []int {
 }
 
 // OutputShape is the per-sample output shape (without the batch), nil for
-// a layer whose seeds hold no kernel yet. It is shared: the caller must
+// a layer whose seeds hold no kernel yet and that declares no shapes. It is shared: the caller must
 // not modify it.
 func (m *Model) OutputShape() []int {
 	if m.layer != nil {

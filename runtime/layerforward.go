@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
@@ -42,36 +41,25 @@ type layerSeed struct {
 	alpha  float64 // the seed's alpha now (ramped while grafting, 1 when fossilized)
 }
 
-// layerSeeds returns the seeds of layer that hold a kernel, by index, and
-// whether the layer is served as a layer: the book has seeds for it other
-// than a directly served kernel's own (layer = kernel name, seed 0),
-// which stays in the book without its kernel when that kernel is
-// unloaded or fails to come back at a restart. It is the one place the
-// layer forward reads the book.
-func (b *layerBook) layerSeeds(layer string, now time.Time, ramp time.Duration) ([]layerSeed, bool) {
+// layerSeeds returns the seeds of layer that hold a kernel, by index, the
+// layer's declared per-sample shapes (nil when not declared), and whether
+// the layer is served as a layer: the book knows it, and it is not a
+// directly served kernel's own layer (named after the kernel, one slot),
+// whose name is the kernel's model. It is the one place the layer forward
+// reads the book.
+func (b *layerBook) layerSeeds(layer string, now time.Time, ramp time.Duration) (seeds []layerSeed, in, out []int, ok bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if _, ok := b.ids[layer]; !ok {
-		return nil, false
+	l, known := b.layers[layer]
+	if !known || l.direct {
+		return nil, nil, nil, false
 	}
-	var out []layerSeed
-	isLayer := false
-	for k, s := range b.seeds {
-		if k.layer != layer {
-			continue
-		}
-		if k.idx != 0 || (s.kernel != "" && s.kernel != layer) {
-			isLayer = true // not (only) a directly served kernel's own seed
-		}
-		if s.kernel != "" {
-			out = append(out, layerSeed{idx: k.idx, kernel: s.kernel, state: s.State, alpha: s.effectiveAlpha(now, ramp)})
+	for idx, sl := range l.slots {
+		if s := sl.seed; s != nil && s.kernel != "" {
+			seeds = append(seeds, layerSeed{idx: idx, kernel: s.kernel, state: s.State, alpha: s.effectiveAlpha(now, ramp)})
 		}
 	}
-	if !isLayer {
-		return nil, false
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].idx < out[j].idx })
-	return out, true
+	return seeds, l.in, l.out, true
 }
 
 // contributes says whether a seed in state st takes part in its layer's
@@ -92,8 +80,8 @@ type seedRun struct {
 }
 
 // layerSnap is a layer's active seeds at one instant, with the applied
-// alphas and the layer's per-sample shapes (nil when no seed holds a
-// kernel).
+// alphas and the layer's per-sample shapes (its kernels', else its
+// declaration's; nil when it has neither).
 type layerSnap struct {
 	name              string
 	seeds             []seedRun
@@ -108,7 +96,7 @@ type layerSnap struct {
 // layerSnapshot reads layer's seeds and their kernels; false when the host
 // does not know the layer.
 func (h *Host) layerSnapshot(name string) (layerSnap, bool) {
-	seeds, ok := h.book.layerSeeds(name, h.cfg.Now(), h.cfg.GraftingRamp)
+	seeds, declIn, declOut, ok := h.book.layerSeeds(name, h.cfg.Now(), h.cfg.GraftingRamp)
 	if !ok {
 		return layerSnap{}, false
 	}
@@ -136,8 +124,12 @@ func (h *Host) layerSnapshot(name string) (layerSnap, bool) {
 		sum += s.alpha
 	}
 	h.mu.RUnlock()
-	if shaped != nil {
+	switch {
+	case shaped != nil:
 		snap.inShape, snap.outShape = shaped.inShape, shaped.shape1[1:]
+	case declIn != nil && declOut != nil:
+		// No seed holds a kernel: the declaration says what the layer takes.
+		snap.inShape, snap.outShape = declIn, declOut
 	}
 	if sum > 1 {
 		snap.blend.AlphaScale = 1 / sum

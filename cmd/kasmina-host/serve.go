@@ -78,6 +78,10 @@ type serveConfig struct {
 	keptForwardTTL    time.Duration
 	logFormat         string
 	logLevel          string
+	layersFile        string
+	layers            []runtime.DeclareLayer // read from layersFile by check
+	acceptAllLayers   bool
+	requireChecksum   bool
 	devices           deviceFlags
 	placement         placementFlags
 }
@@ -121,6 +125,12 @@ func (c *serveConfig) register(fs *flag.FlagSet, e *envFlags) {
 	e.Int(&c.keptForwards, "kept-forwards", "KASMINA_KEPT_FORWARDS", runtime.DefaultKeptForwards, "layer forwards kept for a later backward (keep_forward) at most; the oldest are evicted beyond")
 	e.Int64(&c.keptForwardBytes, "kept-forward-bytes", "KASMINA_KEPT_FORWARD_BYTES", runtime.DefaultKeptForwardBytes, "bytes the kept layer forwards (their seeds' tapes) may hold; the oldest are evicted beyond")
 	e.Duration(&c.keptForwardTTL, "kept-forward-ttl", "KASMINA_KEPT_FORWARD_TTL", runtime.DefaultKeptForwardTTL, "how long a kept layer forward waits for its backward")
+	e.String(&c.layersFile, "layers", "KASMINA_LAYERS", "",
+		`JSON file declaring the layers this host serves, {"layers": [{"layer_name", "num_seeds", "layer_id", "input_shape", "output_shape"}]}, applied at every start`)
+	e.Bool(&c.acceptAllLayers, "accept-all-layers", "KASMINA_ACCEPT_ALL_LAYERS", false,
+		"a command for a layer nobody declared declares it (4 seeds) instead of being skipped: for a single host on the bus (runtime/oona/COMMANDS.md)")
+	e.Bool(&c.requireChecksum, "require-checksum", "KASMINA_REQUIRE_CHECKSUM", false,
+		"refuse a kernel id whose Urza record carries no SHA-256 (default: trust the first bytes loaded for the id and refuse different ones)")
 	e.String(&c.logFormat, "log-format", "KASMINA_LOG_FORMAT", "text", "text or json")
 	e.String(&c.logLevel, "log-level", "KASMINA_LOG_LEVEL", "info", "debug, info, warn or error")
 	c.devices.register(fs)
@@ -188,6 +198,15 @@ func (c *serveConfig) check() error {
 	}
 	if _, _, err := c.placement.parse(); err != nil {
 		return err
+	}
+	if c.layersFile != "" {
+		b, err := regularfile.ReadFile(c.layersFile, maxLayersFileBytes)
+		if err != nil {
+			return fmt.Errorf("--layers: %w", err)
+		}
+		if c.layers, err = runtime.DecodeLayersFile(b); err != nil {
+			return fmt.Errorf("--layers %s: %w", c.layersFile, err)
+		}
 	}
 	if c.token != "" {
 		// Set but blank, or with whitespace inside: refused rather than
@@ -278,6 +297,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 // maxSecretFileBytes caps a token or password file.
 const maxSecretFileBytes = 64 << 10
 
+// maxLayersFileBytes caps the --layers file.
+const maxLayersFileBytes = 4 << 20
+
 // serve wires the packages together and runs until ctx ends.
 func serve(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io.Writer) error {
 	bi := readBuildInfo()
@@ -351,6 +373,7 @@ func serve(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io.Wr
 		Concurrency: cfg.concurrency, QueueDepth: cfg.queueDepth, RequestTimeout: cfg.requestTimeout,
 		SignalInterval: cfg.signalInterval, CacheBytes: cfg.cacheBytes, MaxOutputBytes: cfg.maxOutputBytes,
 		KeptForwards: cfg.keptForwards, KeptForwardBytes: cfg.keptForwardBytes, KeptForwardTTL: cfg.keptForwardTTL,
+		AcceptAllLayers: cfg.acceptAllLayers, RequireChecksum: cfg.requireChecksum, Layers: cfg.layers,
 		Logger: log.With(slog.String("component", "runtime")),
 	}, deps)
 	if err != nil {
@@ -521,8 +544,15 @@ func newFetcher(cfg *serveConfig, log *slog.Logger) (runtime.Fetcher, error) {
 	}
 	web := source.NewHTTP(source.HTTPConfig{Logger: log, AllowLoopback: cfg.allowLoopbackRefs})
 	routes := map[string]source.Source{source.SchemeFile: file, "http": web, "https": web}
-	if s3, err := source.NewS3(source.S3ConfigFromEnv(os.Getenv)); err == nil {
+	s3cfg := source.S3ConfigFromEnv(os.Getenv)
+	if s3, err := source.NewS3(s3cfg); err == nil {
 		routes["s3"] = s3
+		creds := s3cfg.CredentialsFrom
+		if creds == "" {
+			creds = "none set: the shared credentials file, else unsigned requests"
+		}
+		// The variables' names, never their values.
+		log.Info("s3:// artifact references", slog.String("endpoint", s3.Endpoint()), slog.String("credentials_from", creds))
 	} else {
 		log.Info("s3:// artifact references disabled", slog.Any("err", err))
 	}

@@ -148,6 +148,50 @@ type HostViews struct {
 	HealthSignals func(ctx context.Context) (any, error)
 	// Layers backs GET /v1/layers.
 	Layers func(ctx context.Context) (any, error)
+	// Layer backs GET /v1/layers/{layer_name}.
+	Layer func(ctx context.Context, name string) (any, error)
+	// DeclareLayer backs PUT /v1/layers/{layer_name}; body is the
+	// request's JSON document (valid JSON, "{}" when empty), valid only
+	// until DeclareLayer returns. created says 201 (a new layer) rather
+	// than 200.
+	DeclareLayer func(ctx context.Context, name string, body []byte) (view any, created bool, err error)
+	// RetireLayer backs DELETE /v1/layers/{layer_name}.
+	RetireLayer func(ctx context.Context, name string) (any, error)
+	// SeedControl backs the seed-control routes under
+	// /v1/layers/{layer_name}/seeds/{seed_idx}: the answer (200) is what
+	// the operation did; a failed operation answers its error's status.
+	// A load (SeedLoad) carries the load deadline in ctx.
+	SeedControl func(ctx context.Context, req SeedRequest) (any, error)
+}
+
+// SeedAction is what a seed-control route asks.
+type SeedAction uint8
+
+// The seed-control routes.
+const (
+	// SeedLoad: POST .../kernel {"artifact_id": ...}.
+	SeedLoad SeedAction = iota + 1
+	// SeedUnload: DELETE .../kernel.
+	SeedUnload
+	// SeedSetState: PUT .../state {"state": ...}.
+	SeedSetState
+	// SeedSetAlpha: PUT .../alpha {"alpha": ...}.
+	SeedSetAlpha
+)
+
+// SeedRequest is one seed-control request, its body decoded.
+type SeedRequest struct {
+	Action  SeedAction
+	Layer   string
+	SeedIdx int
+	// ArtifactID (SeedLoad), State (SeedSetState) and Alpha
+	// (SeedSetAlpha) are the body's member.
+	ArtifactID string
+	State      string
+	Alpha      float64
+	// TraceID is the X-Trace-Id header ("" when none), the trace_id of
+	// the outcome event.
+	TraceID string
 }
 
 // LayerBackend is an optional extension of Backend for a host whose

@@ -296,6 +296,54 @@ func HostViewsFor(h *runtime.Host, inv Snapshotter) HostViews {
 		},
 		Seeds:         func(context.Context) (any, error) { return h.Seeds(), nil },
 		HealthSignals: func(context.Context) (any, error) { return h.Signals(), nil },
-		Layers:        func(context.Context) (any, error) { return h.Layers(), nil },
+		Layers:        func(context.Context) (any, error) { return map[string]any{"layers": h.Layers()}, nil },
+		Layer: func(_ context.Context, name string) (any, error) {
+			v, ok := h.Layer(name)
+			if !ok {
+				return nil, failure.Errorf(failure.NotFound, "no layer %q on this host", name)
+			}
+			return v, nil
+		},
+		DeclareLayer: func(ctx context.Context, name string, body []byte) (any, bool, error) {
+			spec, err := runtime.DecodeLayerSpec(body)
+			if err != nil {
+				return nil, false, err
+			}
+			o, err := h.Apply(ctx, runtime.DeclareLayer{Layer: name, Spec: spec, By: runtime.ByHTTP})
+			if err != nil {
+				return nil, false, err
+			}
+			v, ok := h.Layer(name)
+			if !ok {
+				return nil, false, failure.Errorf(failure.Unavailable, "layer %q was retired while it was declared", name)
+			}
+			return v, o.Created, nil
+		},
+		RetireLayer: func(ctx context.Context, name string) (any, error) {
+			if _, err := h.Apply(ctx, runtime.RetireLayer{Layer: name}); err != nil {
+				return nil, err
+			}
+			return map[string]string{"layer_name": name, "state": "retired"}, nil
+		},
+		SeedControl: func(ctx context.Context, req SeedRequest) (any, error) {
+			var op runtime.Op
+			switch req.Action {
+			case SeedLoad:
+				op = runtime.LoadKernel{Layer: req.Layer, SeedIdx: req.SeedIdx, Artifact: req.ArtifactID}
+			case SeedUnload:
+				op = runtime.UnloadKernel{Layer: req.Layer, SeedIdx: req.SeedIdx}
+			case SeedSetState:
+				op = runtime.SetSeedState{Layer: req.Layer, SeedIdx: req.SeedIdx, State: contracts.SeedState(req.State), Why: "PUT state"}
+			case SeedSetAlpha:
+				op = runtime.SetAlpha{Layer: req.Layer, SeedIdx: req.SeedIdx, Alpha: req.Alpha}
+			default:
+				return nil, failure.Errorf(failure.Unsupported, "seed action %d", req.Action)
+			}
+			o, err := h.Apply(runtime.WithOrigin(ctx, runtime.Origin{TraceID: req.TraceID}), op)
+			if err != nil {
+				return nil, err
+			}
+			return o, nil
+		},
 	}
 }

@@ -6,9 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/esper/kasmina-host/runtime/failure"
 )
@@ -490,4 +493,152 @@ func (s *server) planPlacement(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	return writeJSON(w, v)
+}
+
+func (s *server) layer(w http.ResponseWriter, r *http.Request) error {
+	if s.host.Layer == nil {
+		return errNoView(r)
+	}
+	v, err := s.host.Layer(r.Context(), r.PathValue("layer_name"))
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, v)
+}
+
+func (s *server) declareLayer(w http.ResponseWriter, r *http.Request) error {
+	if s.host.DeclareLayer == nil {
+		return errNoView(r)
+	}
+	body, err := s.readJSONDocument(w, r)
+	defer body.release()
+	if err != nil {
+		return err
+	}
+	doc := body.buf
+	if len(doc) == 0 {
+		doc = []byte("{}")
+	}
+	v, created, err := s.host.DeclareLayer(r.Context(), r.PathValue("layer_name"), doc)
+	if err != nil {
+		return err
+	}
+	code := http.StatusOK
+	if created {
+		code = http.StatusCreated
+	}
+	writeJSONStatus(w, code, v)
+	return nil
+}
+
+func (s *server) retireLayer(w http.ResponseWriter, r *http.Request) error {
+	if s.host.RetireLayer == nil {
+		return errNoView(r)
+	}
+	v, err := s.host.RetireLayer(r.Context(), r.PathValue("layer_name"))
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, v)
+}
+
+// maxTraceID bounds the X-Trace-Id header.
+const maxTraceID = 256
+
+// seedBody is every member a seed-control body may have; each route
+// takes one and refuses the others.
+type seedBody struct {
+	ArtifactID *string          `json:"artifact_id"`
+	State      *string          `json:"state"`
+	Alpha      *json.RawMessage `json:"alpha"`
+}
+
+// seedControl serves one seed-control route: the seed from the path, the
+// member its action takes from the body, the trace id from X-Trace-Id.
+func (s *server) seedControl(action SeedAction) handlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		if s.host.SeedControl == nil {
+			return errNoView(r)
+		}
+		req := SeedRequest{Action: action, Layer: r.PathValue("layer_name")}
+		idx, err := strconv.Atoi(r.PathValue("seed_idx"))
+		if err != nil || idx < 0 {
+			return failure.Errorf(failure.BadInput, "seed_idx %q in the path is not a seed index (an integer ≥ 0)", r.PathValue("seed_idx"))
+		}
+		req.SeedIdx = idx
+		if t := r.Header.Get("X-Trace-Id"); t != "" {
+			if len(t) > maxTraceID || !utf8.ValidString(t) || strings.ContainsFunc(t, unicode.IsControl) {
+				return failure.Errorf(failure.BadInput, "X-Trace-Id: want at most %d bytes of text without control characters", maxTraceID)
+			}
+			req.TraceID = t
+		}
+		body, err := s.readJSONDocument(w, r)
+		defer body.release()
+		if err != nil {
+			return err
+		}
+		if err := decodeSeedBody(body.buf, &req); err != nil {
+			return err
+		}
+		var v any
+		run := func(ctx context.Context) error {
+			var err error
+			v, err = s.host.SeedControl(ctx, req)
+			return err
+		}
+		if action == SeedLoad {
+			err = s.withLoadDeadline(r, "loading "+strconv.Quote(req.ArtifactID)+" into seed "+strconv.Itoa(idx), run)
+		} else {
+			err = run(r.Context())
+		}
+		if err != nil {
+			return err
+		}
+		return writeJSON(w, v)
+	}
+}
+
+// decodeSeedBody reads the member req's action takes, naming what is
+// missing or wrong.
+func decodeSeedBody(doc []byte, req *SeedRequest) error {
+	var b seedBody
+	if len(doc) > 0 {
+		dec := json.NewDecoder(bytes.NewReader(doc))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&b); err != nil {
+			return failure.Errorf(failure.BadInput, "body: %v", err)
+		}
+	}
+	want := map[SeedAction]string{SeedLoad: "artifact_id", SeedSetState: "state", SeedSetAlpha: "alpha"}[req.Action]
+	for _, m := range []struct {
+		member string
+		given  bool
+	}{{"artifact_id", b.ArtifactID != nil}, {"state", b.State != nil}, {"alpha", b.Alpha != nil}} {
+		if member := m.member; m.given && member != want {
+			if want == "" {
+				return failure.Errorf(failure.BadInput, "body: %s is not taken here (the route takes no body)", member)
+			}
+			return failure.Errorf(failure.BadInput, "body: %s is not taken here (the route takes %s)", member, want)
+		}
+	}
+	switch req.Action {
+	case SeedLoad:
+		if b.ArtifactID == nil || strings.TrimSpace(*b.ArtifactID) == "" {
+			return failure.Errorf(failure.BadInput, "body: artifact_id is required (a kernel id, a URL, or a path under the kernel root)")
+		}
+		req.ArtifactID = *b.ArtifactID
+	case SeedSetState:
+		if b.State == nil {
+			return failure.Errorf(failure.BadInput, "body: state is required")
+		}
+		req.State = *b.State
+	case SeedSetAlpha:
+		if b.Alpha == nil {
+			return failure.Errorf(failure.BadInput, "body: alpha is required (a number; outside [0, 1] it is clamped)")
+		}
+		if err := json.Unmarshal(*b.Alpha, &req.Alpha); err != nil || math.IsNaN(req.Alpha) || math.IsInf(req.Alpha, 0) {
+			return failure.Errorf(failure.BadInput, "body: alpha %s is not a number", *b.Alpha)
+		}
+	}
+	return nil
 }
