@@ -103,52 +103,17 @@ func unixDaemon(d *daemon, sock string) *daemon {
 	return &u
 }
 
-// setAlphas rewrites the saved alphas of layer's seeds in the state
-// directory of a stopped daemon (this branch has no HTTP route for them
-// yet: the bus's set_alpha sets them on a running host).
-func setAlphas(t *testing.T, stateDir, layer string, alphas map[int]float64) {
-	t.Helper()
-	path := filepath.Join(stateDir, "state.json")
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var st map[string]any
-	if err := json.Unmarshal(raw, &st); err != nil {
-		t.Fatal(err)
-	}
-	seeds, _ := st["seeds"].([]any)
-	set := 0
-	for _, s := range seeds {
-		rec := s.(map[string]any)
-		idx := int(rec["seed_idx"].(float64))
-		if a, ok := alphas[idx]; ok && rec["layer"] == layer {
-			rec["alpha"] = a
-			set++
-		}
-	}
-	if set != len(alphas) {
-		t.Fatalf("state has %d of the %d seeds of %q: %s", set, len(alphas), layer, raw)
-	}
-	out, err := json.Marshal(st)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, out, 0o600); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // TestDaemonLayerOverUnixSocket runs the compiled binary with a token and
 // --listen-unix, loads one example kernel directly and into two seeds of
-// layer "L" (POST /v1/kernels), sets their alphas through the saved state
-// (0.3 and 0.2) and restarts: over the Unix socket, with no token, the
+// layer "L" (POST /v1/kernels with layer_name), sets their alphas with
+// PUT /v1/layers/L/seeds/{i}/alpha (0.3 and 0.2): over the Unix socket,
+// with no token, the
 // layer's output is 0.5·kernel(x) + 0.5·default against the kernel served
 // directly, a kept forward's backward by forward_id gives the bytes the
 // one-call forward and backward gives over TCP, and the used-up id is 404;
 // over TCP the same request without the token is 401.
 func TestDaemonLayerOverUnixSocket(t *testing.T) {
-	root, stateDir := t.TempDir(), t.TempDir()
+	root := t.TempDir()
 	sock := filepath.Join(t.TempDir(), "kasmina.sock")
 	tokenFile := filepath.Join(t.TempDir(), "token")
 	const token = "layer-e2e-token"
@@ -156,16 +121,15 @@ func TestDaemonLayerOverUnixSocket(t *testing.T) {
 		t.Fatal(err)
 	}
 	mlp := exampleDoc(t, root, "mlp-gelu") // [16] → [4]
-	cfg := daemonConfig{stateDir: stateDir, token: token,
+	cfg := daemonConfig{token: token,
 		args: []string{"--no-examples", "--kernel-root", root, "--listen-unix", sock, "--auth-token-file", tokenFile}}
 	d := startDaemon(t, cfg)
 	d.json("POST", "/v1/kernels", loadBody(mlp, "direct", "", 0), 201, nil)
 	d.json("POST", "/v1/kernels", loadBody(mlp, "L.a", "L", 0), 201, nil)
 	d.json("POST", "/v1/kernels", loadBody(mlp, "L.b", "L", 1), 201, nil)
-	d.stop()
-	setAlphas(t, stateDir, "L", map[int]float64{0: 0.3, 1: 0.2})
-	d = startDaemon(t, cfg)
 	u := unixDaemon(d, sock)
+	u.json("PUT", "/v1/layers/L/seeds/0/alpha", []byte(`{"alpha": 0.3}`), 200, nil)
+	u.json("PUT", "/v1/layers/L/seeds/1/alpha", []byte(`{"alpha": 0.2}`), 200, nil)
 
 	const batch = 3
 	x := make([]float32, batch*16)
