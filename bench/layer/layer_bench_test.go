@@ -90,7 +90,7 @@ func (h *host) run() error {
 	h.addr = "127.0.0.1:" + strconv.Itoa(port)
 	h.cmd = exec.Command(filepath.Join(h.dir, "kasmina-host"), "serve", "--addr", h.addr, "--grpc-addr", "",
 		"--listen-unix", h.sock, "--no-examples", "--kernel-root", filepath.Join(h.dir, "kernels"),
-		"--state-dir", filepath.Join(h.dir, "state"), "--bus-file", os.DevNull, "--log-level", "warn")
+		"--bus-file", os.DevNull, "--log-level", "warn")
 	h.cmd.Stderr = os.Stderr
 	if err := h.cmd.Start(); err != nil {
 		return err
@@ -123,9 +123,9 @@ func freePort() (int, error) {
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
-// startHost builds the binary, loads every case's kernel into seed 0 of
-// its layer (POST /v1/kernels), sets the seeds' alphas through the saved
-// state and restarts on it.
+// startHost builds the binary, starts it, loads every case's kernel into
+// seed 0 of its layer (POST /v1/kernels) and sets the seed's alpha (PUT
+// /v1/layers/{layer}/seeds/0/alpha).
 func startHost() (*host, error) {
 	dir, err := os.MkdirTemp("", "layerbench-")
 	if err != nil {
@@ -173,33 +173,17 @@ func startHost() (*host, error) {
 		if resp.StatusCode != 201 {
 			return nil, fmt.Errorf("load %s: %d %s", c, resp.StatusCode, b)
 		}
+		req, _ := http.NewRequest("PUT", "http://"+h.addr+"/v1/layers/"+c+"/seeds/0/alpha", strings.NewReader(fmt.Sprintf(`{"alpha": %g}`, Alpha)))
+		if resp, err = h.tcp.Do(req); err != nil {
+			return nil, err
+		}
+		b, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return nil, fmt.Errorf("alpha of %s: %d %s", c, resp.StatusCode, b)
+		}
 	}
-	h.stop()
-	if err := setAlphas(filepath.Join(dir, "state", "state.json")); err != nil {
-		return nil, err
-	}
-	return h, h.run()
-}
-
-// setAlphas sets every saved seed's alpha to Alpha.
-func setAlphas(path string) error {
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	var st map[string]any
-	if err := json.Unmarshal(raw, &st); err != nil {
-		return err
-	}
-	seeds, _ := st["seeds"].([]any)
-	for _, s := range seeds {
-		s.(map[string]any)["alpha"] = Alpha
-	}
-	out, err := json.Marshal(st)
-	if err != nil {
-		return err
-	}
-	return os.WriteFile(path, out, 0o600)
+	return h, nil
 }
 
 // request is one prepared layer request.
