@@ -150,6 +150,15 @@ type Config struct {
 	// kernels are pinned; unloaded ones stay cached until evicted, so a
 	// reload of the same bytes is instant.
 	CacheBytes int64
+	// KeptForwards and KeptForwardBytes bound the layer forwards kept for
+	// a later backward (keep_forward): past either, the oldest are
+	// evicted (defaults 1024 and 256 MiB: the DaemonSet's memory holds
+	// them beside four inference working sets). A kept forward holds its
+	// seeds' tapes (the activations their backward reads) and expires
+	// KeptForwardTTL after its forward (default 60 s).
+	KeptForwards     int
+	KeptForwardBytes int64
+	KeptForwardTTL   time.Duration
 	// AcceptAllLayers makes a command for a layer nobody declared declare
 	// it (DefaultNumSeeds slots, declared by "command") instead of being
 	// skipped: for a single host on the bus. With several hosts on one
@@ -207,6 +216,15 @@ func (c *Config) defaults() {
 	}
 	if c.CacheBytes <= 0 {
 		c.CacheBytes = 1 << 30
+	}
+	if c.KeptForwards <= 0 {
+		c.KeptForwards = DefaultKeptForwards
+	}
+	if c.KeptForwardBytes <= 0 {
+		c.KeptForwardBytes = DefaultKeptForwardBytes
+	}
+	if c.KeptForwardTTL <= 0 {
+		c.KeptForwardTTL = DefaultKeptForwardTTL
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -285,6 +303,8 @@ type Host struct {
 
 	// book holds the layers and their seeds (self-locking).
 	book *layerBook
+	// forwards keeps layer forwards for their backward (self-locking).
+	forwards *forwardStore
 
 	mu      sync.RWMutex
 	kernels map[string]*loaded // by model name
@@ -348,6 +368,7 @@ func New(cfg Config, deps Deps) (*Host, error) {
 		store:     deps.Store,
 		cache:     kc,
 		book:      newLayerBook(),
+		forwards:  newForwardStore(cfg.KeptForwards, cfg.KeptForwardBytes, cfg.KeptForwardTTL),
 		kernels:   make(map[string]*loaded),
 		failed:    make(map[string]string),
 		repoIndex: make(map[string]string),
@@ -359,6 +380,9 @@ func New(cfg Config, deps Deps) (*Host, error) {
 	if reg != nil {
 		if err := reg.Register(breakerCollector{h}); err != nil {
 			return nil, fmt.Errorf("runtime: registering breaker metrics: %w", err)
+		}
+		if err := reg.Register(h.forwards); err != nil {
+			return nil, fmt.Errorf("runtime: registering kept-forward metrics: %w", err)
 		}
 	}
 	return h, nil
@@ -455,6 +479,7 @@ func (h *Host) Run(ctx context.Context) error {
 		case <-tick.C:
 			h.replan()
 			h.emitSignals()
+			h.forwards.sweep(h.cfg.Now())
 			if h.store != nil && h.store.Err() != nil {
 				_ = h.saveNow() // the store logs the outcome
 			}

@@ -264,7 +264,7 @@ func TestInferErrors(t *testing.T) {
 		class failure.Class
 		msg   string
 	}{
-		{"unknown kernel", "nope", Request{Input: make([]float32, 4), Shape: []int{1, 4}}, failure.NotFound, `kernel "nope" is not loaded`},
+		{"unknown kernel", "nope", Request{Input: make([]float32, 4), Shape: []int{1, 4}}, failure.NotFound, `no kernel or layer "nope" is served here`},
 		{"wrong feature size", "k", Request{Input: make([]float32, 5), Shape: []int{1, 5}}, failure.BadInput, `input dimension 1 is 5; kernel "k" takes [batch, 4]`},
 		{"wrong rank", "k", Request{Input: make([]float32, 4), Shape: []int{4}}, failure.BadInput, `input has shape [4]; kernel "k" takes [batch, 4]`},
 		{"data shorter than shape", "k", Request{Input: make([]float32, 4), Shape: []int{2, 4}}, failure.BadInput, `input holds 4 values; shape [2 4] needs 8`},

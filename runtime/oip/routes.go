@@ -53,6 +53,8 @@ type tensorMetadata struct {
 	Name     string `json:"name"`
 	Datatype string `json:"datatype"`
 	Shape    []int  `json:"shape"`
+	// Optional marks a layer's inputs that a request may leave out.
+	Optional bool `json:"optional,omitempty"`
 }
 
 type modelMetadata struct {
@@ -111,7 +113,43 @@ func (s *server) modelMetadata(w http.ResponseWriter, r *http.Request) error {
 			Degraded: m.Degraded, DegradedReason: m.DegradedReason, MaxBatch: m.MaxBatch,
 		},
 	}
+	if m.Layer {
+		md.Platform = "kasmina-layer"
+		md.Inputs, md.Outputs = nil, nil
+		for _, t := range LayerTensors(m) {
+			tm := tensorMetadata{Name: t.Name, Datatype: "FP32", Shape: shapeOrUnknown(t.Shape), Optional: t.Optional}
+			if t.Output {
+				md.Outputs = append(md.Outputs, tm)
+			} else {
+				md.Inputs = append(md.Inputs, tm)
+			}
+		}
+	}
 	return writeJSON(w, md)
+}
+
+// LayerTensor is one tensor of a layer model, as its metadata lists it.
+type LayerTensor struct {
+	Name string
+	// Shape is the per-sample shape (nil while no seed holds a kernel).
+	Shape []int
+	// Output says it is an output; Optional that a request may leave the
+	// input out.
+	Output, Optional bool
+}
+
+// LayerTensors lists a layer model's inputs (input; default and
+// grad_output, optional) and outputs (output, grad_input, grad_default),
+// for both front ends' model metadata.
+func LayerTensors(m ModelInfo) []LayerTensor {
+	return []LayerTensor{
+		{Name: InputName, Shape: m.InputShape},
+		{Name: DefaultName, Shape: m.OutputShape, Optional: true},
+		{Name: GradOutputName, Shape: m.OutputShape, Optional: true},
+		{Name: OutputName, Shape: m.OutputShape, Output: true},
+		{Name: GradInputName, Shape: m.InputShape, Output: true},
+		{Name: GradDefaultName, Shape: m.OutputShape, Output: true},
+	}
 }
 
 // shapeOrUnknown prefixes the batch dimension; an unknown per-sample shape
@@ -181,22 +219,32 @@ func (s *server) infer(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	// The runtime's errors name the model; they are answered as they are.
-	out, exec, err := s.backend.Infer(r.Context(), m, req.Input)
-	if err != nil {
-		return err
-	}
-	if err := tensors.writeOutput(out); err != nil {
-		return err
-	}
-	resp := inferResponse{ModelName: m.Name, ModelVersion: versionOf(m), ID: req.ID, Exec: exec, Output: out,
-		Binary: req.BinaryOutput, InSharedMemory: tensors.out != nil}
-	// The request body is no longer needed: its buffer takes the answer
-	// (released, and pooled when its size allows, with the body).
-	b, headerSize, err := encodeInferResponse(body.buf[:0], &resp)
-	body.buf = b
-	if err != nil {
-		return fmt.Errorf("model %q: encoding the answer: %w", m.Name, err)
+	var b []byte
+	var headerSize int
+	if m.Layer {
+		b, headerSize, err = s.inferLayer(r.Context(), m, &req, body.buf[:0])
+		body.buf = b
+		if err != nil {
+			return err
+		}
+	} else {
+		// The runtime's errors name the model; they are answered as they are.
+		out, exec, err := s.backend.Infer(r.Context(), m, req.input().Tensor)
+		if err != nil {
+			return err
+		}
+		if err := tensors.writeOutput(out); err != nil {
+			return err
+		}
+		resp := inferResponse{ModelName: m.Name, ModelVersion: versionOf(m), ID: req.ID, Exec: exec, Output: out,
+			Binary: req.BinaryOutput[roleOutput], InSharedMemory: tensors.out != nil}
+		// The request body is no longer needed: its buffer takes the answer
+		// (released, and pooled when its size allows, with the body).
+		b, headerSize, err = encodeInferResponse(body.buf[:0], &resp)
+		body.buf = b
+		if err != nil {
+			return fmt.Errorf("model %q: encoding the answer: %w", m.Name, err)
+		}
 	}
 	h := w.Header()
 	if headerSize >= 0 {
@@ -208,6 +256,30 @@ func (s *server) infer(w http.ResponseWriter, r *http.Request) error {
 	h.Set("Content-Length", strconv.Itoa(len(b)))
 	_, _ = w.Write(b)
 	return nil
+}
+
+// inferLayer runs a decoded request on layer m and appends its answer to
+// dst (see encodeLayerResponse).
+func (s *server) inferLayer(ctx context.Context, m ModelInfo, req *decodedRequest, dst []byte) ([]byte, int, error) {
+	lb, ok := s.backend.(LayerBackend)
+	if !ok {
+		return dst, 0, failure.Errorf(failure.Unsupported, "model %q is a layer, and this host does not serve layers", m.Name)
+	}
+	lr, want, err := req.layerRequest()
+	if err != nil {
+		return dst, 0, err
+	}
+	res, exec, err := lb.InferLayer(ctx, m, lr)
+	if err != nil {
+		return dst, 0, err
+	}
+	resp := layerResponse{ModelName: m.Name, ModelVersion: versionOf(m), ID: req.ID, Exec: exec, Result: &res,
+		Want: want, Binary: req.BinaryOutput}
+	b, headerSize, err := encodeLayerResponse(dst, &resp)
+	if err != nil {
+		return b, 0, fmt.Errorf("layer %q: encoding the answer: %w", m.Name, err)
+	}
+	return b, headerSize, nil
 }
 
 type indexRequest struct {
