@@ -475,6 +475,9 @@ INDEX = "/v2/repository/index"
 def attack_setup(d, a):
     """Not an attack: loads the anchor kernel into layer rt-layer (so that
     the host serves it) and waits for the command consumer."""
+    # Seeds are slots of a declared layer (#14): rt-layer is declared with
+    # room for the seed indexes the bus attacks use (up to 30).
+    d.json("PUT", "/v1/layers/rt-layer", {"num_seeds": 32}, want=201)
     d.json("POST", "/v1/kernels", load_doc(a.kdir, "anchor", name="anchor", layer_name="rt-layer", seed_idx=0), want=201)
     Bus(d, a.redis_port, a.redis_db).wait_consumer()
     return "anchor loaded into rt-layer/0; the consumer reads commands"

@@ -107,7 +107,7 @@ start() {
 	(
 		cd "${CWD:-$TMP}" || exit 1
 		[[ -n ${NO_ULIMIT:-} ]] || ulimit -v "$ULIMIT_KB"
-		exec "${SERVE_BIN:-$BIN}" serve --addr "127.0.0.1:$port" --host-id "rt-$name" --exit-timeout 10s \
+		exec "${SERVE_BIN:-$BIN}" serve --addr "127.0.0.1:$port" --grpc-addr "" --host-id "rt-$name" --exit-timeout 10s \
 			--log-format text "$@"
 	) >"$TMP/$name.out" 2>"$log" &
 	pid=$!
@@ -168,7 +168,7 @@ run_serve_limited() {
 	shift
 	cd "$TMP" || exit 1
 	ulimit -v "$ULIMIT_KB"
-	exec timeout -k 2 "$limit" "$BIN" serve --host-id rt-run --bus-file /dev/null "$@"
+	exec timeout -k 2 "$limit" "$BIN" serve --host-id rt-run --grpc-addr "" --bus-file /dev/null "$@"
 }
 
 # --- reporting ---------------------------------------------------------------

@@ -243,7 +243,7 @@ func CheckShape(field string, shape []int64, model string, perSample []int, maxB
 	// A tensor of no elements can declare any batch: the limit holds
 	// whatever the shape says after it.
 	if maxBatch > 0 && shape[0] > int64(maxBatch) {
-		return failure.Errorf(failure.TooLarge, "%s: batch %d is larger than model %q's max_batch of %d", field, shape[0], model, maxBatch)
+		return failure.Errorf(failure.TooLarge, "%s: batch %d is larger than model %q's max_batch of %d (the limit on the output and activation bytes of one request, --max-output-bytes, over what one sample needs)", field, shape[0], model, maxBatch)
 	}
 	return nil
 }
