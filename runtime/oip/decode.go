@@ -73,8 +73,11 @@ type outputParams struct {
 
 // decodedRequest is a checked inference request. When InputShm is set the
 // input's values are in shared memory and Input.Data is nil: the handler
-// reads them (InputType, Input.Shape's element count).
+// reads them (InputType, Input.Shape's element count). Input.Data may be a
+// view of the body or a pooled buffer (inputBuf, which the handler
+// releases once the model has run, error or not).
 type decodedRequest struct {
+	inputBuf     wiretensor.FP32Buffer
 	ID           string
 	Input        Tensor
 	BinaryOutput bool
@@ -156,9 +159,17 @@ func decodeInferRequest(body []byte, headerLen int64, model ModelInfo, lim limit
 		case size < int64(len(binPart)):
 			return out, badInput("the body has %d bytes after the JSON header but the binary inputs account for %d", len(binPart), size)
 		}
-		data = make([]float32, n)
-		if err := wiretensor.Decode("inputs[0]", data, binPart, dt); err != nil {
-			return out, err
+		// FP32 is used where it lies in the body when the machine and
+		// the alignment allow; else it is decoded into a pooled buffer.
+		if dt == wiretensor.FP32 {
+			data, _ = wiretensor.FP32View(binPart)
+		}
+		if data == nil {
+			out.inputBuf = wiretensor.GetFP32(int(n))
+			data = out.inputBuf.Data
+			if err := wiretensor.Decode("inputs[0]", data, binPart, dt); err != nil {
+				return out, err
+			}
 		}
 	default:
 		if len(binPart) > 0 {

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/esper/kasmina-host/runtime/failure"
+	"github.com/esper/kasmina-host/runtime/oip/wiretensor"
 )
 
 // extensions reported by GET /v2.
@@ -170,6 +171,7 @@ func (s *server) infer(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	req, err := decodeInferRequest(body.buf, headerLen, m, limits{maxElements: s.opts.MaxElements, maxJSONDepth: s.opts.MaxJSONDepth})
+	defer func() { req.inputBuf.Release() }() // holdTensors may set it
 	if err != nil {
 		return err
 	}
@@ -178,8 +180,13 @@ func (s *server) infer(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	// The output is computed into a pooled buffer when the model declares
+	// its size; it is copied into the answer or the region before this
+	// returns.
+	outBuf := wiretensor.GetFP32(outputElements(m, req.Input.Shape))
+	defer outBuf.Release()
 	// The runtime's errors name the model; they are answered as they are.
-	out, exec, err := s.backend.Infer(r.Context(), m, req.Input)
+	out, exec, err := s.backend.Infer(r.Context(), m, req.Input, outBuf.Data)
 	if err != nil {
 		return err
 	}
@@ -418,4 +425,22 @@ func (s *server) planPlacement(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	return writeJSON(w, v)
+}
+
+// outputElements is the output's element count for a batch of shape's
+// first dimension when the model declares its per-sample output shape and
+// the count is one wiretensor pools, else 0 (the backend then allocates,
+// after its own limits have judged the batch).
+func outputElements(m ModelInfo, shape []int) int {
+	if m.OutputShape == nil || len(shape) == 0 || shape[0] < 0 {
+		return 0
+	}
+	n := shape[0]
+	for _, d := range m.OutputShape {
+		if d < 0 || (d > 0 && n > wiretensor.MaxPooledFP32/d) {
+			return 0
+		}
+		n *= d
+	}
+	return n
 }

@@ -139,7 +139,11 @@ func (s *server) holdTensors(req *decodedRequest, m ModelInfo) (heldTensors, err
 		for _, d := range req.Input.Shape {
 			n *= int64(d)
 		}
-		data := make([]float32, n)
+		// Copied out of the region, not used where it lies: the kernel's
+		// workers (other goroutines) would read it, and a fault there
+		// (the client truncating the object) could not be recovered.
+		req.inputBuf = wiretensor.GetFP32(int(n))
+		data := req.inputBuf.Data
 		err = h.in.Read(ref.Offset, ref.ByteSize, func(b []byte) error {
 			return wiretensor.Decode("shared memory", data, b, req.InputType)
 		})

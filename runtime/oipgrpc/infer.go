@@ -24,7 +24,7 @@ func (s *service) ModelInfer(ctx context.Context, req *pb.ModelInferRequest) (*p
 		return nil, err
 	}
 	in, held, err := s.decodeInput(req, m)
-	defer held.Release()
+	defer held.release()
 	if err != nil {
 		return nil, err
 	}
@@ -45,7 +45,16 @@ func (s *service) ModelInfer(ctx context.Context, req *pb.ModelInferRequest) (*p
 			return nil, err
 		}
 	}
-	out, exec, err := s.backend.Infer(ctx, m, in)
+	// An output bound for shared memory is computed into a pooled buffer
+	// and copied into the region before this returns; one answered in
+	// raw_output_contents is the answer's own (the message is marshalled
+	// after this returns).
+	var outBuf wiretensor.FP32Buffer
+	if outLease != nil && m.OutputShape != nil {
+		outBuf = wiretensor.GetFP32(outputElements(in.Shape[0], m.OutputShape))
+	}
+	defer outBuf.Release()
+	out, exec, err := s.backend.Infer(ctx, m, in, outBuf.Data)
 	if err != nil {
 		return nil, fmt.Errorf("model %q: %w", m.Name, err)
 	}
@@ -106,32 +115,58 @@ func checkOutputTensor(t oip.Tensor) error {
 	return nil
 }
 
+// heldInput is what an input holds until its request is answered: the
+// lease of the region it was read from and the pooled buffer it was read
+// into (both zero when it came in the message).
+type heldInput struct {
+	lease *shm.Lease
+	buf   wiretensor.FP32Buffer
+}
+
+func (h heldInput) release() {
+	h.lease.Release()
+	h.buf.Release()
+}
+
+// outputElements is batch × the product of perSample when that is a count
+// wiretensor pools, else 0 (the backend then allocates, after its own
+// limits have judged the batch).
+func outputElements(batch int, perSample []int) int {
+	n := max(batch, 0)
+	for _, d := range perSample {
+		if d < 0 || (d > 0 && n > wiretensor.MaxPooledFP32/d) {
+			return 0
+		}
+		n *= d
+	}
+	return n
+}
+
 // decodeInput checks the request's input against the model and returns it
-// as FP32, with the lease of the region it was read from (nil when it came
-// in the message; a nil lease's Release does nothing).
-func (s *service) decodeInput(req *pb.ModelInferRequest, m oip.ModelInfo) (oip.Tensor, *shm.Lease, error) {
+// as FP32, with what it holds (see heldInput).
+func (s *service) decodeInput(req *pb.ModelInferRequest, m oip.ModelInfo) (oip.Tensor, heldInput, error) {
 	inputs := req.GetInputs()
 	if len(inputs) != 1 {
-		return oip.Tensor{}, nil, failure.Errorf(failure.BadInput, "inputs: expected exactly one input named %q, got %d", oip.InputName, len(inputs))
+		return oip.Tensor{}, heldInput{}, failure.Errorf(failure.BadInput, "inputs: expected exactly one input named %q, got %d", oip.InputName, len(inputs))
 	}
 	in := inputs[0]
 	if in.GetName() != oip.InputName {
-		return oip.Tensor{}, nil, failure.Errorf(failure.BadInput, "inputs[0].name: unknown input %q; model %q takes one input named %q", in.GetName(), m.Name, oip.InputName)
+		return oip.Tensor{}, heldInput{}, failure.Errorf(failure.BadInput, "inputs[0].name: unknown input %q; model %q takes one input named %q", in.GetName(), m.Name, oip.InputName)
 	}
 	dt, err := wiretensor.ParseDatatype("inputs[0].datatype", in.GetDatatype())
 	if err != nil {
-		return oip.Tensor{}, nil, err
+		return oip.Tensor{}, heldInput{}, err
 	}
 	n, err := wiretensor.Count("inputs[0].shape", in.GetShape(), s.opts.MaxElements)
 	if err != nil {
-		return oip.Tensor{}, nil, err
+		return oip.Tensor{}, heldInput{}, err
 	}
 	if err := wiretensor.CheckShape("inputs[0].shape", in.GetShape(), m.Name, m.InputShape, m.MaxBatch); err != nil {
-		return oip.Tensor{}, nil, err
+		return oip.Tensor{}, heldInput{}, err
 	}
 	ref, inShm, err := parseRef("inputs[0].parameters", in.GetParameters())
 	if err != nil {
-		return oip.Tensor{}, nil, err
+		return oip.Tensor{}, heldInput{}, err
 	}
 	raw := req.GetRawInputContents()
 	contents := in.GetContents()
@@ -143,19 +178,19 @@ func (s *service) decodeInput(req *pb.ModelInferRequest, m oip.ModelInfo) (oip.T
 	}
 	switch {
 	case len(raw) > 1:
-		return oip.Tensor{}, nil, failure.Errorf(failure.BadInput, "raw_input_contents: %d entries for one input", len(raw))
+		return oip.Tensor{}, heldInput{}, failure.Errorf(failure.BadInput, "raw_input_contents: %d entries for one input", len(raw))
 	case sources > 1:
-		return oip.Tensor{}, nil, failure.Errorf(failure.BadInput, "inputs[0]: give its values once: in raw_input_contents, in contents or in a shared memory region")
+		return oip.Tensor{}, heldInput{}, failure.Errorf(failure.BadInput, "inputs[0]: give its values once: in raw_input_contents, in contents or in a shared memory region")
 	case sources == 0:
-		return oip.Tensor{}, nil, failure.Errorf(failure.BadInput, "inputs[0]: no values (raw_input_contents, contents or shared memory parameters)")
+		return oip.Tensor{}, heldInput{}, failure.Errorf(failure.BadInput, "inputs[0]: no values (raw_input_contents, contents or shared memory parameters)")
 	}
 	want := wiretensor.ByteSize(n, dt)
 	var data []float32
-	var lease *shm.Lease
+	var held heldInput
 	switch {
 	case len(raw) == 1:
 		if int64(len(raw[0])) != want {
-			return oip.Tensor{}, nil, failure.Errorf(failure.BadInput, "raw_input_contents[0] is %d bytes but shape %v of %s needs %d", len(raw[0]), in.GetShape(), dt, want)
+			return oip.Tensor{}, heldInput{}, failure.Errorf(failure.BadInput, "raw_input_contents[0] is %d bytes but shape %v of %s needs %d", len(raw[0]), in.GetShape(), dt, want)
 		}
 		// The message's bytes are this request's own: FP32 is used where
 		// it lies when the machine and the alignment allow.
@@ -163,17 +198,22 @@ func (s *service) decodeInput(req *pb.ModelInferRequest, m oip.ModelInfo) (oip.T
 			data, _ = wiretensor.FP32View(raw[0])
 		}
 		if data == nil {
-			data = make([]float32, n)
+			held.buf = wiretensor.GetFP32(int(n))
+			data = held.buf.Data
 			err = wiretensor.Decode("raw_input_contents[0]", data, raw[0], dt)
 		}
 	case contents != nil:
 		data, err = fromContents(contents, dt, n)
 	default:
-		if lease, err = s.acquire("inputs[0]", ref, want); err != nil {
-			return oip.Tensor{}, nil, err
+		if held.lease, err = s.acquire("inputs[0]", ref, want); err != nil {
+			return oip.Tensor{}, held, err
 		}
-		data = make([]float32, n)
-		err = lease.Read(ref.Offset, ref.ByteSize, func(b []byte) error {
+		// Copied out of the region, not used where it lies: the kernel's
+		// workers (other goroutines) would read it, and a fault there
+		// (the client truncating the object) could not be recovered.
+		held.buf = wiretensor.GetFP32(int(n))
+		data = held.buf.Data
+		err = held.lease.Read(ref.Offset, ref.ByteSize, func(b []byte) error {
 			return wiretensor.Decode("shared memory", data, b, dt)
 		})
 		if err != nil {
@@ -181,13 +221,13 @@ func (s *service) decodeInput(req *pb.ModelInferRequest, m oip.ModelInfo) (oip.T
 		}
 	}
 	if err != nil {
-		return oip.Tensor{}, lease, err
+		return oip.Tensor{}, held, err
 	}
 	shape := make([]int, len(in.GetShape()))
 	for i, d := range in.GetShape() {
 		shape[i] = int(d)
 	}
-	return oip.Tensor{Shape: shape, Data: data}, lease, nil
+	return oip.Tensor{Shape: shape, Data: data}, held, nil
 }
 
 // acquire holds the region ref names for a tensor of want bytes (any

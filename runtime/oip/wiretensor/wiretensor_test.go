@@ -259,3 +259,34 @@ func errString(err error) string {
 	}
 	return err.Error()
 }
+
+func TestGetFP32(t *testing.T) {
+	tests := []struct {
+		n, wantCap int
+		pooled     bool
+	}{
+		{n: 0, wantCap: 0},
+		{n: 64, wantCap: 64},                   // small: allocated as asked
+		{n: 4096, wantCap: 4096, pooled: true}, // the smallest class
+		{n: 4097, wantCap: 8192, pooled: true},
+		{n: 256 * 1024, wantCap: 256 * 1024, pooled: true},
+		{n: MaxPooledFP32, wantCap: MaxPooledFP32, pooled: true},
+		{n: MaxPooledFP32 + 1, wantCap: MaxPooledFP32 + 1}, // too large to keep
+	}
+	for _, tt := range tests {
+		b := GetFP32(tt.n)
+		if len(b.Data) != tt.n || cap(b.Data) != tt.wantCap || (b.pool != nil) != tt.pooled {
+			t.Errorf("GetFP32(%d): len %d cap %d pooled %v, want len %d cap %d pooled %v",
+				tt.n, len(b.Data), cap(b.Data), b.pool != nil, tt.n, tt.wantCap, tt.pooled)
+		}
+		b.Release()
+	}
+	// A buffer given back serves a later request of its class, at the
+	// length asked (the pool may drop it: only the length is certain).
+	b := GetFP32(5000)
+	b.Release()
+	if c := GetFP32(6000); len(c.Data) != 6000 || cap(c.Data) != 8192 {
+		t.Errorf("after a release: len %d cap %d", len(c.Data), cap(c.Data))
+	}
+	FP32Buffer{}.Release() // the zero buffer: nothing to give back
+}
