@@ -44,13 +44,21 @@ func (a Activation) Apply(dst, src []float32) {
 	}
 }
 
-// relu computes dst[i] = src[i] < 0 ? +0 : src[i] without a branch on the
-// sign: on activations whose signs are random (what a ReLU usually sees),
-// a comparison and a jump per element mispredict half the time and cost
-// four times the work. An element is negative exactly when its sign bit is
-// set and its magnitude bits are in (0, +Inf]: -0 and NaNs are kept, as by
-// PyTorch and the micro-kernels' VMAXPS.
+// relu computes dst[i] = src[i] < 0 ? +0 : src[i]: with AVX2 eight at a
+// time (reluVec), the rest with reluScalar.
 func relu(dst, src []float32) {
+	dst = dst[:len(src)]
+	n := reluVec(dst, src)
+	reluScalar(dst[n:], src[n:])
+}
+
+// reluScalar is relu without a branch on the sign: on activations whose
+// signs are random (what a ReLU usually sees), a comparison and a jump
+// per element mispredict half the time and cost four times the work. An
+// element is negative exactly when its sign bit is set and its magnitude
+// bits are in (0, +Inf]: -0 and NaNs are kept, as by PyTorch and the
+// micro-kernels' VMAXPS.
+func reluScalar(dst, src []float32) {
 	dst = dst[:len(src)]
 	for i, v := range src {
 		b := math.Float32bits(v)

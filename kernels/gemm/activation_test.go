@@ -172,9 +172,9 @@ func TestBackwardMatchesPyTorchOnSpecialValues(t *testing.T) {
 	}
 }
 
-// ReLU gives the comparison's results bit for bit on every class of
-// float32 (both zeros, subnormals, infinities, NaNs of either sign and
-// payload) and on random values.
+// ReLU, vector and scalar, gives the comparison's results bit for bit on
+// every class of float32 (both zeros, subnormals, infinities, NaNs of
+// either sign and payload) and on random values.
 func TestReLUMatchesComparison(t *testing.T) {
 	src := []float32{0, float32(math.Copysign(0, -1)), 1, -1, float32(math.Inf(1)), float32(math.Inf(-1)),
 		math.SmallestNonzeroFloat32, -math.SmallestNonzeroFloat32, math.MaxFloat32, -math.MaxFloat32,
@@ -184,15 +184,21 @@ func TestReLUMatchesComparison(t *testing.T) {
 	for range 4096 {
 		src = append(src, math.Float32frombits(r.Uint32()))
 	}
-	dst := make([]float32, len(src))
-	ActReLU.Apply(dst, src)
-	for i, v := range src {
-		want := v
-		if v < 0 {
-			want = 0
-		}
-		if math.Float32bits(dst[i]) != math.Float32bits(want) {
-			t.Errorf("relu(%#08x) = %#08x, want %#08x", math.Float32bits(v), math.Float32bits(dst[i]), math.Float32bits(want))
+	src = src[:len(src)-3] // a tail that is not a whole vector
+	for _, impl := range []struct {
+		name string
+		fn   func(dst, src []float32)
+	}{{"Apply", ActReLU.Apply}, {"scalar", reluScalar}, {"in place", func(dst, src []float32) { copy(dst, src); ActReLU.Apply(dst, dst) }}} {
+		dst := make([]float32, len(src))
+		impl.fn(dst, src)
+		for i, v := range src {
+			want := v
+			if v < 0 {
+				want = 0
+			}
+			if math.Float32bits(dst[i]) != math.Float32bits(want) {
+				t.Errorf("%s: relu(%#08x) = %#08x, want %#08x", impl.name, math.Float32bits(v), math.Float32bits(dst[i]), math.Float32bits(want))
+			}
 		}
 	}
 }
