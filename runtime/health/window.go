@@ -58,7 +58,7 @@ const MinSamples = 8
 // ObserveBudget is the most output values one call to Observe reads (more
 // when a single row is larger): see "Sampled rows" in the package
 // documentation.
-const ObserveBudget = 16384
+const ObserveBudget = 4096
 
 // Window aggregates executions of one seed. It is safe for concurrent use.
 type Window struct {

@@ -118,7 +118,9 @@ func TestLatencyPenalty(t *testing.T) {
 // as the budget holds, starting at a row that moves with each call, so
 // that successive calls cover the whole batch.
 func TestObserveSamplesLargeCalls(t *testing.T) {
-	const units, batch = 1024, 64 // 4 times the budget: 16 rows a call, 4 apart
+	const units = 1024
+	const per = ObserveBudget / units // rows observed per call
+	const batch = 4 * per             // so a call observes rows 4 apart
 	out := make([]float32, units*batch)
 	for r := range batch {
 		for u := range units {
@@ -129,10 +131,10 @@ func TestObserveSamplesLargeCalls(t *testing.T) {
 	tests := []struct {
 		calls, wantSamples, wantFired int
 	}{
-		{calls: 1, wantSamples: 16, wantFired: 16},
-		{calls: 2, wantSamples: 32, wantFired: 32},
-		{calls: 4, wantSamples: 64, wantFired: 64},
-		{calls: 8, wantSamples: 128, wantFired: 64}, // the phase wraps: every row seen, none twice per 4 calls
+		{calls: 1, wantSamples: per, wantFired: per},
+		{calls: 2, wantSamples: 2 * per, wantFired: 2 * per},
+		{calls: 4, wantSamples: batch, wantFired: batch},
+		{calls: 8, wantSamples: 2 * batch, wantFired: batch}, // the phase wraps: every row seen, none twice per 4 calls
 	}
 	for _, tt := range tests {
 		w := NewWindow(units)
