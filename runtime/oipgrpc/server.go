@@ -150,8 +150,9 @@ func New(backend Backend, opts Options, logger *slog.Logger) *Server {
 		grpc.ChainStreamInterceptor(g.stream),
 		grpc.UnknownServiceHandler(g.unknown),
 	}
+	var methods *methodTable // filled below, before Serve
 	if opts.Metrics != nil {
-		serverOpts = append(serverOpts, grpc.StatsHandler(statsHandler{m: opts.Metrics, served: g.served}))
+		serverOpts = append(serverOpts, grpc.StatsHandler(statsHandler{methods: &methods}))
 	}
 	gs := grpc.NewServer(serverOpts...)
 	inferencepb.RegisterGRPCInferenceServiceServer(gs, &service{backend: backend, opts: opts, log: logger})
@@ -161,6 +162,9 @@ func New(backend Backend, opts Options, logger *slog.Logger) *Server {
 		for _, m := range info.Methods {
 			g.served["/"+name+"/"+m.Name] = true
 		}
+	}
+	if opts.Metrics != nil {
+		methods = newMethodTable(opts.Metrics, g.served)
 	}
 	return &Server{grpc: gs, health: h, gate: g}
 }
