@@ -3,6 +3,7 @@ package wiretensor
 import (
 	"encoding/binary"
 	"math"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -275,18 +276,35 @@ func TestGetFP32(t *testing.T) {
 	}
 	for _, tt := range tests {
 		b := GetFP32(tt.n)
-		if len(b.Data) != tt.n || cap(b.Data) != tt.wantCap || (b.pool != nil) != tt.pooled {
+		if len(b.Data) != tt.n || cap(b.Data) != tt.wantCap || (b.class != 0) != tt.pooled {
 			t.Errorf("GetFP32(%d): len %d cap %d pooled %v, want len %d cap %d pooled %v",
-				tt.n, len(b.Data), cap(b.Data), b.pool != nil, tt.n, tt.wantCap, tt.pooled)
+				tt.n, len(b.Data), cap(b.Data), b.class != 0, tt.n, tt.wantCap, tt.pooled)
 		}
 		b.Release()
 	}
 	// A buffer given back serves a later request of its class, at the
-	// length asked (the pool may drop it: only the length is certain).
+	// length asked, even after garbage collections (which empty a
+	// sync.Pool).
 	b := GetFP32(5000)
+	first := &b.Data[:1][0]
 	b.Release()
-	if c := GetFP32(6000); len(c.Data) != 6000 || cap(c.Data) != 8192 {
-		t.Errorf("after a release: len %d cap %d", len(c.Data), cap(c.Data))
+	runtime.GC()
+	runtime.GC()
+	c := GetFP32(6000)
+	if len(c.Data) != 6000 || cap(c.Data) != 8192 || &c.Data[0] != first {
+		t.Errorf("after a release and two collections: len %d cap %d, reused %v", len(c.Data), cap(c.Data), &c.Data[0] == first)
+	}
+	c.Release()
+	// The free lists keep at most maxPooledBytes.
+	var held []FP32Buffer
+	for range 2 * maxPooledBytes / (4 << 20) {
+		held = append(held, GetFP32(1<<20)) // 4 MiB each
+	}
+	for _, h := range held {
+		h.Release()
+	}
+	if n := pooledBytes.Load(); n > maxPooledBytes || n < maxPooledBytes/2 {
+		t.Errorf("free lists hold %d bytes; the bound is %d", n, maxPooledBytes)
 	}
 	FP32Buffer{}.Release() // the zero buffer: nothing to give back
 }
