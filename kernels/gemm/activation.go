@@ -62,8 +62,10 @@ func reluScalar(dst, src []float32) {
 	dst = dst[:len(src)]
 	for i, v := range src {
 		b := math.Float32bits(v)
-		var neg uint32 // all ones when v < 0
-		if (b&0x7fffffff)-1 < 0x7f800000 { // compiled to a flag, not a jump
+		// neg is all ones when v < 0; the condition compiles to a flag,
+		// not a jump.
+		var neg uint32
+		if (b&0x7fffffff)-1 < 0x7f800000 {
 			neg = uint32(int32(b) >> 31)
 		}
 		dst[i] = math.Float32frombits(b &^ neg)
