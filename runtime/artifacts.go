@@ -92,6 +92,9 @@ type urzaRecord struct {
 	Status          string `json:"status"`
 	KernelBinaryRef string `json:"kernel_binary_ref"`
 	Checksum        string `json:"checksum"`
+	// ValidationReport is free-form; a SHA-256 in it is verified
+	// (reportChecksum).
+	ValidationReport json.RawMessage `json:"validation_report"`
 }
 
 // Resolve fetches the kernel's record and returns its CompiledKernel.
@@ -163,6 +166,11 @@ func parseUrzaRecord(id string, body []byte) (Resolved, error) {
 		if err != nil {
 			return Resolved{}, failure.Errorf(failure.Malformed, "Urza's record of kernel %q: %w", id, err)
 		}
+		if ck.Metadata.Checksum == nil {
+			if c := reportChecksum(rec.ValidationReport); c != "" {
+				ck.Metadata.Checksum = &c
+			}
+		}
 		return Resolved{Compiled: &ck, Status: rec.Status}, nil
 	}
 	ref := rec.KernelBinaryRef
@@ -177,8 +185,9 @@ func parseUrzaRecord(id string, body []byte) (Resolved, error) {
 		kid = id
 	}
 	md := contracts.NewKernelMetadata(kid, rec.BlueprintID, kid)
-	if rec.Checksum != "" {
-		c := rec.Checksum
+	if c := rec.Checksum; c != "" {
+		md.Checksum = &c
+	} else if c := reportChecksum(rec.ValidationReport); c != "" {
 		md.Checksum = &c
 	}
 	ck := contracts.NewCompiledKernel(rec.BlueprintID, ref, md)

@@ -140,6 +140,9 @@ func TestLoadErrorsAreClassified(t *testing.T) {
 		}
 	}
 	// The bus takes the same decision from the same class.
+	if _, err := declareLayer(h, "l"); err != nil {
+		t.Fatal(err)
+	}
 	for ref, permanent := range map[string]bool{"missing.safetensors": true, "http://h/unreachable": false, "nope": true, "down": false} {
 		err := handle(context.Background(), h, &oona.LoadKernel{LayerName: "l", SeedIdx: 0, ArtifactID: ref})
 		if err == nil || failure.ClassOf(err).Permanent() != permanent {

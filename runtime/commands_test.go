@@ -40,6 +40,9 @@ func TestLoadKernelCommandWithAReference(t *testing.T) {
 		}
 		return nil, fmt.Errorf("unexpected ref %q", ref)
 	})))
+	if _, err := declareLayer(h, "layer1"); err != nil {
+		t.Fatal(err)
+	}
 	want := map[string]string{
 		"models/team/k1.safetensors":                         "k1",
 		"file:///srv/kernels/sub/k2.safetensors":             "k2",
@@ -233,8 +236,8 @@ func TestChangesThatCannotBeSavedAreUndone(t *testing.T) {
 	}
 	// Nothing refused left a reservation, a layer id or a name behind.
 	store.setFailure(nil)
-	if id, err := declareLayer(h, "newlayer"); err != nil || id != 1 {
-		t.Errorf("the first layer registered after the refusals got id %d (%v), want 1", id, err)
+	if id, err := declareLayer(h, "newlayer"); err != nil || id != LayerIDOf("newlayer") {
+		t.Errorf("the layer declared after the refusals got id %d (%v), want %d", id, err, LayerIDOf("newlayer"))
 	}
 	v, err := h.Load(ctx, LoadRequest{Name: "new", Data: linearKernel(t, "new", []string{"cuda"}), Layer: "dec", SeedIdx: 0})
 	if err != nil {

@@ -9,10 +9,9 @@ import (
 )
 
 // Executor runs loaded kernels on one kind of device. The CPU executor
-// (package kernels' Kernel.Run) is the first implementation; a GPU backend
-// is one new type, to which executorFor routes the placements it serves.
-// Training through a seed (issue #15) adds a backward pass here: package
-// kernels already has Kernel.Forward with a Tape and Kernel.Backward.
+// (package kernels' Kernel.Run, Kernel.Forward and Tape.Backward) is the
+// first implementation; a GPU backend is one new type, to which
+// executorFor routes the placements it serves.
 type Executor interface {
 	// Name names the executor in responses, views and metric labels.
 	Name() string
@@ -21,6 +20,26 @@ type Executor interface {
 	// Run computes out = k(in) for batch samples, both row-major float32
 	// of batch × the kernel's per-sample sizes.
 	Run(ctx context.Context, k *kernels.Kernel, in []float32, batch int, out []float32) error
+	// Forward is Run that also returns the executor's record of the
+	// forward pass, what Backward needs: the caller may reuse in and out
+	// at once.
+	Forward(ctx context.Context, k *kernels.Kernel, in []float32, batch int, out []float32) (Tape, error)
+	// Backward computes the vector-Jacobian product of the forward pass
+	// tape records: gradIn = (∂out/∂in)ᵀ · gradOut, gradOut holding
+	// batch × the kernel's output size, gradIn receiving batch × its
+	// input size. The kernel's weights are constants. A tape serves any
+	// number of backward passes, one at a time; it must come from this
+	// executor's Forward.
+	Backward(ctx context.Context, tape Tape, gradOut, gradIn []float32) error
+	// TapeBytes is what Forward of batch samples of k keeps in its tape,
+	// so that a caller bounds the tapes it keeps before running one.
+	TapeBytes(k *kernels.Kernel, batch int) int64
+}
+
+// Tape is an executor's record of one forward pass, for its Backward.
+type Tape interface {
+	// Bytes is the memory the tape holds.
+	Bytes() int64
 }
 
 // cpuExecutor runs kernels on the CPU with package kernels' executor.
@@ -31,6 +50,24 @@ func (cpuExecutor) Device() string { return placement.CPUName }
 func (cpuExecutor) Run(ctx context.Context, k *kernels.Kernel, in []float32, batch int, out []float32) error {
 	return k.Run(ctx, in, batch, out)
 }
+
+func (cpuExecutor) Forward(ctx context.Context, k *kernels.Kernel, in []float32, batch int, out []float32) (Tape, error) {
+	t := new(kernels.Tape)
+	if err := k.Forward(ctx, in, batch, out, t); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+func (cpuExecutor) Backward(ctx context.Context, tape Tape, gradOut, gradIn []float32) error {
+	t, ok := tape.(*kernels.Tape)
+	if !ok {
+		return fmt.Errorf("%w: a %T is not the CPU executor's", kernels.ErrTape, tape)
+	}
+	return t.Backward(ctx, gradOut, gradIn)
+}
+
+func (cpuExecutor) TapeBytes(k *kernels.Kernel, batch int) int64 { return k.TapeBytes(batch) }
 
 // cpu is the CPU executor, the only one built in.
 var cpu Executor = cpuExecutor{}

@@ -311,7 +311,10 @@ func TestFailedLoadsAreBounded(t *testing.T) {
 
 // TestLoadingTheSameKernelTwice: as Triton, a load of a name that is
 // loaded with the same content and target changes nothing and returns
-// the loaded kernel; other content or another seed is a Conflict.
+// the loaded kernel; other content under that name is a Conflict, an
+// explicit name for another seed too. The same artifact into another
+// seed, named by the host, is a kernel of its own (name@layer.seed_idx)
+// sharing the parsed kernel.
 func TestLoadingTheSameKernelTwice(t *testing.T) {
 	inv := openInventory(t, "dgxa100", nil)
 	h, _, _ := newHost(t, inv, Config{})
@@ -330,9 +333,17 @@ func TestLoadingTheSameKernelTwice(t *testing.T) {
 	if failure.ClassOf(err) != failure.Conflict || !strings.Contains(fmt.Sprint(err), `kernel "k" is already loaded and differs: its artifact has sha256`) {
 		t.Fatalf("other content under the same name: %v (class %v), want Conflict naming the difference", err, failure.ClassOf(err))
 	}
-	_, err = h.Load(ctx, LoadRequest{Data: data, Layer: "layer1", SeedIdx: 2})
+	_, err = h.Load(ctx, LoadRequest{Name: "k", Data: data, Layer: "layer1", SeedIdx: 2})
 	if failure.ClassOf(err) != failure.Conflict || !strings.Contains(fmt.Sprint(err), `layer "layer1" seed 2`) {
-		t.Fatalf("same content for another seed: %v", err)
+		t.Fatalf("the same name for another seed: %v", err)
+	}
+	parsed := h.Stats().Cache.Loads
+	v, err := h.Load(ctx, LoadRequest{Data: data, Layer: "layer1", SeedIdx: 2})
+	if err != nil || v.Name != "k@layer1.2" || v.Layer != "layer1" || v.SeedIdx != 2 {
+		t.Fatalf("the same content for another seed: %+v, %v; want a kernel k@layer1.2", v.Name, err)
+	}
+	if n := h.Stats().Cache.Loads; n != parsed {
+		t.Errorf("the second seed's kernel was parsed again (%d parses, want %d)", n, parsed)
 	}
 	if v, err := h.Load(ctx, LoadRequest{Data: other, Replace: true}); err != nil || v.Unchanged {
 		t.Fatalf("replace: %v, unchanged %v", err, v.Unchanged)

@@ -38,13 +38,24 @@
 //
 // # Layers and seeds
 //
-// HealthSignal.layer_id is an integer while commands name layers by
-// layer_name. The host gives each layer name it registers the next free
-// integer, starting at 0, in registration order, and keeps the mapping for
-// the life of the state directory (it is saved with the rest of the state),
-// so a controller maps signals back to layers with GET /v1/layers. A kernel
-// served directly (not through load_kernel) stands as a seed of its own:
-// layer name = kernel name, seed index 0.
+// A layer is declared by its owner (DeclareLayer: PUT /v1/layers, the
+// --layers file), by a command for an unknown layer with
+// Config.AcceptAllLayers, or implicitly by a kernel loaded into it
+// directly. Its id, the layer_id of its health signals, is the declared
+// one, else LayerIDOf its name (FNV-1a): the same on every host, so that
+// signals of different hosts never share an id for different layers. A
+// layer has num_seeds slots; each slot holds one seed. Loading a kernel
+// into a dormant seed germinates it; into a seed that holds one, swaps
+// it (requests already running finish on the old kernel); unloading
+// culls the seed, which stays in the slot's history, and leaves a fresh
+// dormant seed. One artifact may serve any number of seeds: the parsed
+// kernel is shared through the cache, each seed has its own reservation.
+// A kernel served directly (not through a seed) stands as a seed of its
+// own: layer name = kernel name, one slot.
+//
+// Every control operation goes through Apply and returns an Outcome, the
+// same for the bus and the front ends; the seed operations publish it as
+// an outcome event on telemetry.seed.health (outcome.go).
 //
 // # Health signals
 //
@@ -139,6 +150,27 @@ type Config struct {
 	// kernels are pinned; unloaded ones stay cached until evicted, so a
 	// reload of the same bytes is instant.
 	CacheBytes int64
+	// KeptForwards and KeptForwardBytes bound the layer forwards kept for
+	// a later backward (keep_forward): past either, the oldest are
+	// evicted (defaults 1024 and 256 MiB: the DaemonSet's memory holds
+	// them beside four inference working sets). A kept forward holds its
+	// seeds' tapes (the activations their backward reads) and expires
+	// KeptForwardTTL after its forward (default 60 s).
+	KeptForwards     int
+	KeptForwardBytes int64
+	KeptForwardTTL   time.Duration
+	// AcceptAllLayers makes a command for a layer nobody declared declare
+	// it (DefaultNumSeeds slots, declared by "command") instead of being
+	// skipped: for a single host on the bus. With several hosts on one
+	// bus each declares the layers it owns and skips the others'.
+	AcceptAllLayers bool
+	// RequireChecksum refuses a kernel id Urza resolves to a record with
+	// no SHA-256 (instead of pinning the first bytes loaded for the id).
+	RequireChecksum bool
+	// Layers are declarations Run applies first, after a Restore and
+	// before the repository scan and the bus (the --layers file). One the
+	// host refuses is logged as an error; the others apply.
+	Layers []DeclareLayer
 	// Logger receives the host's logs (default: discard).
 	Logger *slog.Logger
 	// Now is the clock (default time.Now).
@@ -184,6 +216,15 @@ func (c *Config) defaults() {
 	}
 	if c.CacheBytes <= 0 {
 		c.CacheBytes = 1 << 30
+	}
+	if c.KeptForwards <= 0 {
+		c.KeptForwards = DefaultKeptForwards
+	}
+	if c.KeptForwardBytes <= 0 {
+		c.KeptForwardBytes = DefaultKeptForwardBytes
+	}
+	if c.KeptForwardTTL <= 0 {
+		c.KeptForwardTTL = DefaultKeptForwardTTL
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -262,6 +303,8 @@ type Host struct {
 
 	// book holds the layers and their seeds (self-locking).
 	book *layerBook
+	// forwards keeps layer forwards for their backward (self-locking).
+	forwards *forwardStore
 
 	mu      sync.RWMutex
 	kernels map[string]*loaded // by model name
@@ -271,6 +314,10 @@ type Host struct {
 	failedOrder []string
 	// repoIndex maps the repository's kernel names to their paths.
 	repoIndex map[string]string
+
+	// pins holds the SHA-256 first loaded for each Urza id that came
+	// without a checksum.
+	pins pins
 
 	started atomic.Bool
 	epoch   atomic.Int64
@@ -321,6 +368,7 @@ func New(cfg Config, deps Deps) (*Host, error) {
 		store:     deps.Store,
 		cache:     kc,
 		book:      newLayerBook(),
+		forwards:  newForwardStore(cfg.KeptForwards, cfg.KeptForwardBytes, cfg.KeptForwardTTL),
 		kernels:   make(map[string]*loaded),
 		failed:    make(map[string]string),
 		repoIndex: make(map[string]string),
@@ -332,6 +380,9 @@ func New(cfg Config, deps Deps) (*Host, error) {
 	if reg != nil {
 		if err := reg.Register(breakerCollector{h}); err != nil {
 			return nil, fmt.Errorf("runtime: registering breaker metrics: %w", err)
+		}
+		if err := reg.Register(h.forwards); err != nil {
+			return nil, fmt.Errorf("runtime: registering kept-forward metrics: %w", err)
 		}
 	}
 	return h, nil
@@ -358,14 +409,23 @@ func (h *Host) Ready() (bool, string) {
 	return true, ""
 }
 
-// Run starts the host and runs it until ctx ends. It loads the
-// repository's kernels (those a Restore brought back stay as they are),
+// Run starts the host and runs it until ctx ends. It applies
+// Config.Layers, loads the repository's kernels (those a Restore brought back stay as they are),
 // saves the state once, turns ready, and then runs the host's loops:
 // re-placement on device health changes and memory pressure, health
 // signal emission every SignalInterval, the bus's command and epoch
 // consumers, and retries of a failing state store. When ctx ends it waits
 // for the consumers, emits the last signals and saves the state.
 func (h *Host) Run(ctx context.Context) error {
+	for _, d := range h.cfg.Layers {
+		o, err := h.Apply(ctx, d)
+		if err != nil {
+			h.log.Error("layer declaration refused", slog.String("layer", d.Layer), slog.String("declared_by", d.By.String()), slog.Any("err", err))
+			continue
+		}
+		h.log.Info("layer declared", slog.String("layer", d.Layer), slog.Int("layer_id", o.LayerID), slog.String("declared_by", d.By.String()),
+			slog.Bool("unchanged", o.Unchanged))
+	}
 	loaded, failed, err := h.loadRepository(ctx)
 	if err != nil {
 		h.log.Error("kernel repository", slog.Any("err", err))
@@ -394,11 +454,7 @@ func (h *Host) Run(ctx context.Context) error {
 		}
 		consume("commands", func(ctx context.Context) error { return h.bus.ConsumeCommands(ctx, commandHandler{h}) })
 		consume("epochs", func(ctx context.Context) error {
-			return h.bus.ConsumeEpochs(ctx, func(_ context.Context, ev oona.EpochEvent) {
-				if ev.Epoch >= 0 {
-					h.epoch.Store(ev.Epoch)
-				}
-			})
+			return h.bus.ConsumeEpochs(ctx, func(_ context.Context, ev oona.EpochEvent) { h.setEpoch(ev.Epoch) })
 		})
 	}
 	events, cancel := h.inv.Subscribe()
@@ -423,6 +479,7 @@ func (h *Host) Run(ctx context.Context) error {
 		case <-tick.C:
 			h.replan()
 			h.emitSignals()
+			h.forwards.sweep(h.cfg.Now())
 			if h.store != nil && h.store.Err() != nil {
 				_ = h.saveNow() // the store logs the outcome
 			}
@@ -467,4 +524,16 @@ func devices(s device.Snapshot) []placement.Device {
 		out = append(out, pd)
 	}
 	return out
+}
+
+// setEpoch takes the epoch a system.events.epoch event announced and
+// saves it with the state (a restart starts from it).
+func (h *Host) setEpoch(epoch int64) {
+	if epoch < 0 || h.epoch.Swap(epoch) == epoch {
+		return
+	}
+	h.log.Info("epoch", slog.Int64("epoch", epoch))
+	if err := h.saveNow(); err != nil {
+		h.log.Error("epoch not saved", slog.Int64("epoch", epoch), slog.Any("err", err))
+	}
 }

@@ -169,6 +169,22 @@ func failedLoads(h *Host) map[string]string {
 }
 
 // handle runs a bus command through the host's command consumer adapter.
+// layerSlot is slot idx of layer name.
+func layerSlot(t testing.TB, h *Host, name string, idx int) SlotView {
+	t.Helper()
+	v, ok := h.Layer(name)
+	if !ok || idx >= len(v.Seeds) {
+		t.Fatalf("no slot %s/%d in %+v", name, idx, v)
+	}
+	return v.Seeds[idx]
+}
+
+// serves says whether the host acts on bus commands for the layer.
+func serves(h *Host, layer string) bool {
+	_, ok := commandHandler{h}.ServesLayer(oona.Target{LayerName: layer, LayerID: -1})
+	return ok
+}
+
 func handle(ctx context.Context, h *Host, p oona.CommandPayload) error {
 	return commandHandler{h}.HandleCommand(ctx, oona.Command{Message: contracts.NewOonaMessage("tamiyo", "t", contracts.TopicControlKasminaCommands, nil), Payload: p})
 }
@@ -248,7 +264,7 @@ func TestInferErrors(t *testing.T) {
 		class failure.Class
 		msg   string
 	}{
-		{"unknown kernel", "nope", Request{Input: make([]float32, 4), Shape: []int{1, 4}}, failure.NotFound, `kernel "nope" is not loaded`},
+		{"unknown kernel", "nope", Request{Input: make([]float32, 4), Shape: []int{1, 4}}, failure.NotFound, `no kernel or layer "nope" is served here`},
 		{"wrong feature size", "k", Request{Input: make([]float32, 5), Shape: []int{1, 5}}, failure.BadInput, `input dimension 1 is 5; kernel "k" takes [batch, 4]`},
 		{"wrong rank", "k", Request{Input: make([]float32, 4), Shape: []int{4}}, failure.BadInput, `input has shape [4]; kernel "k" takes [batch, 4]`},
 		{"data shorter than shape", "k", Request{Input: make([]float32, 4), Shape: []int{2, 4}}, failure.BadInput, `input holds 4 values; shape [2 4] needs 8`},
@@ -392,7 +408,7 @@ func TestHealthSignalsPublished(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The third unit (relu(−x0 − 1)) never fires for x0 ≥ 0.
-	if s.DeadNeuronRatio < 0.33 || s.DeadNeuronRatio > 0.34 || s.Epoch != 12 || s.ChunkID != 0 || s.LayerID != 0 {
+	if s.DeadNeuronRatio < 0.33 || s.DeadNeuronRatio > 0.34 || s.Epoch != 12 || s.ChunkID != 0 || s.LayerID != LayerIDOf("k") {
 		t.Errorf("signal %+v", s)
 	}
 	if len(pub.msgs) != 1 {
@@ -441,19 +457,27 @@ func TestSeedCommands(t *testing.T) {
 	h, _, _ := newHost(t, inv, Config{GraftingRamp: -1}, withFetcher(fetch), withResolver(&Urza{BaseURL: urza.URL}))
 	ctx := context.Background()
 	cmd := func(p oona.CommandPayload) error { return handle(ctx, h, p) }
+	if serves(h, "layer1") {
+		t.Fatal("a layer nobody declared is served")
+	}
+	if _, err := declareLayer(h, "layer1"); err != nil {
+		t.Fatal(err)
+	}
 	if err := cmd(&oona.LoadKernel{LayerName: "layer1", SeedIdx: 2, ArtifactID: "kernel-abc"}); err != nil {
 		t.Fatal(err)
 	}
 	if err := cmd(&oona.LoadKernel{LayerName: "layer1", SeedIdx: 2, ArtifactID: "kernel-abc"}); err != nil {
 		t.Fatalf("redelivered load_kernel: %v", err)
 	}
-	if !(commandHandler{h}).ServesLayer("layer1") || (commandHandler{h}).ServesLayer("layer9") {
+	if !serves(h, "layer1") || serves(h, "layer9") {
 		t.Error("ServesLayer wrong")
 	}
 	seeds := h.Seeds()
-	if len(seeds) != 1 || seeds[0].State != contracts.SeedGerminated || seeds[0].Kernel != "kernel-abc" || seeds[0].LayerID != 0 {
+	if len(seeds) != DefaultNumSeeds || seeds[2].State != contracts.SeedGerminated || seeds[2].Kernel != "kernel-abc" ||
+		seeds[2].LayerID != LayerIDOf("layer1") || seeds[2].ArtifactID != "kernel-abc" {
 		t.Fatalf("seeds %+v", seeds)
 	}
+	first := seeds[2].Seed.SeedID
 	for _, st := range []contracts.SeedState{contracts.SeedTraining, contracts.SeedGrafting} {
 		if err := cmd(&oona.SetSeedState{LayerName: "layer1", SeedIdx: 2, State: st}); err != nil {
 			t.Fatal(err)
@@ -485,8 +509,21 @@ func TestSeedCommands(t *testing.T) {
 	if _, ok := h.Kernel("kernel-abc"); ok {
 		t.Fatal("kernel still loaded")
 	}
-	if s := h.Seeds()[0]; s.State != contracts.SeedCulled || s.Kernel != "" {
-		t.Fatalf("seed after unload %+v", s)
+	// The seed is culled and kept in its slot's history; a fresh dormant
+	// seed takes the slot, and the next kernel.
+	slot := layerSlot(t, h, "layer1", 2)
+	if slot.State != contracts.SeedDormant || slot.Kernel != nil || slot.SeedID == first ||
+		len(slot.History) != 1 || slot.History[0].SeedID != first || slot.History[0].State != contracts.SeedCulled {
+		t.Fatalf("slot after unload %+v", slot)
+	}
+	if err := cmd(&oona.LoadKernel{LayerName: "layer1", SeedIdx: 2, ArtifactID: "kernel-abc"}); err != nil {
+		t.Fatalf("a reload into the slot: %v", err)
+	}
+	if slot := layerSlot(t, h, "layer1", 2); slot.State != contracts.SeedGerminated || *slot.Kernel != "kernel-abc" {
+		t.Fatalf("slot after the reload %+v", slot)
+	}
+	if err := cmd(&oona.LoadKernel{LayerName: "layer1", SeedIdx: 4, ArtifactID: "kernel-abc"}); failure.ClassOf(err) != failure.BadInput {
+		t.Fatalf("seed_idx beyond num_seeds: %v, want BadInput", err)
 	}
 	if err := cmd(&oona.LoadKernel{LayerName: "layer1", SeedIdx: 3, ArtifactID: "missing"}); !failure.Is(err, failure.NotFound) {
 		t.Fatalf("unknown artifact: %v", err)

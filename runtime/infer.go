@@ -12,25 +12,79 @@ import (
 	"github.com/esper/kasmina-host/runtime/failure"
 )
 
-// Request is one inference.
+// Request is one inference: of a kernel, or of a layer (its seeds'
+// blend, with gradients when asked; see Model).
 type Request struct {
-	// Input is [batch, *input_shape] row-major float32.
+	// Input is [batch, *input_shape] row-major float32 (nil for a
+	// layer's backward of a kept forward, ForwardID).
 	Input []float32
 	// Shape is the input's shape, batch first.
 	Shape []int
-	// Default, when set, is the host layer's own output for the same input
-	// ([batch, *output_shape]): the result is then the seed's alpha blend
-	// (1 − α)·default + α·kernel(x), applied once.
+	// Default, when set, is the layer's own output for the same input
+	// ([batch, *output_shape]). A kernel's result is then its seed's
+	// alpha blend (1 − α)·default + α·kernel(x); a layer's is
+	// (1 − A)·default + Σ αᵢ·kᵢ(x).
 	Default []float32
+	// DefaultShape is Default's shape, batch first (nil: [batch,
+	// *output_shape]).
+	DefaultShape []int
+	// GradOutput, for a layer, is ∂loss/∂output ([batch,
+	// *output_shape]): the result then carries GradInput (and
+	// GradDefault when the forward had a default).
+	GradOutput []float32
+	// GradShape is GradOutput's shape, batch first (nil: [batch,
+	// *output_shape]).
+	GradShape []int
+	// KeepForward keeps what a layer's backward needs; the result's
+	// Blend.ForwardID names it for a later request.
+	KeepForward bool
+	// ForwardID, with GradOutput and no Input, runs the backward of a
+	// kept forward of the layer; it is used up unless RetainForward.
+	ForwardID     string
+	RetainForward bool
 	// Out, when large enough, receives the output (no allocation).
 	Out []float32
 }
 
 // Result is an inference's output and where it ran.
 type Result struct {
+	// Output and Shape are the output, nil for a backward of a kept
+	// forward.
 	Output []float32
 	Shape  []int
-	Exec   ExecInfo
+	// GradInput (shaped GradInputShape) is ∂loss/∂input, when the
+	// request had GradOutput.
+	GradInput      []float32
+	GradInputShape []int
+	// GradDefault is ∂loss/∂default = (1 − A)·grad_output, shaped like
+	// the output, when the request had GradOutput and its forward had a
+	// default.
+	GradDefault []float32
+	// Blend says how a layer's seeds were blended; nil for a kernel.
+	Blend *Blend
+	Exec  ExecInfo
+}
+
+// Blend is how a layer's output was made from its seeds.
+type Blend struct {
+	// Seeds are the contributing seeds, by index, with the alphas applied.
+	Seeds []SeedAlpha
+	// AlphaTotal is A, the sum of the applied alphas (at most 1);
+	// AlphaScale is what the seeds' alphas were multiplied by: 1/Σαᵢ when
+	// that sum exceeded 1, else 1.
+	AlphaTotal, AlphaScale float64
+	// DefaultApplied says whether the output holds (1 − A)·default: false
+	// when the request had no default.
+	DefaultApplied bool
+	// ForwardID names the kept forward (KeepForward), "" when none.
+	ForwardID string
+}
+
+// SeedAlpha is one seed's part in a layer's output.
+type SeedAlpha struct {
+	SeedIdx int     `json:"seed_idx"`
+	Alpha   float64 `json:"alpha"`
+	Kernel  string  `json:"kernel"`
 }
 
 // ExecInfo says where a request ran. A fallback is never silent.
@@ -68,23 +122,34 @@ func notRunReason(err error) string {
 	return reasonCanceled
 }
 
-// Model is a loaded kernel as inference sees it: a handle that a front end
-// looks up once (Host.Model), checks a request against (shapes, largest
-// batch) and runs (Infer), without a view of the kernel being built per
-// request. The handle stays usable after the kernel is unloaded or
-// replaced: its inference is then refused (Unavailable) or, for requests
-// already admitted, finishes on the kernel it names.
+// Model is a loaded kernel, or a layer, as inference sees it: a handle
+// that a front end looks up once (Host.Model), checks a request against
+// (shapes, largest batch) and runs (Infer), without a view of the kernel
+// being built per request. A kernel's handle stays usable after the
+// kernel is unloaded or replaced: its inference is then refused
+// (Unavailable) or, for requests already admitted, finishes on the kernel
+// it names. A layer's handle blends the seeds the layer has when each
+// request runs (layerforward.go).
 type Model struct {
 	h *Host
 	l *loaded
+	// layer is set on a layer's model, l on a kernel's.
+	layer *layerModel
 }
 
-// Model returns the loaded kernel named name, or false. It allocates
-// nothing.
+// Model returns the model named name, or false: a kernel served directly
+// (its own layer), else a layer the host knows (its seeds' blend), else a
+// kernel serving a seed of a layer. A kernel's lookup allocates nothing.
 func (h *Host) Model(name string) (*Model, bool) {
 	h.mu.RLock()
 	l, ok := h.kernels[name]
 	h.mu.RUnlock()
+	if ok && l.seed.layer == name {
+		return &l.model, true
+	}
+	if m, isLayer := h.layerModel(name); isLayer {
+		return m, true
+	}
 	if !ok {
 		return nil, false
 	}
@@ -92,18 +157,44 @@ func (h *Host) Model(name string) (*Model, bool) {
 }
 
 // Name is the model's name.
-func (m *Model) Name() string { return m.l.name }
+func (m *Model) Name() string {
+	if m.layer != nil {
+		return m.layer.name
+	}
+	return m.l.name
+}
 
-// InputShape is the per-sample input shape (without the batch). It is
-// shared: the caller must not modify it.
-func (m *Model) InputShape() []int { return m.l.inShape }
+// InputShape is the per-sample input shape (without the batch), nil for a
+// layer whose seeds hold no kernel yet and that declares no shapes. It is shared: the caller must not
+// modify it.
+func (m *Model) InputShape() []int {
+	if m.layer != nil {
+		return m.layer.inShape
+	}
+	return m.l.inShape
+}
 
-// OutputShape is the per-sample output shape (without the batch). It is
-// shared: the caller must not modify it.
-func (m *Model) OutputShape() []int { return m.l.shape1[1:] }
+// OutputShape is the per-sample output shape (without the batch), nil for
+// a layer whose seeds hold no kernel yet and that declares no shapes. It is shared: the caller must
+// not modify it.
+func (m *Model) OutputShape() []int {
+	if m.layer != nil {
+		return m.layer.outShape
+	}
+	return m.l.shape1[1:]
+}
 
 // MaxBatch is the largest batch one request may have.
-func (m *Model) MaxBatch() int { return m.l.maxBatch }
+func (m *Model) MaxBatch() int {
+	if m.layer != nil {
+		return m.layer.maxBatch
+	}
+	return m.l.maxBatch
+}
+
+// IsLayer says whether the model is a layer: its requests may carry a
+// default, gradients and kept forwards, and its results a Blend.
+func (m *Model) IsLayer() bool { return m.layer != nil }
 
 // Serving says how a model is served now.
 type Serving struct {
@@ -121,28 +212,40 @@ type Serving struct {
 }
 
 // Serving says how the model is served now. It allocates only while the
-// breaker is not closed (for its reason).
+// breaker is not closed (for its reason). A layer is served as its seeds
+// are: see layerModel.serving.
 func (m *Model) Serving() Serving {
+	if m.layer != nil {
+		return m.layer.serving
+	}
 	rt := m.l.route.Load()
 	s := Serving{PlacedOn: rt.placedOn, ExecutedOn: rt.exec.Device(), Executor: rt.exec.Name(), Degraded: rt.degraded}
 	s.Breaker, s.BreakerReason = m.l.breaker.Status()
 	return s
 }
 
-// Infer runs the named kernel on req.Input: Model, then Model.Infer.
+// Infer runs the named model on req: Model, then Model.Infer.
 func (h *Host) Infer(ctx context.Context, name string, req Request) (Result, error) {
 	m, ok := h.Model(name)
 	if !ok {
-		return Result{}, failure.Errorf(failure.NotFound, "kernel %q is not loaded", name)
+		return Result{}, failure.Errorf(failure.NotFound, "no kernel or layer %q is served here", name)
 	}
 	return m.Infer(ctx, req)
 }
 
 // Infer runs the model on req.Input. Every error names the kernel or the
-// input that is wrong, once, and carries its failure class.
+// input that is wrong, once, and carries its failure class. A layer's
+// model blends its seeds (inferLayer); a kernel's takes no gradient.
 func (m *Model) Infer(ctx context.Context, req Request) (Result, error) {
+	if m.layer != nil {
+		return m.h.inferLayer(ctx, m.layer, req)
+	}
 	h, l, name := m.h, m.l, m.l.name
 	obs := l.obs.Load()
+	if err := kernelTakes(name, &req); err != nil {
+		obs.fail(reasonBadInput)
+		return Result{}, err
+	}
 	in := l.inShape
 	if len(req.Shape) != len(in)+1 {
 		obs.fail(reasonBadInput)
@@ -175,7 +278,7 @@ func (m *Model) Infer(ctx context.Context, req Request) (Result, error) {
 	if !l.gate.enter() {
 		// The kernel left the table since this handle was found: replaced
 		// (the replacement takes the request) or unloaded.
-		if now, ok := h.Model(name); ok && now.l != l {
+		if now, ok := h.Model(name); ok && now.layer == nil && now.l != l {
 			return now.Infer(ctx, req)
 		}
 		obs.fail(reasonRefused)
@@ -240,6 +343,25 @@ func (m *Model) Infer(ctx context.Context, req Request) (Result, error) {
 	}
 	obs.ok(info.QueueTime, compute, done.Sub(queued))
 	return Result{Output: out, Shape: l.outShape(batch), Exec: info}, nil
+}
+
+// kernelTakes refuses the parts of a request only a layer serves.
+func kernelTakes(name string, req *Request) error {
+	what := ""
+	switch {
+	case req.GradOutput != nil:
+		what = "grad_output"
+	case req.KeepForward:
+		what = "keep_forward"
+	case req.ForwardID != "":
+		what = "forward_id"
+	case req.RetainForward:
+		what = "retain_forward"
+	}
+	if what != "" {
+		return failure.Errorf(failure.BadInput, "%s: model %q is a kernel served directly, and gradients are served on layers (declare a layer and load the kernel into one of its seeds)", what, name)
+	}
+	return nil
 }
 
 // batchTooLarge explains why a batch is over a kernel's max_batch: the

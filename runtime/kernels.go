@@ -24,6 +24,9 @@ import (
 // loaded is one kernel the host serves.
 type loaded struct {
 	name string
+	// base is what name was derived from for a seed's kernel when the
+	// load named none (seedKernelName), "" otherwise.
+	base string
 	// key names its reservation in the ledger: unique to this load, so
 	// that a kernel replacing another of its name is placed before the
 	// other lets its reservation go.
@@ -47,6 +50,14 @@ type loaded struct {
 	// seed is the seed this kernel serves (its own seed when served
 	// directly); set before the kernel is in the table, then read-only.
 	seed seedKey
+	// implicit is how its layer is declared when nobody has.
+	implicit implicit
+	// artifact is what it was loaded from (load_kernel's artifact_id, or
+	// the reference), shown in its seed.
+	artifact string
+	// pin is the Urza id its digest is pinned to, when its record carried
+	// no checksum.
+	pin string
 
 	// route is how requests run, set with the decision (setDecision) and
 	// read without a lock on the request path.
@@ -86,6 +97,11 @@ func (l *loaded) decisionNow() placement.Decision {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.decision
+}
+
+// attachment is what its seed records of it.
+func (l *loaded) attachment() attachment {
+	return attachment{kernel: l.name, artifact: redactRef(l.artifact), blueprint: l.meta.BlueprintID, in: l.inShape, out: l.kernel.OutputShape()}
 }
 
 // outShape is the output shape for a batch; batch 1's is shared.
@@ -210,12 +226,23 @@ func nameFromRef(ref string) string {
 }
 
 // Unload stops serving a kernel once its in-flight requests finish, detaches
-// it from its seed and releases its reservation. When the state store
-// cannot save that, the kernel keeps serving and Unload returns its error.
+// it from its seed (which is culled, a fresh dormant seed taking its slot)
+// and releases its reservation. When the state store cannot save that,
+// the kernel keeps serving and Unload returns its error.
 func (h *Host) Unload(ctx context.Context, name string) error {
+	return h.unload(ctx, name, seedKey{}, "kernel "+name+" unloaded")
+}
+
+// unload is Unload with the reason its seed records; a non-zero in says
+// which seed the kernel must be in (a seed command), so that a kernel
+// swapped meanwhile is not unloaded in its place.
+func (h *Host) unload(ctx context.Context, name string, in seedKey, why string) error {
 	h.changeMu.Lock()
 	h.mu.Lock()
 	l, ok := h.kernels[name]
+	if ok && in != (seedKey{}) && l.seed != in {
+		ok = false
+	}
 	if !ok {
 		_, failed := h.failed[name]
 		h.forgetFailureLocked(name)
@@ -227,7 +254,7 @@ func (h *Host) Unload(ctx context.Context, name string) error {
 		return failure.Errorf(failure.NotFound, "no kernel %q is loaded", name)
 	}
 	delete(h.kernels, name)
-	undo := h.book.detach(l.seed, name, h.cfg.Now())
+	undo := h.book.detach(l.seed, name, why, h.cfg.Now())
 	h.mu.Unlock()
 	if err := h.saveChange(); err != nil {
 		h.mu.Lock()
@@ -238,11 +265,16 @@ func (h *Host) Unload(ctx context.Context, name string) error {
 		return err
 	}
 	h.changeMu.Unlock()
-
-	h.retire(ctx, l)
-	h.metrics.deleteKernel(name, l.decisionNow().Device)
-	h.log.Info("kernel unloaded", slog.String("kernel", name))
+	h.let(ctx, l, why)
 	return nil
+}
+
+// let lets a kernel taken out of the table go: it waits for its requests
+// (retire), deletes its metric series and says so.
+func (h *Host) let(ctx context.Context, l *loaded, why string) {
+	h.retire(ctx, l)
+	h.metrics.deleteKernel(l.name, l.decisionNow().Device)
+	h.log.Info("kernel unloaded", slog.String("kernel", l.name), slog.String("why", why))
 }
 
 // Kernels lists the loaded kernels, sorted by name.

@@ -62,6 +62,20 @@ type LoadRequest struct {
 	// sha256 is Data's SHA-256 when the caller has it already (Restore
 	// verifies the kept bytes with it).
 	sha256 string
+	// artifact is what a seed's kernel is loaded from (load_kernel's
+	// artifact_id); default: the reference.
+	artifact string
+	// base names the kernel when Name is empty (a kernel id); a seed's
+	// kernel whose base another seed's kernel has is named
+	// base@layer.seed_idx (seedKernelName).
+	base string
+	// declared: Layer must be declared already (a command's seed).
+	// Otherwise a load into a layer nobody declared declares it
+	// (ByKernel), and a kernel served directly gets a layer of its own.
+	declared bool
+	// pin is the Urza id whose bytes are pinned on first use (set when
+	// Urza's record carries no checksum).
+	pin string
 }
 
 // MetadataSource says which KernelMetadata describes a kernel loaded from
@@ -139,10 +153,21 @@ func (h *Host) Load(ctx context.Context, req LoadRequest) (KernelView, error) {
 	if req.SeedIdx < 0 {
 		return KernelView{}, failure.Errorf(failure.BadInput, "seed_idx %d is negative", req.SeedIdx)
 	}
+	if req.Layer != "" {
+		if err := validLayerName(req.Layer); err != nil {
+			return KernelView{}, err
+		}
+	}
+	if req.artifact == "" {
+		req.artifact = req.Ref
+	}
 	if err := h.resolveDocument(ctx, &req); err != nil {
 		return KernelView{}, err
 	}
 	art, err := h.fetchArtifact(ctx, &req)
+	if err == nil {
+		err = h.checkPin(&req, art)
+	}
 	if err != nil {
 		h.recordFailure(req.Name, err)
 		return KernelView{}, err
@@ -157,11 +182,16 @@ func (h *Host) Load(ctx context.Context, req LoadRequest) (KernelView, error) {
 		hd.Release()
 		return KernelView{}, err
 	}
-	if !req.Replace {
-		if v, done, err := h.alreadyLoaded(l, req); done {
-			hd.Release()
-			return v, err
-		}
+	if v, done, err := h.alreadyLoaded(l, req); done {
+		hd.Release()
+		return v, err
+	}
+	if err := h.book.checkAttach(l.seed, l.attachment(), req.Replace); err != nil && (req.declared || !failure.Is(err, failure.NotFound)) {
+		// Refused before anything is placed (the layer's shapes, a seed
+		// holding another kernel); a layer nobody declared is declared
+		// when the kernel registers.
+		hd.Release()
+		return KernelView{}, err
 	}
 	if err := ctx.Err(); err != nil {
 		hd.Release()
@@ -187,7 +217,11 @@ func (h *Host) resolveDocument(ctx context.Context, req *LoadRequest) error {
 		if h.resolve == nil {
 			return failure.Errorf(failure.BadInput, "artifact %q is neither a path nor a URL, and no kernel library (Urza) is configured", redactRef(req.Ref))
 		}
-		r, err := h.resolve.Resolve(ctx, req.Ref)
+		id := req.Ref
+		r, err := h.resolve.Resolve(ctx, id)
+		if err == nil {
+			err = h.trust(id, r, req)
+		}
 		if err != nil {
 			err = classify(err, failure.Unavailable)
 			h.recordFailure(req.Name, err)
@@ -199,6 +233,38 @@ func (h *Host) resolveDocument(ctx context.Context, req *LoadRequest) error {
 		if err := req.Compiled.Validate(); err != nil {
 			return failure.Errorf(failure.BadInput, "compiled kernel document: %w", err)
 		}
+	}
+	return nil
+}
+
+// trust decides whether Urza's record of kernel id may be loaded (see
+// trust.go): its status, and a checksum or else a pin.
+func (h *Host) trust(id string, r Resolved, req *LoadRequest) error {
+	if err := checkStatus(id, r.Status); err != nil {
+		return err
+	}
+	if r.Compiled == nil {
+		return failure.Errorf(failure.Malformed, "Urza's record of kernel %q points at no artifact", id)
+	}
+	if r.Compiled.Metadata.Checksum != nil {
+		return nil
+	}
+	if h.cfg.RequireChecksum {
+		return failure.Errorf(failure.Refused, "Urza's record of kernel %q carries no SHA-256 (checksum, metadata.checksum or validation_report.sha256), and the host requires one (--require-checksum)", id)
+	}
+	req.pin = id
+	return nil
+}
+
+// checkPin refuses bytes for a pinned Urza id that are not the bytes
+// first loaded for it.
+func (h *Host) checkPin(req *LoadRequest, art artifact) error {
+	if req.pin == "" {
+		return nil
+	}
+	if want, ok := h.pins.get(req.pin); ok && want != art.sha256 {
+		return failure.Errorf(failure.Malformed, "kernel %q: its bytes have sha256 %s, but the bytes first loaded for this id had %s; Urza's record carries no checksum, so the first bytes are trusted and different ones refused",
+			req.pin, art.sha256, want)
 	}
 	return nil
 }
@@ -339,9 +405,20 @@ func (h *Host) describe(req *LoadRequest, art artifact, hd *cache.Handle[*parsed
 	if err := kernels.CheckTarget(meta); err != nil {
 		return nil, classify(err, failure.Refused)
 	}
-	name := req.Name
+	seed := seedKey{req.Layer, req.SeedIdx}
+	name, base := req.Name, ""
 	if name == "" {
-		name = defaultName(meta.KernelID, art.source, k.ID())
+		name = req.base
+		if name == "" {
+			name = defaultName(meta.KernelID, art.source, k.ID())
+		}
+		if seed.layer != "" {
+			base = name
+			name = h.seedKernelName(name, seed)
+		}
+	}
+	if seed.layer == "" {
+		seed = seedKey{name, 0}
 	}
 	fb := h.cfg.Fallback
 	flag, _ := meta.OptimizationFlags.Get("cpu_fallback")
@@ -356,12 +433,17 @@ func (h *Host) describe(req *LoadRequest, art artifact, hd *cache.Handle[*parsed
 	if req.Fallback != nil {
 		fb = *req.Fallback
 	}
-	seed := seedKey{req.Layer, req.SeedIdx}
-	if seed.layer == "" {
-		seed = seedKey{name, 0}
+	im := implicit{by: ByKernel, direct: req.Layer == ""}
+	if req.declared {
+		im = implicit{}
+	}
+	artifactID := req.artifact
+	if artifactID == "" {
+		artifactID = art.source
 	}
 	l := &loaded{
 		name:         name,
+		base:         base,
 		key:          name + "#" + strconv.FormatUint(h.loads.Add(1), 10),
 		kernel:       k,
 		handle:       hd,
@@ -379,6 +461,9 @@ func (h *Host) describe(req *LoadRequest, art artifact, hd *cache.Handle[*parsed
 		shape1:       append([]int{1}, k.OutputShape()...),
 		inShape:      k.InputShape(),
 		seed:         seed,
+		implicit:     im,
+		artifact:     artifactID,
+		pin:          req.pin,
 		gate:         newGate(),
 	}
 	l.model = Model{h: h, l: l}
@@ -413,9 +498,10 @@ func (h *Host) place(l *loaded) error {
 }
 
 // register makes a placed kernel serve: in the kernel table and attached
-// to its seed, saved in the state store, or neither. A kernel of the same
-// name (a Replace) is swapped out in the same step: requests already
-// running finish on it, and its reservation and cache pin go once they
+// to its seed, saved in the state store, or neither. The kernel the seed
+// held (a swap) and a kernel of the same name elsewhere (a Replace that
+// moves it) leave the table in the same step: requests already running
+// finish on them, and their reservations and cache pins go once they
 // have. Only then come the metrics and the log.
 func (h *Host) register(ctx context.Context, l *loaded, req LoadRequest, start time.Time) (KernelView, error) {
 	name := l.name
@@ -433,8 +519,16 @@ func (h *Host) register(ctx context.Context, l *loaded, req LoadRequest, start t
 		// answers 504 and the kernel is not loaded).
 		return abort(fmt.Errorf("loading kernel %q: %w", name, err))
 	}
-	old := h.kernels[name]
-	if old != nil && !req.Replace {
+	same := h.kernels[name] // the kernel of this name, wherever it serves
+	if same != nil && l.base != "" && same.seed != l.seed {
+		// The name was derived for this seed, and another seed's load of
+		// the same artifact registered it since: this kernel takes the
+		// name of its own seed rather than move the other.
+		name = h.seedKernelNameLocked(l.base, l.seed)
+		l.name, same = name, h.kernels[name]
+	}
+	cur := h.kernels[h.book.kernelAt(l.seed)] // the kernel the seed holds
+	if same != nil && !req.Replace {
 		// Another load of the same name got there first.
 		h.mu.Unlock()
 		h.changeMu.Unlock()
@@ -444,17 +538,26 @@ func (h *Host) register(ctx context.Context, l *loaded, req LoadRequest, start t
 	}
 	now := h.cfg.Now()
 	var undos []func()
-	if old != nil && old.seed != l.seed {
-		undos = append(undos, h.book.detach(old.seed, name, now))
-	}
-	undo, err := h.book.attach(l.seed, name, l.meta.BlueprintID, now)
-	if err != nil {
+	undoAll := func() {
 		for i := len(undos) - 1; i >= 0; i-- {
 			undos[i]()
 		}
+	}
+	if same != nil && same != cur {
+		undos = append(undos, h.book.detach(same.seed, name, "kernel "+name+" moved to "+l.seed.layer+"/"+strconv.Itoa(l.seed.idx), now))
+	}
+	undo, err := h.book.attach(l.seed, l.attachment(), req.Replace, l.implicit, now)
+	if err != nil {
+		undoAll()
 		return abort(err)
 	}
 	undos = append(undos, undo)
+	if l.pin != "" {
+		undos = append(undos, h.pins.pin(l.pin, l.kernel.SHA256()))
+	}
+	if cur != nil {
+		delete(h.kernels, cur.name)
+	}
 	h.kernels[name] = l
 	failedBefore, hadFailed := h.failed[name]
 	h.forgetFailureLocked(name)
@@ -465,14 +568,14 @@ func (h *Host) register(ctx context.Context, l *loaded, req LoadRequest, start t
 	}
 	if saveErr != nil {
 		h.mu.Lock()
-		if old != nil {
-			h.kernels[name] = old
-		} else {
-			delete(h.kernels, name)
+		delete(h.kernels, name)
+		if cur != nil {
+			h.kernels[cur.name] = cur
 		}
-		for i := len(undos) - 1; i >= 0; i-- {
-			undos[i]()
+		if same != nil {
+			h.kernels[name] = same
 		}
+		undoAll()
 		if hadFailed {
 			h.failed[name] = failedBefore
 			h.failedOrder = append(h.failedOrder, name)
@@ -484,11 +587,14 @@ func (h *Host) register(ctx context.Context, l *loaded, req LoadRequest, start t
 	h.changeMu.Unlock()
 
 	dec := l.decisionNow()
-	if old != nil {
-		if from := old.decisionNow().Device; from != dec.Device {
+	if same != nil {
+		if from := same.decisionNow().Device; from != dec.Device {
 			h.metrics.reserved.DeleteLabelValues(name, from)
 		}
-		h.retire(ctx, old)
+		h.retire(ctx, same)
+	}
+	if cur != nil && cur != same {
+		h.let(ctx, cur, "kernel "+cur.name+" swapped for "+name+" in "+l.seed.layer+"/"+strconv.Itoa(l.seed.idx))
 	}
 	h.metrics.loadDuration.Observe(h.cfg.Now().Sub(start).Seconds())
 	h.metrics.setReserved(name, dec.Device, dec.EstimateMiB)
@@ -496,10 +602,37 @@ func (h *Host) register(ctx context.Context, l *loaded, req LoadRequest, start t
 	if dec.Fallback {
 		h.metrics.fallbacks.WithLabelValues(name, dec.Shortfall.Label()).Inc()
 	}
-	h.log.Info("kernel loaded", slog.String("kernel", name), slog.String("placed_on", dec.Device),
-		slog.String("executed_on", rt.exec.Device()), slog.Bool("degraded", dec.Degraded), slog.Bool("replaced", old != nil),
-		slog.String("reason", dec.Reason()))
+	h.log.Info("kernel loaded", slog.String("kernel", name), slog.String("layer", l.seed.layer), slog.Int("seed_idx", l.seed.idx),
+		slog.String("placed_on", dec.Device), slog.String("executed_on", rt.exec.Device()), slog.Bool("degraded", dec.Degraded),
+		slog.Bool("replaced", same != nil || cur != nil), slog.String("reason", dec.Reason()))
 	return h.view(l), nil
+}
+
+// seedKernelName names the kernel a load puts into seed k when the
+// request names none: base, unless another seed's kernel has that name;
+// then base@layer.seed_idx (the layer's id in place of its name when the
+// name could not be part of a model name).
+func (h *Host) seedKernelName(base string, k seedKey) string {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.seedKernelNameLocked(base, k)
+}
+
+// seedKernelNameLocked is seedKernelName with h.mu held.
+func (h *Host) seedKernelNameLocked(base string, k seedKey) string {
+	other, taken := h.kernels[base]
+	if !taken || other.seed == k {
+		return base
+	}
+	idx := strconv.Itoa(k.idx)
+	if n := base + "@" + k.layer + "." + idx; validName(n) == nil {
+		return n
+	}
+	id, ok := h.book.layerID(k.layer)
+	if !ok {
+		id = LayerIDOf(k.layer)
+	}
+	return base + "@" + strconv.Itoa(id) + "." + idx
 }
 
 // retire lets a kernel no longer in the table go: it waits for the
@@ -527,6 +660,23 @@ func (h *Host) alreadyLoaded(l *loaded, req LoadRequest) (v KernelView, done boo
 	if !ok {
 		return KernelView{}, false, nil
 	}
+	if !req.Replace || sameKernel(old, l) {
+		return h.compareLoaded(old, l)
+	}
+	return KernelView{}, false, nil
+}
+
+// sameKernel reports whether l is old again: the same artifact, metadata,
+// CPU fallback policy and seed.
+func sameKernel(old, l *loaded) bool {
+	return old.kernel.SHA256() == l.kernel.SHA256() && bytes.Equal(old.meta.AppendJSON(nil), l.meta.AppendJSON(nil)) &&
+		old.fallback == l.fallback && old.seed == l.seed
+}
+
+// compareLoaded is alreadyLoaded's answer for a loaded kernel old of l's
+// name: its view when l is the same kernel, a Conflict naming what
+// differs otherwise.
+func (h *Host) compareLoaded(old, l *loaded) (v KernelView, done bool, err error) {
 	var diff []string
 	if a, b := old.kernel.SHA256(), l.kernel.SHA256(); a != b {
 		diff = append(diff, fmt.Sprintf("its artifact has sha256 %s, this one %s", a, b))

@@ -206,7 +206,7 @@ func TestLoadSteps(t *testing.T) {
 		if id != "k" {
 			return Resolved{}, failure.Errorf(failure.NotFound, "no %s", id)
 		}
-		return Resolved{Compiled: &flat, MetadataFrom: FromArtifact}, nil
+		return Resolved{Compiled: &flat, MetadataFrom: FromArtifact, Status: "validated"}, nil
 	})
 	var gotSum string
 	fetch := blobFetcher(func(_ context.Context, ref, sha string) (source.Blob, error) {

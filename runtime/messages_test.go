@@ -54,7 +54,8 @@ func TestErrorMessagesNameTheInputOnce(t *testing.T) {
 			return err
 		}(), `the artifact: malformed kernel file: the header length at byte 0 exceeds the limit of 16777216 bytes (not a safetensors file)`, failure.Malformed},
 		{"an unknown kernel", h.Unload(ctx, "nope"), `no kernel "nope" is loaded`, failure.NotFound},
-		{"an unknown seed", setSeedState(h, "l", 9, contracts.SeedTraining, "test"), `no seed l/9`, failure.NotFound},
+		{"a seed beyond the layer's", setSeedState(h, "l", 9, contracts.SeedTraining, "test"), `seed_idx 9 is out of range: layer "l" has 4 seeds (0 to 3)`, failure.BadInput},
+		{"an unknown layer", setSeedState(h, "nolayer", 0, contracts.SeedTraining, "test"), `no layer "nolayer" on this host`, failure.NotFound},
 		{"alpha NaN", setAlpha(h, "l", 0, math.NaN()), `seed l/0: alpha is NaN`, failure.BadInput},
 		{"an illegal transition", setSeedState(h, "l", 0, contracts.SeedFossilized, "test"),
 			`seed l/0: illegal state transition: "germinated" → "fossilized"`, failure.Refused},

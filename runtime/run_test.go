@@ -3,6 +3,7 @@ package runtime
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -67,8 +68,8 @@ func TestRestoreSavesNothingUntilRunStarts(t *testing.T) {
 	stop := runHost(t, h2)
 	waitFor(t, "the host to turn ready", func() bool { ok, _ := h2.Ready(); return ok })
 	n, saved := store2.saved()
-	if n != 1 || len(saved.Kernels) != 2 || len(saved.Seeds) != 2 {
-		t.Fatalf("after the start-up: %d saves, the last with %d kernels and %d seeds; want 1 with 2 and 2", n, len(saved.Kernels), len(saved.Seeds))
+	if n != 1 || len(saved.Kernels) != 2 || len(saved.Seeds) != DefaultNumSeeds {
+		t.Fatalf("after the start-up: %d saves, the last with %d kernels and %d seeds; want 1 with 2 and %d (the layer's slots)", n, len(saved.Kernels), len(saved.Seeds), DefaultNumSeeds)
 	}
 	stop()
 	if n, _ := store2.saved(); n != 2 {
@@ -127,12 +128,69 @@ func TestRunConsumesCommandsAndEpochs(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 		s := h.Seeds()
-		return len(s) == 1 && s[0].Alpha == 0.25
+		return len(s) == DefaultNumSeeds && s[0].Alpha == 0.25
 	})
 	if _, err := h.Infer(context.Background(), "k", Request{Input: make([]float32, 4), Shape: []int{1, 4}}); err != nil {
 		t.Fatal(err)
 	}
 	if sigs := h.emitSignals(); len(sigs) != 1 || sigs[0].Epoch != 7 {
 		t.Fatalf("signals %+v, want one at epoch 7", sigs)
+	}
+}
+
+// The epoch is saved with the state when the bus announces it and comes
+// back with a Restore: a restarted host's first signals carry the epoch
+// training is at, not 0, before the bus says anything (the bus's latest
+// epoch entry, read first, then takes over: TestRedisEpochConsumerReadsTheLatestFirst).
+// The --layers declarations (Config.Layers) apply at every start, over
+// what the state brought back.
+func TestEpochAndDeclarationsSurviveARestart(t *testing.T) {
+	inv := openInventory(t, "dgxa100", nil)
+	store := &memStore{}
+	bus := oona.NewEmbeddedBus(nil, nil, oona.Config{HostID: "h"}, nil)
+	defer bus.Close(context.Background())
+	id9 := 9
+	fileLayers := []DeclareLayer{{Layer: "features_0", Spec: LayerSpec{NumSeeds: 2, LayerID: &id9}, By: ByFile}}
+	h, _, _ := newHost(t, inv, Config{SignalInterval: time.Hour, Layers: fileLayers}, withStore(store), func(d *Deps) { d.Bus = bus })
+	stop := runHost(t, h)
+	waitFor(t, "the epoch consumer", func() bool {
+		if err := bus.Publish(contracts.NewOonaMessage("tolaria", "t", contracts.TopicSystemEventsEpoch, map[string]any{"epoch": 7})); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Millisecond)
+		return h.epoch.Load() == 7
+	})
+	if _, err := h.Apply(context.Background(), DeclareLayer{Layer: "layer1", Spec: LayerSpec{NumSeeds: 3}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.Load(context.Background(), LoadRequest{Data: linearKernel(t, "k", nil), Layer: "layer1", SeedIdx: 1}); err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	_, st := store.saved()
+	if st.Epoch != 7 {
+		t.Fatalf("saved epoch %d, want 7", st.Epoch)
+	}
+
+	// The restart: a new host from the saved state, no bus.
+	h2, _, _ := newHost(t, inv, Config{SignalInterval: time.Hour, Layers: fileLayers}, withStore(&memStore{m: store.m}))
+	if _, err := h2.Restore(context.Background(), st); err != nil {
+		t.Fatal(err)
+	}
+	stop2 := runHost(t, h2)
+	defer stop2()
+	if _, err := h2.Infer(context.Background(), "k", Request{Input: make([]float32, 4), Shape: []int{1, 4}}); err != nil {
+		t.Fatal(err)
+	}
+	if sigs := h2.emitSignals(); len(sigs) != 1 || sigs[0].Epoch != 7 || sigs[0].LayerID != LayerIDOf("layer1") {
+		t.Fatalf("signals after the restart %+v, want one at epoch 7 from layer1", sigs)
+	}
+	got := map[string]string{}
+	for _, l := range h2.Layers() {
+		got[l.Name] = fmt.Sprintf("%d/%d/%s", l.LayerID, l.NumSeeds, l.DeclaredBy)
+	}
+	want := map[string]string{"features_0": "9/2/file", "layer1": fmt.Sprintf("%d/3/http", LayerIDOf("layer1"))}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("layers after the restart %v, want %v", got, want)
 	}
 }

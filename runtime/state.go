@@ -15,24 +15,52 @@ import (
 // StateVersion is the version of the State document.
 const StateVersion = 1
 
-// State is what the host records to come back after a restart: the layer
-// mapping, every seed and every loaded kernel with where it came from. The
-// kernels' bytes are kept by content hash (ArtifactStore), so a restart
-// needs neither the original path nor the network.
+// State is what the host records to come back after a restart: the
+// layers with their declarations, every seed slot, every loaded kernel
+// with where it came from, the artifact pins and the epoch. The kernels'
+// bytes are kept by content hash (ArtifactStore), so a restart needs
+// neither the original path nor the network.
 type State struct {
-	Version int            `json:"version"`
-	SavedAt time.Time      `json:"saved_at"`
-	Layers  map[string]int `json:"layers"`
-	Seeds   []SeedRecord   `json:"seeds"`
-	Kernels []KernelRecord `json:"kernels"`
+	Version int       `json:"version"`
+	SavedAt time.Time `json:"saved_at"`
+	// Layers maps each layer name to its id, as states written before
+	// layer declarations recorded them (a restore reads it when
+	// Declared is absent).
+	Layers map[string]int `json:"layers"`
+	// Declared is every layer's declaration.
+	Declared []LayerRecord  `json:"declared_layers,omitempty"`
+	Seeds    []SeedRecord   `json:"seeds"`
+	Kernels  []KernelRecord `json:"kernels"`
+	// Pins maps each Urza artifact id loaded without a checksum to the
+	// SHA-256 its bytes had when first loaded (trust on first use).
+	Pins map[string]string `json:"pins,omitempty"`
+	// Epoch is the latest training epoch system.events.epoch announced.
+	Epoch int64 `json:"epoch"`
 }
 
-// SeedRecord is one seed in the State.
+// LayerRecord is one layer's declaration in the State.
+type LayerRecord struct {
+	Name    string `json:"layer_name"`
+	LayerID int    `json:"layer_id"`
+	// IDDeclared is true when the owner gave the id.
+	IDDeclared  bool       `json:"layer_id_declared,omitempty"`
+	NumSeeds    int        `json:"num_seeds"`
+	InputShape  []int      `json:"input_shape,omitempty"`
+	OutputShape []int      `json:"output_shape,omitempty"`
+	DeclaredBy  DeclaredBy `json:"declared_by"`
+	// Direct marks a directly served kernel's own layer.
+	Direct bool `json:"direct,omitempty"`
+}
+
+// SeedRecord is one seed slot in the State: the seed it holds and the
+// seeds culled before it.
 type SeedRecord struct {
-	Layer   string         `json:"layer"`
-	SeedIdx int            `json:"seed_idx"`
-	Seed    contracts.Seed `json:"seed"`
-	Alpha   float64        `json:"alpha"`
+	Layer      string         `json:"layer"`
+	SeedIdx    int            `json:"seed_idx"`
+	Seed       contracts.Seed `json:"seed"`
+	Alpha      float64        `json:"alpha"`
+	ArtifactID string         `json:"artifact_id,omitempty"`
+	History    []SeedHistory  `json:"history,omitempty"`
 }
 
 // KernelRecord is one loaded kernel in the State.
@@ -44,10 +72,13 @@ type KernelRecord struct {
 	// MetadataFrom is "artifact" when Compiled is Urza's flat record
 	// (LoadRequest.MetadataFrom); omitted for the document's metadata.
 	MetadataFrom MetadataSource `json:"metadata_from,omitempty"`
-	Layer        string         `json:"layer"`
-	SeedIdx      int            `json:"seed_idx"`
-	Fallback     string         `json:"cpu_fallback"`
-	Placement    string         `json:"placement"`
+	// ArtifactID is what a seed's kernel was loaded from (load_kernel's
+	// artifact_id), when it differs from Source.
+	ArtifactID string `json:"artifact_id,omitempty"`
+	Layer      string `json:"layer"`
+	SeedIdx    int    `json:"seed_idx"`
+	Fallback   string `json:"cpu_fallback"`
+	Placement  string `json:"placement"`
 }
 
 // ArtifactStore keeps kernel bytes by SHA-256 for restarts.
@@ -64,8 +95,12 @@ type ArtifactStore interface {
 
 // State returns the host's state now.
 func (h *Host) State() State {
-	st := State{Version: StateVersion, SavedAt: h.cfg.Now().UTC()}
-	st.Layers, st.Seeds = h.book.records()
+	st := State{Version: StateVersion, SavedAt: h.cfg.Now().UTC(), Pins: h.pins.all(), Epoch: h.epoch.Load()}
+	st.Declared, st.Seeds = h.book.records()
+	st.Layers = make(map[string]int, len(st.Declared))
+	for _, l := range st.Declared {
+		st.Layers[l.Name] = l.LayerID
+	}
 	h.mu.RLock()
 	ls := make([]*loaded, 0, len(h.kernels))
 	for _, l := range h.kernels {
@@ -80,8 +115,12 @@ func (h *Host) State() State {
 		if l.origin != "" {
 			src = l.origin // a restored kernel keeps the reference it was first loaded from
 		}
-		st.Kernels = append(st.Kernels, KernelRecord{Name: l.name, SHA256: l.kernel.SHA256(), Source: src,
-			Compiled: l.compiled, MetadataFrom: l.metadataFrom, Layer: l.seed.layer, SeedIdx: l.seed.idx, Fallback: l.fallback.String(), Placement: dev})
+		rec := KernelRecord{Name: l.name, SHA256: l.kernel.SHA256(), Source: src,
+			Compiled: l.compiled, MetadataFrom: l.metadataFrom, Layer: l.seed.layer, SeedIdx: l.seed.idx, Fallback: l.fallback.String(), Placement: dev}
+		if l.artifact != src {
+			rec.ArtifactID = l.artifact
+		}
+		st.Kernels = append(st.Kernels, rec)
 	}
 	sort.Slice(st.Kernels, func(i, j int) bool { return st.Kernels[i].Name < st.Kernels[j].Name })
 	return st
@@ -104,7 +143,15 @@ func (h *Host) Restore(ctx context.Context, st State) (int, error) {
 	}
 	h.restoring.Store(true)
 	defer h.restoring.Store(false)
-	h.book.restore(st.Layers, st.Seeds, h.cfg.Now(), h.log)
+	declared := st.Declared
+	if len(declared) == 0 {
+		declared = legacyLayers(st, h.log)
+	}
+	h.book.restore(declared, st.Seeds, h.cfg.Now(), h.log)
+	h.pins.restore(st.Pins, h.log)
+	if st.Epoch > 0 {
+		h.epoch.Store(st.Epoch)
+	}
 
 	restored := 0
 	for _, rec := range st.Kernels {
@@ -135,8 +182,12 @@ func (h *Host) Restore(ctx context.Context, st State) (int, error) {
 		if layer == rec.Name && rec.SeedIdx == 0 {
 			layer = "" // served directly: its own seed
 		}
+		artifact := rec.ArtifactID
+		if artifact == "" {
+			artifact = rec.Source
+		}
 		v, err := h.Load(ctx, LoadRequest{Name: rec.Name, Data: data, sha256: rec.SHA256, Ref: store.Where(rec.SHA256), Origin: rec.Source,
-			Compiled: rec.Compiled, MetadataFrom: metadataFrom(rec), Fallback: fb, Layer: layer, SeedIdx: rec.SeedIdx})
+			Compiled: rec.Compiled, MetadataFrom: metadataFrom(rec), Fallback: fb, Layer: layer, SeedIdx: rec.SeedIdx, artifact: artifact})
 		if err != nil {
 			h.recordFailure(rec.Name, err)
 			h.log.Warn("state: kernel not restored", slog.String("kernel", rec.Name), slog.Any("err", err))
@@ -162,4 +213,42 @@ func metadataFrom(rec KernelRecord) MetadataSource {
 		}
 	}
 	return rec.MetadataFrom
+}
+
+// legacyLayers reads the layers of a state written before layer
+// declarations: each name its Layers map, its seeds or its kernels give
+// becomes a layer declared by a kernel, with the stable id of its name
+// (the ids such states hold were numbered per host in registration
+// order, the collision stable ids end) and enough slots for its seeds
+// (DefaultNumSeeds at least; a directly served kernel's own layer, one).
+func legacyLayers(st State, log *slog.Logger) []LayerRecord {
+	slots := map[string]int{}
+	direct := map[string]bool{}
+	for name := range st.Layers {
+		slots[name] = 0
+	}
+	for _, s := range st.Seeds {
+		if s.SeedIdx >= 0 && s.SeedIdx < MaxSeeds {
+			slots[s.Layer] = max(slots[s.Layer], s.SeedIdx+1)
+		}
+	}
+	for _, k := range st.Kernels {
+		if k.Layer == k.Name && k.SeedIdx == 0 {
+			direct[k.Layer] = true
+		}
+	}
+	var out []LayerRecord
+	for name, n := range slots {
+		rec := LayerRecord{Name: name, LayerID: LayerIDOf(name), NumSeeds: max(n, DefaultNumSeeds), DeclaredBy: ByKernel}
+		if direct[name] && n <= 1 {
+			rec.NumSeeds, rec.Direct = 1, true
+		}
+		if old, ok := st.Layers[name]; ok && old != rec.LayerID {
+			log.Info("state: layer ids are now stable (FNV-1a of the name): the layer's id changes",
+				slog.String("layer", name), slog.Int("was", old), slog.Int("now", rec.LayerID))
+		}
+		out = append(out, rec)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
 }

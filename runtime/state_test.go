@@ -219,7 +219,7 @@ func TestSeedChangesAreSavedBeforeReturning(t *testing.T) {
 	if err := setSeedState(h, "l", 0, contracts.SeedTraining, "test"); err != nil {
 		t.Fatal(err)
 	}
-	if n, st := store.saved(); n != before+1 || len(st.Seeds) != 1 || st.Seeds[0].Seed.State != contracts.SeedTraining {
+	if n, st := store.saved(); n != before+1 || len(st.Seeds) != DefaultNumSeeds || st.Seeds[0].Seed.State != contracts.SeedTraining {
 		t.Fatalf("after the state change: %d saves (want %d), last saved %+v", n, before+1, st.Seeds)
 	}
 	if err := setAlpha(h, "l", 0, 0.5); err != nil {
@@ -263,8 +263,8 @@ func FuzzRestoreState(f *testing.F) {
 			ids[l.LayerID] = l.Name
 		}
 		for _, s := range h.Seeds() {
-			if s.SeedIdx < 0 || !(s.Alpha >= 0 && s.Alpha <= 1) || !(commandHandler{h}).ServesLayer(s.Layer) {
-				t.Fatalf("restored seed %+v (layer served: %v)", s, (commandHandler{h}).ServesLayer(s.Layer))
+			if s.SeedIdx < 0 || !(s.Alpha >= 0 && s.Alpha <= 1) || !serves(h, s.Layer) {
+				t.Fatalf("restored seed %+v (layer served: %v)", s, serves(h, s.Layer))
 			}
 		}
 		// The host still takes a new layer.
@@ -274,31 +274,63 @@ func FuzzRestoreState(f *testing.F) {
 	})
 }
 
-// TestRestoreRepairsDamagedLayerIDsAndAlphas: a state file giving two
-// layers one id keeps it for the first name in order and gives the other
-// a fresh id; out-of-range ids are replaced, alphas clamped, seeds with a
-// negative index dropped.
+// TestRestoreRepairsDamagedLayerIDsAndAlphas: a state file declaring two
+// layers one id keeps it for the first name in order and drops the
+// other; a layer with an id out of range or no seeds is dropped; alphas
+// are clamped; seeds with a negative index, or beyond their layer's
+// slots, or of no layer are dropped.
 func TestRestoreRepairsDamagedLayerIDsAndAlphas(t *testing.T) {
 	inv := openInventory(t, "dgxa100", map[string]string{"CUDA_VISIBLE_DEVICES": ""})
 	h, _, _ := newHost(t, inv, Config{GraftingRamp: -1}, withStore(&memStore{}))
 	var st State
-	if err := json.Unmarshal([]byte(`{"version":1,"layers":{"b":5,"a":5,"c":-1,"d":9223372036854775807},
+	if err := json.Unmarshal([]byte(`{"version":1,"declared_layers":[
+		{"layer_name":"b","layer_id":5,"num_seeds":2,"declared_by":"http"},{"layer_name":"a","layer_id":5,"num_seeds":2,"declared_by":"http"},
+		{"layer_name":"c","layer_id":-1,"num_seeds":2,"declared_by":"http"},{"layer_name":"d","layer_id":9223372036854775807,"num_seeds":2,"declared_by":"http"},
+		{"layer_name":"e","layer_id":6,"num_seeds":0,"declared_by":"http"},{"layer_name":"f","layer_id":7,"num_seeds":1}],
 		"seeds":[{"layer":"a","seed_idx":0,"seed":{"layer_id":5,"position":0,"state":"dormant"},"alpha":7},
-		         {"layer":"b","seed_idx":-1,"seed":{"layer_id":5,"position":0,"state":"dormant"},"alpha":0.5}]}`), &st); err != nil {
+		         {"layer":"a","seed_idx":-1,"seed":{"layer_id":5,"position":0,"state":"dormant"},"alpha":0.5},
+		         {"layer":"a","seed_idx":2,"seed":{"layer_id":5,"position":2,"state":"dormant"},"alpha":0.5},
+		         {"layer":"z","seed_idx":0,"seed":{"layer_id":5,"position":0,"state":"dormant"},"alpha":0.5}]}`), &st); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := h.Restore(context.Background(), st); err != nil {
 		t.Fatal(err)
 	}
-	if got := fmt.Sprint(h.Layers()); got != "[{a 5 1}]" {
-		t.Errorf("layers after restore %s, want only a with id 5 (b, c, d are registered anew when used)", got)
+	if got := fmt.Sprint(h.Layers()); got != "[{a 5 2 [] [] http 0 []}]" {
+		t.Errorf("layers after restore %s, want only a, with id 5", got)
 	}
-	if id, _ := declareLayer(h, "b"); id != 6 {
-		t.Errorf("b registered anew as %d, want 6", id)
+	if id, _ := declareLayer(h, "b"); id != LayerIDOf("b") {
+		t.Errorf("b declared anew as %d, want its stable id %d", id, LayerIDOf("b"))
 	}
 	seeds := h.Seeds()
-	if len(seeds) != 1 || seeds[0].Layer != "a" || seeds[0].Alpha != 1 {
-		t.Fatalf("seeds after restore %+v, want a/0 with alpha clamped to 1", seeds)
+	if len(seeds) != 2+DefaultNumSeeds || seeds[0].Layer != "a" || seeds[0].Alpha != 1 || seeds[1].Alpha != 0 {
+		t.Fatalf("seeds after restore %+v, want a/0 with alpha clamped to 1, a/1 fresh", seeds)
+	}
+}
+
+// A state written before layer declarations (a layers map of ids numbered
+// per host, seeds, a culled one among them) comes back with stable ids,
+// each layer declared by its kernel, with enough slots, the culled seed
+// in its slot's history.
+func TestRestoreReadsStatesBeforeDeclarations(t *testing.T) {
+	inv := openInventory(t, "dgxa100", map[string]string{"CUDA_VISIBLE_DEVICES": ""})
+	h, _, _ := newHost(t, inv, Config{GraftingRamp: -1}, withStore(&memStore{}))
+	var st State
+	if err := json.Unmarshal([]byte(`{"version":1,"layers":{"enc":0,"dec":1},
+		"seeds":[{"layer":"enc","seed_idx":5,"seed":{"seed_id":"s-5","layer_id":0,"position":5,"state":"training"},"alpha":0.5},
+		         {"layer":"dec","seed_idx":1,"seed":{"seed_id":"s-1","layer_id":1,"position":1,"state":"culled"},"alpha":0}]}`), &st); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.Restore(context.Background(), st); err != nil {
+		t.Fatal(err)
+	}
+	enc, ok := h.Layer("enc")
+	if !ok || enc.LayerID != LayerIDOf("enc") || enc.NumSeeds != 6 || enc.DeclaredBy != ByKernel || enc.Seeds[5].SeedID != "s-5" || enc.Seeds[5].State != contracts.SeedTraining {
+		t.Fatalf("enc after restore %+v", enc)
+	}
+	dec, ok := h.Layer("dec")
+	if !ok || dec.NumSeeds != DefaultNumSeeds || dec.Seeds[1].State != contracts.SeedDormant || len(dec.Seeds[1].History) != 1 || dec.Seeds[1].History[0].SeedID != "s-1" {
+		t.Fatalf("dec after restore %+v", dec)
 	}
 }
 

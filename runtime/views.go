@@ -30,8 +30,11 @@ type KernelView struct {
 	// reference it was loaded from, or its copy in the state directory
 	// after a restart, in which case OriginalSource is the reference it
 	// was first loaded from.
-	Source         string                   `json:"source,omitempty"`
-	OriginalSource string                   `json:"original_source,omitempty"`
+	Source         string `json:"source,omitempty"`
+	OriginalSource string `json:"original_source,omitempty"`
+	// ArtifactID is what a seed's kernel was loaded from (load_kernel's
+	// artifact_id), redacted like Source.
+	ArtifactID     string                   `json:"artifact_id,omitempty"`
 	SHA256         string                   `json:"sha256"`
 	InputShape     []int                    `json:"input_shape"`
 	OutputShape    []int                    `json:"output_shape"`
@@ -180,7 +183,8 @@ func (h *Host) view(l *loaded) KernelView {
 		layerID = -1
 	}
 	v := KernelView{
-		Name: l.name, KernelID: l.meta.KernelID, Source: redactRef(l.source), OriginalSource: redactRef(l.origin), SHA256: l.kernel.SHA256(),
+		Name: l.name, KernelID: l.meta.KernelID, Source: redactRef(l.source), OriginalSource: redactRef(l.origin), ArtifactID: redactRef(l.artifact),
+		SHA256:     l.kernel.SHA256(),
 		InputShape: l.kernel.InputShape(), OutputShape: l.kernel.OutputShape(), ParameterCount: l.kernel.ParameterCount(),
 		Requirements: l.meta.DeviceRequirements,
 		Placement:    viewDecision(&dec, h.placementRequest(l), h.cfg.PlacementBatch),

@@ -260,6 +260,10 @@ func runBinaryTo(t *testing.T, env []string, stdout, stderr *bytes.Buffer, bin s
 func TestDaemonBadSettingsExit2(t *testing.T) {
 	bin := daemonBinary(t)
 	addr := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	badLayers := filepath.Join(t.TempDir(), "layers.json")
+	if err := os.WriteFile(badLayers, []byte(`{"layers": [{"layer_name": "l", "num_seeds": 65}]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	cases := []struct {
 		name string
 		env  []string
@@ -274,6 +278,9 @@ func TestDaemonBadSettingsExit2(t *testing.T) {
 		{"token file", nil, []string{"--auth-token-file", "/nonexistent/token"}, "--auth-token-file"},
 		{"placement policy from the environment", []string{"KASMINA_PLACEMENT_POLICY=random"}, nil, "--placement-policy"},
 		{"boolean from the environment", []string{"KASMINA_NO_EXAMPLES=perhaps"}, nil, "KASMINA_NO_EXAMPLES"},
+		{"missing layers file", nil, []string{"--layers", "/nonexistent/layers.json"}, "--layers"},
+		{"a layers file the host refuses", []string{"KASMINA_LAYERS=" + badLayers}, nil, "layers[0]: num_seeds 65: want 1 to 64"},
+		{"accept-all-layers from the environment", []string{"KASMINA_ACCEPT_ALL_LAYERS=perhaps"}, nil, "KASMINA_ACCEPT_ALL_LAYERS"},
 		{"unknown flag", nil, []string{"--bogus"}, "bogus"},
 		{"stray argument", nil, []string{"extra"}, "extra"},
 		{"gRPC address", nil, []string{"--grpc-addr", "nonsense"}, "--grpc-addr"},

@@ -41,6 +41,7 @@ const defaultAllowRefs = "file,s3://esper-artifacts/,http://*,https://*"
 // environment variables.
 type serveConfig struct {
 	addr              string
+	listenUnix        string
 	grpcAddr          string
 	noSharedMemory    bool
 	kernelsDir        string
@@ -72,14 +73,22 @@ type serveConfig struct {
 	signalInterval    time.Duration
 	refresh           time.Duration
 	cacheBytes        int64
+	keptForwards      int
+	keptForwardBytes  int64
+	keptForwardTTL    time.Duration
 	logFormat         string
 	logLevel          string
+	layersFile        string
+	layers            []runtime.DeclareLayer // read from layersFile by check
+	acceptAllLayers   bool
+	requireChecksum   bool
 	devices           deviceFlags
 	placement         placementFlags
 }
 
 func (c *serveConfig) register(fs *flag.FlagSet, e *envFlags) {
 	e.String(&c.addr, "addr", "KASMINA_ADDR", DefaultAddr, "HTTP listen address; beyond loopback a token is required")
+	e.String(&c.listenUnix, "listen-unix", "KASMINA_LISTEN_UNIX", "", "also serve the HTTP API on a Unix socket at this path, mode 0660, for a training process on this node: the file mode is the permission (no token, no Host check on it); a stale socket is replaced, any other file refused")
 	e.String(&c.grpcAddr, "grpc-addr", "KASMINA_GRPC_ADDR", oipgrpc.DefaultAddr, "gRPC listen address (the Open Inference Protocol's inference.GRPCInferenceService and grpc.health.v1); empty disables; beyond loopback a token is required")
 	e.Bool(&c.noSharedMemory, "no-shared-memory", "KASMINA_NO_SHARED_MEMORY", false, "turn off Triton's system shared memory extension (on by default: a client that may run inference may then have the host read and write POSIX shared memory objects it can open)")
 	e.String(&c.kernelsDir, "kernels", "KASMINA_KERNELS", "", "directory of esper-kernel/v1 files to serve (recursively); empty serves the embedded examples")
@@ -113,6 +122,15 @@ func (c *serveConfig) register(fs *flag.FlagSet, e *envFlags) {
 	e.Duration(&c.signalInterval, "signal-interval", "KASMINA_SIGNAL_INTERVAL", time.Second, "health signal cadence")
 	e.Duration(&c.refresh, "device-refresh", "KASMINA_DEVICE_REFRESH", device.DefaultRefreshInterval, "how often every device is re-read")
 	e.Int64(&c.cacheBytes, "cache-bytes", "KASMINA_CACHE_BYTES", 1<<30, "bytes of parsed kernels kept in memory")
+	e.Int(&c.keptForwards, "kept-forwards", "KASMINA_KEPT_FORWARDS", runtime.DefaultKeptForwards, "layer forwards kept for a later backward (keep_forward) at most; the oldest are evicted beyond")
+	e.Int64(&c.keptForwardBytes, "kept-forward-bytes", "KASMINA_KEPT_FORWARD_BYTES", runtime.DefaultKeptForwardBytes, "bytes the kept layer forwards (their seeds' tapes) may hold; the oldest are evicted beyond")
+	e.Duration(&c.keptForwardTTL, "kept-forward-ttl", "KASMINA_KEPT_FORWARD_TTL", runtime.DefaultKeptForwardTTL, "how long a kept layer forward waits for its backward")
+	e.String(&c.layersFile, "layers", "KASMINA_LAYERS", "",
+		`JSON file declaring the layers this host serves, {"layers": [{"layer_name", "num_seeds", "layer_id", "input_shape", "output_shape"}]}, applied at every start`)
+	e.Bool(&c.acceptAllLayers, "accept-all-layers", "KASMINA_ACCEPT_ALL_LAYERS", false,
+		"a command for a layer nobody declared declares it (4 seeds) instead of being skipped: for a single host on the bus (runtime/oona/COMMANDS.md)")
+	e.Bool(&c.requireChecksum, "require-checksum", "KASMINA_REQUIRE_CHECKSUM", false,
+		"refuse a kernel id whose Urza record carries no SHA-256 (default: trust the first bytes loaded for the id and refuse different ones)")
 	e.String(&c.logFormat, "log-format", "KASMINA_LOG_FORMAT", "text", "text or json")
 	e.String(&c.logLevel, "log-level", "KASMINA_LOG_LEVEL", "info", "debug, info, warn or error")
 	c.devices.register(fs)
@@ -161,6 +179,9 @@ func (c *serveConfig) check() error {
 		{"--signal-interval must be ≥ 10ms", c.signalInterval >= 10*time.Millisecond},
 		{"--device-refresh must be ≥ 100ms", c.refresh >= 100*time.Millisecond},
 		{"--cache-bytes must be > 0", c.cacheBytes > 0},
+		{"--kept-forwards must be > 0", c.keptForwards > 0},
+		{"--kept-forward-bytes must be > 0", c.keptForwardBytes > 0},
+		{"--kept-forward-ttl must be > 0", c.keptForwardTTL > 0},
 	} {
 		if !v.ok {
 			return errors.New(v.name)
@@ -177,6 +198,15 @@ func (c *serveConfig) check() error {
 	}
 	if _, _, err := c.placement.parse(); err != nil {
 		return err
+	}
+	if c.layersFile != "" {
+		b, err := regularfile.ReadFile(c.layersFile, maxLayersFileBytes)
+		if err != nil {
+			return fmt.Errorf("--layers: %w", err)
+		}
+		if c.layers, err = runtime.DecodeLayersFile(b); err != nil {
+			return fmt.Errorf("--layers %s: %w", c.layersFile, err)
+		}
 	}
 	if c.token != "" {
 		// Set but blank, or with whitespace inside: refused rather than
@@ -267,6 +297,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 // maxSecretFileBytes caps a token or password file.
 const maxSecretFileBytes = 64 << 10
 
+// maxLayersFileBytes caps the --layers file.
+const maxLayersFileBytes = 4 << 20
+
 // serve wires the packages together and runs until ctx ends.
 func serve(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io.Writer) error {
 	bi := readBuildInfo()
@@ -339,6 +372,8 @@ func serve(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io.Wr
 		HostID: cfg.hostID, Placement: popts, Fallback: fb, PlacementBatch: cfg.placement.batch,
 		Concurrency: cfg.concurrency, QueueDepth: cfg.queueDepth, RequestTimeout: cfg.requestTimeout,
 		SignalInterval: cfg.signalInterval, CacheBytes: cfg.cacheBytes, MaxOutputBytes: cfg.maxOutputBytes,
+		KeptForwards: cfg.keptForwards, KeptForwardBytes: cfg.keptForwardBytes, KeptForwardTTL: cfg.keptForwardTTL,
+		AcceptAllLayers: cfg.acceptAllLayers, RequireChecksum: cfg.requireChecksum, Layers: cfg.layers,
 		Logger: log.With(slog.String("component", "runtime")),
 	}, deps)
 	if err != nil {
@@ -369,9 +404,19 @@ func serve(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io.Wr
 		return fmt.Errorf("--addr %s: %w", cfg.addr, err)
 	}
 	srv := oip.NewServer(cfg.addr, handler, log.With(slog.String("component", "http")))
+	var unixLn net.Listener
+	if cfg.listenUnix != "" {
+		if unixLn, err = oip.ListenUnix(cfg.listenUnix); err != nil {
+			ln.Close()
+			return fmt.Errorf("--listen-unix: %w", err)
+		}
+	}
 	grpcSrv, err := startGRPC(cfg, be, bi.Version, shmRegistry, reg, log.With(slog.String("component", "grpc")))
 	if err != nil {
 		ln.Close()
+		if unixLn != nil {
+			unixLn.Close()
+		}
 		return err
 	}
 
@@ -379,7 +424,7 @@ func serve(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io.Wr
 	// and the host) stop once the HTTP server has drained.
 	loops, stopLoops := context.WithCancel(context.Background())
 	defer stopLoops()
-	serveErr := make(chan error, 2)
+	serveErr := make(chan error, 3) // one per listener
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			serveErr <- err
@@ -388,6 +433,15 @@ func serve(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io.Wr
 	grpcSrv.serve(serveErr)
 	log.Info("listening", slog.String("addr", ln.Addr().String()), slog.Bool("token_required", cfg.token != ""),
 		slog.Bool("token_required_for_reads", cfg.authRead))
+	if unixLn != nil {
+		go func() {
+			if err := srv.Serve(unixLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				serveErr <- err
+			}
+		}()
+		log.Info("listening", slog.String("unix", cfg.listenUnix), slog.String("mode", oip.UnixSocketMode.String()),
+			slog.Bool("token_required", false))
+	}
 	if grpcSrv != nil {
 		log.Info("listening for gRPC", slog.String("grpc_addr", grpcSrv.addr), slog.Bool("shared_memory", shmRegistry != nil))
 	}
@@ -490,8 +544,15 @@ func newFetcher(cfg *serveConfig, log *slog.Logger) (runtime.Fetcher, error) {
 	}
 	web := source.NewHTTP(source.HTTPConfig{Logger: log, AllowLoopback: cfg.allowLoopbackRefs})
 	routes := map[string]source.Source{source.SchemeFile: file, "http": web, "https": web}
-	if s3, err := source.NewS3(source.S3ConfigFromEnv(os.Getenv)); err == nil {
+	s3cfg := source.S3ConfigFromEnv(os.Getenv)
+	if s3, err := source.NewS3(s3cfg); err == nil {
 		routes["s3"] = s3
+		creds := s3cfg.CredentialsFrom
+		if creds == "" {
+			creds = "none set: the shared credentials file, else unsigned requests"
+		}
+		// The variables' names, never their values.
+		log.Info("s3:// artifact references", slog.String("endpoint", s3.Endpoint()), slog.String("credentials_from", creds))
 	} else {
 		log.Info("s3:// artifact references disabled", slog.Any("err", err))
 	}

@@ -8,6 +8,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -249,5 +250,73 @@ func TestOutputLimitOverHTTP(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 413 || !strings.Contains(string(msg), "max_batch of 4") {
 		t.Fatalf("batch 5: %d %s, want 413 naming the limit", resp.StatusCode, msg)
+	}
+}
+
+// TestServeListenUnix: --listen-unix (or KASMINA_LISTEN_UNIX) serves the
+// same API on a Unix socket, mode 0660, with no token on it while TCP
+// keeps its own; the socket goes at shutdown; a file that is not a socket
+// at the path stops the start (exit 1) and is left as it was.
+func TestServeListenUnix(t *testing.T) {
+	dir, err := os.MkdirTemp("", "khs") // a socket path must fit in 107 bytes
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	tokenFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokenFile, []byte("s3cret-unix\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "host.sock")
+	addr := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	t.Setenv("KASMINA_LISTEN_UNIX", sock)
+	r := startServeInProcess(t, "--addr", addr, "--auth-token-file", tokenFile, "--bus-file", os.DevNull, "--simulate", "dgxa100")
+	r.waitLog(t, "msg=ready")
+	r.waitLog(t, "unix="+sock)
+	fi, err := os.Lstat(sock)
+	if err != nil || fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o660 {
+		t.Fatalf("socket %v %v, want a socket of mode 0660", fi, err)
+	}
+	uc := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		}}}
+	body := []byte(`{"inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","data":[` + strings.Repeat("0.5,", 63) + `0.5]}]}`)
+	post := func(c *http.Client, base string) (int, string) {
+		resp, err := c.Post(base+"/v2/models/seed-linear-64/infer", "application/json", bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, b := post(uc, "http://kasmina"); code != 200 || !strings.Contains(b, `"name":"output"`) {
+		t.Fatalf("over the socket without a token: %d %s", code, b)
+	}
+	if code, _ := post(http.DefaultClient, "http://"+addr); code != 401 {
+		t.Fatalf("over TCP without a token: %d, want 401", code)
+	}
+	if code := r.stop(t); code != exitOK {
+		t.Fatalf("exit %d:\n%s", code, r.log)
+	}
+	if _, err := os.Lstat(sock); !os.IsNotExist(err) {
+		t.Fatalf("the socket is still there after shutdown: %v", err)
+	}
+
+	// A regular file at the path: refused, untouched.
+	if err := os.WriteFile(sock, []byte("keep me"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var stderr syncBuffer
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	code := runServe(ctx, []string{"--addr", "127.0.0.1:" + strconv.Itoa(freePort(t)), "--bus-file", os.DevNull, "--simulate", "dgxa100", "--listen-unix", sock}, io.Discard, &stderr)
+	if code != exitFatal || !strings.Contains(stderr.String(), "--listen-unix") || !strings.Contains(stderr.String(), "is not a socket") {
+		t.Fatalf("over a regular file: exit %d\n%s", code, stderr.String())
+	}
+	if b, _ := os.ReadFile(sock); string(b) != "keep me" {
+		t.Fatal("the file at --listen-unix was changed")
 	}
 }

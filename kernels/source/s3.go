@@ -28,6 +28,11 @@ type S3Config struct {
 	// (SharedCredentialsFile, Profile), then the instance role if UseIAM,
 	// and otherwise requests are anonymous.
 	AccessKeyID, SecretAccessKey, SessionToken string
+	// CredentialsFrom names the environment variables AccessKeyID and
+	// SecretAccessKey came from ("AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+	// or Esper's "S3_ACCESS_KEY/S3_SECRET_KEY"), for the log and for
+	// errors; never their values. Empty when they were set otherwise.
+	CredentialsFrom string
 	// SharedCredentialsFile and Profile select the shared credentials file
 	// entry (empty: ~/.aws/credentials and profile "default").
 	SharedCredentialsFile, Profile string
@@ -53,8 +58,10 @@ type S3Config struct {
 // AWS_ENDPOINT_URL_S3, then AWS_ENDPOINT_URL, then Esper's own S3_ENDPOINT_URL
 // (and S3_ENDPOINT, which some Esper services use) for the endpoint;
 // AWS_REGION, then AWS_DEFAULT_REGION; AWS_ACCESS_KEY_ID,
-// AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN; AWS_SHARED_CREDENTIALS_FILE and
-// AWS_PROFILE. Pass os.Getenv.
+// AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, else the pair Esper's compose
+// files pass, S3_ACCESS_KEY and S3_SECRET_KEY (the AWS_* pair wins when
+// AWS_ACCESS_KEY_ID is set; CredentialsFrom says which pair was read);
+// AWS_SHARED_CREDENTIALS_FILE and AWS_PROFILE. Pass os.Getenv.
 func S3ConfigFromEnv(getenv func(string) string) S3Config {
 	first := func(keys ...string) string {
 		for _, k := range keys {
@@ -64,15 +71,20 @@ func S3ConfigFromEnv(getenv func(string) string) S3Config {
 		}
 		return ""
 	}
-	return S3Config{
+	cfg := S3Config{
 		Endpoint:              first("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "S3_ENDPOINT_URL", "S3_ENDPOINT"),
 		Region:                first("AWS_REGION", "AWS_DEFAULT_REGION"),
-		AccessKeyID:           getenv("AWS_ACCESS_KEY_ID"),
-		SecretAccessKey:       getenv("AWS_SECRET_ACCESS_KEY"),
 		SessionToken:          getenv("AWS_SESSION_TOKEN"),
 		SharedCredentialsFile: getenv("AWS_SHARED_CREDENTIALS_FILE"),
 		Profile:               getenv("AWS_PROFILE"),
 	}
+	for _, pair := range [...][2]string{{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}, {"S3_ACCESS_KEY", "S3_SECRET_KEY"}} {
+		if id := getenv(pair[0]); id != "" {
+			cfg.AccessKeyID, cfg.SecretAccessKey, cfg.CredentialsFrom = id, getenv(pair[1]), pair[0]+"/"+pair[1]
+			break
+		}
+	}
+	return cfg
 }
 
 // S3 fetches kernels from s3://bucket/key references through minio-go, which
@@ -97,7 +109,12 @@ func NewS3(cfg S3Config) (*S3, error) {
 	var creds *credentials.Credentials
 	if cfg.AccessKeyID != "" {
 		if cfg.SecretAccessKey == "" {
-			return nil, fmt.Errorf("s3: AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not")
+			names := cfg.CredentialsFrom
+			if names == "" {
+				names = "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+			}
+			id, secret, _ := strings.Cut(names, "/")
+			return nil, fmt.Errorf("s3: %s is set but %s is not", id, secret)
 		}
 		creds = credentials.NewStaticV4(cfg.AccessKeyID, cfg.SecretAccessKey, cfg.SessionToken)
 	} else {

@@ -178,3 +178,46 @@ func TestNewS3RefusesKeyWithoutSecret(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+// Credentials: the AWS_* pair, else the S3_ACCESS_KEY/S3_SECRET_KEY pair
+// Esper's compose files pass; the AWS_* pair wins; CredentialsFrom names
+// the variables read.
+func TestS3ConfigFromEnvCredentials(t *testing.T) {
+	for _, c := range []struct {
+		name             string
+		vars             map[string]string
+		id, secret, from string
+	}{
+		{"none", nil, "", "", ""},
+		{"AWS", map[string]string{"AWS_ACCESS_KEY_ID": "AK", "AWS_SECRET_ACCESS_KEY": "AS"}, "AK", "AS", "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"},
+		{"Esper's", map[string]string{"S3_ACCESS_KEY": "esper", "S3_SECRET_KEY": "esper-secret"}, "esper", "esper-secret", "S3_ACCESS_KEY/S3_SECRET_KEY"},
+		{"both: AWS wins", map[string]string{"AWS_ACCESS_KEY_ID": "AK", "AWS_SECRET_ACCESS_KEY": "AS", "S3_ACCESS_KEY": "esper", "S3_SECRET_KEY": "x"},
+			"AK", "AS", "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"},
+		{"pairs are not mixed", map[string]string{"AWS_ACCESS_KEY_ID": "AK", "S3_SECRET_KEY": "x"}, "AK", "", "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"},
+	} {
+		cfg := S3ConfigFromEnv(env(c.vars))
+		if cfg.AccessKeyID != c.id || cfg.SecretAccessKey != c.secret || cfg.CredentialsFrom != c.from {
+			t.Errorf("%s: %q %q from %q, want %q %q from %q", c.name, cfg.AccessKeyID, cfg.SecretAccessKey, cfg.CredentialsFrom, c.id, c.secret, c.from)
+		}
+	}
+	_, err := NewS3(S3ConfigFromEnv(env(map[string]string{"S3_ACCESS_KEY": "esper"})))
+	if err == nil || err.Error() != "s3: S3_ACCESS_KEY is set but S3_SECRET_KEY is not" {
+		t.Errorf("Esper's key without its secret: %v", err)
+	}
+}
+
+// With only Esper's compose variables (S3_ENDPOINT_URL, S3_ACCESS_KEY,
+// S3_SECRET_KEY) the requests are signed with them, not anonymous.
+func TestS3SignsWithEspersVariables(t *testing.T) {
+	srv := newFakeS3(t, "esper-artifacts", map[string][]byte{"kernels/k1/kernel.safetensors": []byte("k")})
+	s, err := NewS3(S3ConfigFromEnv(env(map[string]string{"S3_ENDPOINT_URL": srv.URL, "S3_ACCESS_KEY": "esper", "S3_SECRET_KEY": "esper-secret"})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Fetch(context.Background(), "s3://esper-artifacts/kernels/k1/kernel.safetensors"); err != nil {
+		t.Fatal(err)
+	}
+	if auth, _ := srv.lastAuth.Load().(string); !strings.Contains(auth, "Credential=esper/") {
+		t.Fatalf("request not signed with S3_ACCESS_KEY: %q", auth)
+	}
+}

@@ -94,6 +94,9 @@ type ModelInfo struct {
 	// MaxBatch bounds the batch dimension; 0 means no limit beyond the
 	// element cap of Options.
 	MaxBatch int
+	// Layer says the model is a layer: its seeds' blend, served through
+	// LayerBackend with the tensors and parameters LayerRequest has.
+	Layer bool
 	// Handle is the backend's own reference to the model, set by Model
 	// and handed back to Infer with the rest of the ModelInfo, so that an
 	// inference looks its model up once. The HTTP layer never reads it;
@@ -149,4 +152,124 @@ type HostViews struct {
 	HealthSignals func(ctx context.Context) (any, error)
 	// Layers backs GET /v1/layers.
 	Layers func(ctx context.Context) (any, error)
+	// Layer backs GET /v1/layers/{layer_name}.
+	Layer func(ctx context.Context, name string) (any, error)
+	// DeclareLayer backs PUT /v1/layers/{layer_name}; body is the
+	// request's JSON document (valid JSON, "{}" when empty), valid only
+	// until DeclareLayer returns. created says 201 (a new layer) rather
+	// than 200.
+	DeclareLayer func(ctx context.Context, name string, body []byte) (view any, created bool, err error)
+	// RetireLayer backs DELETE /v1/layers/{layer_name}.
+	RetireLayer func(ctx context.Context, name string) (any, error)
+	// SeedControl backs the seed-control routes under
+	// /v1/layers/{layer_name}/seeds/{seed_idx}: the answer (200) is what
+	// the operation did; a failed operation answers its error's status.
+	// A load (SeedLoad) carries the load deadline in ctx.
+	SeedControl func(ctx context.Context, req SeedRequest) (any, error)
+}
+
+// SeedAction is what a seed-control route asks.
+type SeedAction uint8
+
+// The seed-control routes.
+const (
+	// SeedLoad: POST .../kernel {"artifact_id": ...}.
+	SeedLoad SeedAction = iota + 1
+	// SeedUnload: DELETE .../kernel.
+	SeedUnload
+	// SeedSetState: PUT .../state {"state": ...}.
+	SeedSetState
+	// SeedSetAlpha: PUT .../alpha {"alpha": ...}.
+	SeedSetAlpha
+)
+
+// SeedRequest is one seed-control request, its body decoded.
+type SeedRequest struct {
+	Action  SeedAction
+	Layer   string
+	SeedIdx int
+	// ArtifactID (SeedLoad), State (SeedSetState) and Alpha
+	// (SeedSetAlpha) are the body's member.
+	ArtifactID string
+	State      string
+	Alpha      float64
+	// TraceID is the X-Trace-Id header ("" when none), the trace_id of
+	// the outcome event.
+	TraceID string
+}
+
+// LayerBackend is an optional extension of Backend for a host whose
+// models include layers (ModelInfo.Layer): a layer's inference takes the
+// inputs "input", "default" and "grad_output" and the request parameters
+// keep_forward, forward_id and retain_forward, and answers "output",
+// "grad_input" and "grad_default" with how its seeds were blended. A
+// front end whose backend lacks it answers a layer's inference 501.
+type LayerBackend interface {
+	// InferLayer runs layer m, as Model described it, on req.
+	InferLayer(ctx context.Context, m ModelInfo, req LayerRequest) (LayerResult, ExecInfo, error)
+}
+
+// Names of a layer model's tensors besides InputName and OutputName.
+const (
+	DefaultName     = "default"
+	GradOutputName  = "grad_output"
+	GradInputName   = "grad_input"
+	GradDefaultName = "grad_default"
+)
+
+// Names of a layer request's parameters.
+const (
+	ParamKeepForward   = "keep_forward"
+	ParamForwardID     = "forward_id"
+	ParamRetainForward = "retain_forward"
+)
+
+// LayerRequest is one inference of a layer: a forward (Input, with
+// Default), its backward in the same call (GradOutput too), or the
+// backward of a kept forward (ForwardID and GradOutput alone). An absent
+// tensor has nil Data and Shape.
+type LayerRequest struct {
+	Input, Default, GradOutput Tensor
+	// KeepForward keeps what a later backward needs; the result's
+	// ForwardID names it.
+	KeepForward bool
+	// ForwardID names a kept forward whose backward this request runs;
+	// the backward uses it up unless RetainForward.
+	ForwardID     string
+	RetainForward bool
+	// Out, when large enough, may receive the output (the caller's
+	// buffer, which it reads until the answer is written); the result's
+	// Output then aliases it.
+	Out []float32
+}
+
+// LayerResult is a layer's answer. An absent tensor has nil Data.
+type LayerResult struct {
+	// Output is the blend, when the request had an input.
+	Output Tensor
+	// GradInput and GradDefault are the gradients, when the request had
+	// grad_output (GradDefault only when its forward had a default).
+	GradInput, GradDefault Tensor
+	Blend                  LayerBlend
+}
+
+// LayerBlend is how a layer's answer was made from its seeds.
+type LayerBlend struct {
+	// Seeds are the contributing seeds with the alphas applied.
+	Seeds []LayerSeed
+	// AlphaTotal is the sum of the applied alphas (at most 1);
+	// AlphaScale is 1/Σαᵢ when that sum exceeded 1, else 1.
+	AlphaTotal, AlphaScale float64
+	// DefaultApplied says whether the output holds (1 − A)·default.
+	DefaultApplied bool
+	// ForwardID names the kept forward, "" when none.
+	ForwardID string
+}
+
+// LayerSeed is one contributing seed, as the "seeds" response parameter
+// lists it.
+type LayerSeed struct {
+	SeedIdx int     `json:"seed_idx"`
+	Alpha   float64 `json:"alpha"`
+	Kernel  string  `json:"kernel"`
 }

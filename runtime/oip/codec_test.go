@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -27,22 +28,23 @@ func checkDecoded(t *testing.T, d decodedRequest, err error) {
 		}
 		return
 	}
+	in := d.input()
 	n := 1
-	for _, s := range d.Input.Shape {
+	for _, s := range in.Tensor.Shape {
 		n *= s
 	}
 	switch {
-	case d.InputShm != nil:
+	case in.Shm != nil:
 		// The values are read from the region later, for exactly the
 		// bytes the shape needs.
-		if d.Input.Data != nil || d.InputShm.ByteSize != uint64(n*d.InputType.Size()) {
-			t.Fatalf("accepted shape %v of %v in %d bytes of shared memory (and %d values)", d.Input.Shape, d.InputType, d.InputShm.ByteSize, len(d.Input.Data))
+		if in.Tensor.Data != nil || in.Shm.ByteSize != uint64(n*in.Type.Size()) {
+			t.Fatalf("accepted shape %v of %v in %d bytes of shared memory (and %d values)", in.Tensor.Shape, in.Type, in.Shm.ByteSize, len(in.Tensor.Data))
 		}
-	case n != len(d.Input.Data):
-		t.Fatalf("accepted shape %v with %d values", d.Input.Shape, len(d.Input.Data))
+	case n != len(in.Tensor.Data):
+		t.Fatalf("accepted shape %v with %d values", in.Tensor.Shape, len(in.Tensor.Data))
 	}
-	if len(d.Input.Shape) != 2 || d.Input.Shape[1] != 4 {
-		t.Fatalf("accepted shape %v for a model of input [-1 4]", d.Input.Shape)
+	if len(in.Tensor.Shape) != 2 || in.Tensor.Shape[1] != 4 {
+		t.Fatalf("accepted shape %v for a model of input [-1 4]", in.Tensor.Shape)
 	}
 }
 
@@ -207,7 +209,7 @@ func BenchmarkInferCodec(b *testing.B) {
 					if err != nil {
 						b.Fatal(err)
 					}
-					out, _, err = encodeInferResponse(out[:0], &inferResponse{ModelName: "bench", ModelVersion: "1", Output: d.Input, Binary: d.BinaryOutput})
+					out, _, err = encodeInferResponse(out[:0], &inferResponse{ModelName: "bench", ModelVersion: "1", Output: d.input().Tensor, Binary: d.BinaryOutput[roleOutput]})
 					if err != nil {
 						b.Fatal(err)
 					}
@@ -215,4 +217,63 @@ func BenchmarkInferCodec(b *testing.B) {
 			})
 		}
 	}
+}
+
+var fuzzLayer = ModelInfo{Name: "L", Layer: true, InputShape: []int{4}, OutputShape: []int{3}, MaxBatch: 8}
+
+// FuzzDecodeLayerRequest: a layer's request (input, default, grad_output,
+// the kept-forward parameters, the binary part shared in order) is
+// accepted only with every given tensor whole and shaped as the layer
+// takes it, and refused with a classified error otherwise.
+func FuzzDecodeLayerRequest(f *testing.F) {
+	hdr := `{"inputs":[{"name":"input","shape":[2,4],"datatype":"FP32","parameters":{"binary_data_size":32}},` +
+		`{"name":"default","shape":[2,3],"datatype":"FP32","parameters":{"binary_data_size":24}},` +
+		`{"name":"grad_output","shape":[2,3],"datatype":"FP16","parameters":{"binary_data_size":12}}],"parameters":{"keep_forward":true}}`
+	f.Add([]byte(hdr), make([]byte, 68))
+	f.Add([]byte(`{"inputs":[{"name":"grad_output","shape":[1,3],"datatype":"FP32","data":[1,2,3]}],"parameters":{"forward_id":"f-1","retain_forward":true},"outputs":[{"name":"grad_input"}]}`), []byte(nil))
+	f.Add([]byte(`{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]},{"name":"default","shape":[2,3],"datatype":"FP32","data":[1,2,3,4,5,6]}]}`), []byte(nil))
+	f.Add([]byte(`{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]},{"name":"input","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}`), []byte(nil))
+	f.Fuzz(func(t *testing.T, header, bin []byte) {
+		hl := int64(-1)
+		body := header
+		if len(bin) > 0 {
+			hl = int64(len(header))
+			body = append(slices.Clone(header), bin...)
+		}
+		d, err := decodeInferRequest(body, hl, fuzzLayer, fuzzLimits)
+		if err != nil {
+			if c := failure.ClassOf(err); c != failure.BadInput && c != failure.Unsupported {
+				t.Fatalf("unclassified error: %v", err)
+			}
+			return
+		}
+		if !d.input().Given && d.ForwardID == "" {
+			t.Fatal("accepted a request with neither input nor forward_id")
+		}
+		for r, w := range d.Inputs {
+			if !w.Given {
+				continue
+			}
+			n := 1
+			for _, s := range w.Tensor.Shape {
+				n *= s
+			}
+			if w.Shm == nil && n != len(w.Tensor.Data) {
+				t.Fatalf("%s: accepted shape %v with %d values", inputNames[r], w.Tensor.Shape, len(w.Tensor.Data))
+			}
+			if !d.input().Given {
+				continue // the backward of a kept forward: the runtime checks it against that forward
+			}
+			want := fuzzLayer.OutputShape
+			if r == roleInput {
+				want = fuzzLayer.InputShape
+			}
+			if !slices.Equal(w.Tensor.Shape[1:], want) {
+				t.Fatalf("%s: accepted shape %v for a per-sample shape %v", inputNames[r], w.Tensor.Shape, want)
+			}
+			if in := d.input(); w.Tensor.Shape[0] != in.Tensor.Shape[0] {
+				t.Fatalf("%s: accepted batch %d with an input of batch %d", inputNames[r], w.Tensor.Shape[0], in.Tensor.Shape[0])
+			}
+		}
+	})
 }

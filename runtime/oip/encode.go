@@ -78,6 +78,12 @@ func encodeInferResponse(dst []byte, r *inferResponse) (out []byte, headerLen in
 // appendExecParams writes where the request ran, so that a fallback is
 // visible in every answer.
 func appendExecParams(b []byte, e ExecInfo) []byte {
+	return append(appendExecFields(b, e), '}')
+}
+
+// appendExecFields opens the response parameters with where the request
+// ran; the caller closes them.
+func appendExecFields(b []byte, e ExecInfo) []byte {
 	b = append(b, `,"parameters":{"placed_on":`...)
 	b = appendJSONString(b, e.PlacedOn)
 	b = append(b, `,"executed_on":`...)
@@ -98,7 +104,7 @@ func appendExecParams(b []byte, e ExecInfo) []byte {
 		b = append(b, `,"compute_ns":`...)
 		b = strconv.AppendInt(b, e.ComputeTime.Nanoseconds(), 10)
 	}
-	return append(b, '}')
+	return b
 }
 
 func appendFloat32JSON(b []byte, v float32) []byte {
@@ -126,4 +132,135 @@ func appendJSONString(b []byte, s string) []byte {
 	b = append(b, '"')
 	b = append(b, s...)
 	return append(b, '"')
+}
+
+// layerResponse carries what encodeLayerResponse writes.
+type layerResponse struct {
+	ModelName, ModelVersion, ID string
+	Exec                        ExecInfo
+	Result                      *LayerResult
+	// Want says which outputs the answer has, Binary which of them are
+	// in the binary part, by output role.
+	Want, Binary [numOutputRoles]bool
+}
+
+// tensors returns the result's outputs by role.
+func (r *LayerResult) tensors() [numOutputRoles]*Tensor {
+	return [numOutputRoles]*Tensor{&r.Output, &r.GradInput, &r.GradDefault}
+}
+
+// encodeLayerResponse appends a layer's answer to dst: the outputs it
+// has and the request wants, JSON or binary each (the binary ones after
+// the JSON header, in the order listed), and the blend in the response
+// parameters. headerLen is the JSON header's length when any output is
+// binary, else -1.
+func encodeLayerResponse(dst []byte, r *layerResponse) (out []byte, headerLen int, err error) {
+	b := append(dst, `{"model_name":`...)
+	b = appendJSONString(b, r.ModelName)
+	b = append(b, `,"model_version":`...)
+	b = appendJSONString(b, r.ModelVersion)
+	if r.ID != "" {
+		b = append(b, `,"id":`...)
+		b = appendJSONString(b, r.ID)
+	}
+	b, err = appendBlendParams(appendExecFields(b, r.Exec), &r.Result.Blend)
+	if err != nil {
+		return dst, 0, err
+	}
+	b = append(b, `},"outputs":[`...)
+	var binary []*Tensor
+	first := true
+	for role, t := range r.Result.tensors() {
+		if t.Data == nil || !r.Want[role] {
+			continue
+		}
+		n := 1
+		for _, d := range t.Shape {
+			n *= d
+		}
+		if len(t.Shape) == 0 || n != len(t.Data) {
+			return dst, 0, fmt.Errorf("backend returned %s with shape %v and %d values", outputNames[role], t.Shape, len(t.Data))
+		}
+		if !first {
+			b = append(b, ',')
+		}
+		first = false
+		b = append(b, `{"name":`...)
+		b = appendJSONString(b, outputNames[role])
+		b = append(b, `,"datatype":"FP32","shape":[`...)
+		for i, d := range t.Shape {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = strconv.AppendInt(b, int64(d), 10)
+		}
+		b = append(b, ']')
+		if r.Binary[role] {
+			b = append(b, `,"parameters":{"binary_data_size":`...)
+			b = strconv.AppendInt(b, 4*int64(len(t.Data)), 10)
+			b = append(b, "}}"...)
+			binary = append(binary, t)
+			continue
+		}
+		b = append(b, `,"data":[`...)
+		for i, v := range t.Data {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendFloat32JSON(b, v)
+		}
+		b = append(b, "]}"...)
+	}
+	b = append(b, "]}"...)
+	if len(binary) == 0 {
+		return b, -1, nil
+	}
+	headerLen = len(b) - len(dst)
+	for _, t := range binary {
+		b = wiretensor.AppendFP32(b, t.Data)
+	}
+	return b, headerLen, nil
+}
+
+// Names of a layer answer's parameters.
+const (
+	ParamDefaultApplied = "default_applied"
+	ParamSeeds          = "seeds"
+	ParamAlphaTotal     = "alpha_total"
+	ParamAlphaScale     = "alpha_scale"
+)
+
+// SeedsParam is the "seeds" response parameter: the contributing seeds as
+// a JSON array in a string (KServe's parameters are scalars).
+func SeedsParam(seeds []LayerSeed) (string, error) {
+	if seeds == nil {
+		seeds = []LayerSeed{}
+	}
+	b, err := json.Marshal(seeds)
+	if err != nil {
+		return "", fmt.Errorf("encoding the seeds: %w", err)
+	}
+	return string(b), nil
+}
+
+// appendBlendParams writes a layer's blend into the open response
+// parameters.
+func appendBlendParams(b []byte, bl *LayerBlend) ([]byte, error) {
+	seeds, err := SeedsParam(bl.Seeds)
+	if err != nil {
+		return b, err
+	}
+	if bl.ForwardID != "" {
+		b = append(b, `,"`+ParamForwardID+`":`...)
+		b = appendJSONString(b, bl.ForwardID)
+	}
+	b = append(b, `,"`+ParamDefaultApplied+`":`...)
+	b = strconv.AppendBool(b, bl.DefaultApplied)
+	b = append(b, `,"`+ParamSeeds+`":`...)
+	b = appendJSONString(b, seeds)
+	b = append(b, `,"`+ParamAlphaTotal+`":`...)
+	b = strconv.AppendFloat(b, bl.AlphaTotal, 'g', -1, 64)
+	b = append(b, `,"`+ParamAlphaScale+`":`...)
+	b = strconv.AppendFloat(b, bl.AlphaScale, 'g', -1, 64)
+	return b, nil
 }

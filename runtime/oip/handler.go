@@ -212,6 +212,13 @@ func (s *server) routes() {
 	s.handle("GET /v1/seeds", accessRead, s.view(s.host.Seeds))
 	s.handle("GET /v1/health/signals", accessRead, s.view(s.host.HealthSignals))
 	s.handle("GET /v1/layers", accessRead, s.view(s.host.Layers))
+	s.handle("GET /v1/layers/{layer_name}", accessRead, s.layer)
+	s.handle("PUT /v1/layers/{layer_name}", accessWrite, s.declareLayer)
+	s.handle("DELETE /v1/layers/{layer_name}", accessWrite, s.retireLayer)
+	s.handle("POST /v1/layers/{layer_name}/seeds/{seed_idx}/kernel", accessWrite, s.seedControl(SeedLoad))
+	s.handle("DELETE /v1/layers/{layer_name}/seeds/{seed_idx}/kernel", accessWrite, s.seedControl(SeedUnload))
+	s.handle("PUT /v1/layers/{layer_name}/seeds/{seed_idx}/state", accessWrite, s.seedControl(SeedSetState))
+	s.handle("PUT /v1/layers/{layer_name}/seeds/{seed_idx}/alpha", accessWrite, s.seedControl(SeedSetAlpha))
 }
 
 // handlerFunc is a route: it writes a successful answer itself and returns

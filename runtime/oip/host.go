@@ -22,7 +22,10 @@ func HostBackend(h *runtime.Host) Backend { return &hostBackend{h: h} }
 // hostBackend is HostBackend's Backend.
 type hostBackend struct{ h *runtime.Host }
 
-var _ StatsBackend = (*hostBackend)(nil)
+var (
+	_ StatsBackend = (*hostBackend)(nil)
+	_ LayerBackend = (*hostBackend)(nil)
+)
 
 func (b *hostBackend) Ready() (bool, string) { return b.h.Ready() }
 
@@ -40,7 +43,7 @@ func modelInfo(m *runtime.Model) ModelInfo {
 		InputShape: m.InputShape(), OutputShape: m.OutputShape(),
 		Placement: s.PlacedOn, Executor: s.Executor,
 		Degraded: s.Degraded != "", DegradedReason: s.Degraded,
-		MaxBatch: m.MaxBatch(), Handle: m,
+		MaxBatch: m.MaxBatch(), Layer: m.IsLayer(), Handle: m,
 	}
 }
 
@@ -101,11 +104,58 @@ func (b *hostBackend) Infer(ctx context.Context, mi ModelInfo, in Tensor, buf []
 	if err != nil {
 		return Tensor{}, ExecInfo{}, err
 	}
-	e := res.Exec
-	return Tensor{Shape: res.Shape, Data: res.Output}, ExecInfo{
+	return Tensor{Shape: res.Shape, Data: res.Output}, execInfo(res.Exec), nil
+}
+
+// execInfo is the runtime's ExecInfo as the front ends report it.
+func execInfo(e runtime.ExecInfo) ExecInfo {
+	return ExecInfo{
 		PlacedOn: e.PlacedOn, ExecutedOn: e.ExecutedOn, Executor: e.Executor, Fallback: e.Fallback,
 		Reason: e.Reason, QueueTime: e.QueueTime, ComputeTime: e.ComputeTime,
-	}, nil
+	}
+}
+
+// InferLayer runs a layer's forward and backward (runtime.Request's
+// layer fields) and reports its blend.
+func (b *hostBackend) InferLayer(ctx context.Context, mi ModelInfo, lr LayerRequest) (LayerResult, ExecInfo, error) {
+	req := runtime.Request{
+		Input: lr.Input.Data, Shape: lr.Input.Shape,
+		Default: lr.Default.Data, DefaultShape: lr.Default.Shape,
+		GradOutput: lr.GradOutput.Data, GradShape: lr.GradOutput.Shape,
+		KeepForward: lr.KeepForward, ForwardID: lr.ForwardID, RetainForward: lr.RetainForward,
+		Out: lr.Out,
+	}
+	var res runtime.Result
+	var err error
+	if m, ok := mi.Handle.(*runtime.Model); ok {
+		res, err = m.Infer(ctx, req)
+	} else {
+		res, err = b.h.Infer(ctx, mi.Name, req)
+	}
+	if err != nil {
+		return LayerResult{}, ExecInfo{}, err
+	}
+	if res.Blend == nil {
+		// The name is a kernel's now (a layer retired between lookup and
+		// inference); its answer has no blend to report.
+		return LayerResult{}, ExecInfo{}, failure.Errorf(failure.Conflict, "model %q is no longer a layer", mi.Name)
+	}
+	out := LayerResult{
+		Output:    Tensor{Shape: res.Shape, Data: res.Output},
+		GradInput: Tensor{Shape: res.GradInputShape, Data: res.GradInput},
+		Blend: LayerBlend{AlphaTotal: res.Blend.AlphaTotal, AlphaScale: res.Blend.AlphaScale,
+			DefaultApplied: res.Blend.DefaultApplied, ForwardID: res.Blend.ForwardID},
+	}
+	if res.GradDefault != nil {
+		// grad_default is shaped like grad_output, which the runtime
+		// checked against the output.
+		out.GradDefault = Tensor{Shape: lr.GradOutput.Shape, Data: res.GradDefault}
+	}
+	out.Blend.Seeds = make([]LayerSeed, len(res.Blend.Seeds))
+	for i, s := range res.Blend.Seeds {
+		out.Blend.Seeds[i] = LayerSeed{SeedIdx: s.SeedIdx, Alpha: s.Alpha, Kernel: s.Kernel}
+	}
+	return out, execInfo(res.Exec), nil
 }
 
 func (b *hostBackend) LoadModel(ctx context.Context, name string) error {
@@ -248,6 +298,54 @@ func HostViewsFor(h *runtime.Host, inv Snapshotter) HostViews {
 		},
 		Seeds:         func(context.Context) (any, error) { return h.Seeds(), nil },
 		HealthSignals: func(context.Context) (any, error) { return h.Signals(), nil },
-		Layers:        func(context.Context) (any, error) { return h.Layers(), nil },
+		Layers:        func(context.Context) (any, error) { return map[string]any{"layers": h.Layers()}, nil },
+		Layer: func(_ context.Context, name string) (any, error) {
+			v, ok := h.Layer(name)
+			if !ok {
+				return nil, failure.Errorf(failure.NotFound, "no layer %q on this host", name)
+			}
+			return v, nil
+		},
+		DeclareLayer: func(ctx context.Context, name string, body []byte) (any, bool, error) {
+			spec, err := runtime.DecodeLayerSpec(body)
+			if err != nil {
+				return nil, false, err
+			}
+			o, err := h.Apply(ctx, runtime.DeclareLayer{Layer: name, Spec: spec, By: runtime.ByHTTP})
+			if err != nil {
+				return nil, false, err
+			}
+			v, ok := h.Layer(name)
+			if !ok {
+				return nil, false, failure.Errorf(failure.Unavailable, "layer %q was retired while it was declared", name)
+			}
+			return v, o.Created, nil
+		},
+		RetireLayer: func(ctx context.Context, name string) (any, error) {
+			if _, err := h.Apply(ctx, runtime.RetireLayer{Layer: name}); err != nil {
+				return nil, err
+			}
+			return map[string]string{"layer_name": name, "state": "retired"}, nil
+		},
+		SeedControl: func(ctx context.Context, req SeedRequest) (any, error) {
+			var op runtime.Op
+			switch req.Action {
+			case SeedLoad:
+				op = runtime.LoadKernel{Layer: req.Layer, SeedIdx: req.SeedIdx, Artifact: req.ArtifactID}
+			case SeedUnload:
+				op = runtime.UnloadKernel{Layer: req.Layer, SeedIdx: req.SeedIdx}
+			case SeedSetState:
+				op = runtime.SetSeedState{Layer: req.Layer, SeedIdx: req.SeedIdx, State: contracts.SeedState(req.State), Why: "PUT state"}
+			case SeedSetAlpha:
+				op = runtime.SetAlpha{Layer: req.Layer, SeedIdx: req.SeedIdx, Alpha: req.Alpha}
+			default:
+				return nil, failure.Errorf(failure.Unsupported, "seed action %d", req.Action)
+			}
+			o, err := h.Apply(runtime.WithOrigin(ctx, runtime.Origin{TraceID: req.TraceID}), op)
+			if err != nil {
+				return nil, err
+			}
+			return o, nil
+		},
 	}
 }

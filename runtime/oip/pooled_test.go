@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/esper/kasmina-host/contracts"
@@ -141,5 +142,81 @@ func TestPooledTensorsAnswerTheirOwnRequest(t *testing.T) {
 				t.Fatal("shared memory: bytes past the output were written")
 			}
 		})
+	}
+}
+
+// A layer's tensors of pooled sizes go through reused buffers too (its
+// inputs decoded from a misaligned binary part, its output computed into
+// a pooled buffer): concurrent requests of different batches, each with
+// its own input and default, each answer their own blend.
+func TestPooledLayerTensorsAnswerTheirOwnRequest(t *testing.T) {
+	const width = 1024
+	inv, err := device.Open(context.Background(), device.Options{Simulate: "dgxa100"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { inv.Close() })
+	h, err := runtime.New(runtime.Config{}, runtime.Deps{Inventory: inv})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := h.Apply(ctx, runtime.DeclareLayer{Layer: "L"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.Load(ctx, runtime.LoadRequest{Data: reluKernel(t, width), Name: "L.relu", Layer: "L", SeedIdx: 0}); err != nil {
+		t.Fatal(err)
+	}
+	// At alpha 1 the blend is 0·default + ReLU(x), exact in FP32.
+	if _, err := h.Apply(ctx, runtime.SetAlpha{Layer: "L", SeedIdx: 0, Alpha: 1}); err != nil {
+		t.Fatal(err)
+	}
+	handler := oip.NewHandler(oip.HostBackend(h), oip.HostViews{}, oip.Options{}, slog.New(slog.DiscardHandler))
+	const workers, rounds = 8, 8
+	errs := make(chan error, workers*rounds)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(7, uint64(w)))
+			for round := range rounds {
+				batch := []int{8, 5, 7}[(w+round)%3]
+				n := batch * width
+				x, d := make([]float32, n), make([]float32, n)
+				want := make([]float32, n)
+				for i := range x {
+					x[i], d[i] = float32(rng.NormFloat64()), float32(rng.NormFloat64())
+					want[i] = max(x[i], 0)
+				}
+				hdr := fmt.Sprintf(`{"inputs":[`+
+					`{"name":"input","shape":[%d,%d],"datatype":"FP32","parameters":{"binary_data_size":%d}},`+
+					`{"name":"default","shape":[%d,%d],"datatype":"FP32","parameters":{"binary_data_size":%d}}],`+
+					`"outputs":[{"name":"output","parameters":{"binary_data":true}}]}`, batch, width, 4*n, batch, width, 4*n)
+				// The binary part aligned in even rounds, not in odd.
+				for len(hdr)%4 != 1+round%2 {
+					hdr += " "
+				}
+				body := append([]byte(hdr), f32bytes(x...)...)
+				body = append(body, f32bytes(d...)...)
+				r := httptest.NewRequest("POST", "/v2/models/L/infer", bytes.NewReader(body))
+				r.Host = "127.0.0.1:8090"
+				r.Header.Set("Inference-Header-Content-Length", strconv.Itoa(len(hdr)))
+				rec := httptest.NewRecorder()
+				handler.ServeHTTP(rec, r)
+				if rec.Code != 200 {
+					errs <- fmt.Errorf("worker %d round %d: %d %s", w, round, rec.Code, rec.Body)
+					return
+				}
+				hl, _ := strconv.Atoi(rec.Header().Get("Inference-Header-Content-Length"))
+				if got := rec.Body.Bytes()[hl:]; !bytes.Equal(got, f32bytes(want...)) {
+					errs <- fmt.Errorf("worker %d round %d (batch %d): %d bytes of output, not ReLU of this request's input", w, round, batch, len(got))
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
 	}
 }

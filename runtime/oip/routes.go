@@ -6,9 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/esper/kasmina-host/runtime/failure"
 	"github.com/esper/kasmina-host/runtime/oip/wiretensor"
@@ -51,6 +54,8 @@ type tensorMetadata struct {
 	Name     string `json:"name"`
 	Datatype string `json:"datatype"`
 	Shape    []int  `json:"shape"`
+	// Optional marks a layer's inputs that a request may leave out.
+	Optional bool `json:"optional,omitempty"`
 }
 
 type modelMetadata struct {
@@ -109,7 +114,43 @@ func (s *server) modelMetadata(w http.ResponseWriter, r *http.Request) error {
 			Degraded: m.Degraded, DegradedReason: m.DegradedReason, MaxBatch: m.MaxBatch,
 		},
 	}
+	if m.Layer {
+		md.Platform = "kasmina-layer"
+		md.Inputs, md.Outputs = nil, nil
+		for _, t := range LayerTensors(m) {
+			tm := tensorMetadata{Name: t.Name, Datatype: "FP32", Shape: shapeOrUnknown(t.Shape), Optional: t.Optional}
+			if t.Output {
+				md.Outputs = append(md.Outputs, tm)
+			} else {
+				md.Inputs = append(md.Inputs, tm)
+			}
+		}
+	}
 	return writeJSON(w, md)
+}
+
+// LayerTensor is one tensor of a layer model, as its metadata lists it.
+type LayerTensor struct {
+	Name string
+	// Shape is the per-sample shape (nil while no seed holds a kernel).
+	Shape []int
+	// Output says it is an output; Optional that a request may leave the
+	// input out.
+	Output, Optional bool
+}
+
+// LayerTensors lists a layer model's inputs (input; default and
+// grad_output, optional) and outputs (output, grad_input, grad_default),
+// for both front ends' model metadata.
+func LayerTensors(m ModelInfo) []LayerTensor {
+	return []LayerTensor{
+		{Name: InputName, Shape: m.InputShape},
+		{Name: DefaultName, Shape: m.OutputShape, Optional: true},
+		{Name: GradOutputName, Shape: m.OutputShape, Optional: true},
+		{Name: OutputName, Shape: m.OutputShape, Output: true},
+		{Name: GradInputName, Shape: m.InputShape, Output: true},
+		{Name: GradDefaultName, Shape: m.OutputShape, Output: true},
+	}
 }
 
 // shapeOrUnknown prefixes the batch dimension; an unknown per-sample shape
@@ -171,7 +212,7 @@ func (s *server) infer(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	req, err := decodeInferRequest(body.buf, headerLen, m, limits{maxElements: s.opts.MaxElements, maxJSONDepth: s.opts.MaxJSONDepth})
-	defer func() { req.inputBuf.Release() }() // holdTensors may set it
+	defer req.release() // decode and holdTensors may give inputs pooled buffers
 	if err != nil {
 		return err
 	}
@@ -180,27 +221,37 @@ func (s *server) infer(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	// The output is computed into a pooled buffer when the model declares
-	// its size; it is copied into the answer or the region before this
-	// returns.
-	outBuf := wiretensor.GetFP32(outputElements(m, req.Input.Shape))
-	defer outBuf.Release()
-	// The runtime's errors name the model; they are answered as they are.
-	out, exec, err := s.backend.Infer(r.Context(), m, req.Input, outBuf.Data)
-	if err != nil {
-		return err
-	}
-	if err := tensors.writeOutput(out); err != nil {
-		return err
-	}
-	resp := inferResponse{ModelName: m.Name, ModelVersion: versionOf(m), ID: req.ID, Exec: exec, Output: out,
-		Binary: req.BinaryOutput, InSharedMemory: tensors.out != nil}
-	// The request body is no longer needed: its buffer takes the answer
-	// (released, and pooled when its size allows, with the body).
-	b, headerSize, err := encodeInferResponse(body.buf[:0], &resp)
-	body.buf = b
-	if err != nil {
-		return fmt.Errorf("model %q: encoding the answer: %w", m.Name, err)
+	var b []byte
+	var headerSize int
+	if m.Layer {
+		b, headerSize, err = s.inferLayer(r.Context(), m, &req, body.buf[:0])
+		body.buf = b
+		if err != nil {
+			return err
+		}
+	} else {
+		// The output is computed into a pooled buffer when the model
+		// declares its size; it is copied into the answer or the region
+		// before this returns.
+		outBuf := wiretensor.GetFP32(outputElements(m, req.input().Tensor.Shape))
+		defer outBuf.Release()
+		// The runtime's errors name the model; they are answered as they are.
+		out, exec, err := s.backend.Infer(r.Context(), m, req.input().Tensor, outBuf.Data)
+		if err != nil {
+			return err
+		}
+		if err := tensors.writeOutput(out); err != nil {
+			return err
+		}
+		resp := inferResponse{ModelName: m.Name, ModelVersion: versionOf(m), ID: req.ID, Exec: exec, Output: out,
+			Binary: req.BinaryOutput[roleOutput], InSharedMemory: tensors.out != nil}
+		// The request body is no longer needed: its buffer takes the answer
+		// (released, and pooled when its size allows, with the body).
+		b, headerSize, err = encodeInferResponse(body.buf[:0], &resp)
+		body.buf = b
+		if err != nil {
+			return fmt.Errorf("model %q: encoding the answer: %w", m.Name, err)
+		}
 	}
 	h := w.Header()
 	if headerSize >= 0 {
@@ -212,6 +263,38 @@ func (s *server) infer(w http.ResponseWriter, r *http.Request) error {
 	h.Set("Content-Length", strconv.Itoa(len(b)))
 	_, _ = w.Write(b)
 	return nil
+}
+
+// inferLayer runs a decoded request on layer m and appends its answer to
+// dst (see encodeLayerResponse).
+func (s *server) inferLayer(ctx context.Context, m ModelInfo, req *decodedRequest, dst []byte) ([]byte, int, error) {
+	lb, ok := s.backend.(LayerBackend)
+	if !ok {
+		return dst, 0, failure.Errorf(failure.Unsupported, "model %q is a layer, and this host does not serve layers", m.Name)
+	}
+	lr, want, err := req.layerRequest()
+	if err != nil {
+		return dst, 0, err
+	}
+	// A forward's output is computed into a pooled buffer when the layer
+	// declares its size; the answer is encoded into dst before this
+	// returns.
+	if lr.Input.Data != nil {
+		outBuf := wiretensor.GetFP32(outputElements(m, lr.Input.Shape))
+		defer outBuf.Release()
+		lr.Out = outBuf.Data
+	}
+	res, exec, err := lb.InferLayer(ctx, m, lr)
+	if err != nil {
+		return dst, 0, err
+	}
+	resp := layerResponse{ModelName: m.Name, ModelVersion: versionOf(m), ID: req.ID, Exec: exec, Result: &res,
+		Want: want, Binary: req.BinaryOutput}
+	b, headerSize, err := encodeLayerResponse(dst, &resp)
+	if err != nil {
+		return b, 0, fmt.Errorf("layer %q: encoding the answer: %w", m.Name, err)
+	}
+	return b, headerSize, nil
 }
 
 type indexRequest struct {
@@ -443,4 +526,152 @@ func outputElements(m ModelInfo, shape []int) int {
 		n *= d
 	}
 	return n
+}
+
+func (s *server) layer(w http.ResponseWriter, r *http.Request) error {
+	if s.host.Layer == nil {
+		return errNoView(r)
+	}
+	v, err := s.host.Layer(r.Context(), r.PathValue("layer_name"))
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, v)
+}
+
+func (s *server) declareLayer(w http.ResponseWriter, r *http.Request) error {
+	if s.host.DeclareLayer == nil {
+		return errNoView(r)
+	}
+	body, err := s.readJSONDocument(w, r)
+	defer body.release()
+	if err != nil {
+		return err
+	}
+	doc := body.buf
+	if len(doc) == 0 {
+		doc = []byte("{}")
+	}
+	v, created, err := s.host.DeclareLayer(r.Context(), r.PathValue("layer_name"), doc)
+	if err != nil {
+		return err
+	}
+	code := http.StatusOK
+	if created {
+		code = http.StatusCreated
+	}
+	writeJSONStatus(w, code, v)
+	return nil
+}
+
+func (s *server) retireLayer(w http.ResponseWriter, r *http.Request) error {
+	if s.host.RetireLayer == nil {
+		return errNoView(r)
+	}
+	v, err := s.host.RetireLayer(r.Context(), r.PathValue("layer_name"))
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, v)
+}
+
+// maxTraceID bounds the X-Trace-Id header.
+const maxTraceID = 256
+
+// seedBody is every member a seed-control body may have; each route
+// takes one and refuses the others.
+type seedBody struct {
+	ArtifactID *string          `json:"artifact_id"`
+	State      *string          `json:"state"`
+	Alpha      *json.RawMessage `json:"alpha"`
+}
+
+// seedControl serves one seed-control route: the seed from the path, the
+// member its action takes from the body, the trace id from X-Trace-Id.
+func (s *server) seedControl(action SeedAction) handlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		if s.host.SeedControl == nil {
+			return errNoView(r)
+		}
+		req := SeedRequest{Action: action, Layer: r.PathValue("layer_name")}
+		idx, err := strconv.Atoi(r.PathValue("seed_idx"))
+		if err != nil || idx < 0 {
+			return failure.Errorf(failure.BadInput, "seed_idx %q in the path is not a seed index (an integer ≥ 0)", r.PathValue("seed_idx"))
+		}
+		req.SeedIdx = idx
+		if t := r.Header.Get("X-Trace-Id"); t != "" {
+			if len(t) > maxTraceID || !utf8.ValidString(t) || strings.ContainsFunc(t, unicode.IsControl) {
+				return failure.Errorf(failure.BadInput, "X-Trace-Id: want at most %d bytes of text without control characters", maxTraceID)
+			}
+			req.TraceID = t
+		}
+		body, err := s.readJSONDocument(w, r)
+		defer body.release()
+		if err != nil {
+			return err
+		}
+		if err := decodeSeedBody(body.buf, &req); err != nil {
+			return err
+		}
+		var v any
+		run := func(ctx context.Context) error {
+			var err error
+			v, err = s.host.SeedControl(ctx, req)
+			return err
+		}
+		if action == SeedLoad {
+			err = s.withLoadDeadline(r, "loading "+strconv.Quote(req.ArtifactID)+" into seed "+strconv.Itoa(idx), run)
+		} else {
+			err = run(r.Context())
+		}
+		if err != nil {
+			return err
+		}
+		return writeJSON(w, v)
+	}
+}
+
+// decodeSeedBody reads the member req's action takes, naming what is
+// missing or wrong.
+func decodeSeedBody(doc []byte, req *SeedRequest) error {
+	var b seedBody
+	if len(doc) > 0 {
+		dec := json.NewDecoder(bytes.NewReader(doc))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&b); err != nil {
+			return failure.Errorf(failure.BadInput, "body: %v", err)
+		}
+	}
+	want := map[SeedAction]string{SeedLoad: "artifact_id", SeedSetState: "state", SeedSetAlpha: "alpha"}[req.Action]
+	for _, m := range []struct {
+		member string
+		given  bool
+	}{{"artifact_id", b.ArtifactID != nil}, {"state", b.State != nil}, {"alpha", b.Alpha != nil}} {
+		if member := m.member; m.given && member != want {
+			if want == "" {
+				return failure.Errorf(failure.BadInput, "body: %s is not taken here (the route takes no body)", member)
+			}
+			return failure.Errorf(failure.BadInput, "body: %s is not taken here (the route takes %s)", member, want)
+		}
+	}
+	switch req.Action {
+	case SeedLoad:
+		if b.ArtifactID == nil || strings.TrimSpace(*b.ArtifactID) == "" {
+			return failure.Errorf(failure.BadInput, "body: artifact_id is required (a kernel id, a URL, or a path under the kernel root)")
+		}
+		req.ArtifactID = *b.ArtifactID
+	case SeedSetState:
+		if b.State == nil {
+			return failure.Errorf(failure.BadInput, "body: state is required")
+		}
+		req.State = *b.State
+	case SeedSetAlpha:
+		if b.Alpha == nil {
+			return failure.Errorf(failure.BadInput, "body: alpha is required (a number; outside [0, 1] it is clamped)")
+		}
+		if err := json.Unmarshal(*b.Alpha, &req.Alpha); err != nil || math.IsNaN(req.Alpha) || math.IsInf(req.Alpha, 0) {
+			return failure.Errorf(failure.BadInput, "body: alpha %s is not a number", *b.Alpha)
+		}
+	}
+	return nil
 }

@@ -34,9 +34,11 @@ func newGuard(o Options) guard {
 	return guard{bearer: NewBearer(o.Token), tokenForReads: o.TokenForReads, hosts: NewHostCheck(o.Loopback, o.AllowedHosts)}
 }
 
-// check returns nil when r may reach a route of access class a.
+// check returns nil when r may reach a route of access class a. A
+// request that came over a Unix socket (ListenUnix) passes: the socket's
+// file mode is its permission.
 func (g *guard) check(r *http.Request, a access) error {
-	if a == accessOpen {
+	if a == accessOpen || onUnixSocket(r.Context()) {
 		return nil
 	}
 	if g.hosts.On() {
@@ -185,6 +187,8 @@ const (
 // NewServer returns an http.Server for h on addr with every timeout set and
 // the header size capped. The server's own error log (TLS handshakes,
 // malformed requests) goes to logger at WARN; a nil logger discards it.
+// The same server may also Serve a ListenUnix listener: the requests that
+// arrive on it are marked, and pass the handler's token and Host checks.
 func NewServer(addr string, h http.Handler, logger *slog.Logger) *http.Server {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -197,6 +201,7 @@ func NewServer(addr string, h http.Handler, logger *slog.Logger) *http.Server {
 		WriteTimeout:      WriteTimeout,
 		IdleTimeout:       IdleTimeout,
 		MaxHeaderBytes:    MaxHeaderBytes,
+		ConnContext:       connContext,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
 }

@@ -95,24 +95,28 @@ func (s *server) shmUnregister(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, struct{}{})
 }
 
-// heldTensors are the shared memory regions one inference reads its input
+// heldTensors are the shared memory regions one inference reads its inputs
 // from and writes its output to, held until it is answered.
 type heldTensors struct {
-	in, out *shm.Lease
-	outRef  shm.Ref
+	in     []*shm.Lease
+	out    *shm.Lease
+	outRef shm.Ref
 }
 
 func (h *heldTensors) release() {
-	h.in.Release()
+	for _, l := range h.in {
+		l.Release()
+	}
 	h.out.Release()
 }
 
-// holdTensors holds the regions req names, reads its input from shared
+// holdTensors holds the regions req names, reads its inputs from shared
 // memory, and checks that the output fits its region when the model
 // declares its shape, all before the model runs.
 func (s *server) holdTensors(req *decodedRequest, m ModelInfo) (heldTensors, error) {
 	var h heldTensors
 	var err error
+	in := req.input()
 	if ref := req.OutputShm; ref != nil {
 		if h.out, err = s.opts.SharedMemory.Hold("outputs[0]", *ref); err != nil {
 			return h, err
@@ -121,8 +125,8 @@ func (s *server) holdTensors(req *decodedRequest, m ModelInfo) (heldTensors, err
 			return h, failure.Errorf(failure.Refused, "outputs[0].parameters.%s: region %q is read-only to the host", shm.ParamRegion, ref.Region)
 		}
 		h.outRef = *ref
-		if m.OutputShape != nil && len(req.Input.Shape) > 0 {
-			n := int64(req.Input.Shape[0])
+		if m.OutputShape != nil && len(in.Tensor.Shape) > 0 {
+			n := int64(in.Tensor.Shape[0])
 			for _, d := range m.OutputShape {
 				n *= int64(d)
 			}
@@ -131,26 +135,32 @@ func (s *server) holdTensors(req *decodedRequest, m ModelInfo) (heldTensors, err
 			}
 		}
 	}
-	if ref := req.InputShm; ref != nil {
-		if h.in, err = s.opts.SharedMemory.Hold("inputs[0]", *ref); err != nil {
+	for i := range req.Inputs {
+		w := &req.Inputs[i]
+		if w.Shm == nil {
+			continue
+		}
+		lease, err := s.opts.SharedMemory.Hold(w.Field, *w.Shm)
+		if err != nil {
 			return h, err
 		}
+		h.in = append(h.in, lease)
 		n := int64(1)
-		for _, d := range req.Input.Shape {
+		for _, d := range w.Tensor.Shape {
 			n *= int64(d)
 		}
 		// Copied out of the region, not used where it lies: the kernel's
 		// workers (other goroutines) would read it, and a fault there
 		// (the client truncating the object) could not be recovered.
-		req.inputBuf = wiretensor.GetFP32(int(n))
-		data := req.inputBuf.Data
-		err = h.in.Read(ref.Offset, ref.ByteSize, func(b []byte) error {
-			return wiretensor.Decode("shared memory", data, b, req.InputType)
+		w.buf = wiretensor.GetFP32(int(n))
+		data := w.buf.Data
+		err = lease.Read(w.Shm.Offset, w.Shm.ByteSize, func(b []byte) error {
+			return wiretensor.Decode("shared memory", data, b, w.Type)
 		})
 		if err != nil {
-			return h, fmt.Errorf("inputs[0]: %w", err)
+			return h, fmt.Errorf("%s: %w", w.Field, err)
 		}
-		req.Input.Data = data
+		w.Tensor.Data = data
 	}
 	return h, nil
 }

@@ -23,6 +23,12 @@ func (s *service) ModelInfer(ctx context.Context, req *pb.ModelInferRequest) (*p
 	if err != nil {
 		return nil, err
 	}
+	if m.Layer {
+		return s.inferLayer(ctx, req, m)
+	}
+	if err := refuseLayerParams(req, m); err != nil {
+		return nil, err
+	}
 	in, held, err := s.decodeInput(req, m)
 	defer held.release()
 	if err != nil {
@@ -153,22 +159,37 @@ func (s *service) decodeInput(req *pb.ModelInferRequest, m oip.ModelInfo) (oip.T
 	if in.GetName() != oip.InputName {
 		return oip.Tensor{}, heldInput{}, failure.Errorf(failure.BadInput, "inputs[0].name: unknown input %q; model %q takes one input named %q", in.GetName(), m.Name, oip.InputName)
 	}
-	dt, err := wiretensor.ParseDatatype("inputs[0].datatype", in.GetDatatype())
-	if err != nil {
-		return oip.Tensor{}, heldInput{}, err
-	}
-	n, err := wiretensor.Count("inputs[0].shape", in.GetShape(), s.opts.MaxElements)
-	if err != nil {
-		return oip.Tensor{}, heldInput{}, err
-	}
-	if err := wiretensor.CheckShape("inputs[0].shape", in.GetShape(), m.Name, m.InputShape, m.MaxBatch); err != nil {
-		return oip.Tensor{}, heldInput{}, err
-	}
-	ref, inShm, err := parseRef("inputs[0].parameters", in.GetParameters())
-	if err != nil {
-		return oip.Tensor{}, heldInput{}, err
-	}
 	raw := req.GetRawInputContents()
+	if len(raw) > 1 {
+		return oip.Tensor{}, heldInput{}, failure.Errorf(failure.BadInput, "raw_input_contents: %d entries for one input", len(raw))
+	}
+	return s.decodeTensor(0, in, raw, func(shape []int64) error {
+		return wiretensor.CheckShape("inputs[0].shape", shape, m.Name, m.InputShape, m.MaxBatch)
+	})
+}
+
+// decodeTensor checks input tensor in (inputs[i]) and returns its values
+// as FP32: from raw (its raw_input_contents entry: none, or one), its
+// contents, or the shared memory region it names, with what it holds
+// until the request is answered (see heldInput). check checks its shape
+// before any value is read.
+func (s *service) decodeTensor(i int, in *pb.ModelInferRequest_InferInputTensor, raw [][]byte, check func([]int64) error) (oip.Tensor, heldInput, error) {
+	field := "inputs[" + strconv.Itoa(i) + "]"
+	dt, err := wiretensor.ParseDatatype(field+".datatype", in.GetDatatype())
+	if err != nil {
+		return oip.Tensor{}, heldInput{}, err
+	}
+	n, err := wiretensor.Count(field+".shape", in.GetShape(), s.opts.MaxElements)
+	if err != nil {
+		return oip.Tensor{}, heldInput{}, err
+	}
+	if err := check(in.GetShape()); err != nil {
+		return oip.Tensor{}, heldInput{}, err
+	}
+	ref, inShm, err := parseRef(field+".parameters", in.GetParameters())
+	if err != nil {
+		return oip.Tensor{}, heldInput{}, err
+	}
 	contents := in.GetContents()
 	sources := 0
 	for _, given := range []bool{len(raw) > 0, contents != nil, inShm} {
@@ -177,20 +198,19 @@ func (s *service) decodeInput(req *pb.ModelInferRequest, m oip.ModelInfo) (oip.T
 		}
 	}
 	switch {
-	case len(raw) > 1:
-		return oip.Tensor{}, heldInput{}, failure.Errorf(failure.BadInput, "raw_input_contents: %d entries for one input", len(raw))
 	case sources > 1:
-		return oip.Tensor{}, heldInput{}, failure.Errorf(failure.BadInput, "inputs[0]: give its values once: in raw_input_contents, in contents or in a shared memory region")
+		return oip.Tensor{}, heldInput{}, failure.Errorf(failure.BadInput, "%s: give its values once: in raw_input_contents, in contents or in a shared memory region", field)
 	case sources == 0:
-		return oip.Tensor{}, heldInput{}, failure.Errorf(failure.BadInput, "inputs[0]: no values (raw_input_contents, contents or shared memory parameters)")
+		return oip.Tensor{}, heldInput{}, failure.Errorf(failure.BadInput, "%s: no values (raw_input_contents, contents or shared memory parameters)", field)
 	}
 	want := wiretensor.ByteSize(n, dt)
 	var data []float32
 	var held heldInput
 	switch {
 	case len(raw) == 1:
+		rawField := "raw_input_contents[" + strconv.Itoa(i) + "]"
 		if int64(len(raw[0])) != want {
-			return oip.Tensor{}, heldInput{}, failure.Errorf(failure.BadInput, "raw_input_contents[0] is %d bytes but shape %v of %s needs %d", len(raw[0]), in.GetShape(), dt, want)
+			return oip.Tensor{}, heldInput{}, failure.Errorf(failure.BadInput, "%s is %d bytes but shape %v of %s needs %d", rawField, len(raw[0]), in.GetShape(), dt, want)
 		}
 		// The message's bytes are this request's own: FP32 is used where
 		// it lies when the machine and the alignment allow.
@@ -200,12 +220,12 @@ func (s *service) decodeInput(req *pb.ModelInferRequest, m oip.ModelInfo) (oip.T
 		if data == nil {
 			held.buf = wiretensor.GetFP32(int(n))
 			data = held.buf.Data
-			err = wiretensor.Decode("raw_input_contents[0]", data, raw[0], dt)
+			err = wiretensor.Decode(rawField, data, raw[0], dt)
 		}
 	case contents != nil:
-		data, err = fromContents(contents, dt, n)
+		data, err = fromContents(field, contents, dt, n)
 	default:
-		if held.lease, err = s.acquire("inputs[0]", ref, want); err != nil {
+		if held.lease, err = s.acquire(field, ref, want); err != nil {
 			return oip.Tensor{}, held, err
 		}
 		// Copied out of the region, not used where it lies: the kernel's
@@ -217,7 +237,7 @@ func (s *service) decodeInput(req *pb.ModelInferRequest, m oip.ModelInfo) (oip.T
 			return wiretensor.Decode("shared memory", data, b, dt)
 		})
 		if err != nil {
-			err = fmt.Errorf("inputs[0]: %w", err)
+			err = fmt.Errorf("%s: %w", field, err)
 		}
 	}
 	if err != nil {
@@ -241,7 +261,7 @@ func (s *service) acquire(field string, ref shm.Ref, want int64) (*shm.Lease, er
 
 // fromContents reads the typed contents field of the input's datatype.
 // FP16 and BF16 have none: they travel in raw_input_contents.
-func fromContents(c *pb.InferTensorContents, dt wiretensor.Datatype, n int64) ([]float32, error) {
+func fromContents(field string, c *pb.InferTensorContents, dt wiretensor.Datatype, n int64) ([]float32, error) {
 	others := len(c.GetBoolContents()) + len(c.GetIntContents()) + len(c.GetInt64Contents()) + len(c.GetUintContents()) +
 		len(c.GetUint64Contents()) + len(c.GetBytesContents())
 	var data []float32
@@ -249,23 +269,23 @@ func fromContents(c *pb.InferTensorContents, dt wiretensor.Datatype, n int64) ([
 	case wiretensor.FP32:
 		others += len(c.GetFp64Contents())
 		if int64(len(c.GetFp32Contents())) != n {
-			return nil, failure.Errorf(failure.BadInput, "inputs[0].contents.fp32_contents holds %d values but its shape declares %d", len(c.GetFp32Contents()), n)
+			return nil, failure.Errorf(failure.BadInput, "%s.contents.fp32_contents holds %d values but its shape declares %d", field, len(c.GetFp32Contents()), n)
 		}
 		data = c.GetFp32Contents()
 	case wiretensor.FP64:
 		others += len(c.GetFp32Contents())
 		if int64(len(c.GetFp64Contents())) != n {
-			return nil, failure.Errorf(failure.BadInput, "inputs[0].contents.fp64_contents holds %d values but its shape declares %d", len(c.GetFp64Contents()), n)
+			return nil, failure.Errorf(failure.BadInput, "%s.contents.fp64_contents holds %d values but its shape declares %d", field, len(c.GetFp64Contents()), n)
 		}
 		data = make([]float32, n)
-		if err := wiretensor.NarrowFP64("inputs[0].contents.fp64_contents", data, c.GetFp64Contents()); err != nil {
+		if err := wiretensor.NarrowFP64(field+".contents.fp64_contents", data, c.GetFp64Contents()); err != nil {
 			return nil, err
 		}
 	default:
-		return nil, failure.Errorf(failure.BadInput, "inputs[0].contents: %s has no contents field; send it in raw_input_contents", dt)
+		return nil, failure.Errorf(failure.BadInput, "%s.contents: %s has no contents field; send it in raw_input_contents", field, dt)
 	}
 	if others > 0 {
-		return nil, failure.Errorf(failure.BadInput, "inputs[0].contents: values in a field other than the one of datatype %s", dt)
+		return nil, failure.Errorf(failure.BadInput, "%s.contents: values in a field other than the one of datatype %s", field, dt)
 	}
 	return data, nil
 }

@@ -21,8 +21,12 @@ type service struct {
 	log     *slog.Logger
 }
 
-// platform is reported in model metadata, as over HTTP.
-const platform = "kasmina"
+// platform and layerPlatform (a layer's) are reported in model
+// metadata, as over HTTP.
+const (
+	platform      = "kasmina"
+	layerPlatform = "kasmina-layer"
+)
 
 func (s *service) ServerLive(context.Context, *pb.ServerLiveRequest) (*pb.ServerLiveResponse, error) {
 	return &pb.ServerLiveResponse{Live: true}, nil
@@ -101,14 +105,35 @@ func (s *service) ModelMetadata(_ context.Context, req *pb.ModelMetadataRequest)
 	if m.MaxBatch > 0 {
 		props["max_batch"] = itoa(int64(m.MaxBatch))
 	}
-	return &pb.ModelMetadataResponse{
+	resp := &pb.ModelMetadataResponse{
 		Name:       m.Name,
 		Versions:   []string{versionOf(m)},
 		Platform:   platform,
 		Inputs:     []*pb.ModelMetadataResponse_TensorMetadata{{Name: oip.InputName, Datatype: "FP32", Shape: batchShape(m.InputShape)}},
 		Outputs:    []*pb.ModelMetadataResponse_TensorMetadata{{Name: oip.OutputName, Datatype: "FP32", Shape: batchShape(m.OutputShape)}},
 		Properties: props,
-	}, nil
+	}
+	if m.Layer {
+		// A layer: its optional inputs are listed in the property
+		// optional_inputs (the protocol's metadata has no such flag).
+		resp.Platform = layerPlatform
+		resp.Inputs, resp.Outputs = nil, nil
+		var optional []string
+		for _, t := range oip.LayerTensors(m) {
+			tm := &pb.ModelMetadataResponse_TensorMetadata{Name: t.Name, Datatype: "FP32", Shape: batchShape(t.Shape)}
+			switch {
+			case t.Output:
+				resp.Outputs = append(resp.Outputs, tm)
+			default:
+				resp.Inputs = append(resp.Inputs, tm)
+			}
+			if t.Optional {
+				optional = append(optional, t.Name)
+			}
+		}
+		props["optional_inputs"] = strings.Join(optional, ",")
+	}
+	return resp, nil
 }
 
 // batchShape prefixes the batch dimension; an unknown per-sample shape is

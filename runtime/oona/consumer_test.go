@@ -18,6 +18,7 @@ import (
 // fail decides the error for each call (nil: success).
 type recordingHandler struct {
 	layers map[string]bool
+	ids    map[int]string // layer ids it serves, by name
 	fail   func(cmd Command, call int) error
 
 	mu    sync.Mutex
@@ -26,14 +27,20 @@ type recordingHandler struct {
 }
 
 func newRecordingHandler(layers ...string) *recordingHandler {
-	h := &recordingHandler{layers: map[string]bool{}, calls: map[string]int{}}
+	h := &recordingHandler{layers: map[string]bool{}, ids: map[int]string{}, calls: map[string]int{}}
 	for _, l := range layers {
 		h.layers[l] = true
 	}
 	return h
 }
 
-func (h *recordingHandler) ServesLayer(name string) bool { return h.layers[name] }
+func (h *recordingHandler) ServesLayer(t Target) (string, bool) {
+	if t.LayerName == "" {
+		name, ok := h.ids[t.LayerID]
+		return name, ok
+	}
+	return t.LayerName, h.layers[t.LayerName]
+}
 
 func (h *recordingHandler) HandleCommand(_ context.Context, cmd Command) error {
 	h.mu.Lock()
@@ -379,4 +386,39 @@ func TestRedisEpochConsumerCallsBackWithEpoch(t *testing.T) {
 		}
 	}
 	t.Fatal("no epoch event within 20 s")
+}
+
+// A consumer that starts after epochs were announced (a host restarting)
+// gets the latest one first, and only it, then the new ones.
+func TestRedisEpochConsumerReadsTheLatestFirst(t *testing.T) {
+	srv := startRedis(t)
+	bus, err := NewRedisBus(context.Background(), srv.testConfig("node-e2"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeBus(t, bus)
+	rc := redis.NewClient(&redis.Options{Addr: srv.addr()})
+	defer rc.Close()
+	epoch := func(n int) contracts.OonaMessage {
+		return contracts.NewOonaMessage("tolaria-run1", "epoch-trace", contracts.TopicSystemEventsEpoch, map[string]any{"event_type": "adaptation_applied", "epoch": n})
+	}
+	xaddMessage(t, rc, epoch(5))
+	xaddMessage(t, rc, epoch(7))
+	got := make(chan int64, 64)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- bus.ConsumeEpochs(ctx, func(_ context.Context, ev EpochEvent) { got <- ev.Epoch }) }()
+	defer func() {
+		cancel()
+		if err := recv(t, done, "ConsumeEpochs to return after its context ended"); err != nil {
+			t.Errorf("ConsumeEpochs: %v", err)
+		}
+	}()
+	if e := recv(t, got, "the latest epoch"); e != 7 {
+		t.Fatalf("first epoch %d, want the latest, 7", e)
+	}
+	xaddMessage(t, rc, epoch(8))
+	if e := recv(t, got, "the next epoch"); e != 8 {
+		t.Fatalf("next epoch %d, want 8 (5 is history)", e)
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"container/list"
 	"context"
 	"log/slog"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -160,10 +161,17 @@ func (d *dispatcher) decode(streamID string, fields map[string]string) (Command,
 	return Command{}, err
 }
 
-// laneOf is the lane a command runs in: its seed.
-func laneOf(cmd Command) laneKey {
-	layer, seed := cmd.Payload.Target()
-	return laneKey{layer, seed}
+// laneOf is the lane a command runs in: its seed, its layer named by
+// the handler for a command that gives the layer's id.
+func (d *dispatcher) laneOf(cmd Command) laneKey {
+	t := cmd.Payload.Target()
+	if t.LayerName != "" {
+		return laneKey{t.LayerName, t.SeedIdx}
+	}
+	if name, ok := d.handler.ServesLayer(t); ok && name != "" {
+		return laneKey{name, t.SeedIdx}
+	}
+	return laneKey{"#" + strconv.Itoa(t.LayerID), t.SeedIdx}
 }
 
 // run handles one command, within the command deadline, and returns the
@@ -179,13 +187,16 @@ func (d *dispatcher) run(ctx context.Context, cmd Command) (outcome, string) {
 		d.logger.Debug("oona: duplicate command ignored", slog.String("event_id", id), slog.String("stream_id", cmd.StreamID))
 		return outcomeAck, ""
 	}
-	layer, seed := cmd.Payload.Target()
-	if !d.handler.ServesLayer(layer) {
+	t := cmd.Payload.Target()
+	layer, serves := d.handler.ServesLayer(t)
+	if !serves {
 		d.remember(id)
 		d.counters.skipped.Add(1)
-		d.logger.Debug("oona: command for a layer this host does not serve", slog.String("command", cmd.Payload.CommandName()), slog.String("layer_name", layer))
+		d.logger.Debug("oona: command for a layer this host does not serve", slog.String("command", cmd.Payload.CommandName()),
+			slog.String("layer_name", t.LayerName), slog.Int("layer_id", t.LayerID))
 		return outcomeAck, ""
 	}
+	seed := t.SeedIdx
 	hctx, cancel := context.WithTimeout(ctx, d.timeout)
 	err := d.handler.HandleCommand(hctx, cmd)
 	cancel()

@@ -252,7 +252,7 @@ func (b *EmbeddedBus) ConsumeCommands(ctx context.Context, h CommandHandler) err
 				b.deadLetter(fields, err.Error())
 				continue
 			}
-			if !ln.submit(laneOf(cmd), "", func(ctx context.Context) { b.runWithRetries(ctx, d, opts, cmd, fields) }) {
+			if !ln.submit(d.laneOf(cmd), "", func(ctx context.Context) { b.runWithRetries(ctx, d, opts, cmd, fields) }) {
 				return nil
 			}
 		}

@@ -30,10 +30,11 @@ type gatedHandler struct {
 	deadlines []time.Duration
 }
 
-func (h *gatedHandler) ServesLayer(string) bool { return true }
+func (h *gatedHandler) ServesLayer(t Target) (string, bool) { return t.LayerName, true }
 
 func (h *gatedHandler) HandleCommand(ctx context.Context, cmd Command) error {
-	layer, seed := cmd.Payload.Target()
+	t := cmd.Payload.Target()
+	layer, seed := t.LayerName, t.SeedIdx
 	if dl, ok := ctx.Deadline(); ok {
 		h.mu.Lock()
 		h.deadlines = append(h.deadlines, time.Until(dl))

@@ -217,7 +217,7 @@ func (b *RedisBus) processEntry(ctx context.Context, d *dispatcher, ln *lanes, o
 	if err != nil {
 		return b.settle(ctx, opts, stream, fields, m.ID, outcomeDeadLetter, err.Error())
 	}
-	ln.submit(laneOf(cmd), m.ID, func(ctx context.Context) {
+	ln.submit(d.laneOf(cmd), m.ID, func(ctx context.Context) {
 		out, reason := d.run(ctx, cmd)
 		// A command that ran is settled even when shutdown has begun.
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
@@ -326,19 +326,38 @@ type EpochEvent struct {
 // EpochFunc receives epoch events.
 type EpochFunc func(ctx context.Context, ev EpochEvent)
 
-// ConsumeEpochs reads system.events.epoch from the moment it starts (XREAD,
-// no group: every reader sees every event) and calls fn for each message
-// whose payload carries a non-negative integer epoch. It resumes after the
-// last entry seen when the connection comes back, and returns nil when ctx
-// ends.
+// ConsumeEpochs calls fn for the latest system.events.epoch entry there
+// is when it starts (XREVRANGE COUNT 1: a host that restarts learns the
+// epoch it missed), then for each new one (XREAD, no group: every reader
+// sees every event), for each message whose payload carries a
+// non-negative integer epoch. It resumes after the last entry seen when
+// the connection comes back (a Redis that is down at the start is asked
+// for the latest entry once it answers), and returns nil when ctx ends.
 func (b *RedisBus) ConsumeEpochs(ctx context.Context, fn EpochFunc) error {
 	if fn == nil {
 		return errors.New("oona: ConsumeEpochs: nil callback")
 	}
 	stream := string(contracts.TopicSystemEventsEpoch)
-	last := "$"
+	last := "" // not read yet: the latest entry first
 	attempt := 0
 	for ctx.Err() == nil {
+		if last == "" {
+			msgs, err := b.consumerClient.XRevRangeN(ctx, stream, "+", "-", 1).Result()
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				b.logger.Warn("oona: epoch consumer cannot read the latest epoch, retrying", slog.Any("error", err))
+				sleepCtx(ctx, b.cfg.Consumer.Backoff.Delay(attempt))
+				attempt++
+				continue
+			}
+			last = "0-0"
+			if len(msgs) > 0 {
+				last = msgs[0].ID
+				b.deliverEpoch(ctx, fn, stringFields(msgs[0].Values), msgs[0].ID)
+			}
+		}
 		res, err := b.consumerClient.XRead(ctx, &redis.XReadArgs{Streams: []string{stream, last}, Count: 64, Block: b.cfg.Consumer.Block}).Result()
 		if errors.Is(err, redis.Nil) {
 			attempt = 0
@@ -347,12 +366,6 @@ func (b *RedisBus) ConsumeEpochs(ctx context.Context, fn EpochFunc) error {
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
-			}
-			if last == "$" {
-				// Pin the position so nothing is missed across the gap.
-				if id, ierr := b.lastStreamID(ctx, stream); ierr == nil {
-					last = id
-				}
 			}
 			b.logger.Warn("oona: epoch consumer lost Redis, retrying", slog.Any("error", err))
 			sleepCtx(ctx, b.cfg.Consumer.Backoff.Delay(attempt))
@@ -368,17 +381,6 @@ func (b *RedisBus) ConsumeEpochs(ctx context.Context, fn EpochFunc) error {
 		}
 	}
 	return nil
-}
-
-func (b *RedisBus) lastStreamID(ctx context.Context, stream string) (string, error) {
-	msgs, err := b.consumerClient.XRevRangeN(ctx, stream, "+", "-", 1).Result()
-	if err != nil {
-		return "", err
-	}
-	if len(msgs) == 0 {
-		return "0-0", nil
-	}
-	return msgs[0].ID, nil
 }
 
 func (b *RedisBus) deliverEpoch(ctx context.Context, fn EpochFunc, fields map[string]string, id string) {

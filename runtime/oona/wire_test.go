@@ -172,7 +172,13 @@ func TestParseCommandNamesTheWrongField(t *testing.T) {
 		{`{"command": "load_kernel", "layer_name": "l", "seed_idx": 1.5, "artifact_id": "a"}`, "payload.seed_idx 1.5"},
 		{`{"command": "load_kernel", "layer_name": "l", "seed_idx": 0}`, "payload.artifact_id"},
 		{`{"command": "set_seed_state", "layer_name": "l", "seed_idx": 0, "state": "sleeping"}`, `payload.state "sleeping"`},
-		{`{"command": "set_alpha", "layer_name": "l", "seed_idx": 0, "alpha": 1.5}`, "payload.alpha 1.5"},
+		{`{"command": "set_alpha", "layer_name": "l", "seed_idx": 0, "alpha": "half"}`, `payload.alpha "half" is not a number`},
+		{`{"command": "load_kernel", "layer_name": "l", "seed_index": "two", "kernel_id": "k"}`, `payload.seed_index "two" is not a number`},
+		{`{"command": "load_kernel", "layer_name": "l", "seed_index": 1.5, "kernel_id": "k"}`, `payload.seed_index 1.5 is not an integer`},
+		{`{"command": "load_kernel", "layer_name": 5, "seed_idx": 0, "artifact_id": "k"}`, `payload.layer_name is a JSON number, want a string`},
+		{`{"command": "request_germination", "target_layer_id": [1], "target_seed_id": 0, "kernel_artifact_id": "k"}`, `payload.target_layer_id [1] is not a number`},
+		{`{"command": "request_germination", "target_layer_id": 1, "target_seed_id": 0, "kernel_artifact_id": "k", "selected_for_tags": "x"}`, `payload.selected_for_tags is a JSON string, want a list`},
+		{`{"command": "set_alpha", "layer_name": "l", "seed_idx": 0, "alpha": 1e400}`, "payload.alpha 1e400 is not a finite number"},
 		{`{"command": "set_alpha", "layer_name": "l", "seed_idx": 0}`, "payload.alpha missing"},
 	}
 	for _, c := range cases {
@@ -221,4 +227,50 @@ func FuzzDecodeFields(f *testing.F) {
 		}
 		_, _ = ParseCommand([]byte(m[FieldPayload]))
 	})
+}
+
+// Every command shape Esper's documents use parses, as the command it
+// means: the host's own, the phase-3 plan's and the HLD's
+// KasminaControlCommand; a shape mixing them says which members clash.
+func TestParseCommandShapes(t *testing.T) {
+	for _, c := range []struct {
+		name, payload string
+		want          CommandPayload
+	}{
+		{"contracts.md load_kernel", `{"command": "load_kernel", "layer_name": "layer1", "seed_idx": 0, "artifact_id": "kernel-abc123"}`,
+			&LoadKernel{LayerName: "layer1", SeedIdx: 0, ArtifactID: "kernel-abc123"}},
+		{"with a command_id", `{"command": "unload_kernel", "layer_name": "layer1", "seed_idx": 2, "command_id": "c-9"}`,
+			&UnloadKernel{LayerName: "layer1", SeedIdx: 2, ID: "c-9"}},
+		{"phase-3 plan", `{"layer_name": "features_0", "command": "load_kernel", "kernel_id": "mock-kernel-001", "seed_index": 0, "decision_id": "d-1"}`,
+			&LoadKernel{LayerName: "features_0", SeedIdx: 0, ArtifactID: "mock-kernel-001", ID: "d-1"}},
+		{"alpha outside [0, 1] is the runtime's to clamp", `{"command": "set_alpha", "layer_name": "l", "seed_idx": 1, "alpha": 1.5}`,
+			&SetAlpha{LayerName: "l", SeedIdx: 1, Alpha: 1.5}},
+		{"HLD request_germination", `{"target_layer_id": 17, "target_seed_id": 3, "command": "request_germination", "kernel_artifact_id": "k-abc",
+			"grafting_strategy": "linear", "selected_for_tags": ["low_memory"], "command_id": "cmd-1"}`,
+			&ControlCommand{TargetLayerID: 17, TargetSeedID: 3, Command: "request_germination", KernelArtifactID: "k-abc", GraftingStrategy: "linear",
+				SelectedForTags: []string{"low_memory"}, ID: "cmd-1"}},
+		{"HLD cancel_germination", `{"target_layer_id": 17, "target_seed_id": 3, "command": "cancel_germination", "kernel_artifact_id": "k-abc", "grafting_strategy": "linear", "selected_for_tags": null, "command_id": "cmd-2"}`,
+			&ControlCommand{TargetLayerID: 17, TargetSeedID: 3, Command: "cancel_germination", KernelArtifactID: "k-abc", GraftingStrategy: "linear", ID: "cmd-2"}},
+		{"HLD with another command value (the host answers it unsupported)", `{"target_layer_id": 1, "target_seed_id": 0, "command": "adjust_strategy", "kernel_artifact_id": "k"}`,
+			&ControlCommand{TargetLayerID: 1, TargetSeedID: 0, Command: "adjust_strategy", KernelArtifactID: "k"}},
+	} {
+		got, err := ParseCommand([]byte(c.payload))
+		if err != nil || !reflect.DeepEqual(got, c.want) {
+			t.Errorf("%s: %#v, %v; want %#v", c.name, got, err, c.want)
+		}
+	}
+	for _, c := range []struct{ payload, want string }{
+		{`{"command": "load_kernel", "layer_name": "l", "seed_idx": 0, "seed_index": 1, "artifact_id": "a"}`, "payload.seed_idx 0 and payload.seed_index 1 differ"},
+		{`{"command": "load_kernel", "layer_name": "l", "seed_idx": 0, "artifact_id": "a", "kernel_id": "b"}`, `payload.artifact_id "a" and payload.kernel_id "b" differ`},
+		{`{"target_layer_id": 1, "layer_name": "l", "target_seed_id": 0, "command": "request_germination", "kernel_artifact_id": "k"}`, "both layer_name and target_layer_id"},
+		{`{"target_layer_id": 1, "command": "request_germination", "kernel_artifact_id": "k"}`, "payload.target_seed_id missing"},
+		{`{"target_layer_id": -1, "target_seed_id": 0, "command": "request_germination", "kernel_artifact_id": "k"}`, "payload.target_layer_id -1 out of range"},
+		{`{"target_layer_id": 1, "target_seed_id": 0, "command": "request_germination"}`, "payload.kernel_artifact_id missing"},
+		{`{"command": "adapt_seed", "target_layer": "l", "target_seed": 0}`, `payload.command "adapt_seed" unknown`},
+	} {
+		_, err := ParseCommand([]byte(c.payload))
+		if !errors.Is(err, ErrBadCommand) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: err = %v, want ErrBadCommand containing %q", c.payload, err, c.want)
+		}
+	}
 }
