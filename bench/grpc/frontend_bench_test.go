@@ -49,41 +49,42 @@ func BenchmarkGRPCFrontEnd(b *testing.B) {
 		b.Fatal(err)
 	}
 	req := rawRequest("seed-linear-64", 1, 64, values(64))
-	for _, s := range []struct {
-		name  string
-		serve func(net.Listener) (stop func())
-	}{
-		{"oipgrpc", func(ln net.Listener) func() {
-			srv := oipgrpc.New(fake, oipgrpc.Options{Metrics: m}, nil)
-			go srv.Serve(ln)
-			return func() { _ = srv.Shutdown(context.Background()) }
-		}},
-		{"oipgrpc-no-metrics", func(ln net.Listener) func() {
-			srv := oipgrpc.New(fake, oipgrpc.Options{}, nil)
-			go srv.Serve(ln)
-			return func() { _ = srv.Shutdown(context.Background()) }
-		}},
-		{"echo", func(ln net.Listener) func() {
-			gs := grpc.NewServer()
-			pb.RegisterGRPCInferenceServiceServer(gs, echoServer{})
-			go gs.Serve(ln)
-			return gs.Stop
-		}},
-	} {
-		b.Run(s.name, func(b *testing.B) {
+	b.Run("1x64", func(b *testing.B) {
+		var sides []side
+		for _, s := range []struct {
+			name  string
+			serve func(net.Listener) (stop func())
+		}{
+			{"oipgrpc", func(ln net.Listener) func() {
+				srv := oipgrpc.New(fake, oipgrpc.Options{Metrics: m}, nil)
+				go srv.Serve(ln)
+				return func() { _ = srv.Shutdown(context.Background()) }
+			}},
+			{"oipgrpc-no-metrics", func(ln net.Listener) func() {
+				srv := oipgrpc.New(fake, oipgrpc.Options{}, nil)
+				go srv.Serve(ln)
+				return func() { _ = srv.Shutdown(context.Background()) }
+			}},
+			{"echo", func(ln net.Listener) func() {
+				gs := grpc.NewServer()
+				pb.RegisterGRPCInferenceServiceServer(gs, echoServer{})
+				go gs.Serve(ln)
+				return gs.Stop
+			}},
+		} {
 			ln, err := net.Listen("tcp", "127.0.0.1:0")
 			if err != nil {
 				b.Fatal(err)
 			}
-			stop := s.serve(ln)
-			defer stop()
+			b.Cleanup(s.serve(ln))
 			c := grpcConn(b, ln.Addr().String())
-			timed(b, 256, func() error {
+			sides = append(sides, side{s.name, func() error {
 				_, err := c.ModelInfer(context.Background(), req)
 				return err
-			})
-		})
-	}
+			}})
+		}
+		interleaved(b, 256, 1, sides...)
+	})
 }
 
 // BenchmarkHTTPFrontEnd is BenchmarkGRPCFrontEnd's HTTP counterpart: oip's
@@ -95,6 +96,8 @@ func BenchmarkHTTPFrontEnd(b *testing.B) {
 	fake.Add(oip.ModelInfo{Name: "seed-linear-64", InputShape: []int{64}, OutputShape: []int{64}}, oiptest.Scale(1))
 	jsonReq := jsonBody("seed-linear-64", 1, 64, values(64))
 	binReq, binHL := binaryBody(1, 64, values(64))
+	type endpoint struct{ name, url string }
+	var endpoints []endpoint
 	for _, s := range []struct {
 		name    string
 		handler http.Handler
@@ -110,21 +113,26 @@ func BenchmarkHTTPFrontEnd(b *testing.B) {
 		})},
 	} {
 		srv := httptest.NewServer(s.handler)
-		for _, c := range []struct {
-			name string
-			body []byte
-			hl   int
-		}{{"json-1x64", jsonReq, -1}, {"binary-1x64", binReq, binHL}} {
-			b.Run(s.name+"/"+c.name, func(b *testing.B) {
+		defer srv.Close()
+		endpoints = append(endpoints, endpoint{s.name, srv.URL + "/v2/models/seed-linear-64/infer"})
+	}
+	for _, c := range []struct {
+		name string
+		body []byte
+		hl   int
+	}{{"json-1x64", jsonReq, -1}, {"binary-1x64", binReq, binHL}} {
+		b.Run(c.name, func(b *testing.B) {
+			var sides []side
+			for _, e := range endpoints {
 				client := httpClient()
 				buf := make([]byte, 0, 64<<10)
-				timed(b, int64(len(c.body)), func() error {
-					_, err := post(client, srv.URL+"/v2/models/seed-linear-64/infer", c.body, c.hl, buf)
+				sides = append(sides, side{e.name, func() error {
+					_, err := post(client, e.url, c.body, c.hl, buf)
 					return err
-				})
-			})
-		}
-		srv.Close()
+				}})
+			}
+			interleaved(b, int64(len(c.body)), 1, sides...)
+		})
 	}
 }
 
@@ -167,24 +175,25 @@ func BenchmarkSharedMemoryFrontEnd(b *testing.B) {
 	xb := le(x)
 	out := make([]byte, nbytes)
 	body, hl := binaryBody(batch, width, x)
-	b.Run("binary-http", func(b *testing.B) {
-		client := httpClient()
-		buf := make([]byte, 0, 2*nbytes)
-		timed(b, 2*nbytes, func() error {
-			_, err := post(client, url, body, hl, buf)
-			return err
-		})
-	})
 	shmJSON := []byte(fmt.Sprintf(`{"inputs":[{"name":"input","shape":[%d,%d],"datatype":"FP32","parameters":{"shared_memory_region":"in","shared_memory_byte_size":%d}}],`+
 		`"outputs":[{"name":"output","parameters":{"shared_memory_region":"out","shared_memory_byte_size":%d}}]}`, batch, width, nbytes, nbytes))
-	b.Run("shm-http", func(b *testing.B) {
-		client := httpClient()
-		buf := make([]byte, 0, 4096)
-		timed(b, 2*nbytes, func() error {
-			copy(mem, xb)
-			_, err := post(client, url, shmJSON, -1, buf)
-			copy(out, mem[nbytes:])
-			return err
-		})
+	b.Run("256x1024", func(b *testing.B) {
+		binClient, shmClient := httpClient(), httpClient()
+		binBuf, shmBuf := make([]byte, 0, 2*nbytes), make([]byte, 0, 4096)
+		interleaved(b, 2*nbytes, 25,
+			side{"binary-http", func() error {
+				copy(body[hl:], xb)
+				resp, err := post(binClient, url, body, hl, binBuf)
+				if err == nil {
+					copy(out, resp[len(resp)-nbytes:])
+				}
+				return err
+			}},
+			side{"shm-http", func() error {
+				copy(mem, xb)
+				_, err := post(shmClient, url, shmJSON, -1, shmBuf)
+				copy(out, mem[nbytes:])
+				return err
+			}})
 	})
 }

@@ -5,7 +5,8 @@
 # the same message (both on Linear(64→64)+ReLU, batch 1, one connection,
 # one request at a time), and system shared memory against Triton's binary
 # HTTP extension at 256×1024 FP32 (1 MiB in, 1 MiB out, ReLU). Each ratio
-# compares medians of per-request p50s over COUNT interleaved rounds.
+# compares medians of per-request p50s over COUNT rounds; within a round the
+# sides of a comparison run interleaved, request by request.
 #
 #   bench/grpc/run.sh            # COUNT=5 rounds, BENCHTIME=400x requests per sub-benchmark
 #   WRITE_README=1 bench/grpc/run.sh   # also rewrite the block in bench/README.md
@@ -15,9 +16,9 @@ count=${COUNT:-5}
 benchtime=${BENCHTIME:-400x}
 out=$(mktemp)
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
-# go test -count repeats each sub-benchmark back to back; rounds of one
-# -count=1 run each interleave the comparisons instead, so that both sides
-# of a ratio see the same machine load. The front-end rows (in-process,
+# Both sides of a ratio run in one sub-benchmark, alternating request by
+# request (the order rotating), so that they see the same machine load;
+# rounds of one -count=1 run each repeat the whole set. The front-end rows (in-process,
 # the runtime replaced by an in-memory identity model) say how much of a
 # gap is the front end's own.
 bin=$(mktemp -d)
@@ -33,12 +34,17 @@ table=$(python3 - "$out" <<'PY'
 import re, statistics, sys
 p50 = {}
 mean = {}
+# Each comparison is one sub-benchmark whose sides ran interleaved; it
+# reports NAME-p50-µs and NAME-mean-µs for every side.
 for line in open(sys.argv[1]):
-    m = re.match(r"Benchmark(\w+)/(\S+?)-\d+\s+\d+\s+(\d+) ns/op.*?([\d.]+) p50-µs", line)
-    if m:
-        key = m.group(2) if m.group(1) == "Transports" else m.group(1) + "/" + m.group(2)
-        p50.setdefault(key, []).append(float(m.group(4)))
-        mean.setdefault(key, []).append(float(m.group(3)) / 1e3)
+    m = re.match(r"Benchmark(\w+)/(\S+)-\d+\s", line)
+    if not m:
+        continue
+    prefix = m.group(2) if m.group(1) == "Transports" else m.group(1) + "/" + m.group(2)
+    for v, side in re.findall(r"([\d.]+) ([\w-]+)-p50-µs", line):
+        p50.setdefault(prefix + "/" + side, []).append(float(v))
+    for v, side in re.findall(r"([\d.]+) ([\w-]+)-mean-µs", line):
+        mean.setdefault(prefix + "/" + side, []).append(float(v))
 med = {k: statistics.median(v) for k, v in p50.items()}
 avg = {k: statistics.median(v) for k, v in mean.items()}
 rows = [
@@ -48,10 +54,10 @@ rows = [
     ("256×1024 FP32: binary HTTP vs shared memory over HTTP", "shm/256x1024/binary-http", "shm/256x1024/shm-http", "≥ 3x", lambda r: r >= 3, "faster"),
     ("256×1024 FP32: binary HTTP vs shared memory over gRPC", "shm/256x1024/binary-http", "shm/256x1024/shm-grpc", "≥ 3x", lambda r: r >= 3, "faster"),
     ("256×1024 FP32: raw gRPC vs shared memory over gRPC", "shm/256x1024/raw-grpc", "shm/256x1024/shm-grpc", "report", None, "faster"),
-    ("front end only: oip (in-memory model) vs echo handler, JSON 1×64", "HTTPFrontEnd/oip/json-1x64", "HTTPFrontEnd/echo/json-1x64", "report", None, "slower"),
-    ("front end only: oip (in-memory model) vs echo handler, binary 1×64", "HTTPFrontEnd/oip/binary-1x64", "HTTPFrontEnd/echo/binary-1x64", "report", None, "slower"),
-    ("front end only: oipgrpc (in-memory model) vs grpc-go echo, 1×64", "GRPCFrontEnd/oipgrpc", "GRPCFrontEnd/echo", "report", None, "slower"),
-    ("front end only: oipgrpc without metrics vs grpc-go echo, 1×64", "GRPCFrontEnd/oipgrpc-no-metrics", "GRPCFrontEnd/echo", "report", None, "slower"),
+    ("front end only: oip (in-memory model) vs echo handler, JSON 1×64", "HTTPFrontEnd/json-1x64/oip", "HTTPFrontEnd/json-1x64/echo", "report", None, "slower"),
+    ("front end only: oip (in-memory model) vs echo handler, binary 1×64", "HTTPFrontEnd/binary-1x64/oip", "HTTPFrontEnd/binary-1x64/echo", "report", None, "slower"),
+    ("front end only: oipgrpc (in-memory model) vs grpc-go echo, 1×64", "GRPCFrontEnd/1x64/oipgrpc", "GRPCFrontEnd/1x64/echo", "report", None, "slower"),
+    ("front end only: oipgrpc without metrics vs grpc-go echo, 1×64", "GRPCFrontEnd/1x64/oipgrpc-no-metrics", "GRPCFrontEnd/1x64/echo", "report", None, "slower"),
 ]
 print("| comparison | p50 (median of rounds) | mean | ratio | target | |")
 print("|---|---|---|---|---|---|")

@@ -180,33 +180,70 @@ func le(v []float32) []byte {
 
 // timed runs one request per iteration and reports the median and 99th
 // percentile beside the mean.
-func timed(b *testing.B, bytesPerOp int64, do func() error) {
+// side is one side of a comparison: a name and one request.
+type side struct {
+	name string
+	do   func() error
+}
+
+// interleaved runs the sides of one comparison in turns of block
+// requests each, starting with a different side every turn, so that all
+// sides see the same stretches of machine load and none is always first
+// (on a loaded machine, whichever ran first or in a quieter second would
+// otherwise win). Block 1 alternates request by request. Sides that move
+// megabytes take longer turns, with this process's heap collected between
+// turns, so that one side's garbage and cache misses land on its own
+// turn's first requests rather than on every request of the other. It
+// reports each side's median and 99th percentile per-request time and its
+// mean (NAME-p50-µs, NAME-p99-µs, NAME-mean-µs); b.N is the requests of
+// each side, and ns/op the time of one request of every side.
+func interleaved(b *testing.B, bytesPerOp int64, block int, sides ...side) {
 	b.Helper()
-	// Warm the connection, the server's pools and this process's code
-	// paths: the first sub-benchmark of a process would otherwise pay
-	// for all of them.
+	// Warm the connections, the servers' pools and this process's code
+	// paths: the first requests of a process would otherwise pay for
+	// all of them.
 	for range 20 {
-		if err := do(); err != nil {
-			b.Fatal(err)
+		for _, s := range sides {
+			if err := s.do(); err != nil {
+				b.Fatalf("%s: %v", s.name, err)
+			}
 		}
 	}
-	// Every sub-benchmark starts from a collected heap: the megabyte
-	// rows leave garbage that would otherwise land on whichever row runs
-	// next.
 	runtime.GC()
 	b.SetBytes(bytesPerOp)
 	b.ReportAllocs()
-	var lat []time.Duration
-	for b.Loop() {
-		t0 := time.Now()
-		if err := do(); err != nil {
-			b.Fatal(err)
+	lat := make([][]time.Duration, len(sides))
+	b.ResetTimer()
+	for turn, done := 0, 0; done < b.N; turn, done = turn+1, done+block {
+		n := min(block, b.N-done)
+		for k := range sides {
+			i := (turn + k) % len(sides)
+			if block > 1 {
+				b.StopTimer()
+				runtime.GC()
+				b.StartTimer()
+			}
+			for range n {
+				t0 := time.Now()
+				if err := sides[i].do(); err != nil {
+					b.Fatalf("%s: %v", sides[i].name, err)
+				}
+				lat[i] = append(lat[i], time.Since(t0))
+			}
 		}
-		lat = append(lat, time.Since(t0))
 	}
-	slices.Sort(lat)
-	b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds())/1e3, "p50-µs")
-	b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds())/1e3, "p99-µs")
+	b.StopTimer()
+	for i, s := range sides {
+		l := lat[i]
+		var sum time.Duration
+		for _, d := range l {
+			sum += d
+		}
+		slices.Sort(l)
+		b.ReportMetric(float64(l[len(l)/2].Nanoseconds())/1e3, s.name+"-p50-µs")
+		b.ReportMetric(float64(l[len(l)*99/100].Nanoseconds())/1e3, s.name+"-p99-µs")
+		b.ReportMetric(float64(sum.Nanoseconds())/float64(len(l))/1e3, s.name+"-mean-µs")
+	}
 }
 
 // httpClient keeps one connection alive, as one training process would.
@@ -276,8 +313,8 @@ func rawRequest(model string, batch, width int, v []float32) *pb.ModelInferReque
 	}
 }
 
-// BenchmarkTransports is every comparison; host and peer of one
-// comparison run next to each other (run.sh repeats whole rounds).
+// BenchmarkTransports is every comparison; the sides of one comparison
+// run interleaved, request by request (run.sh repeats whole rounds).
 func BenchmarkTransports(b *testing.B) {
 	p := start(b)
 	seed := values(64)
@@ -290,42 +327,48 @@ func BenchmarkTransports(b *testing.B) {
 		body []byte
 		hl   int
 	}{{"json-1x64", jsonReq, -1}, {"binary-1x64", binReq, binHL}} {
-		for _, peer := range []struct{ name, url string }{
-			{"host", "http://" + p.hostHTTP + "/v2/models/seed-linear-64/infer"},
-			{"echo", "http://" + p.echoHTTP + "/v2/models/seed-linear-64/infer"},
-		} {
-			b.Run("HTTP/"+c.name+"/"+peer.name, func(b *testing.B) {
+		b.Run("HTTP/"+c.name, func(b *testing.B) {
+			var sides []side
+			for _, peer := range []struct{ name, url string }{
+				{"host", "http://" + p.hostHTTP + "/v2/models/seed-linear-64/infer"},
+				{"echo", "http://" + p.echoHTTP + "/v2/models/seed-linear-64/infer"},
+			} {
 				client := httpClient()
 				buf := make([]byte, 0, 64<<10)
-				timed(b, int64(len(c.body)), func() error {
+				sides = append(sides, side{peer.name, func() error {
 					_, err := post(client, peer.url, c.body, c.hl, buf)
 					return err
-				})
-			})
-		}
+				}})
+			}
+			interleaved(b, int64(len(c.body)), 1, sides...)
+		})
 	}
 
 	grpcReq := rawRequest("seed-linear-64", 1, 64, seed)
-	for _, peer := range []struct{ name, addr string }{{"host", p.hostGRPC}, {"echo", p.echoGRPC}} {
-		b.Run("gRPC/raw-1x64/"+peer.name, func(b *testing.B) {
+	b.Run("gRPC/raw-1x64", func(b *testing.B) {
+		var sides []side
+		for _, peer := range []struct{ name, addr string }{{"host", p.hostGRPC}, {"echo", p.echoGRPC}} {
 			c := grpcConn(b, peer.addr)
-			timed(b, 256, func() error {
+			sides = append(sides, side{peer.name, func() error {
 				resp, err := c.ModelInfer(ctx, grpcReq)
 				if err == nil && len(resp.GetRawOutputContents()) != 1 {
 					err = fmt.Errorf("answer without raw_output_contents")
 				}
 				return err
-			})
-		})
-	}
+			}})
+		}
+		interleaved(b, 256, 1, sides...)
+	})
 
 	benchSharedMemory(b, p)
 }
 
 // benchSharedMemory: 256×1024 FP32 in and out of ReLU(1024) through the
-// binary HTTP extension and through system shared memory. The shared
-// memory client does what a training process does per step: copy the
-// input into the region, send the small request, copy the output out.
+// binary HTTP extension, raw gRPC and system shared memory. Every client
+// does what a training process does per step, on every side alike: put
+// this step's input where its transport takes it (the body's tensor
+// bytes, raw_input_contents, the region) and copy the output it got (the
+// answer's bytes, raw_output_contents, the region) into its own array.
 func benchSharedMemory(b *testing.B, p peers) {
 	const batch, width = 256, 1024
 	const nbytes = batch * width * 4
@@ -333,31 +376,6 @@ func benchSharedMemory(b *testing.B, p peers) {
 	xb := le(x)
 	out := make([]byte, nbytes)
 	ctx := context.Background()
-
-	body, hl := binaryBody(batch, width, x)
-	b.Run("shm/256x1024/binary-http", func(b *testing.B) {
-		client := httpClient()
-		buf := make([]byte, 0, 2*nbytes)
-		url := "http://" + p.hostHTTP + "/v2/models/relu-1024/infer"
-		timed(b, 2*nbytes, func() error {
-			resp, err := post(client, url, body, hl, buf)
-			if err == nil && len(resp) < nbytes {
-				err = fmt.Errorf("answer of %d bytes", len(resp))
-			}
-			return err
-		})
-	})
-	b.Run("shm/256x1024/raw-grpc", func(b *testing.B) {
-		c := grpcConn(b, p.hostGRPC)
-		req := rawRequest("relu-1024", batch, width, x)
-		timed(b, 2*nbytes, func() error {
-			resp, err := c.ModelInfer(ctx, req)
-			if err == nil && len(resp.GetRawOutputContents()) != 1 {
-				err = fmt.Errorf("answer without raw_output_contents")
-			}
-			return err
-		})
-	})
 
 	// One object: the input at 0, the output after it.
 	name := fmt.Sprintf("kasmina-bench-%d", os.Getpid())
@@ -391,19 +409,10 @@ func benchSharedMemory(b *testing.B, p peers) {
 	defer func() {
 		_, _ = post(client, "http://"+p.hostHTTP+"/v2/systemsharedmemory/unregister", nil, -1, nil)
 	}()
+	url := "http://" + p.hostHTTP + "/v2/models/relu-1024/infer"
+	body, hl := binaryBody(batch, width, x)
 	shmJSON := []byte(fmt.Sprintf(`{"inputs":[{"name":"input","shape":[%d,%d],"datatype":"FP32","parameters":{"shared_memory_region":"in","shared_memory_byte_size":%d}}],`+
 		`"outputs":[{"name":"output","parameters":{"shared_memory_region":"out","shared_memory_byte_size":%d}}]}`, batch, width, nbytes, nbytes))
-	b.Run("shm/256x1024/shm-http", func(b *testing.B) {
-		c := httpClient()
-		buf := make([]byte, 0, 4096)
-		url := "http://" + p.hostHTTP + "/v2/models/relu-1024/infer"
-		timed(b, 2*nbytes, func() error {
-			copy(mem, xb)
-			_, err := post(c, url, shmJSON, -1, buf)
-			copy(out, mem[nbytes:])
-			return err
-		})
-	})
 	shmReq := &pb.ModelInferRequest{
 		ModelName: "relu-1024",
 		Inputs: []*pb.ModelInferRequest_InferInputTensor{{Name: "input", Datatype: "FP32", Shape: []int64{batch, width},
@@ -416,21 +425,53 @@ func benchSharedMemory(b *testing.B, p peers) {
 			"shared_memory_byte_size": {ParameterChoice: &pb.InferParameter_Int64Param{Int64Param: nbytes}},
 		}}},
 	}
-	b.Run("shm/256x1024/shm-grpc", func(b *testing.B) {
-		c := grpcConn(b, p.hostGRPC)
-		timed(b, 2*nbytes, func() error {
-			copy(mem, xb)
-			_, err := c.ModelInfer(ctx, shmReq)
-			copy(out, mem[nbytes:])
-			return err
-		})
-	})
-	// The output is ReLU of the input: the last request's answer checks
-	// that the bytes really went through the region.
-	for i := 0; i < len(x); i += 4099 {
-		got := math.Float32frombits(binary.LittleEndian.Uint32(out[4*i:]))
-		if want := max(x[i], 0); got != want {
-			b.Fatalf("output element %d in shared memory is %v, want %v", i, got, want)
+	b.Run("shm/256x1024", func(b *testing.B) {
+		binClient, shmClient := httpClient(), httpClient()
+		binBuf, shmBuf := make([]byte, 0, 2*nbytes), make([]byte, 0, 4096)
+		rawConn, shmConn := grpcConn(b, p.hostGRPC), grpcConn(b, p.hostGRPC)
+		rawReq := rawRequest("relu-1024", batch, width, x)
+		interleaved(b, 2*nbytes, 25,
+			side{"binary-http", func() error {
+				copy(body[hl:], xb)
+				resp, err := post(binClient, url, body, hl, binBuf)
+				if err == nil && len(resp) < nbytes {
+					err = fmt.Errorf("answer of %d bytes", len(resp))
+				}
+				if err == nil {
+					copy(out, resp[len(resp)-nbytes:])
+				}
+				return err
+			}},
+			side{"raw-grpc", func() error {
+				copy(rawReq.RawInputContents[0], xb)
+				resp, err := rawConn.ModelInfer(ctx, rawReq)
+				if err == nil && len(resp.GetRawOutputContents()) != 1 {
+					err = fmt.Errorf("answer without raw_output_contents")
+				}
+				if err == nil {
+					copy(out, resp.GetRawOutputContents()[0])
+				}
+				return err
+			}},
+			side{"shm-http", func() error {
+				copy(mem, xb)
+				_, err := post(shmClient, url, shmJSON, -1, shmBuf)
+				copy(out, mem[nbytes:])
+				return err
+			}},
+			side{"shm-grpc", func() error {
+				copy(mem, xb)
+				_, err := shmConn.ModelInfer(ctx, shmReq)
+				copy(out, mem[nbytes:])
+				return err
+			}})
+		// The output is ReLU of the input: the last answer (of each side
+		// in turn over the run) checks that the bytes really went through.
+		for i := 0; i < len(x); i += 4099 {
+			got := math.Float32frombits(binary.LittleEndian.Uint32(out[4*i:]))
+			if want := max(x[i], 0); got != want {
+				b.Fatalf("output element %d in shared memory is %v, want %v", i, got, want)
+			}
 		}
-	}
+	})
 }

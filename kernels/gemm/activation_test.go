@@ -3,6 +3,7 @@ package gemm
 import (
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"testing"
 )
 
@@ -168,5 +169,51 @@ func TestBackwardMatchesPyTorchOnSpecialValues(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// ReLU, vector and scalar, gives the comparison's results bit for bit on
+// every class of float32 (both zeros, subnormals, infinities, NaNs of
+// either sign and payload) and on random values.
+func TestReLUMatchesComparison(t *testing.T) {
+	src := []float32{0, float32(math.Copysign(0, -1)), 1, -1, float32(math.Inf(1)), float32(math.Inf(-1)),
+		math.SmallestNonzeroFloat32, -math.SmallestNonzeroFloat32, math.MaxFloat32, -math.MaxFloat32,
+		math.Float32frombits(0x7fc00000), math.Float32frombits(0xffc00000), math.Float32frombits(0x7f800001),
+		math.Float32frombits(0xff800001), math.Float32frombits(0xffffffff), math.Float32frombits(0x807fffff)}
+	r := rand.New(rand.NewPCG(3, 4))
+	for range 4096 {
+		src = append(src, math.Float32frombits(r.Uint32()))
+	}
+	src = src[:len(src)-3] // a tail that is not a whole vector
+	for _, impl := range []struct {
+		name string
+		fn   func(dst, src []float32)
+	}{{"Apply", ActReLU.Apply}, {"scalar", reluScalar}, {"in place", func(dst, src []float32) { copy(dst, src); ActReLU.Apply(dst, dst) }}} {
+		dst := make([]float32, len(src))
+		impl.fn(dst, src)
+		for i, v := range src {
+			want := v
+			if v < 0 {
+				want = 0
+			}
+			if math.Float32bits(dst[i]) != math.Float32bits(want) {
+				t.Errorf("%s: relu(%#08x) = %#08x, want %#08x", impl.name, math.Float32bits(v), math.Float32bits(dst[i]), math.Float32bits(want))
+			}
+		}
+	}
+}
+
+// BenchmarkReLU runs ReLU over a megabyte of normally distributed values
+// (signs at random, as a ReLU sees them).
+func BenchmarkReLU(b *testing.B) {
+	r := rand.New(rand.NewPCG(1, 2))
+	src := make([]float32, 256*1024)
+	for i := range src {
+		src[i] = float32(r.NormFloat64())
+	}
+	dst := make([]float32, len(src))
+	b.SetBytes(4 * int64(len(src)))
+	for b.Loop() {
+		ActReLU.Apply(dst, src)
 	}
 }

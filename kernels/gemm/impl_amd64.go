@@ -43,3 +43,14 @@ func registerPlatform() {
 		register(newAVX2())
 	}
 }
+
+// reluVec computes relu on the longest prefix of src that is a whole
+// number of AVX2 vectors, when the CPU has AVX2, and returns its length.
+func reluVec(dst, src []float32) int {
+	n := len(src) &^ 7
+	if n == 0 || !hasAVX2() {
+		return 0
+	}
+	reluAVX2(&dst[0], &src[0], n)
+	return n
+}

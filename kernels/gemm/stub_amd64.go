@@ -120,3 +120,6 @@ func fmaPeakAVX2(iters int)
 
 // fmaPeakAVX512 runs iters iterations of 24 independent vector FMAs.
 func fmaPeakAVX512(iters int)
+
+// reluAVX2 computes dst[i] = src[i] < 0 ? +0 : src[i] for i < n, n a multiple of 8 (see relu).
+func reluAVX2(dst *float32, src *float32, n int)

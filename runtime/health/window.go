@@ -28,6 +28,19 @@
 //     else 0.
 //   - is_ready_for_transition: the seed is training or grafting, the window
 //     saw at least MinSamples samples and no error, and health_score ≥ 0.8.
+//
+// # Sampled rows
+//
+// The statistics above are computed over the rows a window observes. A
+// call whose output holds at most ObserveBudget values is observed whole.
+// A larger batch is sampled: rows evenly spaced across it, as many as fit
+// in the budget (at least one), starting at a row that moves with every
+// call so that successive calls observe different rows. The cost of a
+// signal per call is then bounded (a 256×1024 output would otherwise cost
+// a float64 pass over a megabyte, more than the inference itself), and
+// the statistics are estimates from a sample of each large call. Non-finite
+// values are counted in the observed rows; consecutive samples are
+// consecutive observed rows.
 package health
 
 import (
@@ -41,6 +54,11 @@ import (
 // MinSamples is the number of samples a window needs before a seed can be
 // declared ready for a transition.
 const MinSamples = 8
+
+// ObserveBudget is the most output values one call to Observe reads (more
+// when a single row is larger): see "Sampled rows" in the package
+// documentation.
+const ObserveBudget = 4096
 
 // Window aggregates executions of one seed. It is safe for concurrent use.
 type Window struct {
@@ -60,6 +78,7 @@ type Window struct {
 	corrSum                float64
 	corrN                  int
 	latency                time.Duration
+	phase                  int // advances with every sampled call
 }
 
 // NewWindow returns a window for a kernel whose samples have units output
@@ -69,51 +88,64 @@ func NewWindow(units int) *Window {
 }
 
 // Observe records one successful call: out holds batch samples of
-// w.units elements each.
+// w.units elements each. Of a call over ObserveBudget values it reads a
+// sample of rows (see the package documentation).
 func (w *Window) Observe(out []float32, batch int, latency time.Duration) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.calls++
 	w.latency += latency
 	u := w.units
-	if u == 0 || len(out) < batch*u {
+	if u == 0 || batch < 1 || len(out) < batch*u {
 		return
 	}
-	for s := 0; s < batch; s++ {
-		row := out[s*u : (s+1)*u]
-		// One pass: moments of this row, its cross term with the previous
-		// row, and which units fired.
-		var sum, sumSq, cross float64
-		nf := 0
-		prev := w.prev[:len(row)]
-		for i, v := range row {
-			f := float64(v)
-			if f-f != 0 { // NaN or ±Inf
-				nf++
-				continue
-			}
-			sum += f
-			sumSq += f * f
-			cross += f * float64(prev[i])
-			if v > 0 {
-				w.firing[i] = true
-			}
-		}
-		w.sum += sum
-		w.sumSq += sumSq
-		w.values += int64(u)
-		w.nonFinite += int64(nf)
-		if w.havePrev && nf == 0 && w.prevFinite {
-			if c, ok := correlation(float64(u), w.prevSum, w.prevSumSq, sum, sumSq, cross); ok {
-				w.corrSum += c
-				w.corrN++
-			}
-		}
-		copy(w.prev, row)
-		w.prevSum, w.prevSumSq, w.prevFinite = sum, sumSq, nf == 0
-		w.havePrev = true
-		w.samples++
+	rows, first, step := batch, 0, 1
+	if most := max(ObserveBudget/u, 1); batch > most {
+		rows, step = most, batch/most // step ≥ 1: rows rows step apart fit in the batch
+		first = w.phase % step
+		w.phase++
 	}
+	for n, s := 0, first; n < rows; n, s = n+1, s+step {
+		w.observeRow(out[s*u : (s+1)*u])
+	}
+}
+
+// observeRow adds one sample to the window. w.mu is held.
+func (w *Window) observeRow(row []float32) {
+	// One pass: moments of this row, its cross term with the previous
+	// row, and which units fired.
+	var sum, sumSq, cross float64
+	nf := 0
+	prev := w.prev[:len(row)]
+	firing := w.firing[:len(row)]
+	for i, v := range row {
+		f := float64(v)
+		if f-f != 0 { // NaN or ±Inf
+			nf++
+			continue
+		}
+		sum += f
+		sumSq += f * f
+		cross += f * float64(prev[i])
+		if v > 0 {
+			firing[i] = true
+		}
+	}
+	u := len(row)
+	w.sum += sum
+	w.sumSq += sumSq
+	w.values += int64(u)
+	w.nonFinite += int64(nf)
+	if w.havePrev && nf == 0 && w.prevFinite {
+		if c, ok := correlation(float64(u), w.prevSum, w.prevSumSq, sum, sumSq, cross); ok {
+			w.corrSum += c
+			w.corrN++
+		}
+	}
+	copy(w.prev, row)
+	w.prevSum, w.prevSumSq, w.prevFinite = sum, sumSq, nf == 0
+	w.havePrev = true
+	w.samples++
 }
 
 // ObserveError records one failed call.

@@ -114,6 +114,49 @@ func TestLatencyPenalty(t *testing.T) {
 	}
 }
 
+// A call over ObserveBudget values is sampled: evenly spaced rows, as many
+// as the budget holds, starting at a row that moves with each call, so
+// that successive calls cover the whole batch.
+func TestObserveSamplesLargeCalls(t *testing.T) {
+	const units = 1024
+	const per = ObserveBudget / units // rows observed per call
+	const batch = 4 * per             // so a call observes rows 4 apart
+	out := make([]float32, units*batch)
+	for r := range batch {
+		for u := range units {
+			out[r*units+u] = -1
+		}
+		out[r*units+r] = float32(r + 1) // row r fires unit r only
+	}
+	tests := []struct {
+		calls, wantSamples, wantFired int
+	}{
+		{calls: 1, wantSamples: per, wantFired: per},
+		{calls: 2, wantSamples: 2 * per, wantFired: 2 * per},
+		{calls: 4, wantSamples: batch, wantFired: batch},
+		{calls: 8, wantSamples: 2 * batch, wantFired: batch}, // the phase wraps: every row seen, none twice per 4 calls
+	}
+	for _, tt := range tests {
+		w := NewWindow(units)
+		for range tt.calls {
+			w.Observe(out, batch, time.Millisecond)
+		}
+		sig, sum, _ := w.Signal(in(contracts.SeedTraining))
+		if sum.Samples != tt.wantSamples {
+			t.Errorf("%d calls: %d samples, want %d", tt.calls, sum.Samples, tt.wantSamples)
+		}
+		if want := 1 - float64(tt.wantFired)/units; math.Abs(sig.DeadNeuronRatio-want) > 1e-12 {
+			t.Errorf("%d calls: dead_neuron_ratio %v, want %v (%d units seen firing)", tt.calls, sig.DeadNeuronRatio, want, tt.wantFired)
+		}
+	}
+	// A single row over the budget is still observed, whole.
+	w := NewWindow(2 * ObserveBudget)
+	w.Observe(make([]float32, 4*ObserveBudget), 2, time.Millisecond)
+	if _, sum, _ := w.Signal(in(contracts.SeedTraining)); sum.Samples != 1 {
+		t.Errorf("rows over the budget: %d samples, want 1", sum.Samples)
+	}
+}
+
 func variance(xs ...float64) float64 {
 	var s, ss float64
 	for _, x := range xs {
@@ -133,5 +176,18 @@ func BenchmarkObserve(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		w.Observe(out, 1, time.Microsecond)
+	}
+}
+
+// BenchmarkObserveLarge is the health window's share of a 256×1024 FP32
+// inference (bounded by ObserveBudget).
+func BenchmarkObserveLarge(b *testing.B) {
+	w := NewWindow(1024)
+	out := make([]float32, 256*1024)
+	for i := range out {
+		out[i] = float32(i%7) - 3
+	}
+	for b.Loop() {
+		w.Observe(out, 256, time.Microsecond)
 	}
 }

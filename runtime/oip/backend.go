@@ -32,8 +32,12 @@ type Backend interface {
 	// Infer runs model m, as Model described it (so that the model is
 	// looked up once per request: see ModelInfo.Handle), on one FP32
 	// tensor named "input" and returns the tensor named "output" together
-	// with where and how it was executed.
-	Infer(ctx context.Context, m ModelInfo, in Tensor) (out Tensor, info ExecInfo, err error)
+	// with where and how it was executed. When buf holds at least the
+	// output's elements, the output may be computed into it (the answer's
+	// Data is then buf[:n]), sparing an allocation; a nil buf asks the
+	// backend to allocate. The backend keeps neither in.Data nor buf once
+	// Infer returns.
+	Infer(ctx context.Context, m ModelInfo, in Tensor, buf []float32) (out Tensor, info ExecInfo, err error)
 	// LoadModel loads (or reloads) a model from the host's repository.
 	LoadModel(ctx context.Context, name string) error
 	// UnloadModel unloads a model; the repository index still lists it.
@@ -233,6 +237,10 @@ type LayerRequest struct {
 	// the backward uses it up unless RetainForward.
 	ForwardID     string
 	RetainForward bool
+	// Out, when large enough, may receive the output (the caller's
+	// buffer, which it reads until the answer is written); the result's
+	// Output then aliases it.
+	Out []float32
 }
 
 // LayerResult is a layer's answer. An absent tensor has nil Data.

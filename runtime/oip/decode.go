@@ -100,8 +100,11 @@ var outputNames = [numOutputRoles]string{OutputName, GradInputName, GradDefaultN
 
 // wireInput is one checked input tensor. When Shm is set its values are
 // in shared memory and Tensor.Data is nil: the handler reads them (Type,
-// Tensor.Shape's element count).
+// Tensor.Shape's element count). Tensor.Data may be a view of the body or
+// a pooled buffer (buf, which the handler releases once the model has
+// run, error or not: decodedRequest.release).
 type wireInput struct {
+	buf    wiretensor.FP32Buffer
 	Given  bool
 	Field  string // "inputs[i]"
 	Tensor Tensor
@@ -129,6 +132,15 @@ type decodedRequest struct {
 
 // input is the request's "input" tensor.
 func (d *decodedRequest) input() *wireInput { return &d.Inputs[roleInput] }
+
+// release gives back the inputs' pooled buffers. Nothing may read an
+// input's Tensor.Data after.
+func (d *decodedRequest) release() {
+	for i := range d.Inputs {
+		d.Inputs[i].buf.Release()
+		d.Inputs[i].buf = wiretensor.FP32Buffer{}
+	}
+}
 
 // decodeInferRequest checks and decodes an inference request body. headerLen
 // is the value of Inference-Header-Content-Length, or -1 when the request
@@ -213,9 +225,18 @@ func decodeInferRequest(body []byte, headerLen int64, model ModelInfo, lim limit
 				return out, badInput("%s.parameters.binary_data_size %d runs past the end of the body (%d bytes of binary data after the JSON header, %d taken by the inputs before it)", field, size, len(binPart), binUsed)
 			}
 			anyBinary = true
-			data = make([]float32, n)
-			if err := wiretensor.Decode(field, data, binPart[binUsed:binUsed+size], dt); err != nil {
-				return out, err
+			part := binPart[binUsed : binUsed+size]
+			// FP32 is used where it lies in the body when the machine and
+			// the alignment allow; else it is decoded into a pooled buffer.
+			if dt == wiretensor.FP32 {
+				data, _ = wiretensor.FP32View(part)
+			}
+			if data == nil {
+				w.buf = wiretensor.GetFP32(int(n))
+				data = w.buf.Data
+				if err := wiretensor.Decode(field, data, part, dt); err != nil {
+					return out, err
+				}
 			}
 			binUsed += size
 		default:

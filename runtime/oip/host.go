@@ -90,9 +90,10 @@ func (b *hostBackend) Model(name string) (ModelInfo, bool) {
 	return ModelInfo{}, false
 }
 
-// Infer runs the model Model found (its handle), or finds it by name.
-func (b *hostBackend) Infer(ctx context.Context, mi ModelInfo, in Tensor) (Tensor, ExecInfo, error) {
-	req := runtime.Request{Input: in.Data, Shape: in.Shape}
+// Infer runs the model Model found (its handle), or finds it by name; the
+// runtime computes into buf when it is large enough.
+func (b *hostBackend) Infer(ctx context.Context, mi ModelInfo, in Tensor, buf []float32) (Tensor, ExecInfo, error) {
+	req := runtime.Request{Input: in.Data, Shape: in.Shape, Out: buf}
 	var res runtime.Result
 	var err error
 	if m, ok := mi.Handle.(*runtime.Model); ok {
@@ -122,6 +123,7 @@ func (b *hostBackend) InferLayer(ctx context.Context, mi ModelInfo, lr LayerRequ
 		Default: lr.Default.Data, DefaultShape: lr.Default.Shape,
 		GradOutput: lr.GradOutput.Data, GradShape: lr.GradOutput.Shape,
 		KeepForward: lr.KeepForward, ForwardID: lr.ForwardID, RetainForward: lr.RetainForward,
+		Out: lr.Out,
 	}
 	var res runtime.Result
 	var err error

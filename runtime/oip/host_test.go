@@ -147,22 +147,31 @@ func TestHostBackendInfer(t *testing.T) {
 	if !ok {
 		t.Fatal("no model k")
 	}
-	out, exec, err := f.backend.Infer(ctx, m, oip.Tensor{Shape: []int{2, 4}, Data: []float32{1, 2, 3, -4, 0, 0, 0, 0}})
+	buf := make([]float32, 8)
+	out, exec, err := f.backend.Infer(ctx, m, oip.Tensor{Shape: []int{2, 4}, Data: []float32{1, 2, 3, -4, 0, 0, 0, 0}}, buf)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if fmt.Sprint(out.Shape, out.Data) != "[2 3] [3 7.5 0 0 0.5 0]" {
 		t.Errorf("output %v %v", out.Shape, out.Data)
 	}
+	if &out.Data[0] != &buf[0] {
+		t.Error("the output was not computed into the buffer given for it")
+	}
+	// A buffer too small is not used.
+	small := make([]float32, 5)
+	if out, _, err := f.backend.Infer(ctx, m, oip.Tensor{Shape: []int{2, 4}, Data: make([]float32, 8)}, small); err != nil || &out.Data[0] == &small[0] || len(out.Data) != 6 {
+		t.Errorf("with a buffer of 5 for 6 values: %d values, err %v", len(out.Data), err)
+	}
 	if exec.PlacedOn != "cuda:7" || exec.ExecutedOn != "cpu" || exec.Executor != "cpu-f32" || !exec.Fallback ||
 		!strings.Contains(exec.Reason, "no GPU backend") {
 		t.Errorf("exec %+v", exec)
 	}
-	if _, _, err := f.backend.Infer(ctx, oip.ModelInfo{Name: "nope"}, oip.Tensor{Shape: []int{1, 4}, Data: make([]float32, 4)}); failure.ClassOf(err) != failure.NotFound {
+	if _, _, err := f.backend.Infer(ctx, oip.ModelInfo{Name: "nope"}, oip.Tensor{Shape: []int{1, 4}, Data: make([]float32, 4)}, nil); failure.ClassOf(err) != failure.NotFound {
 		t.Errorf("unknown model: %v", err)
 	}
 	st, ok := f.backend.(oip.StatsBackend).ModelStats("k")
-	if b, _ := json.Marshal(st); !ok || !bytes.Contains(b, []byte(`"calls":1`)) || !bytes.Contains(b, []byte(`"breaker":"closed"`)) {
+	if b, _ := json.Marshal(st); !ok || !bytes.Contains(b, []byte(`"calls":2`)) || !bytes.Contains(b, []byte(`"breaker":"closed"`)) {
 		t.Errorf("stats %s", b)
 	}
 	// A handle outlives its kernel: the kernel unloaded, its inference is
@@ -170,7 +179,7 @@ func TestHostBackendInfer(t *testing.T) {
 	if err := f.host.Unload(ctx, "k"); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := f.backend.Infer(ctx, m, oip.Tensor{Shape: []int{1, 4}, Data: make([]float32, 4)}); failure.ClassOf(err) != failure.Unavailable {
+	if _, _, err := f.backend.Infer(ctx, m, oip.Tensor{Shape: []int{1, 4}, Data: make([]float32, 4)}, nil); failure.ClassOf(err) != failure.Unavailable {
 		t.Errorf("a handle to an unloaded kernel: %v (%s), want Unavailable", err, failure.ClassOf(err))
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/esper/kasmina-host/runtime/failure"
+	"github.com/esper/kasmina-host/runtime/oip/wiretensor"
 )
 
 // extensions reported by GET /v2.
@@ -211,6 +212,7 @@ func (s *server) infer(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	req, err := decodeInferRequest(body.buf, headerLen, m, limits{maxElements: s.opts.MaxElements, maxJSONDepth: s.opts.MaxJSONDepth})
+	defer req.release() // decode and holdTensors may give inputs pooled buffers
 	if err != nil {
 		return err
 	}
@@ -228,8 +230,13 @@ func (s *server) infer(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	} else {
+		// The output is computed into a pooled buffer when the model
+		// declares its size; it is copied into the answer or the region
+		// before this returns.
+		outBuf := wiretensor.GetFP32(outputElements(m, req.input().Tensor.Shape))
+		defer outBuf.Release()
 		// The runtime's errors name the model; they are answered as they are.
-		out, exec, err := s.backend.Infer(r.Context(), m, req.input().Tensor)
+		out, exec, err := s.backend.Infer(r.Context(), m, req.input().Tensor, outBuf.Data)
 		if err != nil {
 			return err
 		}
@@ -268,6 +275,14 @@ func (s *server) inferLayer(ctx context.Context, m ModelInfo, req *decodedReques
 	lr, want, err := req.layerRequest()
 	if err != nil {
 		return dst, 0, err
+	}
+	// A forward's output is computed into a pooled buffer when the layer
+	// declares its size; the answer is encoded into dst before this
+	// returns.
+	if lr.Input.Data != nil {
+		outBuf := wiretensor.GetFP32(outputElements(m, lr.Input.Shape))
+		defer outBuf.Release()
+		lr.Out = outBuf.Data
 	}
 	res, exec, err := lb.InferLayer(ctx, m, lr)
 	if err != nil {
@@ -493,6 +508,24 @@ func (s *server) planPlacement(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	return writeJSON(w, v)
+}
+
+// outputElements is the output's element count for a batch of shape's
+// first dimension when the model declares its per-sample output shape and
+// the count is one wiretensor pools, else 0 (the backend then allocates,
+// after its own limits have judged the batch).
+func outputElements(m ModelInfo, shape []int) int {
+	if m.OutputShape == nil || len(shape) == 0 || shape[0] < 0 {
+		return 0
+	}
+	n := shape[0]
+	for _, d := range m.OutputShape {
+		if d < 0 || (d > 0 && n > wiretensor.MaxPooledFP32/d) {
+			return 0
+		}
+		n *= d
+	}
+	return n
 }
 
 func (s *server) layer(w http.ResponseWriter, r *http.Request) error {

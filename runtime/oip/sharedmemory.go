@@ -149,7 +149,11 @@ func (s *server) holdTensors(req *decodedRequest, m ModelInfo) (heldTensors, err
 		for _, d := range w.Tensor.Shape {
 			n *= int64(d)
 		}
-		data := make([]float32, n)
+		// Copied out of the region, not used where it lies: the kernel's
+		// workers (other goroutines) would read it, and a fault there
+		// (the client truncating the object) could not be recovered.
+		w.buf = wiretensor.GetFP32(int(n))
+		data := w.buf.Data
 		err = lease.Read(w.Shm.Offset, w.Shm.ByteSize, func(b []byte) error {
 			return wiretensor.Decode("shared memory", data, b, w.Type)
 		})

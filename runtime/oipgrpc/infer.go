@@ -30,7 +30,7 @@ func (s *service) ModelInfer(ctx context.Context, req *pb.ModelInferRequest) (*p
 		return nil, err
 	}
 	in, held, err := s.decodeInput(req, m)
-	defer held.Release()
+	defer held.release()
 	if err != nil {
 		return nil, err
 	}
@@ -51,7 +51,16 @@ func (s *service) ModelInfer(ctx context.Context, req *pb.ModelInferRequest) (*p
 			return nil, err
 		}
 	}
-	out, exec, err := s.backend.Infer(ctx, m, in)
+	// An output bound for shared memory is computed into a pooled buffer
+	// and copied into the region before this returns; one answered in
+	// raw_output_contents is the answer's own (the message is marshalled
+	// after this returns).
+	var outBuf wiretensor.FP32Buffer
+	if outLease != nil && m.OutputShape != nil {
+		outBuf = wiretensor.GetFP32(outputElements(in.Shape[0], m.OutputShape))
+	}
+	defer outBuf.Release()
+	out, exec, err := s.backend.Infer(ctx, m, in, outBuf.Data)
 	if err != nil {
 		return nil, fmt.Errorf("model %q: %w", m.Name, err)
 	}
@@ -112,21 +121,47 @@ func checkOutputTensor(t oip.Tensor) error {
 	return nil
 }
 
+// heldInput is what an input holds until its request is answered: the
+// lease of the region it was read from and the pooled buffer it was read
+// into (both zero when it came in the message).
+type heldInput struct {
+	lease *shm.Lease
+	buf   wiretensor.FP32Buffer
+}
+
+func (h heldInput) release() {
+	h.lease.Release()
+	h.buf.Release()
+}
+
+// outputElements is batch × the product of perSample when that is a count
+// wiretensor pools, else 0 (the backend then allocates, after its own
+// limits have judged the batch).
+func outputElements(batch int, perSample []int) int {
+	n := max(batch, 0)
+	for _, d := range perSample {
+		if d < 0 || (d > 0 && n > wiretensor.MaxPooledFP32/d) {
+			return 0
+		}
+		n *= d
+	}
+	return n
+}
+
 // decodeInput checks the request's input against the model and returns it
-// as FP32, with the lease of the region it was read from (nil when it came
-// in the message; a nil lease's Release does nothing).
-func (s *service) decodeInput(req *pb.ModelInferRequest, m oip.ModelInfo) (oip.Tensor, *shm.Lease, error) {
+// as FP32, with what it holds (see heldInput).
+func (s *service) decodeInput(req *pb.ModelInferRequest, m oip.ModelInfo) (oip.Tensor, heldInput, error) {
 	inputs := req.GetInputs()
 	if len(inputs) != 1 {
-		return oip.Tensor{}, nil, failure.Errorf(failure.BadInput, "inputs: expected exactly one input named %q, got %d", oip.InputName, len(inputs))
+		return oip.Tensor{}, heldInput{}, failure.Errorf(failure.BadInput, "inputs: expected exactly one input named %q, got %d", oip.InputName, len(inputs))
 	}
 	in := inputs[0]
 	if in.GetName() != oip.InputName {
-		return oip.Tensor{}, nil, failure.Errorf(failure.BadInput, "inputs[0].name: unknown input %q; model %q takes one input named %q", in.GetName(), m.Name, oip.InputName)
+		return oip.Tensor{}, heldInput{}, failure.Errorf(failure.BadInput, "inputs[0].name: unknown input %q; model %q takes one input named %q", in.GetName(), m.Name, oip.InputName)
 	}
 	raw := req.GetRawInputContents()
 	if len(raw) > 1 {
-		return oip.Tensor{}, nil, failure.Errorf(failure.BadInput, "raw_input_contents: %d entries for one input", len(raw))
+		return oip.Tensor{}, heldInput{}, failure.Errorf(failure.BadInput, "raw_input_contents: %d entries for one input", len(raw))
 	}
 	return s.decodeTensor(0, in, raw, func(shape []int64) error {
 		return wiretensor.CheckShape("inputs[0].shape", shape, m.Name, m.InputShape, m.MaxBatch)
@@ -135,24 +170,25 @@ func (s *service) decodeInput(req *pb.ModelInferRequest, m oip.ModelInfo) (oip.T
 
 // decodeTensor checks input tensor in (inputs[i]) and returns its values
 // as FP32: from raw (its raw_input_contents entry: none, or one), its
-// contents, or the shared memory region it names (held by the lease
-// returned). check checks its shape before any value is read.
-func (s *service) decodeTensor(i int, in *pb.ModelInferRequest_InferInputTensor, raw [][]byte, check func([]int64) error) (oip.Tensor, *shm.Lease, error) {
+// contents, or the shared memory region it names, with what it holds
+// until the request is answered (see heldInput). check checks its shape
+// before any value is read.
+func (s *service) decodeTensor(i int, in *pb.ModelInferRequest_InferInputTensor, raw [][]byte, check func([]int64) error) (oip.Tensor, heldInput, error) {
 	field := "inputs[" + strconv.Itoa(i) + "]"
 	dt, err := wiretensor.ParseDatatype(field+".datatype", in.GetDatatype())
 	if err != nil {
-		return oip.Tensor{}, nil, err
+		return oip.Tensor{}, heldInput{}, err
 	}
 	n, err := wiretensor.Count(field+".shape", in.GetShape(), s.opts.MaxElements)
 	if err != nil {
-		return oip.Tensor{}, nil, err
+		return oip.Tensor{}, heldInput{}, err
 	}
 	if err := check(in.GetShape()); err != nil {
-		return oip.Tensor{}, nil, err
+		return oip.Tensor{}, heldInput{}, err
 	}
 	ref, inShm, err := parseRef(field+".parameters", in.GetParameters())
 	if err != nil {
-		return oip.Tensor{}, nil, err
+		return oip.Tensor{}, heldInput{}, err
 	}
 	contents := in.GetContents()
 	sources := 0
@@ -163,18 +199,18 @@ func (s *service) decodeTensor(i int, in *pb.ModelInferRequest_InferInputTensor,
 	}
 	switch {
 	case sources > 1:
-		return oip.Tensor{}, nil, failure.Errorf(failure.BadInput, "%s: give its values once: in raw_input_contents, in contents or in a shared memory region", field)
+		return oip.Tensor{}, heldInput{}, failure.Errorf(failure.BadInput, "%s: give its values once: in raw_input_contents, in contents or in a shared memory region", field)
 	case sources == 0:
-		return oip.Tensor{}, nil, failure.Errorf(failure.BadInput, "%s: no values (raw_input_contents, contents or shared memory parameters)", field)
+		return oip.Tensor{}, heldInput{}, failure.Errorf(failure.BadInput, "%s: no values (raw_input_contents, contents or shared memory parameters)", field)
 	}
 	want := wiretensor.ByteSize(n, dt)
 	var data []float32
-	var lease *shm.Lease
+	var held heldInput
 	switch {
 	case len(raw) == 1:
 		rawField := "raw_input_contents[" + strconv.Itoa(i) + "]"
 		if int64(len(raw[0])) != want {
-			return oip.Tensor{}, nil, failure.Errorf(failure.BadInput, "%s is %d bytes but shape %v of %s needs %d", rawField, len(raw[0]), in.GetShape(), dt, want)
+			return oip.Tensor{}, heldInput{}, failure.Errorf(failure.BadInput, "%s is %d bytes but shape %v of %s needs %d", rawField, len(raw[0]), in.GetShape(), dt, want)
 		}
 		// The message's bytes are this request's own: FP32 is used where
 		// it lies when the machine and the alignment allow.
@@ -182,17 +218,22 @@ func (s *service) decodeTensor(i int, in *pb.ModelInferRequest_InferInputTensor,
 			data, _ = wiretensor.FP32View(raw[0])
 		}
 		if data == nil {
-			data = make([]float32, n)
+			held.buf = wiretensor.GetFP32(int(n))
+			data = held.buf.Data
 			err = wiretensor.Decode(rawField, data, raw[0], dt)
 		}
 	case contents != nil:
 		data, err = fromContents(field, contents, dt, n)
 	default:
-		if lease, err = s.acquire(field, ref, want); err != nil {
-			return oip.Tensor{}, nil, err
+		if held.lease, err = s.acquire(field, ref, want); err != nil {
+			return oip.Tensor{}, held, err
 		}
-		data = make([]float32, n)
-		err = lease.Read(ref.Offset, ref.ByteSize, func(b []byte) error {
+		// Copied out of the region, not used where it lies: the kernel's
+		// workers (other goroutines) would read it, and a fault there
+		// (the client truncating the object) could not be recovered.
+		held.buf = wiretensor.GetFP32(int(n))
+		data = held.buf.Data
+		err = held.lease.Read(ref.Offset, ref.ByteSize, func(b []byte) error {
 			return wiretensor.Decode("shared memory", data, b, dt)
 		})
 		if err != nil {
@@ -200,13 +241,13 @@ func (s *service) decodeTensor(i int, in *pb.ModelInferRequest_InferInputTensor,
 		}
 	}
 	if err != nil {
-		return oip.Tensor{}, lease, err
+		return oip.Tensor{}, held, err
 	}
 	shape := make([]int, len(in.GetShape()))
 	for i, d := range in.GetShape() {
 		shape[i] = int(d)
 	}
-	return oip.Tensor{Shape: shape, Data: data}, lease, nil
+	return oip.Tensor{Shape: shape, Data: data}, held, nil
 }
 
 // acquire holds the region ref names for a tensor of want bytes (any

@@ -46,10 +46,10 @@ func (s *service) inferLayer(ctx context.Context, req *pb.ModelInferRequest, m o
 	if err != nil {
 		return nil, err
 	}
-	leases, err := s.decodeLayerInputs(req, m, &lr)
+	held, err := s.decodeLayerInputs(req, m, &lr)
 	defer func() {
-		for _, l := range leases {
-			l.Release()
+		for _, h := range held {
+			h.release()
 		}
 	}()
 	if err != nil {
@@ -136,11 +136,12 @@ func layerRequestParams(params map[string]*pb.InferParameter) (oip.LayerRequest,
 	return lr, nil
 }
 
-// decodeLayerInputs decodes a layer's inputs into lr, returning the
-// leases of the shared memory regions read. raw_input_contents, when
+// decodeLayerInputs decodes a layer's inputs into lr, returning what they
+// hold (shared memory leases, pooled buffers) until the request is
+// answered. raw_input_contents, when
 // given, holds the values of every input that names no region, in the
 // order of inputs.
-func (s *service) decodeLayerInputs(req *pb.ModelInferRequest, m oip.ModelInfo, lr *oip.LayerRequest) ([]*shm.Lease, error) {
+func (s *service) decodeLayerInputs(req *pb.ModelInferRequest, m oip.ModelInfo, lr *oip.LayerRequest) ([]heldInput, error) {
 	inputs := req.GetInputs()
 	raw := req.GetRawInputContents()
 	dst := map[string]*oip.Tensor{oip.InputName: &lr.Input, oip.DefaultName: &lr.Default, oip.GradOutputName: &lr.GradOutput}
@@ -169,7 +170,7 @@ func (s *service) decodeLayerInputs(req *pb.ModelInferRequest, m oip.ModelInfo, 
 	if len(raw) > 0 && len(raw) != inRaw {
 		return nil, failure.Errorf(failure.BadInput, "raw_input_contents: %d entries for the %d inputs not in shared memory", len(raw), inRaw)
 	}
-	var leases []*shm.Lease
+	var held []heldInput
 	next := 0
 	for i, in := range inputs {
 		var r [][]byte
@@ -178,18 +179,16 @@ func (s *service) decodeLayerInputs(req *pb.ModelInferRequest, m oip.ModelInfo, 
 			next++
 		}
 		field, name := "inputs["+strconv.Itoa(i)+"]", in.GetName()
-		t, lease, err := s.decodeTensor(i, in, r, func(shape []int64) error {
+		t, h, err := s.decodeTensor(i, in, r, func(shape []int64) error {
 			return oip.CheckLayerInput(field, name, shape, m, batch)
 		})
-		if lease != nil {
-			leases = append(leases, lease)
-		}
+		held = append(held, h)
 		if err != nil {
-			return leases, err
+			return held, err
 		}
 		*dst[name] = t
 	}
-	return leases, nil
+	return held, nil
 }
 
 // layerOutputs says which outputs the answer has: those requested (each

@@ -3,6 +3,7 @@ package oipgrpc
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -46,9 +47,52 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	return m, nil
 }
 
-func (m *Metrics) observe(method string, code codes.Code, d time.Duration) {
-	m.requests.WithLabelValues(method, code.String()).Inc()
-	m.duration.WithLabelValues(method).Observe(d.Seconds())
+// methodMetrics are one method's series, resolved on first use and then
+// read without a label lookup: an RPC costs two atomic loads here, not
+// two hashes of its labels.
+type methodMetrics struct {
+	m        *Metrics
+	name     string
+	duration atomic.Pointer[prometheus.Observer]
+	codes    [17]atomic.Pointer[prometheus.Counter] // by codes.Code; grpc-go defines 0 to 16
+}
+
+func (mm *methodMetrics) observe(code codes.Code, d time.Duration) {
+	mm.counter(code).Inc()
+	o := mm.duration.Load()
+	if o == nil {
+		v := mm.m.duration.WithLabelValues(mm.name)
+		o = &v
+		mm.duration.Store(o)
+	}
+	(*o).Observe(d.Seconds())
+}
+
+func (mm *methodMetrics) counter(code codes.Code) prometheus.Counter {
+	if int(code) >= len(mm.codes) {
+		return mm.m.requests.WithLabelValues(mm.name, code.String())
+	}
+	if c := mm.codes[code].Load(); c != nil {
+		return *c
+	}
+	c := mm.m.requests.WithLabelValues(mm.name, code.String())
+	mm.codes[code].Store(&c)
+	return c
+}
+
+// methodTable maps the served methods' full names to their series; any
+// other name is "unknown". It is filled before Serve and only read after.
+type methodTable struct {
+	byName  map[string]*methodMetrics
+	unknown *methodMetrics
+}
+
+func newMethodTable(m *Metrics, served map[string]bool) *methodTable {
+	t := &methodTable{byName: make(map[string]*methodMetrics, len(served)), unknown: &methodMetrics{m: m, name: "unknown"}}
+	for name := range served {
+		t.byName[name] = &methodMetrics{m: m, name: name}
+	}
+	return t
 }
 
 // statsHandler feeds Metrics from grpc-go's per-RPC events rather than
@@ -56,18 +100,18 @@ func (m *Metrics) observe(method string, code codes.Code, d time.Duration) {
 // interceptor runs: a message over the size limit, one that does not
 // decode, a method no service has.
 type statsHandler struct {
-	m      *Metrics
-	served map[string]bool // the gate's, complete before Serve
+	methods **methodTable // set by New once the services are registered
 }
 
 type methodKey struct{}
 
 func (h statsHandler) TagRPC(ctx context.Context, info *stats.RPCTagInfo) context.Context {
-	method := info.FullMethodName
-	if !h.served[method] {
-		method = "unknown"
+	t := *h.methods
+	mm, ok := t.byName[info.FullMethodName]
+	if !ok {
+		mm = t.unknown
 	}
-	return context.WithValue(ctx, methodKey{}, method)
+	return context.WithValue(ctx, methodKey{}, mm)
 }
 
 func (h statsHandler) HandleRPC(ctx context.Context, s stats.RPCStats) {
@@ -75,8 +119,9 @@ func (h statsHandler) HandleRPC(ctx context.Context, s stats.RPCStats) {
 	if !ok {
 		return
 	}
-	method, _ := ctx.Value(methodKey{}).(string)
-	h.m.observe(method, status.Code(end.Error), end.EndTime.Sub(end.BeginTime))
+	if mm, ok := ctx.Value(methodKey{}).(*methodMetrics); ok {
+		mm.observe(status.Code(end.Error), end.EndTime.Sub(end.BeginTime))
+	}
 }
 
 func (statsHandler) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }

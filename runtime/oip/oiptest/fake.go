@@ -130,8 +130,9 @@ func (b *Backend) Model(name string) (oip.ModelInfo, bool) {
 	return m.info, true
 }
 
-// Infer implements oip.Backend.
-func (b *Backend) Infer(ctx context.Context, mi oip.ModelInfo, in oip.Tensor) (oip.Tensor, oip.ExecInfo, error) {
+// Infer implements oip.Backend; the model's Func allocates its output (buf
+// is not used).
+func (b *Backend) Infer(ctx context.Context, mi oip.ModelInfo, in oip.Tensor, _ []float32) (oip.Tensor, oip.ExecInfo, error) {
 	name := mi.Name
 	b.mu.Lock()
 	m, ok := b.models[name]

@@ -3,6 +3,7 @@ package wiretensor
 import (
 	"encoding/binary"
 	"math"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -258,4 +259,52 @@ func errString(err error) string {
 		return ""
 	}
 	return err.Error()
+}
+
+func TestGetFP32(t *testing.T) {
+	tests := []struct {
+		n, wantCap int
+		pooled     bool
+	}{
+		{n: 0, wantCap: 0},
+		{n: 64, wantCap: 64},                   // small: allocated as asked
+		{n: 4096, wantCap: 4096, pooled: true}, // the smallest class
+		{n: 4097, wantCap: 8192, pooled: true},
+		{n: 256 * 1024, wantCap: 256 * 1024, pooled: true},
+		{n: MaxPooledFP32, wantCap: MaxPooledFP32, pooled: true},
+		{n: MaxPooledFP32 + 1, wantCap: MaxPooledFP32 + 1}, // too large to keep
+	}
+	for _, tt := range tests {
+		b := GetFP32(tt.n)
+		if len(b.Data) != tt.n || cap(b.Data) != tt.wantCap || (b.class != 0) != tt.pooled {
+			t.Errorf("GetFP32(%d): len %d cap %d pooled %v, want len %d cap %d pooled %v",
+				tt.n, len(b.Data), cap(b.Data), b.class != 0, tt.n, tt.wantCap, tt.pooled)
+		}
+		b.Release()
+	}
+	// A buffer given back serves a later request of its class, at the
+	// length asked, even after garbage collections (which empty a
+	// sync.Pool).
+	b := GetFP32(5000)
+	first := &b.Data[:1][0]
+	b.Release()
+	runtime.GC()
+	runtime.GC()
+	c := GetFP32(6000)
+	if len(c.Data) != 6000 || cap(c.Data) != 8192 || &c.Data[0] != first {
+		t.Errorf("after a release and two collections: len %d cap %d, reused %v", len(c.Data), cap(c.Data), &c.Data[0] == first)
+	}
+	c.Release()
+	// The free lists keep at most maxPooledBytes.
+	var held []FP32Buffer
+	for range 2 * maxPooledBytes / (4 << 20) {
+		held = append(held, GetFP32(1<<20)) // 4 MiB each
+	}
+	for _, h := range held {
+		h.Release()
+	}
+	if n := pooledBytes.Load(); n > maxPooledBytes || n < maxPooledBytes/2 {
+		t.Errorf("free lists hold %d bytes; the bound is %d", n, maxPooledBytes)
+	}
+	FP32Buffer{}.Release() // the zero buffer: nothing to give back
 }

@@ -64,6 +64,7 @@ func main() {
 	packedAVX2()
 	fmaPeak("fmaPeakAVX2", 12, ymmReg)
 	fmaPeak("fmaPeakAVX512", 24, zmmReg)
+	reluAVX2()
 	Generate()
 }
 
@@ -446,6 +447,50 @@ func fmaPeak(name string, n int, vec func(int) VecPhysical) {
 	DECQ(cnt)
 	JNZ(LabelRef(name + "_loop"))
 	Label(name + "_done")
+	VZEROUPPER()
+	RET()
+}
+
+// reluAVX2 emits the ReLU of n float32 values, n a multiple of 8, four
+// vectors at a time and then one. VMAXPS with the value as its second
+// source returns that source when either is NaN or both are zero, so -0
+// and NaNs pass through as from the comparison (see gemm.Activation.Apply).
+func reluAVX2() {
+	TEXT("reluAVX2", NOSPLIT, "func(dst *float32, src *float32, n int)")
+	Doc("reluAVX2 computes dst[i] = src[i] < 0 ? +0 : src[i] for i < n, n a multiple of 8 (see relu).")
+	dst, src, n := GP64(), GP64(), GP64()
+	Load(Param("dst"), dst)
+	Load(Param("src"), src)
+	Load(Param("n"), n)
+	zero := Y15
+	VXORPS(zero, zero, zero)
+	Label("relu_4")
+	CMPQ(n, Imm(32))
+	JL(LabelRef("relu_1"))
+	for i := 0; i < 4; i++ {
+		VMOVUPS(Mem{Base: src, Disp: 32 * i}, ymmReg(i))
+	}
+	for i := 0; i < 4; i++ {
+		VMAXPS(ymmReg(i), zero, ymmReg(i))
+	}
+	for i := 0; i < 4; i++ {
+		VMOVUPS(ymmReg(i), Mem{Base: dst, Disp: 32 * i})
+	}
+	ADDQ(Imm(128), src)
+	ADDQ(Imm(128), dst)
+	SUBQ(Imm(32), n)
+	JMP(LabelRef("relu_4"))
+	Label("relu_1")
+	CMPQ(n, Imm(8))
+	JL(LabelRef("relu_done"))
+	VMOVUPS(Mem{Base: src}, Y0)
+	VMAXPS(Y0, zero, Y0)
+	VMOVUPS(Y0, Mem{Base: dst})
+	ADDQ(Imm(32), src)
+	ADDQ(Imm(32), dst)
+	SUBQ(Imm(8), n)
+	JMP(LabelRef("relu_1"))
+	Label("relu_done")
 	VZEROUPPER()
 	RET()
 }
