@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"math"
 	"testing"
+
+	"github.com/esper/kasmina-host/internal/tolerance"
 )
 
 // ref64 evaluates a module graph on one sample in float64: an
@@ -278,7 +280,7 @@ func TestBackwardMatchesFiniteDifferences(t *testing.T) {
 				x64[i] = orig
 				want[i] = (up - down) / (2 * h)
 			}
-			if rel := relError(got, want); !(rel <= 2e-6) {
+			if rel := tolerance.RelErr(got, want); !(rel <= 2e-6) {
 				t.Errorf("relative error %.3g against finite differences (want ≤ 2e-6)\n got %v\nwant %v", rel, got, want)
 			} else {
 				t.Logf("relative error %.3g", rel)

@@ -15,6 +15,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/esper/kasmina-host/internal/tolerance"
 )
 
 // gradCase is one golden case with its PyTorch gradient reference
@@ -82,21 +84,6 @@ func loadGradCase(dir string) (*gradCase, error) {
 		return nil, err
 	}
 	return gc, nil
-}
-
-// relError returns ‖got − want‖₂ / ‖want‖₂ (the absolute norm when want is
-// zero), NaN if got holds a NaN.
-func relError(got []float32, want []float64) float64 {
-	var num, den float64
-	for i, v := range got {
-		d := float64(v) - want[i]
-		num += d * d
-		den += want[i] * want[i]
-	}
-	if den == 0 {
-		return math.Sqrt(num)
-	}
-	return math.Sqrt(num / den)
 }
 
 // opFamilies lists the op types of a module graph, GELU split by form.
@@ -173,7 +160,7 @@ func TestKernelGradGolden(t *testing.T) {
 				break
 			}
 		}
-		rel := relError(got, c.want)
+		rel := tolerance.RelErr(got, c.want)
 		if !(rel <= c.tol) {
 			failed++
 			t.Errorf("grad golden %s: relative error %.3g exceeds %.3g (PyTorch float32: %.3g)", id, rel, c.tol, c.torchErr)

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/esper/kasmina-host/contracts"
+	"github.com/esper/kasmina-host/internal/tolerance"
 	"github.com/esper/kasmina-host/kernels"
 	"github.com/esper/kasmina-host/runtime/failure"
 )
@@ -576,20 +577,6 @@ func goldenDir() string {
 	return filepath.Join("..", "kernels", "testdata", "golden")
 }
 
-// relErr is ‖got − want‖₂ / ‖want‖₂ (the absolute norm when want is 0).
-func relErr(got []float32, want []float64) float64 {
-	var num, den float64
-	for i, v := range got {
-		d := float64(v) - want[i]
-		num += d * d
-		den += want[i] * want[i]
-	}
-	if den == 0 {
-		return math.Sqrt(num)
-	}
-	return math.Sqrt(num / den)
-}
-
 // Every golden kernel with a PyTorch gradient reference, as the one seed
 // of a layer at alpha 1 and 0.5: the output against PyTorch's float64
 // output and grad_input against its float64 autograd, scaled by alpha,
@@ -682,10 +669,10 @@ func TestLayerGoldenGradients(t *testing.T) {
 				for i, v := range wantGrad {
 					wg[i] = alpha * v
 				}
-				if e := relErr(res.Output, wo); !(e <= c.Tolerance) {
+				if e := tolerance.RelErr(res.Output, wo); !(e <= c.Tolerance) {
 					t.Errorf("alpha %v: output relative error %.3g > %.3g", alpha, e, c.Tolerance)
 				}
-				if e := relErr(res.GradInput, wg); !(e <= gradTol) {
+				if e := tolerance.RelErr(res.GradInput, wg); !(e <= gradTol) {
 					t.Errorf("alpha %v: grad_input relative error %.3g > %.3g", alpha, e, gradTol)
 				}
 				back, err := h.Infer(ctx, id, Request{GradOutput: gOut, ForwardID: res.Blend.ForwardID})
@@ -735,7 +722,7 @@ func TestLayerConcurrentForwardsBackwardsAndSwaps(t *testing.T) {
 	}
 	which := func(out []float32) int {
 		for i, v := range versions {
-			if relErr(out, v.out) < 1e-5 {
+			if tolerance.RelErr(out, v.out) < 1e-5 {
 				return i
 			}
 		}
@@ -801,7 +788,7 @@ func TestLayerConcurrentForwardsBackwardsAndSwaps(t *testing.T) {
 					}
 					grad = back.GradInput
 				}
-				if e := relErr(grad, versions[v].grad); e > 1e-5 {
+				if e := tolerance.RelErr(grad, versions[v].grad); e > 1e-5 {
 					errs <- fmt.Errorf("version %d's backward is off by %g: not its forward's", v, e)
 					return
 				}

@@ -7,21 +7,9 @@ import (
 	"strconv"
 	"testing"
 
+	"github.com/esper/kasmina-host/internal/tolerance"
 	"github.com/esper/kasmina-host/runtime/oip/oiptest"
 )
-
-// relErr64 is ‖got − want‖₂ / ‖want‖₂.
-func relErr64(got []float32, want []float64) float64 {
-	if len(got) != len(want) {
-		return math.Inf(1)
-	}
-	var num, den float64
-	for i, v := range got {
-		d := float64(v) - want[i]
-		num, den = num+d*d, den+want[i]*want[i]
-	}
-	return math.Sqrt(num / den)
-}
 
 // TestDaemonDeclaredLayerOverUnixSocket: a layer declared with PUT
 // /v1/layers, two seeds loaded with the seed-control route from a path
@@ -56,10 +44,10 @@ func TestDaemonDeclaredLayerOverUnixSocket(t *testing.T) {
 		t.Fatalf("%d %s", code, b)
 	}
 	r := decodeLayerAnswer(t, h, b)
-	if e := relErr64(r.outputs["output"], g.Expected); !(e <= g.Tolerance) {
+	if e := tolerance.RelErr(r.outputs["output"], g.Expected); !(e <= g.Tolerance) {
 		t.Errorf("output relative error %.3g > %.3g", e, g.Tolerance)
 	}
-	if e := relErr64(r.outputs["grad_input"], g.GradInput); !(e <= g.GradTolerance) {
+	if e := tolerance.RelErr(r.outputs["grad_input"], g.GradInput); !(e <= g.GradTolerance) {
 		t.Errorf("grad_input relative error %.3g > %.3g", e, g.GradTolerance)
 	}
 	if s, _ := r.params["alpha_scale"].(float64); math.Abs(s-1/1.3) > 1e-9 || r.params["alpha_total"] != 1.0 {

@@ -25,6 +25,7 @@ import (
 	"github.com/minio/minio-go/v7/pkg/credentials"
 
 	"github.com/esper/kasmina-host/contracts"
+	"github.com/esper/kasmina-host/internal/tolerance"
 	"github.com/esper/kasmina-host/kernels"
 	"github.com/esper/kasmina-host/kernels/source"
 )
@@ -86,19 +87,6 @@ type caseFile struct {
 	OutputShape        []int   `json:"output_shape"`
 	Tolerance          float64 `json:"tolerance"`
 	TorchFloat32RelErr float64 `json:"torch_float32_rel_error"`
-}
-
-func relL2(got []float32, want []float64) float64 {
-	var num, den float64
-	for i, v := range got {
-		d := float64(v) - want[i]
-		num += d * d
-		den += want[i] * want[i]
-	}
-	if den == 0 {
-		return math.Sqrt(num)
-	}
-	return math.Sqrt(num / den)
 }
 
 func tensorOf(t *testing.T, f *kernels.File, name string) kernels.Tensor {
@@ -212,7 +200,7 @@ func checkCase(t *testing.T, dir string) float64 {
 			t.Fatalf("output %d is %v", i, v)
 		}
 	}
-	relRef, relTorch := relL2(out, expected), relL2(out, torch32)
+	relRef, relTorch := tolerance.RelErr(out, expected), tolerance.RelErr(out, torch32)
 	t.Logf("%s: relative L2 error %.3g against PyTorch float64, %.3g against PyTorch float32 (PyTorch float32's own: %.3g)",
 		c.KernelID, relRef, relTorch, c.TorchFloat32RelErr)
 	if !(relRef <= c.Tolerance) {
@@ -335,7 +323,7 @@ print(json.dumps({"input": x.flatten().tolist(), "output": y.flatten().tolist()}
 			if err := k.Run(context.Background(), in, 4, out); err != nil {
 				t.Fatal(err)
 			}
-			rel := relL2(out, ref.Output)
+			rel := tolerance.RelErr(out, ref.Output)
 			t.Logf("%s: relative L2 error %.3g against PyTorch float64", name, rel)
 			if !(rel <= 1e-5) {
 				t.Errorf("relative error %.3g against PyTorch float64 exceeds 1e-5 (got %v, want %v)", rel, out, ref.Output)

@@ -17,6 +17,7 @@ import (
 	"testing"
 
 	"github.com/esper/kasmina-host/contracts"
+	"github.com/esper/kasmina-host/internal/tolerance"
 	"github.com/esper/kasmina-host/runtime"
 	"github.com/esper/kasmina-host/runtime/oip"
 	"github.com/esper/kasmina-host/runtime/oip/oiptest"
@@ -245,23 +246,6 @@ func (a layerAnswer) ok(t testing.TB) layerAnswer {
 	return a
 }
 
-// relErr is ‖got − want‖₂ / ‖want‖₂ (the absolute norm when want is 0).
-func relErr(got []float32, want []float64) float64 {
-	if len(got) != len(want) {
-		return math.Inf(1)
-	}
-	var num, den float64
-	for i, v := range got {
-		d := float64(v) - want[i]
-		num += d * d
-		den += want[i] * want[i]
-	}
-	if den == 0 {
-		return math.Sqrt(num)
-	}
-	return math.Sqrt(num / den)
-}
-
 // ramp is n deterministic values in [−1, 1): a layer's default.
 func ramp(n int) []float32 {
 	out := make([]float32, n)
@@ -345,14 +329,14 @@ func TestLayerModelBlend(t *testing.T) {
 			if !slices.Equal(out.Shape, g.OutShape) {
 				t.Fatalf("output shape %v, want %v", out.Shape, g.OutShape)
 			}
-			if e := relErr(out.Data, blendRef(g.Expected, tc.applied, def)); !(e <= g.Tolerance) {
+			if e := tolerance.RelErr(out.Data, blendRef(g.Expected, tc.applied, def)); !(e <= g.Tolerance) {
 				t.Errorf("output relative error %.3g > %.3g", e, g.Tolerance)
 			}
 			gi := a.outputs["grad_input"]
 			if !slices.Equal(gi.Shape, g.InputShape) {
 				t.Fatalf("grad_input shape %v, want %v", gi.Shape, g.InputShape)
 			}
-			if e := relErr(gi.Data, blendRef(g.GradInput, tc.applied, nil)); !(e <= g.GradTolerance) {
+			if e := tolerance.RelErr(gi.Data, blendRef(g.GradInput, tc.applied, nil)); !(e <= g.GradTolerance) {
 				t.Errorf("grad_input relative error %.3g > %.3g", e, g.GradTolerance)
 			}
 			gd, hasGD := a.outputs["grad_default"]
@@ -511,7 +495,7 @@ func TestLayerModelErrors(t *testing.T) {
 	if _, has := a.params["alpha_total"]; has || !slices.Equal(a.order, []string{"output"}) {
 		t.Fatalf("a kernel served directly answered %v with %v", a.order, a.params)
 	}
-	if e := relErr(a.outputs["output"].Data, g.Expected); !(e <= g.Tolerance) {
+	if e := tolerance.RelErr(a.outputs["output"].Data, g.Expected); !(e <= g.Tolerance) {
 		t.Fatalf("direct kernel: relative error %.3g", e)
 	}
 }
@@ -657,10 +641,10 @@ func TestLayerModelDeclared(t *testing.T) {
 		if idx == 1 {
 			alphas = []float64{0.8 / 1.2, 0.4 / 1.2}
 		}
-		if e := relErr(a.outputs["output"].Data, blendRef(g.Expected, alphas, def)); !(e <= g.Tolerance) {
+		if e := tolerance.RelErr(a.outputs["output"].Data, blendRef(g.Expected, alphas, def)); !(e <= g.Tolerance) {
 			t.Errorf("%d seeds: output relative error %.3g", idx+1, e)
 		}
-		if e := relErr(a.outputs["grad_input"].Data, blendRef(g.GradInput, alphas, nil)); !(e <= g.GradTolerance) {
+		if e := tolerance.RelErr(a.outputs["grad_input"].Data, blendRef(g.GradInput, alphas, nil)); !(e <= g.GradTolerance) {
 			t.Errorf("%d seeds: grad_input relative error %.3g", idx+1, e)
 		}
 	}

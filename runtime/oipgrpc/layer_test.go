@@ -3,7 +3,6 @@ package oipgrpc_test
 import (
 	"context"
 	"fmt"
-	"math"
 	"net"
 	"path/filepath"
 	"slices"
@@ -12,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/esper/kasmina-host/device"
+	"github.com/esper/kasmina-host/internal/tolerance"
 	"github.com/esper/kasmina-host/runtime"
 	"github.com/esper/kasmina-host/runtime/oip"
 	"github.com/esper/kasmina-host/runtime/oip/oiptest"
@@ -117,14 +117,14 @@ func TestLayerModelInfer(t *testing.T) {
 	for i, v := range g.Expected {
 		wantOut[i] = A*v + (1-A)*float64(def[i])
 	}
-	if e := relErrGrpc(floats(resp.GetRawOutputContents()[0]), wantOut); !(e <= g.Tolerance) {
+	if e := tolerance.RelErr(floats(resp.GetRawOutputContents()[0]), wantOut); !(e <= g.Tolerance) {
 		t.Errorf("output relative error %.3g", e)
 	}
 	wantGrad := make([]float64, len(g.GradInput))
 	for i, v := range g.GradInput {
 		wantGrad[i] = A * v
 	}
-	if e := relErrGrpc(floats(resp.GetRawOutputContents()[1]), wantGrad); !(e <= g.GradTolerance) {
+	if e := tolerance.RelErr(floats(resp.GetRawOutputContents()[1]), wantGrad); !(e <= g.GradTolerance) {
 		t.Errorf("grad_input relative error %.3g", e)
 	}
 	p := resp.GetParameters()
@@ -201,17 +201,4 @@ func TestLayerModelInfer(t *testing.T) {
 		md.GetProperties()["optional_inputs"] != "default,grad_output" {
 		t.Fatalf("metadata %v", md)
 	}
-}
-
-func relErrGrpc(got []float32, want []float64) float64 {
-	if len(got) != len(want) {
-		return math.Inf(1)
-	}
-	var num, den float64
-	for i, v := range got {
-		d := float64(v) - want[i]
-		num += d * d
-		den += want[i] * want[i]
-	}
-	return math.Sqrt(num / den)
 }
