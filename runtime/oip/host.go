@@ -94,17 +94,19 @@ func (b *hostBackend) Model(name string) (ModelInfo, bool) {
 // runtime computes into buf when it is large enough.
 func (b *hostBackend) Infer(ctx context.Context, mi ModelInfo, in Tensor, buf []float32) (Tensor, ExecInfo, error) {
 	req := runtime.Request{Input: in.Data, Shape: in.Shape, Out: buf}
-	var res runtime.Result
-	var err error
-	if m, ok := mi.Handle.(*runtime.Model); ok {
-		res, err = m.Infer(ctx, req)
-	} else {
-		res, err = b.h.Infer(ctx, mi.Name, req)
-	}
+	res, err := b.run(ctx, mi, req)
 	if err != nil {
 		return Tensor{}, ExecInfo{}, err
 	}
 	return Tensor{Shape: res.Shape, Data: res.Output}, execInfo(res.Exec), nil
+}
+
+// run runs req on the model Model found (its handle), or finds it by name.
+func (b *hostBackend) run(ctx context.Context, mi ModelInfo, req runtime.Request) (runtime.Result, error) {
+	if m, ok := mi.Handle.(*runtime.Model); ok {
+		return m.Infer(ctx, req)
+	}
+	return b.h.Infer(ctx, mi.Name, req)
 }
 
 // execInfo is the runtime's ExecInfo as the front ends report it.
@@ -125,13 +127,7 @@ func (b *hostBackend) InferLayer(ctx context.Context, mi ModelInfo, lr LayerRequ
 		KeepForward: lr.KeepForward, ForwardID: lr.ForwardID, RetainForward: lr.RetainForward,
 		Out: lr.Out,
 	}
-	var res runtime.Result
-	var err error
-	if m, ok := mi.Handle.(*runtime.Model); ok {
-		res, err = m.Infer(ctx, req)
-	} else {
-		res, err = b.h.Infer(ctx, mi.Name, req)
-	}
+	res, err := b.run(ctx, mi, req)
 	if err != nil {
 		return LayerResult{}, ExecInfo{}, err
 	}
