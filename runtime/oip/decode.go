@@ -156,12 +156,16 @@ func decodeInferRequest(body []byte, headerLen int64, model ModelInfo, lim limit
 		}
 		jsonPart, binPart = body[:headerLen], body[headerLen:]
 	}
-	if err := checkJSONDepth(jsonPart, lim.maxJSONDepth); err != nil {
-		return out, err
-	}
-	var req inferRequest
-	if err := json.Unmarshal(jsonPart, &req); err != nil {
-		return out, badInput("malformed inference request JSON: %v", err)
+	req, ok := scanInferRequest(jsonPart, lim.maxJSONDepth)
+	if !ok {
+		// The slow path: what the fast one does not take, and the error
+		// of every document it refuses.
+		if err := checkJSONDepth(jsonPart, lim.maxJSONDepth); err != nil {
+			return out, err
+		}
+		if err := json.Unmarshal(jsonPart, &req); err != nil {
+			return out, badInput("malformed inference request JSON: %v", err)
+		}
 	}
 	out.ID = req.ID
 	if err := out.layerParams(&req.Parameters, model); err != nil {
@@ -478,7 +482,7 @@ func withBatch(s []int) []int {
 
 // decodeJSONData parses a JSON array of numbers, flat or nested up to
 // maxNest levels, into exactly n FP32 values. The bytes have already been
-// validated as JSON by encoding/json. Nothing is allocated for the values
+// validated as JSON (by scanInferRequest or encoding/json). Nothing is allocated for the values
 // before the element count is known to fit the data.
 func decodeJSONData(field string, raw []byte, n int64, maxNest int, dt wiretensor.Datatype) ([]float32, error) {
 	if t := bytes.TrimLeft(raw, " \t\r\n"); len(t) == 0 || t[0] != '[' {
