@@ -53,7 +53,7 @@ func BenchmarkInferOverLoopback(b *testing.B) {
 	for _, w := range []int{64, 512} {
 		backend.Add(oip.ModelInfo{Name: "id" + strconv.Itoa(w), InputShape: []int{w}, OutputShape: []int{w}, Placement: "cpu", Executor: "cpu-f32"}, oiptest.Scale(1))
 	}
-	srv := httptest.NewServer(oip.NewHandler(backend, oip.HostViews{}, oip.Options{Loopback: true}, nil))
+	srv := httptest.NewServer(oip.NewHandler(backend, oip.HostViews{}, oip.Options{Access: oip.Access{Loopback: true}}, nil))
 	defer srv.Close()
 	client := srv.Client()
 	for _, mode := range []string{"json", "binary"} {

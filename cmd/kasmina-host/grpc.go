@@ -8,7 +8,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/esper/kasmina-host/runtime/oip"
 	"github.com/esper/kasmina-host/runtime/oipgrpc"
 	"github.com/esper/kasmina-host/runtime/shm"
 )
@@ -35,8 +34,7 @@ func startGRPC(cfg *serveConfig, b oipgrpc.Backend, version string, sharedMemory
 		return nil, fmt.Errorf("--grpc-addr %s: %w", cfg.grpcAddr, err)
 	}
 	srv := oipgrpc.New(b, oipgrpc.Options{
-		ServerName: "kasmina-host", Version: version, Token: cfg.token, TokenForReads: cfg.authRead,
-		Loopback: oip.IsLoopbackAddr(cfg.grpcAddr), AllowedHosts: splitList(cfg.allowedHosts),
+		ServerName: "kasmina-host", Version: version, Access: cfg.access(cfg.grpcAddr),
 		MaxRecvBytes: int(cfg.maxBodyBytes), MaxElements: cfg.maxElements,
 		SharedMemory: sharedMemory, Metrics: m,
 	}, log)

@@ -294,6 +294,16 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	return exitOK
 }
 
+// access is who may call a front end listening on addr: the token and
+// its scope, and the Host (or :authority) check that a loopback address
+// turns on.
+func (c *serveConfig) access(addr string) oip.Access {
+	return oip.Access{
+		Token: c.token, TokenForReads: c.authRead,
+		Loopback: oip.IsLoopbackAddr(addr), AllowedHosts: splitList(c.allowedHosts),
+	}
+}
+
 // maxSecretFileBytes caps a token or password file.
 const maxSecretFileBytes = 64 << 10
 
@@ -392,8 +402,7 @@ func serve(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io.Wr
 	}
 	be := oip.HostBackend(host) // the gRPC front end serves it too
 	opts := oip.Options{
-		ServerName: "kasmina-host", Version: bi.Version, Token: cfg.token, TokenForReads: cfg.authRead,
-		Loopback: oip.IsLoopbackAddr(cfg.addr), AllowedHosts: splitList(cfg.allowedHosts),
+		ServerName: "kasmina-host", Version: bi.Version, Access: cfg.access(cfg.addr),
 		MaxBodyBytes: cfg.maxBodyBytes, BodyBudgetBytes: cfg.bodyBudgetBytes, BodyReadTimeout: cfg.bodyReadTimeout,
 		MaxElements: cfg.maxElements, Metrics: httpMetrics, SharedMemory: shmRegistry,
 		MetricsHandler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),

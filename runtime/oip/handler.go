@@ -31,27 +31,37 @@ const (
 	DefaultServerName      = "kasmina-host"
 )
 
+// Access is who may call a front end, the same for HTTP and gRPC (package
+// oipgrpc embeds it too). The zero value asks for no token and checks no
+// Host.
+type Access struct {
+	// Token, when set, is the bearer token required by inference and by
+	// every route (or RPC) that changes state. A token that CheckToken
+	// refuses (blank, whitespace) is never matched: every guarded call is
+	// refused as unauthenticated.
+	Token string
+	// TokenForReads also requires the token on read-only calls (model
+	// metadata, the repository index, the /v1 views, the shared memory
+	// status); the health probes and /metrics stay open.
+	TokenForReads bool
+	// Loopback says the listener is a loopback address: the Host header (and
+	// Origin, when present; :authority over gRPC) must then name a loopback
+	// host, which stops DNS rebinding from reaching the API through a
+	// browser.
+	Loopback bool
+	// AllowedHosts are host names (without port) accepted in Host, Origin
+	// and :authority besides the loopback names. When non-empty the check is
+	// on even if Loopback is false.
+	AllowedHosts []string
+}
+
 // Options configures the handler. The zero value serves without a token and
 // without a Host check, with the default limits.
 type Options struct {
 	// ServerName and Version are reported by GET /v2.
 	ServerName, Version string
-	// Token, when set, is the bearer token required by inference and by
-	// every route that changes state. A token that CheckToken refuses
-	// (blank, whitespace) is never matched: every guarded route answers 401.
-	Token string
-	// TokenForReads also requires the token on read-only routes (model
-	// metadata, the repository index and the /v1 views); the health routes
-	// and /metrics stay open.
-	TokenForReads bool
-	// Loopback says the listener is a loopback address: the Host header (and
-	// Origin, when present) must then name a loopback host, which stops DNS
-	// rebinding from reaching the API through a browser.
-	Loopback bool
-	// AllowedHosts are host names (without port) accepted in Host and Origin
-	// besides the loopback names. When non-empty the Host check is on even
-	// if Loopback is false.
-	AllowedHosts []string
+	// Access is who may call: the bearer token and the Host check.
+	Access
 	// MaxBodyBytes caps a request body; larger bodies get 413. Routes
 	// that take a JSON document rather than tensors cap theirs at 1 MiB.
 	MaxBodyBytes int64

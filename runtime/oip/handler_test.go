@@ -671,7 +671,7 @@ func TestMetricsCountRequestsPerRoute(t *testing.T) {
 // cannot read it (it skipped the check).
 func TestMetricsRouteNeedsNoTokenButTheHostCheck(t *testing.T) {
 	mh := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "kasmina_up 1\n") })
-	f := newFixture(t, oip.Options{Token: "s3cret", TokenForReads: true, Loopback: true, MetricsHandler: mh}, oip.HostViews{})
+	f := newFixture(t, oip.Options{Access: oip.Access{Token: "s3cret", TokenForReads: true, Loopback: true}, MetricsHandler: mh}, oip.HostViews{})
 	if w := f.call("GET", "/metrics", nil, nil); w.Code != 200 || w.Body.String() != "kasmina_up 1\n" {
 		t.Fatalf("/metrics on a loopback Host without a token: %d %q", w.Code, w.Body)
 	}

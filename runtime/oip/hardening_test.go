@@ -75,7 +75,7 @@ func heapAlloc() uint64 {
 // killed a 3 GiB daemon).
 func TestDeclaredBodySizesAreNotReserved(t *testing.T) {
 	const conns, declared = 10, 8 << 20
-	f := newFixture(t, oip.Options{MaxBodyBytes: declared, Loopback: true}, oip.HostViews{})
+	f := newFixture(t, oip.Options{Access: oip.Access{Loopback: true}, MaxBodyBytes: declared}, oip.HostViews{})
 	var entered atomic.Int32
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		entered.Add(1)
@@ -113,7 +113,7 @@ func TestBodyBudgetIsShared(t *testing.T) {
 			return map[string]string{}, nil
 		},
 	}
-	f := newFixture(t, oip.Options{MaxBodyBytes: 4 << 20, BodyBudgetBytes: budget, Loopback: true}, views)
+	f := newFixture(t, oip.Options{Access: oip.Access{Loopback: true}, MaxBodyBytes: 4 << 20, BodyBudgetBytes: budget}, views)
 	srv := httptest.NewServer(f.handler)
 	t.Cleanup(srv.Close)
 	addr := strings.TrimPrefix(srv.URL, "http://")
@@ -172,7 +172,7 @@ func TestBodyBudgetIsShared(t *testing.T) {
 // TestStalledBodyIsGivenUp: a body that stops arriving is answered 408
 // after BodyReadTimeout, whatever its Content-Length said.
 func TestStalledBodyIsGivenUp(t *testing.T) {
-	f := newFixture(t, oip.Options{BodyReadTimeout: 200 * time.Millisecond, Loopback: true}, oip.HostViews{})
+	f := newFixture(t, oip.Options{Access: oip.Access{Loopback: true}, BodyReadTimeout: 200 * time.Millisecond}, oip.HostViews{})
 	srv := httptest.NewServer(f.handler)
 	t.Cleanup(srv.Close)
 	c := rawConn(t, strings.TrimPrefix(srv.URL, "http://"), "POST", "/v2/models/double/infer", 1000, []byte(`{"inputs":`))
@@ -285,7 +285,7 @@ func TestBlankTokensAreRefused(t *testing.T) {
 	if err := oip.CheckToken("s3cret-Token_1.x~+/="); err != nil {
 		t.Errorf("a good token refused: %v", err)
 	}
-	f := newFixture(t, oip.Options{Token: " "}, oip.HostViews{})
+	f := newFixture(t, oip.Options{Access: oip.Access{Token: " "}}, oip.HostViews{})
 	for _, auth := range []string{"", "Bearer  ", "Bearer"} {
 		if w := f.call("POST", "/v2/models/double/infer", jsonInfer("FP32", []int{1, 4}, "[1,2,3,4]"), map[string]string{"Authorization": auth}); w.Code != 401 {
 			t.Errorf("blank configured token, Authorization %q: %d, want 401", auth, w.Code)

@@ -39,7 +39,7 @@ func TestTokenGuardsInferenceAndStateChanges(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			f := newFixture(t, oip.Options{Token: "s3cret", TokenForReads: tc.tokenForReads}, oip.HostViews{})
+			f := newFixture(t, oip.Options{Access: oip.Access{Token: "s3cret", TokenForReads: tc.tokenForReads}}, oip.HostViews{})
 			hdr := map[string]string{}
 			if tc.auth != "" {
 				hdr["Authorization"] = tc.auth
@@ -90,7 +90,7 @@ func TestLoopbackListenerRefusesForeignHostAndOrigin(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			f := newFixture(t, oip.Options{Loopback: true, AllowedHosts: tc.allowed}, oip.HostViews{})
+			f := newFixture(t, oip.Options{Access: oip.Access{Loopback: true, AllowedHosts: tc.allowed}}, oip.HostViews{})
 			w := f.call(tc.method, tc.path, infer, tc.header)
 			if tc.method == "GET" {
 				w = f.call(tc.method, tc.path, nil, tc.header)
@@ -106,7 +106,7 @@ func TestLoopbackListenerRefusesForeignHostAndOrigin(t *testing.T) {
 }
 
 func TestAllowListWithoutLoopbackChecksHost(t *testing.T) {
-	f := newFixture(t, oip.Options{AllowedHosts: []string{"kasmina.node7"}}, oip.HostViews{})
+	f := newFixture(t, oip.Options{Access: oip.Access{AllowedHosts: []string{"kasmina.node7"}}}, oip.HostViews{})
 	if w := f.call("GET", "/v2", nil, map[string]string{"Host": "kasmina.node7:8090"}); w.Code != 200 {
 		t.Fatalf("allow-listed host: %d", w.Code)
 	}

@@ -23,7 +23,7 @@ import (
 // loopback socket: bodies of unknown length (chunked), no Content-Type,
 // and a chunked body over the cap.
 func TestOverRealConnections(t *testing.T) {
-	f := newFixture(t, oip.Options{MaxBodyBytes: 2048, Loopback: true}, oip.HostViews{})
+	f := newFixture(t, oip.Options{Access: oip.Access{Loopback: true}, MaxBodyBytes: 2048}, oip.HostViews{})
 	srv := httptest.NewServer(f.handler)
 	defer srv.Close()
 
@@ -89,7 +89,7 @@ func TestTritonClientCheck(t *testing.T) {
 	if out, err := exec.Command(python, "-c", "import geventhttpclient, rapidjson, numpy").CombinedOutput(); err != nil {
 		t.Skipf("SKIPPED: %s lacks python3-geventhttpclient, python3-rapidjson or python3-numpy: %s", python, out)
 	}
-	f := newFixture(t, oip.Options{Loopback: true, Token: "s3cret"}, oip.HostViews{})
+	f := newFixture(t, oip.Options{Access: oip.Access{Loopback: true, Token: "s3cret"}}, oip.HostViews{})
 	srv := httptest.NewServer(f.handler)
 	defer srv.Close()
 	addr := strings.TrimPrefix(srv.URL, "http://")

@@ -74,7 +74,7 @@ func TestSharedMemoryRoutes(t *testing.T) {
 }
 
 func TestSharedMemoryRoutesAreGuarded(t *testing.T) {
-	f, _, _ := shmFixture(t, oip.Options{Token: "s3cret", Loopback: true})
+	f, _, _ := shmFixture(t, oip.Options{Access: oip.Access{Token: "s3cret", Loopback: true}})
 	register := []byte(`{"key":"/tensors","offset":0,"byte_size":64}`)
 	for _, path := range []string{"/v2/systemsharedmemory/region/r/register", "/v2/systemsharedmemory/region/r/unregister", "/v2/systemsharedmemory/unregister"} {
 		if w := f.call("POST", path, register, nil); w.Code != 401 {

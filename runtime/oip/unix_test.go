@@ -52,7 +52,7 @@ func TestUnixSocketServesWithoutToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	const token = "s3cret-token"
-	h := oip.NewHandler(f.backend, f.views, oip.Options{Token: token, TokenForReads: true, Loopback: true}, nil)
+	h := oip.NewHandler(f.backend, f.views, oip.Options{Access: oip.Access{Token: token, TokenForReads: true, Loopback: true}}, nil)
 	srv := oip.NewServer("127.0.0.1:0", h, nil)
 	tcp, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

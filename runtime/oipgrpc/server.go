@@ -50,21 +50,9 @@ const (
 type Options struct {
 	// ServerName and Version are reported by ServerMetadata.
 	ServerName, Version string
-	// Token, when set, is the bearer token ("authorization: Bearer ..."
-	// metadata) required by inference and by every RPC that changes state.
-	Token string
-	// TokenForReads also requires the token on the read-only RPCs
-	// (metadata, the repository index, the shared memory status); the
-	// probes (ServerLive, ServerReady, grpc.health.v1) stay open.
-	TokenForReads bool
-	// Loopback says the listener is a loopback address: the :authority of
-	// every RPC but the probes must then name a loopback host or one of
-	// AllowedHosts, as the HTTP front end checks Host.
-	Loopback bool
-	// AllowedHosts are host names (without port) accepted in :authority
-	// besides the loopback names; when non-empty the check is on even if
-	// Loopback is false.
-	AllowedHosts []string
+	// Access is who may call (oip.Access): the bearer token, sent as
+	// "authorization: Bearer ..." metadata, and the :authority check.
+	oip.Access
 	// MaxRecvBytes caps one request message; larger ones get
 	// RESOURCE_EXHAUSTED before they are decoded.
 	MaxRecvBytes int

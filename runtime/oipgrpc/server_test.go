@@ -461,7 +461,7 @@ func TestBackendErrorsMapToCodes(t *testing.T) {
 }
 
 func TestAuth(t *testing.T) {
-	f := newFixture(t, oipgrpc.Options{Token: "s3cret", Loopback: true})
+	f := newFixture(t, oipgrpc.Options{Access: oip.Access{Token: "s3cret", Loopback: true}})
 	ctx := ctxT(t)
 	infer := func(ctx context.Context) error {
 		_, err := f.client.ModelInfer(ctx, rawInfer("double", "FP32", []int64{1, 4}, f32(1, 2, 3, 4)))
@@ -490,12 +490,12 @@ func TestAuth(t *testing.T) {
 
 	// A token oip.CheckToken refuses (the daemon will not start with one)
 	// matches nothing, even when offered verbatim, as over HTTP.
-	unusable := newFixture(t, oipgrpc.Options{Token: "two words"})
+	unusable := newFixture(t, oipgrpc.Options{Access: oip.Access{Token: "two words"}})
 	_, err = unusable.client.ModelInfer(withToken(ctx, "two words"), rawInfer("double", "FP32", []int64{1, 4}, f32(1, 2, 3, 4)))
 	wantCode(t, err, codes.Unauthenticated, "not valid")
 
 	// TokenForReads guards the reads; the probes stay open.
-	g := newFixture(t, oipgrpc.Options{Token: "s3cret", TokenForReads: true})
+	g := newFixture(t, oipgrpc.Options{Access: oip.Access{Token: "s3cret", TokenForReads: true}})
 	for name, call := range map[string]func(context.Context) error{
 		"ServerMetadata": func(ctx context.Context) error {
 			_, err := g.client.ServerMetadata(ctx, &pb.ServerMetadataRequest{})
@@ -524,7 +524,7 @@ func TestAuth(t *testing.T) {
 // loopback host or an allowed one, as HTTP checks Host; the probes are
 // exempt.
 func TestAuthority(t *testing.T) {
-	f := newFixture(t, oipgrpc.Options{Loopback: true, AllowedHosts: []string{"Kasmina.Local."}})
+	f := newFixture(t, oipgrpc.Options{Access: oip.Access{Loopback: true, AllowedHosts: []string{"Kasmina.Local."}}})
 	ctx := ctxT(t)
 	for authority, code := range map[string]codes.Code{
 		"localhost:8471":     codes.OK,
@@ -711,7 +711,7 @@ func waitFor(t *testing.T, cond func() bool) {
 }
 
 func TestMetrics(t *testing.T) {
-	f := newFixture(t, oipgrpc.Options{Token: "s3cret"})
+	f := newFixture(t, oipgrpc.Options{Access: oip.Access{Token: "s3cret"}})
 	ctx := ctxT(t)
 	for range 3 {
 		if _, err := f.client.ModelInfer(withToken(ctx, "s3cret"), rawInfer("double", "FP32", []int64{1, 4}, f32(1, 2, 3, 4))); err != nil {
@@ -789,8 +789,8 @@ func TestTritonGRPCClientCheck(t *testing.T) {
 	}
 	reg := shm.New(shm.Options{})
 	defer reg.Close()
-	f := newFixture(t, oipgrpc.Options{Token: "s3cret", Loopback: true, SharedMemory: reg})
-	web := httptest.NewServer(oip.NewHandler(f.backend, oip.HostViews{}, oip.Options{Token: "s3cret", Loopback: true, SharedMemory: reg}, nil))
+	f := newFixture(t, oipgrpc.Options{Access: oip.Access{Token: "s3cret", Loopback: true}, SharedMemory: reg})
+	web := httptest.NewServer(oip.NewHandler(f.backend, oip.HostViews{}, oip.Options{Access: oip.Access{Token: "s3cret", Loopback: true}, SharedMemory: reg}, nil))
 	defer web.Close()
 	script, err := filepath.Abs("testdata/triton_grpc_check.py")
 	if err != nil {
