@@ -35,14 +35,7 @@ func encodeInferResponse(dst []byte, r *inferResponse) (out []byte, headerLen in
 	if len(r.Output.Shape) == 0 || n != len(r.Output.Data) {
 		return dst, 0, fmt.Errorf("backend returned output with shape %v and %d values", r.Output.Shape, len(r.Output.Data))
 	}
-	b := append(dst, `{"model_name":`...)
-	b = appendJSONString(b, r.ModelName)
-	b = append(b, `,"model_version":`...)
-	b = appendJSONString(b, r.ModelVersion)
-	if r.ID != "" {
-		b = append(b, `,"id":`...)
-		b = appendJSONString(b, r.ID)
-	}
+	b := appendResponseHead(dst, r.ModelName, r.ModelVersion, r.ID)
 	b = appendExecParams(b, r.Exec)
 	b = append(b, `,"outputs":[{"name":"output","datatype":"FP32","shape":[`...)
 	for i, d := range r.Output.Shape {
@@ -155,14 +148,7 @@ func (r *LayerResult) tensors() [numOutputRoles]*Tensor {
 // parameters. headerLen is the JSON header's length when any output is
 // binary, else -1.
 func encodeLayerResponse(dst []byte, r *layerResponse) (out []byte, headerLen int, err error) {
-	b := append(dst, `{"model_name":`...)
-	b = appendJSONString(b, r.ModelName)
-	b = append(b, `,"model_version":`...)
-	b = appendJSONString(b, r.ModelVersion)
-	if r.ID != "" {
-		b = append(b, `,"id":`...)
-		b = appendJSONString(b, r.ID)
-	}
+	b := appendResponseHead(dst, r.ModelName, r.ModelVersion, r.ID)
 	b, err = appendBlendParams(appendExecFields(b, r.Exec), &r.Result.Blend)
 	if err != nil {
 		return dst, 0, err
@@ -263,4 +249,18 @@ func appendBlendParams(b []byte, bl *LayerBlend) ([]byte, error) {
 	b = append(b, `,"`+ParamAlphaScale+`":`...)
 	b = strconv.AppendFloat(b, bl.AlphaScale, 'g', -1, 64)
 	return b, nil
+}
+
+// appendResponseHead opens an inference answer: the model's name and
+// version and, when the request had one, its id.
+func appendResponseHead(dst []byte, model, version, id string) []byte {
+	b := append(dst, `{"model_name":`...)
+	b = appendJSONString(b, model)
+	b = append(b, `,"model_version":`...)
+	b = appendJSONString(b, version)
+	if id != "" {
+		b = append(b, `,"id":`...)
+		b = appendJSONString(b, id)
+	}
+	return b
 }
