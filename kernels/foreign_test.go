@@ -5,38 +5,15 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-)
 
-// torchPython returns an interpreter that imports PyTorch: KASMINA_PYTHON,
-// or Debian's /usr/bin/python3 (python3-torch). Without one the test is
-// skipped loudly, or fails when KASMINA_REQUIRE_TORCH=1.
-func torchPython(t *testing.T) string {
-	t.Helper()
-	py := os.Getenv("KASMINA_PYTHON")
-	if py == "" {
-		py = "/usr/bin/python3"
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, py, "-c", "import torch; print(torch.__version__)").CombinedOutput()
-	if err != nil {
-		reason := fmt.Sprintf("PyTorch is not importable by %s (%v: %s)", py, err, bytes.TrimSpace(out))
-		if os.Getenv("KASMINA_REQUIRE_TORCH") == "1" {
-			t.Fatalf("%s, and KASMINA_REQUIRE_TORCH=1", reason)
-		}
-		fmt.Printf("%s: SKIPPED (%s)\n", t.Name(), reason)
-		t.Skipf("SKIPPED, NOT RUN: %s. Install python3-torch or point KASMINA_PYTHON at a Python with torch; KASMINA_REQUIRE_TORCH=1 makes this a failure.", reason)
-	}
-	t.Logf("PyTorch %s at %s", bytes.TrimSpace(out), py)
-	return py
-}
+	"github.com/esper/kasmina-host/internal/torchpython"
+)
 
 // torchFiles are the files make_fixtures.py writes and what each is.
 var torchFiles = []struct {
@@ -89,7 +66,7 @@ func checkRefusesTorchFiles(t *testing.T, dir string) {
 func TestParseRefusesPyTorchFiles(t *testing.T) {
 	t.Run("committed", func(t *testing.T) { checkRefusesTorchFiles(t, filepath.Join("testdata", "torch")) })
 	t.Run("installed PyTorch", func(t *testing.T) {
-		py := torchPython(t)
+		py := torchpython.Interpreter(t)
 		dir := t.TempDir()
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 )
 
@@ -66,7 +67,7 @@ func FuzzParseSafetensors(f *testing.F) {
 			t.Fatalf("round trip: %d tensors, want %d", len(again.Tensors), len(file.Tensors))
 		}
 		for i, tt := range file.Tensors {
-			if !bytes.Equal(again.Tensors[i].Data, tt.Data) || !equalInts(again.Tensors[i].Shape, tt.Shape) {
+			if !bytes.Equal(again.Tensors[i].Data, tt.Data) || !slices.Equal(again.Tensors[i].Shape, tt.Shape) {
 				t.Fatalf("round trip changed tensor %q", tt.Name)
 			}
 		}

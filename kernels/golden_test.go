@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"testing"
 )
@@ -84,11 +85,11 @@ func runGoldenCase(dir string) (rel, tol float64, err error) {
 	if err != nil {
 		return 0, c.Tolerance, err
 	}
-	if !equalInts(inT.Shape, c.InputShape) || !equalInts(expT.Shape, c.OutputShape) {
+	if !slices.Equal(inT.Shape, c.InputShape) || !slices.Equal(expT.Shape, c.OutputShape) {
 		return 0, c.Tolerance, fmt.Errorf("io shapes %v/%v disagree with case.json %v/%v", inT.Shape, expT.Shape, c.InputShape, c.OutputShape)
 	}
 	batch := c.InputShape[0]
-	if got := append([]int{batch}, k.OutputShape()...); !equalInts(got, c.OutputShape) {
+	if got := append([]int{batch}, k.OutputShape()...); !slices.Equal(got, c.OutputShape) {
 		return 0, c.Tolerance, fmt.Errorf("output shape %v, want %v", got, c.OutputShape)
 	}
 	out := make([]float32, batch*k.OutputSize())

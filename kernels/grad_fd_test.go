@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"slices"
 	"testing"
 
 	"github.com/esper/kasmina-host/internal/tolerance"
@@ -266,7 +267,7 @@ func TestBackwardMatchesFiniteDifferences(t *testing.T) {
 			for i, v := range x {
 				x64[i] = float64(v)
 			}
-			if _, shape := ref64(mod, w, "", x64[:k.InputSize()], c.inShape); !equalInts(shape, k.OutputShape()) {
+			if _, shape := ref64(mod, w, "", x64[:k.InputSize()], c.inShape); !slices.Equal(shape, k.OutputShape()) {
 				t.Fatalf("ref64 output shape %v, kernel %v", shape, k.OutputShape())
 			}
 			want := make([]float64, len(x))

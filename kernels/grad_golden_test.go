@@ -11,12 +11,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"testing"
 	"time"
 
 	"github.com/esper/kasmina-host/internal/tolerance"
+	"github.com/esper/kasmina-host/internal/torchpython"
 )
 
 // gradCase is one golden case with its PyTorch gradient reference
@@ -66,7 +68,7 @@ func loadGradCase(dir string) (*gradCase, error) {
 	if !ok1 || !ok2 || !ok3 {
 		return nil, fmt.Errorf("need io.safetensors input and grad.safetensors grad_output, grad_input")
 	}
-	if !equalInts(gout.Shape, c.OutputShape) || !equalInts(gin.Shape, c.InputShape) {
+	if !slices.Equal(gout.Shape, c.OutputShape) || !slices.Equal(gin.Shape, c.InputShape) {
 		return nil, fmt.Errorf("grad shapes %v/%v disagree with case.json %v/%v", gout.Shape, gin.Shape, c.OutputShape, c.InputShape)
 	}
 	torchErr, err := strconv.ParseFloat(gf.Metadata["torch_float32_rel_error"], 64)
@@ -201,7 +203,7 @@ func TestGradReferencesAreReproducible(t *testing.T) {
 	if d := os.Getenv("KERNEL_GOLDEN_DIR"); d != "" && d != src {
 		t.Skipf("SKIPPED: KERNEL_GOLDEN_DIR=%s; this test checks the committed cases only", d)
 	}
-	py := torchPython(t)
+	py := torchpython.Interpreter(t)
 	dst := t.TempDir()
 	ids := goldenCases(t)
 	for _, id := range ids {

@@ -136,16 +136,7 @@ func TestBackwardOfLinearLayersNeedsNoTape(t *testing.T) {
 
 func TestBackwardAllocatesNothingInSteadyState(t *testing.T) {
 	ctx := context.Background()
-	conv := mustModule(t, seq(`{"type":"conv2d","in_channels":3,"out_channels":8,"kernel_size":3,"padding":1}`, `{"type":"batchnorm2d","num_features":8}`, `{"type":"gelu"}`, `{"type":"adaptive_avg_pool2d","output_size":2}`, `{"type":"flatten"}`, linearJSON(32, 4, true), `{"type":"layernorm","normalized_shape":4}`))
-	convK, err := Load(testKernel(t, conv, []int{3, 8, 8}, 1, nil), LoadOptions{InputShape: []int{3, 8, 8}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range []struct {
-		name  string
-		k     *Kernel
-		batch int
-	}{{"seed 64->64 batch 1", seedKernel(t, 64, 64), 1}, {"linear batch 32", seedKernel(t, 128, 128), 32}, {"convnet batch 4", convK, 4}} {
+	for _, c := range steadyStateCases(t) {
 		t.Run(c.name, func(t *testing.T) {
 			in := randomInput(c.batch*c.k.InputSize(), 1)
 			out := make([]float32, c.batch*c.k.OutputSize())

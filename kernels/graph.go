@@ -3,6 +3,7 @@ package kernels
 import (
 	"fmt"
 	"math"
+	"slices"
 	"sort"
 	"strings"
 
@@ -126,7 +127,7 @@ func buildGraph(root *Module, inShape []int, file *File) (*graph, error) {
 		if !ok {
 			return nil, fmt.Errorf("%w: tensor %s is not used by the module graph", ErrMalformed, quote(t.Name))
 		}
-		if !equalInts(t.Shape, s.shape) {
+		if !slices.Equal(t.Shape, s.shape) {
 			return nil, fmt.Errorf("%w: tensor %s has shape %v, the module expects %v", ErrMalformed, quote(t.Name), t.Shape, s.shape)
 		}
 		vals, err := t.Float32s()
@@ -335,7 +336,7 @@ func inferStep(m *Module, path string, in []int) (*step, []paramSpec, []int, err
 		}
 	case "layernorm":
 		ns := m.NormalizedShape
-		if len(ns) > len(in) || !equalInts(in[len(in)-len(ns):], ns) {
+		if len(ns) > len(in) || !slices.Equal(in[len(in)-len(ns):], ns) {
 			return nil, nil, nil, fmt.Errorf("normalized_shape %v does not match the trailing dimensions of %v", ns, in)
 		}
 		out = in
@@ -439,16 +440,4 @@ func shapeSize(shape []int) (int, error) {
 		n *= d
 	}
 	return n, nil
-}
-
-func equalInts(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }

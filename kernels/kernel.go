@@ -249,10 +249,10 @@ func (k *Kernel) agree(md *KernelMetadata) error {
 	if md == nil {
 		return nil
 	}
-	if len(md.InputShape) > 0 && !equalInts(md.InputShape, k.g.inShape) {
+	if len(md.InputShape) > 0 && !slices.Equal(md.InputShape, k.g.inShape) {
 		return fmt.Errorf("input_shape %v, the module is built for %v", md.InputShape, k.g.inShape)
 	}
-	if !equalInts(md.OutputShape, k.g.outShape) {
+	if !slices.Equal(md.OutputShape, k.g.outShape) {
 		return fmt.Errorf("output_shape %v, the module produces %v", md.OutputShape, k.g.outShape)
 	}
 	if md.ParameterCount != k.g.params {

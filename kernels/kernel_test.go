@@ -259,7 +259,7 @@ func TestCountsFollowPyTorch(t *testing.T) {
 	if got := k.MACsPerSample(); got != wantMACs {
 		t.Errorf("MACsPerSample = %d, want %d", got, wantMACs)
 	}
-	if got := k.OutputShape(); !equalInts(got, []int{10}) {
+	if got := k.OutputShape(); !slices.Equal(got, []int{10}) {
 		t.Errorf("OutputShape = %v", got)
 	}
 	if a, b := k.MemoryEstimateMiB(1), k.MemoryEstimateMiB(64); !(b > a) {
@@ -372,7 +372,7 @@ func TestConv2dMatchesDirectConvolution(t *testing.T) {
 			}
 			for s := 0; s < batch; s++ {
 				want, ho, wo := refConv2d(x[s*k.InputSize():], c.cin, c.h, c.w, wt, bias, c.cout, c.kh, c.kw, c.sh, c.sw, c.ph, c.pw, c.dh, c.dw, c.groups)
-				if !equalInts(k.OutputShape(), []int{c.cout, ho, wo}) {
+				if !slices.Equal(k.OutputShape(), []int{c.cout, ho, wo}) {
 					t.Fatalf("OutputShape %v, want %v", k.OutputShape(), []int{c.cout, ho, wo})
 				}
 				for j, w := range want {
@@ -474,7 +474,7 @@ func TestWeightsAreTheFileTensorsAsFloat32(t *testing.T) {
 		t.Fatalf("Weights() has %d tensors, want %d: %+v", len(got), len(want), got)
 	}
 	for i := range want {
-		if got[i].Name != want[i].Name || !equalInts(got[i].Shape, want[i].Shape) || !slices.Equal(got[i].Values, want[i].Values) {
+		if got[i].Name != want[i].Name || !slices.Equal(got[i].Shape, want[i].Shape) || !slices.Equal(got[i].Values, want[i].Values) {
 			t.Errorf("weight %d = %+v, want %+v", i, got[i], want[i])
 		}
 	}
@@ -494,18 +494,30 @@ func seedKernel(t testing.TB, in, out int) *Kernel {
 	return k
 }
 
-func TestRunAllocatesNothingInSteadyState(t *testing.T) {
-	ctx := context.Background()
+// steadyStateCase is a kernel and a batch whose calls must not allocate
+// once warm.
+type steadyStateCase struct {
+	name  string
+	k     *Kernel
+	batch int
+}
+
+// steadyStateCases are the allocation tests' kernels: seed-sized and wider
+// linears, and a small convnet with every kind of op that keeps scratch
+// (conv, batchnorm, GELU, pooling, flatten, linear, layernorm).
+func steadyStateCases(t *testing.T) []steadyStateCase {
+	t.Helper()
 	conv := mustModule(t, seq(`{"type":"conv2d","in_channels":3,"out_channels":8,"kernel_size":3,"padding":1}`, `{"type":"batchnorm2d","num_features":8}`, `{"type":"gelu"}`, `{"type":"adaptive_avg_pool2d","output_size":2}`, `{"type":"flatten"}`, linearJSON(32, 4, true), `{"type":"layernorm","normalized_shape":4}`))
 	convK, err := Load(testKernel(t, conv, []int{3, 8, 8}, 1, nil), LoadOptions{InputShape: []int{3, 8, 8}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range []struct {
-		name  string
-		k     *Kernel
-		batch int
-	}{{"seed 64->64 batch 1", seedKernel(t, 64, 64), 1}, {"linear batch 32", seedKernel(t, 128, 128), 32}, {"convnet batch 4", convK, 4}} {
+	return []steadyStateCase{{"seed 64->64 batch 1", seedKernel(t, 64, 64), 1}, {"linear batch 32", seedKernel(t, 128, 128), 32}, {"convnet batch 4", convK, 4}}
+}
+
+func TestRunAllocatesNothingInSteadyState(t *testing.T) {
+	ctx := context.Background()
+	for _, c := range steadyStateCases(t) {
 		t.Run(c.name, func(t *testing.T) {
 			in := randomInput(c.batch*c.k.InputSize(), 1)
 			out := make([]float32, c.batch*c.k.OutputSize())

@@ -12,6 +12,7 @@ package dense
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	"github.com/esper/kasmina-host/kernels"
 	"gorgonia.org/tensor"
@@ -39,7 +40,7 @@ func Run(ctx context.Context, k *kernels.Kernel, input *tensor.Dense) (*tensor.D
 	if input.Dtype() != tensor.Float32 {
 		return nil, fmt.Errorf("%w: input dtype %v, want float32", kernels.ErrShape, input.Dtype())
 	}
-	if len(shape) != len(in)+1 || !equalInts(shape[1:], in) {
+	if len(shape) != len(in)+1 || !slices.Equal(shape[1:], in) {
 		return nil, fmt.Errorf("%w: input shape %v, want [batch %v]", kernels.ErrShape, []int(shape), in)
 	}
 	if input.IsMaterializable() { // a slice or a lazy transpose
@@ -54,16 +55,4 @@ func Run(ctx context.Context, k *kernels.Kernel, input *tensor.Dense) (*tensor.D
 		return nil, err
 	}
 	return tensor.New(tensor.WithShape(append([]int{batch}, k.OutputShape()...)...), tensor.WithBacking(out)), nil
-}
-
-func equalInts(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }

@@ -26,43 +26,10 @@ import (
 
 	"github.com/esper/kasmina-host/contracts"
 	"github.com/esper/kasmina-host/internal/tolerance"
+	"github.com/esper/kasmina-host/internal/torchpython"
 	"github.com/esper/kasmina-host/kernels"
 	"github.com/esper/kasmina-host/kernels/source"
 )
-
-// python returns the interpreter that has PyTorch: KASMINA_PYTHON, or
-// Debian's /usr/bin/python3 (python3-torch), not whatever python3 is on PATH.
-func python(t *testing.T) string {
-	t.Helper()
-	py := os.Getenv("KASMINA_PYTHON")
-	if py == "" {
-		py = "/usr/bin/python3"
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, py, "-c", "import torch; print(torch.__version__)").CombinedOutput()
-	if err != nil {
-		reason := fmt.Sprintf("PyTorch is not importable by %s (%v)", py, err)
-		if l := lastLine(out); l != "" {
-			reason = fmt.Sprintf("PyTorch is not importable by %s (%v: %s)", py, err, l)
-		}
-		if os.Getenv("KASMINA_REQUIRE_TORCH") == "1" {
-			t.Fatalf("%s, and KASMINA_REQUIRE_TORCH=1", reason)
-		}
-		fmt.Printf("torchexport end-to-end: SKIPPED (%s)\n", reason)
-		t.Skipf("SKIPPED, NOT RUN: %s. Install it with `apt-get install -y --no-install-recommends python3-torch libopenblas0` (or point KASMINA_PYTHON at one that has torch); set KASMINA_REQUIRE_TORCH=1 to make this a failure.", reason)
-	}
-	t.Logf("PyTorch %s at %s", strings.TrimSpace(string(out)), py)
-	return py
-}
-
-func lastLine(b []byte) string {
-	s := strings.TrimSpace(string(b))
-	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
-		s = s[i+1:]
-	}
-	return s
-}
 
 // runPython runs the exporter's Python with args in dir.
 func runPython(t *testing.T, py, dir string, args ...string) []byte {
@@ -106,7 +73,7 @@ func tensorOf(t *testing.T, f *kernels.File, name string) kernels.Tensor {
 // own float32 output.
 func TestExportedKernelsMatchPyTorch(t *testing.T) {
 	t.Parallel()
-	py := python(t)
+	py := torchpython.Interpreter(t)
 	dir := t.TempDir()
 	here, _ := os.Getwd()
 	out := runPython(t, py, here, filepath.Join(here, "esper_export.py"), "selftest", "--out", dir)
@@ -225,7 +192,7 @@ var convertForms = []string{"zip", "legacy", "tezzeret", "script", "trace"}
 // the golden tolerance.
 func TestConvertedKernelsMatchPyTorch(t *testing.T) {
 	t.Parallel()
-	py := python(t)
+	py := torchpython.Interpreter(t)
 	dir := t.TempDir()
 	here, _ := os.Getwd()
 	out := runPython(t, py, here, filepath.Join(here, "test_esper_convert.py"), "cases", "--out", dir)
@@ -277,7 +244,7 @@ func TestConvertedKernelsMatchPyTorch(t *testing.T) {
 // each into a kernel that loads and reproduces the module's float64 output.
 func TestConverterTurnsRefusedTorchFilesIntoKernels(t *testing.T) {
 	t.Parallel()
-	py := python(t)
+	py := torchpython.Interpreter(t)
 	here, _ := os.Getwd()
 	converter := filepath.Join(here, "esper_convert.py")
 	if !strings.HasSuffix(filepath.ToSlash(converter), kernels.Converter) {
@@ -340,7 +307,7 @@ print(json.dumps({"input": x.flatten().tolist(), "output": y.flatten().tolist()}
 // original model; Tezzeret's dict (state_dict, ir_metadata); the CLIs.
 func TestPythonUnitChecks(t *testing.T) {
 	t.Parallel()
-	py := python(t)
+	py := torchpython.Interpreter(t)
 	here, _ := os.Getwd()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -360,7 +327,7 @@ func TestPythonUnitChecks(t *testing.T) {
 // verify the checksum the CompiledKernel carries, load and run it.
 func TestCLIExportToS3AndBack(t *testing.T) {
 	t.Parallel()
-	py := python(t)
+	py := torchpython.Interpreter(t)
 	work := t.TempDir()
 	factory := `import torch
 from torch import nn
