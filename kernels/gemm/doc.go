@@ -33,7 +33,10 @@
 // GOMAXPROCS, started at first use); only idle workers are recruited, and the
 // calling goroutine always takes part. Small products run on the calling
 // goroutine with no hand-off. A steady stream of same-shaped calls allocates
-// nothing.
+// nothing. The workers turn memory faults into panics, and a panic in a
+// worker is raised again on the calling goroutine once every worker has
+// left the product (FaultsReachCaller): a caller handing in memory that may
+// vanish under it (a client's shared memory) recovers the fault there.
 //
 // The implementation is chosen at init: "avx512" or "avx2" on amd64 CPUs that
 // have them, "openblas" when built with -tags openblas, "portable" otherwise

@@ -1,7 +1,9 @@
 package gemm
 
 import (
+	"math"
 	"runtime"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 )
@@ -40,6 +42,10 @@ type native struct {
 }
 
 func (e *native) name() string { return e.nm }
+
+// The blocked driver runs on Go goroutines: faults in its pool reach the
+// caller (runShared).
+func (e *native) faultsReachCaller() bool { return true }
 
 // problem is C = alpha*A·Bᵀ + beta*C (+bias, activation) with A m×k and
 // Bᵀ n×k, both row-major.
@@ -128,12 +134,7 @@ func (e *native) run(p problem) {
 	j.e, j.p, j.mc, j.nc = e, p, mc, nc
 	j.tm, j.tn = ceilDiv(p.m, mc), ceilDiv(p.n, nc)
 	j.next.Store(0)
-	j.pending.Store(1)
-	j.dispatch(min(workers, j.tm*j.tn) - 1)
-	j.work()
-	if j.pending.Add(-1) != 0 {
-		<-j.fin
-	}
+	j.runShared(min(workers, j.tm*j.tn) - 1)
 	j.p = problem{} // drop references to the caller's slices
 	putJob(j)
 }
@@ -303,7 +304,13 @@ type job struct {
 	next    atomic.Int64 // next task index
 	pending atomic.Int32 // participants still inside work
 	fin     chan struct{}
+	// raised is the first panic a worker recovered from while working on
+	// the job, raised again on the calling goroutine (runShared).
+	raised atomic.Pointer[workerPanic]
 }
+
+// workerPanic carries a value a worker recovered from.
+type workerPanic struct{ v any }
 
 var (
 	jobMu   sync.Mutex
@@ -350,12 +357,67 @@ func (j *job) dispatch(n int) {
 	}
 }
 
+// worker serves jobs until the process ends. Memory faults are panics on
+// its goroutine (debug.SetPanicOnFault), so that one touching memory the
+// caller handed in (a shared memory region its client truncated) reaches
+// the caller rather than killing the process: see runShared.
 func worker() {
+	debug.SetPanicOnFault(true)
 	for j := range workCh {
-		j.work()
+		j.workRecovering()
 		if j.pending.Add(-1) == 0 {
 			j.fin <- struct{}{}
 		}
+	}
+}
+
+// workRecovering is work for a worker: a panic stops the job and is kept
+// for the caller to raise.
+func (j *job) workRecovering() {
+	defer func() {
+		if p := recover(); p != nil {
+			j.raised.CompareAndSwap(nil, &workerPanic{p})
+			j.stop()
+		}
+	}()
+	j.work()
+}
+
+// stop makes every participant's next task fetch come back empty.
+func (j *job) stop() { j.next.Store(math.MaxInt64 / 2) }
+
+// runShared works on the job with up to n idle workers and returns when
+// every participant has left it. A panic in any of them (a memory fault
+// included, which the workers turn into panics) stops the job and is
+// raised again on the calling goroutine once no worker touches the
+// caller's memory any more: a caller that recovers faults on its own
+// goroutine (package shm's Guard) recovers those of the pool too, and its
+// memory is no longer in use when it does. The job is then not reused.
+func (j *job) runShared(n int) {
+	j.raised.Store(nil)
+	j.pending.Store(1)
+	j.dispatch(n)
+	defer j.join()
+	j.work()
+}
+
+// join is runShared's deferred half: it waits for the workers and raises
+// the first panic seen, the caller's own first.
+func (j *job) join() {
+	p := recover()
+	if p != nil {
+		j.stop()
+	}
+	if j.pending.Add(-1) != 0 {
+		<-j.fin
+	}
+	if p == nil {
+		if w := j.raised.Load(); w != nil {
+			p = w.v
+		}
+	}
+	if p != nil {
+		panic(p)
 	}
 }
 

@@ -10,6 +10,10 @@ import (
 // engine is one way of running Sgemm and Linear.
 type engine interface {
 	name() string
+	// faultsReachCaller reports whether a memory fault while the engine
+	// touches its operands is raised on the calling goroutine (see
+	// FaultsReachCaller).
+	faultsReachCaller() bool
 	sgemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int)
 	linear(m, n, k int, a []float32, lda int, w []float32, ldw int, c []float32, ldc int, ep Epilogue)
 }
@@ -69,6 +73,17 @@ func current() engine { return *active.Load() }
 // Implementation reports the implementation Sgemm and Linear use now:
 // "avx512", "avx2", "portable" or "openblas".
 func Implementation() string { return current().name() }
+
+// FaultsReachCaller reports whether a memory fault while the current
+// implementation reads or writes its operands is raised as a panic on the
+// goroutine that called Sgemm or Linear, once nothing touches them any
+// more: true for the Go implementations, whose worker pool carries its
+// workers' faults to the caller; false for OpenBLAS, whose threads are C's
+// and whose faults end the process. Memory that can vanish under the host
+// (a shared memory region its client may truncate) may be handed to Sgemm
+// and Linear only when it is true, by a caller that runs them with
+// debug.SetPanicOnFault and recovers the fault.
+func FaultsReachCaller() bool { return current().faultsReachCaller() }
 
 // Implementations lists the implementations available in this build on this
 // CPU, fastest (the default) first.

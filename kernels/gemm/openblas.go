@@ -15,6 +15,9 @@ type openblasEngine struct{}
 
 func (openblasEngine) name() string { return "openblas" }
 
+// OpenBLAS's threads are C's: a fault there ends the process.
+func (openblasEngine) faultsReachCaller() bool { return false }
+
 func (openblasEngine) sgemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
 	if alpha == 0 || k == 0 {
 		scaleC(m, n, beta, c, ldc) // BLAS would too; this keeps beta = 0 clearing NaNs

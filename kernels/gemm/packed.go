@@ -189,12 +189,7 @@ func (s *pkStep) task(i0, mc, q0, q1 int) {
 func (j *job) share(tasks, workers int) {
 	j.total = int64(tasks)
 	j.next.Store(0)
-	j.pending.Store(1)
-	j.dispatch(min(workers, tasks) - 1)
-	j.work()
-	if j.pending.Add(-1) != 0 {
-		<-j.fin
-	}
+	j.runShared(min(workers, tasks) - 1)
 }
 
 // runPacked computes p through packed panels, sharing each step's A blocks
