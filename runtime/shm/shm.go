@@ -26,13 +26,20 @@
 //     does not cover.
 //   - Every Read and Write fstats the file descriptor again and refuses
 //     the access when the object no longer covers the bytes it touches.
-//   - The object can still shrink between that fstat and the copy. The
-//     copy runs with debug.SetPanicOnFault(true), so the fault becomes a
-//     panic in the copying goroutine, which Read and Write recover and
-//     return as a failure.BadInput error naming the region. The process
-//     and every other request go on. The callback given to Read or Write
-//     must therefore touch the bytes only from its own goroutine, and
-//     must not keep them.
+//   - The object can still shrink between that fstat and the access. The
+//     access runs with debug.SetPanicOnFault(true), so the fault becomes a
+//     panic in the goroutine touching the page, which Guard (and Read and
+//     Write, which use it) recovers and returns as a failure.BadInput
+//     error naming the region. The process and every other request go
+//     on. The bytes must therefore be touched only from the guarded
+//     goroutine, or from goroutines that raise their faults on it once
+//     they have stopped touching the bytes, as package gemm's worker pool
+//     does (gemm.FaultsReachCaller), and never kept.
+//
+// Read and Write copy through a callback. View hands out the mapped bytes
+// themselves, for a kernel to read its input where the client put it and
+// to write its output where the client will read it, with no copy on the
+// host: the caller runs the whole inference under Guard.
 //
 // An object unlinked (rather than truncated) after registration stays
 // usable: the host holds its descriptor, as shm_unlink documents.
@@ -52,6 +59,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -115,11 +123,16 @@ type Status struct {
 type region struct {
 	Status
 	fd   int
+	obj  object // the file, to tell when two regions share bytes
 	ro   []byte // PROT_READ mapping of [pageStart, Offset+ByteSize)
 	rw   []byte // PROT_READ|PROT_WRITE mapping of the same range; nil if read-only
 	skew uint64 // Offset − pageStart
 	refs int
 }
+
+// object identifies a file: two regions with the same object and
+// intersecting ranges share bytes.
+type object struct{ dev, ino uint64 }
 
 // Register maps the range [offset, offset+byteSize) of the shared memory
 // object key under name.
@@ -195,6 +208,7 @@ func (r *Registry) open(name, key, file string, offset, byteSize uint64) (*regio
 		reg.unmap()
 		return nil, failure.Errorf(failure.Refused, "key %q: fstat: %v", key, err)
 	}
+	reg.obj = object{dev: uint64(st.Dev), ino: uint64(st.Ino)}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		reg.unmap()
 		return nil, failure.Errorf(failure.Refused, "key %q: %s is not a regular file", key, path)
@@ -357,39 +371,70 @@ func (l *Lease) Write(offset, size uint64, fn func([]byte) error) error {
 	return l.access(offset, size, true, fn)
 }
 
-func (l *Lease) access(offset, size uint64, write bool, fn func([]byte) error) error {
+// View returns the bytes [offset, offset+size) of the region where they
+// lie, read-only or (write) to fill in, after the checks Read and Write
+// make. They stay mapped until Release; every access to them must happen
+// under Guard, on its goroutine or on goroutines that raise their faults
+// on it (see the package documentation).
+func (l *Lease) View(offset, size uint64, write bool) ([]byte, error) {
 	g := l.g
 	if g == nil {
-		return failure.Errorf(failure.Internal, "shared memory lease used after Release")
+		return nil, failure.Errorf(failure.Internal, "shared memory lease used after Release")
 	}
 	if size > g.ByteSize || offset > g.ByteSize-size {
-		return failure.Errorf(failure.BadInput, "shared_memory_offset %d + shared_memory_byte_size %d run past the end of region %q (%d bytes)", offset, size, g.Name, g.ByteSize)
+		return nil, failure.Errorf(failure.BadInput, "shared_memory_offset %d + shared_memory_byte_size %d run past the end of region %q (%d bytes)", offset, size, g.Name, g.ByteSize)
 	}
 	mem := g.ro
 	if write {
 		if g.rw == nil {
-			return failure.Errorf(failure.Refused, "region %q is read-only to the host (its object %q could not be opened for writing): it can carry inputs, not outputs", g.Name, g.Key)
+			return nil, failure.Errorf(failure.Refused, "region %q is read-only to the host (its object %q could not be opened for writing): it can carry inputs, not outputs", g.Name, g.Key)
 		}
 		mem = g.rw
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(g.fd, &st); err != nil {
-		return failure.Errorf(failure.Internal, "region %q: fstat: %v", g.Name, err)
+		return nil, failure.Errorf(failure.Internal, "region %q: fstat: %v", g.Name, err)
 	}
 	if end := g.Offset + offset + size; uint64(st.Size) < end {
-		return errShrunk(g, uint64(st.Size), end)
+		return nil, errShrunk(g, uint64(st.Size), end)
 	}
 	lo := g.skew + offset
-	return guard(g, mem[lo:lo+size:lo+size], fn)
+	return mem[lo : lo+size : lo+size], nil
+}
+
+// Overlaps reports whether the bytes [offset, offset+size) of l's region
+// and [otherOffset, otherOffset+otherSize) of other's share storage: the
+// same object, intersecting ranges. Two regions can name one object, so a
+// kernel's input and output may alias even when their regions differ.
+func (l *Lease) Overlaps(offset, size uint64, other *Lease, otherOffset, otherSize uint64) bool {
+	a, b := l.g, other.g
+	if a == nil || b == nil || a.obj != b.obj || size == 0 || otherSize == 0 {
+		return false
+	}
+	lo, hi := a.Offset+offset, a.Offset+offset+size
+	olo, ohi := b.Offset+otherOffset, b.Offset+otherOffset+otherSize
+	return lo < ohi && olo < hi
+}
+
+func (l *Lease) access(offset, size uint64, write bool, fn func([]byte) error) error {
+	b, err := l.View(offset, size, write)
+	if err != nil {
+		return err
+	}
+	return Guard([]*Lease{l}, func() error { return fn(b) })
 }
 
 func errShrunk(g *region, now, need uint64) error {
 	return failure.Errorf(failure.BadInput, "region %q: its shared memory object %q was truncated to %d bytes under the host; the request needs %d", g.Name, g.Key, now, need)
 }
 
-// guard runs fn(b) with faults turned into panics, and a fault into an
-// error: the object shrank after the fstat check.
-func guard(g *region, b []byte, fn func([]byte) error) (err error) {
+// Guard runs fn with memory faults turned into panics on the calling
+// goroutine (debug.SetPanicOnFault), and returns a fault at an address
+// inside one of the leased regions' mappings as a failure.BadInput error
+// naming that region: its object shrank after the checks of View, Read or
+// Write. Any other panic, a fault elsewhere included, goes on as it came.
+// Nil leases are ignored.
+func Guard(leases []*Lease, fn func() error) (err error) {
 	old := debug.SetPanicOnFault(true)
 	defer func() {
 		debug.SetPanicOnFault(old)
@@ -398,14 +443,31 @@ func guard(g *region, b []byte, fn func([]byte) error) (err error) {
 			return
 		}
 		if re, ok := p.(runtime.Error); ok {
-			if _, ok := p.(interface{ Addr() uintptr }); ok {
-				err = failure.Errorf(failure.BadInput, "region %q: its shared memory object %q shrank while the host was using it (%v)", g.Name, g.Key, re)
-				return
+			if f, ok := p.(interface{ Addr() uintptr }); ok {
+				for _, l := range leases {
+					if l != nil && l.g != nil && l.g.maps(f.Addr()) {
+						err = failure.Errorf(failure.BadInput, "region %q: its shared memory object %q shrank while the host was using it (%v)", l.g.Name, l.g.Key, re)
+						return
+					}
+				}
 			}
 		}
 		panic(p)
 	}()
-	return fn(b)
+	return fn()
+}
+
+// maps reports whether addr lies in one of the region's mappings.
+func (g *region) maps(addr uintptr) bool {
+	for _, m := range [][]byte{g.ro, g.rw} {
+		if len(m) > 0 {
+			base := uintptr(unsafe.Pointer(&m[0]))
+			if addr >= base && addr-base < uintptr(len(m)) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // checkName refuses empty and overlong region names and control

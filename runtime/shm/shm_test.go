@@ -235,10 +235,12 @@ func TestTruncatedMidRequest(t *testing.T) {
 	}
 }
 
-// TestFaultDuringCopyIsAnError covers the window the fstat check cannot
-// close: the object shrinks after the check. The guarded copy must turn
-// the SIGBUS into an error, and the process must go on.
-func TestFaultDuringCopyIsAnError(t *testing.T) {
+// TestFaultDuringUseIsAnError covers the window the fstat check cannot
+// close: the object shrinks after View (or Read's check). Guard must turn
+// the SIGBUS into an error naming the region, and the process must go on;
+// a fault outside the leased regions, and any other panic, is not
+// swallowed.
+func TestFaultDuringUseIsAnError(t *testing.T) {
 	dir, key := newObject(t, 2*4096)
 	r := New(Options{Dir: dir})
 	defer r.Close()
@@ -250,28 +252,113 @@ func TestFaultDuringCopyIsAnError(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Release()
+	in, err := l.View(0, 2*4096, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := l.View(0, 2*4096, true)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := os.Truncate(filepath.Join(dir, "obj"), 0); err != nil {
 		t.Fatal(err)
 	}
 	dst := make([]byte, 2*4096)
-	for _, mem := range [][]byte{l.g.ro, l.g.rw} {
-		err := guard(l.g, mem, func(b []byte) error { copy(dst, b); return nil })
-		wantClass(t, err, failure.BadInput, "shrank while the host was using it")
-		err = guard(l.g, mem, func(b []byte) error {
-			for i := range b {
-				b[i] = 0 // a write faults in the read-only mapping too
-			}
-			return nil
-		})
-		wantClass(t, err, failure.BadInput, "shrank while the host was using it")
+	for _, mem := range [][]byte{in, out} {
+		err := Guard([]*Lease{nil, l}, func() error { copy(dst, mem); return nil })
+		wantClass(t, err, failure.BadInput, `region "f": its shared memory object "/obj" shrank while the host was using it`)
 	}
-	// Other panics are not swallowed.
+	err = Guard([]*Lease{l}, func() error {
+		for i := range out {
+			out[i] = 0
+		}
+		return nil
+	})
+	wantClass(t, err, failure.BadInput, "shrank while the host was using it")
+	// Views of the shrunk object are refused before any access.
+	if _, err := l.View(0, 4096, false); !failure.Is(err, failure.BadInput) || !strings.Contains(err.Error(), "truncated to 0 bytes") {
+		t.Fatalf("View of a shrunk object: %v", err)
+	}
+
+	// A fault in memory no lease covers is the caller's bug: it goes on.
+	other, key2 := newObject(t, 4096)
+	r2 := New(Options{Dir: other})
+	defer r2.Close()
+	if err := r2.Register("g", key2, 0, 4096); err != nil {
+		t.Fatal(err)
+	}
+	l2, err := r2.Acquire("g")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l2.Release()
+	func() {
+		defer func() {
+			p := recover()
+			if _, ok := p.(interface{ Addr() uintptr }); !ok {
+				t.Fatalf("a fault outside the leased regions: recovered %v, want the fault itself", p)
+			}
+		}()
+		_ = Guard([]*Lease{l2}, func() error { copy(dst, in); return nil })
+		t.Fatal("Guard returned")
+	}()
 	defer func() {
 		if p := recover(); p != "not a fault" {
 			t.Fatalf("recovered %v", p)
 		}
 	}()
-	_ = guard(l.g, nil, func([]byte) error { panic("not a fault") })
+	_ = Guard([]*Lease{l}, func() error { panic("not a fault") })
+}
+
+// TestOverlaps: two leases share bytes when their regions name one object
+// and the byte ranges, counted from the object's start, intersect.
+func TestOverlaps(t *testing.T) {
+	dir, key := newObject(t, 4*4096)
+	otherDir, otherKey := newObject(t, 4*4096)
+	r := New(Options{Dir: dir})
+	defer r.Close()
+	r2 := New(Options{Dir: otherDir})
+	defer r2.Close()
+	for name, off := range map[string]uint64{"a": 0, "b": 4096} {
+		if err := r.Register(name, key, off, 3*4096); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r2.Register("elsewhere", otherKey, 0, 3*4096); err != nil {
+		t.Fatal(err)
+	}
+	lease := func(r *Registry, name string) *Lease {
+		l, err := r.Acquire(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(l.Release)
+		return l
+	}
+	a, b, e := lease(r, "a"), lease(r, "b"), lease(r2, "elsewhere")
+	for _, c := range []struct {
+		name       string
+		x          *Lease
+		xOff, xLen uint64
+		y          *Lease
+		yOff, yLen uint64
+		want       bool
+	}{
+		{"same region, same bytes", a, 0, 100, a, 0, 100, true},
+		{"same region, adjacent", a, 0, 100, a, 100, 100, false},
+		{"same region, one byte shared", a, 0, 101, a, 100, 100, true},
+		{"two regions of one object, aliased", a, 4096, 16, b, 0, 16, true},
+		{"two regions of one object, apart", a, 0, 4096, b, 0, 16, false},
+		{"another object at the same offsets", a, 0, 100, e, 0, 100, false},
+		{"empty range", a, 0, 0, a, 0, 100, false},
+	} {
+		if got := c.x.Overlaps(c.xOff, c.xLen, c.y, c.yOff, c.yLen); got != c.want {
+			t.Errorf("%s: Overlaps = %v, want %v", c.name, got, c.want)
+		}
+		if got := c.y.Overlaps(c.yOff, c.yLen, c.x, c.xOff, c.xLen); got != c.want {
+			t.Errorf("%s (swapped): Overlaps = %v, want %v", c.name, got, c.want)
+		}
+	}
 }
 
 func TestUnregisterDuringUse(t *testing.T) {
