@@ -65,7 +65,7 @@ type Window struct {
 	mu sync.Mutex
 
 	units    int       // output elements per sample
-	firing   []bool    // firing[u]: unit u was > 0 for some sample
+	firing   []uint8   // firing[u] is 1 when unit u was > 0 for some sample
 	prev     []float32 // last sample seen, for the consecutive correlation
 	havePrev bool
 	// moments of prev, and whether it was all finite
@@ -84,7 +84,7 @@ type Window struct {
 // NewWindow returns a window for a kernel whose samples have units output
 // elements each.
 func NewWindow(units int) *Window {
-	return &Window{units: units, firing: make([]bool, units), prev: make([]float32, units)}
+	return &Window{units: units, firing: make([]uint8, units), prev: make([]float32, units)}
 }
 
 // Observe records one successful call: out holds batch samples of
@@ -113,22 +113,32 @@ func (w *Window) Observe(out []float32, batch int, latency time.Duration) {
 // observeRow adds one sample to the window. w.mu is held.
 func (w *Window) observeRow(row []float32) {
 	// One pass: moments of this row, its cross term with the previous
-	// row, and which units fired.
+	// row, and which units fired, with no branch on the values (a ReLU's
+	// output is zero at random, which a branch mispredicts half the
+	// time). A non-finite value makes a moment non-finite: only then is
+	// the row summed again, leaving those values out.
 	var sum, sumSq, cross float64
-	nf := 0
 	prev := w.prev[:len(row)]
 	firing := w.firing[:len(row)]
 	for i, v := range row {
 		f := float64(v)
-		if f-f != 0 { // NaN or ±Inf
-			nf++
-			continue
-		}
 		sum += f
 		sumSq += f * f
 		cross += f * float64(prev[i])
-		if v > 0 {
-			firing[i] = true
+		firing[i] |= fired(v)
+	}
+	nf := 0
+	if t := sum + sumSq; t-t != 0 {
+		sum, sumSq, cross = 0, 0, 0
+		for i, v := range row {
+			f := float64(v)
+			if f-f != 0 { // NaN or ±Inf
+				nf++
+				continue
+			}
+			sum += f
+			sumSq += f * f
+			cross += f * float64(prev[i])
 		}
 	}
 	u := len(row)
@@ -146,6 +156,16 @@ func (w *Window) observeRow(row []float32) {
 	w.prevSum, w.prevSumSq, w.prevFinite = sum, sumSq, nf == 0
 	w.havePrev = true
 	w.samples++
+}
+
+// fired is 1 when v is positive and finite, else 0, computed without a
+// branch: v's bits as an int32, minus one, are below those of
+// math.MaxFloat32 (0x7f7fffff) exactly for positive finite v (zero, the
+// negatives, +Inf and NaN land at or above it once the difference is
+// taken in 64 bits), and the borrow of that comparison is the answer.
+func fired(v float32) uint8 {
+	x := uint64(uint32(int32(math.Float32bits(v)) - 1))
+	return uint8((x - 0x7f7fffff) >> 63)
 }
 
 // ObserveError records one failed call.
@@ -219,7 +239,7 @@ func (w *Window) Signal(in Inputs) (sig contracts.HealthSignal, sum Summary, ok 
 	if w.samples > 0 && w.units > 0 {
 		dead := 0
 		for _, f := range w.firing {
-			if !f {
+			if f == 0 {
 				dead++
 			}
 		}
