@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/esper/kasmina-host/kernels"
+	"github.com/esper/kasmina-host/kernels/gemm"
 	"github.com/esper/kasmina-host/runtime/placement"
 )
 
@@ -34,6 +35,11 @@ type Executor interface {
 	// TapeBytes is what Forward of batch samples of k keeps in its tape,
 	// so that a caller bounds the tapes it keeps before running one.
 	TapeBytes(k *kernels.Kernel, batch int) int64
+	// FaultsReachCaller reports whether a memory fault while Run touches
+	// in or out is raised as a panic on the goroutine that called it,
+	// once Run no longer touches them: what lets a caller hand it memory
+	// that can vanish (Request.Mapped) and recover.
+	FaultsReachCaller() bool
 }
 
 // Tape is an executor's record of one forward pass, for its Backward.
@@ -68,6 +74,11 @@ func (cpuExecutor) Backward(ctx context.Context, tape Tape, gradOut, gradIn []fl
 }
 
 func (cpuExecutor) TapeBytes(k *kernels.Kernel, batch int) int64 { return k.TapeBytes(batch) }
+
+// FaultsReachCaller: kernels run on the calling goroutine and on the GEMM
+// worker pool, which raises its workers' faults on the caller; not so
+// with OpenBLAS, whose threads are C's.
+func (cpuExecutor) FaultsReachCaller() bool { return gemm.FaultsReachCaller() }
 
 // cpu is the CPU executor, the only one built in.
 var cpu Executor = cpuExecutor{}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"time"
 
@@ -44,6 +45,15 @@ type Request struct {
 	RetainForward bool
 	// Out, when large enough, receives the output (no allocation).
 	Out []float32
+	// Mapped says that a kernel's Input or Out lies in memory that can
+	// vanish while it is used: a shared memory region whose client may
+	// truncate it (package shm). The caller runs Infer under shm.Guard,
+	// which recovers a fault on its goroutine. The executor then touches
+	// them in place when its faults reach the caller
+	// (Executor.FaultsReachCaller); otherwise the runtime copies the
+	// input and the output on the caller's goroutine so that the executor
+	// never sees them. A layer's request always works on copies.
+	Mapped bool
 }
 
 // Result is an inference's output and where it ran.
@@ -306,12 +316,22 @@ func (m *Model) Infer(ctx context.Context, req Request) (Result, error) {
 	if waited {
 		started = time.Now()
 	}
-	out := req.Out
+	input, out := req.Input, req.Out
+	onCopies := req.Mapped && !rt.exec.FaultsReachCaller()
+	if onCopies {
+		// A fault in this executor would end the process: it computes on
+		// copies, made and delivered on the guarded goroutine.
+		input, out = slices.Clone(input), nil
+	}
 	if cap(out) < outN {
 		out = make([]float32, outN)
 	}
 	out = out[:outN]
-	err = rt.exec.Run(ctx, l.kernel, req.Input, batch, out)
+	if req.Mapped {
+		err = h.runMapped(l, obs, func() error { return rt.exec.Run(ctx, l.kernel, input, batch, out) })
+	} else {
+		err = rt.exec.Run(ctx, l.kernel, input, batch, out)
+	}
 	h.admit.Release()
 	if err != nil && ctx.Err() != nil && errors.Is(err, ctx.Err()) {
 		// The caller went away (or its deadline passed) before the kernel
@@ -341,8 +361,27 @@ func (m *Model) Infer(ctx context.Context, req Request) (Result, error) {
 		blend(out, req.Default, alpha)
 		info.Alpha, info.Blended = alpha, true
 	}
+	if onCopies && cap(req.Out) >= outN {
+		out = req.Out[:copy(req.Out[:outN], out)]
+	}
 	obs.ok(info.QueueTime, compute, done.Sub(queued))
 	return Result{Output: out, Shape: l.outShape(batch), Exec: info}, nil
+}
+
+// runMapped runs a kernel on memory that can vanish (Request.Mapped). A
+// fault there comes back as a panic, on its way to the caller's guard;
+// the executor slot and the breaker's turn are given back first, and the
+// kernel is not blamed: the client's memory went away.
+func (h *Host) runMapped(l *loaded, obs *kernelObservers, run func() error) error {
+	defer func() {
+		if p := recover(); p != nil {
+			h.admit.Release()
+			l.breaker.Done(admission.NotRun)
+			obs.fail(reasonBadInput)
+			panic(p)
+		}
+	}()
+	return run()
 }
 
 // kernelTakes refuses the parts of a request only a layer serves.

@@ -219,6 +219,12 @@ func (s *layerSnap) leave() {
 // when the request has grad_output), or the backward of a kept forward.
 func (h *Host) inferLayer(ctx context.Context, lm *layerModel, req Request) (Result, error) {
 	name := lm.name
+	if req.Mapped {
+		// Tapes and kept forwards outlive the request: nothing of it may
+		// stay in memory that can vanish.
+		req.Input, req.Default, req.GradOutput = cloneNonNil(req.Input), cloneNonNil(req.Default), cloneNonNil(req.GradOutput)
+		req.Out, req.Mapped = nil, false
+	}
 	switch {
 	case req.ForwardID != "":
 		switch {
@@ -650,4 +656,12 @@ func product(shape []int) int {
 		n *= d
 	}
 	return n
+}
+
+// cloneNonNil copies s, keeping nil (an absent tensor) nil.
+func cloneNonNil(s []float32) []float32 {
+	if s == nil {
+		return nil
+	}
+	return slices.Clone(s)
 }

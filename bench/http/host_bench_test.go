@@ -121,7 +121,7 @@ func BenchmarkHostAdapter(b *testing.B) {
 			if !ok {
 				b.Fatal("no model")
 			}
-			if _, _, err := be.Infer(ctx, m, oip.Tensor{Shape: shape, Data: x}, nil); err != nil {
+			if _, _, err := be.Infer(ctx, m, oip.KernelRequest{Input: oip.Tensor{Shape: shape, Data: x}}); err != nil {
 				b.Fatal(err)
 			}
 		}

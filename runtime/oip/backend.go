@@ -30,14 +30,10 @@ type Backend interface {
 	// Model returns one model's description, or false when the name is unknown.
 	Model(name string) (ModelInfo, bool)
 	// Infer runs model m, as Model described it (so that the model is
-	// looked up once per request: see ModelInfo.Handle), on one FP32
+	// looked up once per request: see ModelInfo.Handle), on req's FP32
 	// tensor named "input" and returns the tensor named "output" together
-	// with where and how it was executed. When buf holds at least the
-	// output's elements, the output may be computed into it (the answer's
-	// Data is then buf[:n]), sparing an allocation; a nil buf asks the
-	// backend to allocate. The backend keeps neither in.Data nor buf once
-	// Infer returns.
-	Infer(ctx context.Context, m ModelInfo, in Tensor, buf []float32) (out Tensor, info ExecInfo, err error)
+	// with where and how it was executed.
+	Infer(ctx context.Context, m ModelInfo, req KernelRequest) (out Tensor, info ExecInfo, err error)
 	// LoadModel loads (or reloads) a model from the host's repository.
 	LoadModel(ctx context.Context, name string) error
 	// UnloadModel unloads a model; the repository index still lists it.
@@ -223,6 +219,22 @@ const (
 	ParamForwardID     = "forward_id"
 	ParamRetainForward = "retain_forward"
 )
+
+// KernelRequest is one inference of a model that is not a layer.
+type KernelRequest struct {
+	Input Tensor
+	// Out, when it holds at least the output's elements, may receive the
+	// output (the answer's Data is then Out[:n]), sparing an allocation;
+	// nil asks the backend to allocate. The backend keeps neither
+	// Input.Data nor Out once Infer returns.
+	Out []float32
+	// Mapped says that Input.Data or Out is a shared memory region's own
+	// bytes, which its client may truncate while the model runs: the
+	// caller runs Infer under shm.Guard, and the backend touches them only
+	// on the calling goroutine or where a fault reaches it (see
+	// runtime.Request.Mapped).
+	Mapped bool
+}
 
 // LayerRequest is one inference of a layer: a forward (Input, with
 // Default), its backward in the same call (GradOutput too), or the

@@ -91,9 +91,9 @@ func (b *hostBackend) Model(name string) (ModelInfo, bool) {
 }
 
 // Infer runs the model Model found (its handle), or finds it by name; the
-// runtime computes into buf when it is large enough.
-func (b *hostBackend) Infer(ctx context.Context, mi ModelInfo, in Tensor, buf []float32) (Tensor, ExecInfo, error) {
-	req := runtime.Request{Input: in.Data, Shape: in.Shape, Out: buf}
+// runtime computes into kr.Out when it is large enough.
+func (b *hostBackend) Infer(ctx context.Context, mi ModelInfo, kr KernelRequest) (Tensor, ExecInfo, error) {
+	req := runtime.Request{Input: kr.Input.Data, Shape: kr.Input.Shape, Out: kr.Out, Mapped: kr.Mapped}
 	res, err := b.run(ctx, mi, req)
 	if err != nil {
 		return Tensor{}, ExecInfo{}, err

@@ -148,7 +148,7 @@ func TestHostBackendInfer(t *testing.T) {
 		t.Fatal("no model k")
 	}
 	buf := make([]float32, 8)
-	out, exec, err := f.backend.Infer(ctx, m, oip.Tensor{Shape: []int{2, 4}, Data: []float32{1, 2, 3, -4, 0, 0, 0, 0}}, buf)
+	out, exec, err := f.backend.Infer(ctx, m, oip.KernelRequest{Input: oip.Tensor{Shape: []int{2, 4}, Data: []float32{1, 2, 3, -4, 0, 0, 0, 0}}, Out: buf})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,14 +160,14 @@ func TestHostBackendInfer(t *testing.T) {
 	}
 	// A buffer too small is not used.
 	small := make([]float32, 5)
-	if out, _, err := f.backend.Infer(ctx, m, oip.Tensor{Shape: []int{2, 4}, Data: make([]float32, 8)}, small); err != nil || &out.Data[0] == &small[0] || len(out.Data) != 6 {
+	if out, _, err := f.backend.Infer(ctx, m, oip.KernelRequest{Input: oip.Tensor{Shape: []int{2, 4}, Data: make([]float32, 8)}, Out: small}); err != nil || &out.Data[0] == &small[0] || len(out.Data) != 6 {
 		t.Errorf("with a buffer of 5 for 6 values: %d values, err %v", len(out.Data), err)
 	}
 	if exec.PlacedOn != "cuda:7" || exec.ExecutedOn != "cpu" || exec.Executor != "cpu-f32" || !exec.Fallback ||
 		!strings.Contains(exec.Reason, "no GPU backend") {
 		t.Errorf("exec %+v", exec)
 	}
-	if _, _, err := f.backend.Infer(ctx, oip.ModelInfo{Name: "nope"}, oip.Tensor{Shape: []int{1, 4}, Data: make([]float32, 4)}, nil); failure.ClassOf(err) != failure.NotFound {
+	if _, _, err := f.backend.Infer(ctx, oip.ModelInfo{Name: "nope"}, oip.KernelRequest{Input: oip.Tensor{Shape: []int{1, 4}, Data: make([]float32, 4)}}); failure.ClassOf(err) != failure.NotFound {
 		t.Errorf("unknown model: %v", err)
 	}
 	st, ok := f.backend.(oip.StatsBackend).ModelStats("k")
@@ -179,7 +179,7 @@ func TestHostBackendInfer(t *testing.T) {
 	if err := f.host.Unload(ctx, "k"); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := f.backend.Infer(ctx, m, oip.Tensor{Shape: []int{1, 4}, Data: make([]float32, 4)}, nil); failure.ClassOf(err) != failure.Unavailable {
+	if _, _, err := f.backend.Infer(ctx, m, oip.KernelRequest{Input: oip.Tensor{Shape: []int{1, 4}, Data: make([]float32, 4)}}); failure.ClassOf(err) != failure.Unavailable {
 		t.Errorf("a handle to an unloaded kernel: %v (%s), want Unavailable", err, failure.ClassOf(err))
 	}
 }

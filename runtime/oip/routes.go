@@ -216,9 +216,9 @@ func (s *server) infer(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	tensors, err := s.holdTensors(&req, m)
-	defer tensors.release()
-	if err != nil {
+	var tensors SharedTensors
+	defer tensors.Release()
+	if err := s.holdTensors(&tensors, &req, m); err != nil {
 		return err
 	}
 	var b []byte
@@ -230,21 +230,23 @@ func (s *server) infer(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	} else {
-		// The output is computed into a pooled buffer when the model
-		// declares its size; it is copied into the answer or the region
+		// The output is computed where the model declares its size: in its
+		// region, or a pooled buffer copied into the answer or the region
 		// before this returns.
-		outBuf := wiretensor.GetFP32(outputElements(m, req.input().Tensor.Shape))
-		defer outBuf.Release()
-		// The runtime's errors name the model; they are answered as they are.
-		out, exec, err := s.backend.Infer(r.Context(), m, req.input().Tensor, outBuf.Data)
+		outBuf, err := tensors.OutputBuffer("outputs[0]", outputElements(m, req.input().Tensor.Shape))
 		if err != nil {
 			return err
 		}
-		if err := tensors.writeOutput(out); err != nil {
+		// The runtime's errors name the model; they are answered as they are.
+		out, exec, err := tensors.Infer(r.Context(), s.backend, m, KernelRequest{Input: req.input().Tensor, Out: outBuf})
+		if err != nil {
+			return err
+		}
+		if err := tensors.WriteOutput("outputs[0]", out.Data); err != nil {
 			return err
 		}
 		resp := inferResponse{ModelName: m.Name, ModelVersion: versionOf(m), ID: req.ID, Exec: exec, Output: out,
-			Binary: req.BinaryOutput[roleOutput], InSharedMemory: tensors.out != nil}
+			Binary: req.BinaryOutput[roleOutput], InSharedMemory: tensors.HasOutput()}
 		// The request body is no longer needed: its buffer takes the answer
 		// (released, and pooled when its size allows, with the body).
 		b, headerSize, err = encodeInferResponse(body.buf[:0], &resp)

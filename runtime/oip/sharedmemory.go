@@ -1,11 +1,9 @@
 package oip
 
 import (
-	"fmt"
 	"net/http"
 
 	"github.com/esper/kasmina-host/runtime/failure"
-	"github.com/esper/kasmina-host/runtime/oip/wiretensor"
 	"github.com/esper/kasmina-host/runtime/shm"
 )
 
@@ -95,43 +93,23 @@ func (s *server) shmUnregister(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, struct{}{})
 }
 
-// heldTensors are the shared memory regions one inference reads its inputs
-// from and writes its output to, held until it is answered.
-type heldTensors struct {
-	in     []*shm.Lease
-	out    *shm.Lease
-	outRef shm.Ref
-}
-
-func (h *heldTensors) release() {
-	for _, l := range h.in {
-		l.Release()
-	}
-	h.out.Release()
-}
-
-// holdTensors holds the regions req names, reads its inputs from shared
-// memory, and checks that the output fits its region when the model
-// declares its shape, all before the model runs.
-func (s *server) holdTensors(req *decodedRequest, m ModelInfo) (heldTensors, error) {
-	var h heldTensors
-	var err error
+// holdTensors holds the regions req names for its output and inputs and
+// reads its inputs (in place for a kernel's, where they can be), checking
+// that the output fits its region when the model declares its shape, all
+// before the model runs.
+func (s *server) holdTensors(t *SharedTensors, req *decodedRequest, m ModelInfo) error {
 	in := req.input()
 	if ref := req.OutputShm; ref != nil {
-		if h.out, err = s.opts.SharedMemory.Hold("outputs[0]", *ref); err != nil {
-			return h, err
+		if err := t.HoldOutput(s.opts.SharedMemory, "outputs[0]", *ref); err != nil {
+			return err
 		}
-		if !h.out.Writable() {
-			return h, failure.Errorf(failure.Refused, "outputs[0].parameters.%s: region %q is read-only to the host", shm.ParamRegion, ref.Region)
-		}
-		h.outRef = *ref
 		if m.OutputShape != nil && len(in.Tensor.Shape) > 0 {
 			n := int64(in.Tensor.Shape[0])
 			for _, d := range m.OutputShape {
 				n *= int64(d)
 			}
-			if err := h.checkOutput(n); err != nil {
-				return h, err
+			if err := t.CheckOutput("outputs[0]", n); err != nil {
+				return err
 			}
 		}
 	}
@@ -140,52 +118,15 @@ func (s *server) holdTensors(req *decodedRequest, m ModelInfo) (heldTensors, err
 		if w.Shm == nil {
 			continue
 		}
-		lease, err := s.opts.SharedMemory.Hold(w.Field, *w.Shm)
-		if err != nil {
-			return h, err
-		}
-		h.in = append(h.in, lease)
-		n := int64(1)
+		n := 1
 		for _, d := range w.Tensor.Shape {
-			n *= int64(d)
+			n *= d
 		}
-		// Copied out of the region, not used where it lies: the kernel's
-		// workers (other goroutines) would read it, and a fault there
-		// (the client truncating the object) could not be recovered.
-		w.buf = wiretensor.GetFP32(int(n))
-		data := w.buf.Data
-		err = lease.Read(w.Shm.Offset, w.Shm.ByteSize, func(b []byte) error {
-			return wiretensor.Decode("shared memory", data, b, w.Type)
-		})
+		data, err := t.Input(s.opts.SharedMemory, w.Field, *w.Shm, w.Type, n, !m.Layer)
 		if err != nil {
-			return h, fmt.Errorf("%s: %w", w.Field, err)
+			return err
 		}
 		w.Tensor.Data = data
-	}
-	return h, nil
-}
-
-func (h *heldTensors) checkOutput(n int64) error {
-	if need := 4 * n; uint64(need) > h.outRef.ByteSize {
-		return badInput("outputs[0].parameters.%s is %d bytes but the output needs %d", shm.ParamByteSize, h.outRef.ByteSize, need)
-	}
-	return nil
-}
-
-// writeOutput puts the output into its region, if it has one.
-func (h *heldTensors) writeOutput(out Tensor) error {
-	if h.out == nil {
-		return nil
-	}
-	if err := h.checkOutput(int64(len(out.Data))); err != nil {
-		return err
-	}
-	err := h.out.Write(h.outRef.Offset, 4*uint64(len(out.Data)), func(b []byte) error {
-		wiretensor.PutFP32(b, out.Data)
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("outputs[0]: %w", err)
 	}
 	return nil
 }

@@ -22,9 +22,8 @@ type Backend interface {
 	Model(name string) (oip.ModelInfo, bool)
 	// Infer runs model m, as Model described it (its Handle spares a
 	// second lookup), on one FP32 tensor and returns its output together
-	// with where and how it ran; buf, when large enough, may receive the
-	// output (as oip.Backend's Infer says).
-	Infer(ctx context.Context, m oip.ModelInfo, in oip.Tensor, buf []float32) (oip.Tensor, oip.ExecInfo, error)
+	// with where and how it ran (as oip.Backend's Infer says).
+	Infer(ctx context.Context, m oip.ModelInfo, req oip.KernelRequest) (oip.Tensor, oip.ExecInfo, error)
 	// LoadModel loads (or reloads) a model from the host's repository.
 	LoadModel(ctx context.Context, name string) error
 	// UnloadModel unloads a model; the repository index still lists it.

@@ -29,45 +29,48 @@ func (s *service) ModelInfer(ctx context.Context, req *pb.ModelInferRequest) (*p
 	if err := refuseLayerParams(req, m); err != nil {
 		return nil, err
 	}
-	in, held, err := s.decodeInput(req, m)
+	var tensors oip.SharedTensors
+	defer tensors.Release()
+	in, held, err := s.decodeInput(&tensors, req, m)
 	defer held.release()
 	if err != nil {
 		return nil, err
 	}
-	outRef, outLease, err := s.requestedOutput(req)
-	defer outLease.Release()
+	outField, err := s.requestedOutput(&tensors, req)
 	if err != nil {
 		return nil, err
 	}
 	// The output size is known before running when the model declares
 	// its shape: a region too small or an answer too large is refused
 	// before any work.
+	var outBuf []float32
 	if m.OutputShape != nil {
 		n := int64(in.Shape[0])
 		for _, d := range m.OutputShape {
 			n *= int64(d)
 		}
-		if err := s.checkOutput(n, outRef, outLease); err != nil {
+		if err := s.checkOutput(n, outField, &tensors); err != nil {
 			return nil, err
 		}
+		// An output bound for shared memory is computed in its region
+		// where it can be, else into a pooled buffer copied into the
+		// region before this returns; one answered in
+		// raw_output_contents is the answer's own (the message is
+		// marshalled after this returns).
+		if tensors.HasOutput() {
+			if outBuf, err = tensors.OutputBuffer(outField, outputElements(in.Shape[0], m.OutputShape)); err != nil {
+				return nil, err
+			}
+		}
 	}
-	// An output bound for shared memory is computed into a pooled buffer
-	// and copied into the region before this returns; one answered in
-	// raw_output_contents is the answer's own (the message is marshalled
-	// after this returns).
-	var outBuf wiretensor.FP32Buffer
-	if outLease != nil && m.OutputShape != nil {
-		outBuf = wiretensor.GetFP32(outputElements(in.Shape[0], m.OutputShape))
-	}
-	defer outBuf.Release()
-	out, exec, err := s.backend.Infer(ctx, m, in, outBuf.Data)
+	out, exec, err := tensors.Infer(ctx, s.backend, m, oip.KernelRequest{Input: in, Out: outBuf})
 	if err != nil {
 		return nil, fmt.Errorf("model %q: %w", m.Name, err)
 	}
 	if err := checkOutputTensor(out); err != nil {
 		return nil, fmt.Errorf("model %q: %w", m.Name, err)
 	}
-	if err := s.checkOutput(int64(len(out.Data)), outRef, outLease); err != nil {
+	if err := s.checkOutput(int64(len(out.Data)), outField, &tensors); err != nil {
 		return nil, err
 	}
 	resp := &pb.ModelInferResponse{
@@ -77,13 +80,9 @@ func (s *service) ModelInfer(ctx context.Context, req *pb.ModelInferRequest) (*p
 		Parameters:   execParams(exec),
 		Outputs:      []*pb.ModelInferResponse_InferOutputTensor{{Name: oip.OutputName, Datatype: "FP32", Shape: int64s(out.Shape)}},
 	}
-	if outLease != nil {
-		err := outLease.Write(outRef.Offset, 4*uint64(len(out.Data)), func(b []byte) error {
-			wiretensor.PutFP32(b, out.Data)
-			return nil
-		})
-		if err != nil {
-			return nil, fmt.Errorf("outputs[0]: %w", err)
+	if tensors.HasOutput() {
+		if err := tensors.WriteOutput(outField, out.Data); err != nil {
+			return nil, err
 		}
 		return resp, nil
 	}
@@ -92,17 +91,13 @@ func (s *service) ModelInfer(ctx context.Context, req *pb.ModelInferRequest) (*p
 }
 
 // checkOutput refuses an output of n FP32 values that cannot be delivered:
-// larger than the region named for it, or than an answer may be.
-func (s *service) checkOutput(n int64, ref shm.Ref, lease *shm.Lease) error {
-	size := 4 * n
-	if lease != nil {
-		if uint64(size) > ref.ByteSize {
-			return failure.Errorf(failure.BadInput, "outputs[0].parameters.%s is %d bytes but the output needs %d", shm.ParamByteSize, ref.ByteSize, size)
-		}
-		return nil
+// larger than the region named for it (field), or than an answer may be.
+func (s *service) checkOutput(n int64, field string, t *oip.SharedTensors) error {
+	if t.HasOutput() {
+		return t.CheckOutput(field, n)
 	}
 	// The answer's other fields take a few hundred bytes at most.
-	if size > int64(s.opts.MaxSendBytes)-4096 {
+	if size := 4 * n; size > int64(s.opts.MaxSendBytes)-4096 {
 		return failure.Errorf(failure.TooLarge, "the output is %d bytes, more than this server sends in one answer (%d); ask for a smaller batch or use system shared memory", size, s.opts.MaxSendBytes)
 	}
 	return nil
@@ -121,18 +116,14 @@ func checkOutputTensor(t oip.Tensor) error {
 	return nil
 }
 
-// heldInput is what an input holds until its request is answered: the
-// lease of the region it was read from and the pooled buffer it was read
-// into (both zero when it came in the message).
+// heldInput is what an input decoded from raw_input_contents holds until
+// its request is answered: the pooled buffer it was read into, when it
+// could not be used where it lies.
 type heldInput struct {
-	lease *shm.Lease
-	buf   wiretensor.FP32Buffer
+	buf wiretensor.FP32Buffer
 }
 
-func (h heldInput) release() {
-	h.lease.Release()
-	h.buf.Release()
-}
+func (h heldInput) release() { h.buf.Release() }
 
 // outputElements is batch × the product of perSample when that is a count
 // wiretensor pools, else 0 (the backend then allocates, after its own
@@ -150,7 +141,7 @@ func outputElements(batch int, perSample []int) int {
 
 // decodeInput checks the request's input against the model and returns it
 // as FP32, with what it holds (see heldInput).
-func (s *service) decodeInput(req *pb.ModelInferRequest, m oip.ModelInfo) (oip.Tensor, heldInput, error) {
+func (s *service) decodeInput(t *oip.SharedTensors, req *pb.ModelInferRequest, m oip.ModelInfo) (oip.Tensor, heldInput, error) {
 	inputs := req.GetInputs()
 	if len(inputs) != 1 {
 		return oip.Tensor{}, heldInput{}, failure.Errorf(failure.BadInput, "inputs: expected exactly one input named %q, got %d", oip.InputName, len(inputs))
@@ -163,17 +154,18 @@ func (s *service) decodeInput(req *pb.ModelInferRequest, m oip.ModelInfo) (oip.T
 	if len(raw) > 1 {
 		return oip.Tensor{}, heldInput{}, failure.Errorf(failure.BadInput, "raw_input_contents: %d entries for one input", len(raw))
 	}
-	return s.decodeTensor(0, in, raw, func(shape []int64) error {
+	return s.decodeTensor(t, true, 0, in, raw, func(shape []int64) error {
 		return wiretensor.CheckShape("inputs[0].shape", shape, m.Name, m.InputShape, m.MaxBatch)
 	})
 }
 
 // decodeTensor checks input tensor in (inputs[i]) and returns its values
 // as FP32: from raw (its raw_input_contents entry: none, or one), its
-// contents, or the shared memory region it names, with what it holds
+// contents, or the shared memory region it names (held in t, and used in
+// place when inPlace allows: see oip.SharedTensors), with what it holds
 // until the request is answered (see heldInput). check checks its shape
 // before any value is read.
-func (s *service) decodeTensor(i int, in *pb.ModelInferRequest_InferInputTensor, raw [][]byte, check func([]int64) error) (oip.Tensor, heldInput, error) {
+func (s *service) decodeTensor(t *oip.SharedTensors, inPlace bool, i int, in *pb.ModelInferRequest_InferInputTensor, raw [][]byte, check func([]int64) error) (oip.Tensor, heldInput, error) {
 	field := "inputs[" + strconv.Itoa(i) + "]"
 	dt, err := wiretensor.ParseDatatype(field+".datatype", in.GetDatatype())
 	if err != nil {
@@ -225,20 +217,10 @@ func (s *service) decodeTensor(i int, in *pb.ModelInferRequest_InferInputTensor,
 	case contents != nil:
 		data, err = fromContents(field, contents, dt, n)
 	default:
-		if held.lease, err = s.acquire(field, ref, want); err != nil {
-			return oip.Tensor{}, held, err
+		if s.opts.SharedMemory != nil && ref.ByteSize != uint64(want) {
+			return oip.Tensor{}, held, failure.Errorf(failure.BadInput, "%s.parameters.%s is %d bytes but the tensor needs %d", field, shm.ParamByteSize, ref.ByteSize, want)
 		}
-		// Copied out of the region, not used where it lies: the kernel's
-		// workers (other goroutines) would read it, and a fault there
-		// (the client truncating the object) could not be recovered.
-		held.buf = wiretensor.GetFP32(int(n))
-		data = held.buf.Data
-		err = held.lease.Read(ref.Offset, ref.ByteSize, func(b []byte) error {
-			return wiretensor.Decode("shared memory", data, b, dt)
-		})
-		if err != nil {
-			err = fmt.Errorf("%s: %w", field, err)
-		}
+		data, err = t.Input(s.opts.SharedMemory, field, ref, dt, int(n), inPlace)
 	}
 	if err != nil {
 		return oip.Tensor{}, held, err
@@ -248,15 +230,6 @@ func (s *service) decodeTensor(i int, in *pb.ModelInferRequest_InferInputTensor,
 		shape[i] = int(d)
 	}
 	return oip.Tensor{Shape: shape, Data: data}, held, nil
-}
-
-// acquire holds the region ref names for a tensor of want bytes (any
-// size up to the region's when want < 0).
-func (s *service) acquire(field string, ref shm.Ref, want int64) (*shm.Lease, error) {
-	if want >= 0 && ref.ByteSize != uint64(want) && s.opts.SharedMemory != nil {
-		return nil, failure.Errorf(failure.BadInput, "%s.parameters.%s is %d bytes but the tensor needs %d", field, shm.ParamByteSize, ref.ByteSize, want)
-	}
-	return s.opts.SharedMemory.Hold(field, ref)
 }
 
 // fromContents reads the typed contents field of the input's datatype.
@@ -291,37 +264,33 @@ func fromContents(field string, c *pb.InferTensorContents, dt wiretensor.Datatyp
 }
 
 // requestedOutput checks the requested outputs (none, or "output") and
-// holds the region the output goes to, if one is named.
-func (s *service) requestedOutput(req *pb.ModelInferRequest) (shm.Ref, *shm.Lease, error) {
-	var ref shm.Ref
-	var lease *shm.Lease
+// holds in t the region the output goes to, if one is named; field names
+// that requested output.
+func (s *service) requestedOutput(t *oip.SharedTensors, req *pb.ModelInferRequest) (field string, err error) {
 	for i, o := range req.GetOutputs() {
 		if o.GetName() != oip.OutputName {
-			return ref, lease, failure.Errorf(failure.BadInput, "outputs[%d].name: unknown output %q; the model has one output named %q", i, o.GetName(), oip.OutputName)
+			return field, failure.Errorf(failure.BadInput, "outputs[%d].name: unknown output %q; the model has one output named %q", i, o.GetName(), oip.OutputName)
 		}
 		if _, ok := o.GetParameters()["classification"]; ok {
-			return ref, lease, failure.Errorf(failure.Unsupported, "outputs[%d].parameters.classification: the classification extension is not supported", i)
+			return field, failure.Errorf(failure.Unsupported, "outputs[%d].parameters.classification: the classification extension is not supported", i)
 		}
-		field := fmt.Sprintf("outputs[%d]", i)
-		r, ok, err := parseRef(field+".parameters", o.GetParameters())
+		f := fmt.Sprintf("outputs[%d]", i)
+		r, ok, err := parseRef(f+".parameters", o.GetParameters())
 		if err != nil || !ok {
 			if err != nil {
-				return ref, lease, err
+				return field, err
 			}
 			continue
 		}
-		if lease != nil {
-			return ref, lease, failure.Errorf(failure.BadInput, "%s: the output is requested twice in shared memory", field)
+		if t.HasOutput() {
+			return field, failure.Errorf(failure.BadInput, "%s: the output is requested twice in shared memory", f)
 		}
-		if lease, err = s.acquire(field, r, -1); err != nil {
-			return ref, nil, err
+		if err := t.HoldOutput(s.opts.SharedMemory, f, r); err != nil {
+			return field, err
 		}
-		if !lease.Writable() {
-			return ref, lease, failure.Errorf(failure.Refused, "%s.parameters.%s: region %q is read-only to the host", field, shm.ParamRegion, r.Region)
-		}
-		ref = r
+		field = f
 	}
-	return ref, lease, nil
+	return field, nil
 }
 
 // parseRef reads the shared memory parameters of a tensor; a parameter of

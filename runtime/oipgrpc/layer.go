@@ -46,7 +46,9 @@ func (s *service) inferLayer(ctx context.Context, req *pb.ModelInferRequest, m o
 	if err != nil {
 		return nil, err
 	}
-	held, err := s.decodeLayerInputs(req, m, &lr)
+	var shared oip.SharedTensors
+	defer shared.Release()
+	held, err := s.decodeLayerInputs(&shared, req, m, &lr)
 	defer func() {
 		for _, h := range held {
 			h.release()
@@ -136,12 +138,12 @@ func layerRequestParams(params map[string]*pb.InferParameter) (oip.LayerRequest,
 	return lr, nil
 }
 
-// decodeLayerInputs decodes a layer's inputs into lr, returning what they
-// hold (shared memory leases, pooled buffers) until the request is
-// answered. raw_input_contents, when
-// given, holds the values of every input that names no region, in the
-// order of inputs.
-func (s *service) decodeLayerInputs(req *pb.ModelInferRequest, m oip.ModelInfo, lr *oip.LayerRequest) ([]heldInput, error) {
+// decodeLayerInputs decodes a layer's inputs into lr, returning the
+// pooled buffers they hold until the request is answered (the regions
+// they name are held in shared, and copied: a layer's tensors are not
+// used in place). raw_input_contents, when given, holds the values of
+// every input that names no region, in the order of inputs.
+func (s *service) decodeLayerInputs(shared *oip.SharedTensors, req *pb.ModelInferRequest, m oip.ModelInfo, lr *oip.LayerRequest) ([]heldInput, error) {
 	inputs := req.GetInputs()
 	raw := req.GetRawInputContents()
 	dst := map[string]*oip.Tensor{oip.InputName: &lr.Input, oip.DefaultName: &lr.Default, oip.GradOutputName: &lr.GradOutput}
@@ -179,7 +181,7 @@ func (s *service) decodeLayerInputs(req *pb.ModelInferRequest, m oip.ModelInfo, 
 			next++
 		}
 		field, name := "inputs["+strconv.Itoa(i)+"]", in.GetName()
-		t, h, err := s.decodeTensor(i, in, r, func(shape []int64) error {
+		t, h, err := s.decodeTensor(shared, false, i, in, r, func(shape []int64) error {
 			return oip.CheckLayerInput(field, name, shape, m, batch)
 		})
 		held = append(held, h)

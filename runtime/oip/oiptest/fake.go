@@ -130,14 +130,17 @@ func (b *Backend) Model(name string) (oip.ModelInfo, bool) {
 	return m.info, true
 }
 
-// Infer implements oip.Backend; the model's Func allocates its output (buf
-// is not used).
-func (b *Backend) Infer(ctx context.Context, mi oip.ModelInfo, in oip.Tensor, _ []float32) (oip.Tensor, oip.ExecInfo, error) {
+// Infer implements oip.Backend; the model's Func allocates its output
+// (req.Out is not used).
+func (b *Backend) Infer(ctx context.Context, mi oip.ModelInfo, req oip.KernelRequest) (oip.Tensor, oip.ExecInfo, error) {
 	name := mi.Name
+	in := req.Input
+	// Copied before the lock is taken: a mapped input may fault.
+	last := oip.Tensor{Shape: slices.Clone(in.Shape), Data: slices.Clone(in.Data)}
 	b.mu.Lock()
 	m, ok := b.models[name]
 	if ok {
-		b.lastInput = oip.Tensor{Shape: slices.Clone(in.Shape), Data: slices.Clone(in.Data)}
+		b.lastInput = last
 		b.inferCalls++
 	}
 	var info oip.ModelInfo

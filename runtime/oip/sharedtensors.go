@@ -1,0 +1,197 @@
+package oip
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/esper/kasmina-host/runtime/failure"
+	"github.com/esper/kasmina-host/runtime/oip/wiretensor"
+	"github.com/esper/kasmina-host/runtime/shm"
+)
+
+// SharedTensors is what one inference holds in system shared memory: the
+// regions its inputs are read from and its output is written to, held
+// until it is answered. Both front ends use it, so that a tensor in a
+// region is treated alike over HTTP and gRPC.
+//
+// A kernel's FP32 input is used where it lies, and its output computed
+// where the client will read it, when the machine can (little-endian, the
+// bytes 4-aligned) and the output's bytes are none of an input's: no copy
+// is made on the host. Those are the region's own bytes, which the client
+// may truncate at any time, so the model then runs under shm.Guard (Run)
+// and is told so (KernelRequest.Mapped). Anything else (another datatype,
+// a layer's tensors, an output sharing bytes with an input) is copied.
+//
+// The zero value holds nothing; Release gives everything back.
+type SharedTensors struct {
+	leases []*shm.Lease
+	bufs   []wiretensor.FP32Buffer
+	// inPlace are the inputs used where they lie.
+	inPlace []sharedRange
+	out     *shm.Lease
+	outRef  shm.Ref
+	outView []float32 // the output's bytes, when it is computed in place
+}
+
+// sharedRange is a byte range of a held region.
+type sharedRange struct {
+	lease *shm.Lease
+	ref   shm.Ref
+}
+
+// Release gives back the regions and the pooled buffers.
+func (t *SharedTensors) Release() {
+	for _, l := range t.leases {
+		l.Release()
+	}
+	for _, b := range t.bufs {
+		b.Release()
+	}
+	*t = SharedTensors{}
+}
+
+// HoldOutput holds the region ref names for the output (field names the
+// requested output in errors, for example "outputs[0]"); a read-only
+// region is Refused.
+func (t *SharedTensors) HoldOutput(reg *shm.Registry, field string, ref shm.Ref) error {
+	l, err := reg.Hold(field, ref)
+	if err != nil {
+		return err
+	}
+	t.leases = append(t.leases, l)
+	if !l.Writable() {
+		return failure.Errorf(failure.Refused, "%s.parameters.%s: region %q is read-only to the host", field, shm.ParamRegion, ref.Region)
+	}
+	t.out, t.outRef = l, ref
+	return nil
+}
+
+// HasOutput reports whether the output goes to a region.
+func (t *SharedTensors) HasOutput() bool { return t.out != nil }
+
+// CheckOutput refuses an output of n FP32 values that its region cannot
+// hold.
+func (t *SharedTensors) CheckOutput(field string, n int64) error {
+	if need := 4 * n; t.out != nil && uint64(need) > t.outRef.ByteSize {
+		return failure.Errorf(failure.BadInput, "%s.parameters.%s is %d bytes but the output needs %d", field, shm.ParamByteSize, t.outRef.ByteSize, need)
+	}
+	return nil
+}
+
+// Input holds the region ref names and returns the n values of datatype
+// dt found there (field names the tensor in errors). With inPlace (a
+// kernel's input) they are the region's own bytes when the machine can
+// use them as they lie; otherwise, and for other datatypes, a pooled copy
+// that Release gives back.
+func (t *SharedTensors) Input(reg *shm.Registry, field string, ref shm.Ref, dt wiretensor.Datatype, n int, inPlace bool) ([]float32, error) {
+	l, err := reg.Hold(field, ref)
+	if err != nil {
+		return nil, err
+	}
+	t.leases = append(t.leases, l)
+	if inPlace && dt == wiretensor.FP32 && ref.ByteSize == 4*uint64(n) {
+		b, err := l.View(ref.Offset, ref.ByteSize, false)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", field, err)
+		}
+		if v, ok := wiretensor.FP32View(b); ok {
+			t.inPlace = append(t.inPlace, sharedRange{l, ref})
+			return v, nil
+		}
+	}
+	buf := wiretensor.GetFP32(n)
+	t.bufs = append(t.bufs, buf)
+	data := buf.Data
+	err = l.Read(ref.Offset, ref.ByteSize, func(b []byte) error {
+		return wiretensor.Decode("shared memory", data, b, dt)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", field, err)
+	}
+	return data, nil
+}
+
+// OutputBuffer returns where an output of n FP32 values is computed: the
+// output region's own bytes when the output goes to a region, the machine
+// can use them as they lie and no input used in place shares them (the
+// kernel would overwrite what it still reads); else a pooled buffer of n
+// values (nil when n is 0: the backend allocates), which Release gives
+// back and WriteOutput copies into the region.
+func (t *SharedTensors) OutputBuffer(field string, n int) ([]float32, error) {
+	if t.out != nil && n > 0 && 4*uint64(n) <= t.outRef.ByteSize && !t.outputAliasesInput(n) {
+		b, err := t.out.View(t.outRef.Offset, 4*uint64(n), true)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", field, err)
+		}
+		if v, ok := wiretensor.FP32View(b); ok {
+			t.outView = v
+			return v, nil
+		}
+	}
+	if n == 0 {
+		return nil, nil
+	}
+	buf := wiretensor.GetFP32(n)
+	t.bufs = append(t.bufs, buf)
+	return buf.Data, nil
+}
+
+func (t *SharedTensors) outputAliasesInput(n int) bool {
+	for _, in := range t.inPlace {
+		if t.out.Overlaps(t.outRef.Offset, 4*uint64(n), in.lease, in.ref.Offset, in.ref.ByteSize) {
+			return true
+		}
+	}
+	return false
+}
+
+// KernelInferrer is what SharedTensors.Infer needs of a backend: both
+// front ends' backends have it.
+type KernelInferrer interface {
+	Infer(ctx context.Context, m ModelInfo, req KernelRequest) (Tensor, ExecInfo, error)
+}
+
+// Infer runs kr on model m through b, telling it whether it touches a
+// region's own bytes (KernelRequest.Mapped), and then under shm.Guard, so
+// that a region truncated under the model is an error naming the region
+// rather than a crash.
+func (t *SharedTensors) Infer(ctx context.Context, b KernelInferrer, m ModelInfo, kr KernelRequest) (Tensor, ExecInfo, error) {
+	kr.Mapped = len(t.inPlace) > 0 || t.outView != nil
+	if !kr.Mapped {
+		return b.Infer(ctx, m, kr)
+	}
+	return t.inferGuarded(ctx, b, m, kr)
+}
+
+// inferGuarded is Infer's guarded path, apart so that the unguarded one
+// allocates nothing for the closure.
+func (t *SharedTensors) inferGuarded(ctx context.Context, b KernelInferrer, m ModelInfo, kr KernelRequest) (out Tensor, info ExecInfo, err error) {
+	err = shm.Guard(t.leases, func() error {
+		var err error
+		out, info, err = b.Infer(ctx, m, kr)
+		return err
+	})
+	return out, info, err
+}
+
+// WriteOutput puts the output into its region, when it has one and was
+// not computed there (field names the requested output in errors).
+func (t *SharedTensors) WriteOutput(field string, out []float32) error {
+	if t.out == nil {
+		return nil
+	}
+	if err := t.CheckOutput(field, int64(len(out))); err != nil {
+		return err
+	}
+	if len(out) > 0 && len(out) <= len(t.outView) && &out[0] == &t.outView[0] {
+		return nil // computed in place
+	}
+	err := t.out.Write(t.outRef.Offset, 4*uint64(len(out)), func(b []byte) error {
+		wiretensor.PutFP32(b, out)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("%s: %w", field, err)
+	}
+	return nil
+}
