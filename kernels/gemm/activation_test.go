@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
 )
 
@@ -215,5 +216,55 @@ func BenchmarkReLU(b *testing.B) {
 	b.SetBytes(4 * int64(len(src)))
 	for b.Loop() {
 		ActReLU.Apply(dst, src)
+	}
+}
+
+// BenchmarkSharedActivation runs a GELU over 64K elements (a batch of 64
+// hidden layers of 1024) with Apply, which shares it with the worker pool,
+// and on the calling goroutine alone.
+func BenchmarkSharedActivation(b *testing.B) {
+	r := rand.New(rand.NewPCG(1, 2))
+	src := make([]float32, 64<<10)
+	for i := range src {
+		src[i] = float32(r.NormFloat64())
+	}
+	dst := make([]float32, len(src))
+	for _, c := range []struct {
+		name string
+		fn   func(dst, src []float32)
+	}{{"Apply", ActGELU.Apply}, {"alone", ActGELU.apply}} {
+		b.Run(c.name, func(b *testing.B) {
+			for b.Loop() {
+				c.fn(dst, src)
+			}
+		})
+	}
+}
+
+// A tensor large enough to be shared with the worker pool gets the same
+// bits as on one goroutine, into another slice and in place, for every
+// activation that is shared; sizes straddle the chunks.
+func TestSharedActivationMatchesOneGoroutine(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	for _, act := range []Activation{ActSigmoid, ActTanh, ActGELU, ActGELUTanh} {
+		for _, n := range []int{act.sharedFrom(), act.sharedFrom() + 7, 3*actChunk + 1} {
+			src := make([]float32, n)
+			for i := range src {
+				src[i] = float32(r.NormFloat64() * 4)
+			}
+			copy(src, specialInputs)
+			want := make([]float32, n)
+			act.apply(want, src)
+			got := make([]float32, n)
+			act.Apply(got, src)
+			inPlace := slices.Clone(src)
+			act.Apply(inPlace, inPlace)
+			for i := range want {
+				if math.Float32bits(got[i]) != math.Float32bits(want[i]) || math.Float32bits(inPlace[i]) != math.Float32bits(want[i]) {
+					t.Fatalf("%v, %d elements: element %d is %#08x (in place %#08x), alone %#08x", act, n, i,
+						math.Float32bits(got[i]), math.Float32bits(inPlace[i]), math.Float32bits(want[i]))
+				}
+			}
+		}
 	}
 }

@@ -290,9 +290,9 @@ func putBuffer(b *buffer) {
 	bufMu.Unlock()
 }
 
-// job is one parallel product shared by the caller and idle workers: a
-// grid of blocks of the dot-product path, or (step.e set) the A blocks of
-// one step of the packed path.
+// job is one parallel computation shared by the caller and idle workers: a
+// grid of blocks of the dot-product path, (step.e set) the A blocks of one
+// step of the packed path, or (actSrc set) the chunks of an activation.
 type job struct {
 	e       *native
 	p       problem
@@ -300,10 +300,14 @@ type job struct {
 	tm, tn  int          // task grid: row blocks × column blocks
 	pp      pproblem     // the packed path's problem
 	step    pkStep       // the packed path's current step
-	total   int64        // tasks of the packed step
+	total   int64        // tasks of the packed step or the activation
 	next    atomic.Int64 // next task index
 	pending atomic.Int32 // participants still inside work
 	fin     chan struct{}
+	// act over actSrc into actDst, in tasks of actChunk elements, when
+	// actSrc is set (a shared activation: applyShared).
+	act            Activation
+	actDst, actSrc []float32
 	// raised is the first panic a worker recovered from while working on
 	// the job, raised again on the calling goroutine (runShared).
 	raised atomic.Pointer[workerPanic]
@@ -423,6 +427,17 @@ func (j *job) join() {
 
 // work runs tasks until none is left.
 func (j *job) work() {
+	if j.actSrc != nil {
+		for {
+			t := j.next.Add(1) - 1
+			if t >= j.total {
+				return
+			}
+			lo := int(t) * actChunk
+			hi := min(lo+actChunk, len(j.actSrc))
+			j.act.apply(j.actDst[lo:hi], j.actSrc[lo:hi])
+		}
+	}
 	if j.step.e != nil {
 		for {
 			t := j.next.Add(1) - 1
