@@ -19,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -47,9 +48,14 @@ var (
 
 func TestMain(m *testing.M) {
 	code := m.Run()
+	// SIGTERM, not SIGINT: a shell running this in the background starts
+	// its children with SIGINT ignored, and the echo server would never
+	// end. Whatever is still running after ten seconds is killed.
 	for _, p := range procs {
-		_ = p.Process.Signal(os.Interrupt)
+		_ = p.Process.Signal(syscall.SIGTERM)
+		t := time.AfterFunc(10*time.Second, func() { _ = p.Process.Kill() })
 		_ = p.Wait()
+		t.Stop()
 	}
 	if tmpDir != "" {
 		os.RemoveAll(tmpDir)
