@@ -1,6 +1,6 @@
 """Per-request time of the Python client against a real kasmina-host.
 
-    /usr/bin/python3 clients/python/bench/bench_layer.py [--bin PATH] [--case golden-1-000] [--n 2000]
+    /usr/bin/python3 clients/python/bench/bench_layer.py [--bin PATH] [--case golden-1-000] [--n 2000] [--batch B]
 
 Starts ``kasmina-host serve --listen-unix`` on the golden kernels (the
 binary: --bin, $KASMINA_HOST_BIN, or built with go build), declares a
@@ -8,7 +8,10 @@ layer holding the case's kernel at alpha 0.5, and measures side by side,
 in interleaved rounds of one run:
 
 1. ``Client.forward`` (x and default, no kept forward) over the Unix socket
-   and over loopback TCP;
+   and over loopback TCP with the tensors in the request body
+   (``shared_memory=False``), and over the Unix socket with the inputs in
+   system shared memory (``shared_memory=True``; the output comes in the
+   answer, as a layer's do);
 2. forward + ``loss.backward()`` through ``KasminaHostLayer`` (Unix socket)
    and through the same blend computed in-process by PyTorch's autograd.
 
@@ -28,6 +31,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(HERE), os.path.join(os.path.dirname(HERE), "tests")]
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from golden import load_cases  # noqa: E402
@@ -48,6 +52,7 @@ def main() -> None:
     ap.add_argument("--bin", default=os.environ.get("KASMINA_HOST_BIN"))
     ap.add_argument("--case", default="golden-1-000")
     ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--batch", type=int, default=0, help="repeat the case's input to this batch (default: the case's)")
     args = ap.parse_args()
     if args.bin:
         os.environ["KASMINA_HOST_BIN"] = args.bin
@@ -57,11 +62,14 @@ def main() -> None:
     binary = host_binary(tempfile.mkdtemp(prefix="kh-bench-"))
     host = HostProcess(binary, GOLDEN)
     try:
-        unix, tcp = Client(host.unix_url), Client(host.tcp_url)
+        unix, tcp = Client(host.unix_url, shared_memory=False), Client(host.tcp_url, shared_memory=False)
+        shm = Client(host.unix_url, shared_memory=True)
         n_in, n_out = case.input_shape[1], case.output_shape[1]
         layer = KasminaHostLayer(n_in, n_out, layer_name="bench", client=unix, sync_interval=None)
         asyncio.run(layer.load_kernel(0, case.artifact, alpha=ALPHA))
         x = case.x
+        if args.batch:
+            x = np.resize(x, (args.batch,) + x.shape[1:])
         d = layer.default_transform(torch.from_numpy(x)).detach().numpy()
 
         module = case.model(torch.float32)
@@ -70,12 +78,13 @@ def main() -> None:
         def in_process(xt):
             return (1 - ALPHA) * default(xt) + ALPHA * module(xt)
 
-        times = {k: [] for k in ("unix", "tcp", "layer", "torch")}
+        times = {k: [] for k in ("unix", "tcp", "shm", "layer", "torch")}
+        clients = (("unix", unix), ("tcp", tcp), ("shm", shm))
         for _ in range(50):  # warm-up
-            unix.forward("bench", x, default=d)
-            tcp.forward("bench", x, default=d)
+            for _, client in clients:
+                client.forward("bench", x, default=d)
         for _ in range(args.n):
-            for name, client in (("unix", unix), ("tcp", tcp)):
+            for name, client in clients:
                 t = time.perf_counter_ns()
                 client.forward("bench", x, default=d)
                 times[name].append(time.perf_counter_ns() - t)
@@ -89,12 +98,14 @@ def main() -> None:
         print("| what | p50 µs | p99 µs |")
         print("| --- | --- | --- |")
         rows = [("forward, Unix socket", "unix"), ("forward, loopback TCP", "tcp"),
+                ("forward, Unix socket, inputs in shared memory", "shm"),
                 ("forward + backward, KasminaHostLayer (Unix socket)", "layer"),
                 ("forward + backward, PyTorch in-process", "torch")]
         for label, key in rows:
             print(f"| {label} | {pct(times[key], 0.5):.1f} | {pct(times[key], 0.99):.1f} |")
         med = {k: statistics.median(v) for k, v in times.items()}
-        print(f"\nUnix / TCP forward: {med['unix'] / med['tcp']:.2f}; "
+        print(f"\nUnix / TCP forward: {med['unix'] / med['tcp']:.2f}; Unix / Unix with shared memory: "
+              f"{med['unix'] / med['shm']:.2f}; "
               f"host layer / in-process forward+backward: {med['layer'] / med['torch']:.1f}")
     finally:
         host.stop()

@@ -9,6 +9,7 @@ import os
 import select
 import socket
 import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import quote, urlsplit
@@ -16,7 +17,9 @@ from urllib.parse import quote, urlsplit
 import numpy as np
 
 from .errors import KasminaHostError, KasminaHostUnavailable, KasminaProtocolError
-from .wire import HEADER_LENGTH, InferResponse, as_fp32, decode_response, encode_request
+from .shm import Region, RegionPool, aligned
+from .wire import (FP32, HEADER_LENGTH, InferResponse, SharedOutputReader, as_fp32, decode_response,
+                   encode_request, encode_shared_request)
 
 #: Where ``Client.from_env`` and the torch layers look when given no client.
 DEFAULT_URL = "http://127.0.0.1:8470"
@@ -111,8 +114,8 @@ class Client:
     """The Kasmina host's HTTP API over TCP (``http://host:port``,
     ``https://...``) or a Unix domain socket (``unix:///path/to.sock``).
 
-    Tensors travel only as Triton's binary tensor data extension (FP32,
-    little-endian). Every refusal raises :class:`KasminaHostError` with the
+    Tensors travel as Triton's binary tensor data extension (FP32,
+    little-endian) or through system shared memory (``shared_memory``). Every refusal raises :class:`KasminaHostError` with the
     host's status and message; a host that cannot be reached (or drops the
     connection, or does not answer within ``timeout`` seconds) raises
     :class:`KasminaHostUnavailable`, a ``ConnectionError``. Nothing ever
@@ -132,10 +135,20 @@ class Client:
     ``token`` is sent as ``Authorization: Bearer`` on every request (the
     host needs it on write routes, and on reads with ``--auth-read``); on
     a Unix socket the host asks for none.
+
+    ``shared_memory``: whether tensors travel through system shared memory
+    (:mod:`kasmina_host.shm`) instead of the socket. ``None`` (the default)
+    tries it on the first tensor call when the host is on this node (a
+    Unix socket, or a loopback address) and goes on over the socket if the
+    host cannot open this process's shared memory (another ``/dev/shm``,
+    another user, the extension turned off); :attr:`shared_memory_error`
+    then says why. ``True`` insists (a refusal raises), ``False`` never
+    tries. Inputs go to shared memory; a kernel's output too (its size
+    comes from the model's metadata), a layer's outputs come in the answer.
     """
 
     def __init__(self, url: str, token: Optional[str] = None, timeout: float = 60.0, *,
-                 max_idle: int = 4) -> None:
+                 max_idle: int = 4, shared_memory: Optional[bool] = None) -> None:
         parts = urlsplit(url)
         self.url = url
         self.timeout = timeout
@@ -165,6 +178,16 @@ class Client:
         self._idle: List[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
         self.connections_opened = 0  #: connections opened so far (keep-alive reuse keeps this low)
+        if shared_memory is None:
+            shared_memory = None if self._on_this_node() else False
+        self._shm_wanted = shared_memory
+        self._shm_pool: Optional[RegionPool] = None
+        self._shm_pid = 0  # the process the pool's regions belong to
+        self._shm_failed = False
+        self._shm_lock = threading.Lock()
+        #: Why shared memory is not in use after an attempt (None when it is, or was not tried).
+        self.shared_memory_error: Optional[str] = None
+        self._output_sizes: Dict[str, Optional[Tuple[int, ...]]] = {}
 
     @classmethod
     def from_env(cls) -> "Client":
@@ -185,11 +208,28 @@ class Client:
         return (_unpickle_client, (self.url, self.timeout))
 
     def close(self) -> None:
-        """Closes the idle connections (a later request opens a new one)."""
+        """Closes the idle connections (a later request opens a new one) and
+        gives back the shared memory regions (a later call makes new ones)."""
+        with self._shm_lock:
+            pool, self._shm_pool = self._shm_pool, None
+        if pool is not None and self._shm_pid == os.getpid():
+            pool.close()
         with self._lock:
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+
+    def _on_this_node(self) -> bool:
+        if self._unix_path is not None:
+            return True
+        host = self._host.lower()
+        return host in ("localhost", "::1") or host.startswith("127.")
+
+    @property
+    def shared_memory(self) -> bool:
+        """Whether tensors travel through shared memory (after the first
+        tensor call has tried it)."""
+        return self._shm_pool is not None
 
     def __enter__(self) -> "Client":
         return self
@@ -397,13 +437,116 @@ class Client:
             raise ValueError(f"alpha {alpha} is not a finite number")
         return self._outcome("PUT", _seed_path(layer_name, seed_idx, "alpha"), {"alpha": alpha})
 
+    # -- shared memory -----------------------------------------------------
+
+    def _register_region(self, region: Region) -> None:
+        self._json("POST", f"/v2/systemsharedmemory/region/{quote(region.name, safe='')}/register",
+                   {"key": region.key, "offset": 0, "byte_size": region.size})
+
+    def _unregister_region(self, name: str) -> None:
+        self._json("POST", f"/v2/systemsharedmemory/region/{quote(name, safe='')}/unregister")
+
+    def _new_pool(self) -> RegionPool:
+        """A region pool that holds this client weakly, so that a client
+        dropped without close() is collected: its regions are then
+        unregistered (over a connection of their own) and removed, as
+        they are at exit for a client still alive."""
+        ref = weakref.ref(self)
+        url, token, timeout = self.url, self._token, min(self.timeout, 2.0)
+
+        def register(region: Region) -> None:
+            c = ref()
+            if c is None:
+                raise KasminaHostUnavailable("the client was closed")
+            c._register_region(region)
+
+        def unregister(name: str) -> None:
+            c = ref()
+            if c is not None:
+                c._unregister_region(name)
+                return
+            c = Client(url, token=token, timeout=timeout, shared_memory=False)
+            try:
+                c._unregister_region(name)
+            finally:
+                c.close()
+
+        pool = RegionPool(register, unregister, max_idle=self._max_idle)
+        weakref.finalize(self, pool.close)
+        return pool
+
+    def _regions(self) -> Optional[RegionPool]:
+        """The pool of shared memory regions, set up (and tried: the host
+        registers one) on first use; None when tensors go over the socket."""
+        if self._shm_wanted is False or self._shm_failed:
+            return None
+        pool = self._shm_pool
+        if pool is not None and self._shm_pid == os.getpid():
+            return pool
+        with self._shm_lock:
+            if self._shm_pool is not None and self._shm_pid == os.getpid():
+                return self._shm_pool
+            # None yet, or the parent's (this process was forked): the
+            # parent's regions are left to it.
+            pool = self._new_pool()
+            try:
+                pool.give_back(pool.take(0))
+            except KasminaHostUnavailable:
+                raise
+            except (KasminaHostError, OSError) as e:
+                if self._shm_wanted:
+                    raise
+                self._shm_failed = True
+                self.shared_memory_error = str(e)
+                return None
+            self._shm_pool, self._shm_pid = pool, os.getpid()
+            self.shared_memory_error = None
+            return pool
+
+    def _output_size(self, model: str, refresh: bool = False) -> Optional[Tuple[int, ...]]:
+        """The per-sample shape of a kernel's one output ("output", FP32),
+        from its metadata; None for a model with other outputs (a layer)
+        or a shape the metadata leaves open."""
+        if not refresh and model in self._output_sizes:
+            return self._output_sizes[model]
+        meta = self._json("GET", f"/v2/models/{quote(model, safe='')}")
+        shape: Optional[Tuple[int, ...]] = None
+        outs = meta.get("outputs") if isinstance(meta, dict) else None
+        if isinstance(outs, list) and len(outs) == 1 and isinstance(outs[0], dict) and outs[0].get("name") == "output" \
+                and outs[0].get("datatype") == "FP32":
+            dims = outs[0].get("shape")
+            if isinstance(dims, list) and len(dims) >= 1 and all(isinstance(d, int) and not isinstance(d, bool) for d in dims) \
+                    and all(d >= 0 for d in dims[1:]):
+                shape = tuple(dims[1:])
+        self._output_sizes[model] = shape
+        return shape
+
     # -- inference ---------------------------------------------------------
 
     def infer(self, model: str, inputs: Mapping[str, ArrayLike],
               parameters: Optional[Mapping[str, Any]] = None) -> InferResponse:
-        """``POST /v2/models/{model}/infer`` with every input as binary FP32
-        and every output asked for in binary. Inputs are sent in the order given."""
+        """``POST /v2/models/{model}/infer`` with every input as FP32 and
+        every output asked for in binary, or through shared memory (see
+        the class). Inputs are sent in the order given."""
         arrays = [(name, as_fp32(name, value)) for name, value in inputs.items()]
+        return self._infer(model, arrays, parameters, kernel=True)
+
+    def _infer(self, model: str, arrays: List[Tuple[str, np.ndarray]], parameters: Optional[Mapping[str, Any]],
+               kernel: bool) -> InferResponse:
+        pool = self._regions()
+        if pool is None:
+            return self._infer_socket(model, arrays, parameters)
+        try:
+            return self._infer_shared(pool, model, arrays, parameters, kernel, refresh=False)
+        except KasminaHostError as e:
+            # A kernel swapped for one with a larger output: its region
+            # was too small. Once more with fresh metadata.
+            if kernel and e.status == 400 and self._output_size(model) != self._output_size(model, refresh=True):
+                return self._infer_shared(pool, model, arrays, parameters, kernel, refresh=False)
+            raise
+
+    def _infer_socket(self, model: str, arrays: List[Tuple[str, np.ndarray]],
+                      parameters: Optional[Mapping[str, Any]]) -> InferResponse:
         body, hlen = encode_request(arrays, parameters)
         status, hdrs, data = self._request(
             "POST", f"/v2/models/{quote(model, safe='')}/infer", body,
@@ -411,6 +554,40 @@ class Client:
         if not 200 <= status < 300:
             raise self._error(status, hdrs, data)
         return decode_response(data, hdrs.get(HEADER_LENGTH), status)
+
+    def _infer_shared(self, pool: RegionPool, model: str, arrays: List[Tuple[str, np.ndarray]],
+                      parameters: Optional[Mapping[str, Any]], kernel: bool, refresh: bool) -> InferResponse:
+        """One inference with the inputs (and a kernel's output) in a region."""
+        out_bytes = 0
+        if kernel and arrays and arrays[0][1].ndim >= 1:
+            per_sample = self._output_size(model, refresh)
+            if per_sample is not None:
+                out_bytes = 4 * arrays[0][1].shape[0] * int(np.prod(per_sample, dtype=np.int64))
+        offsets, end = [], 0
+        for _, arr in arrays:
+            offsets.append(end)
+            end += aligned(arr.nbytes)
+        region = pool.take(end + out_bytes)
+        try:
+            for (_, arr), off in zip(arrays, offsets):
+                region.write(off, arr)
+            output = ("output", region.name, end, out_bytes) if out_bytes > 0 else None
+            body = encode_shared_request([(n, a, region.name, o) for (n, a), o in zip(arrays, offsets)], output, parameters)
+            status, hdrs, data = self._request("POST", f"/v2/models/{quote(model, safe='')}/infer", body,
+                                               {"Content-Type": "application/json"})
+            if not 200 <= status < 300:
+                raise self._error(status, hdrs, data)
+            shared: Dict[str, SharedOutputReader] = {}
+            if output is not None:
+                def read(shape: List[int]) -> np.ndarray:
+                    n = 4 * int(np.prod(shape, dtype=np.int64))
+                    if n > out_bytes:
+                        raise KasminaProtocolError(status, f"output of shape {shape} does not fit the {out_bytes} bytes given for it")
+                    return region.read(end, shape, FP32)
+                shared["output"] = read
+            return decode_response(data, hdrs.get(HEADER_LENGTH), status, shared)
+        finally:
+            pool.give_back(region)
 
     def forward(self, layer: str, x: ArrayLike, default: Optional[ArrayLike] = None,
                 keep: bool = False) -> ForwardResult:
@@ -422,7 +599,7 @@ class Client:
         if default is not None:
             inputs["default"] = default
         params = {"keep_forward": True} if keep else None
-        resp = self.infer(layer, inputs, params)
+        resp = self._infer(layer, [(n, as_fp32(n, v)) for n, v in inputs.items()], params, kernel=False)
         out = _need(resp, "output")
         fid = resp.parameters.get("forward_id")
         if keep and not isinstance(fid, str):
@@ -454,7 +631,7 @@ class Client:
         else:
             params = {"forward_id": forward_id}
         inputs["grad_output"] = grad_output
-        resp = self.infer(layer, inputs, params)
+        resp = self._infer(layer, [(n, as_fp32(n, v)) for n, v in inputs.items()], params, kernel=False)
         return BackwardResult(grad_input=_need(resp, "grad_input"), grad_default=resp.outputs.get("grad_default"),
                               output=resp.outputs.get("output") if x is not None else None,
                               seeds=_seeds_param(resp.parameters, 200), alpha_total=_alpha_total(resp.parameters),

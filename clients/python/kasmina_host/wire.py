@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -68,6 +68,39 @@ def encode_request(inputs: Sequence[Tuple[str, np.ndarray]],
     return b"".join([head] + [memoryview(arr).cast("B") for _, arr in inputs]), len(head)
 
 
+def encode_shared_request(inputs: Sequence[Tuple[str, np.ndarray, str, int]],
+                          output: Optional[Tuple[str, str, int, int]] = None,
+                          parameters: Optional[Mapping[str, Any]] = None) -> bytes:
+    """The JSON body of an inference request whose inputs lie in system
+    shared memory: ``inputs`` are (name, array, region, offset) with the
+    array's bytes already at that offset of that region. ``output``, when
+    given, is (name, region, offset, byte_size): the output goes there
+    and the answer describes it without its values; every other output
+    comes back in binary.
+    """
+    params: Dict[str, Any] = {"binary_data_output": True}
+    if parameters:
+        params.update(parameters)
+    header: Dict[str, Any] = {
+        "inputs": [
+            {"name": name, "shape": list(arr.shape), "datatype": "FP32",
+             "parameters": {"shared_memory_region": region, "shared_memory_offset": offset,
+                            "shared_memory_byte_size": arr.nbytes}}
+            for name, arr, region, offset in inputs
+        ],
+        "parameters": params,
+    }
+    if output is not None:
+        name, region, offset, size = output
+        header["outputs"] = [{"name": name, "parameters": {
+            "shared_memory_region": region, "shared_memory_offset": offset, "shared_memory_byte_size": size}}]
+    return json.dumps(header, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+#: Reads an output that the host wrote to shared memory, given its shape.
+SharedOutputReader = Callable[[List[int]], np.ndarray]
+
+
 @dataclass
 class InferResponse:
     """A decoded inference answer: outputs by name, and the response parameters."""
@@ -83,7 +116,8 @@ def _shape(name: str, raw: Any) -> List[int]:
     return raw
 
 
-def decode_response(body: bytearray, header_length: Optional[str], status: int = 200) -> InferResponse:
+def decode_response(body: bytearray, header_length: Optional[str], status: int = 200,
+                    shared: Optional[Mapping[str, SharedOutputReader]] = None) -> InferResponse:
     """Decodes an inference answer whose outputs are binary.
 
     ``header_length`` is the value of ``Inference-Header-Content-Length``
@@ -91,7 +125,9 @@ def decode_response(body: bytearray, header_length: Optional[str], status: int =
     header and it must carry no output data). Every output must be FP32
     with a ``binary_data_size`` equal to its shape times 4, and the bytes
     must be used up exactly. The arrays are views of ``body`` (writable
-    when ``body`` is a ``bytearray``).
+    when ``body`` is a ``bytearray``). An output named in ``shared`` was
+    written to shared memory: it carries neither data nor a size, and its
+    reader gives its values for the shape the answer states.
     """
     if header_length is None:
         hlen = len(body)
@@ -119,6 +155,13 @@ def decode_response(body: bytearray, header_length: Optional[str], status: int =
         if out.get("datatype") != "FP32":
             raise KasminaProtocolError(status, f"output {name!r} is {out.get('datatype')!r}, not FP32")
         shape = _shape(name, out.get("shape"))
+        if shared and name in shared:
+            if name in outputs:
+                raise KasminaProtocolError(status, f"output {name!r} appears twice")
+            if "binary_data_size" in (out.get("parameters") or {}):
+                raise KasminaProtocolError(status, f"output {name!r} was asked for in shared memory and came back in the body")
+            outputs[name] = shared[name](shape)
+            continue
         size = (out.get("parameters") or {}).get("binary_data_size")
         count = int(np.prod(shape, dtype=np.int64))
         if not isinstance(size, int) or isinstance(size, bool) or size != count * 4:

@@ -87,7 +87,9 @@ class HostProcess:
         self.log_path = os.path.join(self.dir, "stderr.log")
         for attempt in range(4):
             self.port = free_port()
-            cmd = [binary, "serve", "--addr", f"127.0.0.1:{self.port}", "--kernels", kernels,
+            # No gRPC listener: its default port would keep a second host
+            # (or one already running on this machine) from starting.
+            cmd = [binary, "serve", "--addr", f"127.0.0.1:{self.port}", "--kernels", kernels, "--grpc-addr", "",
                    "--bus-file", self.bus_file, "--host-id", "pytest", "--exit-timeout", "10s"]
             cmd += (["--listen-unix", self.socket] if unix else []) + list(args or [])
             self._log = open(self.log_path, "w")

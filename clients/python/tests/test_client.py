@@ -1,6 +1,7 @@
 """Client against the fake host: the bytes on the wire, errors, transports."""
 
 import json
+import os
 import socket
 import threading
 
@@ -438,3 +439,39 @@ def test_a_pickled_client_keeps_its_url_and_never_its_token(monkeypatch):
     monkeypatch.setenv("KASMINA_HOST_TOKEN", "from-env")
     back = pickle.loads(raw)
     assert (back.url, back.timeout, back._headers["Authorization"]) == ("unix:///run/k.sock", 7, "Bearer from-env")
+
+
+def test_shared_memory_is_tried_once_on_this_node_and_given_up_when_the_host_refuses(fake):
+    host, url = fake
+    c = Client(url)  # loopback: tried
+    setup_layer(c)
+    x = np.ones((2, 6), dtype=np.float32)
+    for _ in range(3):
+        c.forward("l1", x)
+    regs = [r for r in host.requests if "/systemsharedmemory/" in r.path]
+    assert len(regs) == 1, [r.path for r in regs]
+    (reg,) = regs
+    doc = json.loads(reg.body)
+    name = reg.path.split("/")[-2]
+    assert reg.method == "POST" and reg.path == f"/v2/systemsharedmemory/region/{name}/register"
+    assert doc["key"] == "/" + name and doc["offset"] == 0 and doc["byte_size"] >= 1 << 20
+    assert name.startswith(f"kasmina-{os.getpid()}-")
+    assert not os.path.exists("/dev/shm/" + name), "the refused region's object was left behind"
+    assert not c.shared_memory and "no route" in (c.shared_memory_error or "")
+    assert all(r.headers["content-type"] == "application/octet-stream" for r in host.infer_requests())
+
+    strict = Client(url, shared_memory=True)
+    with pytest.raises(KasminaHostError) as e:
+        strict.forward("l1", x)
+    assert e.value.status == 404
+
+
+def test_shared_memory_is_not_tried_for_a_remote_host_or_when_turned_off(fake):
+    host, url = fake
+    # Decided without a request: no host off this node can open our /dev/shm.
+    assert Client("http://192.0.2.7:8470")._shm_wanted is False
+    assert Client("http://localhost:8470")._shm_wanted is None and Client("unix:///x.sock")._shm_wanted is None
+    c = Client(url, shared_memory=False)
+    setup_layer(c)
+    c.forward("l1", np.ones((2, 6), dtype=np.float32))
+    assert not [r for r in host.requests if "/systemsharedmemory/" in r.path]
