@@ -124,7 +124,10 @@ type decodedRequest struct {
 	// every output the answer has.
 	Requested    [numOutputRoles]bool
 	AnyRequested bool
-	OutputShm    *shm.Ref
+	// OutputShm is, by role, the region an output goes to (nil: the
+	// answer carries it); OutputField names that requested output.
+	OutputShm   [numOutputRoles]*shm.Ref
+	OutputField [numOutputRoles]string
 	// A layer's parameters.
 	KeepForward, RetainForward bool
 	ForwardID                  string
@@ -460,13 +463,10 @@ func (d *decodedRequest) outputs(binaryAll *bool, outs []requestOutput, model Mo
 			return err
 		}
 		if outShm {
-			if model.Layer {
-				return unsupported("outputs[%d].parameters.%s: a layer's outputs come in the answer, not in shared memory", i, shm.ParamRegion)
+			if d.OutputShm[r] != nil {
+				return badInput("outputs[%d]: output %q is requested twice in shared memory", i, o.Name)
 			}
-			if d.OutputShm != nil {
-				return badInput("outputs[%d]: the output is requested twice in shared memory", i)
-			}
-			d.OutputShm = &oref
+			d.OutputShm[r], d.OutputField[r] = &oref, "outputs["+strconv.Itoa(i)+"]"
 		}
 		if o.Parameters.BinaryData != nil {
 			d.BinaryOutput[r] = *o.Parameters.BinaryData

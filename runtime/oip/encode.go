@@ -133,8 +133,9 @@ type layerResponse struct {
 	Exec                        ExecInfo
 	Result                      *LayerResult
 	// Want says which outputs the answer has, Binary which of them are
-	// in the binary part, by output role.
-	Want, Binary [numOutputRoles]bool
+	// in the binary part, InSharedMemory which were written to a region
+	// (the answer describes them without their values), by output role.
+	Want, Binary, InSharedMemory [numOutputRoles]bool
 }
 
 // tensors returns the result's outputs by role.
@@ -181,6 +182,10 @@ func encodeLayerResponse(dst []byte, r *layerResponse) (out []byte, headerLen in
 			b = strconv.AppendInt(b, int64(d), 10)
 		}
 		b = append(b, ']')
+		if r.InSharedMemory[role] {
+			b = append(b, '}')
+			continue
+		}
 		if r.Binary[role] {
 			b = append(b, `,"parameters":{"binary_data_size":`...)
 			b = strconv.AppendInt(b, 4*int64(len(t.Data)), 10)

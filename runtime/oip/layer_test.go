@@ -104,6 +104,9 @@ type layerCall struct {
 	params  map[string]any
 	outputs []string // requested outputs; none: all
 	json    bool     // JSON data and JSON answer instead of the binary extension
+	// outputParams replaces a requested output's parameters (for
+	// example to put it in shared memory).
+	outputParams map[string]map[string]any
 }
 
 // layerAnswer is a decoded answer.
@@ -150,7 +153,11 @@ func (c layerCall) body() ([]byte, map[string]string) {
 		req.Inputs = append(req.Inputs, in)
 	}
 	for _, o := range c.outputs {
-		req.Outputs = append(req.Outputs, output{Name: o, Parameters: map[string]any{"binary_data": !c.json}})
+		p := map[string]any{"binary_data": !c.json}
+		if op, ok := c.outputParams[o]; ok {
+			p = op
+		}
+		req.Outputs = append(req.Outputs, output{Name: o, Parameters: p})
 	}
 	if !c.json {
 		req.Parameters["binary_data_output"] = true

@@ -224,7 +224,7 @@ func (s *server) infer(w http.ResponseWriter, r *http.Request) error {
 	var b []byte
 	var headerSize int
 	if m.Layer {
-		b, headerSize, err = s.inferLayer(r.Context(), m, &req, body.buf[:0])
+		b, headerSize, err = s.inferLayer(r.Context(), m, &req, &tensors, body.buf[:0])
 		body.buf = b
 		if err != nil {
 			return err
@@ -233,7 +233,7 @@ func (s *server) infer(w http.ResponseWriter, r *http.Request) error {
 		// The output is computed where the model declares its size: in its
 		// region, or a pooled buffer copied into the answer or the region
 		// before this returns.
-		outBuf, err := tensors.OutputBuffer("outputs[0]", outputElements(m, req.input().Tensor.Shape))
+		outBuf, err := tensors.OutputBuffer(roleOutput, outputElements(m, req.input().Tensor.Shape))
 		if err != nil {
 			return err
 		}
@@ -242,11 +242,11 @@ func (s *server) infer(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return err
 		}
-		if err := tensors.WriteOutput("outputs[0]", out.Data); err != nil {
+		if err := tensors.WriteOutput(roleOutput, out.Data); err != nil {
 			return err
 		}
 		resp := inferResponse{ModelName: m.Name, ModelVersion: versionOf(m), ID: req.ID, Exec: exec, Output: out,
-			Binary: req.BinaryOutput[roleOutput], InSharedMemory: tensors.HasOutput()}
+			Binary: req.BinaryOutput[roleOutput], InSharedMemory: tensors.HasOutput(roleOutput)}
 		// The request body is no longer needed: its buffer takes the answer
 		// (released, and pooled when its size allows, with the body).
 		b, headerSize, err = encodeInferResponse(body.buf[:0], &resp)
@@ -267,9 +267,10 @@ func (s *server) infer(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// inferLayer runs a decoded request on layer m and appends its answer to
-// dst (see encodeLayerResponse).
-func (s *server) inferLayer(ctx context.Context, m ModelInfo, req *decodedRequest, dst []byte) ([]byte, int, error) {
+// inferLayer runs a decoded request on layer m, puts the outputs bound
+// for shared memory in their regions (held in t), and appends its answer
+// to dst (see encodeLayerResponse).
+func (s *server) inferLayer(ctx context.Context, m ModelInfo, req *decodedRequest, t *SharedTensors, dst []byte) ([]byte, int, error) {
 	lb, ok := s.backend.(LayerBackend)
 	if !ok {
 		return dst, 0, failure.Errorf(failure.Unsupported, "model %q is a layer, and this host does not serve layers", m.Name)
@@ -292,6 +293,18 @@ func (s *server) inferLayer(ctx context.Context, m ModelInfo, req *decodedReques
 	}
 	resp := layerResponse{ModelName: m.Name, ModelVersion: versionOf(m), ID: req.ID, Exec: exec, Result: &res,
 		Want: want, Binary: req.BinaryOutput}
+	for role, out := range res.tensors() {
+		if !t.HasOutput(role) {
+			continue
+		}
+		if out.Data == nil || !want[role] {
+			return dst, 0, failure.Errorf(failure.BadInput, "%s: layer %q has no %s in this answer", req.OutputField[role], m.Name, outputNames[role])
+		}
+		if err := t.WriteOutput(role, out.Data); err != nil {
+			return dst, 0, err
+		}
+		resp.InSharedMemory[role] = true
+	}
 	b, headerSize, err := encodeLayerResponse(dst, &resp)
 	if err != nil {
 		return b, 0, fmt.Errorf("layer %q: encoding the answer: %w", m.Name, err)

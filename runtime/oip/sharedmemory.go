@@ -93,22 +93,35 @@ func (s *server) shmUnregister(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, struct{}{})
 }
 
-// holdTensors holds the regions req names for its output and inputs and
+// holdTensors holds the regions req names for its outputs and inputs and
 // reads its inputs (in place for a kernel's, where they can be), checking
-// that the output fits its region when the model declares its shape, all
-// before the model runs.
+// that each output fits its region when the model's shapes say its size,
+// all before the model runs. A layer's grad_input has its input's shape,
+// its output and grad_default the output shape.
 func (s *server) holdTensors(t *SharedTensors, req *decodedRequest, m ModelInfo) error {
-	in := req.input()
-	if ref := req.OutputShm; ref != nil {
-		if err := t.HoldOutput(s.opts.SharedMemory, "outputs[0]", *ref); err != nil {
+	batch := -1
+	if sh := req.input().Tensor.Shape; len(sh) > 0 {
+		batch = sh[0]
+	} else if sh := req.Inputs[roleGradOutput].Tensor.Shape; m.Layer && len(sh) > 0 {
+		batch = sh[0] // the backward of a kept forward
+	}
+	for role, ref := range req.OutputShm {
+		if ref == nil {
+			continue
+		}
+		if err := t.HoldOutput(s.opts.SharedMemory, role, req.OutputField[role], *ref); err != nil {
 			return err
 		}
-		if m.OutputShape != nil && len(in.Tensor.Shape) > 0 {
-			n := int64(in.Tensor.Shape[0])
-			for _, d := range m.OutputShape {
+		perSample := m.OutputShape
+		if role == roleGradInput {
+			perSample = m.InputShape
+		}
+		if perSample != nil && batch >= 0 {
+			n := int64(batch)
+			for _, d := range perSample {
 				n *= int64(d)
 			}
-			if err := t.CheckOutput("outputs[0]", n); err != nil {
+			if err := t.CheckOutput(role, n); err != nil {
 				return err
 			}
 		}

@@ -28,9 +28,20 @@ type SharedTensors struct {
 	bufs   []wiretensor.FP32Buffer
 	// inPlace are the inputs used where they lie.
 	inPlace []sharedRange
-	out     *shm.Lease
-	outRef  shm.Ref
-	outView []float32 // the output's bytes, when it is computed in place
+	// outs are the outputs bound for regions, by slot (a kernel's output
+	// is slot 0; a layer's are its output roles).
+	outs [MaxSharedOutputs]sharedOutput
+}
+
+// MaxSharedOutputs bounds the outputs of one inference that go to shared
+// memory: a layer's output, grad_input and grad_default.
+const MaxSharedOutputs = 3
+
+// sharedOutput is an output bound for a region.
+type sharedOutput struct {
+	field string // the requested output, for errors ("outputs[1]")
+	sharedRange
+	view []float32 // the output's bytes, when it is computed in place
 }
 
 // sharedRange is a byte range of a held region.
@@ -50,10 +61,14 @@ func (t *SharedTensors) Release() {
 	*t = SharedTensors{}
 }
 
-// HoldOutput holds the region ref names for the output (field names the
-// requested output in errors, for example "outputs[0]"); a read-only
-// region is Refused.
-func (t *SharedTensors) HoldOutput(reg *shm.Registry, field string, ref shm.Ref) error {
+// HoldOutput holds the region ref names for output slot (0 for a
+// kernel's output); field names the requested output in errors, for
+// example "outputs[0]". A read-only region is Refused, and so is a slot
+// already bound.
+func (t *SharedTensors) HoldOutput(reg *shm.Registry, slot int, field string, ref shm.Ref) error {
+	if t.outs[slot].lease != nil {
+		return failure.Errorf(failure.BadInput, "%s: the output is requested twice in shared memory", field)
+	}
 	l, err := reg.Hold(field, ref)
 	if err != nil {
 		return err
@@ -62,18 +77,19 @@ func (t *SharedTensors) HoldOutput(reg *shm.Registry, field string, ref shm.Ref)
 	if !l.Writable() {
 		return failure.Errorf(failure.Refused, "%s.parameters.%s: region %q is read-only to the host", field, shm.ParamRegion, ref.Region)
 	}
-	t.out, t.outRef = l, ref
+	t.outs[slot] = sharedOutput{field: field, sharedRange: sharedRange{l, ref}}
 	return nil
 }
 
-// HasOutput reports whether the output goes to a region.
-func (t *SharedTensors) HasOutput() bool { return t.out != nil }
+// HasOutput reports whether output slot goes to a region.
+func (t *SharedTensors) HasOutput(slot int) bool { return t.outs[slot].lease != nil }
 
-// CheckOutput refuses an output of n FP32 values that its region cannot
-// hold.
-func (t *SharedTensors) CheckOutput(field string, n int64) error {
-	if need := 4 * n; t.out != nil && uint64(need) > t.outRef.ByteSize {
-		return failure.Errorf(failure.BadInput, "%s.parameters.%s is %d bytes but the output needs %d", field, shm.ParamByteSize, t.outRef.ByteSize, need)
+// CheckOutput refuses an output of n FP32 values for slot that its region
+// cannot hold.
+func (t *SharedTensors) CheckOutput(slot int, n int64) error {
+	o := &t.outs[slot]
+	if need := 4 * n; o.lease != nil && uint64(need) > o.ref.ByteSize {
+		return failure.Errorf(failure.BadInput, "%s.parameters.%s is %d bytes but the output needs %d", o.field, shm.ParamByteSize, o.ref.ByteSize, need)
 	}
 	return nil
 }
@@ -111,20 +127,21 @@ func (t *SharedTensors) Input(reg *shm.Registry, field string, ref shm.Ref, dt w
 	return data, nil
 }
 
-// OutputBuffer returns where an output of n FP32 values is computed: the
-// output region's own bytes when the output goes to a region, the machine
+// OutputBuffer returns where the output of slot, n FP32 values, is
+// computed: its region's own bytes when it goes to a region, the machine
 // can use them as they lie and no input used in place shares them (the
 // kernel would overwrite what it still reads); else a pooled buffer of n
 // values (nil when n is 0: the backend allocates), which Release gives
 // back and WriteOutput copies into the region.
-func (t *SharedTensors) OutputBuffer(field string, n int) ([]float32, error) {
-	if t.out != nil && n > 0 && 4*uint64(n) <= t.outRef.ByteSize && !t.outputAliasesInput(n) {
-		b, err := t.out.View(t.outRef.Offset, 4*uint64(n), true)
+func (t *SharedTensors) OutputBuffer(slot, n int) ([]float32, error) {
+	o := &t.outs[slot]
+	if o.lease != nil && n > 0 && 4*uint64(n) <= o.ref.ByteSize && !t.aliasesInput(o, n) {
+		b, err := o.lease.View(o.ref.Offset, 4*uint64(n), true)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", field, err)
+			return nil, fmt.Errorf("%s: %w", o.field, err)
 		}
 		if v, ok := wiretensor.FP32View(b); ok {
-			t.outView = v
+			o.view = v
 			return v, nil
 		}
 	}
@@ -136,9 +153,22 @@ func (t *SharedTensors) OutputBuffer(field string, n int) ([]float32, error) {
 	return buf.Data, nil
 }
 
-func (t *SharedTensors) outputAliasesInput(n int) bool {
+func (t *SharedTensors) aliasesInput(o *sharedOutput, n int) bool {
 	for _, in := range t.inPlace {
-		if t.out.Overlaps(t.outRef.Offset, 4*uint64(n), in.lease, in.ref.Offset, in.ref.ByteSize) {
+		if o.lease.Overlaps(o.ref.Offset, 4*uint64(n), in.lease, in.ref.Offset, in.ref.ByteSize) {
+			return true
+		}
+	}
+	return false
+}
+
+// mapped reports whether the model will touch a region's own bytes.
+func (t *SharedTensors) mapped() bool {
+	if len(t.inPlace) > 0 {
+		return true
+	}
+	for _, o := range t.outs {
+		if o.view != nil {
 			return true
 		}
 	}
@@ -156,7 +186,7 @@ type KernelInferrer interface {
 // that a region truncated under the model is an error naming the region
 // rather than a crash.
 func (t *SharedTensors) Infer(ctx context.Context, b KernelInferrer, m ModelInfo, kr KernelRequest) (Tensor, ExecInfo, error) {
-	kr.Mapped = len(t.inPlace) > 0 || t.outView != nil
+	kr.Mapped = t.mapped()
 	if !kr.Mapped {
 		return b.Infer(ctx, m, kr)
 	}
@@ -174,24 +204,25 @@ func (t *SharedTensors) inferGuarded(ctx context.Context, b KernelInferrer, m Mo
 	return out, info, err
 }
 
-// WriteOutput puts the output into its region, when it has one and was
-// not computed there (field names the requested output in errors).
-func (t *SharedTensors) WriteOutput(field string, out []float32) error {
-	if t.out == nil {
+// WriteOutput puts the output of slot into its region, when it has one
+// and was not computed there.
+func (t *SharedTensors) WriteOutput(slot int, out []float32) error {
+	o := &t.outs[slot]
+	if o.lease == nil {
 		return nil
 	}
-	if err := t.CheckOutput(field, int64(len(out))); err != nil {
+	if err := t.CheckOutput(slot, int64(len(out))); err != nil {
 		return err
 	}
-	if len(out) > 0 && len(out) <= len(t.outView) && &out[0] == &t.outView[0] {
+	if len(out) > 0 && len(out) <= len(o.view) && &out[0] == &o.view[0] {
 		return nil // computed in place
 	}
-	err := t.out.Write(t.outRef.Offset, 4*uint64(len(out)), func(b []byte) error {
+	err := o.lease.Write(o.ref.Offset, 4*uint64(len(out)), func(b []byte) error {
 		wiretensor.PutFP32(b, out)
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("%s: %w", field, err)
+		return fmt.Errorf("%s: %w", o.field, err)
 	}
 	return nil
 }

@@ -85,7 +85,7 @@ func TestSharedTensorsInPlace(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			var st oip.SharedTensors
 			defer st.Release()
-			if err := st.HoldOutput(reg, "outputs[0]", c.out); err != nil {
+			if err := st.HoldOutput(reg, 0, "outputs[0]", c.out); err != nil {
 				t.Fatal(err)
 			}
 			in, err := st.Input(reg, "inputs[0]", c.in, c.dt, c.n, c.inPlace)
@@ -105,7 +105,7 @@ func TestSharedTensorsInPlace(t *testing.T) {
 			if _, err := file.WriteAt(raw, int64(c.in.Offset)); err != nil {
 				t.Fatal(err)
 			}
-			out, err := st.OutputBuffer("outputs[0]", 4)
+			out, err := st.OutputBuffer(0, 4)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -113,7 +113,7 @@ func TestSharedTensorsInPlace(t *testing.T) {
 			if inRegion := slices.Equal(readFloats(t, file, int64(c.out.Offset), 4), []float32{9, 8, 7, 6}); inRegion != c.wantOut {
 				t.Errorf("output in place: %v, want %v", inRegion, c.wantOut)
 			}
-			if err := st.WriteOutput("outputs[0]", out); err != nil {
+			if err := st.WriteOutput(0, out); err != nil {
 				t.Fatal(err)
 			}
 			if got := readFloats(t, file, int64(c.out.Offset), 4); !slices.Equal(got, []float32{9, 8, 7, 6}) {

@@ -36,8 +36,7 @@ func (s *service) ModelInfer(ctx context.Context, req *pb.ModelInferRequest) (*p
 	if err != nil {
 		return nil, err
 	}
-	outField, err := s.requestedOutput(&tensors, req)
-	if err != nil {
+	if err := s.requestedOutput(&tensors, req); err != nil {
 		return nil, err
 	}
 	// The output size is known before running when the model declares
@@ -49,7 +48,7 @@ func (s *service) ModelInfer(ctx context.Context, req *pb.ModelInferRequest) (*p
 		for _, d := range m.OutputShape {
 			n *= int64(d)
 		}
-		if err := s.checkOutput(n, outField, &tensors); err != nil {
+		if err := s.checkOutput(n, &tensors); err != nil {
 			return nil, err
 		}
 		// An output bound for shared memory is computed in its region
@@ -57,8 +56,8 @@ func (s *service) ModelInfer(ctx context.Context, req *pb.ModelInferRequest) (*p
 		// region before this returns; one answered in
 		// raw_output_contents is the answer's own (the message is
 		// marshalled after this returns).
-		if tensors.HasOutput() {
-			if outBuf, err = tensors.OutputBuffer(outField, outputElements(in.Shape[0], m.OutputShape)); err != nil {
+		if tensors.HasOutput(0) {
+			if outBuf, err = tensors.OutputBuffer(0, outputElements(in.Shape[0], m.OutputShape)); err != nil {
 				return nil, err
 			}
 		}
@@ -70,7 +69,7 @@ func (s *service) ModelInfer(ctx context.Context, req *pb.ModelInferRequest) (*p
 	if err := checkOutputTensor(out); err != nil {
 		return nil, fmt.Errorf("model %q: %w", m.Name, err)
 	}
-	if err := s.checkOutput(int64(len(out.Data)), outField, &tensors); err != nil {
+	if err := s.checkOutput(int64(len(out.Data)), &tensors); err != nil {
 		return nil, err
 	}
 	resp := &pb.ModelInferResponse{
@@ -80,8 +79,8 @@ func (s *service) ModelInfer(ctx context.Context, req *pb.ModelInferRequest) (*p
 		Parameters:   execParams(exec),
 		Outputs:      []*pb.ModelInferResponse_InferOutputTensor{{Name: oip.OutputName, Datatype: "FP32", Shape: int64s(out.Shape)}},
 	}
-	if tensors.HasOutput() {
-		if err := tensors.WriteOutput(outField, out.Data); err != nil {
+	if tensors.HasOutput(0) {
+		if err := tensors.WriteOutput(0, out.Data); err != nil {
 			return nil, err
 		}
 		return resp, nil
@@ -91,10 +90,10 @@ func (s *service) ModelInfer(ctx context.Context, req *pb.ModelInferRequest) (*p
 }
 
 // checkOutput refuses an output of n FP32 values that cannot be delivered:
-// larger than the region named for it (field), or than an answer may be.
-func (s *service) checkOutput(n int64, field string, t *oip.SharedTensors) error {
-	if t.HasOutput() {
-		return t.CheckOutput(field, n)
+// larger than the region named for it, or than an answer may be.
+func (s *service) checkOutput(n int64, t *oip.SharedTensors) error {
+	if t.HasOutput(0) {
+		return t.CheckOutput(0, n)
 	}
 	// The answer's other fields take a few hundred bytes at most.
 	if size := 4 * n; size > int64(s.opts.MaxSendBytes)-4096 {
@@ -264,33 +263,31 @@ func fromContents(field string, c *pb.InferTensorContents, dt wiretensor.Datatyp
 }
 
 // requestedOutput checks the requested outputs (none, or "output") and
-// holds in t the region the output goes to, if one is named; field names
-// that requested output.
-func (s *service) requestedOutput(t *oip.SharedTensors, req *pb.ModelInferRequest) (field string, err error) {
+// holds in t the region the output goes to, if one is named.
+func (s *service) requestedOutput(t *oip.SharedTensors, req *pb.ModelInferRequest) error {
 	for i, o := range req.GetOutputs() {
 		if o.GetName() != oip.OutputName {
-			return field, failure.Errorf(failure.BadInput, "outputs[%d].name: unknown output %q; the model has one output named %q", i, o.GetName(), oip.OutputName)
+			return failure.Errorf(failure.BadInput, "outputs[%d].name: unknown output %q; the model has one output named %q", i, o.GetName(), oip.OutputName)
 		}
-		if _, ok := o.GetParameters()["classification"]; ok {
-			return field, failure.Errorf(failure.Unsupported, "outputs[%d].parameters.classification: the classification extension is not supported", i)
+		if err := s.holdOutput(t, 0, i, o); err != nil {
+			return err
 		}
-		f := fmt.Sprintf("outputs[%d]", i)
-		r, ok, err := parseRef(f+".parameters", o.GetParameters())
-		if err != nil || !ok {
-			if err != nil {
-				return field, err
-			}
-			continue
-		}
-		if t.HasOutput() {
-			return field, failure.Errorf(failure.BadInput, "%s: the output is requested twice in shared memory", f)
-		}
-		if err := t.HoldOutput(s.opts.SharedMemory, f, r); err != nil {
-			return field, err
-		}
-		field = f
 	}
-	return field, nil
+	return nil
+}
+
+// holdOutput holds in t, as output slot, the region requested output o
+// (outputs[i]) names, if it names one.
+func (s *service) holdOutput(t *oip.SharedTensors, slot, i int, o *pb.ModelInferRequest_InferRequestedOutputTensor) error {
+	if _, ok := o.GetParameters()["classification"]; ok {
+		return failure.Errorf(failure.Unsupported, "outputs[%d].parameters.classification: the classification extension is not supported", i)
+	}
+	field := "outputs[" + strconv.Itoa(i) + "]"
+	r, ok, err := parseRef(field+".parameters", o.GetParameters())
+	if err != nil || !ok {
+		return err
+	}
+	return t.HoldOutput(s.opts.SharedMemory, slot, field, r)
 }
 
 // parseRef reads the shared memory parameters of a tensor; a parameter of

@@ -57,7 +57,7 @@ func (s *service) inferLayer(ctx context.Context, req *pb.ModelInferRequest, m o
 	if err != nil {
 		return nil, err
 	}
-	want, err := layerOutputs(req, m, &lr)
+	want, err := s.layerOutputs(&shared, req, m, &lr)
 	if err != nil {
 		return nil, err
 	}
@@ -79,6 +79,7 @@ func (s *service) inferLayer(ctx context.Context, req *pb.ModelInferRequest, m o
 	params[oip.ParamAlphaScale] = doubleParam(res.Blend.AlphaScale)
 	resp := &pb.ModelInferResponse{ModelName: m.Name, ModelVersion: versionOf(m), Id: req.GetId(), Parameters: params}
 	var size int64
+	raw := false
 	for i, t := range [...]struct {
 		name string
 		t    oip.Tensor
@@ -89,9 +90,22 @@ func (s *service) inferLayer(ctx context.Context, req *pb.ModelInferRequest, m o
 		if err := checkOutputTensor(t.t); err != nil {
 			return nil, fmt.Errorf("model %q: %s: %w", m.Name, t.name, err)
 		}
-		size += 4 * int64(len(t.t.Data))
 		resp.Outputs = append(resp.Outputs, &pb.ModelInferResponse_InferOutputTensor{Name: t.name, Datatype: "FP32", Shape: int64s(t.t.Shape)})
+		if shared.HasOutput(i) {
+			if err := shared.WriteOutput(i, t.t.Data); err != nil {
+				return nil, err
+			}
+			// An empty entry keeps raw_output_contents[k] the values of
+			// outputs[k], as Triton's clients read them.
+			resp.RawOutputContents = append(resp.RawOutputContents, []byte{})
+			continue
+		}
+		size += 4 * int64(len(t.t.Data))
+		raw = true
 		resp.RawOutputContents = append(resp.RawOutputContents, wiretensor.FP32Bytes(t.t.Data))
+	}
+	if !raw {
+		resp.RawOutputContents = nil // every output is in shared memory
 	}
 	if size > int64(s.opts.MaxSendBytes)-4096 {
 		return nil, failure.Errorf(failure.TooLarge, "the outputs are %d bytes, more than this server sends in one answer (%d); ask for a smaller batch", size, s.opts.MaxSendBytes)
@@ -194,8 +208,9 @@ func (s *service) decodeLayerInputs(shared *oip.SharedTensors, req *pb.ModelInfe
 }
 
 // layerOutputs says which outputs the answer has: those requested (each
-// one the request can produce; none in shared memory), else all.
-func layerOutputs(req *pb.ModelInferRequest, m oip.ModelInfo, lr *oip.LayerRequest) ([3]bool, error) {
+// one the request can produce), else all; those requested in shared
+// memory have their regions held in t, by output role.
+func (s *service) layerOutputs(t *oip.SharedTensors, req *pb.ModelInferRequest, m oip.ModelInfo, lr *oip.LayerRequest) ([3]bool, error) {
 	outs := req.GetOutputs()
 	if len(outs) == 0 {
 		return [3]bool{true, true, true}, nil
@@ -212,13 +227,8 @@ func layerOutputs(req *pb.ModelInferRequest, m oip.ModelInfo, lr *oip.LayerReque
 		if r < 0 {
 			return want, failure.Errorf(failure.BadInput, "outputs[%d].name: unknown output %q; layer %q answers %q, %q and %q", i, o.GetName(), m.Name, oip.OutputName, oip.GradInputName, oip.GradDefaultName)
 		}
-		for k := range o.GetParameters() {
-			if k == shm.ParamRegion {
-				return want, failure.Errorf(failure.Unsupported, "outputs[%d].parameters.%s: a layer's outputs come in the answer, not in shared memory", i, shm.ParamRegion)
-			}
-			if k == "classification" {
-				return want, failure.Errorf(failure.Unsupported, "outputs[%d].parameters.classification: the classification extension is not supported", i)
-			}
+		if err := s.holdOutput(t, r, i, o); err != nil {
+			return want, err
 		}
 		want[r] = true
 	}

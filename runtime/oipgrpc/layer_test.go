@@ -24,6 +24,12 @@ import (
 // which serves g directly as "direct".
 func layerServer(t *testing.T, g *oiptest.Golden) pb.GRPCInferenceServiceClient {
 	t.Helper()
+	return layerServerWith(t, g, oipgrpc.Options{})
+}
+
+// layerServerWith is layerServer with opts.
+func layerServerWith(t *testing.T, g *oiptest.Golden, opts oipgrpc.Options) pb.GRPCInferenceServiceClient {
+	t.Helper()
 	inv, err := device.Open(context.Background(), device.Options{Simulate: "dgxa100"})
 	if err != nil {
 		t.Fatal(err)
@@ -53,7 +59,7 @@ func layerServer(t *testing.T, g *oiptest.Golden) pb.GRPCInferenceServiceClient 
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := oipgrpc.New(oip.HostBackend(h), oipgrpc.Options{}, nil)
+	srv := oipgrpc.New(oip.HostBackend(h), opts, nil)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	t.Cleanup(func() {

@@ -3,11 +3,13 @@ package oipgrpc_test
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"google.golang.org/grpc/codes"
 
 	"github.com/esper/kasmina-host/runtime/oip"
+	"github.com/esper/kasmina-host/runtime/oip/oiptest"
 	"github.com/esper/kasmina-host/runtime/oipgrpc"
 	pb "github.com/esper/kasmina-host/runtime/oipgrpc/inferencepb"
 	"github.com/esper/kasmina-host/runtime/shm"
@@ -225,4 +227,83 @@ func TestSharedMemoryDisabled(t *testing.T) {
 	wantCode(t, err, codes.Unimplemented, "not enabled")
 	_, err = f.client.ModelInfer(ctx, shmInfer(1, "in", 0, "out", 0, 16))
 	wantCode(t, err, codes.Unimplemented, "inputs[0].parameters.shared_memory_region: system shared memory is not enabled")
+}
+
+// TestLayerOutputsInSharedMemoryThroughGRPC: a layer's outputs requested
+// in shared memory are written to their regions with the values
+// raw_output_contents carries otherwise; raw_output_contents keeps one
+// entry per output (empty for those in a region), as Triton's clients
+// index it, and none at all when every output is in a region.
+func TestLayerOutputsInSharedMemoryThroughGRPC(t *testing.T) {
+	g, err := oiptest.LoadGolden(filepath.Join(oiptest.GoldenDir(filepath.Join("..", "..")), "golden-1-003"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	obj := filepath.Join(dir, "obj")
+	const size = 1 << 16
+	if err := os.WriteFile(obj, make([]byte, size), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	reg := shm.New(shm.Options{Dir: dir})
+	t.Cleanup(reg.Close)
+	if err := reg.Register("io", "/obj", 0, size); err != nil {
+		t.Fatal(err)
+	}
+	c := layerServerWith(t, g, oipgrpc.Options{SharedMemory: reg})
+	ctx := ctxT(t)
+	in := func(name string, shape []int) *pb.ModelInferRequest_InferInputTensor {
+		return &pb.ModelInferRequest_InferInputTensor{Name: name, Datatype: "FP32", Shape: int64Shape(shape)}
+	}
+	request := func(inShm ...string) *pb.ModelInferRequest {
+		req := &pb.ModelInferRequest{
+			ModelName:        "L",
+			Inputs:           []*pb.ModelInferRequest_InferInputTensor{in("input", g.InputShape), in("grad_output", g.OutShape)},
+			RawInputContents: [][]byte{f32(g.Input...), f32(g.GradOutput...)},
+		}
+		for i, name := range []string{"output", "grad_input"} {
+			o := &pb.ModelInferRequest_InferRequestedOutputTensor{Name: name}
+			if slices.Contains(inShm, name) {
+				o.Parameters = shmParams("io", int64(i*32768), 32768)
+			}
+			req.Outputs = append(req.Outputs, o)
+		}
+		return req
+	}
+	want, err := c.ModelInfer(ctx, request())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, inShm := range [][]string{{"output"}, {"grad_input"}, {"output", "grad_input"}} {
+		resp, err := c.ModelInfer(ctx, request(inShm...))
+		if err != nil {
+			t.Fatalf("%v in shared memory: %v", inShm, err)
+		}
+		raw := resp.GetRawOutputContents()
+		if len(inShm) == 2 && raw != nil {
+			t.Fatalf("every output in shared memory, and %d raw_output_contents", len(raw))
+		}
+		if len(inShm) == 1 && len(raw) != 2 {
+			t.Fatalf("%v in shared memory: %d raw_output_contents, want one per output", inShm, len(raw))
+		}
+		b, err := os.ReadFile(obj)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, o := range resp.GetOutputs() {
+			wantBytes := want.GetRawOutputContents()[i]
+			got := []byte(nil)
+			if slices.Contains(inShm, o.GetName()) {
+				if len(raw) > 0 && len(raw[i]) != 0 {
+					t.Fatalf("%s in shared memory came in raw_output_contents too", o.GetName())
+				}
+				got = b[i*32768 : i*32768+len(wantBytes)]
+			} else {
+				got = raw[i]
+			}
+			if string(got) != string(wantBytes) || !slices.Equal(o.GetShape(), want.GetOutputs()[i].GetShape()) {
+				t.Fatalf("%v in shared memory: %s differs from raw_output_contents'", inShm, o.GetName())
+			}
+		}
+	}
 }

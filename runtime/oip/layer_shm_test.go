@@ -1,0 +1,97 @@
+package oip_test
+
+import (
+	"encoding/binary"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/esper/kasmina-host/runtime/oip"
+	"github.com/esper/kasmina-host/runtime/shm"
+)
+
+// TestLayerOutputsInSharedMemory: a layer's outputs (output, grad_input,
+// grad_default) requested in shared memory are written to their regions
+// with the values the binary extension answers, and the answer describes
+// them without their bytes; one not in shared memory comes in the body. A
+// region too small for an output is refused before the seeds run.
+func TestLayerOutputsInSharedMemory(t *testing.T) {
+	g := golden(t, "golden-1-004")
+	f := newLayerFixture(t, g, layerSeed{alpha: 0.6})
+	dir := t.TempDir()
+	obj := filepath.Join(dir, "obj")
+	const size = 1 << 16
+	if err := os.WriteFile(obj, make([]byte, size), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	reg := shm.New(shm.Options{Dir: dir})
+	t.Cleanup(reg.Close)
+	if err := reg.Register("io", "/obj", 0, size); err != nil {
+		t.Fatal(err)
+	}
+	h := oip.NewHandler(f.backend, f.views, oip.Options{SharedMemory: reg}, nil)
+	x := wire{"input", g.InputShape, g.Input}
+	d := wire{"default", g.OutShape, ramp(len(g.Expected))}
+	gOut := wire{"grad_output", g.OutShape, g.GradOutput}
+	want := post(t, h, "L", layerCall{tensors: []wire{x, d, gOut}}).ok(t)
+
+	at := map[string]int{"output": 0, "grad_input": 16384, "grad_default": 32768}
+	region := func(name string, bytes int) map[string]any {
+		return map[string]any{"shared_memory_region": "io", "shared_memory_offset": at[name], "shared_memory_byte_size": bytes}
+	}
+	sizes := map[string]int{"output": 4 * len(g.Expected), "grad_input": 4 * len(g.Input), "grad_default": 4 * len(g.Expected)}
+	all := []string{"output", "grad_input", "grad_default"}
+	for _, inShm := range [][]string{all, {"grad_input"}, {"output", "grad_default"}} {
+		params := map[string]map[string]any{}
+		for _, name := range inShm {
+			params[name] = region(name, sizes[name])
+		}
+		got := post(t, h, "L", layerCall{tensors: []wire{x, d, gOut}, outputs: all, outputParams: params}).ok(t)
+		for _, name := range all {
+			o := got.outputs[name]
+			if !slices.Equal(o.Shape, want.outputs[name].Shape) {
+				t.Fatalf("%v in shared memory: %s has shape %v, want %v", inShm, name, o.Shape, want.outputs[name].Shape)
+			}
+			values := o.Data
+			if slices.Contains(inShm, name) {
+				if o.Data != nil {
+					t.Fatalf("%v in shared memory: %s came in the body too", inShm, name)
+				}
+				values = floatsAt(t, obj, at[name], len(want.outputs[name].Data))
+			}
+			if !slices.Equal(values, want.outputs[name].Data) {
+				t.Fatalf("%v in shared memory: %s differs from the binary extension's", inShm, name)
+			}
+		}
+		if err := os.WriteFile(obj, make([]byte, size), 0o600); err != nil { // clear for the next round
+			t.Fatal(err)
+		}
+	}
+
+	// Too small for grad_input (the input's shape): refused, nothing run.
+	before := f.calls(t, "L.k0")
+	small := post(t, h, "L", layerCall{tensors: []wire{x, d, gOut}, outputs: all,
+		outputParams: map[string]map[string]any{"grad_input": region("grad_input", sizes["grad_input"]-4)}})
+	if small.status != 400 || !strings.Contains(small.err, "outputs[1].parameters.shared_memory_byte_size") {
+		t.Fatalf("a region too small: %d %q", small.status, small.err)
+	}
+	if f.calls(t, "L.k0") != before {
+		t.Fatal("the seed ran for a request refused for its output region")
+	}
+}
+
+func floatsAt(t *testing.T, path string, off, n int) []float32 {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := make([]float32, n)
+	for i := range v {
+		v[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[off+4*i:]))
+	}
+	return v
+}
