@@ -143,8 +143,11 @@ class Client:
     host cannot open this process's shared memory (another ``/dev/shm``,
     another user, the extension turned off); :attr:`shared_memory_error`
     then says why. ``True`` insists (a refusal raises), ``False`` never
-    tries. Inputs go to shared memory; a kernel's output too (its size
-    comes from the model's metadata), a layer's outputs come in the answer.
+    tries. Inputs go to shared memory, and so do the outputs whose sizes
+    are known: from the inputs' shapes (a layer's output has the shape of
+    ``default`` or ``grad_output``, ``grad_input`` that of ``x``), else from
+    the model's metadata (fetched once per model); the others come in the
+    answer.
     """
 
     def __init__(self, url: str, token: Optional[str] = None, timeout: float = 60.0, *,
@@ -187,7 +190,7 @@ class Client:
         self._shm_lock = threading.Lock()
         #: Why shared memory is not in use after an attempt (None when it is, or was not tried).
         self.shared_memory_error: Optional[str] = None
-        self._output_sizes: Dict[str, Optional[Tuple[int, ...]]] = {}
+        self._output_shapes_cache: Dict[str, Dict[str, Tuple[int, ...]]] = {}
 
     @classmethod
     def from_env(cls) -> "Client":
@@ -503,23 +506,23 @@ class Client:
             self.shared_memory_error = None
             return pool
 
-    def _output_size(self, model: str, refresh: bool = False) -> Optional[Tuple[int, ...]]:
-        """The per-sample shape of a kernel's one output ("output", FP32),
-        from its metadata; None for a model with other outputs (a layer)
-        or a shape the metadata leaves open."""
-        if not refresh and model in self._output_sizes:
-            return self._output_sizes[model]
+    def _output_shapes(self, model: str, refresh: bool = False) -> Dict[str, Tuple[int, ...]]:
+        """The per-sample shapes of a model's FP32 outputs whose dimensions
+        its metadata gives (all but the batch), by name; fetched once."""
+        if not refresh and model in self._output_shapes_cache:
+            return self._output_shapes_cache[model]
         meta = self._json("GET", f"/v2/models/{quote(model, safe='')}")
-        shape: Optional[Tuple[int, ...]] = None
+        shapes: Dict[str, Tuple[int, ...]] = {}
         outs = meta.get("outputs") if isinstance(meta, dict) else None
-        if isinstance(outs, list) and len(outs) == 1 and isinstance(outs[0], dict) and outs[0].get("name") == "output" \
-                and outs[0].get("datatype") == "FP32":
-            dims = outs[0].get("shape")
+        for o in outs if isinstance(outs, list) else []:
+            if not isinstance(o, dict) or not isinstance(o.get("name"), str) or o.get("datatype") != "FP32":
+                continue
+            dims = o.get("shape")
             if isinstance(dims, list) and len(dims) >= 1 and all(isinstance(d, int) and not isinstance(d, bool) for d in dims) \
                     and all(d >= 0 for d in dims[1:]):
-                shape = tuple(dims[1:])
-        self._output_sizes[model] = shape
-        return shape
+                shapes[o["name"]] = tuple(dims[1:])
+        self._output_shapes_cache[model] = shapes
+        return shapes
 
     # -- inference ---------------------------------------------------------
 
@@ -529,20 +532,26 @@ class Client:
         every output asked for in binary, or through shared memory (see
         the class). Inputs are sent in the order given."""
         arrays = [(name, as_fp32(name, value)) for name, value in inputs.items()]
-        return self._infer(model, arrays, parameters, kernel=True)
+        return self._infer(model, arrays, parameters, None)
 
     def _infer(self, model: str, arrays: List[Tuple[str, np.ndarray]], parameters: Optional[Mapping[str, Any]],
-               kernel: bool) -> InferResponse:
+               outputs: Optional[Sequence[str]]) -> InferResponse:
+        """One inference. ``outputs`` names the outputs the call produces
+        (a layer's), or None for a model whose metadata lists one output
+        (a kernel's); through shared memory they go to the region where
+        their sizes are known."""
         pool = self._regions()
         if pool is None:
             return self._infer_socket(model, arrays, parameters)
         try:
-            return self._infer_shared(pool, model, arrays, parameters, kernel, refresh=False)
+            return self._infer_shared(pool, model, arrays, parameters, outputs, refresh=False)
         except KasminaHostError as e:
-            # A kernel swapped for one with a larger output: its region
-            # was too small. Once more with fresh metadata.
-            if kernel and e.status == 400 and self._output_size(model) != self._output_size(model, refresh=True):
-                return self._infer_shared(pool, model, arrays, parameters, kernel, refresh=False)
+            # A kernel swapped for one with other shapes: a region was too
+            # small. Once more with fresh metadata.
+            if e.status == 400 and model in self._output_shapes_cache:
+                old = self._output_shapes_cache[model]
+                if self._output_shapes(model, refresh=True) != old:
+                    return self._infer_shared(pool, model, arrays, parameters, outputs, refresh=False)
             raise
 
     def _infer_socket(self, model: str, arrays: List[Tuple[str, np.ndarray]],
@@ -555,36 +564,72 @@ class Client:
             raise self._error(status, hdrs, data)
         return decode_response(data, hdrs.get(HEADER_LENGTH), status)
 
+    def _shared_output_shapes(self, model: str, arrays: List[Tuple[str, np.ndarray]],
+                              outputs: Optional[Sequence[str]], refresh: bool) -> List[Tuple[str, Optional[Tuple[int, ...]]]]:
+        """The outputs a call asks for, each with its whole shape when it is
+        known (then it goes to the region), else None (it comes in the answer)."""
+        given = dict(arrays)
+        batch = next((a.shape[0] for a in given.values() if a.ndim >= 1), None)
+        if batch is None:
+            return [(n, None) for n in outputs or ()]
+        if outputs is None:  # a kernel: its one output, from the metadata
+            meta = self._output_shapes(model, refresh)
+            if set(meta) != {"output"}:
+                return []
+            return [("output", (batch,) + meta["output"])]
+        # A layer: output and grad_default have the output's shape (that of
+        # default or grad_output when given), grad_input the input's.
+        known: Dict[str, Tuple[int, ...]] = {}
+        for src, names in (("default", ("output", "grad_default")), ("grad_output", ("output", "grad_default")),
+                           ("input", ("grad_input",))):
+            if src in given:
+                for n in names:
+                    known[n] = tuple(given[src].shape)
+        out: List[Tuple[str, Optional[Tuple[int, ...]]]] = []
+        for n in outputs:
+            if n not in known:
+                meta = self._output_shapes(model, refresh)
+                if n in meta:
+                    known[n] = (batch,) + meta[n]
+            out.append((n, known.get(n)))
+        return out
+
     def _infer_shared(self, pool: RegionPool, model: str, arrays: List[Tuple[str, np.ndarray]],
-                      parameters: Optional[Mapping[str, Any]], kernel: bool, refresh: bool) -> InferResponse:
-        """One inference with the inputs (and a kernel's output) in a region."""
-        out_bytes = 0
-        if kernel and arrays and arrays[0][1].ndim >= 1:
-            per_sample = self._output_size(model, refresh)
-            if per_sample is not None:
-                out_bytes = 4 * arrays[0][1].shape[0] * int(np.prod(per_sample, dtype=np.int64))
+                      parameters: Optional[Mapping[str, Any]], outputs: Optional[Sequence[str]],
+                      refresh: bool) -> InferResponse:
+        """One inference with the inputs, and the outputs whose sizes are
+        known, in a region."""
+        wanted = self._shared_output_shapes(model, arrays, outputs, refresh)
         offsets, end = [], 0
         for _, arr in arrays:
             offsets.append(end)
             end += aligned(arr.nbytes)
-        region = pool.take(end + out_bytes)
+        placed: List[Tuple[str, Optional[Tuple[int, int]]]] = []  # (name, (offset, bytes) or None)
+        for name, shape in wanted:
+            if shape is None:
+                placed.append((name, None))
+                continue
+            size = 4 * int(np.prod(shape, dtype=np.int64))
+            if size == 0:
+                placed.append((name, None))
+                continue
+            placed.append((name, (end, size)))
+            end += aligned(size)
+        region = pool.take(end)
         try:
             for (_, arr), off in zip(arrays, offsets):
                 region.write(off, arr)
-            output = ("output", region.name, end, out_bytes) if out_bytes > 0 else None
-            body = encode_shared_request([(n, a, region.name, o) for (n, a), o in zip(arrays, offsets)], output, parameters)
+            body = encode_shared_request([(n, a, region.name, o) for (n, a), o in zip(arrays, offsets)],
+                                         [(n, None if p is None else (region.name, p[0], p[1])) for n, p in placed],
+                                         parameters)
             status, hdrs, data = self._request("POST", f"/v2/models/{quote(model, safe='')}/infer", body,
                                                {"Content-Type": "application/json"})
             if not 200 <= status < 300:
                 raise self._error(status, hdrs, data)
             shared: Dict[str, SharedOutputReader] = {}
-            if output is not None:
-                def read(shape: List[int]) -> np.ndarray:
-                    n = 4 * int(np.prod(shape, dtype=np.int64))
-                    if n > out_bytes:
-                        raise KasminaProtocolError(status, f"output of shape {shape} does not fit the {out_bytes} bytes given for it")
-                    return region.read(end, shape, FP32)
-                shared["output"] = read
+            for name, p in placed:
+                if p is not None:
+                    shared[name] = _region_reader(region, name, p[0], p[1], status)
             return decode_response(data, hdrs.get(HEADER_LENGTH), status, shared)
         finally:
             pool.give_back(region)
@@ -599,7 +644,7 @@ class Client:
         if default is not None:
             inputs["default"] = default
         params = {"keep_forward": True} if keep else None
-        resp = self._infer(layer, [(n, as_fp32(n, v)) for n, v in inputs.items()], params, kernel=False)
+        resp = self._infer(layer, [(n, as_fp32(n, v)) for n, v in inputs.items()], params, ["output"])
         out = _need(resp, "output")
         fid = resp.parameters.get("forward_id")
         if keep and not isinstance(fid, str):
@@ -631,11 +676,22 @@ class Client:
         else:
             params = {"forward_id": forward_id}
         inputs["grad_output"] = grad_output
-        resp = self._infer(layer, [(n, as_fp32(n, v)) for n, v in inputs.items()], params, kernel=False)
+        outputs = (["output"] if x is not None else []) + ["grad_input", "grad_default"]
+        resp = self._infer(layer, [(n, as_fp32(n, v)) for n, v in inputs.items()], params, outputs)
         return BackwardResult(grad_input=_need(resp, "grad_input"), grad_default=resp.outputs.get("grad_default"),
                               output=resp.outputs.get("output") if x is not None else None,
                               seeds=_seeds_param(resp.parameters, 200), alpha_total=_alpha_total(resp.parameters),
                               parameters=resp.parameters)
+
+
+def _region_reader(region: Region, name: str, offset: int, size: int, status: int) -> SharedOutputReader:
+    """Reads output ``name`` from the ``size`` bytes at ``offset`` of region."""
+    def read(shape: List[int]) -> np.ndarray:
+        n = 4 * int(np.prod(shape, dtype=np.int64))
+        if n > size:
+            raise KasminaProtocolError(status, f"output {name!r} of shape {shape} does not fit the {size} bytes given for it")
+        return region.read(offset, shape, FP32)
+    return read
 
 
 def _unpickle_client(url: str, timeout: float) -> Client:

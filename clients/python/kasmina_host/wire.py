@@ -69,14 +69,15 @@ def encode_request(inputs: Sequence[Tuple[str, np.ndarray]],
 
 
 def encode_shared_request(inputs: Sequence[Tuple[str, np.ndarray, str, int]],
-                          output: Optional[Tuple[str, str, int, int]] = None,
+                          outputs: Sequence[Tuple[str, Optional[Tuple[str, int, int]]]] = (),
                           parameters: Optional[Mapping[str, Any]] = None) -> bytes:
     """The JSON body of an inference request whose inputs lie in system
     shared memory: ``inputs`` are (name, array, region, offset) with the
-    array's bytes already at that offset of that region. ``output``, when
-    given, is (name, region, offset, byte_size): the output goes there
-    and the answer describes it without its values; every other output
-    comes back in binary.
+    array's bytes already at that offset of that region. ``outputs``, when
+    given, lists the outputs asked for (the answer then has no other), each
+    with (region, offset, byte_size) to be written there, the answer
+    describing it without its values, or None to come back in binary; with
+    none listed, every output comes back in binary.
     """
     params: Dict[str, Any] = {"binary_data_output": True}
     if parameters:
@@ -90,10 +91,12 @@ def encode_shared_request(inputs: Sequence[Tuple[str, np.ndarray, str, int]],
         ],
         "parameters": params,
     }
-    if output is not None:
-        name, region, offset, size = output
-        header["outputs"] = [{"name": name, "parameters": {
-            "shared_memory_region": region, "shared_memory_offset": offset, "shared_memory_byte_size": size}}]
+    if outputs:
+        header["outputs"] = [
+            {"name": name, "parameters": {"binary_data": True} if where is None else {
+                "shared_memory_region": where[0], "shared_memory_offset": where[1], "shared_memory_byte_size": where[2]}}
+            for name, where in outputs
+        ]
     return json.dumps(header, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 

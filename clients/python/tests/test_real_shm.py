@@ -40,6 +40,21 @@ def ours(client: Client):
     return [r for r in status if r["name"].startswith(f"kasmina-{os.getpid()}-")]
 
 
+def spy_on_infer(c: Client) -> list:
+    """Records (request body, answer body) of c's inferences."""
+    seen: list = []
+    orig = c._request
+
+    def spy(method, path, body=None, headers=None, retry=True):
+        out = orig(method, path, body, headers, retry)
+        if path.endswith("/infer"):
+            seen.append((bytes(body), bytes(out[2])))
+        return out
+
+    c._request = spy
+    return seen
+
+
 @pytest.mark.parametrize("url", ["unix_url", "tcp_url"])
 def test_golden_kernels_through_shared_memory_match_the_socket(host, url):
     shm = Client(getattr(host, url), shared_memory=True)
@@ -60,20 +75,12 @@ def test_the_output_is_read_from_the_region(host):
     # The answer names the output without bytes: the values the client
     # returns can only have come through shared memory.
     c = Client(host.unix_url)
+    seen = spy_on_infer(c)
     case = CASES[0]
-    seen = {}
-    orig = c._request
-
-    def spy(method, path, body=None, headers=None, retry=True):
-        out = orig(method, path, body, headers, retry)
-        if path.endswith("/infer"):
-            seen["request"], seen["answer"] = body, out[2]
-        return out
-
-    c._request = spy
     out = c.infer(case.name, {"input": case.x}).outputs["output"]
-    assert b'"shared_memory_region"' in seen["request"] and b'"outputs"' in seen["request"]
-    assert len(seen["answer"]) < 1024 and b"binary_data_size" not in seen["answer"]
+    ((request, answer),) = seen
+    assert b'"shared_memory_region"' in request and b'"outputs"' in request
+    assert len(answer) < 1024 and b"binary_data_size" not in answer
     assert rel(out, case.expected) <= case.tolerance
     c.close()
 
@@ -107,11 +114,12 @@ def test_close_unregisters_and_removes_the_regions(host):
     c.close()
 
 
-def test_layer_forward_and_backward_with_inputs_in_shared_memory(host):
+def test_layer_forward_and_backward_through_shared_memory(host):
     case = CASES[0]
     results = []
     for shm in (True, False):
         c = Client(host.unix_url, shared_memory=shm)
+        seen = spy_on_infer(c)
         name = f"shm-layer-{shm}"
         c.declare_layer(name, num_seeds=1, input_shape=case.input_shape[1:], output_shape=case.output_shape[1:])
         c.load_kernel(name, 0, f"{case.name}/kernel.safetensors")
@@ -119,8 +127,17 @@ def test_layer_forward_and_backward_with_inputs_in_shared_memory(host):
         d = np.full(case.output_shape, 0.25, dtype=np.float32)
         fwd = c.forward(name, case.x, default=d, keep=True)
         bwd = c.backward(name, case.grad_output, forward_id=fwd.forward_id)
-        results.append((fwd.output.tobytes(), bwd.grad_input.tobytes(), bwd.grad_default.tobytes()))
+        one = c.backward(name, case.grad_output, x=case.x, default=d)
+        # Without default: the kept forward's backward has no grad_default.
+        bare = c.forward(name, case.x, keep=True)
+        nodef = c.backward(name, case.grad_output, forward_id=bare.forward_id)
+        assert nodef.grad_default is None
+        results.append([a.tobytes() for a in (fwd.output, bwd.grad_input, bwd.grad_default, one.output, one.grad_input,
+                                              one.grad_default, bare.output, nodef.grad_input)])
         assert c.shared_memory == shm
+        for request, answer in seen:
+            # Through shared memory no tensor crosses the socket either way.
+            assert (b"binary_data_size" not in request + answer) == shm, (request, answer)
         c.retire_layer(name)
         c.close()
     assert results[0] == results[1]
