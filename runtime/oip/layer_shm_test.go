@@ -71,6 +71,16 @@ func TestLayerOutputsInSharedMemory(t *testing.T) {
 		}
 	}
 
+	// The backward of a forward without default has no grad_default: asked
+	// for in a region, it is absent, as it would be in the body.
+	fwd := post(t, h, "L", layerCall{tensors: []wire{x}, params: map[string]any{"keep_forward": true}}).ok(t)
+	back := post(t, h, "L", layerCall{tensors: []wire{gOut}, params: map[string]any{"forward_id": fwd.params["forward_id"]},
+		outputs: []string{"grad_input", "grad_default"}, outputParams: map[string]map[string]any{
+			"grad_input": region("grad_input", sizes["grad_input"]), "grad_default": region("grad_default", sizes["grad_default"])}}).ok(t)
+	if !slices.Equal(back.order, []string{"grad_input"}) {
+		t.Fatalf("the backward of a forward without default answered %v", back.order)
+	}
+
 	// Too small for grad_input (the input's shape): refused, nothing run.
 	before := f.calls(t, "L.k0")
 	small := post(t, h, "L", layerCall{tensors: []wire{x, d, gOut}, outputs: all,
