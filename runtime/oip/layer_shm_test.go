@@ -4,13 +4,12 @@ import (
 	"encoding/binary"
 	"math"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/esper/kasmina-host/runtime/oip"
-	"github.com/esper/kasmina-host/runtime/shm"
+	"github.com/esper/kasmina-host/runtime/oip/oiptest"
 )
 
 // TestLayerOutputsInSharedMemory: a layer's outputs (output, grad_input,
@@ -21,17 +20,8 @@ import (
 func TestLayerOutputsInSharedMemory(t *testing.T) {
 	g := golden(t, "golden-1-004")
 	f := newLayerFixture(t, g, layerSeed{alpha: 0.6})
-	dir := t.TempDir()
-	obj := filepath.Join(dir, "obj")
 	const size = 1 << 16
-	if err := os.WriteFile(obj, make([]byte, size), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	reg := shm.New(shm.Options{Dir: dir})
-	t.Cleanup(reg.Close)
-	if err := reg.Register("io", "/obj", 0, size); err != nil {
-		t.Fatal(err)
-	}
+	reg, obj := oiptest.SharedRegion(t, "io", size)
 	h := oip.NewHandler(f.backend, f.views, oip.Options{SharedMemory: reg}, nil)
 	x := wire{"input", g.InputShape, g.Input}
 	d := wire{"default", g.OutShape, ramp(len(g.Expected))}

@@ -5,31 +5,22 @@ import (
 	"encoding/binary"
 	"math"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/esper/kasmina-host/runtime/failure"
 	"github.com/esper/kasmina-host/runtime/oip"
+	"github.com/esper/kasmina-host/runtime/oip/oiptest"
 	"github.com/esper/kasmina-host/runtime/oip/wiretensor"
 	"github.com/esper/kasmina-host/runtime/shm"
 )
 
 // tensorObject is a shared memory object of size bytes, registered whole
-// as region "r".
+// as region "r", and the object opened for the test to change.
 func tensorObject(t *testing.T, size int) (*shm.Registry, *os.File) {
 	t.Helper()
-	dir := t.TempDir()
-	path := filepath.Join(dir, "obj")
-	if err := os.WriteFile(path, make([]byte, size), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	reg := shm.New(shm.Options{Dir: dir})
-	t.Cleanup(reg.Close)
-	if err := reg.Register("r", "/obj", 0, uint64(size)); err != nil {
-		t.Fatal(err)
-	}
+	reg, path := oiptest.SharedRegion(t, "r", size)
 	file, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)

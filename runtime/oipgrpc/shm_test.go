@@ -239,17 +239,7 @@ func TestLayerOutputsInSharedMemoryThroughGRPC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	obj := filepath.Join(dir, "obj")
-	const size = 1 << 16
-	if err := os.WriteFile(obj, make([]byte, size), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	reg := shm.New(shm.Options{Dir: dir})
-	t.Cleanup(reg.Close)
-	if err := reg.Register("io", "/obj", 0, size); err != nil {
-		t.Fatal(err)
-	}
+	reg, obj := oiptest.SharedRegion(t, "io", 1<<16)
 	c := layerServerWith(t, g, oipgrpc.Options{SharedMemory: reg})
 	ctx := ctxT(t)
 	in := func(name string, shape []int) *pb.ModelInferRequest_InferInputTensor {
