@@ -1,8 +1,6 @@
 package oip_test
 
 import (
-	"encoding/binary"
-	"math"
 	"os"
 	"slices"
 	"strings"
@@ -85,13 +83,10 @@ func TestLayerOutputsInSharedMemory(t *testing.T) {
 
 func floatsAt(t *testing.T, path string, off, n int) []float32 {
 	t.Helper()
-	b, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	v := make([]float32, n)
-	for i := range v {
-		v[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[off+4*i:]))
-	}
-	return v
+	defer f.Close()
+	return readFloats(t, f, int64(off), n)
 }
