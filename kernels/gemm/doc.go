@@ -33,10 +33,13 @@
 // GOMAXPROCS, started at first use); only idle workers are recruited, and the
 // calling goroutine always takes part. Small products run on the calling
 // goroutine with no hand-off. A steady stream of same-shaped calls allocates
-// nothing. The workers turn memory faults into panics, and a panic in a
-// worker is raised again on the calling goroutine once every worker has
-// left the product (FaultsReachCaller): a caller handing in memory that may
-// vanish under it (a client's shared memory) recovers the fault there.
+// nothing. A panic in a worker is raised again on the calling goroutine
+// once every worker has left the product. The workers turn memory faults
+// into panics; a fault is carried to the caller when the caller runs with
+// debug.SetPanicOnFault (FaultsReachCaller), so that a caller handing in
+// memory that may vanish under it (a client's shared memory) recovers the
+// fault there, and otherwise it ends the process, as it would have on the
+// caller.
 //
 // The implementation is chosen at init: "avx512" or "avx2" on amd64 CPUs that
 // have them, "openblas" when built with -tags openblas, "portable" otherwise

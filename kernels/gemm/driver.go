@@ -311,6 +311,11 @@ type job struct {
 	// raised is the first panic a worker recovered from while working on
 	// the job, raised again on the calling goroutine (runShared).
 	raised atomic.Pointer[workerPanic]
+	// callerCatchesFaults: the calling goroutine runs with
+	// debug.SetPanicOnFault, so a worker's fault is carried to it like
+	// any panic; otherwise a worker's fault is as fatal as the caller's
+	// own would be.
+	callerCatchesFaults bool
 }
 
 // workerPanic carries a value a worker recovered from.
@@ -380,6 +385,9 @@ func worker() {
 func (j *job) workRecovering() {
 	defer func() {
 		if p := recover(); p != nil {
+			if _, fault := p.(interface{ Addr() uintptr }); fault && !j.callerCatchesFaults {
+				panic(p) // the caller would have died of it: so does the process
+			}
 			j.raised.CompareAndSwap(nil, &workerPanic{p})
 			j.stop()
 		}
@@ -387,18 +395,30 @@ func (j *job) workRecovering() {
 	j.work()
 }
 
+// panicsOnFault reports whether the calling goroutine runs with
+// debug.SetPanicOnFault.
+func panicsOnFault() bool {
+	old := debug.SetPanicOnFault(false)
+	debug.SetPanicOnFault(old)
+	return old
+}
+
 // stop makes every participant's next task fetch come back empty.
 func (j *job) stop() { j.next.Store(math.MaxInt64 / 2) }
 
 // runShared works on the job with up to n idle workers and returns when
-// every participant has left it. A panic in any of them (a memory fault
-// included, which the workers turn into panics) stops the job and is
-// raised again on the calling goroutine once no worker touches the
-// caller's memory any more: a caller that recovers faults on its own
+// every participant has left it. A panic in any of them stops the job and
+// is raised again on the calling goroutine once no worker touches the
+// caller's memory any more. A memory fault (the workers turn faults into
+// panics) is carried so only when the caller itself runs with
+// debug.SetPanicOnFault: a caller that recovers faults on its own
 // goroutine (package shm's Guard) recovers those of the pool too, and its
-// memory is no longer in use when it does. The job is then not reused.
+// memory is no longer in use when it does; for any other caller a fault
+// in a worker ends the process, as one on the caller would. The job is
+// then not reused.
 func (j *job) runShared(n int) {
 	j.raised.Store(nil)
+	j.callerCatchesFaults = panicsOnFault()
 	j.pending.Store(1)
 	j.dispatch(n)
 	defer j.join()

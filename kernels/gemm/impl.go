@@ -77,9 +77,10 @@ func Implementation() string { return current().name() }
 // FaultsReachCaller reports whether a memory fault while the current
 // implementation reads or writes its operands is raised as a panic on the
 // goroutine that called Sgemm or Linear, once nothing touches them any
-// more: true for the Go implementations, whose worker pool carries its
-// workers' faults to the caller; false for OpenBLAS, whose threads are C's
-// and whose faults end the process. Memory that can vanish under the host
+// more, when that goroutine runs with debug.SetPanicOnFault: true for the
+// Go implementations, whose worker pool carries its workers' faults to
+// such a caller; false for OpenBLAS, whose threads are C's and whose
+// faults end the process. Memory that can vanish under the host
 // (a shared memory region its client may truncate) may be handed to Sgemm
 // and Linear only when it is true, by a caller that runs them with
 // debug.SetPanicOnFault and recovers the fault.
