@@ -10,7 +10,7 @@ import (
 )
 
 // SharedTensors is what one inference holds in system shared memory: the
-// regions its inputs are read from and its output is written to, held
+// regions its inputs are read from and its outputs are written to, held
 // until it is answered. Both front ends use it, so that a tensor in a
 // region is treated alike over HTTP and gRPC.
 //
@@ -18,9 +18,10 @@ import (
 // where the client will read it, when the machine can (little-endian, the
 // bytes 4-aligned) and the output's bytes are none of an input's: no copy
 // is made on the host. Those are the region's own bytes, which the client
-// may truncate at any time, so the model then runs under shm.Guard (Run)
-// and is told so (KernelRequest.Mapped). Anything else (another datatype,
-// a layer's tensors, an output sharing bytes with an input) is copied.
+// may truncate at any time, so the model then runs under shm.Guard
+// (Infer) and is told so (KernelRequest.Mapped). Anything else (another
+// datatype, a layer's tensors and outputs, an output sharing bytes with an
+// input) is copied.
 //
 // The zero value holds nothing; Release gives everything back.
 type SharedTensors struct {
