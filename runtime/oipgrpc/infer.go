@@ -158,6 +158,25 @@ func (s *service) decodeInput(t *oip.SharedTensors, req *pb.ModelInferRequest, m
 	})
 }
 
+// inputNames are what errors call inputs[i] and its fields.
+type inputNames struct{ field, datatype, shape, parameters string }
+
+// commonInputNames are inputNamesOf the inputs every request has (a
+// layer's are at most three), made once rather than on every request.
+var commonInputNames = [...]inputNames{makeInputNames(0), makeInputNames(1), makeInputNames(2)}
+
+func inputNamesOf(i int) inputNames {
+	if i < len(commonInputNames) {
+		return commonInputNames[i]
+	}
+	return makeInputNames(i)
+}
+
+func makeInputNames(i int) inputNames {
+	f := "inputs[" + strconv.Itoa(i) + "]"
+	return inputNames{f, f + ".datatype", f + ".shape", f + ".parameters"}
+}
+
 // decodeTensor checks input tensor in (inputs[i]) and returns its values
 // as FP32: from raw (its raw_input_contents entry: none, or one), its
 // contents, or the shared memory region it names (held in t, and used in
@@ -165,19 +184,20 @@ func (s *service) decodeInput(t *oip.SharedTensors, req *pb.ModelInferRequest, m
 // until the request is answered (see heldInput). check checks its shape
 // before any value is read.
 func (s *service) decodeTensor(t *oip.SharedTensors, inPlace bool, i int, in *pb.ModelInferRequest_InferInputTensor, raw [][]byte, check func([]int64) error) (oip.Tensor, heldInput, error) {
-	field := "inputs[" + strconv.Itoa(i) + "]"
-	dt, err := wiretensor.ParseDatatype(field+".datatype", in.GetDatatype())
+	names := inputNamesOf(i)
+	field := names.field
+	dt, err := wiretensor.ParseDatatype(names.datatype, in.GetDatatype())
 	if err != nil {
 		return oip.Tensor{}, heldInput{}, err
 	}
-	n, err := wiretensor.Count(field+".shape", in.GetShape(), s.opts.MaxElements)
+	n, err := wiretensor.Count(names.shape, in.GetShape(), s.opts.MaxElements)
 	if err != nil {
 		return oip.Tensor{}, heldInput{}, err
 	}
 	if err := check(in.GetShape()); err != nil {
 		return oip.Tensor{}, heldInput{}, err
 	}
-	ref, inShm, err := parseRef(field+".parameters", in.GetParameters())
+	ref, inShm, err := parseRef(names.parameters, in.GetParameters())
 	if err != nil {
 		return oip.Tensor{}, heldInput{}, err
 	}
