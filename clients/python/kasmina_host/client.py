@@ -187,6 +187,7 @@ class Client:
         self._shm_pool: Optional[RegionPool] = None
         self._shm_pid = 0  # the process the pool's regions belong to
         self._shm_failed = False
+        self._shm_layer_outputs = True  # False once a host refused them (older than this client)
         self._shm_lock = threading.Lock()
         #: Why shared memory is not in use after an attempt (None when it is, or was not tried).
         self.shared_memory_error: Optional[str] = None
@@ -546,6 +547,11 @@ class Client:
         try:
             return self._infer_shared(pool, model, arrays, parameters, outputs, refresh=False)
         except KasminaHostError as e:
+            if e.status == 501 and outputs is not None and self._shm_layer_outputs:
+                # A host from before a layer's outputs could go to shared
+                # memory: from now on they come in the answer.
+                self._shm_layer_outputs = False
+                return self._infer_shared(pool, model, arrays, parameters, outputs, refresh=False)
             # A kernel swapped for one with other shapes: a region was too
             # small. Once more with fresh metadata.
             if e.status == 400 and model in self._output_shapes_cache:
@@ -577,6 +583,8 @@ class Client:
             if set(meta) != {"output"}:
                 return []
             return [("output", (batch,) + meta["output"])]
+        if not self._shm_layer_outputs:
+            return [(n, None) for n in outputs]
         # A layer: output and grad_default have the output's shape (that of
         # default or grad_output when given), grad_input the input's.
         known: Dict[str, Tuple[int, ...]] = {}

@@ -14,6 +14,7 @@ checked, bytes used up exactly. Every request is recorded.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import socket
 import socketserver
@@ -113,6 +114,10 @@ class FakeHost:
         self.requests: List[Recorded] = []
         self.connections = 0
         self.answer_json_outputs = False  # answer inference with JSON data (a broken host)
+        # Serve system shared memory as a host before layer outputs could go
+        # there: inputs from regions, a layer output named in one is 501.
+        self.shared_memory = False
+        self.regions: Dict[str, "mmap.mmap"] = {}
         self.drop_after_answer = False  # close each connection after answering, without saying so
         self.next_seed_id = 1
         self.lock = threading.RLock()
@@ -173,6 +178,8 @@ class FakeHost:
                 raise HTTPError(401, "missing or wrong bearer token")
             parts = [unquote(p) for p in path.strip("/").split("/")]
             with self.lock:
+                if self.shared_memory and parts[:2] == ["v2", "systemsharedmemory"] and method == "POST":
+                    return self._shm(parts[2:], body)
                 if parts[:2] == ["v1", "layers"]:
                     return self._layers(method, parts[2:], body)
                 if len(parts) == 4 and parts[:2] == ["v2", "models"] and parts[3] == "infer" and method == "POST":
@@ -288,14 +295,36 @@ class FakeHost:
             return _json(200, dict(base, event_type="seed_alpha_changed", alpha=seed.alpha, clamped=clamped))
         raise HTTPError(405, f"{method} not allowed on {what}")
 
+    def _shm(self, rest: List[str], body: bytes) -> Tuple[int, Dict[str, str], bytes]:
+        if len(rest) == 3 and rest[0] == "region" and rest[2] == "register":
+            doc = _doc(body)
+            path = "/dev/shm/" + doc["key"].lstrip("/")
+            try:
+                with open(path, "r+b") as f:
+                    self.regions[rest[1]] = mmap.mmap(f.fileno(), doc["byte_size"], offset=doc.get("offset", 0))
+            except OSError as e:
+                raise HTTPError(404, f"key {doc['key']!r}: {e}") from None
+            return _json(200, {})
+        if len(rest) == 3 and rest[0] == "region" and rest[2] == "unregister":
+            m = self.regions.pop(rest[1], None)
+            if m is not None:
+                m.close()
+            return _json(200, {})
+        raise HTTPError(404, "no such route")
+
     def _infer(self, name: str, headers: Dict[str, str], body: bytes) -> Tuple[int, Dict[str, str], bytes]:
         layer = self._layer(name)
         hl = headers.get("inference-header-content-length")
+        if hl is None and self.shared_memory:
+            hl = str(len(body))  # a JSON-only request: every input in a region
         if hl is None:
             raise HTTPError(400, "this host takes tensors in the binary extension only: no Inference-Header-Content-Length")
         if not hl.isdigit() or not 0 < int(hl) <= len(body):
             raise HTTPError(400, f"Inference-Header-Content-Length {hl!r} does not fit the body")
         head = json.loads(body[: int(hl)])
+        for i, o in enumerate(head.get("outputs") or []):
+            if "shared_memory_region" in (o.get("parameters") or {}):
+                raise HTTPError(501, f"outputs[{i}].parameters.shared_memory_region: a layer's outputs come in the answer, not in shared memory")
         off = int(hl)
         tensors: Dict[str, np.ndarray] = {}
         for inp in head.get("inputs", []):
@@ -307,7 +336,14 @@ class FakeHost:
             if inp.get("datatype") != "FP32":
                 raise HTTPError(400, f"input {n!r}: datatype {inp.get('datatype')!r}, want FP32")
             shape = inp["shape"]
-            size = inp.get("parameters", {}).get("binary_data_size")
+            ip = inp.get("parameters", {})
+            if self.shared_memory and "shared_memory_region" in ip:
+                region = self.regions[ip["shared_memory_region"]]
+                count = int(np.prod(shape))
+                tensors[n] = np.frombuffer(region, dtype="<f4", count=count,
+                                           offset=ip.get("shared_memory_offset", 0)).reshape(shape).copy()
+                continue
+            size = ip.get("binary_data_size")
             if size != int(np.prod(shape)) * 4:
                 raise HTTPError(400, f"input {n!r}: binary_data_size {size} ≠ {int(np.prod(shape)) * 4}")
             if off + size > len(body):

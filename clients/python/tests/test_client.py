@@ -475,3 +475,27 @@ def test_shared_memory_is_not_tried_for_a_remote_host_or_when_turned_off(fake):
     setup_layer(c)
     c.forward("l1", np.ones((2, 6), dtype=np.float32))
     assert not [r for r in host.requests if "/systemsharedmemory/" in r.path]
+
+
+def test_a_host_that_refuses_a_layers_outputs_in_shared_memory(fake):
+    # A host from before a layer's outputs could go to shared memory (501):
+    # the client takes them in the answer from then on, inputs still in
+    # the region, and gets the socket's results.
+    host, url = fake
+    host.shared_memory = True
+    c = Client(url)
+    setup_layer(c)
+    x = np.random.default_rng(3).standard_normal((3, 6)).astype(np.float32)
+    d = np.random.default_rng(4).standard_normal((3, 4)).astype(np.float32)
+    want = Client(url, shared_memory=False).forward("l1", x, default=d).output
+    for _ in range(2):
+        np.testing.assert_array_equal(c.forward("l1", x, default=d).output, want)
+    assert c.shared_memory
+    bodies = [json.loads(r.body) for r in host.infer_requests()[1:]]
+    refused, retried, later = bodies
+    assert "shared_memory_region" in refused["outputs"][0]["parameters"]
+    for b in (retried, later):
+        assert b["outputs"] == [{"name": "output", "parameters": {"binary_data": True}}]
+        assert all("shared_memory_region" in i["parameters"] for i in b["inputs"])
+    c.close()
+    assert not host.regions  # close() unregistered the region
