@@ -34,7 +34,11 @@ import struct
 import sys
 
 import numpy as np
-import torch
+
+try:
+    import torch
+except ImportError:  # reading cases (read_safetensors) needs only NumPy, as clients/python/tests/golden.py does
+    torch = None
 
 DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32}
 
@@ -103,8 +107,10 @@ def build(m):
         return torch.nn.Dropout(m.get("p", 0.5))
     if t == "flatten":
         return torch.nn.Flatten(m.get("start_dim", 1), m.get("end_dim", -1))
-    return {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh, "sigmoid": torch.nn.Sigmoid,
-            "identity": torch.nn.Identity}[t]()
+    simple = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh, "sigmoid": torch.nn.Sigmoid, "identity": torch.nn.Identity}
+    if t not in simple:
+        raise ValueError(f"module type {t!r}: this rebuild does not know it")
+    return simple[t]()
 
 
 def model(module, tensors, dtype):
@@ -119,7 +125,7 @@ def model(module, tensors, dtype):
             state[name] = torch.from_numpy(arr.astype(np.float32))  # F64 rounds to nearest
     missing, unexpected = net.load_state_dict(state, strict=False)
     if unexpected or any(not k.endswith("num_batches_tracked") for k in missing):
-        raise SystemExit(f"state_dict mismatch: missing {missing}, unexpected {unexpected}")
+        raise ValueError(f"state_dict mismatch: missing {missing}, unexpected {unexpected}")
     return net
 
 
