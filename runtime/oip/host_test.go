@@ -66,6 +66,12 @@ type hostFixture struct {
 
 func newHostFixture(t testing.TB, ids ...string) *hostFixture {
 	t.Helper()
+	return newHostFixtureWith(t, runtime.Config{MaxBatch: 16}, ids...)
+}
+
+// newHostFixtureWith is newHostFixture with cfg.
+func newHostFixtureWith(t testing.TB, cfg runtime.Config, ids ...string) *hostFixture {
+	t.Helper()
 	inv, err := device.Open(context.Background(), device.Options{Simulate: "dgxa100"})
 	if err != nil {
 		t.Fatal(err)
@@ -75,7 +81,7 @@ func newHostFixture(t testing.TB, ids ...string) *hostFixture {
 	for _, id := range ids {
 		f["s3://b/"+id] = linearKernel(t, id)
 	}
-	h, err := runtime.New(runtime.Config{MaxBatch: 16}, runtime.Deps{Inventory: inv, Fetcher: f})
+	h, err := runtime.New(cfg, runtime.Deps{Inventory: inv, Fetcher: f})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,7 +15,6 @@ import (
 	"testing"
 
 	"github.com/esper/kasmina-host/contracts"
-	"github.com/esper/kasmina-host/device"
 	"github.com/esper/kasmina-host/kernels"
 	"github.com/esper/kasmina-host/runtime"
 	"github.com/esper/kasmina-host/runtime/oip"
@@ -45,15 +44,7 @@ func reluKernel(t testing.TB, width int) []byte {
 // touches only its bytes.
 func TestPooledTensorsAnswerTheirOwnRequest(t *testing.T) {
 	const width = 1024
-	inv, err := device.Open(context.Background(), device.Options{Simulate: "dgxa100"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { inv.Close() })
-	h, err := runtime.New(runtime.Config{}, runtime.Deps{Inventory: inv})
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := newHostFixtureWith(t, runtime.Config{}).host
 	if _, err := h.Load(context.Background(), runtime.LoadRequest{Data: reluKernel(t, width)}); err != nil {
 		t.Fatal(err)
 	}
@@ -151,15 +142,7 @@ func TestPooledTensorsAnswerTheirOwnRequest(t *testing.T) {
 // its own input and default, each answer their own blend.
 func TestPooledLayerTensorsAnswerTheirOwnRequest(t *testing.T) {
 	const width = 1024
-	inv, err := device.Open(context.Background(), device.Options{Simulate: "dgxa100"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { inv.Close() })
-	h, err := runtime.New(runtime.Config{}, runtime.Deps{Inventory: inv})
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := newHostFixtureWith(t, runtime.Config{}).host
 	ctx := context.Background()
 	if _, err := h.Apply(ctx, runtime.DeclareLayer{Layer: "L"}); err != nil {
 		t.Fatal(err)
