@@ -2,7 +2,6 @@ package grpcbench
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -171,29 +170,9 @@ func BenchmarkSharedMemoryFrontEnd(b *testing.B) {
 	srv := httptest.NewServer(oip.NewHandler(fake, oip.HostViews{}, oip.Options{SharedMemory: reg}, nil))
 	defer srv.Close()
 	url := srv.URL + "/v2/models/relu-1024/infer"
-	x := values(batch * width)
-	xb := le(x)
 	out := make([]byte, nbytes)
-	body, hl := binaryBody(batch, width, x)
-	shmJSON := []byte(fmt.Sprintf(`{"inputs":[{"name":"input","shape":[%d,%d],"datatype":"FP32","parameters":{"shared_memory_region":"in","shared_memory_byte_size":%d}}],`+
-		`"outputs":[{"name":"output","parameters":{"shared_memory_region":"out","shared_memory_byte_size":%d}}]}`, batch, width, nbytes, nbytes))
 	b.Run("256x1024", func(b *testing.B) {
-		binClient, shmClient := httpClient(), httpClient()
-		binBuf, shmBuf := make([]byte, 0, 2*nbytes), make([]byte, 0, 4096)
-		interleaved(b, 2*nbytes, 25,
-			side{"binary-http", func() error {
-				copy(body[hl:], xb)
-				resp, err := post(binClient, url, body, hl, binBuf)
-				if err == nil {
-					copy(out, resp[len(resp)-nbytes:])
-				}
-				return err
-			}},
-			side{"shm-http", func() error {
-				copy(mem, xb)
-				_, err := post(shmClient, url, shmJSON, -1, shmBuf)
-				copy(out, mem[nbytes:])
-				return err
-			}})
+		binHTTP, shmHTTP := httpSharedMemorySides(url, batch, width, values(batch*width), mem, out)
+		interleaved(b, 2*nbytes, 25, binHTTP, shmHTTP)
 	})
 }

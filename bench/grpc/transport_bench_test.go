@@ -375,6 +375,38 @@ func BenchmarkTransports(b *testing.B) {
 // this step's input where its transport takes it (the body's tensor
 // bytes, raw_input_contents, the region) and copy the output it got (the
 // answer's bytes, raw_output_contents, the region) into its own array.
+// httpSharedMemorySides are the two HTTP sides of a shared memory
+// comparison on batch×width FP32 against url: "binary-http" sends x in the
+// body, "shm-http" puts it at the start of mem (region "in") and finds the
+// output right after it (region "out"). Each copies the output into out.
+func httpSharedMemorySides(url string, batch, width int, x []float32, mem, out []byte) (binary, shared side) {
+	nbytes := 4 * batch * width
+	xb := le(x)
+	body, hl := binaryBody(batch, width, x)
+	shmJSON := []byte(fmt.Sprintf(`{"inputs":[{"name":"input","shape":[%d,%d],"datatype":"FP32","parameters":{"shared_memory_region":"in","shared_memory_byte_size":%d}}],`+
+		`"outputs":[{"name":"output","parameters":{"shared_memory_region":"out","shared_memory_byte_size":%d}}]}`, batch, width, nbytes, nbytes))
+	binClient, shmClient := httpClient(), httpClient()
+	binBuf, shmBuf := make([]byte, 0, 2*nbytes), make([]byte, 0, 4096)
+	binary = side{"binary-http", func() error {
+		copy(body[hl:], xb)
+		resp, err := post(binClient, url, body, hl, binBuf)
+		if err == nil && len(resp) < nbytes {
+			err = fmt.Errorf("answer of %d bytes", len(resp))
+		}
+		if err == nil {
+			copy(out, resp[len(resp)-nbytes:])
+		}
+		return err
+	}}
+	shared = side{"shm-http", func() error {
+		copy(mem, xb)
+		_, err := post(shmClient, url, shmJSON, -1, shmBuf)
+		copy(out, mem[nbytes:])
+		return err
+	}}
+	return binary, shared
+}
+
 func benchSharedMemory(b *testing.B, p peers) {
 	const batch, width = 256, 1024
 	const nbytes = batch * width * 4
@@ -416,9 +448,6 @@ func benchSharedMemory(b *testing.B, p peers) {
 		_, _ = post(client, "http://"+p.hostHTTP+"/v2/systemsharedmemory/unregister", nil, -1, nil)
 	}()
 	url := "http://" + p.hostHTTP + "/v2/models/relu-1024/infer"
-	body, hl := binaryBody(batch, width, x)
-	shmJSON := []byte(fmt.Sprintf(`{"inputs":[{"name":"input","shape":[%d,%d],"datatype":"FP32","parameters":{"shared_memory_region":"in","shared_memory_byte_size":%d}}],`+
-		`"outputs":[{"name":"output","parameters":{"shared_memory_region":"out","shared_memory_byte_size":%d}}]}`, batch, width, nbytes, nbytes))
 	shmReq := &pb.ModelInferRequest{
 		ModelName: "relu-1024",
 		Inputs: []*pb.ModelInferRequest_InferInputTensor{{Name: "input", Datatype: "FP32", Shape: []int64{batch, width},
@@ -432,22 +461,11 @@ func benchSharedMemory(b *testing.B, p peers) {
 		}}},
 	}
 	b.Run("shm/256x1024", func(b *testing.B) {
-		binClient, shmClient := httpClient(), httpClient()
-		binBuf, shmBuf := make([]byte, 0, 2*nbytes), make([]byte, 0, 4096)
+		binHTTP, shmHTTP := httpSharedMemorySides(url, batch, width, x, mem, out)
 		rawConn, shmConn := grpcConn(b, p.hostGRPC), grpcConn(b, p.hostGRPC)
 		rawReq := rawRequest("relu-1024", batch, width, x)
 		interleaved(b, 2*nbytes, 25,
-			side{"binary-http", func() error {
-				copy(body[hl:], xb)
-				resp, err := post(binClient, url, body, hl, binBuf)
-				if err == nil && len(resp) < nbytes {
-					err = fmt.Errorf("answer of %d bytes", len(resp))
-				}
-				if err == nil {
-					copy(out, resp[len(resp)-nbytes:])
-				}
-				return err
-			}},
+			binHTTP,
 			side{"raw-grpc", func() error {
 				copy(rawReq.RawInputContents[0], xb)
 				resp, err := rawConn.ModelInfer(ctx, rawReq)
@@ -459,12 +477,7 @@ func benchSharedMemory(b *testing.B, p peers) {
 				}
 				return err
 			}},
-			side{"shm-http", func() error {
-				copy(mem, xb)
-				_, err := post(shmClient, url, shmJSON, -1, shmBuf)
-				copy(out, mem[nbytes:])
-				return err
-			}},
+			shmHTTP,
 			side{"shm-grpc", func() error {
 				copy(mem, xb)
 				_, err := shmConn.ModelInfer(ctx, shmReq)
