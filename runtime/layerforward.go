@@ -222,7 +222,8 @@ func (h *Host) inferLayer(ctx context.Context, lm *layerModel, req Request) (Res
 	if req.Mapped {
 		// Tapes and kept forwards outlive the request: nothing of it may
 		// stay in memory that can vanish.
-		req.Input, req.Default, req.GradOutput = cloneNonNil(req.Input), cloneNonNil(req.Default), cloneNonNil(req.GradOutput)
+		// (slices.Clone keeps an absent tensor nil.)
+		req.Input, req.Default, req.GradOutput = slices.Clone(req.Input), slices.Clone(req.Default), slices.Clone(req.GradOutput)
 		req.Out, req.Mapped = nil, false
 	}
 	switch {
@@ -656,12 +657,4 @@ func product(shape []int) int {
 		n *= d
 	}
 	return n
-}
-
-// cloneNonNil copies s, keeping nil (an absent tensor) nil.
-func cloneNonNil(s []float32) []float32 {
-	if s == nil {
-		return nil
-	}
-	return slices.Clone(s)
 }

@@ -165,3 +165,31 @@ func TestMappedRunsOnCopiesWhenFaultsCannotReachCaller(t *testing.T) {
 	}
 	runtime.KeepAlive(x)
 }
+
+// A layer's request marked Mapped works on copies: a kept forward does not
+// hold the request's memory (the client may reuse or truncate its region
+// after the answer), and nothing is computed into its Out.
+func TestMappedLayerRequestKeepsNothingOfTheRequest(t *testing.T) {
+	h := newLayerHost(t, Config{})
+	buildLayer(t, h, "L", map[int]seedSpec{0: {"ka", 0.7, contracts.SeedGerminated}})
+	ctx := context.Background()
+	x, def, g := layerInputs()
+	want, err := h.Infer(ctx, "L", Request{Input: x, Shape: []int{2, 4}, Default: def, GradOutput: g})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mx, mdef, out := slices.Clone(x), slices.Clone(def), make([]float32, len(want.Output))
+	fwd, err := h.Infer(ctx, "L", Request{Input: mx, Shape: []int{2, 4}, Default: mdef, KeepForward: true, Out: out, Mapped: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(fwd.Output, want.Output) || &fwd.Output[0] == &out[0] {
+		t.Fatalf("mapped forward: output %v (in the request's Out: %v), want %v in memory of its own", fwd.Output, &fwd.Output[0] == &out[0], want.Output)
+	}
+	clear(mx) // the client reuses its region
+	clear(mdef)
+	back, err := h.Infer(ctx, "L", Request{GradOutput: g, ForwardID: fwd.Blend.ForwardID})
+	if err != nil || !slices.Equal(back.GradInput, want.GradInput) || !slices.Equal(back.GradDefault, want.GradDefault) {
+		t.Fatalf("backward of a mapped forward after its memory changed: %v %v, want %v", err, back.GradInput, want.GradInput)
+	}
+}
