@@ -96,15 +96,8 @@ func (s *server) shmUnregister(w http.ResponseWriter, r *http.Request) error {
 // holdTensors holds the regions req names for its outputs and inputs and
 // reads its inputs (in place for a kernel's, where they can be), checking
 // that each output fits its region when the model's shapes say its size,
-// all before the model runs. A layer's grad_input has its input's shape,
-// its output and grad_default the output shape.
+// all before the model runs.
 func (s *server) holdTensors(t *SharedTensors, req *decodedRequest, m ModelInfo) error {
-	batch := -1
-	if sh := req.input().Tensor.Shape; len(sh) > 0 {
-		batch = sh[0]
-	} else if sh := req.Inputs[roleGradOutput].Tensor.Shape; m.Layer && len(sh) > 0 {
-		batch = sh[0] // the backward of a kept forward
-	}
 	for role, ref := range req.OutputShm {
 		if ref == nil {
 			continue
@@ -112,19 +105,15 @@ func (s *server) holdTensors(t *SharedTensors, req *decodedRequest, m ModelInfo)
 		if err := t.HoldOutput(s.opts.SharedMemory, role, req.OutputField[role], *ref); err != nil {
 			return err
 		}
-		perSample := m.OutputShape
-		if role == roleGradInput {
-			perSample = m.InputShape
-		}
-		if perSample != nil && batch >= 0 {
-			n := int64(batch)
-			for _, d := range perSample {
-				n *= int64(d)
-			}
-			if err := t.CheckOutput(role, n); err != nil {
-				return err
-			}
-		}
+	}
+	batch := -1
+	if sh := req.input().Tensor.Shape; len(sh) > 0 {
+		batch = sh[0]
+	} else if sh := req.Inputs[roleGradOutput].Tensor.Shape; m.Layer && len(sh) > 0 {
+		batch = sh[0] // the backward of a kept forward
+	}
+	if err := t.CheckOutputSizes(m, batch); err != nil {
+		return err
 	}
 	for i := range req.Inputs {
 		w := &req.Inputs[i]

@@ -95,6 +95,34 @@ func (t *SharedTensors) CheckOutput(slot int, n int64) error {
 	return nil
 }
 
+// CheckOutputSizes refuses, before model m runs on a batch of batch
+// samples (−1: unknown), an output whose region cannot hold it when m's
+// shapes give its size: a kernel's output and a layer's output and
+// grad_default have m.OutputShape per sample, a layer's grad_input
+// m.InputShape.
+func (t *SharedTensors) CheckOutputSizes(m ModelInfo, batch int) error {
+	if batch < 0 {
+		return nil
+	}
+	for slot := range t.outs {
+		perSample := m.OutputShape
+		if m.Layer && slot == roleGradInput {
+			perSample = m.InputShape
+		}
+		if t.outs[slot].lease == nil || perSample == nil {
+			continue
+		}
+		n := int64(batch)
+		for _, d := range perSample {
+			n *= int64(d)
+		}
+		if err := t.CheckOutput(slot, n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Input holds the region ref names and returns the n values of datatype
 // dt found there (field names the tensor in errors). With inPlace (a
 // kernel's input) they are the region's own bytes when the machine can

@@ -61,6 +61,18 @@ func (s *service) inferLayer(ctx context.Context, req *pb.ModelInferRequest, m o
 	if err != nil {
 		return nil, err
 	}
+	batch := -1
+	for _, t := range []oip.Tensor{lr.Input, lr.GradOutput} {
+		if len(t.Shape) > 0 {
+			batch = t.Shape[0]
+			break
+		}
+	}
+	// Regions too small for the outputs the layer's shapes size are
+	// refused before the seeds run, as over HTTP.
+	if err := shared.CheckOutputSizes(m, batch); err != nil {
+		return nil, err
+	}
 	res, exec, err := lb.InferLayer(ctx, m, lr)
 	if err != nil {
 		return nil, fmt.Errorf("model %q: %w", m.Name, err)

@@ -296,4 +296,11 @@ func TestLayerOutputsInSharedMemoryThroughGRPC(t *testing.T) {
 			}
 		}
 	}
+	// A region too small for grad_input (the input's shape) is refused
+	// (before the seeds run: oip.SharedTensors.CheckOutputSizes, whose
+	// timing the HTTP test checks with the seed's call count).
+	small := request("grad_input")
+	small.Outputs[1].Parameters = shmParams("io", 32768, int64(4*len(g.Input)-4))
+	_, err = c.ModelInfer(ctx, small)
+	wantCode(t, err, codes.InvalidArgument, "outputs[1].parameters.shared_memory_byte_size")
 }
