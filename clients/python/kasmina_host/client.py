@@ -115,7 +115,8 @@ class Client:
     ``https://...``) or a Unix domain socket (``unix:///path/to.sock``).
 
     Tensors travel as Triton's binary tensor data extension (FP32,
-    little-endian) or through system shared memory (``shared_memory``). Every refusal raises :class:`KasminaHostError` with the
+    little-endian) or through system shared memory (``shared_memory``).
+    Every refusal raises :class:`KasminaHostError` with the
     host's status and message; a host that cannot be reached (or drops the
     connection, or does not answer within ``timeout`` seconds) raises
     :class:`KasminaHostUnavailable`, a ``ConnectionError``. Nothing ever
@@ -545,19 +546,19 @@ class Client:
         if pool is None:
             return self._infer_socket(model, arrays, parameters)
         try:
-            return self._infer_shared(pool, model, arrays, parameters, outputs, refresh=False)
+            return self._infer_shared(pool, model, arrays, parameters, outputs)
         except KasminaHostError as e:
             if e.status == 501 and outputs is not None and self._shm_layer_outputs:
                 # A host from before a layer's outputs could go to shared
                 # memory: from now on they come in the answer.
                 self._shm_layer_outputs = False
-                return self._infer_shared(pool, model, arrays, parameters, outputs, refresh=False)
+                return self._infer_shared(pool, model, arrays, parameters, outputs)
             # A kernel swapped for one with other shapes: a region was too
             # small. Once more with fresh metadata.
             if e.status == 400 and model in self._output_shapes_cache:
                 old = self._output_shapes_cache[model]
                 if self._output_shapes(model, refresh=True) != old:
-                    return self._infer_shared(pool, model, arrays, parameters, outputs, refresh=False)
+                    return self._infer_shared(pool, model, arrays, parameters, outputs)
             raise
 
     def _infer_socket(self, model: str, arrays: List[Tuple[str, np.ndarray]],
@@ -571,7 +572,7 @@ class Client:
         return decode_response(data, hdrs.get(HEADER_LENGTH), status)
 
     def _shared_output_shapes(self, model: str, arrays: List[Tuple[str, np.ndarray]],
-                              outputs: Optional[Sequence[str]], refresh: bool) -> List[Tuple[str, Optional[Tuple[int, ...]]]]:
+                              outputs: Optional[Sequence[str]]) -> List[Tuple[str, Optional[Tuple[int, ...]]]]:
         """The outputs a call asks for, each with its whole shape when it is
         known (then it goes to the region), else None (it comes in the answer)."""
         given = dict(arrays)
@@ -579,7 +580,7 @@ class Client:
         if batch is None:
             return [(n, None) for n in outputs or ()]
         if outputs is None:  # a kernel: its one output, from the metadata
-            meta = self._output_shapes(model, refresh)
+            meta = self._output_shapes(model)
             if set(meta) != {"output"}:
                 return []
             return [("output", (batch,) + meta["output"])]
@@ -596,18 +597,17 @@ class Client:
         out: List[Tuple[str, Optional[Tuple[int, ...]]]] = []
         for n in outputs:
             if n not in known:
-                meta = self._output_shapes(model, refresh)
+                meta = self._output_shapes(model)
                 if n in meta:
                     known[n] = (batch,) + meta[n]
             out.append((n, known.get(n)))
         return out
 
     def _infer_shared(self, pool: RegionPool, model: str, arrays: List[Tuple[str, np.ndarray]],
-                      parameters: Optional[Mapping[str, Any]], outputs: Optional[Sequence[str]],
-                      refresh: bool) -> InferResponse:
+                      parameters: Optional[Mapping[str, Any]], outputs: Optional[Sequence[str]]) -> InferResponse:
         """One inference with the inputs, and the outputs whose sizes are
         known, in a region."""
-        wanted = self._shared_output_shapes(model, arrays, outputs, refresh)
+        wanted = self._shared_output_shapes(model, arrays, outputs)
         offsets, end = [], 0
         for _, arr in arrays:
             offsets.append(end)

@@ -194,3 +194,18 @@ def test_a_client_dropped_without_close_gives_its_regions_back(host):
     gc.collect()
     assert not [r for r in ours(Client(host.unix_url, shared_memory=False)) if r["name"] in names]
     assert not any(os.path.exists("/dev/shm/" + n) for n in names)
+
+
+def test_a_kernel_whose_output_grew_since_its_metadata_was_read(host):
+    # As after a replace with a kernel of a larger output: the cached
+    # metadata gives too small a range, the host refuses it (400), and the
+    # client reads the metadata again and retries once.
+    c = Client(host.unix_url, shared_memory=True)
+    case = CASES[0]
+    want = c.infer(case.name, {"input": case.x}).outputs["output"].tobytes()
+    c._output_shapes_cache[case.name] = {"output": (1,)}  # stale: smaller than the kernel's
+    seen = spy_on_infer(c)
+    assert c.infer(case.name, {"input": case.x}).outputs["output"].tobytes() == want
+    assert len(seen) == 2 and b"needs" in seen[0][1]  # refused once, then answered
+    assert c._output_shapes_cache[case.name] == {"output": tuple(case.output_shape[1:])}
+    c.close()
