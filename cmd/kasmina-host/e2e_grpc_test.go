@@ -185,13 +185,23 @@ func TestGRPCServesGoldenKernels(t *testing.T) {
 			}
 			out, shape = fromLE32(b), resp.Outputs[0].Shape
 		default:
-			resp, err := c.ModelInfer(ctx, grpcInfer(gc.KernelID, gc.InShape, gc.Input))
+			// Where a request ran is in the answer when it asks
+			// (exec_info); a request that ran where it was placed
+			// (here the CPU) and did not ask gets no parameters.
+			req := grpcInfer(gc.KernelID, gc.InShape, gc.Input)
+			asked := i%2 == 0
+			if asked {
+				req.Parameters = map[string]*pb.InferParameter{"exec_info": {ParameterChoice: &pb.InferParameter_BoolParam{BoolParam: true}}}
+			}
+			resp, err := c.ModelInfer(ctx, req)
 			if err != nil {
 				t.Errorf("%s (%s): %v", gc.KernelID, mode, err)
 				continue
 			}
-			if len(resp.RawOutputContents) != 1 || resp.Parameters["executed_on"].GetStringParam() != "cpu" {
-				t.Errorf("%s (%s): answer %v", gc.KernelID, mode, resp)
+			p := resp.Parameters
+			if len(resp.RawOutputContents) != 1 || asked != (p["executed_on"].GetStringParam() == "cpu" && p["placed_on"].GetStringParam() == "cpu") ||
+				(!asked && len(p) != 0) || p["fallback"].GetBoolParam() {
+				t.Errorf("%s (%s, exec_info %v): %d raw_output_contents, parameters %v", gc.KernelID, mode, asked, len(resp.RawOutputContents), p)
 				continue
 			}
 			out, shape = fromLE32(resp.RawOutputContents[0]), resp.Outputs[0].Shape

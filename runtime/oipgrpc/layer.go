@@ -141,15 +141,11 @@ func layerRequestParams(params map[string]*pb.InferParameter) (oip.LayerRequest,
 		name string
 		dst  *bool
 	}{{oip.ParamKeepForward, &lr.KeepForward}, {oip.ParamRetainForward, &lr.RetainForward}} {
-		p, ok := params[f.name]
-		if !ok {
-			continue
+		v, err := boolRequestParam(params, f.name)
+		if err != nil {
+			return lr, err
 		}
-		v, isBool := p.GetParameterChoice().(*pb.InferParameter_BoolParam)
-		if !isBool {
-			return lr, failure.Errorf(failure.BadInput, "parameters.%s must be a bool_param", f.name)
-		}
-		*f.dst = v.BoolParam
+		*f.dst = v
 	}
 	if p, ok := params[oip.ParamForwardID]; ok {
 		v, isString := p.GetParameterChoice().(*pb.InferParameter_StringParam)

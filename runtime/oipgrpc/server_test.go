@@ -135,6 +135,23 @@ func rawInfer(model, datatype string, shape []int64, raw []byte) *pb.ModelInferR
 	}
 }
 
+// paramValue is a parameter's value whatever its type, as %v prints it.
+func paramValue(p *pb.InferParameter) string {
+	switch v := p.GetParameterChoice().(type) {
+	case *pb.InferParameter_BoolParam:
+		return fmt.Sprint(v.BoolParam)
+	case *pb.InferParameter_Int64Param:
+		return fmt.Sprint(v.Int64Param)
+	case *pb.InferParameter_StringParam:
+		return v.StringParam
+	case *pb.InferParameter_DoubleParam:
+		return fmt.Sprint(v.DoubleParam)
+	case *pb.InferParameter_Uint64Param:
+		return fmt.Sprint(v.Uint64Param)
+	}
+	return fmt.Sprintf("%T", p.GetParameterChoice())
+}
+
 func wantCode(t *testing.T, err error, c codes.Code, contains string) {
 	t.Helper()
 	if status.Code(err) != c || !strings.Contains(status.Convert(err).Message(), contains) {
@@ -217,6 +234,43 @@ func TestEveryRPC(t *testing.T) {
 		!p["fallback"].GetBoolParam() || p["fallback_reason"].GetStringParam() != "no GPU backend" || p["compute_ns"].GetInt64Param() != 1500 {
 		t.Fatalf("ModelInfer parameters = %v", p)
 	}
+	// Where a request ran: a fallback is always reported (above); a
+	// request that ran where it was placed only when it asks.
+	f.backend.SetExec("double", oip.ExecInfo{PlacedOn: "cpu", ExecutedOn: "cpu", Executor: "cpu-f32", ComputeTime: 700})
+	for _, c2 := range []struct {
+		name   string
+		params map[string]*pb.InferParameter
+		want   map[string]string // parameter: its value, as %v of the choice
+		code   codes.Code
+		errMsg string
+	}{
+		{name: "not asked"},
+		{name: "declined", params: map[string]*pb.InferParameter{"exec_info": {ParameterChoice: &pb.InferParameter_BoolParam{BoolParam: false}}}},
+		{name: "asked", params: map[string]*pb.InferParameter{"exec_info": {ParameterChoice: &pb.InferParameter_BoolParam{BoolParam: true}}},
+			want: map[string]string{"placed_on": "cpu", "executed_on": "cpu", "executor": "cpu-f32", "fallback": "false", "compute_ns": "700"}},
+		{name: "not a bool", params: map[string]*pb.InferParameter{"exec_info": {ParameterChoice: &pb.InferParameter_StringParam{StringParam: "yes"}}},
+			code: codes.InvalidArgument, errMsg: "parameters.exec_info must be a bool_param"},
+	} {
+		req := rawInfer("double", "FP32", []int64{1, 4}, f32(1, 2, 3, 4))
+		req.Parameters = c2.params
+		resp, err := c.ModelInfer(ctx, req)
+		if c2.code != codes.OK {
+			wantCode(t, err, c2.code, c2.errMsg)
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", c2.name, err)
+		}
+		got := map[string]string{}
+		for k, v := range resp.Parameters {
+			got[k] = paramValue(v)
+		}
+		if fmt.Sprint(got) != fmt.Sprint(c2.want) {
+			t.Errorf("exec_info %s: answer parameters %v, want %v", c2.name, got, c2.want)
+		}
+	}
+	f.backend.SetExec("double", oip.ExecInfo{})
+
 	// The other carriers: typed contents, converted datatypes, the
 	// version named.
 	for _, req := range []*pb.ModelInferRequest{
