@@ -73,7 +73,7 @@ for name, a, b, target, ok, word in rows:
     ratios = [x / y for x, y in zip(p50[a], p50[b])]
     r = statistics.median(ratios)
     verdict = "—" if ok is None else ("meets" if ok(r) else "**misses**")
-    print("| %s | %.0f µs vs %.0f µs | %.0f µs vs %.0f µs | %.2fx %s | %.2f–%.2f | %s | %s |" % (
+    print("| %s | %.0f µs vs %.0f µs | %.0f µs vs %.0f µs | %.3fx %s | %.2f–%.2f | %s | %s |" % (
         name, med[a], med[b], avg[a], avg[b], r, word, min(ratios), max(ratios), target, verdict))
 PY
 )
