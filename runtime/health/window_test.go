@@ -183,7 +183,8 @@ func BenchmarkObserve(b *testing.B) {
 // BenchmarkObserveLarge is the health window's share of a 256×1024 FP32
 // inference (bounded by ObserveBudget), on a ReLU's output: zero at
 // random half the time, which a branch on the values would mispredict
-// (25 µs per call here before observeRow lost its branches, 8.6 after).
+// (25 µs per call here before observeRow lost its branches, 8.6 after,
+// 5–6 with two chains of sums instead of one).
 func BenchmarkObserveLarge(b *testing.B) {
 	w := NewWindow(1024)
 	out := make([]float32, 256*1024)
@@ -211,4 +212,101 @@ func TestFired(t *testing.T) {
 			t.Errorf("fired(%v, bits %#08x) = %d, want %d", v, math.Float32bits(v), got, want)
 		}
 	}
+}
+
+// The window's one-pass moments (two chains of sums, the pair loop and its
+// odd tail) agree with a plain two-pass computation on rows of every
+// parity, with zeros, negatives and a row that holds a NaN.
+func TestObserveMatchesReference(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for _, units := range []int{1, 2, 3, 5, 8, 63, 1024, 1025} {
+		rows := min(6, ObserveBudget/units) // every row observed: no sampling
+		out := make([]float32, rows*units)
+		for i := range out {
+			out[i] = max(float32(rng.NormFloat64()), 0) - 0.25
+		}
+		if units > 2 {
+			out[(rows-2)*units+1] = float32(math.NaN()) // that row is left out of the correlations
+		}
+		w := NewWindow(units)
+		w.Observe(out, rows, time.Millisecond)
+		sig, sum, _ := w.Signal(in(contracts.SeedTraining))
+
+		var s, ss float64
+		var finite, nonFinite int
+		fired := make([]bool, units)
+		var corr []float64
+		for r := range rows {
+			row := out[r*units : (r+1)*units]
+			rowFinite := true
+			for u, v := range row {
+				f := float64(v)
+				if math.IsNaN(f) {
+					nonFinite++
+					rowFinite = false
+					continue
+				}
+				s, ss = s+f, ss+f*f
+				finite++
+				fired[u] = fired[u] || v > 0
+			}
+			if r > 0 && rowFinite && !slicesHaveNaN(out[(r-1)*units:r*units]) {
+				if c, ok := pearson(out[(r-1)*units:r*units], row); ok {
+					corr = append(corr, c)
+				}
+			}
+		}
+		mean := s / float64(finite)
+		wantVar := max(ss/float64(finite)-mean*mean, 0)
+		dead := 0
+		for _, f := range fired {
+			if !f {
+				dead++
+			}
+		}
+		wantCorr := 0.0
+		for _, c := range corr {
+			wantCorr += c / float64(len(corr))
+		}
+		near := func(name string, got, want float64) {
+			if math.Abs(got-want) > 1e-9*max(1, math.Abs(want)) {
+				t.Errorf("units %d: %s = %v, want %v", units, name, got, want)
+			}
+		}
+		near("activation_variance", sig.ActivationVariance, wantVar)
+		near("dead_neuron_ratio", sig.DeadNeuronRatio, float64(dead)/float64(units))
+		near("avg_correlation", sig.AvgCorrelation, wantCorr)
+		if sum.NonFinite != int64(nonFinite) {
+			t.Errorf("units %d: %d non-finite values, want %d", units, sum.NonFinite, nonFinite)
+		}
+	}
+}
+
+func slicesHaveNaN(v []float32) bool {
+	for _, x := range v {
+		if x != x {
+			return true
+		}
+	}
+	return false
+}
+
+// pearson is the correlation of a and b computed from their means (two
+// passes); ok is false when either is constant.
+func pearson(a, b []float32) (float64, bool) {
+	n := float64(len(a))
+	var ma, mb float64
+	for i := range a {
+		ma += float64(a[i]) / n
+		mb += float64(b[i]) / n
+	}
+	var sab, saa, sbb float64
+	for i := range a {
+		da, db := float64(a[i])-ma, float64(b[i])-mb
+		sab, saa, sbb = sab+da*db, saa+da*da, sbb+db*db
+	}
+	if saa <= 1e-12 || sbb <= 1e-12 {
+		return 0, false
+	}
+	return sab / math.Sqrt(saa*sbb), true
 }
