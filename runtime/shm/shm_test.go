@@ -131,13 +131,7 @@ func TestReadWriteThroughTheMappings(t *testing.T) {
 	// An offset off the page boundary: the mapping starts at the page
 	// below it.
 	const off = 4096 + 5
-	if err := r.Register("io", key, off, 1000); err != nil {
-		t.Fatal(err)
-	}
-	l, err := r.Acquire("io")
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := leased(t, r, "io", key, off, 1000)
 	defer l.Release()
 	if !l.Writable() || l.Name() != "io" || l.ByteSize() != 1000 {
 		t.Fatalf("lease: writable %v, name %q, size %d", l.Writable(), l.Name(), l.ByteSize())
@@ -184,13 +178,7 @@ func TestReadOnlyObjectCarriesInputsOnly(t *testing.T) {
 	}
 	r := New(Options{Dir: dir})
 	defer r.Close()
-	if err := r.Register("ro", key, 0, 64); err != nil {
-		t.Fatal(err)
-	}
-	l, err := r.Acquire("ro")
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := leased(t, r, "ro", key, 0, 64)
 	defer l.Release()
 	if l.Writable() {
 		t.Fatal("a read-only object is writable")
@@ -205,13 +193,7 @@ func TestTruncatedMidRequest(t *testing.T) {
 	dir, key := newObject(t, 2*4096)
 	r := New(Options{Dir: dir})
 	defer r.Close()
-	if err := r.Register("t", key, 4096, 4096); err != nil {
-		t.Fatal(err)
-	}
-	l, err := r.Acquire("t")
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := leased(t, r, "t", key, 4096, 4096)
 	defer l.Release()
 	path := filepath.Join(dir, "obj")
 	for _, size := range []int64{0, 4096, 4096 + 100} {
@@ -244,13 +226,7 @@ func TestFaultDuringUseIsAnError(t *testing.T) {
 	dir, key := newObject(t, 2*4096)
 	r := New(Options{Dir: dir})
 	defer r.Close()
-	if err := r.Register("f", key, 0, 2*4096); err != nil {
-		t.Fatal(err)
-	}
-	l, err := r.Acquire("f")
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := leased(t, r, "f", key, 0, 2*4096)
 	defer l.Release()
 	in, err := l.View(0, 2*4096, false)
 	if err != nil {
@@ -284,13 +260,7 @@ func TestFaultDuringUseIsAnError(t *testing.T) {
 	other, key2 := newObject(t, 4096)
 	r2 := New(Options{Dir: other})
 	defer r2.Close()
-	if err := r2.Register("g", key2, 0, 4096); err != nil {
-		t.Fatal(err)
-	}
-	l2, err := r2.Acquire("g")
-	if err != nil {
-		t.Fatal(err)
-	}
+	l2 := leased(t, r2, "g", key2, 0, 4096)
 	defer l2.Release()
 	func() {
 		defer func() {
@@ -364,13 +334,7 @@ func TestOverlaps(t *testing.T) {
 func TestUnregisterDuringUse(t *testing.T) {
 	dir, key := newObject(t, 4096)
 	r := New(Options{Dir: dir})
-	if err := r.Register("u", key, 0, 4096); err != nil {
-		t.Fatal(err)
-	}
-	l, err := r.Acquire("u")
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := leased(t, r, "u", key, 0, 4096)
 	g := l.g
 	r.Unregister("u")
 	if _, err := r.Acquire("u"); !failure.Is(err, failure.NotFound) {
@@ -621,4 +585,18 @@ func TestHold(t *testing.T) {
 	if g.ro != nil {
 		t.Fatal("a refused Hold kept the region mapped")
 	}
+}
+
+// leased registers region name (key, offset, size) on r and returns a
+// lease on it; the caller releases it.
+func leased(t *testing.T, r *Registry, name, key string, offset, size uint64) *Lease {
+	t.Helper()
+	if err := r.Register(name, key, offset, size); err != nil {
+		t.Fatal(err)
+	}
+	l, err := r.Acquire(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
 }
